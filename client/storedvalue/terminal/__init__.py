@@ -1,0 +1,1 @@
+"""The terminal library a point-of-sale application embeds."""

@@ -1,0 +1,1 @@
+"""Generated from protos/storedvalue/v1 by scripts/generate_protos.py."""

@@ -1,0 +1,1 @@
+"""The HQ server: owns cards, locks, the journal, parameters and offline sync."""
