@@ -168,7 +168,8 @@ def test_generated_modules_import_from_a_built_wheel(tmp_path: Path) -> None:
     # provide storedvalue; third-party packages still come from site-packages.
     probe = (
         "import sys\n"
-        f"sys.path = [{str(target)!r}] + [p for p in sys.path if not p.startswith({str(ROOT)!r})]\n"
+        f"roots = {[str(ROOT / d) for d in ('generated', 'server', 'client')]!r}\n"
+        f"sys.path = [{str(target)!r}] + [p for p in sys.path if p not in roots]\n"
         "from storedvalue.v1 import terminal_service_pb2, terminal_service_pb2_grpc\n"
         "import storedvalue.hq, storedvalue.terminal, storedvalue.cli\n"
         "where = terminal_service_pb2.__file__\n"
