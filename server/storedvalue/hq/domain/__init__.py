@@ -1,0 +1,1 @@
+"""Business rules of stored value: plain Python, no I/O, no protobuf, no imports of ours."""

@@ -1,0 +1,393 @@
+"""Cards, their locks and the rules of online use.
+
+A card row carries its lock, so "at most one live lock per card" holds by construction, and
+its fencing-token counter, which only grows.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from storedvalue.hq.domain.errors import (
+    CardFlagged,
+    CardKindNotSupported,
+    CardLocked,
+    CardRedeemed,
+    CurrencyMismatch,
+    InsufficientFunds,
+    InvalidCardNumber,
+    InvalidField,
+    LockNotHeld,
+)
+from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
+from storedvalue.hq.domain.money import Money
+
+
+class CardKind(enum.Enum):
+    GIFT_CARD = "GIFT_CARD"
+    CREDIT_MEMO = "CREDIT_MEMO"
+
+
+class CardStatus(enum.Enum):
+    ACTIVE = "ACTIVE"
+    FLAGGED = "FLAGGED"
+    REDEEMED = "REDEEMED"
+
+
+def luhn_check_digit(payload: str) -> str:
+    total = 0
+    for index, char in enumerate(reversed(payload)):
+        digit = int(char)
+        if index % 2 == 0:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+    return str((10 - total % 10) % 10)
+
+
+def is_valid_card_number(card_number: str) -> bool:
+    return (
+        8 <= len(card_number) <= 19
+        and card_number.isascii()
+        and card_number.isdigit()
+        and luhn_check_digit(card_number[:-1]) == card_number[-1]
+    )
+
+
+def validate_card_number(card_number: str, field_name: str = "card_number") -> str:
+    if not is_valid_card_number(card_number):
+        raise InvalidCardNumber(field_name)
+    return card_number
+
+
+def generate_card_number() -> str:
+    """A random 16-digit number with a Luhn check digit (HQ retries on the rare collision)."""
+    payload = "7" + "".join(secrets.choice("0123456789") for _ in range(14))
+    return payload + luhn_check_digit(payload)
+
+
+def validate_id(value: str, field_name: str, *, max_length: int = 128) -> str:
+    """Client-chosen identifiers (transaction, line, request ids): non-empty and bounded."""
+    if not value:
+        raise InvalidField(field_name, "is required")
+    if len(value) > max_length:
+        raise InvalidField(field_name, f"must be at most {max_length} characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    card_number: str
+    terminal_id: str
+    transaction_id: str
+    fencing_token: int
+    lease_expires_at: datetime
+    acquired_at: datetime
+
+    def is_live(self, now: datetime) -> bool:
+        return now < self.lease_expires_at
+
+    def is_held_by(self, terminal_id: str, transaction_id: str) -> bool:
+        return self.terminal_id == terminal_id and self.transaction_id == transaction_id
+
+
+@dataclass(slots=True)
+class Card:
+    card_number: str
+    kind: CardKind
+    status: CardStatus
+    currency: str
+    balance_minor: int
+    issued_at: datetime
+    last_fencing_token: int = 0
+    lock: Lock | None = None
+    remainder_of_card_number: str = ""
+    # Journal entries produced by the rules since the card was loaded; the service layer
+    # appends them in the same database transaction as the card's new state.
+    pending_entries: list[JournalEntry] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def balance(self) -> Money:
+        return Money(self.balance_minor, self.currency)
+
+    def live_lock(self, now: datetime) -> Lock | None:
+        return self.lock if self.lock is not None and self.lock.is_live(now) else None
+
+    def snapshot(self) -> Card:
+        """A detached copy to hand out of a unit of work."""
+        return replace(self, pending_entries=[])
+
+    # -- online rules ---------------------------------------------------------------------
+
+    def acquire_lock(
+        self, *, terminal_id: str, transaction_id: str, now: datetime, lease: timedelta
+    ) -> Lock:
+        """Lock for a sale. The holder relocking renews its lease and keeps its token."""
+        self._require_usable()
+        current = self.lock
+        if current is not None and current.is_held_by(terminal_id, transaction_id):
+            renewed = replace(current, lease_expires_at=now + lease)
+            self.lock = renewed
+            return renewed
+        if current is not None and current.is_live(now):
+            raise CardLocked(
+                self.card_number,
+                holder_terminal_id=current.terminal_id,
+                holder_transaction_id=current.transaction_id,
+                lease_expires_at=current.lease_expires_at.isoformat(),
+            )
+        # Free, or the lease ended: take it. The new token fences off the old holder.
+        self.last_fencing_token += 1
+        self.lock = Lock(
+            card_number=self.card_number,
+            terminal_id=terminal_id,
+            transaction_id=transaction_id,
+            fencing_token=self.last_fencing_token,
+            lease_expires_at=now + lease,
+            acquired_at=now,
+        )
+        return self.lock
+
+    def require_lock(self, *, terminal_id: str, transaction_id: str, fencing_token: int) -> Lock:
+        """The caller's lock, still unreleased and not taken over (an ended lease nobody took
+        over still counts: the token only stops working once another terminal locks)."""
+        current = self.lock
+        if (
+            current is None
+            or not current.is_held_by(terminal_id, transaction_id)
+            or current.fencing_token != fencing_token
+        ):
+            raise LockNotHeld(
+                self.card_number,
+                presented_token=fencing_token,
+                current_token=current.fencing_token if current is not None else None,
+            )
+        return current
+
+    def release_lock(self, *, terminal_id: str, transaction_id: str, fencing_token: int) -> None:
+        self.require_lock(
+            terminal_id=terminal_id, transaction_id=transaction_id, fencing_token=fencing_token
+        )
+        self.lock = None
+
+    def force_release(self) -> Lock | None:
+        released, self.lock = self.lock, None
+        return released
+
+    def redeem_online(
+        self,
+        *,
+        terminal_id: str,
+        transaction_id: str,
+        line_id: str,
+        fencing_token: int,
+        amount: Money,
+        now: datetime,
+    ) -> int:
+        """Debit under the caller's lock and release it. Never overdraws. Returns the
+        remainder a credit memo leaves (to be moved to a new memo), else 0."""
+        self.require_lock(
+            terminal_id=terminal_id, transaction_id=transaction_id, fencing_token=fencing_token
+        )
+        self._require_usable()
+        self._require_currency(amount)
+        if amount.amount_minor > self.balance_minor:
+            raise InsufficientFunds(
+                self.card_number,
+                balance=self.balance_minor,
+                requested=amount.amount_minor,
+                currency=self.currency,
+            )
+        self.lock = None
+        return self._debit(
+            amount.amount_minor,
+            terminal_id=terminal_id,
+            transaction_id=transaction_id,
+            line_id=line_id,
+            offline=False,
+            occurred_at=now,
+            now=now,
+        )
+
+    def add_value(
+        self, *, amount: Money, terminal_id: str, transaction_id: str, now: datetime
+    ) -> None:
+        if self.kind is not CardKind.GIFT_CARD:
+            raise CardKindNotSupported(self.card_number, self.kind.value, "adding value")
+        self._require_currency(amount)
+        self._credit(
+            JournalEntryKind.ADD_VALUE,
+            amount.amount_minor,
+            terminal_id=terminal_id,
+            transaction_id=transaction_id,
+            now=now,
+        )
+
+    # -- offline rules --------------------------------------------------------------------
+
+    def debit_offline(
+        self,
+        *,
+        terminal_id: str,
+        transaction_id: str,
+        line_id: str,
+        amount_minor: int,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> tuple[bool, int]:
+        """Apply a debit that already happened in a store: never refused. Returns whether it
+        overdrew the card (which flags it) and the remainder a credit memo leaves."""
+        overdrawn = amount_minor > self.balance_minor
+        remainder = self._debit(
+            amount_minor,
+            terminal_id=terminal_id,
+            transaction_id=transaction_id,
+            line_id=line_id,
+            offline=True,
+            occurred_at=occurred_at,
+            now=now,
+        )
+        if overdrawn:
+            self.status = CardStatus.FLAGGED
+        return overdrawn, remainder
+
+    def release_if_held(self, *, terminal_id: str, transaction_id: str) -> bool:
+        """Release the lock this terminal and transaction hold; leave anyone else's alone."""
+        if self.lock is not None and self.lock.is_held_by(terminal_id, transaction_id):
+            self.lock = None
+            return True
+        return False
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _require_usable(self) -> None:
+        if self.status is CardStatus.FLAGGED:
+            raise CardFlagged(self.card_number)
+        if self.status is CardStatus.REDEEMED:
+            raise CardRedeemed(self.card_number)
+
+    def _require_currency(self, amount: Money) -> None:
+        if amount.currency != self.currency:
+            raise CurrencyMismatch(self.currency, amount.currency)
+
+    def _debit(
+        self,
+        amount_minor: int,
+        *,
+        terminal_id: str,
+        transaction_id: str,
+        line_id: str,
+        offline: bool,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> int:
+        self.balance_minor -= amount_minor
+        self.pending_entries.append(
+            JournalEntry(
+                card_number=self.card_number,
+                kind=JournalEntryKind.REDEEM,
+                amount_minor=-amount_minor,
+                currency=self.currency,
+                balance_after_minor=self.balance_minor,
+                terminal_id=terminal_id,
+                transaction_id=transaction_id,
+                line_id=line_id,
+                offline=offline,
+                occurred_at=occurred_at,
+                recorded_at=now,
+            )
+        )
+        if self.kind is not CardKind.CREDIT_MEMO:
+            return 0
+        # A credit memo is single-use: what is left moves to a new memo.
+        remainder = max(self.balance_minor, 0)
+        if self.status is CardStatus.ACTIVE:
+            self.status = CardStatus.REDEEMED
+        if remainder > 0:
+            self.balance_minor = 0
+            self.pending_entries.append(
+                JournalEntry(
+                    card_number=self.card_number,
+                    kind=JournalEntryKind.REMAINDER_OUT,
+                    amount_minor=-remainder,
+                    currency=self.currency,
+                    balance_after_minor=0,
+                    terminal_id=terminal_id,
+                    transaction_id=transaction_id,
+                    line_id=line_id,
+                    offline=offline,
+                    occurred_at=occurred_at,
+                    recorded_at=now,
+                )
+            )
+        return remainder
+
+    def _credit(
+        self,
+        kind: JournalEntryKind,
+        amount_minor: int,
+        *,
+        terminal_id: str,
+        transaction_id: str,
+        now: datetime,
+        line_id: str = "",
+        offline: bool = False,
+        occurred_at: datetime | None = None,
+    ) -> None:
+        self.balance_minor += amount_minor
+        self.pending_entries.append(
+            JournalEntry(
+                card_number=self.card_number,
+                kind=kind,
+                amount_minor=amount_minor,
+                currency=self.currency,
+                balance_after_minor=self.balance_minor,
+                terminal_id=terminal_id,
+                transaction_id=transaction_id,
+                line_id=line_id,
+                offline=offline,
+                occurred_at=occurred_at or now,
+                recorded_at=now,
+            )
+        )
+
+
+def issue_card(
+    *,
+    card_number: str,
+    kind: CardKind,
+    value: Money,
+    terminal_id: str,
+    transaction_id: str,
+    now: datetime,
+    remainder_of: Card | None = None,
+    line_id: str = "",
+    offline: bool = False,
+    occurred_at: datetime | None = None,
+) -> Card:
+    """A new card with its opening journal entry (ISSUE, or REMAINDER_IN for a memo that
+    takes over another memo's remainder)."""
+    card = Card(
+        card_number=card_number,
+        kind=kind,
+        status=CardStatus.ACTIVE,
+        currency=value.currency,
+        balance_minor=0,
+        issued_at=now,
+        remainder_of_card_number=remainder_of.card_number if remainder_of else "",
+    )
+    card._credit(
+        JournalEntryKind.REMAINDER_IN if remainder_of else JournalEntryKind.ISSUE,
+        value.amount_minor,
+        terminal_id=terminal_id,
+        transaction_id=transaction_id,
+        line_id=line_id,
+        offline=offline,
+        occurred_at=occurred_at,
+        now=now,
+    )
+    return card

@@ -1,0 +1,268 @@
+"""One hierarchy of business errors.
+
+Each error declares its ``reason`` (the ErrorInfo reason, an ErrorReason name without its
+prefix, see protos/storedvalue/v1/errors.proto) and its ``code`` (a gRPC status code name,
+kept as a string so the domain never imports grpc). The transport maps them in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+
+def mask_card_number(card_number: str) -> str:
+    """What logs and error messages show of a card number: its last four digits."""
+    return "*" * 4 + card_number[-4:] if len(card_number) > 4 else "****"
+
+
+class StoredValueError(Exception):
+    """Base of every error a caller can be told about."""
+
+    reason: ClassVar[str] = "UNSPECIFIED"
+    code: ClassVar[str] = "UNKNOWN"
+
+    def __init__(self, message: str, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+# INVALID_ARGUMENT: the request itself is wrong; retrying it unchanged cannot succeed.
+class InvalidArgument(StoredValueError):
+    code = "INVALID_ARGUMENT"
+
+
+class InvalidField(InvalidArgument):
+    reason = "INVALID_FIELD"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", {"field": field})
+        self.field = field
+
+
+class InvalidCardNumber(InvalidArgument):
+    reason = "INVALID_CARD_NUMBER"
+
+    def __init__(self, field: str = "card_number") -> None:
+        super().__init__(
+            f"{field}: not 8 to 19 digits with a valid check digit", {"field": field}
+        )
+
+
+class InvalidAmount(InvalidArgument):
+    reason = "INVALID_AMOUNT"
+
+    def __init__(self, field: str, message: str = "must be a positive amount") -> None:
+        super().__init__(f"{field}: {message}", {"field": field})
+
+
+class CurrencyMismatch(InvalidArgument):
+    reason = "CURRENCY_MISMATCH"
+
+    def __init__(self, card_currency: str, request_currency: str) -> None:
+        super().__init__(
+            f"the card is in {card_currency}, the request in {request_currency}",
+            {"card_currency": card_currency, "request_currency": request_currency},
+        )
+
+
+class RequestIdReused(InvalidArgument):
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            "this request_id was already used with different content",
+            {"request_id": request_id},
+        )
+
+
+class LimitExceeded(InvalidArgument):
+    reason = "LIMIT_EXCEEDED"
+
+    def __init__(self, limit: str, maximum: int, value: int) -> None:
+        super().__init__(
+            f"{limit} is {maximum}, the request has {value}; nothing was applied",
+            {"limit": limit, "maximum": str(maximum), "value": str(value)},
+        )
+
+
+# NOT_FOUND
+class NotFound(StoredValueError):
+    code = "NOT_FOUND"
+
+
+class CardNotFound(NotFound):
+    reason = "CARD_NOT_FOUND"
+
+    def __init__(self, card_number: str) -> None:
+        masked = mask_card_number(card_number)
+        super().__init__(f"no card {masked}", {"card": masked})
+
+
+class TerminalNotFound(NotFound):
+    reason = "TERMINAL_NOT_FOUND"
+
+    def __init__(self, terminal_id: str) -> None:
+        super().__init__(f"no terminal {terminal_id!r}", {"terminal_id": terminal_id})
+
+
+class ExceptionNotFound(NotFound):
+    reason = "EXCEPTION_NOT_FOUND"
+
+    def __init__(self, exception_id: str) -> None:
+        super().__init__(f"no offline exception {exception_id!r}", {"exception_id": exception_id})
+
+
+# ALREADY_EXISTS
+class AlreadyExists(StoredValueError):
+    code = "ALREADY_EXISTS"
+
+
+class CardAlreadyExists(AlreadyExists):
+    reason = "CARD_ALREADY_EXISTS"
+
+    def __init__(self, card_number: str) -> None:
+        masked = mask_card_number(card_number)
+        super().__init__(f"card {masked} already exists", {"card": masked})
+
+
+class TerminalAlreadyExists(AlreadyExists):
+    reason = "TERMINAL_ALREADY_EXISTS"
+
+    def __init__(self, terminal_id: str) -> None:
+        super().__init__(
+            f"terminal {terminal_id!r} is already registered", {"terminal_id": terminal_id}
+        )
+
+
+# FAILED_PRECONDITION: the request is fine but the card's state forbids it now.
+class FailedPrecondition(StoredValueError):
+    code = "FAILED_PRECONDITION"
+
+
+class CardLocked(FailedPrecondition):
+    reason = "CARD_LOCKED"
+
+    def __init__(
+        self,
+        card_number: str,
+        *,
+        holder_terminal_id: str,
+        holder_transaction_id: str,
+        lease_expires_at: str,
+    ) -> None:
+        masked = mask_card_number(card_number)
+        super().__init__(
+            f"card {masked} is locked by terminal {holder_terminal_id} until {lease_expires_at}",
+            {
+                "card": masked,
+                "holder_terminal_id": holder_terminal_id,
+                "holder_transaction_id": holder_transaction_id,
+                "lease_expires_at": lease_expires_at,
+            },
+        )
+
+
+class LockNotHeld(FailedPrecondition):
+    reason = "LOCK_NOT_HELD"
+
+    def __init__(
+        self, card_number: str, *, presented_token: int, current_token: int | None
+    ) -> None:
+        masked = mask_card_number(card_number)
+        metadata = {"card": masked, "presented_fencing_token": str(presented_token)}
+        if current_token is not None:
+            metadata["current_fencing_token"] = str(current_token)
+        super().__init__(
+            f"this terminal does not hold the lock of card {masked} for this transaction",
+            metadata,
+        )
+
+
+class InsufficientFunds(FailedPrecondition):
+    reason = "INSUFFICIENT_FUNDS"
+
+    def __init__(self, card_number: str, *, balance: int, requested: int, currency: str) -> None:
+        masked = mask_card_number(card_number)
+        super().__init__(
+            f"card {masked} has {balance} {currency} (minor units), {requested} requested",
+            {
+                "card": masked,
+                "balance_minor": str(balance),
+                "requested_minor": str(requested),
+                "currency_code": currency,
+            },
+        )
+
+
+class CardFlagged(FailedPrecondition):
+    reason = "CARD_FLAGGED"
+
+    def __init__(self, card_number: str) -> None:
+        masked = mask_card_number(card_number)
+        super().__init__(
+            f"card {masked} was overdrawn offline and is blocked until the back office "
+            "resolves it",
+            {"card": masked},
+        )
+
+
+class CardRedeemed(FailedPrecondition):
+    reason = "CARD_REDEEMED"
+
+    def __init__(self, card_number: str) -> None:
+        masked = mask_card_number(card_number)
+        super().__init__(f"credit memo {masked} was already used", {"card": masked})
+
+
+class CardKindNotSupported(FailedPrecondition):
+    reason = "CARD_KIND_NOT_SUPPORTED"
+
+    def __init__(self, card_number: str, kind: str, operation: str) -> None:
+        masked = mask_card_number(card_number)
+        super().__init__(
+            f"{operation} does not apply to {kind} {masked}", {"card": masked, "kind": kind}
+        )
+
+
+class ExceptionAlreadyResolved(FailedPrecondition):
+    reason = "EXCEPTION_ALREADY_RESOLVED"
+
+    def __init__(self, exception_id: str) -> None:
+        super().__init__(
+            f"offline exception {exception_id!r} is already resolved",
+            {"exception_id": exception_id},
+        )
+
+
+class ParametersVersionConflict(StoredValueError):
+    reason = "PARAMETERS_VERSION_CONFLICT"
+    code = "ABORTED"
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(
+            f"parameters are at version {current}, not {expected}",
+            {"expected_version": str(expected), "current_version": str(current)},
+        )
+
+
+class Unauthenticated(StoredValueError):
+    reason = "UNAUTHENTICATED"
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(StoredValueError):
+    reason = "PERMISSION_DENIED"
+    code = "PERMISSION_DENIED"
+
+
+class RateLimited(StoredValueError):
+    reason = "RATE_LIMITED"
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"too many lookups of unknown cards; retry in {retry_after_seconds} s",
+            {"retry_after_seconds": str(retry_after_seconds)},
+        )

@@ -1,0 +1,39 @@
+"""Money: integer minor units and an ISO 4217 code. Never a float."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from storedvalue.hq.domain.errors import InvalidAmount, InvalidField
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+# Far above any real card balance, far below int64 overflow when balances are summed.
+MAX_AMOUNT_MINOR = 10**15
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    amount_minor: int
+    currency: str
+
+    def __str__(self) -> str:
+        return f"{self.amount_minor} {self.currency} (minor units)"
+
+
+def validate_currency(currency: str, field: str) -> str:
+    if not _CURRENCY.match(currency):
+        raise InvalidField(field, "must be a three-letter upper-case ISO 4217 code")
+    return currency
+
+
+def positive_money(money: Money | None, field: str) -> Money:
+    """A request amount: present, strictly positive, bounded, with a well-formed currency."""
+    if money is None:
+        raise InvalidAmount(field, "is required")
+    validate_currency(money.currency, f"{field}.currency_code")
+    if money.amount_minor <= 0:
+        raise InvalidAmount(f"{field}.amount_minor", "must be strictly positive")
+    if money.amount_minor > MAX_AMOUNT_MINOR:
+        raise InvalidAmount(f"{field}.amount_minor", f"must be at most {MAX_AMOUNT_MINOR}")
+    return money

@@ -1,0 +1,79 @@
+"""Terminals, their credentials and their offline sequence tracking."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from storedvalue.hq.domain.errors import InvalidField
+
+_TERMINAL_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def validate_terminal_id(terminal_id: str) -> str:
+    if not _TERMINAL_ID.match(terminal_id):
+        raise InvalidField("terminal_id", "must be 1-64 letters, digits, '-', '_' or '.'")
+    return terminal_id
+
+
+def new_bearer_token() -> str:
+    return "svt_" + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256 random bits, so a plain SHA-256 is a safe at-rest form (no salt or
+    slow hash needed: there is nothing to brute-force)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceGap:
+    first_missing: int
+    last_missing: int
+
+
+@dataclass(slots=True)
+class Terminal:
+    terminal_id: str
+    display_name: str
+    token_hash: str
+    registered_at: datetime
+    credential_issued_at: datetime
+    highest_contiguous_sequence: int = 0
+    highest_sequence_seen: int = 0
+    last_synced_at: datetime | None = None
+
+    def record_sequences(self, received: Iterable[int], *, now: datetime) -> None:
+        """Note newly received sequence numbers; `advance_contiguous` moves the mark."""
+        top = max(received, default=0)
+        self.highest_sequence_seen = max(self.highest_sequence_seen, top)
+        self.last_synced_at = now
+
+    def advance_contiguous(self, received_above_mark: Iterable[int]) -> list[SequenceGap]:
+        """Given the sequence numbers HQ holds above the contiguous mark, move the mark as far
+        as the unbroken run allows and return the gaps that remain."""
+        mark = self.highest_contiguous_sequence
+        above = sorted({seq for seq in received_above_mark if seq > mark})
+        for seq in above:
+            if seq != mark + 1:
+                break
+            mark = seq
+        self.highest_contiguous_sequence = mark
+        return sequence_gaps(mark, above)
+
+
+def sequence_gaps(contiguous_mark: int, received_above_mark: Iterable[int]) -> list[SequenceGap]:
+    """Missing runs between the contiguous mark and the highest number received."""
+    gaps: list[SequenceGap] = []
+    expected = contiguous_mark + 1
+    for seq in sorted(set(received_above_mark)):
+        if seq < expected:
+            continue
+        if seq > expected:
+            gaps.append(SequenceGap(expected, seq - 1))
+        expected = seq + 1
+    return gaps

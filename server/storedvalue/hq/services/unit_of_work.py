@@ -1,0 +1,179 @@
+"""The storage contract the services depend on.
+
+Storage backends (SQLite file, SQLite memory, PostgreSQL, and the in-memory fake used by the
+service tests) implement these protocols; one contract test suite runs against each. A unit
+of work rolls back unless `commit()` is called.
+
+Concurrency contract: `*_for_update` reads lock what they return until the unit of work ends
+(PostgreSQL `SELECT ... FOR UPDATE`; SQLite holds its write lock from `BEGIN IMMEDIATE`), so
+callers lock the terminal row first, then cards in card-number order. A write that loses a
+race (unique key taken, serialization failure, deadlock) raises `ConcurrentUpdate`: the
+service retries the whole unit of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self
+
+from storedvalue.hq.domain.cards import Card, Lock
+from storedvalue.hq.domain.journal import JournalEntry
+from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
+from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.terminals import Terminal
+
+
+class ConcurrentUpdate(Exception):
+    """Another transaction got there first; retrying the unit of work is safe."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The first result of an idempotent request (AIP-155), kept with its request's digest."""
+
+    caller: str  # terminal id, or "admin:<name>"
+    request_id: str
+    operation: str  # the RPC name, so one id cannot be replayed against another RPC
+    fingerprint: bytes  # digest of the request without its request_id
+    result_json: str  # the service's result, as encoded by storedvalue.hq.records
+    created_at: datetime
+
+
+class CardRepository(Protocol):
+    def get(self, card_number: str) -> Card | None: ...
+    def get_for_update(self, card_number: str) -> Card | None: ...
+    def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
+        """Locks in card-number order; unknown numbers are absent from the result."""
+        ...
+    def add(self, cards: Iterable[Card]) -> None:
+        """Insert new cards (a taken number raises ConcurrentUpdate)."""
+        ...
+    def save(self, cards: Iterable[Card]) -> None:
+        """Write back status, balance, fencing counter and lock of loaded cards."""
+        ...
+    def list_locks(
+        self,
+        *,
+        now: datetime,
+        terminal_id: str | None,
+        include_expired: bool,
+        after_card_number: str,
+        limit: int,
+    ) -> list[Lock]:
+        """Locks ordered by card number, strictly after `after_card_number`."""
+        ...
+
+
+class JournalRepository(Protocol):
+    def append(self, entries: Iterable[JournalEntry]) -> None: ...
+    def list_for_card(
+        self, card_number: str, *, after_entry_id: int, limit: int
+    ) -> list[JournalEntry]:
+        """Entries oldest first, with their storage-assigned `entry_id`."""
+        ...
+
+
+class RedemptionRepository(Protocol):
+    def get_many(
+        self, keys: Collection[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], Redemption]:
+        """By (terminal_id, transaction_id, line_id)."""
+        ...
+    def add(self, redemptions: Iterable[Redemption]) -> None: ...
+
+
+class RequestLog(Protocol):
+    def get(self, caller: str, request_id: str) -> StoredResponse | None: ...
+    def add(self, response: StoredResponse) -> None:
+        """A taken (caller, request_id) raises ConcurrentUpdate."""
+        ...
+
+
+class OfflineRecordRepository(Protocol):
+    def get_many(self, terminal_id: str, transaction_ids: Collection[str]
+                 ) -> dict[str, OfflineRecord]: ...
+    def sequence_owners(self, terminal_id: str, sequence_numbers: Collection[int]
+                        ) -> dict[int, str]:
+        """Which transaction id holds each of these sequence numbers, if any."""
+        ...
+    def sequences_above(self, terminal_id: str, mark: int) -> list[int]:
+        """Every sequence number held above `mark`, ascending."""
+        ...
+    def add(self, records: Iterable[OfflineRecord]) -> None: ...
+
+
+class OfflineExceptionRepository(Protocol):
+    def add(self, exceptions: Iterable[OfflineException]) -> None: ...
+    def get_for_update(self, exception_id: str) -> OfflineException | None: ...
+    def save(self, exception: OfflineException) -> None: ...
+    def count_open_for_card(self, card_number: str) -> int: ...
+    def list(
+        self,
+        *,
+        include_resolved: bool,
+        terminal_id: str | None,
+        card_number: str | None,
+        after: str,
+        limit: int,
+    ) -> tuple[list[OfflineException], str]:
+        """Oldest first; `after` is an opaque cursor ('' for the start). Returns the page and
+        the cursor for the next one ('' when there is none)."""
+        ...
+
+
+class ParametersRepository(Protocol):
+    def current(self) -> Parameters | None: ...
+    def get_versions(self, versions: Collection[int]) -> dict[int, Parameters]: ...
+    def add(self, parameters: Parameters) -> None:
+        """A taken version raises ConcurrentUpdate."""
+        ...
+    def list(self, *, before_version: int, limit: int) -> list[Parameters]:
+        """Newest first, versions strictly below `before_version` (0 = no bound)."""
+        ...
+
+
+class TerminalRepository(Protocol):
+    def get(self, terminal_id: str) -> Terminal | None: ...
+    def get_for_update(self, terminal_id: str) -> Terminal | None: ...
+    def get_by_token_hash(self, token_hash: str) -> Terminal | None: ...
+    def add(self, terminal: Terminal) -> None:
+        """A taken id raises ConcurrentUpdate."""
+        ...
+    def save(self, terminal: Terminal) -> None: ...
+    def list(self, *, after_terminal_id: str, limit: int) -> list[Terminal]: ...
+
+
+class UnitOfWork(Protocol):
+    cards: CardRepository
+    journal: JournalRepository
+    redemptions: RedemptionRepository
+    requests: RequestLog
+    offline: OfflineRecordRepository
+    exceptions: OfflineExceptionRepository
+    parameters: ParametersRepository
+    terminals: TerminalRepository
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Rolls back whatever was not committed."""
+        ...
+    def commit(self) -> None:
+        """May raise ConcurrentUpdate."""
+        ...
+
+
+class Storage(Protocol):
+    """Opens units of work on one database."""
+
+    def unit_of_work(self, *, write: bool) -> UnitOfWork:
+        """`write=True` takes the write lock at once on SQLite (BEGIN IMMEDIATE)."""
+        ...
+    def close(self) -> None: ...
