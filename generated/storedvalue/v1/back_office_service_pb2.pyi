@@ -82,6 +82,8 @@ class _JournalEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Jour
     """A credit memo's unused remainder moved to a new memo (debit on the old memo)."""
     JOURNAL_ENTRY_KIND_REMAINDER_IN: _JournalEntryKind.ValueType  # 5
     """The remainder received by the new memo (credit)."""
+    JOURNAL_ENTRY_KIND_FORCED_UNLOCK: _JournalEntryKind.ValueType  # 6
+    """A back-office user released the card's lock. Amount zero; `note` says why."""
 
 class JournalEntryKind(_JournalEntryKind, metaclass=_JournalEntryKindEnumTypeWrapper):
     """Kind of journal entry."""
@@ -98,6 +100,8 @@ JOURNAL_ENTRY_KIND_REMAINDER_OUT: JournalEntryKind.ValueType  # 4
 """A credit memo's unused remainder moved to a new memo (debit on the old memo)."""
 JOURNAL_ENTRY_KIND_REMAINDER_IN: JournalEntryKind.ValueType  # 5
 """The remainder received by the new memo (credit)."""
+JOURNAL_ENTRY_KIND_FORCED_UNLOCK: JournalEntryKind.ValueType  # 6
+"""A back-office user released the card's lock. Amount zero; `note` says why."""
 Global___JournalEntryKind: _TypeAlias = JournalEntryKind  # noqa: Y015
 
 @_typing.final
@@ -578,6 +582,7 @@ class JournalEntry(_message.Message):
     OFFLINE_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     RECORDED_AT_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.int
     """Increasing id, unique across HQ."""
     card_number: _builtins.str
@@ -592,6 +597,8 @@ class JournalEntry(_message.Message):
     """The tender line, for redemptions."""
     offline: _builtins.bool
     """True when the movement was completed offline and applied at sync."""
+    note: _builtins.str
+    """Free text from the back office, e.g. the reason of a forced unlock. Empty otherwise."""
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """Signed amount: positive credits the card, negative debits it."""
@@ -622,10 +629,11 @@ class JournalEntry(_message.Message):
         offline: _builtins.bool = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "balance_after", b"balance_after", "occurred_at", b"occurred_at", "recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "balance_after", b"balance_after", "card_number", b"card_number", "entry_id", b"entry_id", "kind", b"kind", "line_id", b"line_id", "occurred_at", b"occurred_at", "offline", b"offline", "recorded_at", b"recorded_at", "terminal_id", b"terminal_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "balance_after", b"balance_after", "card_number", b"card_number", "entry_id", b"entry_id", "kind", b"kind", "line_id", b"line_id", "note", b"note", "occurred_at", b"occurred_at", "offline", b"offline", "recorded_at", b"recorded_at", "terminal_id", b"terminal_id", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -117,9 +117,10 @@ class Card:
     def live_lock(self, now: datetime) -> Lock | None:
         return self.lock if self.lock is not None and self.lock.is_live(now) else None
 
-    def snapshot(self) -> Card:
-        """A detached copy to hand out of a unit of work."""
-        return replace(self, pending_entries=[])
+    def snapshot(self, now: datetime) -> Card:
+        """A detached copy to hand out of a unit of work; a lock whose lease has ended is
+        not shown (anyone may take the card)."""
+        return replace(self, pending_entries=[], lock=self.live_lock(now))
 
     # -- online rules ---------------------------------------------------------------------
 
@@ -174,9 +175,33 @@ class Card:
         )
         self.lock = None
 
-    def force_release(self) -> Lock | None:
+    def force_release(self, *, reason: str, by: str, now: datetime) -> Lock | None:
+        """Back office: release whoever holds the lock; the journal keeps why and who."""
         released, self.lock = self.lock, None
+        self.pending_entries.append(
+            JournalEntry(
+                card_number=self.card_number,
+                kind=JournalEntryKind.FORCED_UNLOCK,
+                amount_minor=0,
+                currency=self.currency,
+                balance_after_minor=self.balance_minor,
+                terminal_id=released.terminal_id if released else "",
+                transaction_id=released.transaction_id if released else "",
+                line_id="",
+                offline=False,
+                occurred_at=now,
+                recorded_at=now,
+                note=f"{by}: {reason}",
+            )
+        )
         return released
+
+    def clear_flag_if_resolved(self, open_exceptions: int) -> None:
+        """A flagged card becomes usable again once no exception about it is open."""
+        if self.status is CardStatus.FLAGGED and open_exceptions == 0:
+            self.status = CardStatus.REDEEMED if (
+                self.kind is CardKind.CREDIT_MEMO and self.balance_minor <= 0
+            ) else CardStatus.ACTIVE
 
     def redeem_online(
         self,

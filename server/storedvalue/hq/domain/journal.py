@@ -14,6 +14,7 @@ class JournalEntryKind(enum.Enum):
     REDEEM = "REDEEM"
     REMAINDER_OUT = "REMAINDER_OUT"
     REMAINDER_IN = "REMAINDER_IN"
+    FORCED_UNLOCK = "FORCED_UNLOCK"  # amount zero; `note` holds the back office's reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class JournalEntry:
     occurred_at: datetime
     recorded_at: datetime
     entry_id: int = 0  # assigned by storage
+    note: str = ""
 
 
 def journal_balance(entries: Iterable[JournalEntry]) -> int:

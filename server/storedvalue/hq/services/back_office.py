@@ -1,0 +1,255 @@
+"""Back-office use cases: locks, offline exceptions, journals, terminals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storedvalue.hq.domain.cards import Card, Lock, validate_card_number, validate_id
+from storedvalue.hq.domain.errors import (
+    CardNotFound,
+    ExceptionAlreadyResolved,
+    ExceptionNotFound,
+    InvalidField,
+    TerminalAlreadyExists,
+    TerminalNotFound,
+)
+from storedvalue.hq.domain.journal import JournalEntry
+from storedvalue.hq.domain.offline import OfflineException
+from storedvalue.hq.domain.terminals import (
+    Terminal,
+    hash_token,
+    new_bearer_token,
+    validate_terminal_id,
+)
+from storedvalue.hq.services.cards import flush
+from storedvalue.hq.services.clock import Clock, utc_now
+from storedvalue.hq.services.idempotency import RequestKey, once
+from storedvalue.hq.services.offline import SyncStatus, sync_status
+from storedvalue.hq.services.transactions import run_in_transaction
+from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedUnlock:
+    card: Card
+    released_lock: Lock | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedException:
+    exception: OfflineException
+    card: Card | None
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalView:
+    terminal: Terminal
+    sync_status: SyncStatus
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCredential:
+    """A terminal and its new bearer token. The token is shown once: a retry of the same
+    request gets the terminal with an empty token (HQ keeps only the hash)."""
+
+    terminal: TerminalView
+    bearer_token: str
+
+
+def _public(terminal: Terminal) -> Terminal:
+    """A terminal as shown outside HQ: never with its token hash."""
+    return Terminal(
+        terminal_id=terminal.terminal_id,
+        display_name=terminal.display_name,
+        token_hash="",
+        registered_at=terminal.registered_at,
+        credential_issued_at=terminal.credential_issued_at,
+        highest_contiguous_sequence=terminal.highest_contiguous_sequence,
+        highest_sequence_seen=terminal.highest_sequence_seen,
+        last_synced_at=terminal.last_synced_at,
+    )
+
+
+class BackOfficeService:
+    def __init__(self, storage: Storage, *, clock: Clock = utc_now) -> None:
+        self._storage = storage
+        self._clock = clock
+
+    # -- locks ----------------------------------------------------------------------------
+
+    def list_locks(self, *, terminal_id: str | None, include_expired: bool,
+                   after_card_number: str, limit: int) -> list[Lock]:
+        now = self._clock()
+        return run_in_transaction(
+            self._storage,
+            lambda uow: uow.cards.list_locks(
+                now=now, terminal_id=terminal_id or None, include_expired=include_expired,
+                after_card_number=after_card_number, limit=limit,
+            ),
+            write=False,
+        )
+
+    def force_unlock(self, *, key: RequestKey, admin: str, card_number: str, reason: str
+                     ) -> ForcedUnlock:
+        key.validate()
+        validate_card_number(card_number)
+        if not reason.strip():
+            raise InvalidField("reason", "is required: say why the lock is forced")
+
+        def work(uow: UnitOfWork) -> ForcedUnlock:
+            now = self._clock()
+
+            def run() -> ForcedUnlock:
+                card = uow.cards.get_for_update(card_number)
+                if card is None:
+                    raise CardNotFound(card_number)
+                released = card.force_release(reason=reason.strip(), by=admin, now=now)
+                flush(uow, [card])
+                return ForcedUnlock(card=card.snapshot(now), released_lock=released)
+
+            return once(uow, key, ForcedUnlock, now, run)
+
+        return run_in_transaction(self._storage, work)
+
+    # -- offline exceptions -----------------------------------------------------------------
+
+    def list_exceptions(self, *, include_resolved: bool, terminal_id: str | None,
+                        card_number: str | None, after: str, limit: int
+                        ) -> tuple[list[OfflineException], str]:
+        return run_in_transaction(
+            self._storage,
+            lambda uow: uow.exceptions.list(
+                include_resolved=include_resolved, terminal_id=terminal_id or None,
+                card_number=card_number or None, after=after, limit=limit,
+            ),
+            write=False,
+        )
+
+    def resolve_exception(self, *, key: RequestKey, admin: str, exception_id: str,
+                          resolution: str) -> ResolvedException:
+        key.validate()
+        validate_id(exception_id, "exception_id")
+        if not resolution.strip():
+            raise InvalidField("resolution", "is required: say what was done")
+
+        def work(uow: UnitOfWork) -> ResolvedException:
+            now = self._clock()
+
+            def run() -> ResolvedException:
+                exc = uow.exceptions.get_for_update(exception_id)
+                if exc is None:
+                    raise ExceptionNotFound(exception_id)
+                if not exc.is_open:
+                    raise ExceptionAlreadyResolved(exception_id)
+                card = uow.cards.get_for_update(exc.card_number) if exc.card_number else None
+                exc.resolved_at = now
+                exc.resolved_by = admin
+                exc.resolution = resolution.strip()
+                uow.exceptions.save(exc)
+                if card is not None:
+                    card.clear_flag_if_resolved(uow.exceptions.count_open_for_card(
+                        card.card_number))
+                    flush(uow, [card])
+                return ResolvedException(
+                    exception=exc, card=card.snapshot(now) if card is not None else None
+                )
+
+            return once(uow, key, ResolvedException, now, run)
+
+        return run_in_transaction(self._storage, work)
+
+    # -- journal ----------------------------------------------------------------------------
+
+    def list_journal(self, *, card_number: str, after_entry_id: int, limit: int
+                     ) -> list[JournalEntry]:
+        validate_card_number(card_number)
+
+        def work(uow: UnitOfWork) -> list[JournalEntry]:
+            if uow.cards.get(card_number) is None:
+                raise CardNotFound(card_number)
+            return uow.journal.list_for_card(
+                card_number, after_entry_id=after_entry_id, limit=limit
+            )
+
+        return run_in_transaction(self._storage, work, write=False)
+
+    # -- terminals --------------------------------------------------------------------------
+
+    def register_terminal(self, *, key: RequestKey, terminal_id: str, display_name: str
+                          ) -> IssuedCredential:
+        key.validate()
+        validate_terminal_id(terminal_id)
+        token = new_bearer_token()
+
+        def work(uow: UnitOfWork) -> IssuedCredential:
+            now = self._clock()
+
+            def run() -> IssuedCredential:
+                if uow.terminals.get_for_update(terminal_id) is not None:
+                    raise TerminalAlreadyExists(terminal_id)
+                terminal = Terminal(
+                    terminal_id=terminal_id, display_name=display_name or terminal_id,
+                    token_hash=hash_token(token), registered_at=now, credential_issued_at=now,
+                )
+                uow.terminals.add(terminal)
+                view = TerminalView(_public(terminal), sync_status(uow, terminal))
+                return IssuedCredential(terminal=view, bearer_token="")
+
+            return once(uow, key, IssuedCredential, now, run)
+
+        issued = run_in_transaction(self._storage, work)
+        return self._reveal_if_new(issued, token)
+
+    def rotate_credential(self, *, key: RequestKey, terminal_id: str) -> IssuedCredential:
+        key.validate()
+        validate_terminal_id(terminal_id)
+        token = new_bearer_token()
+
+        def work(uow: UnitOfWork) -> IssuedCredential:
+            now = self._clock()
+
+            def run() -> IssuedCredential:
+                terminal = uow.terminals.get_for_update(terminal_id)
+                if terminal is None:
+                    raise TerminalNotFound(terminal_id)
+                terminal.token_hash = hash_token(token)
+                terminal.credential_issued_at = now
+                uow.terminals.save(terminal)
+                view = TerminalView(_public(terminal), sync_status(uow, terminal))
+                return IssuedCredential(terminal=view, bearer_token="")
+
+            return once(uow, key, IssuedCredential, now, run)
+
+        issued = run_in_transaction(self._storage, work)
+        return self._reveal_if_new(issued, token)
+
+    def _reveal_if_new(self, issued: IssuedCredential, token: str) -> IssuedCredential:
+        # The stored first result never holds the token; only the call that created the
+        # credential can hand it out, recognisable by the hash it stored.
+        def work(uow: UnitOfWork) -> bool:
+            terminal = uow.terminals.get(issued.terminal.terminal.terminal_id)
+            return terminal is not None and terminal.token_hash == hash_token(token)
+
+        if run_in_transaction(self._storage, work, write=False):
+            return IssuedCredential(terminal=issued.terminal, bearer_token=token)
+        return issued
+
+    def list_terminals(self, *, after_terminal_id: str, limit: int) -> list[TerminalView]:
+        def work(uow: UnitOfWork) -> list[TerminalView]:
+            return [
+                TerminalView(_public(t), sync_status(uow, t))
+                for t in uow.terminals.list(after_terminal_id=after_terminal_id, limit=limit)
+            ]
+
+        return run_in_transaction(self._storage, work, write=False)
+
+    def get_sync_status(self, *, terminal_id: str) -> SyncStatus:
+        validate_terminal_id(terminal_id)
+
+        def work(uow: UnitOfWork) -> SyncStatus:
+            terminal = uow.terminals.get(terminal_id)
+            if terminal is None:
+                raise TerminalNotFound(terminal_id)
+            return sync_status(uow, terminal)
+
+        return run_in_transaction(self._storage, work, write=False)

@@ -1,0 +1,312 @@
+"""Online card use cases: lock, unlock, redeem, read, issue, add value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from storedvalue.hq.domain.cards import (
+    Card,
+    CardKind,
+    Lock,
+    generate_card_number,
+    issue_card,
+    validate_card_number,
+    validate_id,
+)
+from storedvalue.hq.domain.errors import CardAlreadyExists, CardNotFound, InvalidField
+from storedvalue.hq.domain.money import Money, positive_money
+from storedvalue.hq.domain.offline import Redemption
+from storedvalue.hq.domain.parameters import DEFAULT_LOCK_LEASE
+from storedvalue.hq.services.clock import Clock, utc_now
+from storedvalue.hq.services.idempotency import RequestKey, once
+from storedvalue.hq.services.throttle import UnknownCardThrottle
+from storedvalue.hq.services.transactions import run_in_transaction
+from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
+
+
+@dataclass(frozen=True, slots=True)
+class LockResult:
+    lock: Lock
+    card: Card
+
+
+@dataclass(frozen=True, slots=True)
+class RedeemResult:
+    card: Card
+    debited: Money
+    remainder_credit_memo: Card | None = None
+
+
+def flush(uow: UnitOfWork, cards: list[Card]) -> None:
+    """Write back loaded cards and the journal entries their rules produced."""
+    uow.cards.save(cards)
+    entries = [entry for card in cards for entry in card.pending_entries]
+    if entries:
+        uow.journal.append(entries)
+    for card in cards:
+        card.pending_entries.clear()
+
+
+def add_new_cards(uow: UnitOfWork, cards: list[Card]) -> None:
+    uow.cards.add(cards)
+    entries = [entry for card in cards for entry in card.pending_entries]
+    if entries:
+        uow.journal.append(entries)
+    for card in cards:
+        card.pending_entries.clear()
+
+
+class CardService:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        clock: Clock = utc_now,
+        new_card_number: Callable[[], str] = generate_card_number,
+        throttle: UnknownCardThrottle | None = None,
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._new_card_number = new_card_number
+        self._throttle = throttle or UnknownCardThrottle()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get_card(self, *, caller: str, card_number: str) -> Card:
+        validate_card_number(card_number)
+        self._throttle.check(caller)
+
+        def work(uow: UnitOfWork) -> Card:
+            card = uow.cards.get(card_number)
+            if card is None:
+                self._throttle.record_miss(caller)
+                raise CardNotFound(card_number)
+            return card.snapshot(self._clock())
+
+        return run_in_transaction(self._storage, work, write=False)
+
+    # -- locks ----------------------------------------------------------------------------
+
+    def lock_card(
+        self, *, key: RequestKey, terminal_id: str, card_number: str, transaction_id: str
+    ) -> LockResult:
+        key.validate()
+        validate_card_number(card_number)
+        validate_id(transaction_id, "transaction_id")
+        self._throttle.check(terminal_id)
+
+        def work(uow: UnitOfWork) -> LockResult:
+            now = self._clock()
+
+            def run() -> LockResult:
+                card = self._load_for_update(uow, card_number, caller=terminal_id)
+                params = uow.parameters.current()
+                lease = params.lock_lease if params is not None else DEFAULT_LOCK_LEASE
+                lock = card.acquire_lock(
+                    terminal_id=terminal_id, transaction_id=transaction_id, now=now, lease=lease
+                )
+                flush(uow, [card])
+                return LockResult(lock=lock, card=card.snapshot(now))
+
+            return once(uow, key, LockResult, now, run)
+
+        return run_in_transaction(self._storage, work)
+
+    def unlock_card(
+        self,
+        *,
+        key: RequestKey,
+        terminal_id: str,
+        card_number: str,
+        transaction_id: str,
+        fencing_token: int,
+    ) -> Card:
+        key.validate()
+        validate_card_number(card_number)
+        validate_id(transaction_id, "transaction_id")
+
+        def work(uow: UnitOfWork) -> Card:
+            now = self._clock()
+
+            def run() -> Card:
+                card = self._load_for_update(uow, card_number, caller=terminal_id)
+                card.release_lock(
+                    terminal_id=terminal_id,
+                    transaction_id=transaction_id,
+                    fencing_token=fencing_token,
+                )
+                flush(uow, [card])
+                return card.snapshot(now)
+
+            return once(uow, key, Card, now, run)
+
+        return run_in_transaction(self._storage, work)
+
+    # -- money ----------------------------------------------------------------------------
+
+    def redeem(
+        self,
+        *,
+        key: RequestKey,
+        terminal_id: str,
+        card_number: str,
+        transaction_id: str,
+        line_id: str,
+        fencing_token: int,
+        amount: Money | None,
+    ) -> RedeemResult:
+        """Debit, journal and release the lock in one transaction. A line HQ already applied
+        (same terminal, transaction and line ids, e.g. at sync) is not applied again."""
+        key.validate()
+        validate_card_number(card_number)
+        validate_id(transaction_id, "transaction_id")
+        validate_id(line_id, "line_id")
+        money = positive_money(amount, "amount")
+
+        def work(uow: UnitOfWork) -> RedeemResult:
+            now = self._clock()
+
+            def run() -> RedeemResult:
+                card = self._load_for_update(uow, card_number, caller=terminal_id)
+                line_key = (terminal_id, transaction_id, line_id)
+                earlier = uow.redemptions.get_many([line_key]).get(line_key)
+                if earlier is not None:
+                    return self._replayed_line(uow, earlier, card, money, now)
+                remainder = card.redeem_online(
+                    terminal_id=terminal_id,
+                    transaction_id=transaction_id,
+                    line_id=line_id,
+                    fencing_token=fencing_token,
+                    amount=money,
+                    now=now,
+                )
+                memo = None
+                if remainder > 0:
+                    memo = issue_card(
+                        card_number=self._new_card_number(),
+                        kind=CardKind.CREDIT_MEMO,
+                        value=Money(remainder, card.currency),
+                        terminal_id=terminal_id,
+                        transaction_id=transaction_id,
+                        line_id=line_id,
+                        now=now,
+                        remainder_of=card,
+                    )
+                flush(uow, [card])
+                if memo is not None:
+                    add_new_cards(uow, [memo])
+                uow.redemptions.add([
+                    Redemption(
+                        terminal_id=terminal_id,
+                        transaction_id=transaction_id,
+                        line_id=line_id,
+                        card_number=card_number,
+                        amount_minor=money.amount_minor,
+                        currency=money.currency,
+                        remainder_card_number=memo.card_number if memo else "",
+                        offline=False,
+                        recorded_at=now,
+                    )
+                ])
+                return RedeemResult(
+                    card=card.snapshot(now),
+                    debited=money,
+                    remainder_credit_memo=memo.snapshot(now) if memo else None,
+                )
+
+            return once(uow, key, RedeemResult, now, run)
+
+        return run_in_transaction(self._storage, work)
+
+    def issue_card(
+        self,
+        *,
+        key: RequestKey,
+        terminal_id: str,
+        kind: CardKind | None,
+        initial_value: Money | None,
+        card_number: str,
+        transaction_id: str,
+    ) -> Card:
+        key.validate()
+        if kind is None:
+            raise InvalidField("kind", "is required (gift card or credit memo)")
+        value = positive_money(initial_value, "initial_value")
+        if card_number:
+            validate_card_number(card_number)
+
+        def work(uow: UnitOfWork) -> Card:
+            now = self._clock()
+
+            def run() -> Card:
+                number = card_number or self._new_card_number()
+                if card_number and uow.cards.get_for_update(card_number) is not None:
+                    raise CardAlreadyExists(card_number)
+                card = issue_card(
+                    card_number=number,
+                    kind=kind,
+                    value=value,
+                    terminal_id=terminal_id,
+                    transaction_id=transaction_id,
+                    now=now,
+                )
+                add_new_cards(uow, [card])
+                return card.snapshot(now)
+
+            return once(uow, key, Card, now, run)
+
+        return run_in_transaction(self._storage, work)
+
+    def add_value(
+        self,
+        *,
+        key: RequestKey,
+        terminal_id: str,
+        card_number: str,
+        amount: Money | None,
+        transaction_id: str,
+    ) -> Card:
+        key.validate()
+        validate_card_number(card_number)
+        money = positive_money(amount, "amount")
+
+        def work(uow: UnitOfWork) -> Card:
+            now = self._clock()
+
+            def run() -> Card:
+                card = self._load_for_update(uow, card_number, caller=terminal_id)
+                card.add_value(
+                    amount=money, terminal_id=terminal_id, transaction_id=transaction_id, now=now
+                )
+                flush(uow, [card])
+                return card.snapshot(now)
+
+            return once(uow, key, Card, now, run)
+
+        return run_in_transaction(self._storage, work)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _load_for_update(self, uow: UnitOfWork, card_number: str, *, caller: str) -> Card:
+        card = uow.cards.get_for_update(card_number)
+        if card is None:
+            self._throttle.record_miss(caller)
+            raise CardNotFound(card_number)
+        return card
+
+    def _replayed_line(
+        self, uow: UnitOfWork, earlier: Redemption, card: Card, amount: Money, now: datetime
+    ) -> RedeemResult:
+        if earlier.card_number != card.card_number or earlier.amount_minor != amount.amount_minor:
+            raise InvalidField(
+                "line_id", "this line was already redeemed with another card or amount"
+            )
+        memo_number = earlier.remainder_card_number
+        memo = uow.cards.get(memo_number) if memo_number else None
+        return RedeemResult(
+            card=card.snapshot(now),
+            debited=amount,
+            remainder_credit_memo=memo.snapshot(now) if memo else None,
+        )

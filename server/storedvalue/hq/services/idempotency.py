@@ -1,0 +1,67 @@
+"""AIP-155 request ids: a retry with the same id gets the first result; the same id with
+other content is REQUEST_ID_REUSED. The record is written in the same database transaction as
+the effect, so a crash cannot separate them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from storedvalue.hq import records
+from storedvalue.hq.domain.cards import validate_id
+from storedvalue.hq.domain.errors import RequestIdReused
+from storedvalue.hq.services.unit_of_work import StoredResponse, UnitOfWork
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """Identifies one mutating request. The transport computes `fingerprint` as a digest of
+    the request message without its request_id."""
+
+    caller: str
+    request_id: str
+    operation: str
+    fingerprint: bytes
+
+    def validate(self) -> RequestKey:
+        validate_id(self.request_id, "request_id")
+        return self
+
+
+def replay(uow: UnitOfWork, key: RequestKey, result_type: type[T]) -> T | None:
+    """The first result of this request if it already ran; raises if the id was reused."""
+    stored = uow.requests.get(key.caller, key.request_id)
+    if stored is None:
+        return None
+    if stored.operation != key.operation or stored.fingerprint != key.fingerprint:
+        raise RequestIdReused(key.request_id)
+    return records.loads(result_type, stored.result_json)
+
+
+def remember(uow: UnitOfWork, key: RequestKey, result: object, now: datetime) -> None:
+    uow.requests.add(
+        StoredResponse(
+            caller=key.caller,
+            request_id=key.request_id,
+            operation=key.operation,
+            fingerprint=key.fingerprint,
+            result_json=records.dumps(result),
+            created_at=now,
+        )
+    )
+
+
+def once(
+    uow: UnitOfWork, key: RequestKey, result_type: type[T], now: datetime, run: Callable[[], T]
+) -> T:
+    """Run `run` inside `uow` unless this request already ran; remember its result."""
+    earlier = replay(uow, key, result_type)
+    if earlier is not None:
+        return earlier
+    result = run()
+    remember(uow, key, result, now)
+    return result
