@@ -56,7 +56,10 @@ def generate(out: Path) -> None:
         f"--mypy_grpc_out={out}",
         *protos,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTOS)
+    done = subprocess.run(cmd, cwd=PROTOS, capture_output=True, text=True)
+    if done.returncode != 0:  # mypy-protobuf chatters on success; show output only on failure
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"protoc failed with exit code {done.returncode}")
     for name, text in EXTRA_FILES.items():
         (out / PACKAGE_DIR / name).write_text(text)
 
