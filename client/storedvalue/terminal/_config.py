@@ -1,0 +1,74 @@
+"""Configuration of a terminal, one frozen dataclass passed down to every part."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass(frozen=True, kw_only=True)
+class TerminalConfig:
+    """How a terminal talks to HQ and how hard it tries.
+
+    Every duration is in seconds.
+    """
+
+    call_timeout_s: float = 0.75
+    """Deadline of every unary call to HQ (lock, redeem, balance, ...). It bounds how long a
+    cashier waits when the link drops: the first sale after a drop completes offline within
+    about this long. At most 1 s by default; raise it only for slow links."""
+
+    sync_call_timeout_s: float = 10.0
+    """Deadline of one SyncOfflineBatch call. Longer than ``call_timeout_s`` because a batch of
+    hundreds of transactions is applied in one go by HQ."""
+
+    probe_initial_backoff_s: float = 0.05
+    """Delay before the second health probe after the link dropped; doubles on each failed
+    probe up to ``probe_max_backoff_s``."""
+
+    probe_max_backoff_s: float = 5.0
+    """Longest delay between two health probes while OFFLINE."""
+
+    health_service: str = ""
+    """Service name asked in the standard gRPC health check (``""`` = the whole server)."""
+
+    sync_batch_size: int = 500
+    """Most offline transactions sent in one SyncOfflineBatch. The agent uses the smaller of
+    this and HQ's ``SyncLimits.max_transactions_per_batch``."""
+
+    sync_initial_backoff_s: float = 0.1
+    """First delay before resending a batch after a transient failure (UNAVAILABLE,
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED); doubles each time, with jitter."""
+
+    sync_max_backoff_s: float = 10.0
+    """Cap on the delay between two attempts to send the same batch."""
+
+    sync_max_attempts: int = 5
+    """Consecutive transient failures of one batch after which a sync run stops and reports
+    the error. The background agent tries again at the next reconnection (or after
+    ``sync_max_backoff_s`` while still online)."""
+
+    sync_automatically: bool = True
+    """Sync the outbox in the background whenever the terminal (re)connects. When False the
+    outbox is only sent by ``Terminal.sync_now()`` (support tools, tests)."""
+
+    watch_parameters: bool = True
+    """Follow HQ's WatchParameters stream while online, so a parameter change reaches the
+    terminal in about a second. When False the parameters are only read on (re)connection."""
+
+    channel_credentials: grpc.ChannelCredentials | None = None
+    """TLS credentials for the HQ channel. None means a plaintext channel, for loopback
+    development only."""
+
+    def __post_init__(self) -> None:
+        if self.call_timeout_s <= 0:
+            raise ValueError("call_timeout_s must be positive")
+        if self.sync_batch_size < 1:
+            raise ValueError("sync_batch_size must be at least 1")
+        if self.sync_max_attempts < 1:
+            raise ValueError("sync_max_attempts must be at least 1")
+        if not 0 < self.probe_initial_backoff_s <= self.probe_max_backoff_s:
+            raise ValueError("need 0 < probe_initial_backoff_s <= probe_max_backoff_s")
+        if not 0 < self.sync_initial_backoff_s <= self.sync_max_backoff_s:
+            raise ValueError("need 0 < sync_initial_backoff_s <= sync_max_backoff_s")

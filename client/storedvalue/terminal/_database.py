@@ -1,0 +1,133 @@
+"""The terminal's one SQLite file: sale state, cached parameters, the outbox.
+
+WAL with ``synchronous=FULL``: a committed write survives power loss and SIGKILL. Writes run
+in ``BEGIN IMMEDIATE`` transactions; one connection is shared by the terminal's threads under
+a lock (each write is short, and SQLite serialises writers anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from ._errors import TerminalError
+
+DATABASE_FILE = "terminal.sqlite3"
+_LOCK_FILE = "terminal.lock"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS terminal (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    terminal_id TEXT NOT NULL,
+    last_sequence_number INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS parameters (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    parameters BLOB NOT NULL,
+    sync_limits BLOB
+);
+CREATE TABLE IF NOT EXISTS tenders (
+    transaction_id TEXT NOT NULL,
+    card_number TEXT NOT NULL,
+    card_kind TEXT NOT NULL,
+    balance_minor INTEGER NOT NULL,
+    currency_code TEXT NOT NULL,
+    fencing_token INTEGER NOT NULL,
+    lease_expires_at TEXT,
+    removed_offline INTEGER NOT NULL DEFAULT 0,
+    unlock_request_id TEXT,
+    PRIMARY KEY (transaction_id, card_number)
+);
+CREATE TABLE IF NOT EXISTS sale_lines (
+    transaction_id TEXT NOT NULL,
+    line_id TEXT NOT NULL,
+    card_number TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL,
+    currency_code TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    attempted INTEGER NOT NULL DEFAULT 0,
+    redeem_response BLOB,
+    PRIMARY KEY (transaction_id, line_id)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    sequence_number INTEGER PRIMARY KEY,
+    transaction_id TEXT NOT NULL UNIQUE,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_reports (
+    sequence_number INTEGER PRIMARY KEY,
+    transaction_id TEXT NOT NULL,
+    result BLOB NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+"""
+
+
+class DataDirectoryInUse(TerminalError):
+    """Another live process has this terminal's data directory open."""
+
+    reasons = ("DATA_DIRECTORY_IN_USE",)
+
+
+class Database:
+    """The SQLite connection of one terminal, owned by one process at a time."""
+
+    def __init__(self, data_dir: Path, terminal_id: str) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # The kernel drops this lock when the process dies, SIGKILL included.
+        self._lock_fd = os.open(data_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise DataDirectoryInUse(f"{data_dir} is used by another terminal process") from None
+        self._mutex = threading.RLock()
+        self._conn = sqlite3.connect(
+            data_dir / DATABASE_FILE, isolation_level=None, check_same_thread=False, timeout=30
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        with self.write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        self._claim(terminal_id)
+
+    def _claim(self, terminal_id: str) -> None:
+        with self.write() as conn:
+            row = conn.execute("SELECT terminal_id FROM terminal WHERE id = 1").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO terminal (id, terminal_id) VALUES (1, ?)", (terminal_id,))
+            elif row[0] != terminal_id:
+                raise TerminalError(
+                    f"data directory belongs to terminal {row[0]!r}, not {terminal_id!r}",
+                    reason="DATA_DIRECTORY_MISMATCH",
+                )
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One durable write transaction: committed on normal exit, rolled back otherwise."""
+        with self._mutex:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            yield self._conn
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+        os.close(self._lock_fd)

@@ -1,0 +1,274 @@
+"""The terminal's one error hierarchy and the one place that maps gRPC failures onto it.
+
+Each class declares the ``ErrorInfo`` reasons it stands for; ``error_from_rpc`` reads the
+``google.rpc.Status`` HQ put in the ``grpc-status-details-bin`` trailer and picks the class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar, cast
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "storedvalue.dev"
+
+TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Codes that mean "the link to HQ is down": the terminal switches to OFFLINE."""
+
+RETRYABLE_SYNC_CODES = TRANSIENT_CODES | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+"""Codes a sync batch is resent after (with backoff); anything else is never retried blindly."""
+
+
+class TerminalError(Exception):
+    """Base of every error the terminal library raises."""
+
+    reasons: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        code: grpc.StatusCode | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or (self.reasons[0] if self.reasons else "")
+        self.metadata: Mapping[str, str] = dict(metadata or {})
+        self.code = code
+
+
+class UnexpectedError(TerminalError):
+    """HQ failed in a way the contract does not list (unknown reason, INTERNAL, ...)."""
+
+
+class HQUnavailable(TerminalError):
+    """HQ could not be reached: the link is down, the call timed out, or the terminal is
+    OFFLINE and did not try. ``request_sent`` tells whether the request may have reached HQ
+    (so its effect is unknown)."""
+
+    def __init__(self, message: str, *, request_sent: bool, code: grpc.StatusCode | None) -> None:
+        super().__init__(message, code=code)
+        self.request_sent = request_sent
+
+
+class InvalidArgument(TerminalError):
+    reasons: ClassVar[tuple[str, ...]] = ("INVALID_FIELD", "INVALID_CARD_NUMBER", "INVALID_AMOUNT")
+
+    @property
+    def field(self) -> str:
+        return self.metadata.get("field", "")
+
+
+class CurrencyMismatch(InvalidArgument):
+    reasons = ("CURRENCY_MISMATCH",)
+
+
+class RequestIdReused(InvalidArgument):
+    reasons = ("REQUEST_ID_REUSED",)
+
+
+class LimitExceeded(InvalidArgument):
+    reasons = ("LIMIT_EXCEEDED",)
+
+
+class CardNotFound(TerminalError):
+    reasons = ("CARD_NOT_FOUND",)
+
+
+class CardAlreadyExists(TerminalError):
+    reasons = ("CARD_ALREADY_EXISTS",)
+
+
+class CardLocked(TerminalError):
+    """Another terminal or transaction holds the card's lock."""
+
+    reasons = ("CARD_LOCKED",)
+
+    @property
+    def holder_terminal_id(self) -> str:
+        return self.metadata.get("holder_terminal_id", "")
+
+    @property
+    def holder_transaction_id(self) -> str:
+        return self.metadata.get("holder_transaction_id", "")
+
+    @property
+    def lease_expires_at(self) -> datetime | None:
+        return _parse_rfc3339(self.metadata.get("lease_expires_at", ""))
+
+
+class LockNotHeld(TerminalError):
+    reasons = ("LOCK_NOT_HELD",)
+
+
+class InsufficientFunds(TerminalError):
+    reasons = ("INSUFFICIENT_FUNDS",)
+
+    @property
+    def balance_minor(self) -> int | None:
+        return _parse_int(self.metadata.get("balance_minor", ""))
+
+    @property
+    def requested_minor(self) -> int | None:
+        return _parse_int(self.metadata.get("requested_minor", ""))
+
+
+class CardFlagged(TerminalError):
+    reasons = ("CARD_FLAGGED",)
+
+
+class CardRedeemed(TerminalError):
+    reasons = ("CARD_REDEEMED",)
+
+
+class CardKindNotSupported(TerminalError):
+    reasons = ("CARD_KIND_NOT_SUPPORTED",)
+
+
+class Unauthenticated(TerminalError):
+    reasons = ("UNAUTHENTICATED",)
+
+
+class PermissionDenied(TerminalError):
+    reasons = ("PERMISSION_DENIED",)
+
+
+class RateLimited(TerminalError):
+    reasons = ("RATE_LIMITED",)
+
+    @property
+    def retry_after_seconds(self) -> int | None:
+        return _parse_int(self.metadata.get("retry_after_seconds", ""))
+
+
+class TenderNotFound(TerminalError):
+    """Raised locally: the sale has no tender (locked card) for this card number."""
+
+    reasons = ("TENDER_NOT_FOUND",)
+
+
+class SaleAlreadyCompleted(TerminalError):
+    """Raised locally: this transaction was already completed offline on this terminal."""
+
+    reasons = ("SALE_ALREADY_COMPLETED",)
+
+
+@dataclass(frozen=True)
+class OfflineRefusal:
+    """Why one line cannot be completed offline."""
+
+    line_id: str
+    card_number: str
+    why: str
+    """``KIND_NOT_ALLOWED`` (HQ parameters forbid this card kind offline), ``NOT_LOCKED`` (this
+    terminal did not lock the card for this sale before the link dropped),
+    ``OVER_BALANCE`` (more than the balance seen at lock time) or ``CURRENCY_MISMATCH``."""
+
+
+class OfflineNotAllowed(TerminalError):
+    """Raised locally: HQ is unreachable and some lines may not complete offline. The sale is
+    still open and nothing of it was lost; ``line_ids`` names the refused lines."""
+
+    reasons = ("OFFLINE_NOT_ALLOWED",)
+
+    def __init__(self, refusals: tuple[OfflineRefusal, ...]) -> None:
+        names = ", ".join(f"{r.line_id} ({r.why})" for r in refusals)
+        super().__init__(f"these lines cannot complete offline: {names}")
+        self.refusals = refusals
+
+    @property
+    def line_ids(self) -> tuple[str, ...]:
+        return tuple(r.line_id for r in self.refusals)
+
+
+_BY_REASON: dict[str, type[TerminalError]] = {
+    reason: cls
+    for cls in (
+        InvalidArgument,
+        CurrencyMismatch,
+        RequestIdReused,
+        LimitExceeded,
+        CardNotFound,
+        CardAlreadyExists,
+        CardLocked,
+        LockNotHeld,
+        InsufficientFunds,
+        CardFlagged,
+        CardRedeemed,
+        CardKindNotSupported,
+        Unauthenticated,
+        PermissionDenied,
+        RateLimited,
+    )
+    for reason in cls.reasons
+}
+
+_BY_CODE: dict[grpc.StatusCode, type[TerminalError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: CardNotFound,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimited,
+}
+
+
+def error_from_rpc(error: grpc.RpcError) -> TerminalError:
+    """Translate a failed call into the typed error a POS application catches."""
+    code = rpc_code(error)
+    if code is None:
+        return UnexpectedError(str(error))
+    call = cast(grpc.Call, error)
+    details = call.details() or ""
+    if code in TRANSIENT_CODES:
+        return HQUnavailable(details or code.name, request_sent=True, code=code)
+    info = _error_info(call)
+    if info is not None and info.domain == ERROR_DOMAIN and info.reason in _BY_REASON:
+        cls = _BY_REASON[info.reason]
+        return cls(details, reason=info.reason, metadata=dict(info.metadata), code=code)
+    fallback = _BY_CODE.get(code, UnexpectedError)
+    reason = info.reason if info is not None else ""
+    metadata = dict(info.metadata) if info is not None else {}
+    return fallback(details or code.name, reason=reason, metadata=metadata, code=code)
+
+
+def rpc_code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    """The status code of a failed call (None for an RpcError that is not a call)."""
+    code = getattr(error, "code", None)
+    return code() if callable(code) else None
+
+
+def _error_info(call: grpc.Call) -> error_details_pb2.ErrorInfo | None:
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
+def _parse_rfc3339(text: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _parse_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None

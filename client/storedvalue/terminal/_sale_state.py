@@ -1,0 +1,220 @@
+"""Open sales kept durably on the terminal: the locks taken (tenders) and the tender lines
+being completed, so that a link drop or a restart loses nothing and a retry resends the
+same request ids."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from ._database import Database
+from ._model import CardKind, Money, SaleLine, Tender
+
+
+@dataclass(frozen=True)
+class TenderRecord:
+    tender: Tender
+    removed_offline: bool
+    """The line was removed while OFFLINE: the lock is still to be released at HQ."""
+    unlock_request_id: str | None
+
+
+@dataclass(frozen=True)
+class LineRecord:
+    line: SaleLine
+    request_id: str
+    """Request id of the line's Redeem, reused on every resend."""
+    attempted: bool
+    """A Redeem for this line was (maybe) sent and no answer was recorded."""
+    redeem_response: bytes | None
+    """HQ's serialized RedeemResponse once the line was debited online."""
+
+
+_TENDER_COLUMNS = (
+    "transaction_id, card_number, card_kind, balance_minor, currency_code, fencing_token, "
+    "lease_expires_at, removed_offline, unlock_request_id"
+)
+
+
+def _tender_from_row(row: Sequence[object]) -> TenderRecord:
+    lease = row[6]
+    return TenderRecord(
+        tender=Tender(
+            transaction_id=str(row[0]),
+            card_number=str(row[1]),
+            kind=CardKind(row[2]),
+            balance=Money(int(str(row[3])), str(row[4])),
+            fencing_token=int(str(row[5])),
+            lease_expires_at=datetime.fromisoformat(str(lease)) if lease else None,
+        ),
+        removed_offline=bool(row[7]),
+        unlock_request_id=str(row[8]) if row[8] else None,
+    )
+
+
+class SaleState:
+    """Tenders and tender lines of the terminal's open sales."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    # -- tenders ------------------------------------------------------------------------
+
+    def save_tender(self, tender: Tender) -> None:
+        lease = tender.lease_expires_at.isoformat() if tender.lease_expires_at else None
+        with self._db.write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO tenders ({_TENDER_COLUMNS}) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL)",
+                (
+                    tender.transaction_id,
+                    tender.card_number,
+                    tender.kind.value,
+                    tender.balance.amount_minor,
+                    tender.balance.currency_code,
+                    tender.fencing_token,
+                    lease,
+                ),
+            )
+
+    def tenders(self, transaction_id: str) -> list[TenderRecord]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {_TENDER_COLUMNS} FROM tenders WHERE transaction_id = ? "  # noqa: S608
+                "ORDER BY rowid",
+                (transaction_id,),
+            ).fetchall()
+        return [_tender_from_row(row) for row in rows]
+
+    def tender(self, transaction_id: str, card_number: str) -> TenderRecord | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_TENDER_COLUMNS} FROM tenders "  # noqa: S608
+                "WHERE transaction_id = ? AND card_number = ?",
+                (transaction_id, card_number),
+            ).fetchone()
+        return _tender_from_row(row) if row else None
+
+    def pending_unlocks(self) -> list[TenderRecord]:
+        """Tenders removed while OFFLINE whose lock HQ still holds."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {_TENDER_COLUMNS} FROM tenders WHERE removed_offline = 1 "  # noqa: S608
+                "ORDER BY rowid"
+            ).fetchall()
+        return [_tender_from_row(row) for row in rows]
+
+    def mark_removed_offline(self, transaction_id: str, card_number: str) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE tenders SET removed_offline = 1, "
+                "unlock_request_id = COALESCE(unlock_request_id, ?) "
+                "WHERE transaction_id = ? AND card_number = ?",
+                (str(uuid.uuid4()), transaction_id, card_number),
+            )
+
+    def forget_tender(self, transaction_id: str, card_number: str) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "DELETE FROM tenders WHERE transaction_id = ? AND card_number = ?",
+                (transaction_id, card_number),
+            )
+
+    # -- tender lines -------------------------------------------------------------------
+
+    def lines(self, transaction_id: str) -> list[LineRecord]:
+        with self._db.read() as conn:
+            return self._select_lines(conn, transaction_id)
+
+    def prepare_lines(
+        self, transaction_id: str, lines: Sequence[SaleLine], *, mark_first_pending: bool
+    ) -> list[LineRecord]:
+        """Give every new line a request id (kept for retries) and return the sale's lines,
+        as they were before this call marked anything.
+
+        Lines of an earlier attempt that are not asked for any more are dropped, unless HQ
+        already debited them (those stay: the money moved). With ``mark_first_pending`` the
+        first asked-for line not yet debited is marked attempted in the same commit: its
+        Redeem is about to leave, and if the process dies waiting for the answer the offline
+        record must still say that line may have been debited online."""
+        with self._db.write() as conn:
+            wanted = [line.line_id for line in lines]
+            placeholders = ", ".join("?" * len(wanted))  # only "?" marks, values bound
+            conn.execute(
+                "DELETE FROM sale_lines WHERE transaction_id = ? AND redeem_response IS NULL "  # noqa: S608
+                f"AND line_id NOT IN ({placeholders})",
+                (transaction_id, *wanted),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO sale_lines (transaction_id, line_id, card_number, "
+                "amount_minor, currency_code, request_id) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        transaction_id,
+                        line.line_id,
+                        line.card_number,
+                        line.amount.amount_minor,
+                        line.amount.currency_code,
+                        str(uuid.uuid4()),
+                    )
+                    for line in lines
+                ],
+            )
+            records = self._select_lines(conn, transaction_id)
+            if mark_first_pending:
+                debited = {r.line.line_id for r in records if r.redeem_response is not None}
+                first = next((i for i in wanted if i not in debited), None)
+                if first is not None:
+                    self._set_attempted(conn, transaction_id, first)
+        return records
+
+    @staticmethod
+    def _select_lines(conn: sqlite3.Connection, transaction_id: str) -> list[LineRecord]:
+        rows = conn.execute(
+            "SELECT line_id, card_number, amount_minor, currency_code, request_id, "
+            "attempted, redeem_response FROM sale_lines WHERE transaction_id = ? ORDER BY rowid",
+            (transaction_id,),
+        ).fetchall()
+        return [
+            LineRecord(
+                line=SaleLine(row[0], row[1], Money(row[2], row[3])),
+                request_id=row[4],
+                attempted=bool(row[5]),
+                redeem_response=row[6],
+            )
+            for row in rows
+        ]
+
+    def record_redeemed(
+        self, transaction_id: str, line_id: str, response: bytes, next_line_id: str | None
+    ) -> None:
+        """Keep HQ's answer for a debited line and, in the same commit, mark the next line
+        as attempted before its Redeem goes out (one commit per line, not two)."""
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE sale_lines SET redeem_response = ?, attempted = 0 "
+                "WHERE transaction_id = ? AND line_id = ?",
+                (response, transaction_id, line_id),
+            )
+            if next_line_id is not None:
+                self._set_attempted(conn, transaction_id, next_line_id)
+
+    @staticmethod
+    def _set_attempted(conn: sqlite3.Connection, transaction_id: str, line_id: str) -> None:
+        conn.execute(
+            "UPDATE sale_lines SET attempted = 1 WHERE transaction_id = ? AND line_id = ?",
+            (transaction_id, line_id),
+        )
+
+    @staticmethod
+    def forget_sale(conn: sqlite3.Connection, transaction_id: str) -> None:
+        """Drop a finished sale's state, inside the caller's write transaction."""
+        conn.execute("DELETE FROM tenders WHERE transaction_id = ?", (transaction_id,))
+        conn.execute("DELETE FROM sale_lines WHERE transaction_id = ?", (transaction_id,))
+
+    def finish_sale(self, transaction_id: str) -> None:
+        with self._db.write() as conn:
+            self.forget_sale(conn, transaction_id)

@@ -1,0 +1,291 @@
+"""The terminal: what a point-of-sale application builds once and calls for every sale."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from storedvalue.v1 import terminal_service_pb2
+
+from ._checkout import Checkout
+from ._config import TerminalConfig
+from ._connectivity import Connectivity
+from ._convert import card_from_pb, kind_to_pb, money_to_pb
+from ._database import Database
+from ._errors import TerminalError
+from ._hq_client import HQClient
+from ._model import (
+    Card,
+    CardKind,
+    ConnectivityChange,
+    ConnectivityState,
+    Money,
+    OutboxEntry,
+    Parameters,
+    SaleLine,
+    SaleResult,
+    SyncLimits,
+    SyncProgress,
+    SyncReport,
+    SyncSummary,
+    Tender,
+)
+from ._outbox import Outbox
+from ._parameters import ParametersCache, ParametersFollower
+from ._sale_state import SaleState
+from ._sync import SyncAgent
+
+_log = logging.getLogger(__name__)
+
+
+class Terminal:
+    """One till's link to HQ, its offline switch, its outbox and its sync agent.
+
+    Building it opens (or creates) the terminal's SQLite file in ``data_dir``, probes HQ once
+    (so it starts ONLINE when HQ answers) and starts three background threads: the health
+    probe, the parameters stream and the sync agent. ``close()`` (or leaving a ``with``
+    block) stops them. Methods are thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        terminal_id: str,
+        credential: str,
+        data_dir: str | Path,
+        config: TerminalConfig | None = None,
+    ) -> None:
+        self._config = config or TerminalConfig()
+        self._terminal_id = terminal_id
+        self._closed = False
+        self._db = Database(Path(data_dir), terminal_id)
+        reconnect_ms = int(self._config.probe_max_backoff_s * 1000)
+        options = [
+            # Let the channel redial about as often as the probe asks, not gRPC's 2 minutes.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", max(reconnect_ms, 100)),
+        ]
+        if self._config.channel_credentials is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(
+                address, self._config.channel_credentials, options=options
+            )
+        metadata = (("authorization", f"Bearer {credential}"),)
+        self._connectivity = Connectivity(
+            channel=self._channel, metadata=metadata, config=self._config
+        )
+        self._hq = HQClient(
+            channel=self._channel,
+            connectivity=self._connectivity,
+            metadata=metadata,
+            config=self._config,
+        )
+        self._parameters = ParametersCache(self._db)
+        self._follower = ParametersFollower(
+            hq=self._hq,
+            connectivity=self._connectivity,
+            cache=self._parameters,
+            config=self._config,
+        )
+        self._outbox = Outbox(self._db)
+        sale_state = SaleState(self._db)
+        self._sync = SyncAgent(
+            hq=self._hq,
+            connectivity=self._connectivity,
+            outbox=self._outbox,
+            sale_state=sale_state,
+            parameters=self._parameters,
+            refresh_parameters=self._follower.refresh,
+            config=self._config,
+        )
+        self._checkout = Checkout(
+            hq=self._hq,
+            connectivity=self._connectivity,
+            sale_state=sale_state,
+            outbox=self._outbox,
+            parameters=self._parameters,
+        )
+        self._connectivity.add_listener(self._follower.on_connectivity)
+        self._connectivity.add_listener(self._on_connectivity)
+        try:
+            self._sync.start()
+            self._connectivity.start()
+            self._follower.start()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle and observation ------------------------------------------------------
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the background threads and close the channel and the database. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        follower_done = self._follower.stop(timeout_s=1.0)
+        self._sync.stop()
+        self._connectivity.stop()
+        self._channel.close()  # cancels whatever RPC is still in flight
+        if not follower_done:
+            _log.warning("parameters stream ignored its cancellation; closed with the channel")
+            self._follower.join()
+        self._db.close()
+
+    @property
+    def terminal_id(self) -> str:
+        return self._terminal_id
+
+    @property
+    def state(self) -> ConnectivityState:
+        return self._connectivity.state
+
+    @property
+    def parameters(self) -> Parameters:
+        """The parameters applied now (the last version received, kept on disk)."""
+        return self._parameters.current
+
+    @property
+    def sync_limits(self) -> SyncLimits | None:
+        return self._parameters.sync_limits
+
+    def on_connectivity_change(
+        self, callback: Callable[[ConnectivityChange], None]
+    ) -> Callable[[], None]:
+        """Call ``callback`` on every ONLINE/OFFLINE switch (from the thread that saw it);
+        returns a function that unsubscribes."""
+        return self._connectivity.add_listener(callback)
+
+    def on_parameters_change(self, callback: Callable[[Parameters], None]) -> None:
+        self._parameters.add_listener(callback)
+
+    def on_sync_progress(self, callback: Callable[[SyncProgress], None]) -> None:
+        self._sync.add_progress_listener(callback)
+
+    def wait_for_state(self, state: ConnectivityState, *, timeout_s: float) -> bool:
+        return self._connectivity.wait_for(state, timeout_s)
+
+    def wait_for_parameters(self, *, version: int, timeout_s: float) -> bool:
+        return self._parameters.wait_for_version(version, timeout_s)
+
+    # -- the sale -----------------------------------------------------------------------
+
+    def add_tender(self, *, transaction_id: str, card_number: str) -> Tender:
+        """Lock the card at HQ for this sale and remember the lock on disk. Online only:
+        a card this terminal could not lock can never be accepted offline."""
+        return self._checkout.add_tender(transaction_id, card_number)
+
+    def remove_tender(self, *, transaction_id: str, card_number: str) -> bool:
+        """Release the card: True when HQ released it now, False when the unlock was queued
+        (OFFLINE) and will reach HQ at sync."""
+        return self._checkout.remove_tender(transaction_id, card_number)
+
+    def complete_sale(self, *, transaction_id: str, lines: Sequence[SaleLine]) -> SaleResult:
+        """Debit every line: online (Redeem), or offline when HQ is out of reach and every
+        remaining line may complete offline. Raises OfflineNotAllowed (sale left open,
+        nothing lost) otherwise. Safe to call again for the same sale after an error:
+        lines HQ already debited are not sent again and request ids are reused."""
+        return self._checkout.complete_sale(transaction_id, lines)
+
+    def abandon_sale(self, *, transaction_id: str) -> None:
+        """Release every card the sale locked (online, or queued for sync when OFFLINE)."""
+        self._checkout.abandon_sale(transaction_id)
+
+    # -- online-only card operations ----------------------------------------------------
+
+    def balance(self, *, card_number: str) -> Card:
+        response = self._hq.call(
+            self._hq.stub.GetCard, terminal_service_pb2.GetCardRequest(card_number=card_number)
+        )
+        return card_from_pb(response.card)
+
+    def issue_card(
+        self,
+        *,
+        kind: CardKind,
+        initial_value: Money,
+        card_number: str = "",
+        transaction_id: str = "",
+        request_id: str | None = None,
+    ) -> Card:
+        """Issue a gift card (sold) or a credit memo (return). To retry after HQUnavailable
+        without issuing twice, pass the same ``request_id`` again."""
+        response = self._hq.call(
+            self._hq.stub.IssueCard,
+            terminal_service_pb2.IssueCardRequest(
+                request_id=request_id or str(uuid.uuid4()),
+                kind=kind_to_pb(kind),
+                initial_value=money_to_pb(initial_value),
+                card_number=card_number,
+                transaction_id=transaction_id,
+            ),
+        )
+        return card_from_pb(response.card)
+
+    def add_value(
+        self,
+        *,
+        card_number: str,
+        amount: Money,
+        transaction_id: str = "",
+        request_id: str | None = None,
+    ) -> Card:
+        """Load a gift card. Retry with the same ``request_id`` to load at most once."""
+        response = self._hq.call(
+            self._hq.stub.AddValue,
+            terminal_service_pb2.AddValueRequest(
+                request_id=request_id or str(uuid.uuid4()),
+                card_number=card_number,
+                amount=money_to_pb(amount),
+                transaction_id=transaction_id,
+            ),
+        )
+        return card_from_pb(response.card)
+
+    # -- outbox and sync ----------------------------------------------------------------
+
+    def outbox(self) -> tuple[OutboxEntry, ...]:
+        """Offline transactions not yet acknowledged by HQ, oldest first."""
+        return tuple(self._outbox.entries())
+
+    def sync_reports(self) -> tuple[SyncReport, ...]:
+        """Synced transactions that need a human: exceptions, rejections, remainder memos."""
+        return tuple(self._outbox.reports())
+
+    def dismiss_sync_report(self, *, sequence_number: int) -> None:
+        self._outbox.dismiss_report(sequence_number)
+
+    @property
+    def last_sync(self) -> SyncSummary | None:
+        """The summary of the latest sync run (background or manual)."""
+        return self._sync.last_summary
+
+    def sync_now(self) -> SyncSummary:
+        """Send the outbox now, in the calling thread, and say how it went."""
+        return self._sync.sync_now()
+
+    def _on_connectivity(self, change: ConnectivityChange) -> None:
+        if change.state is not ConnectivityState.ONLINE:
+            return
+        try:
+            self._follower.refresh()
+        except TerminalError as failure:
+            _log.warning("could not refresh parameters: %s", failure)
+        self._sync.trigger()

@@ -1,0 +1,251 @@
+"""The seamless offline switch: a sale whose cards were locked completes without HQ."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from storedvalue.terminal import (
+    ConnectivityState,
+    HQUnavailable,
+    Money,
+    OfflineNotAllowed,
+    SaleLine,
+    SyncOutcome,
+)
+from storedvalue.v1 import common_pb2
+
+from .conftest import MANUAL_SYNC, TerminalFactory, card_number, wait_until
+from .fake_hq import FakeHQ
+
+
+def eur(cents: int) -> Money:
+    return Money(cents, "EUR")
+
+
+def test_sale_completes_offline_when_link_drops_after_lock(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    number, other = card_number(), card_number()
+    hq.add_card(number, balance=5000)
+    hq.add_card(other, balance=5000)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    terminal.add_tender(transaction_id="sale-1", card_number=number)
+    terminal.add_tender(transaction_id="sale-2", card_number=other)
+    hq.link.up = False
+    result = terminal.complete_sale(
+        transaction_id="sale-1", lines=[SaleLine("L1", number, eur(1200))]
+    )
+    assert result.completed_offline
+    assert result.sequence_number == 1
+    assert result.lines[0].completed_offline
+    # UNAVAILABLE on a sent Redeem cannot tell "never arrived" from "answer lost".
+    assert result.lines[0].online_redeem_attempted
+    assert terminal.state is ConnectivityState.OFFLINE
+    assert hq.card(number).balance == 5000
+    calls = hq.state.redeem_calls
+    second = terminal.complete_sale(
+        transaction_id="sale-2", lines=[SaleLine("L1", other, eur(300))]
+    )
+    assert second.sequence_number == 2
+    assert not second.lines[0].online_redeem_attempted, "already OFFLINE: nothing was sent"
+    assert hq.state.redeem_calls == calls
+    assert [entry.transaction_id for entry in terminal.outbox()] == ["sale-1", "sale-2"]
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
+    summary = terminal.sync_now()
+    assert (summary.sent, summary.applied, summary.remaining) == (2, 2, 0)
+    assert hq.card(number).balance == 3800
+    assert hq.card(other).balance == 4700
+    assert hq.card(number).lock is None
+    assert hq.card(other).lock is None
+    assert hq.state.sequences["T1"] == [1, 2]
+    assert terminal.outbox() == ()
+
+
+def test_link_drop_during_redeem_completes_offline_within_the_deadline(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    number = card_number()
+    hq.add_card(number, balance=5000)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    terminal.add_tender(transaction_id="sale-1", card_number=number)
+    hq.state.redeem_script.append("black_hole")
+    started = time.monotonic()
+    result = terminal.complete_sale(
+        transaction_id="sale-1", lines=[SaleLine("L1", number, eur(700))]
+    )
+    elapsed = time.monotonic() - started
+    assert result.completed_offline
+    assert result.lines[0].online_redeem_attempted
+    assert elapsed < MANUAL_SYNC.call_timeout_s + 0.25
+
+
+def test_redeem_whose_answer_was_lost_is_synced_as_attempted_and_debited_once(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    number = card_number()
+    hq.add_card(number, balance=5000)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    terminal.add_tender(transaction_id="sale-1", card_number=number)
+    hq.state.redeem_script.append("cut_link_after")
+    result = terminal.complete_sale(
+        transaction_id="sale-1", lines=[SaleLine("L1", number, eur(700))]
+    )
+    assert result.completed_offline
+    assert result.lines[0].online_redeem_attempted
+    assert hq.card(number).balance == 4300, "HQ applied the redeem, the answer was lost"
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
+    assert terminal.sync_now().remaining == 0
+    assert hq.card(number).balance == 4300
+    (sent,) = hq.state.offline.values()
+    assert sent[1].line_results[0].reason == "ALREADY_REDEEMED_ONLINE"
+
+
+def test_partly_completed_sale_puts_only_the_lines_not_yet_debited_offline(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    first, second, third = card_number(), card_number(), card_number()
+    for number in (first, second, third):
+        hq.add_card(number, balance=1000)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    for number in (first, second, third):
+        terminal.add_tender(transaction_id="sale-1", card_number=number)
+    hq.state.redeem_script.extend(["normal", "cut_link_after"])
+    lines = [
+        SaleLine("L1", first, eur(100)),
+        SaleLine("L2", second, eur(200)),
+        SaleLine("L3", third, eur(300)),
+    ]
+    result = terminal.complete_sale(transaction_id="sale-1", lines=lines)
+    assert result.completed_offline
+    assert [(line.line_id, line.completed_offline) for line in result.lines] == [
+        ("L1", False),
+        ("L2", True),
+        ("L3", True),
+    ]
+    assert [line.online_redeem_attempted for line in result.lines] == [False, True, False]
+    assert result.lines[0].balance_after == eur(900)
+    (entry,) = terminal.outbox()
+    assert entry.redeem_line_count == 2
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
+    assert terminal.sync_now().remaining == 0
+    assert [hq.card(n).balance for n in (first, second, third)] == [900, 800, 700]
+    assert all(hq.card(n).lock is None for n in (first, second, third))
+
+
+def test_offline_is_refused_for_a_kind_the_parameters_forbid_and_the_sale_stays_open(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    gift, memo = card_number(), card_number()
+    hq.add_card(gift, balance=1000)
+    hq.add_card(memo, balance=1000, kind=common_pb2.CARD_KIND_CREDIT_MEMO)
+    hq.set_parameters(gift_card=True, credit_memo=False)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    assert terminal.parameters.version == 2
+    terminal.add_tender(transaction_id="sale-1", card_number=gift)
+    terminal.add_tender(transaction_id="sale-1", card_number=memo)
+    hq.link.up = False
+    lines = [SaleLine("G", gift, eur(100)), SaleLine("M", memo, eur(100))]
+    with pytest.raises(OfflineNotAllowed) as refused:
+        terminal.complete_sale(transaction_id="sale-1", lines=lines)
+    assert refused.value.line_ids == ("M",)
+    assert refused.value.refusals[0].why == "KIND_NOT_ALLOWED"
+    assert terminal.outbox() == ()
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
+    result = terminal.complete_sale(transaction_id="sale-1", lines=lines)
+    assert not result.completed_offline
+    assert hq.card(gift).balance == 900
+    assert hq.card(memo).balance == 900
+
+
+def test_card_never_locked_cannot_be_accepted_offline(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    locked, unlocked = card_number(), card_number()
+    hq.add_card(locked, balance=1000)
+    hq.add_card(unlocked, balance=1000)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    terminal.add_tender(transaction_id="sale-1", card_number=locked)
+    hq.link.up = False
+    with pytest.raises(HQUnavailable):
+        terminal.add_tender(transaction_id="sale-1", card_number=unlocked)
+    lines = [SaleLine("A", locked, eur(10)), SaleLine("B", unlocked, eur(10))]
+    with pytest.raises(OfflineNotAllowed) as refused:
+        terminal.complete_sale(transaction_id="sale-1", lines=lines)
+    assert [(r.line_id, r.why) for r in refused.value.refusals] == [("B", "NOT_LOCKED")]
+
+
+def test_offline_line_over_the_balance_seen_at_lock_time_is_refused(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    number = card_number()
+    hq.add_card(number, balance=1000)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    terminal.add_tender(transaction_id="sale-1", card_number=number)
+    hq.link.up = False
+    with pytest.raises(OfflineNotAllowed) as refused:
+        terminal.complete_sale(transaction_id="sale-1", lines=[SaleLine("A", number, eur(1001))])
+    assert refused.value.refusals[0].why == "OVER_BALANCE"
+
+
+def test_tender_removed_offline_is_released_when_the_link_returns(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    number = card_number()
+    hq.add_card(number, balance=1000)
+    terminal = make_terminal()
+    terminal.add_tender(transaction_id="sale-1", card_number=number)
+    hq.link.up = False
+    assert terminal.remove_tender(transaction_id="sale-1", card_number=number) is False
+    assert hq.card(number).lock is not None
+    hq.link.up = True
+    wait_until(lambda: hq.card(number).lock is None)
+
+
+def test_abandoned_sale_offline_queues_its_unlocks_in_the_outbox(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    first, second = card_number(), card_number()
+    hq.add_card(first, balance=1000)
+    hq.add_card(second, balance=1000)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    terminal.add_tender(transaction_id="sale-1", card_number=first)
+    terminal.add_tender(transaction_id="sale-1", card_number=second)
+    hq.link.up = False
+    terminal.abandon_sale(transaction_id="sale-1")
+    (entry,) = terminal.outbox()
+    assert (entry.redeem_line_count, entry.unlock_count) == (0, 2)
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
+    summary = terminal.sync_now()
+    assert summary.applied == 1
+    assert hq.card(first).lock is None
+    assert hq.card(second).lock is None
+    assert hq.card(first).balance == 1000
+
+
+def test_offline_overdraft_is_recorded_as_a_sync_report(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    number = card_number()
+    hq.add_card(number, balance=1000)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    terminal.add_tender(transaction_id="sale-1", card_number=number)
+    hq.link.up = False
+    terminal.complete_sale(transaction_id="sale-1", lines=[SaleLine("A", number, eur(800))])
+    hq.card(number).balance = 500  # spent elsewhere after the lease ran out
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
+    summary = terminal.sync_now()
+    assert (summary.applied_with_exception, summary.remaining) == (1, 0)
+    (report,) = terminal.sync_reports()
+    assert report.outcome is SyncOutcome.APPLIED_WITH_EXCEPTION
+    assert report.reason == "OFFLINE_OVERDRAFT"
+    assert report.exception_ids
+    terminal.dismiss_sync_report(sequence_number=report.sequence_number)
+    assert terminal.sync_reports() == ()

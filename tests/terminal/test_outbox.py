@@ -1,0 +1,143 @@
+"""The outbox is durable: an offline sale returned to the cashier is never lost, whatever
+kills the process, and sequence numbers never repeat or skip."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storedvalue.terminal import (
+    ConnectivityState,
+    DataDirectoryInUse,
+    Money,
+    SaleAlreadyCompleted,
+    SaleLine,
+    Terminal,
+)
+
+from .conftest import MANUAL_SYNC, TerminalFactory, card_number, sell_offline
+from .fake_hq import FakeHQ
+
+SELLER = Path(__file__).with_name("offline_seller.py")
+CARDS_PER_ROUND = 30
+
+
+def run_seller_and_kill(hq: FakeHQ, data_dir: Path, prefix: str, kill_after: int) -> list[str]:
+    """Start a till process, let it sell offline, SIGKILL it once it reported ``kill_after``
+    completed sales. Returns the lines it printed for completed sales."""
+    cards = [card_number() for _ in range(CARDS_PER_ROUND)]
+    for number in cards:
+        hq.add_card(number, balance=1000)
+    hq.link.up = True
+    seller = subprocess.Popen(
+        [sys.executable, str(SELLER), hq.address, str(data_dir), prefix, *cards],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert seller.stdin is not None
+    assert seller.stdout is not None
+    try:
+        assert seller.stdout.readline().strip() == "LOCKED"
+        hq.link.up = False
+        seller.stdin.write("GO\n")
+        seller.stdin.flush()
+        reported: list[str] = []
+        while len(reported) < kill_after:
+            line = seller.stdout.readline().strip()
+            assert line and line != "DONE", f"seller ended early: {line!r}"
+            reported.append(line)
+        os.kill(seller.pid, signal.SIGKILL)
+        seller.wait(timeout=30)
+        # Whatever it printed between our last read and the kill was also returned to it.
+        reported += [line for line in seller.stdout.read().split("\n") if line and line != "DONE"]
+    finally:
+        if seller.poll() is None:
+            seller.kill()
+            seller.wait(timeout=30)
+        seller.stdin.close()
+        seller.stdout.close()
+    assert seller.returncode == -signal.SIGKILL
+    return reported
+
+
+@pytest.mark.slow
+def test_offline_sales_survive_sigkill_with_contiguous_sequence_numbers(
+    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "till"
+    chooser = random.Random(5)
+    completed: dict[str, int] = {}
+    for round_number in range(5):
+        kill_after = chooser.randint(1, CARDS_PER_ROUND - 5)
+        for line in run_seller_and_kill(hq, data_dir, f"r{round_number}", kill_after):
+            transaction_id, printed_sequence = line.split()
+            completed[transaction_id] = int(printed_sequence)
+    hq.link.up = False
+    terminal = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
+    entries = terminal.outbox()
+    in_outbox = {entry.transaction_id: entry.sequence_number for entry in entries}
+    sequences = [entry.sequence_number for entry in entries]
+    assert sequences == list(range(1, len(entries) + 1)), "no gap, no duplicate"
+    assert len(in_outbox) == len(entries), "no transaction stored twice"
+    for transaction_id, sequence in completed.items():
+        assert in_outbox.get(transaction_id) == sequence, f"{transaction_id} lost"
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
+    summary = terminal.sync_now()
+    assert (summary.remaining, summary.error) == (0, None)
+    assert hq.state.sequences["T1"] == sequences
+    debited = [card for card in hq.state.cards.values() if card.balance != 1000]
+    assert len(debited) == len(entries)
+    assert all(card.balance == 900 for card in debited)
+
+
+def test_sequence_numbers_continue_after_the_outbox_was_synced_and_the_till_restarted(
+    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "till"
+    first = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
+    sell_offline(hq, first, 2)
+    assert first.sync_now().remaining == 0
+    first.close()
+    again = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
+    number = card_number()
+    hq.add_card(number, balance=1000)
+    again.add_tender(transaction_id="later", card_number=number)
+    hq.link.up = False
+    again.abandon_sale(transaction_id="later")
+    assert [entry.sequence_number for entry in again.outbox()] == [3]
+
+
+def test_a_data_directory_is_used_by_one_terminal_process_at_a_time(
+    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+) -> None:
+    make_terminal(data_dir=tmp_path / "till")
+    with pytest.raises(DataDirectoryInUse):
+        Terminal(
+            address=hq.address,
+            terminal_id="T1",
+            credential="token-t1",
+            data_dir=tmp_path / "till",
+            config=MANUAL_SYNC,
+        )
+
+
+def test_a_sale_completed_offline_cannot_be_completed_again(
+    hq: FakeHQ, make_terminal: TerminalFactory
+) -> None:
+    terminal = make_terminal(config=MANUAL_SYNC)
+    (number,) = sell_offline(hq, terminal, 1)
+    hq.link.up = False
+    line = SaleLine("L1", number, Money(100, "EUR"))
+    with pytest.raises(SaleAlreadyCompleted):
+        terminal.complete_sale(transaction_id="sale-0", lines=[line])
+    with pytest.raises(SaleAlreadyCompleted):
+        terminal.abandon_sale(transaction_id="sale-0")
+    assert len(terminal.outbox()) == 1

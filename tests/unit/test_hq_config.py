@@ -1,0 +1,77 @@
+"""HQ process configuration: flags over environment over defaults, the admin token file,
+and the plaintext-only-on-loopback rule."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from storedvalue.hq.config import ConfigError, load_config, redacted_url
+
+
+def test_defaults_serve_loopback_from_a_sqlite_file_under_the_data_directory(
+    tmp_path: Path,
+) -> None:
+    config = load_config(environ={"XDG_DATA_HOME": str(tmp_path)})
+
+    assert config.listen == "127.0.0.1:50051"
+    assert config.database_url == f"sqlite:///{tmp_path / 'storedvalue' / 'hq.sqlite3'}"
+    assert config.admin_token_file == tmp_path / "storedvalue" / "admin-token"
+    assert config.parameters_poll_seconds == 0.5
+    assert not config.uses_tls
+
+
+def test_the_admin_token_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path)}
+
+    first = load_config(environ=env)
+    second = load_config(environ=env)
+
+    assert first.admin_token == second.admin_token
+    assert first.admin_token_file is not None
+    assert stat.S_IMODE(first.admin_token_file.stat().st_mode) == 0o600
+    assert first.admin_token not in repr(first)
+
+
+def test_flags_win_over_the_environment_which_wins_over_defaults(tmp_path: Path) -> None:
+    env = {
+        "XDG_DATA_HOME": str(tmp_path),
+        "STOREDVALUE_LISTEN": "127.0.0.1:6000",
+        "STOREDVALUE_DATABASE_URL": "sqlite:///from-env.db",
+        "STOREDVALUE_ADMIN_TOKEN": "from-env",
+    }
+
+    from_env = load_config(environ=env)
+    from_flags = load_config(environ=env, listen="localhost:7000",
+                             database_url="postgresql+psycopg://u:secret@db/hq")
+
+    assert (from_env.listen, from_env.database_url) == ("127.0.0.1:6000", "sqlite:///from-env.db")
+    assert from_env.admin_token == "from-env"
+    assert from_env.admin_token_file is None
+    assert from_flags.listen == "localhost:7000"
+    assert redacted_url(from_flags.database_url) == "postgresql+psycopg://u:***@db/hq"
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:50051", "[::]:50051", "10.1.2.3:1", ":50051"])
+def test_plaintext_beyond_loopback_is_refused_without_tls(tmp_path: Path, listen: str) -> None:
+    with pytest.raises(ConfigError, match="plaintext is for loopback"):
+        load_config(environ={"XDG_DATA_HOME": str(tmp_path)}, listen=listen)
+
+
+def test_tls_allows_any_address_but_needs_both_files(tmp_path: Path) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path)}
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+
+    config = load_config(environ=env, listen="0.0.0.0:443", tls_cert_file=cert, tls_key_file=key)
+
+    assert config.uses_tls
+    with pytest.raises(ConfigError, match="both"):
+        load_config(environ=env, listen="0.0.0.0:443", tls_cert_file=cert)
+
+
+@pytest.mark.parametrize("listen", ["nonsense", "host:port", "127.0.0.1:99999"])
+def test_a_malformed_listen_address_is_refused(tmp_path: Path, listen: str) -> None:
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        load_config(environ={"XDG_DATA_HOME": str(tmp_path)}, listen=listen)
