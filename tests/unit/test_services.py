@@ -35,7 +35,6 @@ from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.idempotency import RequestKey
 from storedvalue.hq.services.offline import OfflineService, SyncLimits
 from storedvalue.hq.services.parameters import ParametersService
-from storedvalue.hq.services.transactions import run_in_transaction
 
 START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -277,8 +276,3 @@ def test_every_card_journal_sums_to_its_balance_after_a_mixed_day() -> None:
         balance = hq.cards.get_card(caller="till-1", card_number=number).balance_minor
         assert hq.journal_sum(number) == balance
     assert hq.cards.get_card(caller="till-1", card_number=remainder).balance_minor == 3_500
-
-    def all_balances(uow: object) -> None:
-        return None
-
-    run_in_transaction(hq.storage, all_balances, write=False)

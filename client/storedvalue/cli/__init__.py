@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 # Subcommand modules, in the order ``--help`` shows them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("storedvalue.cli.serve", "storedvalue.cli.admin")
 
 
 def _version() -> str:
