@@ -174,3 +174,14 @@ def test_a_forced_unlock_keeps_its_reason_in_a_zero_amount_journal_entry() -> No
     assert entry.kind is JournalEntryKind.FORCED_UNLOCK and entry.amount_minor == 0
     assert "till destroyed" in entry.note
     assert journal_balance(card.pending_entries) == card.balance_minor
+
+
+def test_token_zero_releases_only_the_callers_own_lock_for_that_sale() -> None:
+    card = gift_card()
+    card.acquire_lock(terminal_id="t1", transaction_id="s1", now=NOW, lease=LEASE)
+    with pytest.raises(LockNotHeld):
+        card.release_lock(terminal_id="t2", transaction_id="s1", fencing_token=0)
+    with pytest.raises(LockNotHeld):
+        card.release_lock(terminal_id="t1", transaction_id="s2", fencing_token=0)
+    card.release_lock(terminal_id="t1", transaction_id="s1", fencing_token=0)
+    assert card.lock is None

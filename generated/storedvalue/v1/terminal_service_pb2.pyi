@@ -98,7 +98,9 @@ class UnlockCardRequest(_message.Message):
     transaction_id: _builtins.str
     """The sale whose lock is released. Required."""
     fencing_token: _builtins.int
-    """The lock's fencing token. Required; a stale token is LOCK_NOT_HELD."""
+    """The lock's fencing token; a stale token is LOCK_NOT_HELD. 0 releases whatever lock this
+    terminal holds for this transaction (for a till whose LockCard answer was lost).
+    """
     def __init__(
         self,
         *,

@@ -10,6 +10,7 @@ import enum
 import json
 import types
 import typing
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar, cast
@@ -18,23 +19,50 @@ T = TypeVar("T")
 
 
 def to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: to_jsonable(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if f.compare  # compare=False marks in-memory working state, never stored
-        }
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
+    encode = _ENCODERS.get(type(value))
+    if encode is None:
+        encode = _encoder_for(type(value))
+    return encode(value)
+
+
+def _identity(value: Any) -> Any:
     return value
+
+
+def _sequence(value: Any) -> Any:
+    return [to_jsonable(v) for v in value]
+
+
+_ENCODERS: dict[type, Callable[[Any], Any]] = {
+    str: _identity,
+    int: _identity,
+    bool: _identity,
+    float: _identity,
+    type(None): _identity,
+    list: _sequence,
+    tuple: _sequence,
+    datetime: lambda v: v.isoformat(),
+    timedelta: lambda v: v.total_seconds(),
+    bytes: lambda v: base64.b64encode(v).decode(),
+}
+
+
+def _encoder_for(cls: type) -> Callable[[Any], Any]:
+    """Build (once per type) an encoder; dataclasses are the hot path of offline sync."""
+    encoder: Callable[[Any], Any]
+    if dataclasses.is_dataclass(cls):
+        # compare=False marks in-memory working state, never stored
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.compare)
+
+        def encoder(value: Any) -> Any:
+            return {name: to_jsonable(getattr(value, name)) for name in names}
+    elif issubclass(cls, enum.Enum):
+        def encoder(value: Any) -> Any:
+            return value.value
+    else:
+        encoder = _identity
+    _ENCODERS[cls] = encoder
+    return encoder
 
 
 def dumps(value: Any) -> str:

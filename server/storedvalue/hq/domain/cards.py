@@ -170,6 +170,14 @@ class Card:
         return current
 
     def release_lock(self, *, terminal_id: str, transaction_id: str, fencing_token: int) -> None:
+        """Release the caller's lock. Token 0 releases whatever lock this terminal holds for
+        this transaction: a till whose LockCard answer was lost never learned its token, and
+        a lock held by this very terminal and sale is its own to release."""
+        if fencing_token == 0 and self.lock is not None and self.lock.is_held_by(
+            terminal_id, transaction_id
+        ):
+            self.lock = None
+            return
         self.require_lock(
             terminal_id=terminal_id, transaction_id=transaction_id, fencing_token=fencing_token
         )
