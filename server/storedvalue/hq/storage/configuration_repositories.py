@@ -1,0 +1,125 @@
+"""Idempotent requests' first results, parameter versions and terminals."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import bindparam, insert, select, update
+
+from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.terminals import Terminal
+from storedvalue.hq.services.unit_of_work import StoredResponse
+from storedvalue.hq.storage import rows
+from storedvalue.hq.storage.database import Transaction, in_chunks
+from storedvalue.hq.storage.tables import parameters, request_log, terminals
+
+_REQUEST = select(request_log).where(
+    request_log.c.caller == bindparam("caller"),
+    request_log.c.request_id == bindparam("request_id"),
+)
+_INSERT_REQUEST = insert(request_log)
+
+_CURRENT_PARAMETERS = select(parameters).order_by(parameters.c.version.desc()).limit(1)
+_PARAMETER_VERSIONS = select(parameters).where(
+    parameters.c.version.in_(bindparam("versions", expanding=True))
+)
+_INSERT_PARAMETERS = insert(parameters)
+
+_TERMINAL = select(terminals).where(terminals.c.terminal_id == bindparam("terminal_id"))
+_TERMINAL_FOR_UPDATE = _TERMINAL.with_for_update()
+_TERMINAL_BY_TOKEN = select(terminals).where(terminals.c.token_hash == bindparam("token_hash"))
+_INSERT_TERMINAL = insert(terminals)
+_SAVE_TERMINAL = update(terminals).where(
+    terminals.c.terminal_id == bindparam("key_terminal_id")
+)
+
+
+class SqlRequestLog:
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def get(self, caller: str, request_id: str) -> StoredResponse | None:
+        row = self._tx.first(_REQUEST, {"caller": caller, "request_id": request_id})
+        if row is None:
+            return None
+        return StoredResponse(
+            caller=row.caller,
+            request_id=row.request_id,
+            operation=row.operation,
+            fingerprint=bytes(row.fingerprint),
+            result_json=row.result_json,
+            created_at=rows.from_micros(row.created_at),
+        )
+
+    def add(self, response: StoredResponse) -> None:
+        self._tx.write(
+            _INSERT_REQUEST,
+            {
+                "caller": response.caller,
+                "request_id": response.request_id,
+                "operation": response.operation,
+                "fingerprint": response.fingerprint,
+                "result_json": response.result_json,
+                "created_at": rows.to_micros(response.created_at),
+            },
+        )
+
+
+class SqlParametersRepository:
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def current(self) -> Parameters | None:
+        row = self._tx.first(_CURRENT_PARAMETERS)
+        return None if row is None else rows.parameters_from_row(row)
+
+    def get_versions(self, versions: Collection[int]) -> dict[int, Parameters]:
+        found: dict[int, Parameters] = {}
+        for chunk in in_chunks(versions):
+            for row in self._tx.rows(_PARAMETER_VERSIONS, {"versions": chunk}):
+                found[row.version] = rows.parameters_from_row(row)
+        return found
+
+    def add(self, parameters: Parameters) -> None:
+        self._tx.write(_INSERT_PARAMETERS, rows.parameters_values(parameters))
+
+    def list(self, *, before_version: int, limit: int) -> list[Parameters]:
+        query = select(parameters)
+        if before_version > 0:
+            query = query.where(parameters.c.version < before_version)
+        query = query.order_by(parameters.c.version.desc()).limit(limit)
+        return [rows.parameters_from_row(row) for row in self._tx.rows(query)]
+
+
+class SqlTerminalRepository:
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def get(self, terminal_id: str) -> Terminal | None:
+        row = self._tx.first(_TERMINAL, {"terminal_id": terminal_id})
+        return None if row is None else rows.terminal_from_row(row)
+
+    def get_for_update(self, terminal_id: str) -> Terminal | None:
+        row = self._tx.first(_TERMINAL_FOR_UPDATE, {"terminal_id": terminal_id})
+        return None if row is None else rows.terminal_from_row(row)
+
+    def get_by_token_hash(self, token_hash: str) -> Terminal | None:
+        row = self._tx.first(_TERMINAL_BY_TOKEN, {"token_hash": token_hash})
+        return None if row is None else rows.terminal_from_row(row)
+
+    def add(self, terminal: Terminal) -> None:
+        self._tx.write(_INSERT_TERMINAL, rows.terminal_values(terminal))
+
+    def save(self, terminal: Terminal) -> None:
+        values = rows.terminal_state_values(terminal)
+        values["key_terminal_id"] = terminal.terminal_id
+        self._tx.write(_SAVE_TERMINAL, values)
+
+    def list(self, *, after_terminal_id: str, limit: int) -> list[Terminal]:
+        query = (
+            select(terminals)
+            .where(terminals.c.terminal_id > after_terminal_id)
+            .order_by(terminals.c.terminal_id)
+            .limit(limit)
+        )
+        return [rows.terminal_from_row(row) for row in self._tx.rows(query)]

@@ -1,0 +1,215 @@
+"""Engines for the HQ database, and what their failures mean to the services.
+
+SQLite (the embedded default): WAL, `synchronous=FULL`, a busy timeout, foreign keys on, and
+transactions begun by us rather than by the driver, so a writing unit of work takes the write
+lock at once (`BEGIN IMMEDIATE`) instead of failing half-way when it first writes. A
+":memory:" database is one shared connection, used by one unit of work at a time.
+
+PostgreSQL (`postgresql+psycopg://...`): READ COMMITTED plus row locks
+(`SELECT ... FOR UPDATE`), which is what several HQ replicas on one database rely on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
+
+# Execution option a writing unit of work sets on its connection before it begins.
+WRITE_OPTION = "storedvalue_write"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# PostgreSQL SQLSTATEs that mean "another transaction got there first".
+_PG_RACES = {
+    "23505": "unique key taken",
+    "40001": "serialization failure",
+    "40P01": "deadlock",
+    "55P03": "lock not available",
+}
+_SQLITE_UNIQUE = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+
+T = TypeVar("T", str, int)
+
+
+def is_sqlite_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and (
+        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+    )
+
+
+def open_engine(
+    url: str | URL, *, pool_size: int = 8, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+) -> Engine:
+    """An engine configured for HQ. `pool_size` bounds connections per process (PostgreSQL
+    and SQLite files); a SQLite memory database always has exactly one.
+    `sqlite_busy_timeout_ms`: how long a SQLite writer waits for another to finish before
+    its unit of work fails with ConcurrentUpdate."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, pool_size, sqlite_busy_timeout_ms)
+    if backend == "postgresql":
+        return create_engine(
+            parsed,
+            isolation_level="READ COMMITTED",
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+        )
+    raise ValueError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
+
+
+def _sqlite_engine(url: URL, pool_size: int, busy_timeout_ms: int) -> Engine:
+    memory = is_sqlite_memory(url)
+    if memory:
+        engine = create_engine(
+            url, poolclass=SerialStaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        engine = create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+        )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver: it would begin lazily, on the first
+        # write, and never with IMMEDIATE. SQLAlchemy's documented recipe.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class SerialStaticPool(StaticPool):
+    """The one connection of a SQLite memory database, lent to one checkout at a time: a
+    thread holds it for a whole unit of work, other threads wait their turn. (Gating in
+    the pool, before a checkout starts, keeps SQLAlchemy's bookkeeping of the shared
+    connection straight.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = threading.Lock()
+        self._holder: int | None = None
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        if self._holder == threading.get_ident():
+            raise RuntimeError(
+                "this thread already holds the SQLite memory database's only connection "
+                "(a unit of work opened inside another?)"
+            )
+        self._gate.acquire()
+        self._holder = threading.get_ident()
+        try:
+            return super()._do_get()
+        except BaseException:
+            self._release()
+            raise
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        super()._do_return_conn(record)
+        self._release()
+
+    def _release(self) -> None:
+        self._holder = None
+        self._gate.release()
+
+
+def as_concurrent_update(error: DBAPIError) -> ConcurrentUpdate | None:
+    """The race `error` reports, if it is one; None for any other failure.
+
+    The message names the kind of race (and the constraint), never the key values: those
+    can be card numbers, which must not reach logs.
+    """
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate in _PG_RACES:
+        diag = getattr(orig, "diag", None)
+        constraint = getattr(diag, "constraint_name", None) if diag is not None else None
+        suffix = f" ({constraint})" if constraint else ""
+        return ConcurrentUpdate(_PG_RACES[sqlstate] + suffix)
+    if isinstance(orig, sqlite3.Error):
+        name = getattr(orig, "sqlite_errorname", "")
+        if isinstance(error, IntegrityError) and (
+            name in _SQLITE_UNIQUE or "UNIQUE constraint failed" in str(orig)
+        ):
+            # SQLite's message names the columns, not the values.
+            return ConcurrentUpdate(f"unique key taken: {orig}")
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(orig):
+            return ConcurrentUpdate(f"database busy: {orig}")
+    return None
+
+
+# Keys per IN list: far under SQLite's bound-variable limit (32766; 999 before 3.32), and
+# small enough that PostgreSQL plans each chunk as an index lookup.
+IN_CHUNK = 500
+
+
+def in_chunks(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    """Sorted, de-duplicated chunks: rows get locked in key order, chunk after chunk."""
+    ordered = sorted(set(values))
+    for start in range(0, len(ordered), size):
+        yield ordered[start : start + size]
+
+
+class Transaction:
+    """One open database transaction. Every statement runs through it, so a lost race
+    surfaces as ConcurrentUpdate wherever it happens."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def rows(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[Any]]:
+        try:
+            return self.connection.execute(statement, params).all()
+        except DBAPIError as error:
+            raise _translated(error) from None
+
+    def first(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> Row[Any] | None:
+        found = self.rows(statement, params)
+        return found[0] if found else None
+
+    def write(
+        self, statement: Executable, params: Sequence[Mapping[str, Any]] | Mapping[str, Any]
+    ) -> None:
+        """One statement, or one executemany round for a list of parameter sets."""
+        if isinstance(params, Sequence) and not params:
+            return
+        try:
+            self.connection.execute(statement, params)
+        except DBAPIError as error:
+            raise _translated(error) from None
+
+
+def _translated(error: DBAPIError) -> Exception:
+    race = as_concurrent_update(error)
+    if race is not None:
+        return race
+    return error

@@ -1,0 +1,134 @@
+"""Offline transactions HQ has taken, and the exceptions kept for the back office."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from sqlalchemy import bindparam, func, insert, select, update
+
+from storedvalue.hq.domain.errors import InvalidField
+from storedvalue.hq.domain.offline import OfflineException, OfflineRecord
+from storedvalue.hq.storage import rows
+from storedvalue.hq.storage.database import Transaction, in_chunks
+from storedvalue.hq.storage.tables import offline_exceptions, offline_records
+
+_RECORDS = select(offline_records).where(
+    offline_records.c.terminal_id == bindparam("terminal_id"),
+    offline_records.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
+)
+_SEQUENCE_OWNERS = select(
+    offline_records.c.sequence_number, offline_records.c.transaction_id
+).where(
+    offline_records.c.terminal_id == bindparam("terminal_id"),
+    offline_records.c.sequence_number.in_(bindparam("sequence_numbers", expanding=True)),
+)
+_SEQUENCES_ABOVE = (
+    select(offline_records.c.sequence_number)
+    .where(
+        offline_records.c.terminal_id == bindparam("terminal_id"),
+        offline_records.c.sequence_number > bindparam("mark"),
+    )
+    .order_by(offline_records.c.sequence_number)
+)
+_INSERT_RECORDS = insert(offline_records)
+
+_EXCEPTION_FOR_UPDATE = (
+    select(offline_exceptions)
+    .where(offline_exceptions.c.exception_id == bindparam("exception_id"))
+    .with_for_update()
+)
+_INSERT_EXCEPTIONS = insert(offline_exceptions)
+_SAVE_EXCEPTION = update(offline_exceptions).where(
+    offline_exceptions.c.exception_id == bindparam("key_exception_id")
+)
+_COUNT_OPEN_FOR_CARD = select(func.count()).where(
+    offline_exceptions.c.card_number == bindparam("card_number"),
+    offline_exceptions.c.resolved_at.is_(None),
+)
+
+
+def parse_exception_cursor(after: str) -> int:
+    """The cursor is the last listed exception's insertion position, in decimal."""
+    if not after:
+        return 0
+    if not after.isascii() or not after.isdigit() or len(after) > 19:
+        raise InvalidField("page_token", "is not a page token this server issued")
+    return int(after)
+
+
+class SqlOfflineRecordRepository:
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def get_many(
+        self, terminal_id: str, transaction_ids: Collection[str]
+    ) -> dict[str, OfflineRecord]:
+        found: dict[str, OfflineRecord] = {}
+        for chunk in in_chunks(transaction_ids):
+            params = {"terminal_id": terminal_id, "transaction_ids": chunk}
+            for row in self._tx.rows(_RECORDS, params):
+                found[row.transaction_id] = rows.offline_record_from_row(row)
+        return found
+
+    def sequence_owners(
+        self, terminal_id: str, sequence_numbers: Collection[int]
+    ) -> dict[int, str]:
+        owners: dict[int, str] = {}
+        for chunk in in_chunks(sequence_numbers):
+            params = {"terminal_id": terminal_id, "sequence_numbers": chunk}
+            for row in self._tx.rows(_SEQUENCE_OWNERS, params):
+                owners[row.sequence_number] = row.transaction_id
+        return owners
+
+    def sequences_above(self, terminal_id: str, mark: int) -> list[int]:
+        params = {"terminal_id": terminal_id, "mark": mark}
+        return [row.sequence_number for row in self._tx.rows(_SEQUENCES_ABOVE, params)]
+
+    def add(self, records: Iterable[OfflineRecord]) -> None:
+        self._tx.write(_INSERT_RECORDS, [rows.offline_record_values(r) for r in records])
+
+
+class SqlOfflineExceptionRepository:
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def add(self, exceptions: Iterable[OfflineException]) -> None:
+        self._tx.write(_INSERT_EXCEPTIONS, [rows.exception_values(e) for e in exceptions])
+
+    def get_for_update(self, exception_id: str) -> OfflineException | None:
+        row = self._tx.first(_EXCEPTION_FOR_UPDATE, {"exception_id": exception_id})
+        return None if row is None else rows.exception_from_row(row)
+
+    def save(self, exception: OfflineException) -> None:
+        values = rows.exception_state_values(exception)
+        values["key_exception_id"] = exception.exception_id
+        self._tx.write(_SAVE_EXCEPTION, values)
+
+    def count_open_for_card(self, card_number: str) -> int:
+        row = self._tx.first(_COUNT_OPEN_FOR_CARD, {"card_number": card_number})
+        return 0 if row is None else int(row[0])
+
+    def list(
+        self,
+        *,
+        include_resolved: bool,
+        terminal_id: str | None,
+        card_number: str | None,
+        after: str,
+        limit: int,
+    ) -> tuple[list[OfflineException], str]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        table = offline_exceptions
+        query = select(table).where(table.c.position > parse_exception_cursor(after))
+        if not include_resolved:
+            query = query.where(table.c.resolved_at.is_(None))
+        if terminal_id is not None:
+            query = query.where(table.c.terminal_id == terminal_id)
+        if card_number is not None:
+            query = query.where(table.c.card_number == card_number)
+        # One row past the page tells whether there is a next page.
+        found = self._tx.rows(query.order_by(table.c.position).limit(limit + 1))
+        page = found[:limit]
+        cursor = str(page[-1].position) if len(found) > limit else ""
+        return [rows.exception_from_row(row) for row in page], cursor

@@ -1,0 +1,300 @@
+"""Domain objects to rows and back. Timestamps travel as integer microseconds since the
+epoch, UTC; the domain always gets timezone-aware UTC datetimes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from storedvalue.hq import records
+from storedvalue.hq.domain.cards import Card, CardKind, CardStatus, Lock
+from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
+from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.offline import (
+    OfflineException,
+    OfflineExceptionKind,
+    OfflineRecord,
+    OfflineTransaction,
+    OfflineTransactionResult,
+    Redemption,
+)
+from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.terminals import Terminal
+
+Row = Any  # a sqlalchemy Row: columns as attributes
+Values = dict[str, Any]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: HQ stores timezone-aware UTC moments only")
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _optional_micros(moment: datetime | None) -> int | None:
+    return None if moment is None else to_micros(moment)
+
+
+def _optional_moment(micros: int | None) -> datetime | None:
+    return None if micros is None else from_micros(micros)
+
+
+# -- cards and money movements --------------------------------------------------------------
+
+
+def card_state_values(card: Card) -> Values:
+    """What `save` writes back: the mutable part of a card."""
+    lock = card.lock
+    return {
+        "status": card.status.value,
+        "balance_minor": card.balance_minor,
+        "last_fencing_token": card.last_fencing_token,
+        "lock_terminal_id": lock.terminal_id if lock else None,
+        "lock_transaction_id": lock.transaction_id if lock else None,
+        "lock_fencing_token": lock.fencing_token if lock else None,
+        "lock_lease_expires_at": to_micros(lock.lease_expires_at) if lock else None,
+        "lock_acquired_at": to_micros(lock.acquired_at) if lock else None,
+    }
+
+
+def card_values(card: Card) -> Values:
+    values = card_state_values(card)
+    values.update(
+        card_number=card.card_number,
+        kind=card.kind.value,
+        currency=card.currency,
+        issued_at=to_micros(card.issued_at),
+        remainder_of_card_number=card.remainder_of_card_number,
+    )
+    return values
+
+
+def lock_from_row(row: Row) -> Lock:
+    return Lock(
+        card_number=row.card_number,
+        terminal_id=row.lock_terminal_id,
+        transaction_id=row.lock_transaction_id,
+        fencing_token=row.lock_fencing_token,
+        lease_expires_at=from_micros(row.lock_lease_expires_at),
+        acquired_at=from_micros(row.lock_acquired_at),
+    )
+
+
+def card_from_row(row: Row) -> Card:
+    return Card(
+        card_number=row.card_number,
+        kind=CardKind(row.kind),
+        status=CardStatus(row.status),
+        currency=row.currency,
+        balance_minor=row.balance_minor,
+        issued_at=from_micros(row.issued_at),
+        last_fencing_token=row.last_fencing_token,
+        lock=None if row.lock_terminal_id is None else lock_from_row(row),
+        remainder_of_card_number=row.remainder_of_card_number,
+    )
+
+
+def journal_values(entry: JournalEntry) -> Values:
+    # entry_id is left out: the database assigns it.
+    return {
+        "card_number": entry.card_number,
+        "kind": entry.kind.value,
+        "amount_minor": entry.amount_minor,
+        "currency": entry.currency,
+        "balance_after_minor": entry.balance_after_minor,
+        "terminal_id": entry.terminal_id,
+        "transaction_id": entry.transaction_id,
+        "line_id": entry.line_id,
+        "offline": entry.offline,
+        "occurred_at": to_micros(entry.occurred_at),
+        "recorded_at": to_micros(entry.recorded_at),
+        "note": entry.note,
+    }
+
+
+def journal_from_row(row: Row) -> JournalEntry:
+    return JournalEntry(
+        card_number=row.card_number,
+        kind=JournalEntryKind(row.kind),
+        amount_minor=row.amount_minor,
+        currency=row.currency,
+        balance_after_minor=row.balance_after_minor,
+        terminal_id=row.terminal_id,
+        transaction_id=row.transaction_id,
+        line_id=row.line_id,
+        offline=bool(row.offline),
+        occurred_at=from_micros(row.occurred_at),
+        recorded_at=from_micros(row.recorded_at),
+        entry_id=row.entry_id,
+        note=row.note,
+    )
+
+
+def redemption_values(redemption: Redemption) -> Values:
+    return {
+        "terminal_id": redemption.terminal_id,
+        "transaction_id": redemption.transaction_id,
+        "line_id": redemption.line_id,
+        "card_number": redemption.card_number,
+        "amount_minor": redemption.amount_minor,
+        "currency": redemption.currency,
+        "remainder_card_number": redemption.remainder_card_number,
+        "offline": redemption.offline,
+        "recorded_at": to_micros(redemption.recorded_at),
+    }
+
+
+def redemption_from_row(row: Row) -> Redemption:
+    return Redemption(
+        terminal_id=row.terminal_id,
+        transaction_id=row.transaction_id,
+        line_id=row.line_id,
+        card_number=row.card_number,
+        amount_minor=row.amount_minor,
+        currency=row.currency,
+        remainder_card_number=row.remainder_card_number,
+        offline=bool(row.offline),
+        recorded_at=from_micros(row.recorded_at),
+    )
+
+
+# -- offline transactions -------------------------------------------------------------------
+
+
+def offline_record_values(record: OfflineRecord) -> Values:
+    return {
+        "terminal_id": record.terminal_id,
+        "transaction_id": record.transaction_id,
+        "sequence_number": record.sequence_number,
+        "fingerprint": record.fingerprint,
+        "outcome": record.result.outcome.value,
+        "result_json": records.dumps(record.result),
+        "received_at": to_micros(record.received_at),
+    }
+
+
+def offline_record_from_row(row: Row) -> OfflineRecord:
+    return OfflineRecord(
+        terminal_id=row.terminal_id,
+        transaction_id=row.transaction_id,
+        sequence_number=row.sequence_number,
+        fingerprint=bytes(row.fingerprint),
+        result=records.loads(OfflineTransactionResult, row.result_json),
+        received_at=from_micros(row.received_at),
+    )
+
+
+def exception_state_values(exc: OfflineException) -> Values:
+    return {
+        "kind": exc.kind.value,
+        "terminal_id": exc.terminal_id,
+        "transaction_id": exc.transaction_id,
+        "line_id": exc.line_id,
+        "card_number": exc.card_number,
+        "amount_minor": exc.amount.amount_minor if exc.amount else None,
+        "currency": exc.amount.currency if exc.amount else None,
+        "reason": exc.reason,
+        "message": exc.message,
+        "resolved_at": _optional_micros(exc.resolved_at),
+        "resolved_by": exc.resolved_by,
+        "resolution": exc.resolution,
+        "transaction_json": (
+            None if exc.transaction is None else records.dumps(exc.transaction)
+        ),
+    }
+
+
+def exception_values(exc: OfflineException) -> Values:
+    values = exception_state_values(exc)
+    values.update(exception_id=exc.exception_id, created_at=to_micros(exc.created_at))
+    return values
+
+
+def exception_from_row(row: Row) -> OfflineException:
+    return OfflineException(
+        exception_id=row.exception_id,
+        kind=OfflineExceptionKind(row.kind),
+        terminal_id=row.terminal_id,
+        transaction_id=row.transaction_id,
+        line_id=row.line_id,
+        card_number=row.card_number,
+        amount=(
+            None if row.amount_minor is None else Money(row.amount_minor, row.currency)
+        ),
+        reason=row.reason,
+        message=row.message,
+        created_at=from_micros(row.created_at),
+        resolved_at=_optional_moment(row.resolved_at),
+        resolved_by=row.resolved_by,
+        resolution=row.resolution,
+        transaction=(
+            None
+            if row.transaction_json is None
+            else records.loads(OfflineTransaction, row.transaction_json)
+        ),
+    )
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def parameters_values(params: Parameters) -> Values:
+    return {
+        "version": params.version,
+        "gift_card_offline_completion_allowed": params.gift_card_offline_completion_allowed,
+        "credit_memo_offline_completion_allowed": params.credit_memo_offline_completion_allowed,
+        # Whole seconds: the lease is bounded to [1 minute, 7 days] and set in seconds.
+        "lock_lease_seconds": round(params.lock_lease.total_seconds()),
+        "updated_at": to_micros(params.updated_at),
+        "updated_by": params.updated_by,
+    }
+
+
+def parameters_from_row(row: Row) -> Parameters:
+    return Parameters(
+        version=row.version,
+        gift_card_offline_completion_allowed=bool(row.gift_card_offline_completion_allowed),
+        credit_memo_offline_completion_allowed=bool(row.credit_memo_offline_completion_allowed),
+        lock_lease=timedelta(seconds=row.lock_lease_seconds),
+        updated_at=from_micros(row.updated_at),
+        updated_by=row.updated_by,
+    )
+
+
+def terminal_state_values(terminal: Terminal) -> Values:
+    return {
+        "display_name": terminal.display_name,
+        "token_hash": terminal.token_hash,
+        "credential_issued_at": to_micros(terminal.credential_issued_at),
+        "highest_contiguous_sequence": terminal.highest_contiguous_sequence,
+        "highest_sequence_seen": terminal.highest_sequence_seen,
+        "last_synced_at": _optional_micros(terminal.last_synced_at),
+    }
+
+
+def terminal_values(terminal: Terminal) -> Values:
+    values = terminal_state_values(terminal)
+    values.update(
+        terminal_id=terminal.terminal_id, registered_at=to_micros(terminal.registered_at)
+    )
+    return values
+
+
+def terminal_from_row(row: Row) -> Terminal:
+    return Terminal(
+        terminal_id=row.terminal_id,
+        display_name=row.display_name,
+        token_hash=row.token_hash,
+        registered_at=from_micros(row.registered_at),
+        credential_issued_at=from_micros(row.credential_issued_at),
+        highest_contiguous_sequence=row.highest_contiguous_sequence,
+        highest_sequence_seen=row.highest_sequence_seen,
+        last_synced_at=_optional_moment(row.last_synced_at),
+    )

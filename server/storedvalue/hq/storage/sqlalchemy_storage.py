@@ -1,0 +1,137 @@
+"""The storage contract on SQLAlchemy Core: SQLite (file or memory) and PostgreSQL.
+
+Core, not ORM sessions: rows map straight to the domain's objects, and every repository
+method that takes or returns many rows is one bulk statement (or one per IN-list chunk).
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from storedvalue.hq.services.unit_of_work import (
+    CardRepository,
+    JournalRepository,
+    OfflineExceptionRepository,
+    OfflineRecordRepository,
+    ParametersRepository,
+    RedemptionRepository,
+    RequestLog,
+    TerminalRepository,
+)
+from storedvalue.hq.storage.card_repositories import (
+    SqlCardRepository,
+    SqlJournalRepository,
+    SqlRedemptionRepository,
+)
+from storedvalue.hq.storage.configuration_repositories import (
+    SqlParametersRepository,
+    SqlRequestLog,
+    SqlTerminalRepository,
+)
+from storedvalue.hq.storage.database import (
+    WRITE_OPTION,
+    Transaction,
+    as_concurrent_update,
+    open_engine,
+)
+from storedvalue.hq.storage.offline_repositories import (
+    SqlOfflineExceptionRepository,
+    SqlOfflineRecordRepository,
+)
+
+
+class SqlStorage:
+    """Units of work on one database. Build it with `SqlStorage.from_url(url)` (it then owns
+    its engine and `close()` disposes of it) or around an engine you own."""
+
+    def __init__(self, engine: Engine, *, owns_engine: bool = False) -> None:
+        self.engine = engine
+        self._owns_engine = owns_engine
+
+    @classmethod
+    def from_url(cls, url: str | URL, *, pool_size: int = 8) -> SqlStorage:
+        return cls(open_engine(url, pool_size=pool_size), owns_engine=True)
+
+    def unit_of_work(self, *, write: bool) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, write=write)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+
+class SqlUnitOfWork:
+    """One database transaction: begun on entry (`BEGIN IMMEDIATE` on SQLite when writing),
+    rolled back on exit unless committed."""
+
+    cards: CardRepository
+    journal: JournalRepository
+    redemptions: RedemptionRepository
+    requests: RequestLog
+    offline: OfflineRecordRepository
+    exceptions: OfflineExceptionRepository
+    parameters: ParametersRepository
+    terminals: TerminalRepository
+
+    def __init__(self, engine: Engine, *, write: bool) -> None:
+        self._engine = engine
+        self._write = write
+        self._connection: Connection | None = None
+
+    def __enter__(self) -> Self:
+        connection = self._engine.connect()
+        try:
+            if self._write:
+                connection.execution_options(**{WRITE_OPTION: True})
+            connection.begin()
+        except DBAPIError as error:
+            connection.close()
+            race = as_concurrent_update(error)
+            if race is None:
+                raise
+            raise race from None
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+        tx = Transaction(connection)
+        self.cards = SqlCardRepository(tx)
+        self.journal = SqlJournalRepository(tx)
+        self.redemptions = SqlRedemptionRepository(tx)
+        self.requests = SqlRequestLog(tx)
+        self.offline = SqlOfflineRecordRepository(tx)
+        self.exceptions = SqlOfflineExceptionRepository(tx)
+        self.parameters = SqlParametersRepository(tx)
+        self.terminals = SqlTerminalRepository(tx)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if connection.in_transaction():
+                connection.rollback()
+        finally:
+            connection.close()
+
+    def commit(self) -> None:
+        if self._connection is None:
+            raise RuntimeError("commit() outside the unit of work's `with` block")
+        try:
+            self._connection.commit()
+        except DBAPIError as error:
+            race = as_concurrent_update(error)
+            if race is None:
+                raise
+            raise race from None

@@ -1,0 +1,179 @@
+"""The HQ schema, as SQLAlchemy Core tables. Alembic migrations reproduce it exactly.
+
+Timestamps are BIGINT microseconds since the epoch, UTC (portable, indexable, exact); money is
+BIGINT minor units. A card's lock lives on the card row, so "at most one lock per card" holds
+by construction and locking a card is locking one row.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeEngine
+
+# Explicit constraint names, so migrations can name what they alter on every backend.
+METADATA = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _row_id() -> TypeEngine[int]:
+    """BIGINT on PostgreSQL; INTEGER on SQLite so the column aliases the rowid and
+    autoincrements (SQLite only does that for an INTEGER PRIMARY KEY)."""
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+CARD_NUMBER = 19  # the longest valid card number
+ID = 128  # client-chosen transaction, line and request ids (validated to this length)
+TERMINAL_ID = 64
+CALLER = 200  # a terminal id or "admin:<name>"
+CURRENCY = 3
+ENUM = 32
+
+cards = Table(
+    "cards",
+    METADATA,
+    Column("card_number", String(CARD_NUMBER), primary_key=True),
+    Column("kind", String(ENUM), nullable=False),
+    Column("status", String(ENUM), nullable=False),
+    Column("currency", String(CURRENCY), nullable=False),
+    Column("balance_minor", BigInteger, nullable=False),
+    Column("issued_at", BigInteger, nullable=False),
+    Column("last_fencing_token", BigInteger, nullable=False),
+    Column("remainder_of_card_number", String(CARD_NUMBER), nullable=False),
+    # The lock: all five NULL when the card is free.
+    Column("lock_terminal_id", String(CALLER), nullable=True),
+    Column("lock_transaction_id", String(ID), nullable=True),
+    Column("lock_fencing_token", BigInteger, nullable=True),
+    Column("lock_lease_expires_at", BigInteger, nullable=True),
+    Column("lock_acquired_at", BigInteger, nullable=True),
+    # The back office lists locks, all or one terminal's, in card-number order.
+    Index(None, "lock_terminal_id", "card_number"),
+)
+
+journal = Table(
+    "journal",
+    METADATA,
+    Column("entry_id", _row_id(), primary_key=True, autoincrement=True),
+    Column("card_number", String(CARD_NUMBER), nullable=False),
+    Column("kind", String(ENUM), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),  # signed: + credits, - debits
+    Column("currency", String(CURRENCY), nullable=False),
+    Column("balance_after_minor", BigInteger, nullable=False),
+    Column("terminal_id", String(CALLER), nullable=False),
+    Column("transaction_id", String(ID), nullable=False),
+    Column("line_id", String(ID), nullable=False),
+    Column("offline", Boolean, nullable=False),
+    Column("occurred_at", BigInteger, nullable=False),
+    Column("recorded_at", BigInteger, nullable=False),
+    Column("note", Text, nullable=False),  # e.g. who forced an unlock, and why
+    # A card's entries in order, without a sort.
+    Index(None, "card_number", "entry_id"),
+)
+
+redemptions = Table(
+    "redemptions",
+    METADATA,
+    Column("terminal_id", String(CALLER), primary_key=True),
+    Column("transaction_id", String(ID), primary_key=True),
+    Column("line_id", String(ID), primary_key=True),
+    Column("card_number", String(CARD_NUMBER), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(CURRENCY), nullable=False),
+    Column("remainder_card_number", String(CARD_NUMBER), nullable=False),
+    Column("offline", Boolean, nullable=False),
+    Column("recorded_at", BigInteger, nullable=False),
+)
+
+request_log = Table(
+    "request_log",
+    METADATA,
+    Column("caller", String(CALLER), primary_key=True),
+    Column("request_id", String(ID), primary_key=True),
+    Column("operation", String(64), nullable=False),
+    Column("fingerprint", LargeBinary, nullable=False),
+    Column("result_json", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+offline_records = Table(
+    "offline_records",
+    METADATA,
+    Column("terminal_id", String(TERMINAL_ID), primary_key=True),
+    Column("transaction_id", String(ID), primary_key=True),
+    Column("sequence_number", BigInteger, nullable=False),
+    Column("fingerprint", LargeBinary, nullable=False),
+    Column("outcome", String(ENUM), nullable=False),
+    Column("result_json", Text, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    # One transaction per sequence number per terminal; also serves gap detection.
+    UniqueConstraint("terminal_id", "sequence_number"),
+)
+
+offline_exceptions = Table(
+    "offline_exceptions",
+    METADATA,
+    # Insertion order, the pagination cursor. The primary key because SQLite only
+    # autoincrements an INTEGER PRIMARY KEY; exception_id is the business key.
+    Column("position", _row_id(), primary_key=True, autoincrement=True),
+    Column("exception_id", String(64), nullable=False, unique=True),
+    Column("kind", String(ENUM), nullable=False),
+    Column("terminal_id", String(TERMINAL_ID), nullable=False),
+    Column("transaction_id", String(ID), nullable=False),
+    Column("line_id", String(ID), nullable=False),
+    Column("card_number", String(CARD_NUMBER), nullable=False),
+    Column("amount_minor", BigInteger, nullable=True),  # NULL with currency: no amount
+    Column("currency", String(CURRENCY), nullable=True),
+    Column("reason", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("resolved_at", BigInteger, nullable=True),  # NULL while open
+    Column("resolved_by", String(CALLER), nullable=False),
+    Column("resolution", Text, nullable=False),
+    Column("transaction_json", Text, nullable=True),  # the transaction kept for review
+    Index(None, "card_number", "resolved_at"),
+    Index(None, "terminal_id", "position"),
+    # The back office's default view: open exceptions, oldest first.
+    Index(None, "resolved_at", "position"),
+)
+
+parameters = Table(
+    "parameters",
+    METADATA,
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("gift_card_offline_completion_allowed", Boolean, nullable=False),
+    Column("credit_memo_offline_completion_allowed", Boolean, nullable=False),
+    Column("lock_lease_seconds", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", String(CALLER), nullable=False),
+)
+
+terminals = Table(
+    "terminals",
+    METADATA,
+    Column("terminal_id", String(TERMINAL_ID), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("registered_at", BigInteger, nullable=False),
+    Column("credential_issued_at", BigInteger, nullable=False),
+    Column("highest_contiguous_sequence", BigInteger, nullable=False),
+    Column("highest_sequence_seen", BigInteger, nullable=False),
+    Column("last_synced_at", BigInteger, nullable=True),
+)

@@ -1,0 +1,443 @@
+"""An in-memory Storage for fast service tests: dicts, same contract as the SQL backends
+(tests/integration/test_storage_contract.py runs against both).
+
+A unit of work works on a copy of the committed state: commit keeps it, anything else
+discards it. Units of work run one at a time (like SQLite's single writer), so services can
+be tested from several threads. Mutable domain objects are copied in and out, as a database
+would: changing a loaded card changes nothing until `save`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, TypeVar
+
+from storedvalue.hq.domain.cards import Card, Lock
+from storedvalue.hq.domain.journal import JournalEntry
+from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
+from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.terminals import Terminal
+from storedvalue.hq.services.unit_of_work import (
+    CardRepository,
+    ConcurrentUpdate,
+    JournalRepository,
+    OfflineExceptionRepository,
+    OfflineRecordRepository,
+    ParametersRepository,
+    RedemptionRepository,
+    RequestLog,
+    StoredResponse,
+    TerminalRepository,
+)
+from storedvalue.hq.storage.offline_repositories import parse_exception_cursor
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+LineKey = tuple[str, str, str]
+T = TypeVar("T", bound="DataclassInstance")
+
+
+@dataclass
+class _State:
+    cards: dict[str, Card] = field(default_factory=dict)
+    journal: list[JournalEntry] = field(default_factory=list)
+    redemptions: dict[LineKey, Redemption] = field(default_factory=dict)
+    requests: dict[tuple[str, str], StoredResponse] = field(default_factory=dict)
+    offline: dict[tuple[str, str], OfflineRecord] = field(default_factory=dict)
+    sequence_owners: dict[tuple[str, int], str] = field(default_factory=dict)
+    # exception_id -> (insertion position, exception); the position is the list cursor.
+    exceptions: dict[str, tuple[int, OfflineException]] = field(default_factory=dict)
+    last_exception_position: int = 0
+    parameters: dict[int, Parameters] = field(default_factory=dict)
+    terminals: dict[str, Terminal] = field(default_factory=dict)
+    token_owners: dict[str, str] = field(default_factory=dict)
+
+    def copy(self) -> _State:
+        return _State(
+            cards=dict(self.cards),
+            journal=list(self.journal),
+            redemptions=dict(self.redemptions),
+            requests=dict(self.requests),
+            offline=dict(self.offline),
+            sequence_owners=dict(self.sequence_owners),
+            exceptions=dict(self.exceptions),
+            last_exception_position=self.last_exception_position,
+            parameters=dict(self.parameters),
+            terminals=dict(self.terminals),
+            token_owners=dict(self.token_owners),
+        )
+
+
+def _stored(value: T) -> T:
+    """What a row gives back: timestamps as UTC (naive ones refused, as the SQL backends
+    refuse them), a card's lock included. Parts the SQL backends keep as JSON are left as
+    they are."""
+    changes: dict[str, object] = {}
+    for f in fields(value):
+        current = getattr(value, f.name)
+        if isinstance(current, datetime):
+            if current.tzinfo is None:
+                raise ValueError(f"naive datetime in {f.name}: HQ stores aware UTC moments only")
+            changes[f.name] = current.astimezone(UTC)
+        elif isinstance(current, Lock):
+            changes[f.name] = _stored(current)
+    return replace(value, **changes)
+
+
+def _detached(card: Card) -> Card:
+    """A copy, as a database row would give (expired locks included: storage keeps them)."""
+    return replace(card, pending_entries=[])
+
+
+def _taken(what: str) -> ConcurrentUpdate:
+    return ConcurrentUpdate(f"unique key taken: {what}")
+
+
+class FakeCardRepository:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def get(self, card_number: str) -> Card | None:
+        card = self._state.cards.get(card_number)
+        return None if card is None else _detached(card)
+
+    def get_for_update(self, card_number: str) -> Card | None:
+        return self.get(card_number)
+
+    def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
+        return {
+            number: _detached(self._state.cards[number])
+            for number in sorted(set(card_numbers))
+            if number in self._state.cards
+        }
+
+    def add(self, cards: Iterable[Card]) -> None:
+        new = [_stored(_detached(card)) for card in cards]
+        numbers = [card.card_number for card in new]
+        if len(set(numbers)) != len(numbers) or any(n in self._state.cards for n in numbers):
+            raise _taken("cards.card_number")
+        self._state.cards.update((card.card_number, card) for card in new)
+
+    def save(self, cards: Iterable[Card]) -> None:
+        for card in cards:
+            stored = self._state.cards.get(card.card_number)
+            if stored is not None:  # like UPDATE ... WHERE: an unknown card changes nothing
+                self._state.cards[card.card_number] = replace(
+                    stored,
+                    status=card.status,
+                    balance_minor=card.balance_minor,
+                    last_fencing_token=card.last_fencing_token,
+                    lock=None if card.lock is None else _stored(card.lock),
+                    pending_entries=[],
+                )
+
+    def list_locks(
+        self,
+        *,
+        now: datetime,
+        terminal_id: str | None,
+        include_expired: bool,
+        after_card_number: str,
+        limit: int,
+    ) -> list[Lock]:
+        locks = [
+            card.lock
+            for number, card in sorted(self._state.cards.items())
+            if number > after_card_number
+            and card.lock is not None
+            and (terminal_id is None or card.lock.terminal_id == terminal_id)
+            and (include_expired or card.lock.is_live(now))
+        ]
+        return locks[: max(limit, 0)]
+
+
+class FakeJournalRepository:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def append(self, entries: Iterable[JournalEntry]) -> None:
+        journal = self._state.journal
+        for entry in entries:
+            journal.append(_stored(replace(entry, entry_id=len(journal) + 1)))
+
+    def list_for_card(
+        self, card_number: str, *, after_entry_id: int, limit: int
+    ) -> list[JournalEntry]:
+        found = [
+            entry
+            for entry in self._state.journal[max(after_entry_id, 0) :]
+            if entry.card_number == card_number
+        ]
+        return found[: max(limit, 0)]
+
+
+class FakeRedemptionRepository:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def get_many(self, keys: Collection[LineKey]) -> dict[LineKey, Redemption]:
+        stored = self._state.redemptions
+        return {key: stored[key] for key in keys if key in stored}
+
+    def add(self, redemptions: Iterable[Redemption]) -> None:
+        new = [_stored(r) for r in redemptions]
+        keys = [r.key for r in new]
+        if len(set(keys)) != len(keys) or any(k in self._state.redemptions for k in keys):
+            raise _taken("redemptions primary key")
+        self._state.redemptions.update((r.key, r) for r in new)
+
+
+class FakeRequestLog:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def get(self, caller: str, request_id: str) -> StoredResponse | None:
+        return self._state.requests.get((caller, request_id))
+
+    def add(self, response: StoredResponse) -> None:
+        key = (response.caller, response.request_id)
+        if key in self._state.requests:
+            raise _taken("request_log primary key")
+        self._state.requests[key] = _stored(response)
+
+
+class FakeOfflineRecordRepository:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def get_many(
+        self, terminal_id: str, transaction_ids: Collection[str]
+    ) -> dict[str, OfflineRecord]:
+        stored = self._state.offline
+        return {
+            txn: stored[(terminal_id, txn)]
+            for txn in transaction_ids
+            if (terminal_id, txn) in stored
+        }
+
+    def sequence_owners(
+        self, terminal_id: str, sequence_numbers: Collection[int]
+    ) -> dict[int, str]:
+        owners = self._state.sequence_owners
+        return {
+            seq: owners[(terminal_id, seq)]
+            for seq in sequence_numbers
+            if (terminal_id, seq) in owners
+        }
+
+    def sequences_above(self, terminal_id: str, mark: int) -> list[int]:
+        return sorted(
+            seq
+            for (terminal, seq) in self._state.sequence_owners
+            if terminal == terminal_id and seq > mark
+        )
+
+    def add(self, records: Iterable[OfflineRecord]) -> None:
+        new = [_stored(r) for r in records]
+        keys = [(r.terminal_id, r.transaction_id) for r in new]
+        sequences = [(r.terminal_id, r.sequence_number) for r in new]
+        if (
+            len(set(keys)) != len(keys)
+            or len(set(sequences)) != len(sequences)
+            or any(k in self._state.offline for k in keys)
+            or any(s in self._state.sequence_owners for s in sequences)
+        ):
+            raise _taken("offline_records primary key or (terminal_id, sequence_number)")
+        for record in new:
+            self._state.offline[(record.terminal_id, record.transaction_id)] = record
+            self._state.sequence_owners[(record.terminal_id, record.sequence_number)] = (
+                record.transaction_id
+            )
+
+
+class FakeOfflineExceptionRepository:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def add(self, exceptions: Iterable[OfflineException]) -> None:
+        new = [_stored(exc) for exc in exceptions]
+        ids = [exc.exception_id for exc in new]
+        if len(set(ids)) != len(ids) or any(i in self._state.exceptions for i in ids):
+            raise _taken("offline_exceptions.exception_id")
+        for exc in new:
+            self._state.last_exception_position += 1
+            self._state.exceptions[exc.exception_id] = (
+                self._state.last_exception_position,
+                exc,
+            )
+
+    def get_for_update(self, exception_id: str) -> OfflineException | None:
+        found = self._state.exceptions.get(exception_id)
+        return None if found is None else replace(found[1])
+
+    def save(self, exception: OfflineException) -> None:
+        found = self._state.exceptions.get(exception.exception_id)
+        if found is not None:
+            position, stored = found
+            self._state.exceptions[exception.exception_id] = (
+                position,
+                _stored(replace(exception, created_at=stored.created_at)),
+            )
+
+    def count_open_for_card(self, card_number: str) -> int:
+        return sum(
+            1
+            for _, exc in self._state.exceptions.values()
+            if exc.card_number == card_number and exc.is_open
+        )
+
+    def list(
+        self,
+        *,
+        include_resolved: bool,
+        terminal_id: str | None,
+        card_number: str | None,
+        after: str,
+        limit: int,
+    ) -> tuple[list[OfflineException], str]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start = parse_exception_cursor(after)
+        found = sorted(
+            (position, exc)
+            for position, exc in self._state.exceptions.values()
+            if position > start
+            and (include_resolved or exc.is_open)
+            and (terminal_id is None or exc.terminal_id == terminal_id)
+            and (card_number is None or exc.card_number == card_number)
+        )
+        page = found[:limit]
+        cursor = str(page[-1][0]) if len(found) > limit else ""
+        return [replace(exc) for _, exc in page], cursor
+
+
+class FakeParametersRepository:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def current(self) -> Parameters | None:
+        stored = self._state.parameters
+        return stored[max(stored)] if stored else None
+
+    def get_versions(self, versions: Collection[int]) -> dict[int, Parameters]:
+        stored = self._state.parameters
+        return {v: stored[v] for v in versions if v in stored}
+
+    def add(self, parameters: Parameters) -> None:
+        if parameters.version in self._state.parameters:
+            raise _taken("parameters.version")
+        self._state.parameters[parameters.version] = _stored(parameters)
+
+    def list(self, *, before_version: int, limit: int) -> list[Parameters]:
+        versions = sorted(
+            (v for v in self._state.parameters if before_version <= 0 or v < before_version),
+            reverse=True,
+        )
+        return [self._state.parameters[v] for v in versions[: max(limit, 0)]]
+
+
+class FakeTerminalRepository:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def get(self, terminal_id: str) -> Terminal | None:
+        terminal = self._state.terminals.get(terminal_id)
+        return None if terminal is None else replace(terminal)
+
+    def get_for_update(self, terminal_id: str) -> Terminal | None:
+        return self.get(terminal_id)
+
+    def get_by_token_hash(self, token_hash: str) -> Terminal | None:
+        owner = self._state.token_owners.get(token_hash)
+        return None if owner is None else self.get(owner)
+
+    def add(self, terminal: Terminal) -> None:
+        if (
+            terminal.terminal_id in self._state.terminals
+            or terminal.token_hash in self._state.token_owners
+        ):
+            raise _taken("terminals.terminal_id or terminals.token_hash")
+        self._state.terminals[terminal.terminal_id] = _stored(terminal)
+        self._state.token_owners[terminal.token_hash] = terminal.terminal_id
+
+    def save(self, terminal: Terminal) -> None:
+        stored = self._state.terminals.get(terminal.terminal_id)
+        if stored is None:
+            return
+        owner = self._state.token_owners.get(terminal.token_hash)
+        if owner is not None and owner != terminal.terminal_id:
+            raise _taken("terminals.token_hash")
+        del self._state.token_owners[stored.token_hash]
+        self._state.token_owners[terminal.token_hash] = terminal.terminal_id
+        self._state.terminals[terminal.terminal_id] = _stored(
+            replace(terminal, registered_at=stored.registered_at)
+        )
+
+    def list(self, *, after_terminal_id: str, limit: int) -> list[Terminal]:
+        ids = sorted(t for t in self._state.terminals if t > after_terminal_id)
+        return [replace(self._state.terminals[t]) for t in ids[: max(limit, 0)]]
+
+
+class FakeUnitOfWork:
+    cards: CardRepository
+    journal: JournalRepository
+    redemptions: RedemptionRepository
+    requests: RequestLog
+    offline: OfflineRecordRepository
+    exceptions: OfflineExceptionRepository
+    parameters: ParametersRepository
+    terminals: TerminalRepository
+
+    def __init__(self, storage: FakeStorage) -> None:
+        self._storage = storage
+        self._state: _State | None = None
+
+    def __enter__(self) -> Self:
+        self._storage.gate.acquire()
+        self._begin()
+        return self
+
+    def _begin(self) -> None:
+        state = self._state = self._storage.committed.copy()
+        self.cards = FakeCardRepository(state)
+        self.journal = FakeJournalRepository(state)
+        self.redemptions = FakeRedemptionRepository(state)
+        self.requests = FakeRequestLog(state)
+        self.offline = FakeOfflineRecordRepository(state)
+        self.exceptions = FakeOfflineExceptionRepository(state)
+        self.parameters = FakeParametersRepository(state)
+        self.terminals = FakeTerminalRepository(state)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = None  # whatever was not committed is dropped
+        self._storage.gate.release()
+
+    def commit(self) -> None:
+        if self._state is None:
+            raise RuntimeError("commit() outside the unit of work's `with` block")
+        self._storage.committed = self._state
+        self._begin()  # work after a commit goes on in a new transaction
+
+
+class FakeStorage:
+    """`FakeStorage()`: an empty database. Units of work take turns (one at a time)."""
+
+    def __init__(self) -> None:
+        self.committed = _State()
+        self.gate = threading.RLock()
+
+    def unit_of_work(self, *, write: bool) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self)
+
+    def close(self) -> None:
+        pass

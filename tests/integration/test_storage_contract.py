@@ -1,0 +1,347 @@
+"""The storage contract (storedvalue.hq.services.unit_of_work), run against every backend:
+the in-memory fake, a SQLite file, SQLite memory and PostgreSQL. Units of work, cards and
+their locks, the journal, redemptions and the request log. Offline records, exceptions,
+parameters and terminals: test_storage_contract_offline.py."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from storage_samples import (
+    NOW,
+    at,
+    card_number,
+    make_card,
+    make_entry,
+    make_lock,
+    make_redemption,
+    read,
+    write,
+)
+
+from storedvalue.hq.domain.cards import CardKind, CardStatus
+from storedvalue.hq.domain.journal import JournalEntryKind
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, StoredResponse
+
+# -- units of work --------------------------------------------------------------------------
+
+
+def test_leaving_a_unit_of_work_without_commit_discards_its_writes(storage: Storage) -> None:
+    with storage.unit_of_work(write=True) as uow:
+        uow.cards.add([make_card(card_number(1))])
+        uow.journal.append([make_entry(card_number(1), 5_000)])
+        assert uow.cards.get(card_number(1)) is not None  # a unit of work sees its own writes
+
+    assert read(storage, lambda uow: uow.cards.get(card_number(1))) is None
+    assert read(storage, lambda uow: uow.journal.list_for_card(
+        card_number(1), after_entry_id=0, limit=10)) == []
+
+
+def test_an_error_inside_a_unit_of_work_rolls_it_back(storage: Storage) -> None:
+    def failing_use_case() -> None:
+        with storage.unit_of_work(write=True) as uow:
+            uow.cards.add([make_card(card_number(1))])
+            raise RuntimeError("the use case failed")
+
+    with pytest.raises(RuntimeError):
+        failing_use_case()
+
+    assert read(storage, lambda uow: uow.cards.get(card_number(1))) is None
+
+
+def test_committed_writes_are_seen_by_the_next_unit_of_work(storage: Storage) -> None:
+    write(storage, lambda uow: uow.cards.add([make_card(card_number(1))]))
+
+    assert read(storage, lambda uow: uow.cards.get(card_number(1))) == make_card(card_number(1))
+
+
+def test_work_after_a_commit_is_discarded_unless_committed_again(storage: Storage) -> None:
+    with storage.unit_of_work(write=True) as uow:
+        uow.cards.add([make_card(card_number(1))])
+        uow.commit()
+        uow.cards.add([make_card(card_number(2))])
+
+    assert read(storage, lambda uow: sorted(uow.cards.get_many_for_update(
+        [card_number(1), card_number(2)]))) == [card_number(1)]
+
+
+def test_a_racing_insert_of_the_same_card_loses_with_concurrent_update(
+    storage: Storage,
+) -> None:
+    outcome: list[BaseException | None] = []
+
+    def second_writer() -> None:
+        try:
+            write(storage, lambda uow: uow.cards.add([make_card(card_number(1))]))
+        except BaseException as error:
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    with storage.unit_of_work(write=True) as uow:
+        uow.cards.add([make_card(card_number(1))])
+        racer = threading.Thread(target=second_writer)
+        racer.start()
+        racer.join(0.3)  # it waits for our row (PostgreSQL) or the write lock (SQLite, fake)
+        uow.commit()
+    racer.join(30)
+
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ConcurrentUpdate)
+
+
+def test_concurrent_read_modify_write_under_row_locks_loses_no_update(storage: Storage) -> None:
+    write(storage, lambda uow: uow.cards.add([make_card(card_number(1), balance=0)]))
+
+    def add_one_cent() -> None:
+        for _ in range(20):
+            while True:
+                try:
+                    with storage.unit_of_work(write=True) as uow:
+                        card = uow.cards.get_many_for_update([card_number(1)])[card_number(1)]
+                        card.balance_minor += 1
+                        uow.cards.save([card])
+                        uow.commit()
+                    break
+                except ConcurrentUpdate:
+                    continue
+
+    workers = [threading.Thread(target=add_one_cent) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+
+    card = read(storage, lambda uow: uow.cards.get(card_number(1)))
+    assert card is not None
+    assert card.balance_minor == 80
+
+
+# -- cards and locks ------------------------------------------------------------------------
+
+
+def test_a_card_round_trips_every_field_including_its_lock(storage: Storage) -> None:
+    locked = make_card(
+        card_number(1),
+        balance=-1_234,  # offline overdrafts leave negative balances
+        kind=CardKind.CREDIT_MEMO,
+        status=CardStatus.FLAGGED,
+        currency="SEK",
+        remainder_of=card_number(7),
+        lock=make_lock(card_number(1), terminal_id="till-9", transaction_id="t-77", token=42,
+                       lease_ends=at(14_400.000001)),
+        token=42,
+    )
+    write(storage, lambda uow: uow.cards.add([locked]))
+
+    for loaded in (
+        read(storage, lambda uow: uow.cards.get(card_number(1))),
+        read(storage, lambda uow: uow.cards.get_for_update(card_number(1))),
+    ):
+        assert loaded == locked
+        assert loaded is not None and loaded.lock is not None
+        assert loaded.issued_at.utcoffset() == timedelta(0)
+        assert loaded.lock.lease_expires_at.tzinfo is not None
+
+
+def test_a_free_card_reads_back_with_no_lock(storage: Storage) -> None:
+    write(storage, lambda uow: uow.cards.add([make_card(card_number(1))]))
+
+    loaded = read(storage, lambda uow: uow.cards.get(card_number(1)))
+
+    assert loaded is not None
+    assert loaded.lock is None
+    assert loaded.last_fencing_token == 0
+    assert loaded.remainder_of_card_number == ""
+
+
+def test_an_unknown_card_is_none(storage: Storage) -> None:
+    assert read(storage, lambda uow: uow.cards.get(card_number(404))) is None
+    assert read(storage, lambda uow: uow.cards.get_for_update(card_number(404))) is None
+
+
+def test_times_in_other_zones_come_back_as_the_same_instant_in_utc(storage: Storage) -> None:
+    paris = datetime(2025, 3, 1, 13, 30, 15, 123456, tzinfo=timezone(timedelta(hours=1)))
+    write(storage, lambda uow: uow.cards.add([replace(make_card(card_number(1)),
+                                                      issued_at=paris)]))
+
+    loaded = read(storage, lambda uow: uow.cards.get(card_number(1)))
+
+    assert loaded is not None
+    assert loaded.issued_at == NOW
+    assert loaded.issued_at.tzinfo == UTC
+
+
+def test_get_many_for_update_returns_known_cards_and_leaves_unknown_numbers_out(
+    storage: Storage,
+) -> None:
+    # More cards than one IN-list chunk holds.
+    cards = [make_card(card_number(n), balance=n) for n in range(1, 1_202)]
+    write(storage, lambda uow: uow.cards.add(cards))
+    wanted = [card_number(n) for n in range(1_201, 0, -2)] + [card_number(5_000), card_number(1)]
+
+    found = write(storage, lambda uow: uow.cards.get_many_for_update(wanted))
+
+    assert sorted(found) == sorted({card_number(n) for n in range(1, 1_202, 2)})
+    assert all(found[number].balance_minor == int(number[-8:]) for number in found)
+    assert write(storage, lambda uow: uow.cards.get_many_for_update([])) == {}
+
+
+def test_adding_a_taken_card_number_raises_concurrent_update(storage: Storage) -> None:
+    write(storage, lambda uow: uow.cards.add([make_card(card_number(1))]))
+
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.cards.add([make_card(card_number(2)),
+                                                  make_card(card_number(1))]))
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.cards.add([make_card(card_number(3)),
+                                                  make_card(card_number(3))]))
+    assert read(storage, lambda uow: uow.cards.get(card_number(2))) is None
+
+
+def test_saving_cards_writes_back_status_balance_fencing_counter_and_lock(
+    storage: Storage,
+) -> None:
+    first = make_card(card_number(1), lock=make_lock(card_number(1), token=3))
+    second = make_card(card_number(2))
+    write(storage, lambda uow: uow.cards.add([first, second]))
+    new_lock = make_lock(card_number(2), terminal_id="till-2", transaction_id="t-2", token=8)
+
+    with storage.unit_of_work(write=True) as uow:
+        loaded = uow.cards.get_many_for_update([card_number(1), card_number(2)])
+        one, two = loaded[card_number(1)], loaded[card_number(2)]
+        one.lock, one.balance_minor, one.status = None, 0, CardStatus.REDEEMED
+        two.lock, two.last_fencing_token, two.balance_minor = new_lock, 8, -1
+        uow.cards.save([one, two])
+        uow.commit()
+
+    assert read(storage, lambda uow: uow.cards.get(card_number(1))) == replace(
+        first, lock=None, balance_minor=0, status=CardStatus.REDEEMED)
+    assert read(storage, lambda uow: uow.cards.get(card_number(2))) == replace(
+        second, lock=new_lock, last_fencing_token=8, balance_minor=-1)
+
+
+def test_locks_are_listed_in_card_number_order_after_the_given_number(
+    storage: Storage,
+) -> None:
+    cards = [make_card(card_number(n), lock=make_lock(card_number(n), token=n))
+             for n in (5, 3, 1, 4)] + [make_card(card_number(2))]
+    write(storage, lambda uow: uow.cards.add(cards))
+
+    def page(after: str, limit: int) -> list[str]:
+        return [lock.card_number for lock in read(storage, lambda uow: uow.cards.list_locks(
+            now=NOW, terminal_id=None, include_expired=True, after_card_number=after,
+            limit=limit))]
+
+    assert page("", 2) == [card_number(1), card_number(3)]
+    assert page(card_number(3), 2) == [card_number(4), card_number(5)]
+    assert page(card_number(5), 2) == []
+    locks = read(storage, lambda uow: uow.cards.list_locks(
+        now=NOW, terminal_id=None, include_expired=True, after_card_number="", limit=1))
+    assert locks == [make_lock(card_number(1), token=1)]
+
+
+def test_locks_are_filtered_by_terminal_and_ended_leases_are_hidden_unless_asked(
+    storage: Storage,
+) -> None:
+    cards = [
+        make_card(card_number(1), lock=make_lock(card_number(1), terminal_id="till-1")),
+        make_card(card_number(2), lock=make_lock(card_number(2), terminal_id="till-2")),
+        make_card(card_number(3), lock=make_lock(card_number(3), terminal_id="till-1",
+                                                 lease_ends=NOW)),  # ends now: not live
+    ]
+    write(storage, lambda uow: uow.cards.add(cards))
+
+    def numbers(terminal_id: str | None, include_expired: bool) -> list[str]:
+        return [lock.card_number for lock in read(storage, lambda uow: uow.cards.list_locks(
+            now=NOW, terminal_id=terminal_id, include_expired=include_expired,
+            after_card_number="", limit=10))]
+
+    assert numbers(None, include_expired=False) == [card_number(1), card_number(2)]
+    assert numbers(None, include_expired=True) == [card_number(n) for n in (1, 2, 3)]
+    assert numbers("till-1", include_expired=True) == [card_number(1), card_number(3)]
+    assert numbers("till-1", include_expired=False) == [card_number(1)]
+    assert numbers("till-3", include_expired=True) == []
+
+
+# -- journal, redemptions, request log ------------------------------------------------------
+
+
+def test_journal_entries_come_back_oldest_first_with_increasing_entry_ids(
+    storage: Storage,
+) -> None:
+    entries = [
+        make_entry(card_number(1), 5_000, balance_after=5_000, kind=JournalEntryKind.ISSUE),
+        make_entry(card_number(2), 100, balance_after=100, kind=JournalEntryKind.ISSUE),
+        make_entry(card_number(1), -7_000, balance_after=-2_000, line_id="line-1"),
+        make_entry(card_number(1), 0, balance_after=-2_000, kind=JournalEntryKind.FORCED_UNLOCK,
+                   note="admin:alice: till stolen"),
+    ]
+    write(storage, lambda uow: uow.journal.append(entries[:2]))
+    write(storage, lambda uow: uow.journal.append(entries[2:]))
+
+    listed = read(storage, lambda uow: uow.journal.list_for_card(
+        card_number(1), after_entry_id=0, limit=10))
+
+    assert [replace(e, entry_id=0) for e in listed] == [entries[0], entries[2], entries[3]]
+    ids = [e.entry_id for e in listed]
+    assert ids == sorted(ids) and len(set(ids)) == 3 and ids[0] > 0
+
+
+def test_journal_pages_continue_after_the_last_entry_id(storage: Storage) -> None:
+    write(storage, lambda uow: uow.journal.append(
+        [make_entry(card_number(1 + n % 2), -n) for n in range(1, 8)]))
+
+    first = read(storage, lambda uow: uow.journal.list_for_card(
+        card_number(2), after_entry_id=0, limit=2))
+    rest = read(storage, lambda uow: uow.journal.list_for_card(
+        card_number(2), after_entry_id=first[-1].entry_id, limit=10))
+
+    assert [e.amount_minor for e in first + rest] == [-1, -3, -5, -7]
+    assert read(storage, lambda uow: uow.journal.list_for_card(
+        card_number(404), after_entry_id=0, limit=10)) == []
+
+
+def test_redemptions_round_trip_and_unknown_keys_are_absent(storage: Storage) -> None:
+    applied = [
+        make_redemption("till-1", "t-1", "line-1", remainder=card_number(9)),
+        make_redemption("till-1", "t-1", "line-2"),
+        make_redemption("till-2", "t-1", "line-1"),
+    ]
+    write(storage, lambda uow: uow.redemptions.add(applied))
+    keys = [("till-1", "t-1", "line-1"), ("till-2", "t-1", "line-1"),
+            ("till-1", "t-1", "line-3"), ("till-3", "t-1", "line-1")]
+
+    found = read(storage, lambda uow: uow.redemptions.get_many(keys))
+
+    assert found == {applied[0].key: applied[0], applied[2].key: applied[2]}
+    assert read(storage, lambda uow: uow.redemptions.get_many([])) == {}
+
+
+def test_a_line_redeemed_twice_raises_concurrent_update(storage: Storage) -> None:
+    write(storage, lambda uow: uow.redemptions.add([make_redemption("till-1", "t-1", "l-1")]))
+
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.redemptions.add(
+            [make_redemption("till-1", "t-1", "l-2"), make_redemption("till-1", "t-1", "l-1")]))
+
+
+def test_a_stored_response_round_trips_and_its_request_id_cannot_be_taken_again(
+    storage: Storage,
+) -> None:
+    response = StoredResponse(
+        caller="till-1", request_id="req-1", operation="Redeem",
+        fingerprint=b"\x00\xffdigest", result_json='{"balance":{"amount_minor":-5}}',
+        created_at=NOW,
+    )
+    write(storage, lambda uow: uow.requests.add(response))
+    # The same request id from another caller is another request.
+    write(storage, lambda uow: uow.requests.add(replace(response, caller="admin:alice")))
+
+    assert read(storage, lambda uow: uow.requests.get("till-1", "req-1")) == response
+    assert read(storage, lambda uow: uow.requests.get("till-1", "req-2")) is None
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.requests.add(replace(response, operation="LockCard")))

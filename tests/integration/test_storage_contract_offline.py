@@ -1,0 +1,292 @@
+"""The storage contract, continued (see test_storage_contract.py): offline records and
+sequence numbers, offline exceptions, parameter versions and terminals, on every backend."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from storage_samples import (
+    NOW,
+    at,
+    card_number,
+    make_exception,
+    make_parameters,
+    make_record,
+    make_terminal,
+    make_transaction,
+    read,
+    write,
+)
+
+from storedvalue.hq.domain.errors import InvalidField
+from storedvalue.hq.domain.offline import OfflineException
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage
+
+# -- offline records ------------------------------------------------------------------------
+
+
+def test_offline_records_round_trip_with_their_result(storage: Storage) -> None:
+    records = [make_record("till-1", f"t-{n}", n) for n in range(1, 4)]
+    write(storage, lambda uow: uow.offline.add([*records, make_record("till-2", "t-1", 1)]))
+
+    found = read(storage, lambda uow: uow.offline.get_many("till-1", ["t-1", "t-3", "t-404"]))
+
+    assert found == {"t-1": records[0], "t-3": records[2]}
+    assert found["t-1"].result.line_results[0].balance_after is not None
+    assert read(storage, lambda uow: uow.offline.get_many("till-3", ["t-1"])) == {}
+    assert read(storage, lambda uow: uow.offline.get_many("till-1", [])) == {}
+
+
+def test_many_offline_records_are_found_across_chunks(storage: Storage) -> None:
+    records = [make_record("till-1", f"t-{n:05d}", n) for n in range(1, 1_302)]
+    write(storage, lambda uow: uow.offline.add(records))
+
+    found = read(storage, lambda uow: uow.offline.get_many(
+        "till-1", [r.transaction_id for r in records]))
+    owners = read(storage, lambda uow: uow.offline.sequence_owners("till-1", range(1, 1_400)))
+
+    assert len(found) == 1_301
+    assert owners == {n: f"t-{n:05d}" for n in range(1, 1_302)}
+
+
+def test_sequence_owners_tell_which_transaction_holds_each_number(storage: Storage) -> None:
+    write(storage, lambda uow: uow.offline.add(
+        [make_record("till-1", "t-a", 1), make_record("till-1", "t-b", 2),
+         make_record("till-2", "t-c", 3)]))
+
+    owners = read(storage, lambda uow: uow.offline.sequence_owners("till-1", [1, 2, 3, 4]))
+
+    assert owners == {1: "t-a", 2: "t-b"}
+
+
+def test_sequences_above_the_mark_are_listed_in_ascending_order(storage: Storage) -> None:
+    write(storage, lambda uow: uow.offline.add(
+        [make_record("till-1", f"t-{n}", n) for n in (9, 2, 7, 3, 1)]
+        + [make_record("till-2", "t-8", 8)]))
+
+    assert read(storage, lambda uow: uow.offline.sequences_above("till-1", 2)) == [3, 7, 9]
+    assert read(storage, lambda uow: uow.offline.sequences_above("till-1", 0)) == [1, 2, 3, 7, 9]
+    assert read(storage, lambda uow: uow.offline.sequences_above("till-1", 9)) == []
+
+
+def test_a_taken_transaction_id_or_sequence_number_raises_concurrent_update(
+    storage: Storage,
+) -> None:
+    write(storage, lambda uow: uow.offline.add([make_record("till-1", "t-1", 1)]))
+
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.offline.add([make_record("till-1", "t-1", 2)]))
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.offline.add([make_record("till-1", "t-2", 1)]))
+    write(storage, lambda uow: uow.offline.add([make_record("till-2", "t-1", 1)]))
+
+
+# -- offline exceptions ---------------------------------------------------------------------
+
+
+def test_an_offline_exception_round_trips_with_the_transaction_kept_for_review(
+    storage: Storage,
+) -> None:
+    kept = make_exception("exc_1", with_amount=False, number="",
+                          transaction=make_transaction("t-1", 4))
+    overdraft = make_exception("exc_2")
+    write(storage, lambda uow: uow.exceptions.add([kept, overdraft]))
+
+    assert read(storage, lambda uow: uow.exceptions.get_for_update("exc_1")) == kept
+    assert read(storage, lambda uow: uow.exceptions.get_for_update("exc_2")) == overdraft
+    assert read(storage, lambda uow: uow.exceptions.get_for_update("exc_404")) is None
+
+
+def test_saving_an_exception_records_its_resolution(storage: Storage) -> None:
+    write(storage, lambda uow: uow.exceptions.add([make_exception("exc_1")]))
+
+    with storage.unit_of_work(write=True) as uow:
+        resolved = uow.exceptions.get_for_update("exc_1")
+        assert resolved is not None and resolved.is_open
+        resolved.resolved_at = at(86_400)
+        resolved.resolved_by = "admin:alice"
+        resolved.resolution = "customer paid the difference"
+        uow.exceptions.save(resolved)
+        uow.commit()
+    loaded = read(storage, lambda uow: uow.exceptions.get_for_update("exc_1"))
+
+    assert loaded == resolved
+    assert loaded is not None and not loaded.is_open
+    assert loaded.resolved_at == at(86_400)
+
+
+def test_count_open_for_card_counts_only_that_cards_unresolved_exceptions(
+    storage: Storage,
+) -> None:
+    resolved = replace(make_exception("exc_3"), resolved_at=NOW, resolved_by="admin:bob",
+                       resolution="written off")
+    write(storage, lambda uow: uow.exceptions.add([
+        make_exception("exc_1"), make_exception("exc_2"), resolved,
+        make_exception("exc_4", number=card_number(2)),
+    ]))
+
+    assert read(storage, lambda uow: uow.exceptions.count_open_for_card(card_number(1))) == 2
+    assert read(storage, lambda uow: uow.exceptions.count_open_for_card(card_number(2))) == 1
+    assert read(storage, lambda uow: uow.exceptions.count_open_for_card(card_number(3))) == 0
+
+
+def test_exceptions_are_listed_oldest_first_page_by_page_until_the_cursor_is_empty(
+    storage: Storage,
+) -> None:
+    ids = [f"exc_{n:02d}_{chr(ord('z') - n)}" for n in range(7)]  # ids not in insertion order
+    write(storage, lambda uow: uow.exceptions.add([make_exception(i) for i in ids[:3]]))
+    write(storage, lambda uow: uow.exceptions.add([make_exception(i) for i in ids[3:]]))
+
+    def page_after(cursor: str) -> tuple[list[OfflineException], str]:
+        return read(storage, lambda uow: uow.exceptions.list(
+            include_resolved=True, terminal_id=None, card_number=None, after=cursor, limit=3))
+
+    listed: list[str] = []
+    cursor = ""
+    for _ in range(10):
+        page, cursor = page_after(cursor)
+        listed += [exc.exception_id for exc in page]
+        if not cursor:
+            break
+
+    assert listed == ids
+    last_page, end = read(storage, lambda uow: uow.exceptions.list(
+        include_resolved=True, terminal_id=None, card_number=None, after="", limit=7))
+    assert len(last_page) == 7 and end == ""
+
+
+def test_exceptions_are_filtered_by_state_terminal_and_card(storage: Storage) -> None:
+    write(storage, lambda uow: uow.exceptions.add([
+        make_exception("exc_1"),
+        replace(make_exception("exc_2"), resolved_at=NOW, resolved_by="admin:a", resolution="ok"),
+        make_exception("exc_3", terminal_id="till-2"),
+        make_exception("exc_4", number=card_number(2)),
+    ]))
+
+    def ids(include_resolved: bool, terminal_id: str | None, number: str | None) -> list[str]:
+        page, _ = read(storage, lambda uow: uow.exceptions.list(
+            include_resolved=include_resolved, terminal_id=terminal_id, card_number=number,
+            after="", limit=50))
+        return [exc.exception_id for exc in page]
+
+    assert ids(False, None, None) == ["exc_1", "exc_3", "exc_4"]
+    assert ids(True, None, None) == ["exc_1", "exc_2", "exc_3", "exc_4"]
+    assert ids(True, "till-1", None) == ["exc_1", "exc_2", "exc_4"]
+    assert ids(False, "till-1", card_number(1)) == ["exc_1"]
+    assert ids(True, "till-3", None) == []
+
+
+def test_a_cursor_this_server_did_not_issue_is_an_invalid_page_token(storage: Storage) -> None:
+    for cursor in ("abc", "-1", "1e3", "9" * 40):
+        with pytest.raises(InvalidField):
+            read(storage, lambda uow, c=cursor: uow.exceptions.list(  # type: ignore[misc]
+                include_resolved=True, terminal_id=None, card_number=None, after=c, limit=5))
+
+
+def test_a_taken_exception_id_raises_concurrent_update(storage: Storage) -> None:
+    write(storage, lambda uow: uow.exceptions.add([make_exception("exc_1")]))
+
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.exceptions.add([make_exception("exc_1")]))
+
+
+# -- parameters -----------------------------------------------------------------------------
+
+
+def test_an_empty_database_has_no_parameters_yet(storage: Storage) -> None:
+    assert read(storage, lambda uow: uow.parameters.current()) is None
+    assert read(storage, lambda uow: uow.parameters.list(before_version=0, limit=5)) == []
+
+
+def test_parameters_round_trip_and_the_current_ones_are_the_newest_version(
+    storage: Storage,
+) -> None:
+    versions = [make_parameters(v, gift=v % 2 == 0, memo=v == 3,
+                                lease=timedelta(hours=v, seconds=7)) for v in (1, 3, 2)]
+    for params in versions:
+        write(storage, lambda uow, p=params: uow.parameters.add(p))  # type: ignore[misc]
+
+    assert read(storage, lambda uow: uow.parameters.current()) == versions[1]
+    assert read(storage, lambda uow: uow.parameters.get_versions([2, 3, 9])) == {
+        2: versions[2], 3: versions[1]}
+
+
+def test_parameter_versions_are_listed_newest_first_below_a_version(storage: Storage) -> None:
+    for version in range(1, 6):
+        write(storage, lambda uow, v=version: uow.parameters.add(  # type: ignore[misc]
+            make_parameters(v)))
+
+    def listed(before: int, limit: int) -> list[int]:
+        return [p.version for p in read(storage, lambda uow: uow.parameters.list(
+            before_version=before, limit=limit))]
+
+    assert listed(0, 2) == [5, 4]
+    assert listed(4, 2) == [3, 2]
+    assert listed(2, 5) == [1]
+    assert listed(1, 5) == []
+
+
+def test_a_taken_parameters_version_raises_concurrent_update(storage: Storage) -> None:
+    write(storage, lambda uow: uow.parameters.add(make_parameters(1)))
+
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.parameters.add(make_parameters(1, gift=False)))
+
+
+# -- terminals ------------------------------------------------------------------------------
+
+
+def test_a_terminal_round_trips_and_is_found_by_its_token_hash(storage: Storage) -> None:
+    terminal = make_terminal("till-1")
+    write(storage, lambda uow: uow.terminals.add(terminal))
+
+    assert read(storage, lambda uow: uow.terminals.get("till-1")) == terminal
+    assert read(storage, lambda uow: uow.terminals.get_for_update("till-1")) == terminal
+    assert read(storage, lambda uow: uow.terminals.get_by_token_hash(
+        terminal.token_hash)) == terminal
+    assert read(storage, lambda uow: uow.terminals.get("till-404")) is None
+    assert read(storage, lambda uow: uow.terminals.get_by_token_hash("0" * 64)) is None
+
+
+def test_saving_a_terminal_writes_its_credential_and_sequence_marks(storage: Storage) -> None:
+    write(storage, lambda uow: uow.terminals.add(make_terminal("till-1")))
+    changed = replace(make_terminal("till-1", token_hash="f" * 64), display_name="Till one",
+                      credential_issued_at=at(60), highest_contiguous_sequence=7,
+                      highest_sequence_seen=12, last_synced_at=at(90))
+
+    write(storage, lambda uow: uow.terminals.save(changed))
+
+    assert read(storage, lambda uow: uow.terminals.get("till-1")) == changed
+    assert read(storage, lambda uow: uow.terminals.get_by_token_hash("f" * 64)) == changed
+    assert read(storage, lambda uow: uow.terminals.get_by_token_hash(
+        make_terminal("till-1").token_hash)) is None
+
+
+def test_a_taken_terminal_id_or_token_hash_raises_concurrent_update(storage: Storage) -> None:
+    write(storage, lambda uow: uow.terminals.add(make_terminal("till-1")))
+    write(storage, lambda uow: uow.terminals.add(make_terminal("till-2")))
+
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.terminals.add(make_terminal("till-1", token_hash="e" * 64)))
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.terminals.add(
+            make_terminal("till-3", token_hash=make_terminal("till-1").token_hash)))
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.terminals.save(
+            replace(make_terminal("till-2"), token_hash=make_terminal("till-1").token_hash)))
+
+
+def test_terminals_are_listed_in_id_order_after_the_given_id(storage: Storage) -> None:
+    for terminal_id in ("till-3", "till-1", "store2-till-1", "till-2"):
+        write(storage, lambda uow, t=terminal_id: uow.terminals.add(  # type: ignore[misc]
+            make_terminal(t)))
+
+    def listed(after: str, limit: int) -> list[str]:
+        return [t.terminal_id for t in read(storage, lambda uow: uow.terminals.list(
+            after_terminal_id=after, limit=limit))]
+
+    assert listed("", 2) == ["store2-till-1", "till-1"]
+    assert listed("till-1", 5) == ["till-2", "till-3"]
+    assert listed("till-3", 5) == []

@@ -1,0 +1,203 @@
+"""What only the SQL backends have: migrations that match tables.py, safe concurrent
+upgrades, SQLite's configuration, and database races reported as ConcurrentUpdate."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, text
+from storage_samples import card_number, make_card, write
+
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
+from storedvalue.hq.storage import SqlStorage, open_engine, upgrade_to_head
+from storedvalue.hq.storage.schema import current_revision, head_revision
+from storedvalue.hq.storage.tables import METADATA
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def schema_differences(engine: Engine) -> list[object]:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, METADATA))
+
+
+def test_the_migrations_build_exactly_the_schema_tables_py_describes(
+    sql_storage: SqlStorage,
+) -> None:
+    assert schema_differences(sql_storage.engine) == []
+    with sql_storage.engine.connect() as connection:
+        assert current_revision(connection) == head_revision()
+
+
+def test_upgrading_a_database_already_at_head_changes_nothing(database_url: str) -> None:
+    engine = open_engine(database_url)
+    try:
+        upgrade_to_head(engine)
+        write(SqlStorage(engine), lambda uow: uow.cards.add([make_card(card_number(1))]))
+        upgrade_to_head(engine)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM cards")).scalar_one() == 1
+            assert current_revision(connection) == head_revision()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
+                                                           marks=pytest.mark.postgres)])
+def test_alembic_check_from_the_repository_root_finds_nothing_to_generate(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (f"sqlite:///{tmp_path / 'hq.sqlite3'}" if backend == "sqlite"
+           else str(request.getfixturevalue("postgres_url")))
+    env = {**os.environ, "STOREDVALUE_DATABASE_URL": url}
+    alembic = [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini")]
+
+    for command in (["upgrade", "head"], ["check"]):
+        done = subprocess.run([*alembic, *command], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+    assert "No new upgrade operations detected" in done.stdout + done.stderr
+
+
+@pytest.mark.postgres
+def test_hq_processes_upgrading_postgresql_at_once_all_succeed(postgres_url: str) -> None:
+    starters = 4
+    barrier = threading.Barrier(starters)
+    failures: list[BaseException] = []
+
+    def start_hq() -> None:
+        engine = open_engine(postgres_url, pool_size=1)
+        try:
+            barrier.wait(10)
+            upgrade_to_head(engine)
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=start_hq) for _ in range(starters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert failures == []
+    engine = open_engine(postgres_url, pool_size=1)
+    try:
+        assert schema_differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+
+
+def test_a_sqlite_file_runs_with_wal_full_sync_a_busy_timeout_and_foreign_keys(
+    tmp_path: Path,
+) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'hq.sqlite3'}")
+    try:
+        with engine.connect() as connection:
+            def pragma(name: str) -> object:
+                return connection.exec_driver_sql(f"PRAGMA {name}").scalar_one()
+
+            assert pragma("journal_mode") == "wal"
+            assert pragma("synchronous") == 2  # FULL
+            assert pragma("busy_timeout") == 30_000
+            assert pragma("foreign_keys") == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_writing_unit_of_work_on_sqlite_takes_the_write_lock_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "hq.sqlite3"
+    storage = SqlStorage.from_url(f"sqlite:///{path}")
+    upgrade_to_head(storage.engine)
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with storage.unit_of_work(write=False):
+            other.execute("BEGIN IMMEDIATE")  # a reader leaves the write lock free
+            other.execute("ROLLBACK")
+        with storage.unit_of_work(write=True), pytest.raises(
+            sqlite3.OperationalError, match="locked"
+        ):
+            other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
+        storage.close()
+
+
+def test_a_sqlite_writer_that_waits_too_long_gets_concurrent_update(tmp_path: Path) -> None:
+    path = tmp_path / "hq.sqlite3"
+    upgrade_to_head(f"sqlite:///{path}")
+    storage = SqlStorage(open_engine(f"sqlite:///{path}", sqlite_busy_timeout_ms=50),
+                         owns_engine=True)
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(ConcurrentUpdate):
+            write(storage, lambda uow: uow.cards.add([make_card(card_number(1))]))
+        other.execute("ROLLBACK")
+        write(storage, lambda uow: uow.cards.add([make_card(card_number(1))]))
+    finally:
+        other.close()
+        storage.close()
+
+
+def test_a_unit_of_work_opened_inside_another_on_sqlite_memory_fails_loudly() -> None:
+    storage = SqlStorage.from_url("sqlite://")
+    try:
+        upgrade_to_head(storage.engine)
+        with storage.unit_of_work(write=True), pytest.raises(RuntimeError, match="already"):
+            storage.unit_of_work(write=False).__enter__()
+        write(storage, lambda uow: uow.cards.add([make_card(card_number(1))]))
+    finally:
+        storage.close()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_postgresql_deadlock_is_reported_as_concurrent_update(postgres_url: str) -> None:
+    storage = SqlStorage.from_url(postgres_url)
+    try:
+        upgrade_to_head(storage.engine)
+        write(storage, lambda uow: uow.cards.add([make_card(card_number(1)),
+                                                  make_card(card_number(2))]))
+        both_hold_one = threading.Barrier(2)
+        outcomes: list[BaseException | None] = []
+
+        def lock_in_order(first: str, second: str) -> None:
+            try:
+                with storage.unit_of_work(write=True) as uow:
+                    uow.cards.get_for_update(first)
+                    both_hold_one.wait(10)
+                    uow.cards.get_for_update(second)  # one of the two is a deadlock victim
+                    uow.commit()
+            except BaseException as error:
+                outcomes.append(error)
+            else:
+                outcomes.append(None)
+
+        racers = [
+            threading.Thread(target=lock_in_order, args=(card_number(1), card_number(2))),
+            threading.Thread(target=lock_in_order, args=(card_number(2), card_number(1))),
+        ]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(30)
+
+        assert sorted(type(o).__name__ for o in outcomes) == ["ConcurrentUpdate", "NoneType"]
+    finally:
+        storage.close()
