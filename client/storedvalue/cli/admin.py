@@ -1,0 +1,306 @@
+"""``storedvalue admin``: the back office from a shell (parameters, locks, exceptions,
+journals, terminals), through BackOfficeService.
+
+Results print as JSON (proto field names), lists as one JSON array over all pages. A refused
+call prints its status code, reason and metadata on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+from google.protobuf import duration_pb2, json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from storedvalue.v1 import back_office_service_pb2 as pb
+from storedvalue.v1 import back_office_service_pb2_grpc as pb_grpc
+
+ENV_TARGET = "STOREDVALUE_TARGET"
+ENV_ADMIN_TOKEN = "STOREDVALUE_ADMIN_TOKEN"  # noqa: S105 - a variable name
+DEFAULT_TARGET = "127.0.0.1:50051"
+Handler = Callable[[pb_grpc.BackOfficeServiceStub, argparse.Namespace, "Call"], Any]
+
+
+class Call:
+    """Per-call settings: the admin credential and a deadline."""
+
+    def __init__(self, token: str, timeout: float) -> None:
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.timeout = timeout
+
+    def __call__(self, method: Any, request: Message) -> Any:
+        return method(request, metadata=self.metadata, timeout=self.timeout)
+
+
+def _request_id(args: argparse.Namespace) -> str:
+    return args.request_id or str(uuid.uuid4())
+
+
+def _on_off(value: str) -> bool:
+    if value.lower() in ("on", "true", "yes", "1"):
+        return True
+    if value.lower() in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError("expected on or off")
+
+
+def _lease(value: str) -> duration_pb2.Duration:
+    match = re.fullmatch(r"(\d+)([smhd]?)", value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError("expected e.g. 90m, 4h, 2d or seconds")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    lease = duration_pb2.Duration()
+    lease.FromTimedelta(timedelta(seconds=int(match.group(1)) * unit))
+    return lease
+
+
+def _pages(fetch: Callable[[str], Any], items: str) -> Iterator[Message]:
+    token = ""
+    while True:
+        response = fetch(token)
+        yield from getattr(response, items)
+        token = response.next_page_token
+        if not token:
+            return
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+def params_show(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call
+                ) -> Any:
+    if args.all:
+        return list(_pages(lambda t: call(stub.ListParameterVersions,
+                                          pb.ListParameterVersionsRequest(page_token=t)),
+                           "parameters"))
+    response = call(stub.ListParameterVersions, pb.ListParameterVersionsRequest(page_size=1))
+    return response.parameters[0] if response.parameters else None
+
+
+def params_set(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call
+               ) -> Any:
+    request = pb.UpdateParametersRequest(
+        request_id=_request_id(args), expected_version=args.expected_version or 0
+    )
+    if args.gift_card_offline is not None:
+        request.gift_card_offline_completion_allowed = args.gift_card_offline
+    if args.credit_memo_offline is not None:
+        request.credit_memo_offline_completion_allowed = args.credit_memo_offline
+    if args.lock_lease is not None:
+        request.lock_lease.CopyFrom(args.lock_lease)
+    return call(stub.UpdateParameters, request).parameters
+
+
+def locks_list(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call
+               ) -> Any:
+    return list(_pages(lambda t: call(stub.ListLocks, pb.ListLocksRequest(
+        terminal_id=args.terminal or "", include_expired=args.include_expired, page_token=t,
+    )), "locks"))
+
+
+def unlock(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call) -> Any:
+    return call(stub.ForceUnlockCard, pb.ForceUnlockCardRequest(
+        request_id=_request_id(args), card_number=args.card_number, reason=args.reason,
+    ))
+
+
+def exceptions_list(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call
+                    ) -> Any:
+    return list(_pages(lambda t: call(stub.ListOfflineExceptions, pb.ListOfflineExceptionsRequest(
+        include_resolved=args.include_resolved, terminal_id=args.terminal or "",
+        card_number=args.card or "", page_token=t,
+    )), "exceptions"))
+
+
+def exceptions_resolve(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
+                       call: Call) -> Any:
+    return call(stub.ResolveOfflineException, pb.ResolveOfflineExceptionRequest(
+        request_id=_request_id(args), exception_id=args.exception_id,
+        resolution=args.resolution,
+    ))
+
+
+def journal(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call) -> Any:
+    return list(_pages(lambda t: call(stub.ListJournalEntries, pb.ListJournalEntriesRequest(
+        card_number=args.card_number, page_size=500, page_token=t,
+    )), "entries"))
+
+
+def terminals_register(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
+                       call: Call) -> Any:
+    return call(stub.RegisterTerminal, pb.RegisterTerminalRequest(
+        request_id=_request_id(args), terminal_id=args.terminal_id,
+        display_name=args.display_name or "",
+    ))
+
+
+def terminals_rotate(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
+                     call: Call) -> Any:
+    return call(stub.RotateTerminalCredential, pb.RotateTerminalCredentialRequest(
+        request_id=_request_id(args), terminal_id=args.terminal_id,
+    ))
+
+
+def terminals_list(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
+                   call: Call) -> Any:
+    return list(_pages(lambda t: call(stub.ListTerminals, pb.ListTerminalsRequest(page_token=t)),
+                       "terminals"))
+
+
+def terminals_status(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
+                     call: Call) -> Any:
+    return call(stub.GetTerminalSyncStatus,
+                pb.GetTerminalSyncStatusRequest(terminal_id=args.terminal_id)).sync_status
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    admin: argparse.ArgumentParser = subparsers.add_parser(
+        "admin", help="back-office operations against a running HQ",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    admin.add_argument("--target", metavar="HOST:PORT",
+                       help=f"HQ address (env {ENV_TARGET}, else STOREDVALUE_LISTEN, "
+                            f"else {DEFAULT_TARGET})")
+    admin.add_argument("--admin-token", metavar="TOKEN",
+                       help=f"admin credential (env {ENV_ADMIN_TOKEN}, else the admin token "
+                            "file)")
+    admin.add_argument("--admin-token-file", type=Path, metavar="PATH",
+                       help="where to read the admin token (default: the HQ's default file)")
+    admin.add_argument("--ca-file", type=Path, metavar="PEM",
+                       help="CA certificate: connect with TLS (default plaintext)")
+    admin.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="deadline of each call (default 10)")
+    admin.add_argument("--request-id", metavar="ID",
+                       help="request id of a mutating call (to retry one); default a new UUID")
+    admin.set_defaults(handler=lambda args: _usage(admin))
+    groups = admin.add_subparsers(dest="admin_command", metavar="WHAT")
+
+    def command(parent: Any, name: str, handler: Handler, help_text: str
+                ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = parent.add_parser(name, help=help_text)
+        parser.set_defaults(handler=lambda args: run(args, handler))
+        return parser
+
+    params = groups.add_parser("params", help="HQ parameters").add_subparsers(metavar="ACTION")
+    show = command(params, "show", params_show, "show the current parameters")
+    show.add_argument("--all", action="store_true", help="every version, newest first")
+    set_ = command(params, "set", params_set, "change parameters (a new version)")
+    set_.add_argument("--gift-card-offline", type=_on_off, metavar="on|off")
+    set_.add_argument("--credit-memo-offline", type=_on_off, metavar="on|off")
+    set_.add_argument("--lock-lease", type=_lease, metavar="DURATION", help="e.g. 4h, 90m")
+    set_.add_argument("--expected-version", type=int, metavar="N",
+                      help="fail if the current version differs")
+
+    locks = groups.add_parser("locks", help="card locks").add_subparsers(metavar="ACTION")
+    lock_list = command(locks, "list", locks_list, "list live locks")
+    lock_list.add_argument("--terminal", metavar="TERMINAL_ID")
+    lock_list.add_argument("--include-expired", action="store_true")
+
+    force = command(groups, "unlock", unlock, "release a card's lock whoever holds it")
+    force.add_argument("card_number")
+    force.add_argument("--reason", required=True, help="why; kept in the journal")
+
+    excs = groups.add_parser("exceptions", help="offline exceptions").add_subparsers(
+        metavar="ACTION")
+    exc_list = command(excs, "list", exceptions_list, "list offline exceptions")
+    exc_list.add_argument("--include-resolved", action="store_true")
+    exc_list.add_argument("--terminal", metavar="TERMINAL_ID")
+    exc_list.add_argument("--card", metavar="CARD_NUMBER")
+    resolve = command(excs, "resolve", exceptions_resolve, "resolve an offline exception")
+    resolve.add_argument("exception_id")
+    resolve.add_argument("--resolution", required=True, help="what was done about it")
+
+    command(groups, "journal", journal, "a card's journal, oldest first").add_argument(
+        "card_number")
+
+    terms = groups.add_parser("terminals", help="terminals and credentials").add_subparsers(
+        metavar="ACTION")
+    reg = command(terms, "register", terminals_register, "register a terminal (prints its "
+                  "credential once)")
+    reg.add_argument("terminal_id")
+    reg.add_argument("--display-name")
+    command(terms, "rotate", terminals_rotate, "replace a terminal's credential").add_argument(
+        "terminal_id")
+    command(terms, "list", terminals_list, "list terminals with their sync status")
+    command(terms, "status", terminals_status, "a terminal's offline sync status").add_argument(
+        "terminal_id")
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _admin_token(args: argparse.Namespace) -> str:
+    if args.admin_token:
+        return str(args.admin_token)
+    if os.environ.get(ENV_ADMIN_TOKEN):
+        return os.environ[ENV_ADMIN_TOKEN].strip()
+    path = args.admin_token_file
+    if path is None:
+        from storedvalue.hq.config import default_admin_token_file
+
+        path = default_admin_token_file(os.environ)
+    try:
+        return str(Path(path).read_text(encoding="utf-8").strip())
+    except OSError as error:
+        raise SystemExit(f"storedvalue admin: no admin token ({error}); give --admin-token "
+                         f"or set {ENV_ADMIN_TOKEN}") from None
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    target = (args.target or os.environ.get(ENV_TARGET) or os.environ.get("STOREDVALUE_LISTEN")
+              or DEFAULT_TARGET)
+    if args.ca_file is not None:
+        credentials = grpc.ssl_channel_credentials(Path(args.ca_file).read_bytes())
+        return grpc.secure_channel(target, credentials)
+    return grpc.insecure_channel(target)
+
+
+def _to_json(result: Any) -> Any:
+    if isinstance(result, Message):
+        return json_format.MessageToDict(result, preserving_proto_field_name=True)
+    if isinstance(result, list):
+        return [_to_json(item) for item in result]
+    return result
+
+
+def run(args: argparse.Namespace, handler: Handler) -> int:
+    call = Call(_admin_token(args), args.timeout)
+    with _channel(args) as channel:
+        try:
+            result = handler(pb_grpc.BackOfficeServiceStub(channel), args, call)
+        except grpc.RpcError as error:
+            print(f"storedvalue admin: {_describe(error)}", file=sys.stderr)
+            return 1
+    print(json.dumps(_to_json(result), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _describe(error: grpc.RpcError) -> str:
+    call = cast(grpc.Call, error)  # every RpcError a stub raises is also a Call
+    code, details = call.code().name, call.details()
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:
+        status = None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return f"{code} {info.reason}: {details} {dict(info.metadata)}"
+    return f"{code}: {details}"

@@ -1,0 +1,1 @@
+"""The gRPC transport: servicers that only translate between protobuf and the services."""

@@ -1,0 +1,224 @@
+"""BackOfficeService: what head-office staff and their tools call. Translation only; every
+call needs the admin credential."""
+
+# ruff: noqa: N802 - method names are the contract's RPC names
+
+from __future__ import annotations
+
+import grpc
+
+from storedvalue.hq.grpc_api.call_context import authorization, request_key
+from storedvalue.hq.grpc_api.convert import (
+    card_to_proto,
+    journal_entry_to_proto,
+    lock_to_proto,
+    offline_exception_to_proto,
+    parameters_change_from_proto,
+    parameters_to_proto,
+    sync_status_to_proto,
+    terminal_to_proto,
+)
+from storedvalue.hq.grpc_api.errors import unary_rpc
+from storedvalue.hq.grpc_api.paging import (
+    decode_int_token,
+    decode_token,
+    encode_token,
+    page_size,
+)
+from storedvalue.hq.services.auth import Authenticator
+from storedvalue.hq.services.back_office import BackOfficeService, IssuedCredential
+from storedvalue.hq.services.parameters import ParametersService
+from storedvalue.v1 import back_office_service_pb2 as pb
+from storedvalue.v1 import back_office_service_pb2_grpc as pb_grpc
+
+Context = grpc.ServicerContext
+
+
+def _credential_response_parts(
+    issued: IssuedCredential,
+) -> tuple[pb.Terminal, pb.TerminalCredential | None]:
+    token = issued.bearer_token
+    credential = pb.TerminalCredential(bearer_token=token) if token else None
+    return terminal_to_proto(issued.terminal), credential
+
+
+class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        back_office: BackOfficeService,
+        parameters: ParametersService,
+    ) -> None:
+        self._auth = authenticator
+        self._back_office = back_office
+        self._parameters = parameters
+
+    # -- parameters -----------------------------------------------------------------------
+
+    @unary_rpc
+    def UpdateParameters(self, request: pb.UpdateParametersRequest, context: Context
+                         ) -> pb.UpdateParametersResponse:
+        caller = self._auth.admin(authorization(context))
+        params = self._parameters.update(
+            key=request_key(caller, request, "UpdateParameters"),
+            updated_by=caller.admin_name,
+            change=parameters_change_from_proto(request),
+            expected_version=request.expected_version,
+        )
+        return pb.UpdateParametersResponse(parameters=parameters_to_proto(params))
+
+    @unary_rpc
+    def ListParameterVersions(self, request: pb.ListParameterVersionsRequest, context: Context
+                              ) -> pb.ListParameterVersionsResponse:
+        self._auth.admin(authorization(context))
+        page = self._parameters.list_versions(
+            before_version=decode_int_token("versions", request.page_token),
+            limit=page_size(request.page_size),
+        )
+        return pb.ListParameterVersionsResponse(
+            parameters=[parameters_to_proto(p) for p in page.versions],
+            next_page_token=encode_token(
+                "versions", str(page.next_before_version) if page.next_before_version else ""
+            ),
+        )
+
+    # -- locks ----------------------------------------------------------------------------
+
+    @unary_rpc
+    def ListLocks(self, request: pb.ListLocksRequest, context: Context) -> pb.ListLocksResponse:
+        self._auth.admin(authorization(context))
+        limit = page_size(request.page_size)
+        locks = self._back_office.list_locks(
+            terminal_id=request.terminal_id or None,
+            include_expired=request.include_expired,
+            after_card_number=decode_token("locks", request.page_token),
+            limit=limit + 1,  # one more tells whether there is a next page
+        )
+        page = locks[:limit]
+        more = len(locks) > limit
+        return pb.ListLocksResponse(
+            locks=[lock_to_proto(lock) for lock in page],
+            next_page_token=encode_token("locks", page[-1].card_number if more else ""),
+        )
+
+    @unary_rpc
+    def ForceUnlockCard(self, request: pb.ForceUnlockCardRequest, context: Context
+                        ) -> pb.ForceUnlockCardResponse:
+        caller = self._auth.admin(authorization(context))
+        result = self._back_office.force_unlock(
+            key=request_key(caller, request, "ForceUnlockCard"),
+            admin=caller.admin_name,
+            card_number=request.card_number,
+            reason=request.reason,
+        )
+        released = result.released_lock
+        return pb.ForceUnlockCardResponse(
+            card=card_to_proto(result.card),
+            released_lock=lock_to_proto(released) if released is not None else None,
+        )
+
+    # -- offline exceptions ---------------------------------------------------------------
+
+    @unary_rpc
+    def ListOfflineExceptions(self, request: pb.ListOfflineExceptionsRequest, context: Context
+                              ) -> pb.ListOfflineExceptionsResponse:
+        self._auth.admin(authorization(context))
+        exceptions, cursor = self._back_office.list_exceptions(
+            include_resolved=request.include_resolved,
+            terminal_id=request.terminal_id or None,
+            card_number=request.card_number or None,
+            after=decode_token("exceptions", request.page_token),
+            limit=page_size(request.page_size),
+        )
+        return pb.ListOfflineExceptionsResponse(
+            exceptions=[offline_exception_to_proto(exc) for exc in exceptions],
+            next_page_token=encode_token("exceptions", cursor),
+        )
+
+    @unary_rpc
+    def ResolveOfflineException(
+        self, request: pb.ResolveOfflineExceptionRequest, context: Context
+    ) -> pb.ResolveOfflineExceptionResponse:
+        caller = self._auth.admin(authorization(context))
+        result = self._back_office.resolve_exception(
+            key=request_key(caller, request, "ResolveOfflineException"),
+            admin=caller.admin_name,
+            exception_id=request.exception_id,
+            resolution=request.resolution,
+        )
+        return pb.ResolveOfflineExceptionResponse(
+            exception=offline_exception_to_proto(result.exception),
+            card=card_to_proto(result.card) if result.card is not None else None,
+        )
+
+    # -- journal --------------------------------------------------------------------------
+
+    @unary_rpc
+    def ListJournalEntries(self, request: pb.ListJournalEntriesRequest, context: Context
+                           ) -> pb.ListJournalEntriesResponse:
+        self._auth.admin(authorization(context))
+        limit = page_size(request.page_size)
+        entries = self._back_office.list_journal(
+            card_number=request.card_number,
+            after_entry_id=decode_int_token("journal", request.page_token),
+            limit=limit + 1,
+        )
+        page = entries[:limit]
+        more = len(entries) > limit
+        return pb.ListJournalEntriesResponse(
+            entries=[journal_entry_to_proto(entry) for entry in page],
+            next_page_token=encode_token("journal", str(page[-1].entry_id) if more else ""),
+        )
+
+    # -- terminals ------------------------------------------------------------------------
+
+    @unary_rpc
+    def RegisterTerminal(self, request: pb.RegisterTerminalRequest, context: Context
+                         ) -> pb.RegisterTerminalResponse:
+        caller = self._auth.admin(authorization(context))
+        issued = self._back_office.register_terminal(
+            key=request_key(caller, request, "RegisterTerminal"),
+            terminal_id=request.terminal_id,
+            display_name=request.display_name,
+        )
+        terminal, credential = _credential_response_parts(issued)
+        return pb.RegisterTerminalResponse(terminal=terminal, credential=credential)
+
+    @unary_rpc
+    def RotateTerminalCredential(
+        self, request: pb.RotateTerminalCredentialRequest, context: Context
+    ) -> pb.RotateTerminalCredentialResponse:
+        caller = self._auth.admin(authorization(context))
+        issued = self._back_office.rotate_credential(
+            key=request_key(caller, request, "RotateTerminalCredential"),
+            terminal_id=request.terminal_id,
+        )
+        # The old credential must stop working on this replica at once.
+        self._auth.forget()
+        terminal, credential = _credential_response_parts(issued)
+        return pb.RotateTerminalCredentialResponse(terminal=terminal, credential=credential)
+
+    @unary_rpc
+    def ListTerminals(self, request: pb.ListTerminalsRequest, context: Context
+                      ) -> pb.ListTerminalsResponse:
+        self._auth.admin(authorization(context))
+        limit = page_size(request.page_size)
+        views = self._back_office.list_terminals(
+            after_terminal_id=decode_token("terminals", request.page_token), limit=limit + 1
+        )
+        page = views[:limit]
+        more = len(views) > limit
+        return pb.ListTerminalsResponse(
+            terminals=[terminal_to_proto(view) for view in page],
+            next_page_token=encode_token(
+                "terminals", page[-1].terminal.terminal_id if more else ""
+            ),
+        )
+
+    @unary_rpc
+    def GetTerminalSyncStatus(self, request: pb.GetTerminalSyncStatusRequest, context: Context
+                              ) -> pb.GetTerminalSyncStatusResponse:
+        self._auth.admin(authorization(context))
+        status = self._back_office.get_sync_status(terminal_id=request.terminal_id)
+        return pb.GetTerminalSyncStatusResponse(sync_status=sync_status_to_proto(status))

@@ -1,0 +1,322 @@
+"""Protobuf <-> domain conversions, and the digests that identify a request's content.
+
+Domain datetimes are aware UTC; proto Timestamps are UTC by definition. An unset message
+field becomes None on the way in (the domain decides whether that is allowed), never a zero
+value that would look like a real amount or time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from storedvalue.hq.domain.cards import Card, CardKind, Lock
+from storedvalue.hq.domain.journal import JournalEntry
+from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.offline import (
+    OfflineException,
+    OfflineLineResult,
+    OfflineRedeemLine,
+    OfflineTransaction,
+    OfflineTransactionResult,
+    OfflineUnlock,
+)
+from storedvalue.hq.domain.parameters import Parameters, ParametersChange
+from storedvalue.hq.domain.terminals import SequenceGap
+from storedvalue.hq.services.back_office import TerminalView
+from storedvalue.hq.services.offline import SyncLimits, SyncStatus
+from storedvalue.v1 import (
+    back_office_service_pb2 as bo_pb,
+)
+from storedvalue.v1 import (
+    common_pb2,
+    offline_pb2,
+    parameters_pb2,
+)
+
+# -- digests --------------------------------------------------------------------------------
+
+
+def request_fingerprint(request: Message) -> bytes:
+    """What makes two requests "the same content" (AIP-155): the request without its
+    request_id, serialized deterministically, hashed."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    if "request_id" in copy.DESCRIPTOR.fields_by_name:
+        copy.ClearField("request_id")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
+
+
+def message_fingerprint(message: Message) -> bytes:
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()
+
+
+# -- scalars --------------------------------------------------------------------------------
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
+    return ts
+
+
+def optional_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    return None if value is None else timestamp(value)
+
+
+def datetime_of(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def money_to_proto(money: Money) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=money.amount_minor, currency_code=money.currency)
+
+
+def money_from_proto(money: common_pb2.Money) -> Money:
+    return Money(amount_minor=money.amount_minor, currency=money.currency_code)
+
+
+def card_kind_from_proto(kind: common_pb2.CardKind.ValueType) -> CardKind | None:
+    """CARD_KIND_UNSPECIFIED (or a value this HQ does not know) is None."""
+    if kind == common_pb2.CARD_KIND_UNSPECIFIED:
+        return None
+    try:
+        name = common_pb2.CardKind.Name(kind).removeprefix("CARD_KIND_")
+    except ValueError:
+        return None
+    return CardKind(name)
+
+
+def card_kind_to_proto(kind: CardKind | None) -> common_pb2.CardKind.ValueType:
+    if kind is None:
+        return common_pb2.CARD_KIND_UNSPECIFIED
+    return common_pb2.CardKind.Value("CARD_KIND_" + kind.value)
+
+
+# -- cards and locks -----------------------------------------------------------------------
+
+
+def lock_to_proto(lock: Lock) -> common_pb2.Lock:
+    return common_pb2.Lock(
+        card_number=lock.card_number,
+        terminal_id=lock.terminal_id,
+        transaction_id=lock.transaction_id,
+        fencing_token=lock.fencing_token,
+        lease_expires_at=timestamp(lock.lease_expires_at),
+        acquired_at=timestamp(lock.acquired_at),
+    )
+
+
+def card_to_proto(card: Card) -> common_pb2.Card:
+    """The card as handed out by the services (a snapshot: `lock` is the live lock only)."""
+    return common_pb2.Card(
+        card_number=card.card_number,
+        kind=card_kind_to_proto(card.kind),
+        status=common_pb2.CardStatus.Value("CARD_STATUS_" + card.status.value),
+        balance=money_to_proto(card.balance),
+        lock=lock_to_proto(card.lock) if card.lock is not None else None,
+        issued_at=timestamp(card.issued_at),
+        remainder_of_card_number=card.remainder_of_card_number,
+    )
+
+
+# -- parameters -----------------------------------------------------------------------------
+
+
+def parameters_to_proto(params: Parameters) -> parameters_pb2.Parameters:
+    lease = duration_pb2.Duration()
+    lease.FromTimedelta(params.lock_lease)
+    return parameters_pb2.Parameters(
+        version=params.version,
+        gift_card_offline_completion_allowed=params.gift_card_offline_completion_allowed,
+        credit_memo_offline_completion_allowed=params.credit_memo_offline_completion_allowed,
+        lock_lease=lease,
+        updated_at=timestamp(params.updated_at),
+        updated_by=params.updated_by,
+    )
+
+
+def parameters_change_from_proto(request: bo_pb.UpdateParametersRequest) -> ParametersChange:
+    return ParametersChange(
+        gift_card_offline_completion_allowed=(
+            request.gift_card_offline_completion_allowed
+            if request.HasField("gift_card_offline_completion_allowed")
+            else None
+        ),
+        credit_memo_offline_completion_allowed=(
+            request.credit_memo_offline_completion_allowed
+            if request.HasField("credit_memo_offline_completion_allowed")
+            else None
+        ),
+        lock_lease=request.lock_lease.ToTimedelta() if request.HasField("lock_lease") else None,
+    )
+
+
+def sync_limits_to_proto(limits: SyncLimits) -> parameters_pb2.SyncLimits:
+    return parameters_pb2.SyncLimits(
+        max_transactions_per_batch=limits.max_transactions_per_batch,
+        max_lines_per_transaction=limits.max_lines_per_transaction,
+        max_message_bytes=limits.max_message_bytes,
+    )
+
+
+# -- offline transactions -------------------------------------------------------------------
+
+
+def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> OfflineTransaction:
+    return OfflineTransaction(
+        transaction_id=txn.transaction_id,
+        sequence_number=txn.sequence_number,
+        completed_at=datetime_of(txn.completed_at) if txn.HasField("completed_at") else None,
+        parameters_version=txn.parameters_version,
+        redeem_lines=tuple(
+            OfflineRedeemLine(
+                line_id=line.line_id,
+                card_number=line.card_number,
+                card_kind=card_kind_from_proto(line.card_kind),
+                amount=money_from_proto(line.amount) if line.HasField("amount") else None,
+                fencing_token=line.fencing_token,
+                online_redeem_attempted=line.online_redeem_attempted,
+            )
+            for line in txn.redeem_lines
+        ),
+        unlocks=tuple(
+            OfflineUnlock(
+                card_number=unlock.card_number,
+                transaction_id=unlock.transaction_id,
+                fencing_token=unlock.fencing_token,
+            )
+            for unlock in txn.unlocks
+        ),
+        fingerprint=message_fingerprint(txn),
+    )
+
+
+def offline_transaction_to_proto(txn: OfflineTransaction) -> offline_pb2.OfflineTransaction:
+    return offline_pb2.OfflineTransaction(
+        transaction_id=txn.transaction_id,
+        sequence_number=txn.sequence_number,
+        completed_at=optional_timestamp(txn.completed_at),
+        parameters_version=txn.parameters_version,
+        redeem_lines=[
+            offline_pb2.OfflineRedeemLine(
+                line_id=line.line_id,
+                card_number=line.card_number,
+                card_kind=card_kind_to_proto(line.card_kind),
+                amount=money_to_proto(line.amount) if line.amount is not None else None,
+                fencing_token=line.fencing_token,
+                online_redeem_attempted=line.online_redeem_attempted,
+            )
+            for line in txn.redeem_lines
+        ],
+        unlocks=[
+            offline_pb2.OfflineUnlock(
+                card_number=unlock.card_number,
+                transaction_id=unlock.transaction_id,
+                fencing_token=unlock.fencing_token,
+            )
+            for unlock in txn.unlocks
+        ],
+    )
+
+
+def _outcome(value: str) -> offline_pb2.OfflineOutcome.ValueType:
+    return offline_pb2.OfflineOutcome.Value("OFFLINE_OUTCOME_" + value)
+
+
+def offline_line_result_to_proto(result: OfflineLineResult) -> offline_pb2.OfflineLineResult:
+    return offline_pb2.OfflineLineResult(
+        line_id=result.line_id,
+        outcome=offline_pb2.OfflineLineOutcome.Value(
+            "OFFLINE_LINE_OUTCOME_" + result.outcome.value
+        ),
+        reason=result.reason,
+        balance_after=(
+            money_to_proto(result.balance_after) if result.balance_after is not None else None
+        ),
+        remainder_credit_memo_number=result.remainder_credit_memo_number,
+    )
+
+
+def offline_result_to_proto(
+    result: OfflineTransactionResult,
+) -> offline_pb2.OfflineTransactionResult:
+    return offline_pb2.OfflineTransactionResult(
+        transaction_id=result.transaction_id,
+        sequence_number=result.sequence_number,
+        outcome=_outcome(result.outcome.value),
+        original_outcome=_outcome(result.original_outcome.value),
+        reason=result.reason,
+        message=result.message,
+        line_results=[offline_line_result_to_proto(line) for line in result.line_results],
+        exception_ids=list(result.exception_ids),
+    )
+
+
+def gap_to_proto(gap: SequenceGap) -> offline_pb2.SequenceGap:
+    return offline_pb2.SequenceGap(first_missing=gap.first_missing, last_missing=gap.last_missing)
+
+
+def sync_status_to_proto(status: SyncStatus) -> offline_pb2.TerminalSyncStatus:
+    return offline_pb2.TerminalSyncStatus(
+        terminal_id=status.terminal_id,
+        highest_contiguous_sequence=status.highest_contiguous_sequence,
+        highest_sequence_seen=status.highest_sequence_seen,
+        gaps=[gap_to_proto(gap) for gap in status.gaps],
+        last_synced_at=optional_timestamp(status.last_synced_at),
+    )
+
+
+# -- back office ----------------------------------------------------------------------------
+
+
+def journal_entry_to_proto(entry: JournalEntry) -> bo_pb.JournalEntry:
+    return bo_pb.JournalEntry(
+        entry_id=entry.entry_id,
+        card_number=entry.card_number,
+        kind=bo_pb.JournalEntryKind.Value("JOURNAL_ENTRY_KIND_" + entry.kind.value),
+        amount=money_to_proto(Money(entry.amount_minor, entry.currency)),
+        balance_after=money_to_proto(Money(entry.balance_after_minor, entry.currency)),
+        terminal_id=entry.terminal_id,
+        transaction_id=entry.transaction_id,
+        line_id=entry.line_id,
+        offline=entry.offline,
+        occurred_at=timestamp(entry.occurred_at),
+        recorded_at=timestamp(entry.recorded_at),
+        note=entry.note,
+    )
+
+
+def offline_exception_to_proto(exc: OfflineException) -> bo_pb.OfflineException:
+    return bo_pb.OfflineException(
+        exception_id=exc.exception_id,
+        kind=bo_pb.OfflineExceptionKind.Value("OFFLINE_EXCEPTION_KIND_" + exc.kind.value),
+        terminal_id=exc.terminal_id,
+        transaction_id=exc.transaction_id,
+        line_id=exc.line_id,
+        card_number=exc.card_number,
+        amount=money_to_proto(exc.amount) if exc.amount is not None else None,
+        reason=exc.reason,
+        message=exc.message,
+        created_at=timestamp(exc.created_at),
+        resolved_at=optional_timestamp(exc.resolved_at),
+        resolved_by=exc.resolved_by,
+        resolution=exc.resolution,
+        transaction=(
+            offline_transaction_to_proto(exc.transaction) if exc.transaction is not None else None
+        ),
+    )
+
+
+def terminal_to_proto(view: TerminalView) -> bo_pb.Terminal:
+    terminal = view.terminal
+    return bo_pb.Terminal(
+        terminal_id=terminal.terminal_id,
+        display_name=terminal.display_name,
+        registered_at=timestamp(terminal.registered_at),
+        credential_issued_at=timestamp(terminal.credential_issued_at),
+        sync_status=sync_status_to_proto(view.sync_status),
+    )

@@ -1,0 +1,171 @@
+"""Two real HQ processes on one PostgreSQL database: locks and redemptions stay correct when
+the tills racing for one card talk to different replicas.
+
+Needs STOREDVALUE_TEST_POSTGRES_URL; each run creates its own database and drops it after.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from storedvalue.v1 import terminal_service_pb2 as ts
+
+from .harness import (
+    ADMIN_TOKEN,
+    BackOffice,
+    Till,
+    eur,
+    failure_of,
+    free_port,
+    new_id,
+    start_serve,
+    stop_process,
+    wait_serving,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+POSTGRES_ENV = "STOREDVALUE_TEST_POSTGRES_URL"
+RACERS = 16
+ROUNDS = 50
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set")
+    url = make_url(base)
+    name = f"sv_e2e_{secrets.token_hex(6)}"
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@dataclass
+class Replicas:
+    channels: list[grpc.Channel]
+    back_office: BackOffice
+
+    def tills(self, count: int, prefix: str) -> list[Till]:
+        """`count` terminals, alternately connected to each replica."""
+        return [
+            self.back_office.register_till(f"{prefix}-{i}", self.channels[i % 2])
+            for i in range(count)
+        ]
+
+
+@pytest.fixture
+def replicas(database_url: str, tmp_path: Path) -> Iterator[Replicas]:
+    env = {"STOREDVALUE_ADMIN_TOKEN": ADMIN_TOKEN}
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    processes: list[subprocess.Popen[str]] = [
+        start_serve(["--listen", address, "--database-url", database_url,
+                     "--grace-period", "5"], env, tmp_path)
+        for address in addresses  # started together: both migrate the same new database
+    ]
+    channels: list[grpc.Channel] = []
+    try:
+        for process, address in zip(processes, addresses, strict=True):
+            wait_serving(process, address)
+        channels = [grpc.insecure_channel(address) for address in addresses]
+        yield Replicas(channels, BackOffice(channels[0]))
+    finally:
+        for channel in channels:
+            channel.close()
+        for process in processes:
+            code, _out, err = stop_process(process, timeout=15)
+            assert code == 0, err
+
+
+def test_sixteen_tills_racing_for_one_card_across_two_replicas_have_one_winner_per_round(
+    replicas: Replicas,
+) -> None:
+    tills = replicas.tills(RACERS, "racer")
+    card = tills[0].issue_gift_card(1000)
+    start = threading.Barrier(RACERS)
+
+    def race(till: Till, round_no: int) -> tuple[Till, ts.LockCardResponse | str]:
+        start.wait(timeout=30)
+        try:
+            return till, till.lock(card.card_number, f"round-{round_no}-{till.terminal_id}")
+        except grpc.RpcError as error:
+            failure = failure_of(error)
+            return till, failure.reason or f"{failure.code}: {failure.message}"
+
+    with ThreadPoolExecutor(max_workers=RACERS) as pool:
+        for round_no in range(ROUNDS):
+            outcomes = list(pool.map(race, tills, [round_no] * RACERS))
+            winners = [(t, o) for t, o in outcomes if isinstance(o, ts.LockCardResponse)]
+            losers = [o for _t, o in outcomes if isinstance(o, str)]
+            assert len(winners) == 1, f"round {round_no}: {len(winners)} winners"
+            assert losers == ["CARD_LOCKED"] * (RACERS - 1)
+            winner, response = winners[0]
+            winner.call("UnlockCard", ts.UnlockCardRequest(
+                request_id=new_id(), card_number=card.card_number,
+                transaction_id=response.lock.transaction_id,
+                fencing_token=response.lock.fencing_token,
+            ))
+
+
+def test_concurrent_redemptions_through_two_replicas_never_overdraw_and_the_journal_balances(
+    replicas: Replicas,
+) -> None:
+    tills = replicas.tills(8, "redeemer")
+    initial, amount = 10_000, 700
+    card = tills[0].issue_gift_card(initial)
+    redeemed = [0] * len(tills)
+
+    def spend(index: int) -> None:
+        till = tills[index]
+        for attempt in range(10_000):
+            txn = f"{till.terminal_id}-{attempt}"
+            try:
+                lock = till.lock(card.card_number, txn).lock
+            except grpc.RpcError as error:
+                refused = failure_of(error).reason
+                assert refused == "CARD_LOCKED"
+                continue  # another till is mid-sale; try again
+            try:
+                till.call("Redeem", ts.RedeemRequest(
+                    request_id=new_id(), card_number=card.card_number, transaction_id=txn,
+                    line_id="line-1", fencing_token=lock.fencing_token, amount=eur(amount),
+                ))
+            except grpc.RpcError as error:
+                refused = failure_of(error).reason
+                assert refused == "INSUFFICIENT_FUNDS"
+                till.call("UnlockCard", ts.UnlockCardRequest(
+                    request_id=new_id(), card_number=card.card_number, transaction_id=txn,
+                    fencing_token=lock.fencing_token,
+                ))
+                return
+            redeemed[index] += amount
+        pytest.fail(f"{till.terminal_id} never saw the card run out")
+
+    with ThreadPoolExecutor(max_workers=len(tills)) as pool:
+        for future in [pool.submit(spend, i) for i in range(len(tills))]:
+            future.result(timeout=120)
+
+    balance = tills[1].get_card(card.card_number).balance.amount_minor
+    journal = replicas.back_office.journal(card.card_number, page_size=5)
+    assert balance == initial % amount
+    assert sum(redeemed) == initial - balance
+    assert sum(entry.amount.amount_minor for entry in journal) == balance
+    assert [entry.balance_after.amount_minor for entry in journal][-1] == balance
+    assert min(entry.balance_after.amount_minor for entry in journal) >= 0

