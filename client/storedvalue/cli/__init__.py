@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 # Subcommand modules, in the order ``--help`` shows them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("storedvalue.cli.serve", "storedvalue.cli.admin")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "storedvalue.cli.serve",
+    "storedvalue.cli.admin",
+    "storedvalue.cli.terminal",
+    "storedvalue.cli.demo",
+)
 
 
 def _version() -> str:
