@@ -121,6 +121,9 @@ class FakeTerminalService(terminal_service_pb2_grpc.TerminalServiceServicer):
     # -- cards and locks ----------------------------------------------------------------
 
     def LockCard(self, request: pb.LockCardRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        with self.state.mutex:
+            step = self.state.lock_script.pop(0) if self.state.lock_script else "normal"
+
         def apply(terminal: str) -> pb.LockCardResponse:
             card = self._card(request.card_number)
             if card.status == common_pb2.CARD_STATUS_FLAGGED:
@@ -148,17 +151,26 @@ class FakeTerminalService(terminal_service_pb2_grpc.TerminalServiceServicer):
             assert card.lock is not None
             return pb.LockCardResponse(lock=lock_pb(card.number, card.lock), card=card.to_pb())
 
-        return self._idempotent(context, request, pb.LockCardResponse, apply)
+        response = self._idempotent(context, request, pb.LockCardResponse, apply)
+        if step == "cut_link_after":
+            self._link.up = False
+            context.abort(grpc.StatusCode.UNAVAILABLE, "answer lost (fake HQ)")
+        return response
 
     def UnlockCard(self, request: pb.UnlockCardRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def apply(terminal: str) -> pb.UnlockCardResponse:
             card = self._card(request.card_number)
-            live = card.live_lock()
-            if live is None or (live.terminal_id, live.transaction_id, live.fencing_token) != (
+            held = card.lock
+            mine = held is not None and (held.terminal_id, held.transaction_id) == (
                 terminal,
                 request.transaction_id,
-                request.fencing_token,
-            ):
+            )
+            # As the real HQ: token 0 releases whatever lock this terminal holds for the sale
+            # (its LockCard answer was lost); any other token must be the current one.
+            if request.fencing_token != 0:
+                live = card.live_lock()
+                mine = live is not None and mine and live.fencing_token == request.fencing_token
+            if not mine:
                 raise HQError("LOCK_NOT_HELD", card=card.number[-4:])
             card.lock = None
             return pb.UnlockCardResponse(card=card.to_pb())

@@ -46,8 +46,11 @@ def _apply(
         outcome=opb.OFFLINE_OUTCOME_APPLIED,
         original_outcome=opb.OFFLINE_OUTCOME_APPLIED,
     )
-    missing = [line.line_id for line in item.redeem_lines if line.card_number not in state.cards]
-    if missing:
+    # As the real HQ: any unknown card, in a redeem line or an unlock, rejects the whole
+    # transaction.
+    cards = [line.card_number for line in item.redeem_lines]
+    cards += [unlock.card_number for unlock in item.unlocks]
+    if any(number not in state.cards for number in cards):
         result.outcome = result.original_outcome = opb.OFFLINE_OUTCOME_REJECTED
         result.reason = "CARD_NOT_FOUND"
         for line in item.redeem_lines:
@@ -74,8 +77,7 @@ def _apply(
         line_result.balance_after.currency_code = card.currency
         _release(card, terminal, item.transaction_id)
     for unlock in item.unlocks:
-        if unlock.card_number in state.cards:
-            _release(state.cards[unlock.card_number], terminal, unlock.transaction_id)
+        _release(state.cards[unlock.card_number], terminal, unlock.transaction_id)
     return result
 
 

@@ -127,6 +127,9 @@ class HQState:
     )
     sequences: dict[str, list[int]] = field(default_factory=dict)
     redeem_script: list[str] = field(default_factory=list)
+    lock_script: list[str] = field(default_factory=list)
+    """Steps for the next LockCard calls: "normal", or "cut_link_after" (HQ commits the
+    lock, then the link drops and the answer is lost)."""
     sync_failures: list[grpc.StatusCode] = field(default_factory=list)
     sync_batch_sizes: list[int] = field(default_factory=list)
     sync_calls: int = 0

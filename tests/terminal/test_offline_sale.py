@@ -166,18 +166,29 @@ def test_offline_is_refused_for_a_kind_the_parameters_forbid_and_the_sale_stays_
 def test_card_never_locked_cannot_be_accepted_offline(
     hq: FakeHQ, make_terminal: TerminalFactory
 ) -> None:
-    locked, unlocked = card_number(), card_number()
-    hq.add_card(locked, balance=1000)
-    hq.add_card(unlocked, balance=1000)
+    locked, unanswered, unlocked = card_number(), card_number(), card_number()
+    for number in (locked, unanswered, unlocked):
+        hq.add_card(number, balance=1000)
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.add_tender(transaction_id="sale-1", card_number=locked)
     hq.link.up = False
-    with pytest.raises(HQUnavailable):
+    with pytest.raises(HQUnavailable) as sent:
+        terminal.add_tender(transaction_id="sale-1", card_number=unanswered)
+    assert sent.value.request_sent, "UNAVAILABLE cannot tell whether HQ locked the card"
+    with pytest.raises(HQUnavailable) as not_sent:
         terminal.add_tender(transaction_id="sale-1", card_number=unlocked)
-    lines = [SaleLine("A", locked, eur(10)), SaleLine("B", unlocked, eur(10))]
+    assert not not_sent.value.request_sent, "already OFFLINE: LockCard was not even sent"
+    lines = [
+        SaleLine("A", locked, eur(10)),
+        SaleLine("B", unanswered, eur(10)),
+        SaleLine("C", unlocked, eur(10)),
+    ]
     with pytest.raises(OfflineNotAllowed) as refused:
         terminal.complete_sale(transaction_id="sale-1", lines=lines)
-    assert [(r.line_id, r.why) for r in refused.value.refusals] == [("B", "NOT_LOCKED")]
+    assert [(r.line_id, r.why) for r in refused.value.refusals] == [
+        ("B", "LOCK_UNCONFIRMED"),
+        ("C", "NOT_LOCKED"),
+    ]
 
 
 def test_offline_line_over_the_balance_seen_at_lock_time_is_refused(

@@ -19,6 +19,7 @@ from storedvalue.terminal import (
     SaleAlreadyCompleted,
     SaleLine,
     Terminal,
+    TerminalError,
 )
 
 from .conftest import MANUAL_SYNC, TerminalFactory, card_number, sell_offline
@@ -141,3 +142,29 @@ def test_a_sale_completed_offline_cannot_be_completed_again(
     with pytest.raises(SaleAlreadyCompleted):
         terminal.abandon_sale(transaction_id="sale-0")
     assert len(terminal.outbox()) == 1
+
+
+def test_data_directory_of_another_terminal_is_refused_and_left_closed(
+    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "till"
+    make_terminal("T1", config=MANUAL_SYNC, data_dir=data_dir).close()
+
+    def open_files() -> list[str]:
+        fds = Path("/proc/self/fd")
+        names = []
+        for fd in fds.iterdir():
+            try:
+                names.append(os.readlink(fd))
+            except OSError:
+                continue  # the directory listing's own fd, gone already
+        return [name for name in names if name.startswith(str(data_dir))]
+
+    before = open_files()
+    with pytest.raises(TerminalError) as refused:
+        make_terminal("T2", config=MANUAL_SYNC, data_dir=data_dir)
+
+    assert refused.value.reason == "DATA_DIRECTORY_MISMATCH"
+    assert open_files() == before
+    # The directory lock went with the failed attempt: the owner opens it again at once.
+    make_terminal("T1", config=MANUAL_SYNC, data_dir=data_dir).close()

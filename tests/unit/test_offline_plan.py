@@ -225,3 +225,12 @@ def test_later_items_of_a_batch_see_earlier_items_and_duplicates_apply_once() ->
         OfflineOutcome.ALREADY_APPLIED]
     assert card.balance_minor == -200
     assert journal_balance(card.pending_entries) == -1_200
+
+
+def test_an_unlock_of_an_unknown_card_releases_nothing_and_does_not_reject_the_sale() -> None:
+    card = new_card()
+    ghost = new_card()
+    result = plan([txn(1, line(card, 100), unlocks=(OfflineUnlock(ghost.card_number, "s", 0),))],
+                  [card])
+    assert result.results[0].outcome is OfflineOutcome.APPLIED
+    assert card.balance_minor == 9_900

@@ -42,6 +42,8 @@ Handler = Callable[[Terminal, argparse.Namespace], int]
 _WHY_OFFLINE = {
     "KIND_NOT_ALLOWED": "HQ's parameters do not allow this kind of card offline",
     "NOT_LOCKED": "this till did not lock the card for this sale before the link dropped",
+    "LOCK_UNCONFIRMED": "HQ never confirmed the lock (its answer was lost), so it may be "
+    "held by another till",
     "OVER_BALANCE": "more than the balance seen when the card was locked",
     "CURRENCY_MISMATCH": "not the card's currency",
 }

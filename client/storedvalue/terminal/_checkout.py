@@ -57,14 +57,32 @@ class Checkout:
         self._parameters = parameters
 
     def add_tender(self, transaction_id: str, card_number: str) -> Tender:
-        response = self._hq.call(
-            self._hq.stub.LockCard,
-            terminal_service_pb2.LockCardRequest(
-                request_id=str(uuid.uuid4()),
-                card_number=card_number,
-                transaction_id=transaction_id,
-            ),
-        )
+        """Lock the card. A pending tender is written before LockCard leaves: if HQ commits
+        the lock and its answer is lost, the sale still knows to release the card. Calling
+        again for the same sale and card turns a pending tender into a confirmed one (HQ
+        relocks idempotently for the same terminal and sale)."""
+        if not self._connectivity.online:
+            raise HQUnavailable("terminal is OFFLINE; HQ not called", request_sent=False, code=None)
+        added_pending = self._state.save_pending_tender(transaction_id, card_number)
+        try:
+            response = self._hq.call(
+                self._hq.stub.LockCard,
+                terminal_service_pb2.LockCardRequest(
+                    request_id=str(uuid.uuid4()),
+                    card_number=card_number,
+                    transaction_id=transaction_id,
+                ),
+            )
+        except HQUnavailable as unavailable:
+            if added_pending and not unavailable.request_sent:
+                self._state.forget_tender(transaction_id, card_number)
+            raise
+        except TerminalError:
+            # HQ answered and refused: this request locked nothing. A tender from an earlier
+            # call stays as it was (pending or not), to be released with the sale.
+            if added_pending:
+                self._state.forget_tender(transaction_id, card_number)
+            raise
         lock = response.lock
         tender = Tender(
             transaction_id=transaction_id,
@@ -106,7 +124,7 @@ class Checkout:
     def complete_sale(self, transaction_id: str, lines: Sequence[SaleLine]) -> SaleResult:
         _check_lines(lines)
         self._refuse_if_completed_offline(transaction_id)
-        online = self._connectivity.online
+        online = self._connectivity.online and self._confirm_pending_locks(transaction_id, lines)
         if online:
             records = self._state.prepare_lines(transaction_id, lines, mark_first_pending=True)
         else:
@@ -124,7 +142,7 @@ class Checkout:
         ordered = [by_id[line.line_id] for line in lines]
         ordered += [record for record in records if record not in ordered]
         tenders = {
-            record.tender.card_number: record
+            record.card_number: record
             for record in self._state.tenders(transaction_id)
             if not record.removed_offline
         }
@@ -151,7 +169,7 @@ class Checkout:
         leftovers = [
             record
             for record in self._state.tenders(transaction_id)
-            if record.tender.card_number not in used
+            if record.card_number not in used
         ]
         sequence = self._release(transaction_id, leftovers)
         return SaleResult(
@@ -179,7 +197,7 @@ class Checkout:
                 card_number=line.card_number,
                 transaction_id=transaction_id,
                 line_id=line.line_id,
-                fencing_token=tenders[line.card_number].tender.fencing_token,
+                fencing_token=tenders[line.card_number].fencing_token,
                 amount=money_to_pb(line.amount),
             )
             try:
@@ -207,15 +225,20 @@ class Checkout:
         refusals: list[OfflineRefusal] = []
         for record in pending:
             line = record.line
-            held = tenders.get(line.card_number)
+            record_held = tenders.get(line.card_number)
+            held = record_held.tender if record_held is not None else None
             why = ""
-            if held is None:
+            if record_held is None:
                 why = "NOT_LOCKED"
-            elif not parameters.allows_offline(held.tender.kind):
+            elif held is None:
+                # HQ may have refused the lock (another till holds the card, the card is
+                # flagged or unknown): spending it offline could spend someone else's lock.
+                why = "LOCK_UNCONFIRMED"
+            elif not parameters.allows_offline(held.kind):
                 why = "KIND_NOT_ALLOWED"
-            elif line.amount.currency_code != held.tender.balance.currency_code:
+            elif line.amount.currency_code != held.balance.currency_code:
                 why = "CURRENCY_MISMATCH"
-            elif line.amount.amount_minor > held.tender.balance.amount_minor:
+            elif line.amount.amount_minor > held.balance.amount_minor:
                 why = "OVER_BALANCE"
             if why:
                 refusals.append(OfflineRefusal(line.line_id, line.card_number, why))
@@ -223,6 +246,11 @@ class Checkout:
             raise OfflineNotAllowed(tuple(refusals))
         used = {record.line.card_number for record in ordered}
         all_tenders = self._state.tenders(transaction_id)
+        confirmed = {
+            number: record.tender
+            for number, record in tenders.items()
+            if record.tender is not None
+        }
         transaction = offline_pb2.OfflineTransaction(
             transaction_id=transaction_id,
             completed_at=timestamp_to_pb(datetime.now(UTC)),
@@ -231,9 +259,9 @@ class Checkout:
                 offline_pb2.OfflineRedeemLine(
                     line_id=record.line.line_id,
                     card_number=record.line.card_number,
-                    card_kind=kind_to_pb(tenders[record.line.card_number].tender.kind),
+                    card_kind=kind_to_pb(confirmed[record.line.card_number].kind),
                     amount=money_to_pb(record.line.amount),
-                    fencing_token=tenders[record.line.card_number].tender.fencing_token,
+                    fencing_token=confirmed[record.line.card_number].fencing_token,
                     online_redeem_attempted=record.line.line_id in attempted,
                 )
                 for record in pending
@@ -266,13 +294,26 @@ class Checkout:
                 f"sale {transaction_id} was completed offline and waits for sync"
             )
 
+    def _confirm_pending_locks(self, transaction_id: str, lines: Sequence[SaleLine]) -> bool:
+        """Relock the cards of these lines whose LockCard answer was lost, to learn their
+        tokens before redeeming. False when the link dropped meanwhile: the sale takes the
+        offline path, which refuses the lines still pending."""
+        wanted = {line.card_number for line in lines}
+        for record in self._state.tenders(transaction_id):
+            if record.lock_pending and not record.removed_offline and record.card_number in wanted:
+                try:
+                    self.add_tender(transaction_id, record.card_number)
+                except HQUnavailable:
+                    return False
+        return True
+
     def _unlock_online(self, record: TenderRecord) -> bool:
-        tender = record.tender
         request = terminal_service_pb2.UnlockCardRequest(
             request_id=record.unlock_request_id or str(uuid.uuid4()),
-            card_number=tender.card_number,
-            transaction_id=tender.transaction_id,
-            fencing_token=tender.fencing_token,
+            card_number=record.card_number,
+            transaction_id=record.transaction_id,
+            # 0 for a pending lock: HQ releases whatever this terminal holds for the sale.
+            fencing_token=record.fencing_token,
         )
         try:
             self._hq.call(self._hq.stub.UnlockCard, request)
@@ -312,12 +353,13 @@ def _unlocks(
 ) -> list[offline_pb2.OfflineUnlock]:
     return [
         offline_pb2.OfflineUnlock(
-            card_number=record.tender.card_number,
+            card_number=record.card_number,
             transaction_id=transaction_id,
-            fencing_token=record.tender.fencing_token,
+            # 0 for a pending lock; HQ releases by terminal and transaction at sync anyway.
+            fencing_token=record.fencing_token,
         )
         for record in records
-        if record.tender.card_number not in redeemed_cards
+        if record.card_number not in redeemed_cards
     ]
 
 

@@ -88,16 +88,25 @@ class Database:
             os.close(self._lock_fd)
             raise DataDirectoryInUse(f"{data_dir} is used by another terminal process") from None
         self._mutex = threading.RLock()
-        self._conn = sqlite3.connect(
-            data_dir / DATABASE_FILE, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        with self.write() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        self._claim(terminal_id)
+        try:
+            self._conn = sqlite3.connect(
+                data_dir / DATABASE_FILE, isolation_level=None, check_same_thread=False, timeout=30
+            )
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self.write() as conn:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            self._claim(terminal_id)
+        except BaseException:
+            # Nobody gets this object to close: release the file and the directory lock now.
+            self.close()
+            raise
 
     def _claim(self, terminal_id: str) -> None:
         with self.write() as conn:

@@ -168,8 +168,9 @@ class OfflineRefusal:
     card_number: str
     why: str
     """``KIND_NOT_ALLOWED`` (HQ parameters forbid this card kind offline), ``NOT_LOCKED`` (this
-    terminal did not lock the card for this sale before the link dropped),
-    ``OVER_BALANCE`` (more than the balance seen at lock time) or ``CURRENCY_MISMATCH``."""
+    terminal did not lock the card for this sale before the link dropped), ``LOCK_UNCONFIRMED``
+    (LockCard was sent but its answer never came: HQ may have refused it), ``OVER_BALANCE``
+    (more than the balance seen at lock time) or ``CURRENCY_MISMATCH``."""
 
 
 class OfflineNotAllowed(TerminalError):

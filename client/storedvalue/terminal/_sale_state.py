@@ -16,10 +16,22 @@ from ._model import CardKind, Money, SaleLine, Tender
 
 @dataclass(frozen=True)
 class TenderRecord:
-    tender: Tender
+    transaction_id: str
+    card_number: str
+    fencing_token: int
+    """The lock's token; 0 while the lock is pending (HQ issues tokens from 1)."""
+    tender: Tender | None
+    """What HQ answered to LockCard; None while the lock is pending: the request may have
+    reached HQ, which then locked the card, but its answer never came."""
     removed_offline: bool
     """The line was removed while OFFLINE: the lock is still to be released at HQ."""
     unlock_request_id: str | None
+
+    @property
+    def lock_pending(self) -> bool:
+        """This terminal may hold the lock but never learned its token: it can release it
+        (token 0 releases whatever this terminal holds for the sale) but not spend it."""
+        return self.tender is None
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,9 @@ class LineRecord:
     """HQ's serialized RedeemResponse once the line was debited online."""
 
 
+_PENDING_TOKEN = 0
+"""Fencing token stored for a pending lock (card kind and balance unknown, stored empty)."""
+
 _TENDER_COLUMNS = (
     "transaction_id, card_number, card_kind, balance_minor, currency_code, fencing_token, "
     "lease_expires_at, removed_offline, unlock_request_id"
@@ -40,16 +55,23 @@ _TENDER_COLUMNS = (
 
 
 def _tender_from_row(row: Sequence[object]) -> TenderRecord:
+    transaction_id, card_number, token = str(row[0]), str(row[1]), int(str(row[5]))
     lease = row[6]
-    return TenderRecord(
-        tender=Tender(
-            transaction_id=str(row[0]),
-            card_number=str(row[1]),
+    tender = None
+    if token != _PENDING_TOKEN:
+        tender = Tender(
+            transaction_id=transaction_id,
+            card_number=card_number,
             kind=CardKind(row[2]),
             balance=Money(int(str(row[3])), str(row[4])),
-            fencing_token=int(str(row[5])),
+            fencing_token=token,
             lease_expires_at=datetime.fromisoformat(str(lease)) if lease else None,
-        ),
+        )
+    return TenderRecord(
+        transaction_id=transaction_id,
+        card_number=card_number,
+        fencing_token=token,
+        tender=tender,
         removed_offline=bool(row[7]),
         unlock_request_id=str(row[8]) if row[8] else None,
     )
@@ -79,6 +101,18 @@ class SaleState:
                     lease,
                 ),
             )
+
+    def save_pending_tender(self, transaction_id: str, card_number: str) -> bool:
+        """Durably note, before LockCard leaves, that HQ may lock this card for the sale, so
+        that a lost answer still leaves something to release. Returns False (and changes
+        nothing) when the sale already has a tender for this card."""
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                f"INSERT OR IGNORE INTO tenders ({_TENDER_COLUMNS}) "  # noqa: S608
+                "VALUES (?, ?, '', 0, '', ?, NULL, 0, NULL)",
+                (transaction_id, card_number, _PENDING_TOKEN),
+            )
+            return cursor.rowcount == 1
 
     def tenders(self, transaction_id: str) -> list[TenderRecord]:
         with self._db.read() as conn:

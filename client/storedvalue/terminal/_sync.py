@@ -226,12 +226,12 @@ class SyncAgent:
 
     def _release_pending_unlocks(self) -> TerminalError | None:
         for record in self._sale_state.pending_unlocks():
-            tender = record.tender
             request = terminal_service_pb2.UnlockCardRequest(
                 request_id=record.unlock_request_id or str(uuid.uuid4()),
-                card_number=tender.card_number,
-                transaction_id=tender.transaction_id,
-                fencing_token=tender.fencing_token,
+                card_number=record.card_number,
+                transaction_id=record.transaction_id,
+                # 0 for a pending lock: HQ releases whatever this terminal holds for the sale.
+                fencing_token=record.fencing_token,
             )
             try:
                 self._hq.call(self._hq.stub.UnlockCard, request)
@@ -239,7 +239,7 @@ class SyncAgent:
                 pass  # Released or taken over already: nothing left to release.
             except TerminalError as failure:
                 return failure
-            self._sale_state.forget_tender(tender.transaction_id, tender.card_number)
+            self._sale_state.forget_tender(record.transaction_id, record.card_number)
         return None
 
     def _report_progress(self, done: int, total: int, started: float) -> None:

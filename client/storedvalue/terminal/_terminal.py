@@ -189,7 +189,12 @@ class Terminal:
 
     def add_tender(self, *, transaction_id: str, card_number: str) -> Tender:
         """Lock the card at HQ for this sale and remember the lock on disk. Online only:
-        a card this terminal could not lock can never be accepted offline."""
+        a card this terminal could not lock can never be accepted offline.
+
+        When LockCard was sent but no answer came (HQUnavailable with ``request_sent``), HQ
+        may hold the lock: the sale keeps a pending tender that ``abandon_sale`` and
+        ``remove_tender`` release (or that completing the sale releases), but that can't
+        complete offline. Calling again for the same sale and card confirms it."""
         return self._checkout.add_tender(transaction_id, card_number)
 
     def remove_tender(self, *, transaction_id: str, card_number: str) -> bool:

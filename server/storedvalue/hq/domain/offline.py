@@ -279,7 +279,9 @@ def plan_offline_batch(
 
 
 def _check_cards(txn: OfflineTransaction, cards: Mapping[str, Card]) -> None:
-    for number in sorted(txn.card_numbers):
+    # Only debits need a known card. An unlock of an unknown card releases nothing (a till
+    # whose LockCard never reached HQ queues one), so it must not reject a real sale.
+    for number in sorted({line.card_number for line in txn.redeem_lines}):
         if number not in cards:
             raise CardNotFound(number)
     for line in txn.redeem_lines:
@@ -387,9 +389,9 @@ def _apply(
             )
         )
     for unlock in txn.unlocks:
-        cards[unlock.card_number].release_if_held(
-            terminal_id=terminal_id, transaction_id=unlock.transaction_id
-        )
+        unlocked = cards.get(unlock.card_number)
+        if unlocked is not None:
+            unlocked.release_if_held(terminal_id=terminal_id, transaction_id=unlock.transaction_id)
     outcome = (OfflineOutcome.APPLIED_WITH_EXCEPTION if exception_ids
                else OfflineOutcome.APPLIED)
     return OfflineTransactionResult(
