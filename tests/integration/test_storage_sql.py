@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -68,29 +69,27 @@ def test_alembic_check_from_the_repository_root_finds_nothing_to_generate(
     assert "No new upgrade operations detected" in done.stdout + done.stderr
 
 
+# Each process imports first, then waits for a common start time, so the upgrades overlap.
+_START_HQ = """
+import sys, time
+from storedvalue.hq.storage import upgrade_to_head
+url, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+upgrade_to_head(url)
+"""
+
+
 @pytest.mark.postgres
 def test_hq_processes_upgrading_postgresql_at_once_all_succeed(postgres_url: str) -> None:
-    starters = 4
-    barrier = threading.Barrier(starters)
-    failures: list[BaseException] = []
+    start = time.time() + 3
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _START_HQ, postgres_url, str(start)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outcomes = [(process.wait(60), process.communicate()[1]) for process in processes]
 
-    def start_hq() -> None:
-        engine = open_engine(postgres_url, pool_size=1)
-        try:
-            barrier.wait(10)
-            upgrade_to_head(engine)
-        except BaseException as error:
-            failures.append(error)
-        finally:
-            engine.dispose()
-
-    threads = [threading.Thread(target=start_hq) for _ in range(starters)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-
-    assert failures == []
+    assert [code for code, _ in outcomes] == [0, 0, 0, 0], [err for _, err in outcomes]
     engine = open_engine(postgres_url, pool_size=1)
     try:
         assert schema_differences(engine) == []

@@ -15,6 +15,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from storedvalue.hq.storage.database import WRITE_OPTION, open_engine
+from storedvalue.hq.storage.schema import migration_lock
 from storedvalue.hq.storage.tables import METADATA
 
 config = context.config
@@ -55,7 +56,7 @@ def run_online() -> None:
         return
     engine = open_engine(database_url(), pool_size=1)
     try:
-        with engine.connect() as connection:
+        with engine.connect() as connection, migration_lock(connection):
             connection.execution_options(**{WRITE_OPTION: True})
             run_on(connection)
     finally:
