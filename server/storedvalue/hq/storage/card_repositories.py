@@ -13,7 +13,7 @@ from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.storage import rows
-from storedvalue.hq.storage.database import Transaction, in_chunks
+from storedvalue.hq.storage.database import BulkWrite, Transaction, in_chunks
 from storedvalue.hq.storage.tables import cards, journal, redemptions
 
 _CARD = select(cards).where(cards.c.card_number == bindparam("card_number"))
@@ -26,16 +26,18 @@ _CARDS_FOR_UPDATE = (
     .order_by(cards.c.card_number)
     .with_for_update()
 )
-_INSERT_CARDS = insert(cards)
-_SAVE_CARDS = update(cards).where(cards.c.card_number == bindparam("key_card_number"))
+_INSERT_CARDS = BulkWrite(insert(cards))
+_SAVE_CARDS = BulkWrite(
+    update(cards).where(cards.c.card_number == bindparam("key_card_number"))
+)
 
-_INSERT_ENTRIES = insert(journal)
+_INSERT_ENTRIES = BulkWrite(insert(journal))
 
 _REDEMPTIONS = select(redemptions).where(
     redemptions.c.terminal_id == bindparam("terminal_id"),
     redemptions.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
 )
-_INSERT_REDEMPTIONS = insert(redemptions)
+_INSERT_REDEMPTIONS = BulkWrite(insert(redemptions))
 
 
 class SqlCardRepository:
@@ -58,7 +60,7 @@ class SqlCardRepository:
         return found
 
     def add(self, cards: Iterable[Card]) -> None:
-        self._tx.write(_INSERT_CARDS, [rows.card_values(card) for card in cards])
+        self._tx.write_many(_INSERT_CARDS, [rows.card_values(card) for card in cards])
 
     def save(self, cards: Iterable[Card]) -> None:
         params = []
@@ -66,7 +68,7 @@ class SqlCardRepository:
             values = rows.card_state_values(card)
             values["key_card_number"] = card.card_number
             params.append(values)
-        self._tx.write(_SAVE_CARDS, params)
+        self._tx.write_many(_SAVE_CARDS, params)
 
     def list_locks(
         self,
@@ -93,7 +95,7 @@ class SqlJournalRepository:
         self._tx = tx
 
     def append(self, entries: Iterable[JournalEntry]) -> None:
-        self._tx.write(_INSERT_ENTRIES, [rows.journal_values(entry) for entry in entries])
+        self._tx.write_many(_INSERT_ENTRIES, [rows.journal_values(entry) for entry in entries])
 
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int
@@ -131,4 +133,4 @@ class SqlRedemptionRepository:
         return found
 
     def add(self, redemptions: Iterable[Redemption]) -> None:
-        self._tx.write(_INSERT_REDEMPTIONS, [rows.redemption_values(r) for r in redemptions])
+        self._tx.write_many(_INSERT_REDEMPTIONS, [rows.redemption_values(r) for r in redemptions])

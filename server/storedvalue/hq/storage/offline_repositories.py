@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from storedvalue.hq.domain.errors import InvalidField
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord
 from storedvalue.hq.storage import rows
-from storedvalue.hq.storage.database import Transaction, in_chunks
+from storedvalue.hq.storage.database import BulkWrite, Transaction, in_chunks
 from storedvalue.hq.storage.tables import offline_exceptions, offline_records
 
 _RECORDS = select(offline_records).where(
@@ -30,14 +30,14 @@ _SEQUENCES_ABOVE = (
     )
     .order_by(offline_records.c.sequence_number)
 )
-_INSERT_RECORDS = insert(offline_records)
+_INSERT_RECORDS = BulkWrite(insert(offline_records))
 
 _EXCEPTION_FOR_UPDATE = (
     select(offline_exceptions)
     .where(offline_exceptions.c.exception_id == bindparam("exception_id"))
     .with_for_update()
 )
-_INSERT_EXCEPTIONS = insert(offline_exceptions)
+_INSERT_EXCEPTIONS = BulkWrite(insert(offline_exceptions))
 _SAVE_EXCEPTION = update(offline_exceptions).where(
     offline_exceptions.c.exception_id == bindparam("key_exception_id")
 )
@@ -85,7 +85,7 @@ class SqlOfflineRecordRepository:
         return [row.sequence_number for row in self._tx.rows(_SEQUENCES_ABOVE, params)]
 
     def add(self, records: Iterable[OfflineRecord]) -> None:
-        self._tx.write(_INSERT_RECORDS, [rows.offline_record_values(r) for r in records])
+        self._tx.write_many(_INSERT_RECORDS, [rows.offline_record_values(r) for r in records])
 
 
 class SqlOfflineExceptionRepository:
@@ -93,7 +93,7 @@ class SqlOfflineExceptionRepository:
         self._tx = tx
 
     def add(self, exceptions: Iterable[OfflineException]) -> None:
-        self._tx.write(_INSERT_EXCEPTIONS, [rows.exception_values(e) for e in exceptions])
+        self._tx.write_many(_INSERT_EXCEPTIONS, [rows.exception_values(e) for e in exceptions])
 
     def get_for_update(self, exception_id: str) -> OfflineException | None:
         row = self._tx.first(_EXCEPTION_FOR_UPDATE, {"exception_id": exception_id})
