@@ -46,9 +46,11 @@ class HQConfig:
     grace_period_seconds: float = 10.0
     """On SIGTERM/SIGINT: how long in-flight calls get to finish before they are cancelled."""
 
-    max_workers: int = 32
-    """Threads serving calls. Each open WatchParameters stream holds one, so this bounds the
-    connected terminals per replica together with the unary calls in flight."""
+    max_workers: int = 256
+    """Threads serving calls. Each open WatchParameters stream holds one (idle, waiting on a
+    condition), so this bounds the connected terminals per replica together with the unary
+    calls in flight; threads are started only as streams and calls need them. A fleet larger
+    than this per replica needs more replicas or a larger value."""
 
     parameters_poll_seconds: float = 0.5
     """How often the process reads the current parameters version from the database, to pick
