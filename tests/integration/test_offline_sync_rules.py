@@ -1,0 +1,223 @@
+"""Every rule of applying offline transactions (issue 4), through the offline service on every
+storage backend: the in-memory fake, SQLite file, SQLite memory and PostgreSQL. Each test ends
+by checking conservation: every card's journal sums to its balance."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from storedvalue.hq import records
+from storedvalue.hq.domain.cards import CardKind, CardStatus
+from storedvalue.hq.domain.errors import LimitExceeded
+from storedvalue.hq.domain.journal import journal_balance
+from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.offline import (
+    OfflineExceptionKind,
+    OfflineLineOutcome,
+    OfflineOutcome,
+    OfflineRedeemLine,
+    OfflineTransaction,
+    OfflineUnlock,
+)
+from storedvalue.hq.domain.parameters import ParametersChange
+from storedvalue.hq.domain.terminals import SequenceGap
+from storedvalue.hq.services.back_office import BackOfficeService
+from storedvalue.hq.services.cards import CardService
+from storedvalue.hq.services.idempotency import RequestKey
+from storedvalue.hq.services.offline import OfflineService, SyncLimits, SyncOutcome
+from storedvalue.hq.services.parameters import ParametersService
+from storedvalue.hq.services.unit_of_work import Storage
+
+NOW = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
+TILL = "till-1"
+
+
+class HQ:
+    """The HQ's services on one storage backend, with the card numbers it issued."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.ids = itertools.count(1)
+        self.cards = CardService(storage)
+        self.offline = OfflineService(storage, limits=SyncLimits(max_transactions_per_batch=20,
+                                                                 max_lines_per_transaction=3))
+        self.back_office = BackOfficeService(storage)
+        params = ParametersService(storage)
+        params.ensure_initialized()
+        self.version_allowing_gift_cards_only = params.update(
+            key=self.key("admin:t", "UpdateParameters"), updated_by="t",
+            change=ParametersChange(True, False), expected_version=0).version
+        for till in (TILL, "till-2"):
+            self.back_office.register_terminal(key=self.key("admin:t", "RegisterTerminal"),
+                                               terminal_id=till, display_name="")
+        self.issued: list[str] = []
+
+    def key(self, caller: str, operation: str) -> RequestKey:
+        n = next(self.ids)
+        return RequestKey(caller, f"r{n}", operation, hashlib.sha256(str(n).encode()).digest())
+
+    def issue(self, amount: int, kind: CardKind = CardKind.GIFT_CARD) -> str:
+        number = self.cards.issue_card(
+            key=self.key(TILL, "IssueCard"), terminal_id=TILL, kind=kind,
+            initial_value=Money(amount, "EUR"), card_number="", transaction_id="").card_number
+        self.issued.append(number)
+        return number
+
+    def lock(self, number: str, sale: str, till: str = TILL) -> int:
+        return self.cards.lock_card(key=self.key(till, "LockCard"), terminal_id=till,
+                                    card_number=number, transaction_id=sale).lock.fencing_token
+
+    def balance(self, number: str) -> int:
+        return self.cards.get_card(caller=TILL, card_number=number).balance_minor
+
+    def sync(self, *transactions: OfflineTransaction) -> SyncOutcome:
+        return self.offline.sync(terminal_id=TILL, transactions=list(transactions))
+
+    def assert_conservation(self) -> None:
+        for number in self.issued:
+            entries = self.back_office.list_journal(card_number=number, after_entry_id=0,
+                                                    limit=1_000)
+            assert journal_balance(entries) == self.balance(number), number
+
+
+@pytest.fixture
+def hq(storage: Storage) -> Iterator[HQ]:
+    hq = HQ(storage)
+    yield hq
+    hq.assert_conservation()
+
+
+def offline(seq: int, *lines: OfflineRedeemLine, sale: str | None = None, version: int = 2,
+            unlocks: tuple[OfflineUnlock, ...] = ()) -> OfflineTransaction:
+    draft = OfflineTransaction(sale or f"sale-{seq}", seq, NOW, version, lines, unlocks)
+    return OfflineTransaction(draft.transaction_id, seq, NOW, version, lines, unlocks,
+                              hashlib.sha256(records.dumps(draft).encode()).digest())
+
+
+def line(number: str, amount: int, line_id: str = "1", token: int = 1) -> OfflineRedeemLine:
+    return OfflineRedeemLine(line_id, number, CardKind.GIFT_CARD, Money(amount, "EUR"), token)
+
+
+def test_an_offline_sale_is_debited_and_its_lock_released(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    token = hq.lock(card, "sale-1")
+    (result,) = hq.sync(offline(1, line(card, 2_500, token=token))).results
+    assert result.outcome is OfflineOutcome.APPLIED
+    assert hq.balance(card) == 7_500
+    hq.lock(card, "sale-9", till="till-2")  # unlocked: another till can take it
+
+
+def test_a_transaction_delivered_three_times_is_applied_once(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    txns = [offline(n, line(card, 1_000)) for n in (1, 2)]
+    first = hq.sync(*txns)
+    for _ in range(2):
+        again = hq.sync(*txns)
+        assert [r.outcome for r in again.results] == [OfflineOutcome.ALREADY_APPLIED] * 2
+        assert [r.original_outcome for r in again.results] == [OfflineOutcome.APPLIED] * 2
+        assert [r.line_results for r in again.results] == [r.line_results for r in first.results]
+    assert hq.balance(card) == 8_000
+
+
+def test_the_same_id_with_other_content_is_kept_for_review_and_not_applied(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    hq.sync(offline(1, line(card, 1_000)))
+    changed = offline(1, line(card, 9_000))
+    (result,) = hq.sync(changed).results
+    assert (result.outcome, result.reason) == (OfflineOutcome.REJECTED, "TRANSACTION_CONFLICT")
+    exceptions, _ = hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
+                                                   card_number=None, after="", limit=10)
+    (kept,) = exceptions
+    assert kept.kind is OfflineExceptionKind.CONFLICT and kept.transaction == changed
+    assert hq.balance(card) == 9_000
+
+
+def test_a_line_already_redeemed_online_is_not_debited_again(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    token = hq.lock(card, "sale-1")
+    hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=card,
+                    transaction_id="sale-1", line_id="1", fencing_token=token,
+                    amount=Money(2_500, "EUR"))  # its answer never reached the till
+    (result,) = hq.sync(offline(1, line(card, 2_500, token=token))).results
+    assert result.line_results[0].outcome is OfflineLineOutcome.ALREADY_REDEEMED_ONLINE
+    assert hq.balance(card) == 7_500
+
+
+def test_an_overdraft_is_applied_flagged_and_recorded(hq: HQ) -> None:
+    card = hq.issue(1_000)
+    (result,) = hq.sync(offline(1, line(card, 3_000))).results
+    assert (result.outcome, result.reason) == (
+        OfflineOutcome.APPLIED_WITH_EXCEPTION, "OFFLINE_OVERDRAFT")
+    state = hq.cards.get_card(caller=TILL, card_number=card)
+    assert (state.balance_minor, state.status) == (-2_000, CardStatus.FLAGGED)
+    exceptions, _ = hq.back_office.list_exceptions(include_resolved=False, terminal_id=None,
+                                                   card_number=card, after="", limit=10)
+    assert [e.kind for e in exceptions] == [OfflineExceptionKind.OVERDRAFT]
+
+
+def test_a_kind_the_applied_parameters_did_not_allow_is_applied_with_an_exception(
+    hq: HQ,
+) -> None:
+    memo = hq.issue(3_000, CardKind.CREDIT_MEMO)
+    memo_line = OfflineRedeemLine("1", memo, CardKind.CREDIT_MEMO, Money(3_000, "EUR"), 1)
+    (result,) = hq.sync(offline(1, memo_line, version=hq.version_allowing_gift_cards_only)
+                        ).results
+    assert (result.outcome, result.reason) == (
+        OfflineOutcome.APPLIED_WITH_EXCEPTION, "OFFLINE_NOT_ALLOWED")
+    assert hq.balance(memo) == 0
+
+
+def test_an_unknown_card_or_malformed_line_rejects_and_keeps_the_transaction(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    unknown = offline(1, line(card, 100, "1"), line("79927398713", 100, "2"))
+    malformed = offline(2, line(card, 0))
+    results = hq.sync(unknown, malformed).results
+    assert [(r.outcome, r.reason) for r in results] == [
+        (OfflineOutcome.REJECTED, "CARD_NOT_FOUND"), (OfflineOutcome.REJECTED, "INVALID_AMOUNT")]
+    exceptions, _ = hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
+                                                   card_number=None, after="", limit=10)
+    assert [e.transaction for e in exceptions] == [unknown, malformed]
+    assert hq.balance(card) == 10_000
+
+
+def test_someone_elses_lock_is_left_alone_and_queued_unlocks_are_applied(hq: HQ) -> None:
+    taken, abandoned = hq.issue(10_000), hq.issue(10_000)
+    hq.lock(taken, "other-sale", till="till-2")
+    hq.lock(abandoned, "sale-0")
+    hq.sync(offline(1, line(taken, 100), unlocks=(OfflineUnlock(abandoned, "sale-0", 0),)))
+    locks = hq.back_office.list_locks(terminal_id=None, include_expired=True,
+                                      after_card_number="", limit=10)
+    assert [(lk.card_number, lk.terminal_id) for lk in locks] == [(taken, "till-2")]
+
+
+def test_a_credit_memo_redeemed_for_less_offline_gets_a_remainder_memo(hq: HQ) -> None:
+    memo = hq.issue(5_000, CardKind.CREDIT_MEMO)
+    memo_line = OfflineRedeemLine("1", memo, CardKind.CREDIT_MEMO, Money(1_500, "EUR"), 1)
+    (result,) = hq.sync(offline(1, memo_line, version=1)).results
+    remainder = result.line_results[0].remainder_credit_memo_number
+    hq.issued.append(remainder)
+    assert hq.balance(remainder) == 3_500
+    assert hq.cards.get_card(caller=TILL, card_number=memo).status is CardStatus.REDEEMED
+
+
+def test_sequence_gaps_are_reported_until_filled(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    txns = [offline(n, line(card, 10)) for n in range(1, 6)]
+    assert hq.sync(txns[0], txns[4]).status.gaps == (SequenceGap(2, 4),)
+    assert hq.back_office.get_sync_status(terminal_id=TILL).gaps == (SequenceGap(2, 4),)
+    status = hq.sync(*txns[1:4]).status
+    assert (status.gaps, status.highest_contiguous_sequence) == ((), 5)
+
+
+def test_over_a_limit_nothing_of_the_batch_is_applied(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    with pytest.raises(LimitExceeded):
+        hq.sync(*[offline(n, line(card, 1)) for n in range(1, 22)])
+    with pytest.raises(LimitExceeded):
+        hq.sync(offline(1, line(card, 1)), offline(2, *[line(card, 1, str(i)) for i in range(4)]))
+    assert hq.balance(card) == 10_000
+    assert hq.back_office.get_sync_status(terminal_id=TILL).highest_sequence_seen == 0
