@@ -48,6 +48,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",
                         help="TLS certificate chain; required to listen beyond loopback")
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="TLS private key")
+    parser.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                        help="mutual TLS: CA of the tills' client certificates; a till's "
+                             "certificate common name must be its terminal id")
     parser.set_defaults(handler=run)
 
 
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             sync_limits=limits,
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
+            tls_client_ca_file=args.tls_client_ca,
         )
     except ConfigError as error:
         print(f"storedvalue serve: {error}", file=sys.stderr)

@@ -68,6 +68,12 @@ class HQConfig:
     tls_key_file: Path | None = None
     """PEM private key matching `tls_cert_file`."""
 
+    tls_client_ca_file: Path | None = None
+    """Mutual TLS: PEM certificates of the CA that signs the tills' client certificates.
+    When set, every connection must present a certificate signed by it, and a terminal's
+    bearer credential only works on a connection whose certificate's common name is that
+    terminal's id. Needs `tls_cert_file` and `tls_key_file`."""
+
     @property
     def uses_tls(self) -> bool:
         return self.tls_cert_file is not None and self.tls_key_file is not None
@@ -149,6 +155,7 @@ def load_config(
     sync_limits: SyncLimits | None = None,
     tls_cert_file: Path | None = None,
     tls_key_file: Path | None = None,
+    tls_client_ca_file: Path | None = None,
 ) -> HQConfig:
     """Build the configuration: each argument is a flag (None when not given), falling back
     to the environment, then to the default. Creates the admin token file if needed."""
@@ -158,6 +165,8 @@ def load_config(
     host, _port = split_listen_address(config_listen)
     if (tls_cert_file is None) != (tls_key_file is None):
         raise ConfigError("TLS needs both a certificate file and a key file")
+    if tls_client_ca_file is not None and tls_cert_file is None:
+        raise ConfigError("mutual TLS (a client CA) needs the server's TLS certificate and key")
     if tls_cert_file is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve plaintext on {config_listen}: plaintext is for loopback "
@@ -191,4 +200,5 @@ def load_config(
         sync_limits=sync_limits or defaults.sync_limits,
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_key_file,
+        tls_client_ca_file=tls_client_ca_file,
     )

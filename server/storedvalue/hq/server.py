@@ -142,7 +142,10 @@ def create_server(config: HQConfig, *, storage: Storage | None = None) -> tuple[
         parameters.ensure_initialized()
         offline = OfflineService(store, limits=config.sync_limits)
         admins = {hash_token(config.admin_token): ADMIN_NAME} if config.admin_token else {}
-        authenticator = Authenticator(store, admin_token_hashes=admins)
+        authenticator = Authenticator(
+            store, admin_token_hashes=admins,
+            bind_client_certificates=config.tls_client_ca_file is not None,
+        )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                        thread_name_prefix="hq-rpc"),
@@ -204,8 +207,11 @@ def create_server(config: HQConfig, *, storage: Storage | None = None) -> tuple[
 def _bind(server: grpc.Server, config: HQConfig) -> int:
     if config.uses_tls:
         assert config.tls_cert_file is not None and config.tls_key_file is not None
+        client_ca = config.tls_client_ca_file
         credentials = grpc.ssl_server_credentials(
-            [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())]
+            [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())],
+            root_certificates=client_ca.read_bytes() if client_ca is not None else None,
+            require_client_auth=client_ca is not None,
         )
         port = server.add_secure_port(config.listen, credentials)
     else:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
 import grpc
 from google.protobuf.message import Message
 
@@ -16,6 +19,13 @@ def authorization(context: grpc.ServicerContext) -> str | None:
         if key == "authorization":
             return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return None
+
+
+def client_certificate_names(context: grpc.ServicerContext) -> tuple[str, ...]:
+    """Common names of the connection's verified client certificate (mutual TLS only)."""
+    # grpcio returns property name -> iterable of bytes (its type stubs say otherwise).
+    properties: Mapping[str, Iterable[bytes]] = cast(Any, context.auth_context()) or {}
+    return tuple(n.decode("utf-8", "replace") for n in properties.get("x509_common_name", ()))
 
 
 def request_key(caller: Caller, request: Message, operation: str) -> RequestKey:

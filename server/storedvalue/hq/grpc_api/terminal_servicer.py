@@ -10,7 +10,11 @@ from collections.abc import Iterator
 import grpc
 
 from storedvalue.hq.domain.errors import InvalidField, LimitExceeded
-from storedvalue.hq.grpc_api.call_context import authorization, request_key
+from storedvalue.hq.grpc_api.call_context import (
+    authorization,
+    client_certificate_names,
+    request_key,
+)
 from storedvalue.hq.grpc_api.convert import (
     card_kind_from_proto,
     card_to_proto,
@@ -24,7 +28,7 @@ from storedvalue.hq.grpc_api.convert import (
     sync_status_to_proto,
 )
 from storedvalue.hq.grpc_api.errors import streaming_rpc, unary_rpc
-from storedvalue.hq.services.auth import Authenticator
+from storedvalue.hq.services.auth import Authenticator, Caller
 from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.offline import OfflineService
 from storedvalue.hq.services.parameters import ParametersService
@@ -50,11 +54,16 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
         self._parameters = parameters
         self._watch_poll_seconds = watch_poll_seconds
 
+    def _terminal(self, context: Context) -> Caller:
+        return self._auth.terminal(
+            authorization(context), certificate_names=client_certificate_names(context)
+        )
+
     # -- online card use ------------------------------------------------------------------
 
     @unary_rpc
     def LockCard(self, request: pb.LockCardRequest, context: Context) -> pb.LockCardResponse:
-        caller = self._auth.terminal(authorization(context))
+        caller = self._terminal(context)
         result = self._cards.lock_card(
             key=request_key(caller, request, "LockCard"),
             terminal_id=caller.terminal_id,
@@ -66,7 +75,7 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
     @unary_rpc
     def UnlockCard(self, request: pb.UnlockCardRequest, context: Context
                    ) -> pb.UnlockCardResponse:
-        caller = self._auth.terminal(authorization(context))
+        caller = self._terminal(context)
         card = self._cards.unlock_card(
             key=request_key(caller, request, "UnlockCard"),
             terminal_id=caller.terminal_id,
@@ -78,7 +87,7 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
 
     @unary_rpc
     def Redeem(self, request: pb.RedeemRequest, context: Context) -> pb.RedeemResponse:
-        caller = self._auth.terminal(authorization(context))
+        caller = self._terminal(context)
         result = self._cards.redeem(
             key=request_key(caller, request, "Redeem"),
             terminal_id=caller.terminal_id,
@@ -97,13 +106,13 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
 
     @unary_rpc
     def GetCard(self, request: pb.GetCardRequest, context: Context) -> pb.GetCardResponse:
-        caller = self._auth.terminal(authorization(context))
+        caller = self._terminal(context)
         card = self._cards.get_card(caller=caller.terminal_id, card_number=request.card_number)
         return pb.GetCardResponse(card=card_to_proto(card))
 
     @unary_rpc
     def IssueCard(self, request: pb.IssueCardRequest, context: Context) -> pb.IssueCardResponse:
-        caller = self._auth.terminal(authorization(context))
+        caller = self._terminal(context)
         card = self._cards.issue_card(
             key=request_key(caller, request, "IssueCard"),
             terminal_id=caller.terminal_id,
@@ -120,7 +129,7 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
 
     @unary_rpc
     def AddValue(self, request: pb.AddValueRequest, context: Context) -> pb.AddValueResponse:
-        caller = self._auth.terminal(authorization(context))
+        caller = self._terminal(context)
         card = self._cards.add_value(
             key=request_key(caller, request, "AddValue"),
             terminal_id=caller.terminal_id,
@@ -135,7 +144,7 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
     @unary_rpc
     def CompleteOffline(self, request: pb.CompleteOfflineRequest, context: Context
                         ) -> pb.CompleteOfflineResponse:
-        caller = self._auth.terminal(authorization(context))
+        caller = self._terminal(context)
         self._check_message_size(request.ByteSize())
         if not request.HasField("transaction"):
             raise InvalidField("transaction", "is required")
@@ -151,7 +160,7 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
     @unary_rpc
     def SyncOfflineBatch(self, request: pb.SyncOfflineBatchRequest, context: Context
                          ) -> pb.SyncOfflineBatchResponse:
-        caller = self._auth.terminal(authorization(context))
+        caller = self._terminal(context)
         self._check_message_size(request.ByteSize())
         outcome = self._offline.sync(
             terminal_id=caller.terminal_id,
@@ -174,7 +183,7 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
     @unary_rpc
     def GetParameters(self, request: pb.GetParametersRequest, context: Context
                       ) -> pb.GetParametersResponse:
-        self._auth.terminal(authorization(context))
+        self._terminal(context)
         return pb.GetParametersResponse(
             parameters=parameters_to_proto(self._parameters.current()),
             sync_limits=sync_limits_to_proto(self._offline.limits),
@@ -183,7 +192,7 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
     @streaming_rpc
     def WatchParameters(self, request: pb.WatchParametersRequest, context: Context
                         ) -> Iterator[pb.WatchParametersResponse]:
-        self._auth.terminal(authorization(context))
+        self._terminal(context)
         known = request.known_version
         current = self._parameters.current()
         if current.version > known:

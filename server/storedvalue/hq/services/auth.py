@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from storedvalue.hq.domain.errors import PermissionDenied, Unauthenticated
@@ -41,9 +41,13 @@ class Authenticator:
         *,
         admin_token_hashes: Mapping[str, str],
         cache_seconds: float = 2.0,
+        bind_client_certificates: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._storage = storage
+        # With mutual TLS, a terminal's credential only counts on a connection whose client
+        # certificate names that terminal: a stolen token is useless without the till's key.
+        self._bind_certificates = bind_client_certificates
         self._admins = dict(admin_token_hashes)  # token hash -> admin name
         self._cache_seconds = cache_seconds
         self._monotonic = monotonic
@@ -61,10 +65,18 @@ class Authenticator:
             raise Unauthenticated("unknown or revoked credential")
         return Caller(terminal_id=terminal_id)
 
-    def terminal(self, authorization: str | None) -> Caller:
+    def terminal(
+        self, authorization: str | None, *, certificate_names: Sequence[str] = ()
+    ) -> Caller:
+        """The calling terminal. `certificate_names`: the common names of the verified client
+        certificate of the connection (mutual TLS), checked when certificates are bound."""
         caller = self.authenticate(authorization)
         if caller.is_admin:
             raise PermissionDenied("terminal calls need a terminal credential")
+        if self._bind_certificates and caller.terminal_id not in certificate_names:
+            raise Unauthenticated(
+                "the client certificate does not belong to the terminal of this credential"
+            )
         return caller
 
     def admin(self, authorization: str | None) -> Caller:
