@@ -13,11 +13,12 @@ from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.storage import rows
-from storedvalue.hq.storage.database import BulkWrite, Transaction, in_chunks
+from storedvalue.hq.storage.database import BulkWrite, Query, Transaction, in_chunks
 from storedvalue.hq.storage.tables import cards, journal, redemptions
 
-_CARD = select(cards).where(cards.c.card_number == bindparam("card_number"))
-_CARD_FOR_UPDATE = _CARD.with_for_update()
+_CARD_SELECT = select(cards).where(cards.c.card_number == bindparam("card_number"))
+_CARD = Query(_CARD_SELECT)
+_CARD_FOR_UPDATE = Query(_CARD_SELECT.with_for_update())
 # ORDER BY under FOR UPDATE: PostgreSQL locks the rows in that order, so two batches
 # touching the same cards cannot deadlock.
 _CARDS_FOR_UPDATE = (
@@ -37,6 +38,13 @@ _REDEMPTIONS = select(redemptions).where(
     redemptions.c.terminal_id == bindparam("terminal_id"),
     redemptions.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
 )
+_REDEMPTION = Query(
+    select(redemptions).where(
+        redemptions.c.terminal_id == bindparam("terminal_id"),
+        redemptions.c.transaction_id == bindparam("transaction_id"),
+        redemptions.c.line_id == bindparam("line_id"),
+    )
+)
 _INSERT_REDEMPTIONS = BulkWrite(insert(redemptions))
 
 
@@ -45,11 +53,11 @@ class SqlCardRepository:
         self._tx = tx
 
     def get(self, card_number: str) -> Card | None:
-        row = self._tx.first(_CARD, {"card_number": card_number})
+        row = self._tx.fetch_first(_CARD, {"card_number": card_number})
         return None if row is None else rows.card_from_row(row)
 
     def get_for_update(self, card_number: str) -> Card | None:
-        row = self._tx.first(_CARD_FOR_UPDATE, {"card_number": card_number})
+        row = self._tx.fetch_first(_CARD_FOR_UPDATE, {"card_number": card_number})
         return None if row is None else rows.card_from_row(row)
 
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
@@ -119,6 +127,14 @@ class SqlRedemptionRepository:
         # By terminal, then the transactions' lines through the primary key's prefix;
         # lines nobody asked for are dropped here.
         wanted = set(keys)
+        if len(wanted) == 1:  # an online Redeem: one line, by its primary key
+            ((terminal_id, transaction_id, line_id),) = wanted
+            line = {
+                "terminal_id": terminal_id, "transaction_id": transaction_id, "line_id": line_id
+            }
+            row = self._tx.fetch_first(_REDEMPTION, line)
+            return {} if row is None else {(terminal_id, transaction_id, line_id):
+                                            rows.redemption_from_row(row)}
         by_terminal: dict[str, set[str]] = defaultdict(set)
         for terminal_id, transaction_id, _line_id in wanted:
             by_terminal[terminal_id].add(transaction_id)

@@ -10,16 +10,20 @@ from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.domain.terminals import Terminal
 from storedvalue.hq.services.unit_of_work import StoredResponse
 from storedvalue.hq.storage import rows
-from storedvalue.hq.storage.database import Transaction, in_chunks
+from storedvalue.hq.storage.database import BulkWrite, Query, Transaction, in_chunks
 from storedvalue.hq.storage.tables import parameters, request_log, terminals
 
-_REQUEST = select(request_log).where(
-    request_log.c.caller == bindparam("caller"),
-    request_log.c.request_id == bindparam("request_id"),
+_REQUEST = Query(
+    select(request_log).where(
+        request_log.c.caller == bindparam("caller"),
+        request_log.c.request_id == bindparam("request_id"),
+    )
 )
-_INSERT_REQUEST = insert(request_log)
+_INSERT_REQUEST = BulkWrite(insert(request_log))
 
-_CURRENT_PARAMETERS = select(parameters).order_by(parameters.c.version.desc()).limit(1)
+_CURRENT_PARAMETERS = Query(
+    select(parameters).order_by(parameters.c.version.desc()).limit(1)
+)
 _PARAMETER_VERSIONS = select(parameters).where(
     parameters.c.version.in_(bindparam("versions", expanding=True))
 )
@@ -39,7 +43,7 @@ class SqlRequestLog:
         self._tx = tx
 
     def get(self, caller: str, request_id: str) -> StoredResponse | None:
-        row = self._tx.first(_REQUEST, {"caller": caller, "request_id": request_id})
+        row = self._tx.fetch_first(_REQUEST, {"caller": caller, "request_id": request_id})
         if row is None:
             return None
         return StoredResponse(
@@ -52,16 +56,16 @@ class SqlRequestLog:
         )
 
     def add(self, response: StoredResponse) -> None:
-        self._tx.write(
+        self._tx.write_many(
             _INSERT_REQUEST,
-            {
+            [{
                 "caller": response.caller,
                 "request_id": response.request_id,
                 "operation": response.operation,
                 "fingerprint": response.fingerprint,
                 "result_json": response.result_json,
                 "created_at": rows.to_micros(response.created_at),
-            },
+            }],
         )
 
 
@@ -70,7 +74,7 @@ class SqlParametersRepository:
         self._tx = tx
 
     def current(self) -> Parameters | None:
-        row = self._tx.first(_CURRENT_PARAMETERS)
+        row = self._tx.fetch_first(_CURRENT_PARAMETERS, {})
         return None if row is None else rows.parameters_from_row(row)
 
     def get_versions(self, versions: Collection[int]) -> dict[int, Parameters]:

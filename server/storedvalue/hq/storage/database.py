@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import namedtuple
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -23,6 +25,7 @@ from sqlalchemy import (
     Executable,
     Insert,
     Row,
+    Select,
     Table,
     Update,
     create_engine,
@@ -255,12 +258,43 @@ class BulkWrite:
         )
 
 
+class Query:
+    """A SELECT without expanding binds, compiled once per dialect and run on the driver's
+    cursor: the online calls' single-row reads, where SQLAlchemy's per-execution work costs
+    more than SQLite's own. Rows come back as named tuples (columns as attributes)."""
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, Any, dict[str, Any], type[tuple[Any, ...]]]] = {}
+
+    def compiled_for(
+        self, dialect: Dialect
+    ) -> tuple[str, Any, dict[str, Any], type[tuple[Any, ...]]]:
+        """SQL text, the parameter order (positional paramstyles) or None, the binds' own
+        values (e.g. a LIMIT), and the row type."""
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.statement.compile(dialect=dialect)
+            defaults = {
+                name: bind.effective_value
+                for name, bind in compiled.binds.items()
+                if bind.value is not None
+            }
+            order = tuple(compiled.positiontup or ()) if dialect.positional else None
+            row_type = namedtuple("QueryRow", self.statement.selected_columns.keys())  # type: ignore[misc]
+            found = (str(compiled), order, defaults, row_type)
+            self._compiled[dialect.name] = found
+        return found
+
+
 class Transaction:
     """One open database transaction. Every statement runs through it, so a lost race
     surfaces as ConcurrentUpdate wherever it happens."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self._dialect = connection.dialect
+        self._cursor: Any = None
 
     def rows(
         self, statement: Executable, params: Mapping[str, Any] | None = None
@@ -276,6 +310,19 @@ class Transaction:
         found = self.rows(statement, params)
         return found[0] if found else None
 
+    def fetch_first(self, query: Query, params: Mapping[str, Any]) -> Any:
+        """The first row of `query` (a named tuple), or None."""
+        sql, order, defaults, row_type = query.compiled_for(self._dialect)
+        merged = {**defaults, **params} if defaults else params
+        bound: Any = merged if order is None else tuple([merged[name] for name in order])
+        cursor = self._driver_cursor()
+        try:
+            cursor.execute(sql, bound)
+            found = cursor.fetchone()
+        except self._dialect.loaded_dbapi.Error as error:
+            raise self._driver_error(sql, bound, error) from None
+        return None if found is None else row_type._make(found)  # type: ignore[attr-defined]
+
     def write(self, statement: Executable, params: Mapping[str, Any]) -> None:
         try:
             self.connection.execute(statement, params)
@@ -287,19 +334,38 @@ class Transaction:
         if not rows:
             return
         keys = tuple(rows[0])
-        dialect = self.connection.dialect
+        dialect = self._dialect
         sql, order = bulk.compiled_for(dialect, keys)
+        cursor = self._driver_cursor()
         params: Any
-        if dialect.name == "postgresql":
-            params = {f"c{i}": [row[key] for row in rows] for i, key in enumerate(keys)}
-        elif order is not None:
-            params = [tuple(row[key] for key in order) for row in rows]
-        else:
-            params = list(rows)
         try:
-            self.connection.exec_driver_sql(sql, params)
-        except DBAPIError as error:
-            raise _translated(error) from None
+            if dialect.name == "postgresql":
+                params = {f"c{i}": [row[key] for row in rows] for i, key in enumerate(keys)}
+                cursor.execute(sql, params)
+            elif order is not None:
+                pick = itemgetter(*order)
+                params = [pick(row) for row in rows] if len(order) > 1 else [
+                    (row[order[0]],) for row in rows
+                ]
+                cursor.executemany(sql, params)
+            else:
+                params = list(rows)
+                cursor.executemany(sql, params)
+        except dialect.loaded_dbapi.Error as error:
+            raise self._driver_error(sql, None, error) from None
+
+    def _driver_cursor(self) -> Any:
+        # The driver's own cursor, in the transaction SQLAlchemy began on this connection
+        # (begun again after a commit, as SQLAlchemy's own execute would).
+        if not self.connection.in_transaction():
+            self.connection.begin()
+        if self._cursor is None:
+            self._cursor = self.connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        return self._cursor
+
+    def _driver_error(self, sql: str, params: Any, error: Exception) -> Exception:
+        wrapped = DBAPIError.instance(sql, params, error, self._dialect.loaded_dbapi.Error)
+        return _translated(wrapped) if isinstance(wrapped, DBAPIError) else wrapped
 
 
 def _translated(error: DBAPIError) -> Exception:

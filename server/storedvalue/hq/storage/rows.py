@@ -15,11 +15,11 @@ from storedvalue.hq.domain.offline import (
     OfflineExceptionKind,
     OfflineRecord,
     OfflineTransaction,
-    OfflineTransactionResult,
     Redemption,
 )
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.domain.terminals import Terminal
+from storedvalue.hq.storage import offline_results
 
 Row = Any  # a sqlalchemy Row: columns as attributes
 Values = dict[str, Any]
@@ -175,7 +175,7 @@ def offline_record_values(record: OfflineRecord) -> Values:
         "sequence_number": record.sequence_number,
         "fingerprint": record.fingerprint,
         "outcome": record.result.outcome.value,
-        "result_json": records.dumps(record.result),
+        "result_json": offline_results.dumps(record.result),
         "received_at": to_micros(record.received_at),
     }
 
@@ -186,7 +186,7 @@ def offline_record_from_row(row: Row) -> OfflineRecord:
         transaction_id=row.transaction_id,
         sequence_number=row.sequence_number,
         fingerprint=bytes(row.fingerprint),
-        result=records.loads(OfflineTransactionResult, row.result_json),
+        result=offline_results.loads(row.result_json),
         received_at=from_micros(row.received_at),
     )
 

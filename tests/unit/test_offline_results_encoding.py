@@ -1,0 +1,46 @@
+"""The stored form of offline results: every field survives, and the earlier form still reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from storedvalue.hq import records
+from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.offline import (
+    OfflineLineOutcome,
+    OfflineLineResult,
+    OfflineOutcome,
+    OfflineTransactionResult,
+)
+from storedvalue.hq.storage import offline_results
+
+RESULTS = [
+    OfflineTransactionResult("t-1", 1, OfflineOutcome.APPLIED, OfflineOutcome.APPLIED),
+    OfflineTransactionResult(
+        transaction_id="t-é\"2",
+        sequence_number=2**40,
+        outcome=OfflineOutcome.ALREADY_APPLIED,
+        original_outcome=OfflineOutcome.APPLIED_WITH_EXCEPTION,
+        reason="OVERDRAFT",
+        message='balance "short"\nby 5',
+        line_results=(
+            OfflineLineResult("1", OfflineLineOutcome.APPLIED, "", Money(0, "EUR"), "7001"),
+            OfflineLineResult("2", OfflineLineOutcome.REJECTED, "CARD_NOT_FOUND", None, ""),
+            OfflineLineResult("3", OfflineLineOutcome.APPLIED_WITH_EXCEPTION, "OVERDRAFT",
+                              Money(-250, "USD")),
+        ),
+        exception_ids=("x-1", "x-2"),
+    ),
+]
+
+
+@pytest.mark.parametrize("result", RESULTS)
+def test_an_offline_result_reads_back_as_it_was_stored(result: OfflineTransactionResult) -> None:
+    assert offline_results.loads(offline_results.dumps(result)) == result
+
+
+@pytest.mark.parametrize("result", RESULTS)
+def test_an_offline_result_stored_in_the_earlier_json_form_still_reads(
+    result: OfflineTransactionResult,
+) -> None:
+    assert offline_results.loads(records.dumps(result)) == result
