@@ -159,7 +159,7 @@ def create_server(config: HQConfig, *, storage: Storage | None = None) -> tuple[
         terminal_service_pb2_grpc.add_TerminalServiceServicer_to_server(
             TerminalServicer(
                 authenticator=authenticator,
-                cards=CardService(store),
+                cards=CardService(store, parameters_feed=feed),
                 offline=offline,
                 parameters=parameters,
                 watch_poll_seconds=config.watch_wakeup_seconds,

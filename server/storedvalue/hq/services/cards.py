@@ -21,6 +21,7 @@ from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.domain.parameters import DEFAULT_LOCK_LEASE
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.idempotency import RequestKey, once
+from storedvalue.hq.services.parameters import ParametersFeed
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import run_in_transaction
 from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
@@ -66,11 +67,16 @@ class CardService:
         clock: Clock = utc_now,
         new_card_number: Callable[[], str] = generate_card_number,
         throttle: UnknownCardThrottle | None = None,
+        parameters_feed: ParametersFeed | None = None,
     ) -> None:
+        """`parameters_feed`: where LockCard reads the lock lease, instead of the database.
+        The feed has local updates at once and other replicas' within its poll interval, so
+        a lock can get the lease of a version that was replaced less than that long ago."""
         self._storage = storage
         self._clock = clock
         self._new_card_number = new_card_number
         self._throttle = throttle or UnknownCardThrottle()
+        self._parameters_feed = parameters_feed
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -102,7 +108,10 @@ class CardService:
 
             def run() -> LockResult:
                 card = self._load_for_update(uow, card_number, caller=terminal_id)
-                params = uow.parameters.current()
+                feed = self._parameters_feed
+                params = feed.latest if feed is not None else None
+                if params is None:
+                    params = uow.parameters.current()
                 lease = params.lock_lease if params is not None else DEFAULT_LOCK_LEASE
                 lock = card.acquire_lock(
                     terminal_id=terminal_id, transaction_id=transaction_id, now=now, lease=lease
