@@ -82,10 +82,11 @@ def prepare(url: str, *, card_count: int) -> PreparedHQ:
 
 
 @contextlib.contextmanager
-def serving(prepared: PreparedHQ) -> Iterator[str]:
-    """HQ's gRPC server over the prepared database; yields its loopback address."""
+def serving(prepared: PreparedHQ, *, max_workers: int = 8) -> Iterator[str]:
+    """HQ's gRPC server over the prepared database; yields its loopback address. Each
+    connected till's WatchParameters stream holds one of the `max_workers` threads."""
     config = HQConfig(listen="127.0.0.1:0", database_url=prepared.url, admin_token=ADMIN_TOKEN,
-                      max_workers=8)
+                      max_workers=max_workers)
     server, port = create_server(config, storage=prepared.storage)
     server.start()
     try:
