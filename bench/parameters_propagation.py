@@ -38,7 +38,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepared = prepare(f"sqlite:///{tmp}/hq.sqlite3", card_count=1)
         try:
-            with serving(prepared, max_workers=args.tills + 8) as address, grpc.insecure_channel(address) as channel:
+            with (
+                serving(prepared, max_workers=args.tills + 8) as address,
+                grpc.insecure_channel(address) as channel,
+            ):
                 admin = bo_grpc.BackOfficeServiceStub(channel)
                 admin_md = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
                 terminal_md = (("authorization", f"Bearer {prepared.bearer_token}"),)
