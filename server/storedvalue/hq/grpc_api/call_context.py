@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import grpc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from storedvalue.hq.grpc_api.convert import request_fingerprint
@@ -32,4 +34,53 @@ def request_key(caller: Caller, request: Message, operation: str) -> RequestKey:
     """AIP-155 key of a mutating request: its id in the caller's namespace, the RPC, and a
     digest of its content."""
     request_id: str = getattr(request, "request_id")  # noqa: B009 - every mutating request has it
-    return RequestKey(caller.request_scope, request_id, operation, request_fingerprint(request))
+    return RequestKey(caller.request_scope, request_id, operation, fingerprint(request))
+
+
+def fingerprint(request: Message) -> bytes:
+    """`convert.request_fingerprint(request)` without copying the request: when request_id is
+    the message's first field, its deterministic serialization is the request_id's record
+    followed by exactly what the request without it serializes to."""
+    tag = _leading_id_tag(cast(Descriptor, request.DESCRIPTOR))
+    if tag is None:
+        return request_fingerprint(request)
+    data = request.SerializeToString(deterministic=True)
+    request_id: str = getattr(request, "request_id")  # noqa: B009 - _leading_id_tag checked
+    if request_id:
+        encoded = request_id.encode()
+        record = tag + _varint(len(encoded)) + encoded
+        if not data.startswith(record):
+            return request_fingerprint(request)
+        data = data[len(record) :]
+    return hashlib.sha256(data).digest()
+
+
+_ID_TAGS: dict[Descriptor, bytes | None] = {}
+
+
+def _leading_id_tag(descriptor: Descriptor) -> bytes | None:
+    """The wire tag of request_id when it is a string without presence numbered below every
+    other field; None otherwise."""
+    if descriptor in _ID_TAGS:
+        return _ID_TAGS[descriptor]
+    tag = None
+    field = descriptor.fields_by_name.get("request_id")
+    if (
+        field is not None
+        and field.type == FieldDescriptor.TYPE_STRING
+        and not field.has_presence
+        and all(field.number < other.number for other in descriptor.fields if other is not field)
+        and not descriptor.GetOptions().message_set_wire_format
+    ):
+        tag = _varint(field.number << 3 | 2)
+    _ID_TAGS[descriptor] = tag
+    return tag
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -15,12 +15,11 @@ from storedvalue.hq.grpc_api.call_context import (
     client_certificate_names,
     request_key,
 )
+from storedvalue.hq.grpc_api.card_views import fill_card, fill_lock
 from storedvalue.hq.grpc_api.convert import (
     card_kind_from_proto,
     card_to_proto,
-    lock_to_proto,
     money_from_proto,
-    money_to_proto,
     offline_result_to_proto,
     offline_transaction_from_proto,
     parameters_to_proto,
@@ -55,9 +54,9 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
         self._watch_poll_seconds = watch_poll_seconds
 
     def _terminal(self, context: Context) -> Caller:
-        return self._auth.terminal(
-            authorization(context), certificate_names=client_certificate_names(context)
-        )
+        auth = self._auth
+        names = client_certificate_names(context) if auth.binds_client_certificates else ()
+        return auth.terminal(authorization(context), certificate_names=names)
 
     # -- online card use ------------------------------------------------------------------
 
@@ -70,7 +69,10 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
             card_number=request.card_number,
             transaction_id=request.transaction_id,
         )
-        return pb.LockCardResponse(lock=lock_to_proto(result.lock), card=card_to_proto(result.card))
+        response = pb.LockCardResponse()
+        fill_lock(response.lock, result.lock)
+        fill_card(response.card, result.card)
+        return response
 
     @unary_rpc
     def UnlockCard(self, request: pb.UnlockCardRequest, context: Context
@@ -97,12 +99,14 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
             fencing_token=request.fencing_token,
             amount=money_from_proto(request.amount) if request.HasField("amount") else None,
         )
-        memo = result.remainder_credit_memo
-        return pb.RedeemResponse(
-            card=card_to_proto(result.card),
-            debited=money_to_proto(result.debited),
-            remainder_credit_memo=card_to_proto(memo) if memo is not None else None,
-        )
+        response = pb.RedeemResponse()
+        fill_card(response.card, result.card)
+        debited = response.debited
+        debited.amount_minor = result.debited.amount_minor
+        debited.currency_code = result.debited.currency
+        if result.remainder_credit_memo is not None:
+            fill_card(response.remainder_credit_memo, result.remainder_credit_memo)
+        return response
 
     @unary_rpc
     def GetCard(self, request: pb.GetCardRequest, context: Context) -> pb.GetCardResponse:

@@ -54,6 +54,12 @@ class Authenticator:
         self._cache: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def binds_client_certificates(self) -> bool:
+        """Whether `terminal` checks the connection's client certificate (else callers need
+        not look it up)."""
+        return self._bind_certificates
+
     def authenticate(self, authorization: str | None) -> Caller:
         token = _bearer(authorization)
         digest = hash_token(token)

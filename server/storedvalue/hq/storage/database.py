@@ -13,29 +13,36 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections import namedtuple
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
-from typing import Any, TypeVar
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
-    Dialect,
     Engine,
     Executable,
-    Insert,
     Row,
-    Select,
-    Table,
-    Update,
     create_engine,
     event,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPool
 
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
+from storedvalue.hq.storage.statements import IN_CHUNK, BulkWrite, Query, in_chunks
+
+__all__ = [
+    "IN_CHUNK",
+    "WRITE_OPTION",
+    "BulkWrite",
+    "Query",
+    "Transaction",
+    "as_concurrent_update",
+    "in_chunks",
+    "is_sqlite_memory",
+    "open_engine",
+]
 
 # Execution option a writing unit of work sets on its connection before it begins.
 WRITE_OPTION = "storedvalue_write"
@@ -49,9 +56,6 @@ _PG_RACES = {
     "55P03": "lock not available",
 }
 _SQLITE_UNIQUE = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
-
-T = TypeVar("T", str, int)
-
 
 def is_sqlite_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and (
@@ -123,6 +127,9 @@ def _sqlite_engine(url: URL, pool_size: int, busy_timeout_ms: int) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        # A unit of work's Transaction begins on the driver before SQLAlchemy does.
+        if connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            return
         write = connection.get_execution_options().get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
@@ -188,119 +195,49 @@ def as_concurrent_update(error: DBAPIError) -> ConcurrentUpdate | None:
     return None
 
 
-# Keys per IN list: far under SQLite's bound-variable limit (32766; 999 before 3.32), and
-# small enough that PostgreSQL plans each chunk as an index lookup.
-IN_CHUNK = 500
-
-
-def in_chunks(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
-    """Sorted, de-duplicated chunks: rows get locked in key order, chunk after chunk."""
-    ordered = sorted(set(values))
-    for start in range(0, len(ordered), size):
-        yield ordered[start : start + size]
-
-
-class BulkWrite:
-    """An INSERT, or an UPDATE whose WHERE matches `key_<column>` binds, run as one
-    driver-level statement per batch and compiled once per dialect and set of keys.
-
-    SQLAlchemy's per-row parameter handling costs more than the database's own work per row,
-    and the offline sync writes tens of thousands of rows a second. Our column types need no
-    bind processing (ints, strings, bools, bytes), so rows go to the driver as they are:
-    SQLite gets one executemany; PostgreSQL gets ONE statement reading the rows from arrays
-    (`unnest`), one round trip instead of one per row. Rows of one UPDATE batch must have
-    distinct keys.
-    """
-
-    def __init__(self, statement: Insert | Update) -> None:
-        self.statement = statement
-        self._compiled: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...] | None]] = {}
-
-    def compiled_for(
-        self, dialect: Dialect, keys: tuple[str, ...]
-    ) -> tuple[str, tuple[str, ...] | None]:
-        """The SQL text and, for positional paramstyles, the order of its parameters."""
-        found = self._compiled.get((dialect.name, keys))
-        if found is None:
-            if dialect.name == "postgresql":
-                found = (self._from_arrays(dialect, keys), None)
-            else:
-                compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
-                order = tuple(compiled.positiontup or ()) if dialect.positional else None
-                found = (str(compiled), order)
-            self._compiled[(dialect.name, keys)] = found
-        return found
-
-    def _from_arrays(self, dialect: Dialect, keys: tuple[str, ...]) -> str:
-        table = self.statement.table
-        assert isinstance(table, Table)
-        quote = dialect.identifier_preparer.quote
-        arrays = ", ".join(
-            f"%(c{i})b::{table.c[key.removeprefix('key_')].type.compile(dialect=dialect)}[]"
-            for i, key in enumerate(keys)
-        )
-        if isinstance(self.statement, Insert):
-            columns = ", ".join(quote(key) for key in keys)
-            # Identifiers come from our own tables, quoted; every value is bound.
-            return f"INSERT INTO {quote(table.name)} ({columns}) SELECT * FROM unnest({arrays})"  # noqa: S608
-        names = ", ".join(quote(key) for key in keys)
-        assignments = ", ".join(
-            f"{quote(key)} = v.{quote(key)}" for key in keys if not key.startswith("key_")
-        )
-        matches = " AND ".join(
-            f"{quote(table.name)}.{quote(key.removeprefix('key_'))} = v.{quote(key)}"
-            for key in keys
-            if key.startswith("key_")
-        )
-        return (
-            f"UPDATE {quote(table.name)} SET {assignments} "  # noqa: S608 - as above
-            f"FROM unnest({arrays}) AS v({names}) WHERE {matches}"
-        )
-
-
-class Query:
-    """A SELECT without expanding binds, compiled once per dialect and run on the driver's
-    cursor: the online calls' single-row reads, where SQLAlchemy's per-execution work costs
-    more than SQLite's own. Rows come back as named tuples (columns as attributes)."""
-
-    def __init__(self, statement: Select[Any]) -> None:
-        self.statement = statement
-        self._compiled: dict[str, tuple[str, Any, dict[str, Any], type[tuple[Any, ...]]]] = {}
-
-    def compiled_for(
-        self, dialect: Dialect
-    ) -> tuple[str, Any, dict[str, Any], type[tuple[Any, ...]]]:
-        """SQL text, the parameter order (positional paramstyles) or None, the binds' own
-        values (e.g. a LIMIT), and the row type."""
-        found = self._compiled.get(dialect.name)
-        if found is None:
-            compiled = self.statement.compile(dialect=dialect)
-            defaults = {
-                name: bind.effective_value
-                for name, bind in compiled.binds.items()
-                if bind.value is not None
-            }
-            order = tuple(compiled.positiontup or ()) if dialect.positional else None
-            row_type = namedtuple("QueryRow", self.statement.selected_columns.keys())  # type: ignore[misc]
-            found = (str(compiled), order, defaults, row_type)
-            self._compiled[dialect.name] = found
-        return found
-
 
 class Transaction:
-    """One open database transaction. Every statement runs through it, so a lost race
-    surfaces as ConcurrentUpdate wherever it happens."""
+    """One database transaction on one pooled driver connection, begun, committed and
+    rolled back on the driver itself: SQLAlchemy's connection and transaction bookkeeping
+    costs more than SQLite's own work for an online call. The hot statements (`Query`,
+    `BulkWrite`) run on the driver's cursor; the others go through a SQLAlchemy connection
+    made on first use over the same driver connection, in the same transaction.
 
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self._dialect = connection.dialect
-        self._cursor: Any = None
+    Every statement runs through it, so a lost race surfaces as ConcurrentUpdate wherever it
+    happens. After `commit()`, the next statement begins a new transaction, which `close()`
+    rolls back unless it too is committed."""
+
+    def __init__(self, engine: Engine, *, write: bool) -> None:
+        dialect = self._dialect = engine.dialect
+        self._engine = engine
+        self._error: type[Exception] = dialect.loaded_dbapi.Error
+        # SQLite: we begin (see _sqlite_engine). psycopg begins by itself on the first
+        # statement after a commit or rollback.
+        self._begin_sql = (
+            ("BEGIN IMMEDIATE" if write else "BEGIN") if dialect.name == "sqlite" else None
+        )
+        try:
+            self._pooled: PoolProxiedConnection = engine.raw_connection()
+        except self._error as error:
+            raise self._driver_error("", None, error) from None
+        try:
+            self._driver: Any = cast(Any, self._pooled).dbapi_connection
+            self._cursor: Any = self._driver.cursor()
+            self._connection: Connection | None = None
+            self._open = False
+            self._begin()
+        except BaseException:
+            self._pooled.close()
+            raise
+
+    # -- statements -----------------------------------------------------------------------
 
     def rows(
         self, statement: Executable, params: Mapping[str, Any] | None = None
     ) -> Sequence[Row[Any]]:
+        connection = self._sqlalchemy()
         try:
-            return self.connection.execute(statement, params).all()
+            return connection.execute(statement, params).all()
         except DBAPIError as error:
             raise _translated(error) from None
 
@@ -315,17 +252,20 @@ class Transaction:
         sql, order, defaults, row_type = query.compiled_for(self._dialect)
         merged = {**defaults, **params} if defaults else params
         bound: Any = merged if order is None else tuple([merged[name] for name in order])
-        cursor = self._driver_cursor()
+        if not self._open:
+            self._begin()
         try:
+            cursor = self._cursor
             cursor.execute(sql, bound)
             found = cursor.fetchone()
-        except self._dialect.loaded_dbapi.Error as error:
+        except self._error as error:
             raise self._driver_error(sql, bound, error) from None
         return None if found is None else row_type._make(found)  # type: ignore[attr-defined]
 
     def write(self, statement: Executable, params: Mapping[str, Any]) -> None:
+        connection = self._sqlalchemy()
         try:
-            self.connection.execute(statement, params)
+            connection.execute(statement, params)
         except DBAPIError as error:
             raise _translated(error) from None
 
@@ -336,13 +276,19 @@ class Transaction:
         keys = tuple(rows[0])
         dialect = self._dialect
         sql, order = bulk.compiled_for(dialect, keys)
-        cursor = self._driver_cursor()
+        if not self._open:
+            self._begin()
+        cursor = self._cursor
         params: Any
         try:
             if dialect.name == "postgresql":
                 params = {f"c{i}": [row[key] for row in rows] for i, key in enumerate(keys)}
                 cursor.execute(sql, params)
             elif order is not None:
+                if len(rows) == 1:
+                    row = rows[0]
+                    cursor.execute(sql, tuple([row[name] for name in order]))
+                    return
                 pick = itemgetter(*order)
                 params = [pick(row) for row in rows] if len(order) > 1 else [
                     (row[order[0]],) for row in rows
@@ -351,20 +297,63 @@ class Transaction:
             else:
                 params = list(rows)
                 cursor.executemany(sql, params)
-        except dialect.loaded_dbapi.Error as error:
+        except self._error as error:
             raise self._driver_error(sql, None, error) from None
 
-    def _driver_cursor(self) -> Any:
-        # The driver's own cursor, in the transaction SQLAlchemy began on this connection
-        # (begun again after a commit, as SQLAlchemy's own execute would).
-        if not self.connection.in_transaction():
-            self.connection.begin()
-        if self._cursor is None:
-            self._cursor = self.connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        return self._cursor
+    # -- the transaction ------------------------------------------------------------------
+
+    def commit(self) -> None:
+        connection = self._connection
+        try:
+            if connection is not None and connection.in_transaction():
+                connection.commit()  # commits the driver, and SQLAlchemy knows it
+            else:
+                self._driver.commit()
+        except DBAPIError as error:
+            raise _translated(error) from None
+        except self._error as error:
+            raise self._driver_error("COMMIT", None, error) from None
+        self._open = False
+
+    def close(self) -> None:
+        """Roll back what was not committed and give the connection back to the pool."""
+        try:
+            if self._open:
+                connection = self._connection
+                if connection is not None and connection.in_transaction():
+                    connection.rollback()
+                else:
+                    self._driver.rollback()
+                self._open = False
+        finally:
+            self._cursor.close()
+            self._pooled.close()
+
+    def _begin(self) -> None:
+        if self._begin_sql is not None:
+            try:
+                self._cursor.execute(self._begin_sql)
+            except self._error as error:
+                raise self._driver_error(self._begin_sql, None, error) from None
+        self._open = True
+
+    @property
+    def connection(self) -> Connection:
+        """A SQLAlchemy connection in this transaction, for statements it should run."""
+        return self._sqlalchemy()
+
+    def _sqlalchemy(self) -> Connection:
+        # SQLAlchemy begins its own transaction on first execute; the begin listener sees the
+        # driver already in ours and leaves it be.
+        if not self._open:
+            self._begin()
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = Connection(self._engine, self._pooled)
+        return connection
 
     def _driver_error(self, sql: str, params: Any, error: Exception) -> Exception:
-        wrapped = DBAPIError.instance(sql, params, error, self._dialect.loaded_dbapi.Error)
+        wrapped = DBAPIError.instance(sql, params, error, self._error)
         return _translated(wrapped) if isinstance(wrapped, DBAPIError) else wrapped
 
 

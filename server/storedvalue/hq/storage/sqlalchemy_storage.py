@@ -9,9 +9,8 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 
 from storedvalue.hq.services.unit_of_work import (
     CardRepository,
@@ -33,12 +32,7 @@ from storedvalue.hq.storage.configuration_repositories import (
     SqlRequestLog,
     SqlTerminalRepository,
 )
-from storedvalue.hq.storage.database import (
-    WRITE_OPTION,
-    Transaction,
-    as_concurrent_update,
-    open_engine,
-)
+from storedvalue.hq.storage.database import Transaction, open_engine
 from storedvalue.hq.storage.offline_repositories import (
     SqlOfflineExceptionRepository,
     SqlOfflineRecordRepository,
@@ -81,25 +75,10 @@ class SqlUnitOfWork:
     def __init__(self, engine: Engine, *, write: bool) -> None:
         self._engine = engine
         self._write = write
-        self._connection: Connection | None = None
+        self._tx: Transaction | None = None
 
     def __enter__(self) -> Self:
-        connection = self._engine.connect()
-        try:
-            if self._write:
-                connection.execution_options(**{WRITE_OPTION: True})
-            connection.begin()
-        except DBAPIError as error:
-            connection.close()
-            race = as_concurrent_update(error)
-            if race is None:
-                raise
-            raise race from None
-        except BaseException:
-            connection.close()
-            raise
-        self._connection = connection
-        tx = Transaction(connection)
+        tx = self._tx = Transaction(self._engine, write=self._write)
         self.cards = SqlCardRepository(tx)
         self.journal = SqlJournalRepository(tx)
         self.redemptions = SqlRedemptionRepository(tx)
@@ -116,22 +95,11 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        try:
-            if connection.in_transaction():
-                connection.rollback()
-        finally:
-            connection.close()
+        tx, self._tx = self._tx, None
+        if tx is not None:
+            tx.close()
 
     def commit(self) -> None:
-        if self._connection is None:
+        if self._tx is None:
             raise RuntimeError("commit() outside the unit of work's `with` block")
-        try:
-            self._connection.commit()
-        except DBAPIError as error:
-            race = as_concurrent_update(error)
-            if race is None:
-                raise
-            raise race from None
+        self._tx.commit()
