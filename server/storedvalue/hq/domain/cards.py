@@ -37,7 +37,21 @@ class CardStatus(enum.Enum):
     REDEEMED = "REDEEMED"
 
 
+# Luhn doubles every other digit (from the right) and sums the doubled value's digits.
+_LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")
+
+
 def luhn_check_digit(payload: str) -> str:
+    if payload.isascii() and payload.isdigit():
+        # The digit sum of ASCII digits is their byte sum less 48 ("0") each: a few C calls
+        # instead of a Python loop; every card number HQ sees goes through here.
+        backwards = payload[::-1]
+        total = (
+            sum(backwards[::2].translate(_LUHN_DOUBLED).encode())
+            + sum(backwards[1::2].encode())
+            - 48 * len(backwards)
+        )
+        return str(-total % 10)
     total = 0
     for index, char in enumerate(reversed(payload)):
         digit = int(char)

@@ -7,10 +7,8 @@ touched, so each item is all-or-nothing even when a batch shares one database tr
 
 from __future__ import annotations
 
-import enum
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from storedvalue.hq.domain.cards import Card, CardKind, is_valid_card_number, issue_card
@@ -21,165 +19,22 @@ from storedvalue.hq.domain.errors import (
     InvalidField,
     StoredValueError,
 )
-from storedvalue.hq.domain.money import Money, positive_money
+from storedvalue.hq.domain.money import MAX_AMOUNT_MINOR, Money, positive_money
+from storedvalue.hq.domain.offline_transactions import (
+    OfflineBatchPlan,
+    OfflineException,
+    OfflineExceptionKind,
+    OfflineLineOutcome,
+    OfflineLineResult,
+    OfflineOutcome,
+    OfflineRecord,
+    OfflineRedeemLine,
+    OfflineTransaction,
+    OfflineTransactionResult,
+    OfflineUnlock,
+    Redemption,
+)
 from storedvalue.hq.domain.parameters import Parameters
-
-
-@dataclass(frozen=True, slots=True)
-class OfflineRedeemLine:
-    line_id: str
-    card_number: str
-    card_kind: CardKind | None
-    amount: Money | None
-    fencing_token: int = 0
-    online_redeem_attempted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class OfflineUnlock:
-    card_number: str
-    transaction_id: str
-    fencing_token: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class OfflineTransaction:
-    transaction_id: str
-    sequence_number: int
-    completed_at: datetime | None
-    parameters_version: int
-    redeem_lines: tuple[OfflineRedeemLine, ...] = ()
-    unlocks: tuple[OfflineUnlock, ...] = ()
-    # Digest of the transaction's content as received; the same id with another digest is a
-    # conflicting resend.
-    fingerprint: bytes = b""
-
-    @property
-    def card_numbers(self) -> set[str]:
-        return {line.card_number for line in self.redeem_lines} | {
-            unlock.card_number for unlock in self.unlocks
-        }
-
-
-class OfflineOutcome(enum.Enum):
-    APPLIED = "APPLIED"
-    ALREADY_APPLIED = "ALREADY_APPLIED"
-    APPLIED_WITH_EXCEPTION = "APPLIED_WITH_EXCEPTION"
-    REJECTED = "REJECTED"
-
-
-class OfflineLineOutcome(enum.Enum):
-    APPLIED = "APPLIED"
-    ALREADY_REDEEMED_ONLINE = "ALREADY_REDEEMED_ONLINE"
-    APPLIED_WITH_EXCEPTION = "APPLIED_WITH_EXCEPTION"
-    REJECTED = "REJECTED"
-
-
-class OfflineExceptionKind(enum.Enum):
-    OVERDRAFT = "OVERDRAFT"
-    OFFLINE_NOT_ALLOWED = "OFFLINE_NOT_ALLOWED"
-    LOCK_NOT_HELD = "LOCK_NOT_HELD"
-    REJECTED = "REJECTED"
-    CONFLICT = "CONFLICT"
-
-
-@dataclass(frozen=True, slots=True)
-class OfflineLineResult:
-    line_id: str
-    outcome: OfflineLineOutcome
-    reason: str = ""
-    balance_after: Money | None = None
-    remainder_credit_memo_number: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class OfflineTransactionResult:
-    transaction_id: str
-    sequence_number: int
-    outcome: OfflineOutcome
-    original_outcome: OfflineOutcome
-    reason: str = ""
-    message: str = ""
-    line_results: tuple[OfflineLineResult, ...] = ()
-    exception_ids: tuple[str, ...] = ()
-
-    def as_redelivery(self) -> OfflineTransactionResult:
-        """What a resend of the same transaction gets: its first outcome, nothing new."""
-        return OfflineTransactionResult(
-            transaction_id=self.transaction_id,
-            sequence_number=self.sequence_number,
-            outcome=OfflineOutcome.ALREADY_APPLIED,
-            original_outcome=self.original_outcome,
-            reason=self.reason,
-            message=self.message,
-            line_results=self.line_results,
-            exception_ids=self.exception_ids,
-        )
-
-
-@dataclass(slots=True)
-class OfflineException:
-    exception_id: str
-    kind: OfflineExceptionKind
-    terminal_id: str
-    transaction_id: str
-    line_id: str
-    card_number: str
-    amount: Money | None
-    reason: str
-    message: str
-    created_at: datetime
-    resolved_at: datetime | None = None
-    resolved_by: str = ""
-    resolution: str = ""
-    # For REJECTED and CONFLICT: the transaction as received, kept for review.
-    transaction: OfflineTransaction | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.resolved_at is None
-
-
-@dataclass(frozen=True, slots=True)
-class Redemption:
-    """A redeem line applied at HQ, online or at sync; the key that makes lines apply once."""
-
-    terminal_id: str
-    transaction_id: str
-    line_id: str
-    card_number: str
-    amount_minor: int
-    currency: str
-    remainder_card_number: str
-    offline: bool
-    recorded_at: datetime
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.terminal_id, self.transaction_id, self.line_id)
-
-
-@dataclass(frozen=True, slots=True)
-class OfflineRecord:
-    """An offline transaction HQ has taken (applied or kept as rejected), with its result."""
-
-    terminal_id: str
-    transaction_id: str
-    sequence_number: int
-    fingerprint: bytes
-    result: OfflineTransactionResult
-    received_at: datetime
-
-
-@dataclass(slots=True)
-class OfflineBatchPlan:
-    """Everything applying a batch changes, for the service layer to persist at once."""
-
-    results: list[OfflineTransactionResult] = field(default_factory=list)
-    records: list[OfflineRecord] = field(default_factory=list)
-    new_cards: list[Card] = field(default_factory=list)
-    redemptions: list[Redemption] = field(default_factory=list)
-    exceptions: list[OfflineException] = field(default_factory=list)
 
 
 def new_exception_id() -> str:
@@ -197,19 +52,28 @@ def validate_offline_envelope(txn: OfflineTransaction, index: int) -> None:
 
 
 def _validate_content(txn: OfflineTransaction) -> None:
+    # Field names are only formatted for an error: this runs for every line HQ applies.
     if txn.completed_at is None:
         raise InvalidField("completed_at", "is required")
     seen: set[str] = set()
     for i, line in enumerate(txn.redeem_lines):
-        where = f"redeem_lines[{i}]"
-        if not line.line_id or len(line.line_id) > 128:
-            raise InvalidField(f"{where}.line_id", "is required, at most 128 characters")
-        if line.line_id in seen:
-            raise InvalidField(f"{where}.line_id", "is repeated in the transaction")
-        seen.add(line.line_id)
+        line_id = line.line_id
+        if not line_id or len(line_id) > 128:
+            raise InvalidField(f"redeem_lines[{i}].line_id", "is required, at most 128 characters")
+        if line_id in seen:
+            raise InvalidField(f"redeem_lines[{i}].line_id", "is repeated in the transaction")
+        seen.add(line_id)
         if not is_valid_card_number(line.card_number):
-            raise InvalidCardNumber(f"{where}.card_number")
-        positive_money(line.amount, f"{where}.amount")
+            raise InvalidCardNumber(f"redeem_lines[{i}].card_number")
+        amount = line.amount
+        if (
+            amount is None
+            or not 0 < amount.amount_minor <= MAX_AMOUNT_MINOR
+            or len(currency := amount.currency) != 3
+            or not (currency.isascii() and currency.isalpha() and currency.isupper())
+        ):
+            # Anything short of plainly valid gets the full check and its exact error.
+            positive_money(amount, f"redeem_lines[{i}].amount")
     for i, unlock in enumerate(txn.unlocks):
         if not is_valid_card_number(unlock.card_number):
             raise InvalidCardNumber(f"unlocks[{i}].card_number")
@@ -281,9 +145,9 @@ def plan_offline_batch(
 def _check_cards(txn: OfflineTransaction, cards: Mapping[str, Card]) -> None:
     # Only debits need a known card. An unlock of an unknown card releases nothing (a till
     # whose LockCard never reached HQ queues one), so it must not reject a real sale.
-    for number in sorted({line.card_number for line in txn.redeem_lines}):
-        if number not in cards:
-            raise CardNotFound(number)
+    missing = [line.card_number for line in txn.redeem_lines if line.card_number not in cards]
+    if missing:
+        raise CardNotFound(min(missing))
     for line in txn.redeem_lines:
         card = cards[line.card_number]
         assert line.amount is not None  # validated
@@ -452,3 +316,22 @@ def _keep_for_review(
     plan.exceptions.append(exc)
     return exc
 
+
+# The types are re-exported: callers import the whole offline vocabulary from here.
+__all__ = [
+    "OfflineBatchPlan",
+    "OfflineException",
+    "OfflineExceptionKind",
+    "OfflineLineOutcome",
+    "OfflineLineResult",
+    "OfflineOutcome",
+    "OfflineRecord",
+    "OfflineRedeemLine",
+    "OfflineTransaction",
+    "OfflineTransactionResult",
+    "OfflineUnlock",
+    "Redemption",
+    "new_exception_id",
+    "plan_offline_batch",
+    "validate_offline_envelope",
+]

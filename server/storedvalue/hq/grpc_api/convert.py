@@ -8,7 +8,7 @@ value that would look like a real amount or time.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -18,7 +18,9 @@ from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineException,
+    OfflineLineOutcome,
     OfflineLineResult,
+    OfflineOutcome,
     OfflineRedeemLine,
     OfflineTransaction,
     OfflineTransactionResult,
@@ -67,8 +69,18 @@ def optional_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None
     return None if value is None else timestamp(value)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Timestamp's documented range, 0001-01-01 to 9999-12-31 (UTC).
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
 def datetime_of(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+    seconds, nanos = ts.seconds, ts.nanos
+    if _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000:
+        # What ToDatetime computes, without its Python-level checks (every offline
+        # transaction carries a timestamp).
+        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return ts.ToDatetime(tzinfo=UTC)  # out of range: its error
 
 
 def money_to_proto(money: Money) -> common_pb2.Money:
@@ -79,21 +91,21 @@ def money_from_proto(money: common_pb2.Money) -> Money:
     return Money(amount_minor=money.amount_minor, currency=money.currency_code)
 
 
+_CARD_KINDS_BY_PROTO = {
+    common_pb2.CardKind.Value("CARD_KIND_" + kind.value): kind for kind in CardKind
+}
+_CARD_KINDS_TO_PROTO = {kind: value for value, kind in _CARD_KINDS_BY_PROTO.items()}
+
+
 def card_kind_from_proto(kind: common_pb2.CardKind.ValueType) -> CardKind | None:
     """CARD_KIND_UNSPECIFIED (or a value this HQ does not know) is None."""
-    if kind == common_pb2.CARD_KIND_UNSPECIFIED:
-        return None
-    try:
-        name = common_pb2.CardKind.Name(kind).removeprefix("CARD_KIND_")
-    except ValueError:
-        return None
-    return CardKind(name)
+    return _CARD_KINDS_BY_PROTO.get(kind)
 
 
 def card_kind_to_proto(kind: CardKind | None) -> common_pb2.CardKind.ValueType:
     if kind is None:
         return common_pb2.CARD_KIND_UNSPECIFIED
-    return common_pb2.CardKind.Value("CARD_KIND_" + kind.value)
+    return _CARD_KINDS_TO_PROTO[kind]
 
 
 # -- cards and locks -----------------------------------------------------------------------
@@ -223,16 +235,20 @@ def offline_transaction_to_proto(txn: OfflineTransaction) -> offline_pb2.Offline
     )
 
 
-def _outcome(value: str) -> offline_pb2.OfflineOutcome.ValueType:
-    return offline_pb2.OfflineOutcome.Value("OFFLINE_OUTCOME_" + value)
+_OUTCOMES = {
+    outcome: offline_pb2.OfflineOutcome.Value("OFFLINE_OUTCOME_" + outcome.value)
+    for outcome in OfflineOutcome
+}
+_LINE_OUTCOMES = {
+    outcome: offline_pb2.OfflineLineOutcome.Value("OFFLINE_LINE_OUTCOME_" + outcome.value)
+    for outcome in OfflineLineOutcome
+}
 
 
 def offline_line_result_to_proto(result: OfflineLineResult) -> offline_pb2.OfflineLineResult:
     return offline_pb2.OfflineLineResult(
         line_id=result.line_id,
-        outcome=offline_pb2.OfflineLineOutcome.Value(
-            "OFFLINE_LINE_OUTCOME_" + result.outcome.value
-        ),
+        outcome=_LINE_OUTCOMES[result.outcome],
         reason=result.reason,
         balance_after=(
             money_to_proto(result.balance_after) if result.balance_after is not None else None
@@ -247,8 +263,8 @@ def offline_result_to_proto(
     return offline_pb2.OfflineTransactionResult(
         transaction_id=result.transaction_id,
         sequence_number=result.sequence_number,
-        outcome=_outcome(result.outcome.value),
-        original_outcome=_outcome(result.original_outcome.value),
+        outcome=_OUTCOMES[result.outcome],
+        original_outcome=_OUTCOMES[result.original_outcome],
         reason=result.reason,
         message=result.message,
         line_results=[offline_line_result_to_proto(line) for line in result.line_results],

@@ -84,7 +84,8 @@ class OfflineService:
             terminal = uow.terminals.get_for_update(terminal_id)
             if terminal is None:
                 raise TerminalNotFound(terminal_id)
-            numbers = set().union(*(txn.card_numbers for txn in batch)) if batch else set()
+            numbers = {line.card_number for txn in batch for line in txn.redeem_lines}
+            numbers.update(unlock.card_number for txn in batch for unlock in txn.unlocks)
             cards = uow.cards.get_many_for_update(numbers)
             txn_ids = {txn.transaction_id for txn in batch}
             known = uow.offline.get_many(terminal_id, txn_ids)

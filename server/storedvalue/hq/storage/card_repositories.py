@@ -13,7 +13,9 @@ from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.storage import rows
-from storedvalue.hq.storage.database import BulkWrite, Query, Transaction, in_chunks
+from storedvalue.hq.storage.database import Transaction
+from storedvalue.hq.storage.key_lookups import KeyLookup, fetch_by_keys
+from storedvalue.hq.storage.statements import BulkWrite, Query, in_chunks
 from storedvalue.hq.storage.tables import cards, journal, redemptions
 
 _CARD_SELECT = select(cards).where(cards.c.card_number == bindparam("card_number"))
@@ -21,11 +23,12 @@ _CARD = Query(_CARD_SELECT)
 _CARD_FOR_UPDATE = Query(_CARD_SELECT.with_for_update())
 # ORDER BY under FOR UPDATE: PostgreSQL locks the rows in that order, so two batches
 # touching the same cards cannot deadlock.
-_CARDS_FOR_UPDATE = (
+_CARDS_FOR_UPDATE = KeyLookup(
     select(cards)
     .where(cards.c.card_number.in_(bindparam("numbers", expanding=True)))
     .order_by(cards.c.card_number)
-    .with_for_update()
+    .with_for_update(),
+    "numbers",
 )
 _INSERT_CARDS = BulkWrite(insert(cards))
 _SAVE_CARDS = BulkWrite(
@@ -34,9 +37,12 @@ _SAVE_CARDS = BulkWrite(
 
 _INSERT_ENTRIES = BulkWrite(insert(journal))
 
-_REDEMPTIONS = select(redemptions).where(
-    redemptions.c.terminal_id == bindparam("terminal_id"),
-    redemptions.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
+_REDEMPTIONS = KeyLookup(
+    select(redemptions).where(
+        redemptions.c.terminal_id == bindparam("terminal_id"),
+        redemptions.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
+    ),
+    "transaction_ids",
 )
 _REDEMPTION = Query(
     select(redemptions).where(
@@ -63,7 +69,7 @@ class SqlCardRepository:
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
         found: dict[str, Card] = {}
         for chunk in in_chunks(card_numbers):
-            for row in self._tx.rows(_CARDS_FOR_UPDATE, {"numbers": chunk}):
+            for row in fetch_by_keys(self._tx, _CARDS_FOR_UPDATE, chunk, {}):
                 found[row.card_number] = rows.card_from_row(row)
         return found
 
@@ -141,8 +147,8 @@ class SqlRedemptionRepository:
         found: dict[tuple[str, str, str], Redemption] = {}
         for terminal_id, transaction_ids in sorted(by_terminal.items()):
             for chunk in in_chunks(transaction_ids):
-                params = {"terminal_id": terminal_id, "transaction_ids": chunk}
-                for row in self._tx.rows(_REDEMPTIONS, params):
+                params = {"terminal_id": terminal_id}
+                for row in fetch_by_keys(self._tx, _REDEMPTIONS, chunk, params):
                     redemption = rows.redemption_from_row(row)
                     if redemption.key in wanted:
                         found[redemption.key] = redemption

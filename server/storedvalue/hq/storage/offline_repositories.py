@@ -9,18 +9,24 @@ from sqlalchemy import bindparam, func, insert, select, update
 from storedvalue.hq.domain.errors import InvalidField
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord
 from storedvalue.hq.storage import rows
-from storedvalue.hq.storage.database import BulkWrite, Transaction, in_chunks
+from storedvalue.hq.storage.database import Transaction
+from storedvalue.hq.storage.key_lookups import KeyLookup, fetch_by_keys
+from storedvalue.hq.storage.statements import BulkWrite, in_chunks
 from storedvalue.hq.storage.tables import offline_exceptions, offline_records
 
-_RECORDS = select(offline_records).where(
-    offline_records.c.terminal_id == bindparam("terminal_id"),
-    offline_records.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
+_RECORDS = KeyLookup(
+    select(offline_records).where(
+        offline_records.c.terminal_id == bindparam("terminal_id"),
+        offline_records.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
+    ),
+    "transaction_ids",
 )
-_SEQUENCE_OWNERS = select(
-    offline_records.c.sequence_number, offline_records.c.transaction_id
-).where(
-    offline_records.c.terminal_id == bindparam("terminal_id"),
-    offline_records.c.sequence_number.in_(bindparam("sequence_numbers", expanding=True)),
+_SEQUENCE_OWNERS = KeyLookup(
+    select(offline_records.c.sequence_number, offline_records.c.transaction_id).where(
+        offline_records.c.terminal_id == bindparam("terminal_id"),
+        offline_records.c.sequence_number.in_(bindparam("sequence_numbers", expanding=True)),
+    ),
+    "sequence_numbers",
 )
 _SEQUENCES_ABOVE = (
     select(offline_records.c.sequence_number)
@@ -65,8 +71,8 @@ class SqlOfflineRecordRepository:
     ) -> dict[str, OfflineRecord]:
         found: dict[str, OfflineRecord] = {}
         for chunk in in_chunks(transaction_ids):
-            params = {"terminal_id": terminal_id, "transaction_ids": chunk}
-            for row in self._tx.rows(_RECORDS, params):
+            params = {"terminal_id": terminal_id}
+            for row in fetch_by_keys(self._tx, _RECORDS, chunk, params):
                 found[row.transaction_id] = rows.offline_record_from_row(row)
         return found
 
@@ -75,8 +81,8 @@ class SqlOfflineRecordRepository:
     ) -> dict[int, str]:
         owners: dict[int, str] = {}
         for chunk in in_chunks(sequence_numbers):
-            params = {"terminal_id": terminal_id, "sequence_numbers": chunk}
-            for row in self._tx.rows(_SEQUENCE_OWNERS, params):
+            params = {"terminal_id": terminal_id}
+            for row in fetch_by_keys(self._tx, _SEQUENCE_OWNERS, chunk, params):
                 owners[row.sequence_number] = row.transaction_id
         return owners
 

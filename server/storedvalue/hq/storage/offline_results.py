@@ -10,6 +10,7 @@ JSON object) are still read.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from storedvalue.hq import records
@@ -21,34 +22,35 @@ from storedvalue.hq.domain.offline import (
     OfflineTransactionResult,
 )
 
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+_string = encode_basestring_ascii  # what json.dumps(ensure_ascii=True) writes for a str
 
 
 def dumps(result: OfflineTransactionResult) -> str:
     """[transaction_id, sequence_number, outcome, original_outcome, reason, message,
     [[line_id, outcome, reason, balance minor|null, balance currency|null, memo], ...],
-    [exception_id, ...]]"""
+    [exception_id, ...]]
+
+    Written piece by piece with the C string encoder: byte for byte what
+    `json.dumps(..., separators=(",", ":"))` writes, at a fraction of its per-call cost.
+    (`_value_` is the attribute behind an enum member's `value` property.)"""
     lines = []
     for line in result.line_results:
         balance = line.balance_after
-        lines.append([
-            line.line_id,
-            line.outcome.value,
-            line.reason,
-            None if balance is None else balance.amount_minor,
-            None if balance is None else balance.currency,
-            line.remainder_credit_memo_number,
-        ])
-    return _compact([
-        result.transaction_id,
-        result.sequence_number,
-        result.outcome.value,
-        result.original_outcome.value,
-        result.reason,
-        result.message,
-        lines,
-        list(result.exception_ids),
-    ])
+        if balance is None:
+            money = "null,null"
+        else:
+            money = f"{int(balance.amount_minor)},{_string(balance.currency)}"
+        lines.append(
+            f"[{_string(line.line_id)},{_string(line.outcome._value_)},"
+            f"{_string(line.reason)},{money},{_string(line.remainder_credit_memo_number)}]"
+        )
+    exception_ids = ",".join([_string(exception_id) for exception_id in result.exception_ids])
+    return (
+        f"[{_string(result.transaction_id)},{int(result.sequence_number)},"
+        f"{_string(result.outcome._value_)},{_string(result.original_outcome._value_)},"
+        f"{_string(result.reason)},{_string(result.message)},[{','.join(lines)}],"
+        f"[{exception_ids}]]"
+    )
 
 
 def loads(text: str) -> OfflineTransactionResult:

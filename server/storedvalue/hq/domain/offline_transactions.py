@@ -1,0 +1,170 @@
+"""What an offline transaction is, and what HQ made of it: the records of exactly-once sync.
+
+Plain data; the rules that produce the results live in `storedvalue.hq.domain.offline`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from storedvalue.hq.domain.cards import Card, CardKind
+from storedvalue.hq.domain.money import Money
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineRedeemLine:
+    line_id: str
+    card_number: str
+    card_kind: CardKind | None
+    amount: Money | None
+    fencing_token: int = 0
+    online_redeem_attempted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineUnlock:
+    card_number: str
+    transaction_id: str
+    fencing_token: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineTransaction:
+    transaction_id: str
+    sequence_number: int
+    completed_at: datetime | None
+    parameters_version: int
+    redeem_lines: tuple[OfflineRedeemLine, ...] = ()
+    unlocks: tuple[OfflineUnlock, ...] = ()
+    # Digest of the transaction's content as received; the same id with another digest is a
+    # conflicting resend.
+    fingerprint: bytes = b""
+
+    @property
+    def card_numbers(self) -> set[str]:
+        return {line.card_number for line in self.redeem_lines} | {
+            unlock.card_number for unlock in self.unlocks
+        }
+
+
+class OfflineOutcome(enum.Enum):
+    APPLIED = "APPLIED"
+    ALREADY_APPLIED = "ALREADY_APPLIED"
+    APPLIED_WITH_EXCEPTION = "APPLIED_WITH_EXCEPTION"
+    REJECTED = "REJECTED"
+
+
+class OfflineLineOutcome(enum.Enum):
+    APPLIED = "APPLIED"
+    ALREADY_REDEEMED_ONLINE = "ALREADY_REDEEMED_ONLINE"
+    APPLIED_WITH_EXCEPTION = "APPLIED_WITH_EXCEPTION"
+    REJECTED = "REJECTED"
+
+
+class OfflineExceptionKind(enum.Enum):
+    OVERDRAFT = "OVERDRAFT"
+    OFFLINE_NOT_ALLOWED = "OFFLINE_NOT_ALLOWED"
+    LOCK_NOT_HELD = "LOCK_NOT_HELD"
+    REJECTED = "REJECTED"
+    CONFLICT = "CONFLICT"
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineLineResult:
+    line_id: str
+    outcome: OfflineLineOutcome
+    reason: str = ""
+    balance_after: Money | None = None
+    remainder_credit_memo_number: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineTransactionResult:
+    transaction_id: str
+    sequence_number: int
+    outcome: OfflineOutcome
+    original_outcome: OfflineOutcome
+    reason: str = ""
+    message: str = ""
+    line_results: tuple[OfflineLineResult, ...] = ()
+    exception_ids: tuple[str, ...] = ()
+
+    def as_redelivery(self) -> OfflineTransactionResult:
+        """What a resend of the same transaction gets: its first outcome, nothing new."""
+        return OfflineTransactionResult(
+            transaction_id=self.transaction_id,
+            sequence_number=self.sequence_number,
+            outcome=OfflineOutcome.ALREADY_APPLIED,
+            original_outcome=self.original_outcome,
+            reason=self.reason,
+            message=self.message,
+            line_results=self.line_results,
+            exception_ids=self.exception_ids,
+        )
+
+
+@dataclass(slots=True)
+class OfflineException:
+    exception_id: str
+    kind: OfflineExceptionKind
+    terminal_id: str
+    transaction_id: str
+    line_id: str
+    card_number: str
+    amount: Money | None
+    reason: str
+    message: str
+    created_at: datetime
+    resolved_at: datetime | None = None
+    resolved_by: str = ""
+    resolution: str = ""
+    # For REJECTED and CONFLICT: the transaction as received, kept for review.
+    transaction: OfflineTransaction | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    """A redeem line applied at HQ, online or at sync; the key that makes lines apply once."""
+
+    terminal_id: str
+    transaction_id: str
+    line_id: str
+    card_number: str
+    amount_minor: int
+    currency: str
+    remainder_card_number: str
+    offline: bool
+    recorded_at: datetime
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.terminal_id, self.transaction_id, self.line_id)
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineRecord:
+    """An offline transaction HQ has taken (applied or kept as rejected), with its result."""
+
+    terminal_id: str
+    transaction_id: str
+    sequence_number: int
+    fingerprint: bytes
+    result: OfflineTransactionResult
+    received_at: datetime
+
+
+@dataclass(slots=True)
+class OfflineBatchPlan:
+    """Everything applying a batch changes, for the service layer to persist at once."""
+
+    results: list[OfflineTransactionResult] = field(default_factory=list)
+    records: list[OfflineRecord] = field(default_factory=list)
+    new_cards: list[Card] = field(default_factory=list)
+    redemptions: list[Redemption] = field(default_factory=list)
+    exceptions: list[OfflineException] = field(default_factory=list)
