@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from storedvalue.hq.domain.cards import Card, Lock, validate_card_number, validate_id
 from storedvalue.hq.domain.errors import (
@@ -23,7 +24,7 @@ from storedvalue.hq.domain.terminals import (
 )
 from storedvalue.hq.services.cards import flush
 from storedvalue.hq.services.clock import Clock, utc_now
-from storedvalue.hq.services.idempotency import RequestKey, once
+from storedvalue.hq.services.idempotency import RequestKey, run_once
 from storedvalue.hq.services.offline import SyncStatus, sync_status
 from storedvalue.hq.services.transactions import run_in_transaction
 from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
@@ -96,20 +97,15 @@ class BackOfficeService:
         if not reason.strip():
             raise InvalidField("reason", "is required: say why the lock is forced")
 
-        def work(uow: UnitOfWork) -> ForcedUnlock:
-            now = self._clock()
+        def run(uow: UnitOfWork, now: datetime) -> ForcedUnlock:
+            card = uow.cards.get_for_update(card_number)
+            if card is None:
+                raise CardNotFound(card_number)
+            released = card.force_release(reason=reason.strip(), by=admin, now=now)
+            flush(uow, [card])
+            return ForcedUnlock(card=card.snapshot(now), released_lock=released)
 
-            def run() -> ForcedUnlock:
-                card = uow.cards.get_for_update(card_number)
-                if card is None:
-                    raise CardNotFound(card_number)
-                released = card.force_release(reason=reason.strip(), by=admin, now=now)
-                flush(uow, [card])
-                return ForcedUnlock(card=card.snapshot(now), released_lock=released)
-
-            return once(uow, key, ForcedUnlock, now, run)
-
-        return run_in_transaction(self._storage, work)
+        return run_once(self._storage, key, ForcedUnlock, self._clock, run)
 
     # -- offline exceptions -----------------------------------------------------------------
 
@@ -132,31 +128,26 @@ class BackOfficeService:
         if not resolution.strip():
             raise InvalidField("resolution", "is required: say what was done")
 
-        def work(uow: UnitOfWork) -> ResolvedException:
-            now = self._clock()
+        def run(uow: UnitOfWork, now: datetime) -> ResolvedException:
+            exc = uow.exceptions.get_for_update(exception_id)
+            if exc is None:
+                raise ExceptionNotFound(exception_id)
+            if not exc.is_open:
+                raise ExceptionAlreadyResolved(exception_id)
+            card = uow.cards.get_for_update(exc.card_number) if exc.card_number else None
+            exc.resolved_at = now
+            exc.resolved_by = admin
+            exc.resolution = resolution.strip()
+            uow.exceptions.save(exc)
+            if card is not None:
+                card.clear_flag_if_resolved(uow.exceptions.count_open_for_card(
+                    card.card_number))
+                flush(uow, [card])
+            return ResolvedException(
+                exception=exc, card=card.snapshot(now) if card is not None else None
+            )
 
-            def run() -> ResolvedException:
-                exc = uow.exceptions.get_for_update(exception_id)
-                if exc is None:
-                    raise ExceptionNotFound(exception_id)
-                if not exc.is_open:
-                    raise ExceptionAlreadyResolved(exception_id)
-                card = uow.cards.get_for_update(exc.card_number) if exc.card_number else None
-                exc.resolved_at = now
-                exc.resolved_by = admin
-                exc.resolution = resolution.strip()
-                uow.exceptions.save(exc)
-                if card is not None:
-                    card.clear_flag_if_resolved(uow.exceptions.count_open_for_card(
-                        card.card_number))
-                    flush(uow, [card])
-                return ResolvedException(
-                    exception=exc, card=card.snapshot(now) if card is not None else None
-                )
-
-            return once(uow, key, ResolvedException, now, run)
-
-        return run_in_transaction(self._storage, work)
+        return run_once(self._storage, key, ResolvedException, self._clock, run)
 
     # -- journal ----------------------------------------------------------------------------
 
@@ -181,23 +172,18 @@ class BackOfficeService:
         validate_terminal_id(terminal_id)
         token = new_bearer_token()
 
-        def work(uow: UnitOfWork) -> IssuedCredential:
-            now = self._clock()
+        def run(uow: UnitOfWork, now: datetime) -> IssuedCredential:
+            if uow.terminals.get_for_update(terminal_id) is not None:
+                raise TerminalAlreadyExists(terminal_id)
+            terminal = Terminal(
+                terminal_id=terminal_id, display_name=display_name or terminal_id,
+                token_hash=hash_token(token), registered_at=now, credential_issued_at=now,
+            )
+            uow.terminals.add(terminal)
+            view = TerminalView(_public(terminal), sync_status(uow, terminal))
+            return IssuedCredential(terminal=view, bearer_token="")
 
-            def run() -> IssuedCredential:
-                if uow.terminals.get_for_update(terminal_id) is not None:
-                    raise TerminalAlreadyExists(terminal_id)
-                terminal = Terminal(
-                    terminal_id=terminal_id, display_name=display_name or terminal_id,
-                    token_hash=hash_token(token), registered_at=now, credential_issued_at=now,
-                )
-                uow.terminals.add(terminal)
-                view = TerminalView(_public(terminal), sync_status(uow, terminal))
-                return IssuedCredential(terminal=view, bearer_token="")
-
-            return once(uow, key, IssuedCredential, now, run)
-
-        issued = run_in_transaction(self._storage, work)
+        issued = run_once(self._storage, key, IssuedCredential, self._clock, run)
         return self._reveal_if_new(issued, token)
 
     def rotate_credential(self, *, key: RequestKey, terminal_id: str) -> IssuedCredential:
@@ -205,22 +191,17 @@ class BackOfficeService:
         validate_terminal_id(terminal_id)
         token = new_bearer_token()
 
-        def work(uow: UnitOfWork) -> IssuedCredential:
-            now = self._clock()
+        def run(uow: UnitOfWork, now: datetime) -> IssuedCredential:
+            terminal = uow.terminals.get_for_update(terminal_id)
+            if terminal is None:
+                raise TerminalNotFound(terminal_id)
+            terminal.token_hash = hash_token(token)
+            terminal.credential_issued_at = now
+            uow.terminals.save(terminal)
+            view = TerminalView(_public(terminal), sync_status(uow, terminal))
+            return IssuedCredential(terminal=view, bearer_token="")
 
-            def run() -> IssuedCredential:
-                terminal = uow.terminals.get_for_update(terminal_id)
-                if terminal is None:
-                    raise TerminalNotFound(terminal_id)
-                terminal.token_hash = hash_token(token)
-                terminal.credential_issued_at = now
-                uow.terminals.save(terminal)
-                view = TerminalView(_public(terminal), sync_status(uow, terminal))
-                return IssuedCredential(terminal=view, bearer_token="")
-
-            return once(uow, key, IssuedCredential, now, run)
-
-        issued = run_in_transaction(self._storage, work)
+        issued = run_once(self._storage, key, IssuedCredential, self._clock, run)
         return self._reveal_if_new(issued, token)
 
     def _reveal_if_new(self, issued: IssuedCredential, token: str) -> IssuedCredential:

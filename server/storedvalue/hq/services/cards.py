@@ -20,7 +20,7 @@ from storedvalue.hq.domain.money import Money, positive_money
 from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.domain.parameters import DEFAULT_LOCK_LEASE
 from storedvalue.hq.services.clock import Clock, utc_now
-from storedvalue.hq.services.idempotency import RequestKey, once
+from storedvalue.hq.services.idempotency import RequestKey, run_once
 from storedvalue.hq.services.parameters import ParametersFeed
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import run_in_transaction
@@ -103,25 +103,20 @@ class CardService:
         validate_id(transaction_id, "transaction_id")
         self._throttle.check(terminal_id)
 
-        def work(uow: UnitOfWork) -> LockResult:
-            now = self._clock()
+        def run(uow: UnitOfWork, now: datetime) -> LockResult:
+            card = self._load_for_update(uow, card_number, caller=terminal_id)
+            feed = self._parameters_feed
+            params = feed.latest if feed is not None else None
+            if params is None:
+                params = uow.parameters.current()
+            lease = params.lock_lease if params is not None else DEFAULT_LOCK_LEASE
+            lock = card.acquire_lock(
+                terminal_id=terminal_id, transaction_id=transaction_id, now=now, lease=lease
+            )
+            flush(uow, [card])
+            return LockResult(lock=lock, card=card.snapshot(now))
 
-            def run() -> LockResult:
-                card = self._load_for_update(uow, card_number, caller=terminal_id)
-                feed = self._parameters_feed
-                params = feed.latest if feed is not None else None
-                if params is None:
-                    params = uow.parameters.current()
-                lease = params.lock_lease if params is not None else DEFAULT_LOCK_LEASE
-                lock = card.acquire_lock(
-                    terminal_id=terminal_id, transaction_id=transaction_id, now=now, lease=lease
-                )
-                flush(uow, [card])
-                return LockResult(lock=lock, card=card.snapshot(now))
-
-            return once(uow, key, LockResult, now, run)
-
-        return run_in_transaction(self._storage, work)
+        return run_once(self._storage, key, LockResult, self._clock, run)
 
     def unlock_card(
         self,
@@ -136,22 +131,17 @@ class CardService:
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
 
-        def work(uow: UnitOfWork) -> Card:
-            now = self._clock()
+        def run(uow: UnitOfWork, now: datetime) -> Card:
+            card = self._load_for_update(uow, card_number, caller=terminal_id)
+            card.release_lock(
+                terminal_id=terminal_id,
+                transaction_id=transaction_id,
+                fencing_token=fencing_token,
+            )
+            flush(uow, [card])
+            return card.snapshot(now)
 
-            def run() -> Card:
-                card = self._load_for_update(uow, card_number, caller=terminal_id)
-                card.release_lock(
-                    terminal_id=terminal_id,
-                    transaction_id=transaction_id,
-                    fencing_token=fencing_token,
-                )
-                flush(uow, [card])
-                return card.snapshot(now)
-
-            return once(uow, key, Card, now, run)
-
-        return run_in_transaction(self._storage, work)
+        return run_once(self._storage, key, Card, self._clock, run)
 
     # -- money ----------------------------------------------------------------------------
 
@@ -174,60 +164,55 @@ class CardService:
         validate_id(line_id, "line_id")
         money = positive_money(amount, "amount")
 
-        def work(uow: UnitOfWork) -> RedeemResult:
-            now = self._clock()
-
-            def run() -> RedeemResult:
-                card = self._load_for_update(uow, card_number, caller=terminal_id)
-                line_key = (terminal_id, transaction_id, line_id)
-                earlier = uow.redemptions.get_many([line_key]).get(line_key)
-                if earlier is not None:
-                    return self._replayed_line(uow, earlier, card, money, now)
-                remainder = card.redeem_online(
+        def run(uow: UnitOfWork, now: datetime) -> RedeemResult:
+            card = self._load_for_update(uow, card_number, caller=terminal_id)
+            line_key = (terminal_id, transaction_id, line_id)
+            earlier = uow.redemptions.get_many([line_key]).get(line_key)
+            if earlier is not None:
+                return self._replayed_line(uow, earlier, card, money, now)
+            remainder = card.redeem_online(
+                terminal_id=terminal_id,
+                transaction_id=transaction_id,
+                line_id=line_id,
+                fencing_token=fencing_token,
+                amount=money,
+                now=now,
+            )
+            memo = None
+            if remainder > 0:
+                memo = issue_card(
+                    card_number=self._new_card_number(),
+                    kind=CardKind.CREDIT_MEMO,
+                    value=Money(remainder, card.currency),
                     terminal_id=terminal_id,
                     transaction_id=transaction_id,
                     line_id=line_id,
-                    fencing_token=fencing_token,
-                    amount=money,
                     now=now,
+                    remainder_of=card,
                 )
-                memo = None
-                if remainder > 0:
-                    memo = issue_card(
-                        card_number=self._new_card_number(),
-                        kind=CardKind.CREDIT_MEMO,
-                        value=Money(remainder, card.currency),
-                        terminal_id=terminal_id,
-                        transaction_id=transaction_id,
-                        line_id=line_id,
-                        now=now,
-                        remainder_of=card,
-                    )
-                flush(uow, [card])
-                if memo is not None:
-                    add_new_cards(uow, [memo])
-                uow.redemptions.add([
-                    Redemption(
-                        terminal_id=terminal_id,
-                        transaction_id=transaction_id,
-                        line_id=line_id,
-                        card_number=card_number,
-                        amount_minor=money.amount_minor,
-                        currency=money.currency,
-                        remainder_card_number=memo.card_number if memo else "",
-                        offline=False,
-                        recorded_at=now,
-                    )
-                ])
-                return RedeemResult(
-                    card=card.snapshot(now),
-                    debited=money,
-                    remainder_credit_memo=memo.snapshot(now) if memo else None,
+            flush(uow, [card])
+            if memo is not None:
+                add_new_cards(uow, [memo])
+            uow.redemptions.add([
+                Redemption(
+                    terminal_id=terminal_id,
+                    transaction_id=transaction_id,
+                    line_id=line_id,
+                    card_number=card_number,
+                    amount_minor=money.amount_minor,
+                    currency=money.currency,
+                    remainder_card_number=memo.card_number if memo else "",
+                    offline=False,
+                    recorded_at=now,
                 )
+            ])
+            return RedeemResult(
+                card=card.snapshot(now),
+                debited=money,
+                remainder_credit_memo=memo.snapshot(now) if memo else None,
+            )
 
-            return once(uow, key, RedeemResult, now, run)
-
-        return run_in_transaction(self._storage, work)
+        return run_once(self._storage, key, RedeemResult, self._clock, run)
 
     def issue_card(
         self,
@@ -246,27 +231,22 @@ class CardService:
         if card_number:
             validate_card_number(card_number)
 
-        def work(uow: UnitOfWork) -> Card:
-            now = self._clock()
+        def run(uow: UnitOfWork, now: datetime) -> Card:
+            number = card_number or self._new_card_number()
+            if card_number and uow.cards.get_for_update(card_number) is not None:
+                raise CardAlreadyExists(card_number)
+            card = issue_card(
+                card_number=number,
+                kind=kind,
+                value=value,
+                terminal_id=terminal_id,
+                transaction_id=transaction_id,
+                now=now,
+            )
+            add_new_cards(uow, [card])
+            return card.snapshot(now)
 
-            def run() -> Card:
-                number = card_number or self._new_card_number()
-                if card_number and uow.cards.get_for_update(card_number) is not None:
-                    raise CardAlreadyExists(card_number)
-                card = issue_card(
-                    card_number=number,
-                    kind=kind,
-                    value=value,
-                    terminal_id=terminal_id,
-                    transaction_id=transaction_id,
-                    now=now,
-                )
-                add_new_cards(uow, [card])
-                return card.snapshot(now)
-
-            return once(uow, key, Card, now, run)
-
-        return run_in_transaction(self._storage, work)
+        return run_once(self._storage, key, Card, self._clock, run)
 
     def add_value(
         self,
@@ -281,20 +261,15 @@ class CardService:
         validate_card_number(card_number)
         money = positive_money(amount, "amount")
 
-        def work(uow: UnitOfWork) -> Card:
-            now = self._clock()
+        def run(uow: UnitOfWork, now: datetime) -> Card:
+            card = self._load_for_update(uow, card_number, caller=terminal_id)
+            card.add_value(
+                amount=money, terminal_id=terminal_id, transaction_id=transaction_id, now=now
+            )
+            flush(uow, [card])
+            return card.snapshot(now)
 
-            def run() -> Card:
-                card = self._load_for_update(uow, card_number, caller=terminal_id)
-                card.add_value(
-                    amount=money, terminal_id=terminal_id, transaction_id=transaction_id, now=now
-                )
-                flush(uow, [card])
-                return card.snapshot(now)
-
-            return once(uow, key, Card, now, run)
-
-        return run_in_transaction(self._storage, work)
+        return run_once(self._storage, key, Card, self._clock, run)
 
     # -- internals ------------------------------------------------------------------------
 

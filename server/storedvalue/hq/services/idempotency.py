@@ -12,7 +12,9 @@ from typing import TypeVar
 from storedvalue.hq import records
 from storedvalue.hq.domain.cards import validate_id
 from storedvalue.hq.domain.errors import RequestIdReused
-from storedvalue.hq.services.unit_of_work import StoredResponse, UnitOfWork
+from storedvalue.hq.services.clock import Clock
+from storedvalue.hq.services.transactions import run_in_transaction
+from storedvalue.hq.services.unit_of_work import Storage, StoredResponse, UnitOfWork
 
 T = TypeVar("T")
 
@@ -65,3 +67,20 @@ def once(
     result = run()
     remember(uow, key, result, now)
     return result
+
+
+def run_once(
+    storage: Storage,
+    key: RequestKey,
+    result_type: type[T],
+    clock: Clock,
+    run: Callable[[UnitOfWork, datetime], T],
+) -> T:
+    """A mutating use case: `run(uow, now)` in one database transaction (retried on a lost
+    race), exactly once per request id; its effect and its remembered result commit together."""
+
+    def work(uow: UnitOfWork) -> T:
+        now = clock()
+        return once(uow, key, result_type, now, lambda: run(uow, now))
+
+    return run_in_transaction(storage, work)

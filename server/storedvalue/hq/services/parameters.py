@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 
 from storedvalue.hq.domain.errors import ParametersVersionConflict
 from storedvalue.hq.domain.parameters import Parameters, ParametersChange, initial_parameters
 from storedvalue.hq.services.clock import Clock, utc_now
-from storedvalue.hq.services.idempotency import RequestKey, once
+from storedvalue.hq.services.idempotency import RequestKey, run_once
 from storedvalue.hq.services.transactions import run_in_transaction
 from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
 
@@ -110,20 +111,15 @@ class ParametersService:
                expected_version: int) -> Parameters:
         key.validate()
 
-        def work(uow: UnitOfWork) -> Parameters:
-            now = self._clock()
+        def run(uow: UnitOfWork, now: datetime) -> Parameters:
+            current = uow.parameters.current() or initial_parameters(now)
+            if expected_version and expected_version != current.version:
+                raise ParametersVersionConflict(expected_version, current.version)
+            new = change.apply_to(current, now=now, updated_by=updated_by)
+            uow.parameters.add(new)
+            return new
 
-            def run() -> Parameters:
-                current = uow.parameters.current() or initial_parameters(now)
-                if expected_version and expected_version != current.version:
-                    raise ParametersVersionConflict(expected_version, current.version)
-                new = change.apply_to(current, now=now, updated_by=updated_by)
-                uow.parameters.add(new)
-                return new
-
-            return once(uow, key, Parameters, now, run)
-
-        new = run_in_transaction(self._storage, work)
+        new = run_once(self._storage, key, Parameters, self._clock, run)
         self.feed.publish(new)
         return new
 
