@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from storedvalue.hq import records
-from storedvalue.hq.domain.cards import Card, CardKind, CardStatus
+from storedvalue.hq.domain.cards import Card, CardKind, CardStatus, luhn_check_digit
 from storedvalue.hq.domain.errors import StoredValueError
 from storedvalue.hq.domain.journal import JournalEntryKind, journal_balance
 from storedvalue.hq.domain.money import Money
@@ -50,8 +50,16 @@ class StoredValueMachine(RuleBasedStateMachine):
         self.now = START
         self.storage = self.open_storage()
         clock = lambda: self.now  # noqa: E731 - the services read the machine's clock
-        self.cards = CardService(self.storage, clock=clock)
-        self.offline = OfflineService(self.storage, clock=clock)
+        # Deterministic card numbers: hypothesis replays draws, and which card a draw picks
+        # must not depend on random numbers.
+        serials = itertools.count(1)
+
+        def new_card_number() -> str:
+            body = f"7{next(serials):014d}"
+            return body + luhn_check_digit(body)
+
+        self.cards = CardService(self.storage, clock=clock, new_card_number=new_card_number)
+        self.offline = OfflineService(self.storage, clock=clock, new_card_number=new_card_number)
         self.params = ParametersService(self.storage, clock=clock)
         self.back_office = BackOfficeService(self.storage, clock=clock)
         self.ids = itertools.count(1)
