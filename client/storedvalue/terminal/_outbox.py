@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from storedvalue.v1 import offline_pb2
 
@@ -19,8 +19,9 @@ from ._errors import SaleAlreadyCompleted
 from ._model import OutboxEntry, SyncOutcome, SyncReport
 
 
-@dataclass(frozen=True)
-class PendingItem:
+class PendingItem(NamedTuple):
+    """One outbox row (a tuple: a sync run reads hundreds per batch)."""
+
     sequence_number: int
     transaction_id: str
     payload: bytes
@@ -75,7 +76,7 @@ class Outbox:
                 "ORDER BY sequence_number LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [PendingItem(row[0], row[1], row[2]) for row in rows]
+        return list(map(PendingItem._make, rows))
 
     def __len__(self) -> int:
         with self._db.read() as conn:
@@ -112,20 +113,31 @@ class Outbox:
         """HQ durably took these items: drop them and keep the results worth a human's eye,
         all in one commit."""
         now = datetime.now(UTC).isoformat()
+        reports = [
+            (item.sequence_number, item.transaction_id, result.SerializeToString(), now)
+            for item, result in zip(items, results, strict=True)
+            if is_noteworthy(result)
+        ]
         with self._db.write() as conn:
-            conn.executemany(
-                "DELETE FROM outbox WHERE sequence_number = ?",
-                [(item.sequence_number,) for item in items],
-            )
-            conn.executemany(
-                "INSERT OR REPLACE INTO sync_reports "
-                "(sequence_number, transaction_id, result, recorded_at) VALUES (?, ?, ?, ?)",
-                [
-                    (item.sequence_number, item.transaction_id, result.SerializeToString(), now)
-                    for item, result in zip(items, results, strict=True)
-                    if is_noteworthy(result)
-                ],
-            )
+            if items:
+                numbers = {item.sequence_number for item in items}
+                first, last = min(numbers), max(numbers)
+                if last - first + 1 == len(numbers):
+                    # Distinct numbers filling first..last: the range is exactly these items.
+                    conn.execute(
+                        "DELETE FROM outbox WHERE sequence_number BETWEEN ? AND ?", (first, last)
+                    )
+                else:
+                    conn.executemany(
+                        "DELETE FROM outbox WHERE sequence_number = ?",
+                        [(item.sequence_number,) for item in items],
+                    )
+            if reports:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO sync_reports "
+                    "(sequence_number, transaction_id, result, recorded_at) VALUES (?, ?, ?, ?)",
+                    reports,
+                )
 
     def reports(self) -> list[SyncReport]:
         with self._db.read() as conn:

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -161,14 +162,17 @@ class SyncAgent:
                 break
             acknowledged = items[: len(results)]
             self._outbox.acknowledge(acknowledged, results)
-            for result in results:
-                field = _OUTCOME_FIELD[result.outcome]
-                setattr(tally, field, getattr(tally, field) + 1)
+            for outcome, count in Counter([result.outcome for result in results]).items():
+                field = _OUTCOME_FIELD[outcome]
+                setattr(tally, field, getattr(tally, field) + count)
             tally.sent += len(results)
             if len(results) < len(items):
                 error = UnexpectedError("HQ answered an offline transaction with no outcome")
                 break
-            total = max(total, tally.sent + len(self._outbox))
+            # Sequence numbers are assigned in order and leave the outbox oldest first: those
+            # above the last acknowledged one are what is left (no COUNT(*) per batch).
+            left = self._outbox.last_sequence_number() - acknowledged[-1].sequence_number
+            total = max(total, tally.sent + left)
             self._report_progress(tally.sent, total, started)
         if error is None and not self._stopping.is_set():
             error = self._release_pending_unlocks()

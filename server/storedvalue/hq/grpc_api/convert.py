@@ -78,8 +78,8 @@ def datetime_of(ts: timestamp_pb2.Timestamp) -> datetime:
     seconds, nanos = ts.seconds, ts.nanos
     if _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000:
         # What ToDatetime computes, without its Python-level checks (every offline
-        # transaction carries a timestamp).
-        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+        # transaction carries a timestamp). Positional: timedelta(days, seconds, micros).
+        return _EPOCH + timedelta(0, seconds, nanos // 1000)
     return ts.ToDatetime(tzinfo=UTC)  # out of range: its error
 
 
@@ -179,31 +179,46 @@ def sync_limits_to_proto(limits: SyncLimits) -> parameters_pb2.SyncLimits:
 
 
 def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> OfflineTransaction:
+    # Runs for every item of every batch: no generator per field, no empty tuples built.
+    lines = txn.redeem_lines
+    unlocks = txn.unlocks
     return OfflineTransaction(
         transaction_id=txn.transaction_id,
         sequence_number=txn.sequence_number,
         completed_at=datetime_of(txn.completed_at) if txn.HasField("completed_at") else None,
         parameters_version=txn.parameters_version,
-        redeem_lines=tuple(
-            OfflineRedeemLine(
-                line_id=line.line_id,
-                card_number=line.card_number,
-                card_kind=card_kind_from_proto(line.card_kind),
-                amount=money_from_proto(line.amount) if line.HasField("amount") else None,
-                fencing_token=line.fencing_token,
-                online_redeem_attempted=line.online_redeem_attempted,
+        redeem_lines=tuple([_redeem_line_from_proto(line) for line in lines]) if lines else (),
+        unlocks=(
+            tuple(
+                [
+                    OfflineUnlock(
+                        card_number=unlock.card_number,
+                        transaction_id=unlock.transaction_id,
+                        fencing_token=unlock.fencing_token,
+                    )
+                    for unlock in unlocks
+                ]
             )
-            for line in txn.redeem_lines
-        ),
-        unlocks=tuple(
-            OfflineUnlock(
-                card_number=unlock.card_number,
-                transaction_id=unlock.transaction_id,
-                fencing_token=unlock.fencing_token,
-            )
-            for unlock in txn.unlocks
+            if unlocks
+            else ()
         ),
         fingerprint=message_fingerprint(txn),
+    )
+
+
+def _redeem_line_from_proto(line: offline_pb2.OfflineRedeemLine) -> OfflineRedeemLine:
+    if line.HasField("amount"):
+        amount = line.amount
+        money: Money | None = Money(amount.amount_minor, amount.currency_code)
+    else:
+        money = None
+    return OfflineRedeemLine(
+        line_id=line.line_id,
+        card_number=line.card_number,
+        card_kind=_CARD_KINDS_BY_PROTO.get(line.card_kind),
+        amount=money,
+        fencing_token=line.fencing_token,
+        online_redeem_attempted=line.online_redeem_attempted,
     )
 
 
@@ -246,30 +261,57 @@ _LINE_OUTCOMES = {
 
 
 def offline_line_result_to_proto(result: OfflineLineResult) -> offline_pb2.OfflineLineResult:
-    return offline_pb2.OfflineLineResult(
-        line_id=result.line_id,
-        outcome=_LINE_OUTCOMES[result.outcome],
-        reason=result.reason,
-        balance_after=(
-            money_to_proto(result.balance_after) if result.balance_after is not None else None
-        ),
-        remainder_credit_memo_number=result.remainder_credit_memo_number,
-    )
+    message = offline_pb2.OfflineLineResult()
+    _fill_line_result(message, result)
+    return message
 
 
 def offline_result_to_proto(
     result: OfflineTransactionResult,
 ) -> offline_pb2.OfflineTransactionResult:
-    return offline_pb2.OfflineTransactionResult(
-        transaction_id=result.transaction_id,
-        sequence_number=result.sequence_number,
-        outcome=_OUTCOMES[result.outcome],
-        original_outcome=_OUTCOMES[result.original_outcome],
-        reason=result.reason,
-        message=result.message,
-        line_results=[offline_line_result_to_proto(line) for line in result.line_results],
-        exception_ids=list(result.exception_ids),
-    )
+    message = offline_pb2.OfflineTransactionResult()
+    fill_offline_result(message, result)
+    return message
+
+
+# Keyed by member name: an Enum member's hash is computed in Python, its name is a plain str.
+_OUTCOMES_BY_NAME = {outcome.name: value for outcome, value in _OUTCOMES.items()}
+_LINE_OUTCOMES_BY_NAME = {outcome.name: value for outcome, value in _LINE_OUTCOMES.items()}
+
+
+def fill_offline_result(
+    message: offline_pb2.OfflineTransactionResult, result: OfflineTransactionResult
+) -> None:
+    """Set an empty message (as from ``results.add()``) in place: no message built and copied
+    per result, which matters for a batch's hundreds of results."""
+    message.transaction_id = result.transaction_id
+    message.sequence_number = result.sequence_number
+    message.outcome = _OUTCOMES_BY_NAME[result.outcome._name_]
+    message.original_outcome = _OUTCOMES_BY_NAME[result.original_outcome._name_]
+    if result.reason:
+        message.reason = result.reason
+    if result.message:
+        message.message = result.message
+    if result.line_results:
+        add_line = message.line_results.add
+        for line in result.line_results:
+            _fill_line_result(add_line(), line)
+    if result.exception_ids:
+        message.exception_ids.extend(result.exception_ids)
+
+
+def _fill_line_result(message: offline_pb2.OfflineLineResult, result: OfflineLineResult) -> None:
+    message.line_id = result.line_id
+    message.outcome = _LINE_OUTCOMES_BY_NAME[result.outcome._name_]
+    if result.reason:
+        message.reason = result.reason
+    balance = result.balance_after
+    if balance is not None:
+        balance_after = message.balance_after
+        balance_after.amount_minor = balance.amount_minor
+        balance_after.currency_code = balance.currency
+    if result.remainder_credit_memo_number:
+        message.remainder_credit_memo_number = result.remainder_credit_memo_number
 
 
 def gap_to_proto(gap: SequenceGap) -> offline_pb2.SequenceGap:

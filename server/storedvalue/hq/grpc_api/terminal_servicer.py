@@ -19,6 +19,7 @@ from storedvalue.hq.grpc_api.card_views import fill_card, fill_lock
 from storedvalue.hq.grpc_api.convert import (
     card_kind_from_proto,
     card_to_proto,
+    fill_offline_result,
     money_from_proto,
     offline_result_to_proto,
     offline_transaction_from_proto,
@@ -170,10 +171,11 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
             terminal_id=caller.terminal_id,
             transactions=[offline_transaction_from_proto(t) for t in request.transactions],
         )
-        return pb.SyncOfflineBatchResponse(
-            results=[offline_result_to_proto(result) for result in outcome.results],
-            sync_status=sync_status_to_proto(outcome.status),
-        )
+        response = pb.SyncOfflineBatchResponse(sync_status=sync_status_to_proto(outcome.status))
+        add_result = response.results.add
+        for result in outcome.results:
+            fill_offline_result(add_result(), result)
+        return response
 
     def _check_message_size(self, size: int) -> None:
         # The gRPC receive limit is set above this one, so an oversized request reaches us
