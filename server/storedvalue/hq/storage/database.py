@@ -122,6 +122,10 @@ def _sqlite_engine(url: URL, pool_size: int, busy_timeout_ms: int) -> Engine:
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Checkpoint every 8192 pages (32 MiB of WAL) rather than 1000: a busy sync rewrites
+            # the same journal-index pages often, and fewer, larger checkpoints write each once.
+            # Durability is unchanged: every commit is fsynced in the WAL (synchronous=FULL).
+            cursor.execute("PRAGMA wal_autocheckpoint=8192")
         finally:
             cursor.close()
 
