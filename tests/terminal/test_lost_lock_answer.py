@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,13 +50,27 @@ def synced_unlocks(hq: FakeHQ, sale: str) -> list[offline_pb2.OfflineUnlock]:
     return list(offline_pb2.OfflineTransaction.FromString(body).unlocks)
 
 
-def test_sale_abandoned_online_releases_a_lock_whose_answer_was_lost(
-    hq: FakeHQ, make_terminal: TerminalFactory
-) -> None:
+@dataclass(frozen=True)
+class PendingTender:
+    """Till T1 whose LockCard on ``number`` for "sale-1" HQ committed, answer lost (offline)."""
+
+    terminal: Terminal
+    number: str
+
+
+@pytest.fixture
+def pending_tender(hq: FakeHQ, make_terminal: TerminalFactory) -> PendingTender:
     number = card_number()
     hq.add_card(number, balance=1000)
     terminal = make_terminal(config=MANUAL_SYNC)
     lose_lock_answer(hq, terminal, "sale-1", number)
+    return PendingTender(terminal, number)
+
+
+def test_sale_abandoned_online_releases_a_lock_whose_answer_was_lost(
+    hq: FakeHQ, pending_tender: PendingTender
+) -> None:
+    terminal, number = pending_tender.terminal, pending_tender.number
     reconnect(hq, terminal)
 
     terminal.abandon_sale(transaction_id="sale-1")
@@ -65,12 +80,9 @@ def test_sale_abandoned_online_releases_a_lock_whose_answer_was_lost(
 
 
 def test_sale_abandoned_offline_queues_a_token_zero_unlock_that_sync_applies(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: FakeHQ, pending_tender: PendingTender
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
-    terminal = make_terminal(config=MANUAL_SYNC)
-    lose_lock_answer(hq, terminal, "sale-1", number)
+    terminal, number = pending_tender.terminal, pending_tender.number
 
     terminal.abandon_sale(transaction_id="sale-1")
 
@@ -86,12 +98,9 @@ def test_sale_abandoned_offline_queues_a_token_zero_unlock_that_sync_applies(
 
 
 def test_tender_removed_online_after_a_lost_lock_answer_releases_the_card(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: FakeHQ, pending_tender: PendingTender
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
-    terminal = make_terminal(config=MANUAL_SYNC)
-    lose_lock_answer(hq, terminal, "sale-1", number)
+    terminal, number = pending_tender.terminal, pending_tender.number
     reconnect(hq, terminal)
 
     assert terminal.remove_tender(transaction_id="sale-1", card_number=number) is True
@@ -102,12 +111,9 @@ def test_tender_removed_online_after_a_lost_lock_answer_releases_the_card(
 
 
 def test_tender_removed_offline_after_a_lost_lock_answer_is_released_when_the_link_returns(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: FakeHQ, pending_tender: PendingTender
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
-    terminal = make_terminal(config=MANUAL_SYNC)
-    lose_lock_answer(hq, terminal, "sale-1", number)
+    terminal, number = pending_tender.terminal, pending_tender.number
 
     assert terminal.remove_tender(transaction_id="sale-1", card_number=number) is False
 
@@ -118,12 +124,9 @@ def test_tender_removed_offline_after_a_lost_lock_answer_is_released_when_the_li
 
 
 def test_line_on_a_lock_whose_answer_was_lost_cannot_complete_offline(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: FakeHQ, pending_tender: PendingTender
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
-    terminal = make_terminal(config=MANUAL_SYNC)
-    lose_lock_answer(hq, terminal, "sale-1", number)
+    terminal, number = pending_tender.terminal, pending_tender.number
 
     with pytest.raises(OfflineNotAllowed) as refused:
         terminal.complete_sale(transaction_id="sale-1", lines=[SaleLine("L1", number, eur(100))])
@@ -134,12 +137,9 @@ def test_line_on_a_lock_whose_answer_was_lost_cannot_complete_offline(
 
 
 def test_retrying_add_tender_confirms_a_pending_tender_which_may_then_complete_offline(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: FakeHQ, pending_tender: PendingTender
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
-    terminal = make_terminal(config=MANUAL_SYNC)
-    lose_lock_answer(hq, terminal, "sale-1", number)
+    terminal, number = pending_tender.terminal, pending_tender.number
     reconnect(hq, terminal)
 
     tender = terminal.add_tender(transaction_id="sale-1", card_number=number)
@@ -160,12 +160,9 @@ def test_retrying_add_tender_confirms_a_pending_tender_which_may_then_complete_o
 
 
 def test_sale_completed_online_confirms_a_pending_lock_before_redeeming(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: FakeHQ, pending_tender: PendingTender
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
-    terminal = make_terminal(config=MANUAL_SYNC)
-    lose_lock_answer(hq, terminal, "sale-1", number)
+    terminal, number = pending_tender.terminal, pending_tender.number
     reconnect(hq, terminal)
 
     result = terminal.complete_sale(
