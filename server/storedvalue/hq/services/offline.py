@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -47,11 +47,15 @@ class SyncOutcome:
 
 def sync_status(uow: UnitOfWork, terminal: Terminal) -> SyncStatus:
     above = uow.offline.sequences_above(terminal.terminal_id, terminal.highest_contiguous_sequence)
+    return _status(terminal, sequence_gaps(terminal.highest_contiguous_sequence, above))
+
+
+def _status(terminal: Terminal, gaps: Iterable[SequenceGap]) -> SyncStatus:
     return SyncStatus(
         terminal_id=terminal.terminal_id,
         highest_contiguous_sequence=terminal.highest_contiguous_sequence,
         highest_sequence_seen=terminal.highest_sequence_seen,
-        gaps=tuple(sequence_gaps(terminal.highest_contiguous_sequence, above)),
+        gaps=tuple(gaps),
         last_synced_at=terminal.last_synced_at,
     )
 
@@ -120,14 +124,12 @@ class OfflineService:
             if plan.records:
                 uow.offline.add(plan.records)
             terminal.record_sequences((r.sequence_number for r in plan.records), now=now)
-            if batch:
-                terminal.last_synced_at = now
             above = uow.offline.sequences_above(
                 terminal_id, terminal.highest_contiguous_sequence
             )
-            terminal.advance_contiguous(above)
+            gaps = terminal.advance_contiguous(above)
             uow.terminals.save(terminal)
-            return SyncOutcome(results=tuple(plan.results), status=sync_status(uow, terminal))
+            return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
 
         return run_in_transaction(self._storage, work)
 
