@@ -14,10 +14,12 @@ from storedvalue.hq import records
 from storedvalue.hq.domain.cards import CardKind, CardStatus
 from storedvalue.hq.domain.errors import (
     CardLocked,
+    CardNotFound,
     InsufficientFunds,
     InvalidField,
     LimitExceeded,
     ParametersVersionConflict,
+    RateLimited,
     RequestIdReused,
 )
 from storedvalue.hq.domain.journal import journal_balance
@@ -35,6 +37,7 @@ from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.idempotency import RequestKey
 from storedvalue.hq.services.offline import OfflineService, SyncLimits
 from storedvalue.hq.services.parameters import ParametersService
+from storedvalue.hq.services.throttle import UnknownCardThrottle
 
 START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -276,3 +279,37 @@ def test_every_card_journal_sums_to_its_balance_after_a_mixed_day() -> None:
         balance = hq.cards.get_card(caller="till-1", card_number=number).balance_minor
         assert hq.journal_sum(number) == balance
     assert hq.cards.get_card(caller="till-1", card_number=remainder).balance_minor == 3_500
+
+
+def test_probing_unknown_cards_through_redeem_is_rate_limited_too() -> None:
+    hq = HQ()
+    hq.cards = CardService(hq.storage, clock=hq.clock,
+                           throttle=UnknownCardThrottle(limit=2, window_seconds=60))
+    unknown = "79927398713"
+    for _ in range(2):
+        with pytest.raises(CardNotFound):
+            hq.cards.redeem(key=hq.key("till-1", "Redeem"), terminal_id="till-1",
+                            card_number=unknown, transaction_id="s", line_id="1",
+                            fencing_token=1, amount=Money(1, "EUR"))
+    with pytest.raises(RateLimited):
+        hq.cards.unlock_card(key=hq.key("till-1", "UnlockCard"), terminal_id="till-1",
+                             card_number=unknown, transaction_id="s", fencing_token=1)
+
+
+def test_a_display_name_longer_than_its_column_is_refused_before_anything_is_stored() -> None:
+    hq = HQ()
+    with pytest.raises(InvalidField):
+        hq.back_office.register_terminal(key=hq.key("admin:test", "RegisterTerminal"),
+                                         terminal_id="till-9", display_name="x" * 201)
+    assert [t.terminal.terminal_id for t in hq.back_office.list_terminals(
+        after_terminal_id="", limit=10)] == ["till-1", "till-2"]
+
+
+def test_a_registered_terminal_gets_its_token_once_and_a_retry_gets_none() -> None:
+    hq = HQ()
+    key = hq.key("admin:test", "RegisterTerminal", "till-9")
+    first = hq.back_office.register_terminal(key=key, terminal_id="till-9", display_name="")
+    again = hq.back_office.register_terminal(key=key, terminal_id="till-9", display_name="")
+    assert first.bearer_token.startswith("svt_")
+    assert again.bearer_token == ""
+    assert again.terminal == first.terminal

@@ -42,12 +42,6 @@ class OfflineTransaction:
     # conflicting resend.
     fingerprint: bytes = b""
 
-    @property
-    def card_numbers(self) -> set[str]:
-        return {line.card_number for line in self.redeem_lines} | {
-            unlock.card_number for unlock in self.unlocks
-        }
-
 
 class OfflineOutcome(enum.Enum):
     APPLIED = "APPLIED"

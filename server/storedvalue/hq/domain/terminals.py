@@ -20,6 +20,12 @@ def validate_terminal_id(terminal_id: str) -> str:
     return terminal_id
 
 
+def validate_display_name(display_name: str) -> str:
+    if len(display_name) > 200:
+        raise InvalidField("display_name", "must be at most 200 characters")
+    return display_name
+
+
 def new_bearer_token() -> str:
     return "svt_" + secrets.token_urlsafe(32)
 

@@ -260,12 +260,6 @@ _LINE_OUTCOMES = {
 }
 
 
-def offline_line_result_to_proto(result: OfflineLineResult) -> offline_pb2.OfflineLineResult:
-    message = offline_pb2.OfflineLineResult()
-    _fill_line_result(message, result)
-    return message
-
-
 def offline_result_to_proto(
     result: OfflineTransactionResult,
 ) -> offline_pb2.OfflineTransactionResult:

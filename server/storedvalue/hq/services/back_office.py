@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from storedvalue.hq.domain.cards import Card, Lock, validate_card_number, validate_id
@@ -20,11 +21,12 @@ from storedvalue.hq.domain.terminals import (
     Terminal,
     hash_token,
     new_bearer_token,
+    validate_display_name,
     validate_terminal_id,
 )
 from storedvalue.hq.services.cards import flush
 from storedvalue.hq.services.clock import Clock, utc_now
-from storedvalue.hq.services.idempotency import RequestKey, run_once
+from storedvalue.hq.services.idempotency import RequestKey, once, run_once
 from storedvalue.hq.services.offline import SyncStatus, sync_status
 from storedvalue.hq.services.transactions import run_in_transaction
 from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
@@ -59,16 +61,7 @@ class IssuedCredential:
 
 def _public(terminal: Terminal) -> Terminal:
     """A terminal as shown outside HQ: never with its token hash."""
-    return Terminal(
-        terminal_id=terminal.terminal_id,
-        display_name=terminal.display_name,
-        token_hash="",
-        registered_at=terminal.registered_at,
-        credential_issued_at=terminal.credential_issued_at,
-        highest_contiguous_sequence=terminal.highest_contiguous_sequence,
-        highest_sequence_seen=terminal.highest_sequence_seen,
-        last_synced_at=terminal.last_synced_at,
-    )
+    return replace(terminal, token_hash="")
 
 
 class BackOfficeService:
@@ -170,6 +163,7 @@ class BackOfficeService:
                           ) -> IssuedCredential:
         key.validate()
         validate_terminal_id(terminal_id)
+        validate_display_name(display_name)
         token = new_bearer_token()
 
         def run(uow: UnitOfWork, now: datetime) -> IssuedCredential:
@@ -183,8 +177,7 @@ class BackOfficeService:
             view = TerminalView(_public(terminal), sync_status(uow, terminal))
             return IssuedCredential(terminal=view, bearer_token="")
 
-        issued = run_once(self._storage, key, IssuedCredential, self._clock, run)
-        return self._reveal_if_new(issued, token)
+        return self._issue_credential(key, token, run)
 
     def rotate_credential(self, *, key: RequestKey, terminal_id: str) -> IssuedCredential:
         key.validate()
@@ -201,19 +194,27 @@ class BackOfficeService:
             view = TerminalView(_public(terminal), sync_status(uow, terminal))
             return IssuedCredential(terminal=view, bearer_token="")
 
-        issued = run_once(self._storage, key, IssuedCredential, self._clock, run)
-        return self._reveal_if_new(issued, token)
+        return self._issue_credential(key, token, run)
 
-    def _reveal_if_new(self, issued: IssuedCredential, token: str) -> IssuedCredential:
-        # The stored first result never holds the token; only the call that created the
-        # credential can hand it out, recognisable by the hash it stored.
-        def work(uow: UnitOfWork) -> bool:
-            terminal = uow.terminals.get(issued.terminal.terminal.terminal_id)
-            return terminal is not None and terminal.token_hash == hash_token(token)
+    def _issue_credential(
+        self,
+        key: RequestKey,
+        token: str,
+        run: Callable[[UnitOfWork, datetime], IssuedCredential],
+    ) -> IssuedCredential:
+        """Run a credential-issuing use case once per request id. The remembered first result
+        never holds the token (HQ keeps only hashes): the token is handed out only when the
+        stored hash is this call's, checked in the same transaction that stored it."""
 
-        if run_in_transaction(self._storage, work, write=False):
-            return IssuedCredential(terminal=issued.terminal, bearer_token=token)
-        return issued
+        def work(uow: UnitOfWork) -> IssuedCredential:
+            now = self._clock()
+            issued = once(uow, key, IssuedCredential, now, lambda: run(uow, now))
+            stored = uow.terminals.get(issued.terminal.terminal.terminal_id)
+            if stored is not None and stored.token_hash == hash_token(token):
+                return IssuedCredential(terminal=issued.terminal, bearer_token=token)
+            return issued
+
+        return run_in_transaction(self._storage, work)
 
     def list_terminals(self, *, after_terminal_id: str, limit: int) -> list[TerminalView]:
         def work(uow: UnitOfWork) -> list[TerminalView]:

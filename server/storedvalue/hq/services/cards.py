@@ -130,6 +130,7 @@ class CardService:
         key.validate()
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
+        self._throttle.check(terminal_id)
 
         def run(uow: UnitOfWork, now: datetime) -> Card:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
@@ -163,6 +164,7 @@ class CardService:
         validate_id(transaction_id, "transaction_id")
         validate_id(line_id, "line_id")
         money = positive_money(amount, "amount")
+        self._throttle.check(terminal_id)
 
         def run(uow: UnitOfWork, now: datetime) -> RedeemResult:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
@@ -230,6 +232,8 @@ class CardService:
         value = positive_money(initial_value, "initial_value")
         if card_number:
             validate_card_number(card_number)
+        if transaction_id:
+            validate_id(transaction_id, "transaction_id")
 
         def run(uow: UnitOfWork, now: datetime) -> Card:
             number = card_number or self._new_card_number()
@@ -260,6 +264,9 @@ class CardService:
         key.validate()
         validate_card_number(card_number)
         money = positive_money(amount, "amount")
+        if transaction_id:
+            validate_id(transaction_id, "transaction_id")
+        self._throttle.check(terminal_id)
 
         def run(uow: UnitOfWork, now: datetime) -> Card:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
@@ -283,7 +290,9 @@ class CardService:
     def _replayed_line(
         self, uow: UnitOfWork, earlier: Redemption, card: Card, amount: Money, now: datetime
     ) -> RedeemResult:
-        if earlier.card_number != card.card_number or earlier.amount_minor != amount.amount_minor:
+        if (earlier.card_number, earlier.amount_minor, earlier.currency) != (
+            card.card_number, amount.amount_minor, amount.currency
+        ):
             raise InvalidField(
                 "line_id", "this line was already redeemed with another card or amount"
             )
