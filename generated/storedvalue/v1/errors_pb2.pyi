@@ -106,6 +106,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """[RESOURCE_EXHAUSTED] Too many lookups of unknown cards from this terminal; retry
     after the delay. metadata: retry_after_seconds.
     """
+    ERROR_REASON_HQ_BUSY: _ErrorReason.ValueType  # 53
+    """[UNAVAILABLE] HQ's database stayed busy (lost races or locked) through every retry;
+    nothing was applied. Transient: retry with backoff.
+    """
     ERROR_REASON_OFFLINE_OVERDRAFT: _ErrorReason.ValueType  # 60
     """Offline sync only (OfflineTransactionResult / OfflineLineResult reasons).
     The debit exceeded the balance; applied, card flagged, exception recorded.
@@ -198,6 +202,10 @@ calling a back-office RPC).
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 52
 """[RESOURCE_EXHAUSTED] Too many lookups of unknown cards from this terminal; retry
 after the delay. metadata: retry_after_seconds.
+"""
+ERROR_REASON_HQ_BUSY: ErrorReason.ValueType  # 53
+"""[UNAVAILABLE] HQ's database stayed busy (lost races or locked) through every retry;
+nothing was applied. Transient: retry with backoff.
 """
 ERROR_REASON_OFFLINE_OVERDRAFT: ErrorReason.ValueType  # 60
 """Offline sync only (OfflineTransactionResult / OfflineLineResult reasons).

@@ -266,3 +266,14 @@ class RateLimited(StoredValueError):
             f"too many lookups of unknown cards; retry in {retry_after_seconds} s",
             {"retry_after_seconds": str(retry_after_seconds)},
         )
+
+
+class HQBusy(StoredValueError):
+    """The database stayed busy through every retry; nothing was applied. Transient."""
+
+    reason = "HQ_BUSY"
+    code = "UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__("HQ is busy: the change lost every retry against concurrent updates; "
+                         "nothing was applied, retry with backoff")

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from storedvalue.hq.domain.errors import HQBusy
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, UnitOfWork
 
 T = TypeVar("T")
@@ -28,9 +29,10 @@ def run_in_transaction(storage: Storage, work: Callable[[UnitOfWork], T], *, wri
                 if write:
                     uow.commit()
                 return result
-        except ConcurrentUpdate:
+        except ConcurrentUpdate as lost:
             if attempt == MAX_ATTEMPTS:
-                raise
+                # A status the till understands as transient (UNAVAILABLE), not INTERNAL.
+                raise HQBusy() from lost
             log.debug("concurrent update, retrying (attempt %d)", attempt)
             time.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311 - jitter, not crypto
     raise AssertionError("unreachable")
