@@ -77,8 +77,11 @@ class SqlCardRepository:
         self._tx.write_many(_INSERT_CARDS, [rows.card_values(card) for card in cards])
 
     def save(self, cards: Iterable[Card]) -> None:
+        # One row per card, the last state wins: a bulk UPDATE on PostgreSQL would apply an
+        # arbitrary one of two rows with the same key (SQLite and the fake keep the last).
+        latest = {card.card_number: card for card in cards}
         params = []
-        for card in cards:
+        for card in latest.values():
             values = rows.card_state_values(card)
             values["key_card_number"] = card.card_number
             params.append(values)
