@@ -173,6 +173,9 @@ def load_config(
             "addresses only (127.0.0.1, ::1, localhost); give a TLS certificate and key "
             "(--tls-cert, --tls-key) to listen on other addresses"
         )
+    # Every check before any side effect (data directory, token file).
+    if max_workers is not None and max_workers < 2:
+        raise ConfigError("max workers must be at least 2")
     url = database_url or env.get(ENV_DATABASE_URL) or default_database_url(env)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -181,8 +184,6 @@ def load_config(
     if not token:
         token_file = admin_token_file or default_admin_token_file(env)
         token = read_or_create_admin_token(token_file)
-    if max_workers is not None and max_workers < 2:
-        raise ConfigError("max workers must be at least 2")
     return HQConfig(
         listen=config_listen,
         database_url=url,
