@@ -28,6 +28,7 @@ from storedvalue.hq.domain.offline import (
 )
 from storedvalue.hq.domain.parameters import Parameters, ParametersChange
 from storedvalue.hq.domain.terminals import SequenceGap
+from storedvalue.hq.grpc_api.card_views import fill_card, fill_lock, fill_timestamp
 from storedvalue.hq.services.back_office import TerminalView
 from storedvalue.hq.services.offline import SyncLimits, SyncStatus
 from storedvalue.v1 import (
@@ -61,7 +62,7 @@ def message_fingerprint(message: Message) -> bytes:
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
+    fill_timestamp(ts, value)
     return ts
 
 
@@ -112,27 +113,16 @@ def card_kind_to_proto(kind: CardKind | None) -> common_pb2.CardKind.ValueType:
 
 
 def lock_to_proto(lock: Lock) -> common_pb2.Lock:
-    return common_pb2.Lock(
-        card_number=lock.card_number,
-        terminal_id=lock.terminal_id,
-        transaction_id=lock.transaction_id,
-        fencing_token=lock.fencing_token,
-        lease_expires_at=timestamp(lock.lease_expires_at),
-        acquired_at=timestamp(lock.acquired_at),
-    )
+    message = common_pb2.Lock()
+    fill_lock(message, lock)
+    return message
 
 
 def card_to_proto(card: Card) -> common_pb2.Card:
     """The card as handed out by the services (a snapshot: `lock` is the live lock only)."""
-    return common_pb2.Card(
-        card_number=card.card_number,
-        kind=card_kind_to_proto(card.kind),
-        status=common_pb2.CardStatus.Value("CARD_STATUS_" + card.status.value),
-        balance=money_to_proto(card.balance),
-        lock=lock_to_proto(card.lock) if card.lock is not None else None,
-        issued_at=timestamp(card.issued_at),
-        remainder_of_card_number=card.remainder_of_card_number,
-    )
+    message = common_pb2.Card()
+    fill_card(message, card)
+    return message
 
 
 # -- parameters -----------------------------------------------------------------------------
