@@ -12,7 +12,7 @@ import pytest
 
 from storedvalue.terminal import ConnectivityState, Money, SaleLine, Terminal, TerminalConfig
 
-from .fake_hq import FakeHQ, luhn_digit
+from .fake_hq import FakeHQ, luhn_check_digit
 
 FAST = TerminalConfig(
     call_timeout_s=0.5,
@@ -38,7 +38,7 @@ _numbers = itertools.count(1)
 def card_number() -> str:
     """A fresh Luhn-valid 16-digit card number."""
     body = f"6{next(_numbers):014d}"
-    return body + luhn_digit(body)
+    return body + luhn_check_digit(body)
 
 
 def wait_until(condition: Callable[[], bool], *, timeout_s: float = 5.0) -> None:

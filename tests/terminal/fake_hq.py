@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import duration_pb2, message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from storedvalue.hq.domain.cards import luhn_check_digit
 from storedvalue.v1 import (
     common_pb2,
     parameters_pb2,
@@ -35,11 +36,10 @@ from .fake_hq_state import (
     HQState,
     abort,
     lock_pb,
-    luhn_digit,
     now_pb,
 )
 
-__all__ = ["FakeHQ", "HQState", "luhn_digit"]
+__all__ = ["FakeHQ", "HQState", "luhn_check_digit"]
 
 
 class _Link(grpc.ServerInterceptor):  # type: ignore[type-arg]
@@ -158,6 +158,11 @@ class FakeTerminalService(terminal_service_pb2_grpc.TerminalServiceServicer):
         return response
 
     def UnlockCard(self, request: pb.UnlockCardRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        with self.state.mutex:
+            step = self.state.unlock_script.pop(0) if self.state.unlock_script else "normal"
+        if step != "normal":
+            abort(context, HQError(step))
+
         def apply(terminal: str) -> pb.UnlockCardResponse:
             card = self._card(request.card_number)
             held = card.lock
@@ -188,6 +193,8 @@ class FakeTerminalService(terminal_service_pb2_grpc.TerminalServiceServicer):
             self._link.up = False
             time.sleep(context.time_remaining() + 0.05)
             context.abort(grpc.StatusCode.UNAVAILABLE, "too late")
+        if step.isupper():
+            abort(context, HQError(step))
 
         def apply(terminal: str) -> pb.RedeemResponse:
             card = self._card(request.card_number)
@@ -261,7 +268,7 @@ class FakeTerminalService(terminal_service_pb2_grpc.TerminalServiceServicer):
     def new_card_number(self) -> str:
         self.state.next_card += 1
         body = f"9{self.state.next_card:014d}"
-        return body + luhn_digit(body)
+        return body + luhn_check_digit(body)
 
     # -- offline sync -------------------------------------------------------------------
 

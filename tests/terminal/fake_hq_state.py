@@ -29,6 +29,7 @@ _CODES = {
     "CARD_REDEEMED": grpc.StatusCode.FAILED_PRECONDITION,
     "CARD_KIND_NOT_SUPPORTED": grpc.StatusCode.FAILED_PRECONDITION,
     "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+    "RATE_LIMITED": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -127,6 +128,10 @@ class HQState:
     )
     sequences: dict[str, list[int]] = field(default_factory=dict)
     redeem_script: list[str] = field(default_factory=list)
+    """Steps for the next Redeem calls: "normal", "cut_link_before", "cut_link_after",
+    "black_hole", or an error reason HQ answers without applying anything ("RATE_LIMITED")."""
+    unlock_script: list[str] = field(default_factory=list)
+    """Steps for the next UnlockCard calls: "normal" or an error reason to answer with."""
     lock_script: list[str] = field(default_factory=list)
     """Steps for the next LockCard calls: "normal", or "cut_link_after" (HQ commits the
     lock, then the link drops and the answer is lost)."""
@@ -137,14 +142,3 @@ class HQState:
     redeem_calls: int = 0
     next_card: int = 0
 
-
-def luhn_digit(body: str) -> str:
-    total = 0
-    for index, char in enumerate(reversed(body)):
-        digit = int(char)
-        if index % 2 == 0:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return str((10 - total % 10) % 10)

@@ -15,6 +15,7 @@ from storedvalue.terminal import (
     CardLocked,
     CardNotFound,
     ConnectivityState,
+    HQBusy,
     HQUnavailable,
     InsufficientFunds,
     InvalidArgument,
@@ -174,3 +175,11 @@ def test_insufficient_funds_says_the_balance(hq: FakeHQ) -> None:
     assert isinstance(error, InsufficientFunds)
     assert (error.balance_minor, error.requested_minor) == (100, 500)
     assert isinstance(error, TerminalError)
+
+
+def test_hq_busy_is_transient_and_says_nothing_was_applied() -> None:
+    error = error_from_rpc(FailedCall(grpc.StatusCode.UNAVAILABLE, "HQ_BUSY"))
+    assert isinstance(error, HQBusy)
+    assert isinstance(error, HQUnavailable)
+    assert error.request_sent is False
+    assert error.reason == "HQ_BUSY"

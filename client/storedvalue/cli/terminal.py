@@ -22,6 +22,7 @@ from storedvalue.terminal import (
     HQUnavailable,
     Money,
     OfflineNotAllowed,
+    SaleAlreadyCompleted,
     SaleLine,
     SyncProgress,
     Terminal,
@@ -77,15 +78,16 @@ def unlock(till: Terminal, args: argparse.Namespace) -> int:
 
 def sale(till: Terminal, args: argparse.Namespace) -> int:
     lines = [_sale_line(index, text) for index, text in enumerate(args.line, start=1)]
-    if any(entry.transaction_id == args.transaction for entry in till.outbox()):
+    try:
+        for line in lines:
+            try:
+                till.add_tender(transaction_id=args.transaction, card_number=line.card_number)
+            except HQUnavailable:
+                break  # offline: the sale completes offline if the cards were locked before
+        result = till.complete_sale(transaction_id=args.transaction, lines=lines)
+    except SaleAlreadyCompleted:
         raise UsageError(f"sale {args.transaction} was already completed offline and waits "
-                         "for sync")
-    for line in lines:
-        try:
-            till.add_tender(transaction_id=args.transaction, card_number=line.card_number)
-        except HQUnavailable:
-            break  # offline: the sale completes offline if the cards were locked before
-    result = till.complete_sale(transaction_id=args.transaction, lines=lines)
+                         "for sync") from None
     if result.completed_offline:
         print(f"sale {result.transaction_id} completed offline (outbox sequence "
               f"{result.sequence_number}): the receipt says \"completed offline\"")

@@ -27,9 +27,14 @@ from ._errors import (
     LockNotHeld,
     OfflineNotAllowed,
     OfflineRefusal,
+    PermissionDenied,
+    RateLimited,
+    RedeemOutcomeUnknown,
     SaleAlreadyCompleted,
     TenderNotFound,
     TerminalError,
+    Unauthenticated,
+    UnexpectedError,
 )
 from ._hq_client import HQClient
 from ._model import LineResult, SaleLine, SaleResult, Tender
@@ -38,6 +43,10 @@ from ._parameters import ParametersCache
 from ._sale_state import LineRecord, SaleState, TenderRecord
 
 _log = logging.getLogger(__name__)
+
+_NOT_A_VERDICT = (RateLimited, Unauthenticated, PermissionDenied, UnexpectedError)
+"""Refusals HQ may give without looking up the request id: they say nothing about whether
+an earlier, lost send of the same Redeem debited the card."""
 
 
 class Checkout:
@@ -60,7 +69,9 @@ class Checkout:
         """Lock the card. A pending tender is written before LockCard leaves: if HQ commits
         the lock and its answer is lost, the sale still knows to release the card. Calling
         again for the same sale and card turns a pending tender into a confirmed one (HQ
-        relocks idempotently for the same terminal and sale)."""
+        relocks idempotently for the same terminal and sale). Raises SaleAlreadyCompleted
+        when the sale was completed offline: a lock taken now would never be released."""
+        self._refuse_if_completed_offline(transaction_id)
         if not self._connectivity.online:
             raise HQUnavailable("terminal is OFFLINE; HQ not called", request_sent=False, code=None)
         added_pending = self._state.save_pending_tender(transaction_id, card_number)
@@ -119,18 +130,23 @@ class Checkout:
                 f"sale {transaction_id} has lines HQ already debited; complete it instead",
                 reason="INVALID_FIELD",
             )
+        unknown = tuple(record.line.line_id for record in records if record.attempted)
+        if unknown:
+            raise RedeemOutcomeUnknown(
+                f"sale {transaction_id}: HQ may have debited line(s) {', '.join(unknown)} (a "
+                "Redeem was sent and its answer lost); complete the sale instead, the retry "
+                "resends the same request id",
+                line_ids=unknown,
+            )
         self._release(transaction_id, self._state.tenders(transaction_id))
 
     def complete_sale(self, transaction_id: str, lines: Sequence[SaleLine]) -> SaleResult:
         _check_lines(lines)
         self._refuse_if_completed_offline(transaction_id)
         online = self._connectivity.online and self._confirm_pending_locks(transaction_id, lines)
-        if online:
-            records = self._state.prepare_lines(transaction_id, lines, mark_first_pending=True)
-        else:
-            # Already OFFLINE: nothing will be sent, so nothing needs writing before the one
-            # commit that stores the offline transaction (the p99 budget is ~2 ms).
-            records = _merge(self._state.lines(transaction_id), lines)
+        # Checked on what is stored before anything is marked attempted: a refused call
+        # sends nothing, so it must leave no line saying it may have been debited.
+        records = _merge(self._state.lines(transaction_id), lines)
         by_id = {record.line.line_id: record for record in records}
         for line in lines:
             if by_id[line.line_id].line != line:
@@ -139,13 +155,24 @@ class Checkout:
                     reason="INVALID_FIELD",
                     metadata={"field": "lines"},
                 )
-        ordered = [by_id[line.line_id] for line in lines]
-        ordered += [record for record in records if record not in ordered]
         tenders = {
             record.card_number: record
             for record in self._state.tenders(transaction_id)
             if not record.removed_offline
         }
+        if online:
+            for record in records:
+                if record.redeem_response is None and record.line.card_number not in tenders:
+                    raise TenderNotFound(
+                        f"line {record.line.line_id}: card not added to sale {transaction_id}",
+                        metadata={"line_id": record.line.line_id},
+                    )
+            records = self._state.prepare_lines(transaction_id, lines, mark_first_pending=True)
+            by_id = {record.line.line_id: record for record in records}
+        # else already OFFLINE: nothing will be sent, so nothing needs writing before the one
+        # commit that stores the offline transaction (the p99 budget is ~2 ms).
+        ordered = [by_id[line.line_id] for line in lines]
+        ordered += [record for record in records if record not in ordered]
         done: dict[str, LineResult] = {
             record.line.line_id: _online_result(record.line, record.redeem_response)
             for record in ordered
@@ -154,12 +181,6 @@ class Checkout:
         pending = [record for record in ordered if record.redeem_response is None]
         attempted = {record.line.line_id for record in pending if record.attempted}
         if online:
-            for record in pending:
-                if record.line.card_number not in tenders:
-                    raise TenderNotFound(
-                        f"line {record.line.line_id}: card not added to sale {transaction_id}",
-                        metadata={"line_id": record.line.line_id},
-                    )
             pending = self._redeem_online(transaction_id, pending, tenders, done, attempted)
         if pending:
             return self._complete_offline(
@@ -205,7 +226,17 @@ class Checkout:
             except HQUnavailable as unavailable:
                 if unavailable.request_sent:
                     attempted.add(line.line_id)
+                elif line.line_id not in attempted:
+                    # Never left, and no earlier attempt did: HQ cannot have debited it.
+                    self._state.clear_attempted(transaction_id, line.line_id)
                 return pending[index:]
+            except TerminalError as refusal:
+                # HQ answered no to this request id. An earlier lost attempt of the same
+                # request id stays "maybe debited" unless the answer is a verdict on it.
+                if line.line_id not in attempted or not isinstance(refusal, _NOT_A_VERDICT):
+                    attempted.discard(line.line_id)
+                    self._state.clear_attempted(transaction_id, line.line_id)
+                raise
             following = pending[index + 1].line.line_id if index + 1 < len(pending) else None
             blob = response.SerializeToString()
             self._state.record_redeemed(transaction_id, line.line_id, blob, following)
@@ -332,8 +363,13 @@ class Checkout:
                 if not self._unlock_online(record):
                     unreleased.append(record)
             except TerminalError as failure:
-                # The sale is done; a lock we cannot release expires with its lease.
-                _log.warning("could not release a lock of sale %s: %s", transaction_id, failure)
+                # HQ refused the unlock now (rate limited, ...): queue it as an offline unlock,
+                # which HQ applies by terminal and transaction at sync, rather than leaving
+                # the card locked for the whole lease.
+                _log.warning(
+                    "release of a lock of sale %s queued for sync: %s", transaction_id, failure
+                )
+                unreleased.append(record)
         if not unreleased:
             self._state.finish_sale(transaction_id)
             return None

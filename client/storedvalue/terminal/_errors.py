@@ -58,6 +58,25 @@ class HQUnavailable(TerminalError):
         self.request_sent = request_sent
 
 
+class HQBusy(HQUnavailable):
+    """HQ answered, but its database stayed busy: nothing was applied (so the request's
+    effect is known, ``request_sent`` is False). Transient, like a lost link: retry later."""
+
+    reasons = ("HQ_BUSY",)
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        code: grpc.StatusCode | None = None,
+    ) -> None:
+        super().__init__(message, request_sent=False, code=code)
+        self.reason = reason or "HQ_BUSY"
+        self.metadata = dict(metadata or {})
+
+
 class InvalidArgument(TerminalError):
     reasons: ClassVar[tuple[str, ...]] = ("INVALID_FIELD", "INVALID_CARD_NUMBER", "INVALID_AMOUNT")
 
@@ -160,6 +179,19 @@ class SaleAlreadyCompleted(TerminalError):
     reasons = ("SALE_ALREADY_COMPLETED",)
 
 
+class RedeemOutcomeUnknown(TerminalError):
+    """Raised locally by ``abandon_sale``: a Redeem of the sale was sent and its answer never
+    came, so HQ may have debited the card. The sale cannot be abandoned: complete it (the
+    retry resends the same request id, so HQ debits at most once and answers what it did).
+    ``line_ids`` names those lines."""
+
+    reasons = ("REDEEM_OUTCOME_UNKNOWN",)
+
+    def __init__(self, message: str, *, line_ids: tuple[str, ...]) -> None:
+        super().__init__(message, metadata={"line_ids": ",".join(line_ids)})
+        self.line_ids = line_ids
+
+
 @dataclass(frozen=True)
 class OfflineRefusal:
     """Why one line cannot be completed offline."""
@@ -192,6 +224,7 @@ class OfflineNotAllowed(TerminalError):
 _BY_REASON: dict[str, type[TerminalError]] = {
     reason: cls
     for cls in (
+        HQBusy,
         InvalidArgument,
         CurrencyMismatch,
         RequestIdReused,
@@ -227,9 +260,11 @@ def error_from_rpc(error: grpc.RpcError) -> TerminalError:
         return UnexpectedError(str(error))
     call = cast(grpc.Call, error)
     details = call.details() or ""
-    if code in TRANSIENT_CODES:
-        return HQUnavailable(details or code.name, request_sent=True, code=code)
     info = _error_info(call)
+    if code in TRANSIENT_CODES:
+        if info is not None and info.reason == "HQ_BUSY":
+            return HQBusy(details, reason=info.reason, metadata=dict(info.metadata), code=code)
+        return HQUnavailable(details or code.name, request_sent=True, code=code)
     if info is not None and info.domain == ERROR_DOMAIN and info.reason in _BY_REASON:
         cls = _BY_REASON[info.reason]
         return cls(details, reason=info.reason, metadata=dict(info.metadata), code=code)

@@ -150,11 +150,16 @@ class SaleState:
                 (str(uuid.uuid4()), transaction_id, card_number),
             )
 
-    def forget_tender(self, transaction_id: str, card_number: str) -> None:
+    def forget_tender(
+        self, transaction_id: str, card_number: str, *, only_if_removed_offline: bool = False
+    ) -> None:
+        """Drop a tender. With ``only_if_removed_offline`` (a queued unlock HQ just applied)
+        a tender the cashier added again meanwhile (``save_tender`` resets the mark) stays."""
         with self._db.write() as conn:
             conn.execute(
-                "DELETE FROM tenders WHERE transaction_id = ? AND card_number = ?",
-                (transaction_id, card_number),
+                "DELETE FROM tenders WHERE transaction_id = ? AND card_number = ? "
+                "AND (removed_offline = 1 OR NOT ?)",
+                (transaction_id, card_number, only_if_removed_offline),
             )
 
     # -- tender lines -------------------------------------------------------------------
@@ -235,6 +240,14 @@ class SaleState:
             )
             if next_line_id is not None:
                 self._set_attempted(conn, transaction_id, next_line_id)
+
+    def clear_attempted(self, transaction_id: str, line_id: str) -> None:
+        """The line's Redeem surely debited nothing (HQ refused it, or it never left)."""
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE sale_lines SET attempted = 0 WHERE transaction_id = ? AND line_id = ?",
+                (transaction_id, line_id),
+            )
 
     @staticmethod
     def _set_attempted(conn: sqlite3.Connection, transaction_id: str, line_id: str) -> None:

@@ -243,7 +243,9 @@ class SyncAgent:
                 pass  # Released or taken over already: nothing left to release.
             except TerminalError as failure:
                 return failure
-            self._sale_state.forget_tender(record.transaction_id, record.card_number)
+            self._sale_state.forget_tender(
+                record.transaction_id, record.card_number, only_if_removed_offline=True
+            )
         return None
 
     def _report_progress(self, done: int, total: int, started: float) -> None:
