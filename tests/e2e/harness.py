@@ -84,6 +84,7 @@ class Till:
     def __init__(self, channel: grpc.Channel, terminal_id: str, token: str) -> None:
         self.stub = ts_grpc.TerminalServiceStub(channel)
         self.terminal_id = terminal_id
+        self.token = token
         self.metadata = (("authorization", f"Bearer {token}"),)
 
     def call(self, rpc: str, request: Message) -> Any:
