@@ -49,8 +49,7 @@ function errorInfoOf(error) {
   const [bin] = error.metadata ? error.metadata.get('grpc-status-details-bin') : [];
   if (!bin) return null;
   const status = Status.decode(bin);
-  const detail = status.details.find((any) => any.type_url === ERROR_INFO_URL
-                                              || any.typeUrl === ERROR_INFO_URL);
+  const detail = status.details.find((any) => any.type_url === ERROR_INFO_URL);
   return detail ? ErrorInfo.toObject(ErrorInfo.decode(detail.value)) : null;
 }
 
