@@ -1,4 +1,5 @@
-"""Regenerate generated/ from protos/: messages, gRPC stubs and their .pyi typing stubs.
+"""Regenerate generated/ from protos/: messages, gRPC stubs, their .pyi typing stubs, and the
+descriptor set (with the protos' comments) that HQ serves through reflection.
 
 The import path of the generated modules equals the proto package (``storedvalue.v1``)
 because protoc runs with protos/ as its only include root, so plain
@@ -24,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 GENERATED = ROOT / "generated"
 PACKAGE_DIR = Path("storedvalue") / "v1"
+# Every file of the contract and its imports, with source info (the comments), so that
+# reflection clients (grpcurl describe, buf curl) show the documentation.
+DESCRIPTOR_SET = PACKAGE_DIR / "descriptor_set.binpb"
 
 # Written beside the generated modules so that storedvalue.v1 is a typed regular package
 # while storedvalue itself stays a PEP 420 namespace shared with server/ and client/.
@@ -42,7 +46,7 @@ def _plugin(name: str) -> str:
 
 def generate(out: Path) -> None:
     protos = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / PACKAGE_DIR).glob("*.proto"))
-    out.mkdir(parents=True, exist_ok=True)
+    (out / PACKAGE_DIR).mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
         "-m",
@@ -54,6 +58,9 @@ def generate(out: Path) -> None:
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
+        f"--descriptor_set_out={out / DESCRIPTOR_SET}",
+        "--include_source_info",
+        "--include_imports",
         *protos,
     ]
     done = subprocess.run(cmd, cwd=PROTOS, capture_output=True, text=True)

@@ -144,3 +144,43 @@ def test_serve_refuses_plaintext_on_a_non_loopback_address(tmp_path: Path) -> No
     message = server_log(process)
     assert "refusing to serve plaintext on 0.0.0.0" in message
     assert "--tls-cert" in message
+
+
+def test_grpcurl_describe_shows_the_contract_documentation(serve_process: ServeProcess) -> None:
+    hq = serve_process
+
+    message = hq.grpcurl(hq.address, "describe", "storedvalue.v1.RedeemRequest")
+    reasons = hq.grpcurl(hq.address, "describe", "storedvalue.v1.ErrorReason")
+    method = hq.grpcurl(hq.address, "describe", "storedvalue.v1.TerminalService.LockCard")
+    money = hq.grpcurl(hq.address, "describe", "storedvalue.v1.Money")
+
+    assert message.returncode == 0, message.stderr
+    assert "// The live lock's fencing token. Required." in message.stdout
+    assert reasons.returncode == 0, reasons.stderr
+    assert "ERROR_REASON_CARD_LOCKED = 30;" in reasons.stdout
+    assert "// [FAILED_PRECONDITION] Another terminal or transaction holds" in reasons.stdout
+    assert method.returncode == 0, method.stderr
+    assert "rpc LockCard ( .storedvalue.v1.LockCardRequest )" in method.stdout
+    assert "// Locks a card for a sale" in method.stdout
+    assert "minor units" in money.stdout
+
+
+def test_buf_curl_reaches_hq_through_v1_reflection(serve_process: ServeProcess) -> None:
+    hq = serve_process
+    buf = Path(__file__).resolve().parents[2] / ".ci" / "node" / "node_modules" / ".bin" / "buf"
+    found = str(buf) if buf.exists() else shutil.which("buf")
+    if found is None:
+        pytest.skip("buf is not installed (CI installs it in .ci/node)")
+    base = [found, "curl", "--protocol", "grpc", "--http2-prior-knowledge",
+            "--reflect-protocol", "grpc-v1"]
+
+    methods = subprocess.run([*base, "--list-methods", f"http://{hq.address}"],
+                             capture_output=True, text=True, timeout=30)
+    health = subprocess.run([*base, "-d", "{}", f"http://{hq.address}/grpc.health.v1.Health/Check"],
+                            capture_output=True, text=True, timeout=30)
+
+    assert methods.returncode == 0, methods.stderr
+    assert "storedvalue.v1.TerminalService/Redeem" in methods.stdout.split()
+    assert "storedvalue.v1.BackOfficeService/ForceUnlockCard" in methods.stdout.split()
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout) == {"status": "SERVING"}

@@ -14,11 +14,11 @@ from typing import Any, TextIO
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from storedvalue.hq.config import ADMIN_NAME, HQConfig, redacted_url, split_listen_address
 from storedvalue.hq.domain.terminals import hash_token
 from storedvalue.hq.grpc_api.back_office_servicer import BackOfficeServicer
+from storedvalue.hq.grpc_api.reflection import add_reflection
 from storedvalue.hq.grpc_api.terminal_servicer import TerminalServicer
 from storedvalue.hq.services.auth import Authenticator
 from storedvalue.hq.services.back_office import BackOfficeService
@@ -181,11 +181,7 @@ def create_server(config: HQConfig, *, storage: Storage | None = None) -> tuple[
         for name in ("", TERMINAL_SERVICE, BACK_OFFICE_SERVICE):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (TERMINAL_SERVICE, BACK_OFFICE_SERVICE, health.SERVICE_NAME,
-             reflection.SERVICE_NAME),
-            server,
-        )
+        add_reflection(server, (TERMINAL_SERVICE, BACK_OFFICE_SERVICE, health.SERVICE_NAME))
         port = _bind(server, config)
     except BaseException:
         if owns_storage:
