@@ -191,6 +191,15 @@ class FakeRedemptionRepository:
             raise _taken("redemptions primary key")
         self._state.redemptions.update((r.key, r) for r in new)
 
+    def mark_reversed(self, redemptions: Iterable[Redemption]) -> None:
+        stored = self._state.redemptions
+        for line in redemptions:
+            if line.key in stored:
+                stored[line.key] = replace(
+                    stored[line.key], reversal=line.reversal,
+                    reversed_at=_stored(line).reversed_at,
+                )
+
 
 class FakeRequestLog:
     def __init__(self, state: _State) -> None:

@@ -17,10 +17,13 @@ from storedvalue.hq.domain.offline import (
     OfflineOutcome,
     OfflineRecord,
     OfflineRedeemLine,
+    OfflineReversal,
+    OfflineReversalResult,
     OfflineTransaction,
     OfflineTransactionResult,
     OfflineUnlock,
     Redemption,
+    ReversalOutcome,
 )
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.domain.terminals import Terminal, hash_token
@@ -135,10 +138,20 @@ def make_transaction(transaction_id: str, sequence_number: int) -> OfflineTransa
         unlocks=(OfflineUnlock(card_number=card_number(2), transaction_id="txn-0",
                                fencing_token=2),),
         fingerprint=b"\x00\x01digest\xff",
+        reversals=(OfflineReversal(line_id="line-0", card_number=card_number(3),
+                                   amount=Money(500, "EUR"), fencing_token=7),),
     )
 
 
 def make_record(terminal_id: str, transaction_id: str, sequence_number: int) -> OfflineRecord:
+    """Odd sequence numbers carry reversal results, even ones none (two stored forms)."""
+    reversals = (
+        OfflineReversalResult(
+            line_id="line-0", outcome=ReversalOutcome.REVERSED, reason="REMAINDER_MEMO_IN_USE",
+            balance_after=Money(500, "EUR"), remainder_credit_memo_number=card_number(8),
+        ),
+        OfflineReversalResult(line_id="line-9", outcome=ReversalOutcome.NEVER_APPLIED),
+    ) if sequence_number % 2 else ()
     result = OfflineTransactionResult(
         transaction_id=transaction_id,
         sequence_number=sequence_number,
@@ -156,6 +169,7 @@ def make_record(terminal_id: str, transaction_id: str, sequence_number: int) -> 
             ),
         ),
         exception_ids=("exc_1",),
+        reversal_results=reversals,
     )
     return OfflineRecord(
         terminal_id=terminal_id,

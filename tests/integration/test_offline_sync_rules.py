@@ -7,27 +7,30 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from storedvalue.hq import records
 from storedvalue.hq.domain.cards import CardKind, CardStatus
-from storedvalue.hq.domain.errors import LimitExceeded
-from storedvalue.hq.domain.journal import journal_balance
+from storedvalue.hq.domain.errors import LimitExceeded, LineReversed
+from storedvalue.hq.domain.journal import JournalEntryKind, journal_balance
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineExceptionKind,
     OfflineLineOutcome,
     OfflineOutcome,
     OfflineRedeemLine,
+    OfflineReversal,
     OfflineTransaction,
     OfflineUnlock,
+    ReversalOutcome,
 )
 from storedvalue.hq.domain.parameters import ParametersChange
 from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.services.back_office import BackOfficeService
-from storedvalue.hq.services.cards import CardService
+from storedvalue.hq.services.cards import CardService, RedeemResult
 from storedvalue.hq.services.idempotency import RequestKey
 from storedvalue.hq.services.offline import OfflineService, SyncLimits, SyncOutcome
 from storedvalue.hq.services.parameters import ParametersService
@@ -221,3 +224,191 @@ def test_over_a_limit_nothing_of_the_batch_is_applied(hq: HQ) -> None:
         hq.sync(offline(1, line(card, 1)), offline(2, *[line(card, 1, str(i)) for i in range(4)]))
     assert hq.balance(card) == 10_000
     assert hq.back_office.get_sync_status(terminal_id=TILL).highest_sequence_seen == 0
+
+
+# -- reversals (issue 8) --------------------------------------------------------------------
+
+
+def reversal(number: str, amount: int, line_id: str = "1") -> OfflineReversal:
+    return OfflineReversal(line_id, number, Money(amount, "EUR"), 1)
+
+
+def reversing(seq: int, *reversals: OfflineReversal, sale: str,
+              lines: tuple[OfflineRedeemLine, ...] = ()) -> OfflineTransaction:
+    draft = OfflineTransaction(sale, seq, NOW, 2, lines, (), b"", reversals)
+    return replace(draft, fingerprint=hashlib.sha256(records.dumps(draft).encode()).digest())
+
+
+def redeem_online(hq: HQ, number: str, sale: str, amount: int, *, line_id: str = "1",
+                  request_id: str | None = None) -> RedeemResult:
+    token = hq.lock(number, sale)
+    key = hq.key(TILL, "Redeem")
+    if request_id is not None:
+        key = replace(key, request_id=request_id)
+    return hq.cards.redeem(key=key, terminal_id=TILL, card_number=number, transaction_id=sale,
+                           line_id=line_id, fencing_token=token, amount=Money(amount, "EUR"))
+
+
+def journal_kinds(hq: HQ, number: str) -> list[tuple[JournalEntryKind, int]]:
+    entries = hq.back_office.list_journal(card_number=number, after_entry_id=0, limit=100)
+    return [(entry.kind, entry.amount_minor) for entry in entries]
+
+
+def test_a_reversed_online_debit_is_credited_back_once_with_its_own_journal_entry(
+    hq: HQ,
+) -> None:
+    card = hq.issue(10_000)
+    redeem_online(hq, card, "sale-1", 2_500)  # its answer never reached the till
+    txn = reversing(1, reversal(card, 2_500), sale="sale-1")
+
+    (result,) = hq.sync(txn).results
+    (again,) = hq.sync(txn).results
+
+    assert result.outcome is OfflineOutcome.APPLIED
+    (reversed_line,) = result.reversal_results
+    assert (reversed_line.outcome, reversed_line.balance_after) == (
+        ReversalOutcome.REVERSED, Money(10_000, "EUR"))
+    assert again.outcome is OfflineOutcome.ALREADY_APPLIED
+    assert again.reversal_results == result.reversal_results
+    assert hq.balance(card) == 10_000
+    assert journal_kinds(hq, card) == [(JournalEntryKind.ISSUE, 10_000),
+                                       (JournalEntryKind.REDEEM, -2_500),
+                                       (JournalEntryKind.REVERSAL, 2_500)]
+
+
+def test_a_reversed_memo_gets_its_whole_value_back_and_its_unused_remainder_is_voided(
+    hq: HQ,
+) -> None:
+    memo = hq.issue(2_000, CardKind.CREDIT_MEMO)
+    remainder = redeem_online(hq, memo, "sale-1", 500).remainder_credit_memo
+    assert remainder is not None
+    hq.issued.append(remainder.card_number)
+
+    (result,) = hq.sync(reversing(1, reversal(memo, 500), sale="sale-1")).results
+
+    (reversed_line,) = result.reversal_results
+    assert reversed_line.voided_credit_memo_number == remainder.card_number
+    assert reversed_line.remainder_credit_memo_number == ""
+    restored = hq.cards.get_card(caller=TILL, card_number=memo)
+    assert (restored.balance_minor, restored.status) == (2_000, CardStatus.ACTIVE)
+    voided = hq.cards.get_card(caller=TILL, card_number=remainder.card_number)
+    assert (voided.balance_minor, voided.status) == (0, CardStatus.REDEEMED)
+    assert journal_kinds(hq, remainder.card_number) == [
+        (JournalEntryKind.REMAINDER_IN, 1_500), (JournalEntryKind.REVERSAL, -1_500)]
+    token = hq.lock(memo, "sale-2")  # usable again, for its whole value
+    hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=memo,
+                    transaction_id="sale-2", line_id="1", fencing_token=token,
+                    amount=Money(2_000, "EUR"))
+
+
+def test_a_remainder_memo_in_use_stays_valid_and_the_back_office_is_told(hq: HQ) -> None:
+    memo = hq.issue(2_000, CardKind.CREDIT_MEMO)
+    remainder = redeem_online(hq, memo, "sale-1", 500).remainder_credit_memo
+    assert remainder is not None
+    hq.issued.append(remainder.card_number)
+    hq.lock(remainder.card_number, "sale-7", till="till-2")  # someone holds it now
+
+    (result,) = hq.sync(reversing(1, reversal(memo, 500), sale="sale-1")).results
+
+    assert (result.outcome, result.reason) == (
+        OfflineOutcome.APPLIED_WITH_EXCEPTION, "REMAINDER_MEMO_IN_USE")
+    (reversed_line,) = result.reversal_results
+    assert reversed_line.remainder_credit_memo_number == remainder.card_number
+    # Charged once: the memo got the debit back, the remainder memo keeps the rest.
+    assert (hq.balance(memo), hq.balance(remainder.card_number)) == (500, 1_500)
+    exceptions, _ = hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
+                                                   card_number=memo, after="", limit=10)
+    assert [(e.kind, e.reason) for e in exceptions] == [
+        (OfflineExceptionKind.REVERSAL, "REMAINDER_MEMO_IN_USE")]
+    assert list(result.exception_ids) == [e.exception_id for e in exceptions]
+
+
+def test_a_line_reversed_before_any_debit_is_never_applied_and_its_lock_is_released(
+    hq: HQ,
+) -> None:
+    card = hq.issue(10_000)
+    token = hq.lock(card, "sale-1")
+
+    (result,) = hq.sync(reversing(1, reversal(card, 2_500), sale="sale-1")).results
+
+    assert [r.outcome for r in result.reversal_results] == [ReversalOutcome.NEVER_APPLIED]
+    assert hq.cards.get_card(caller=TILL, card_number=card).lock is None
+    # The Redeem whose answer "never came" arrives now, late: refused, nothing debited.
+    with pytest.raises(LineReversed) as refused:
+        hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=card,
+                        transaction_id="sale-1", line_id="1", fencing_token=token,
+                        amount=Money(2_500, "EUR"))
+    assert refused.value.metadata["reversal"] == "NEVER_APPLIED"
+    assert hq.balance(card) == 10_000
+
+
+def test_resending_a_redeem_that_was_reversed_since_is_refused_not_replayed(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    redeem_online(hq, card, "sale-1", 2_500, request_id="redeem-1")
+    hq.sync(reversing(1, reversal(card, 2_500), sale="sale-1"))
+
+    with pytest.raises(LineReversed):
+        hq.cards.redeem(key=replace(hq.key(TILL, "Redeem"), request_id="redeem-1"),
+                        terminal_id=TILL, card_number=card, transaction_id="sale-1",
+                        line_id="1", fencing_token=1, amount=Money(2_500, "EUR"))
+    assert hq.balance(card) == 10_000
+
+
+def test_a_later_record_of_a_reversed_line_is_kept_for_review_and_not_applied(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    hq.lock(card, "sale-1")
+    hq.sync(reversing(1, reversal(card, 2_500), sale="sale-1"))
+
+    (late,) = hq.sync(offline(2, line(card, 2_500), sale="sale-1")).results
+
+    assert (late.outcome, late.reason) == (OfflineOutcome.REJECTED, "TRANSACTION_CONFLICT")
+    assert hq.balance(card) == 10_000
+
+
+def test_a_sale_completed_offline_without_its_unknown_line_debits_one_and_reverses_the_other(
+    hq: HQ,
+) -> None:
+    """The issue's checkout: memo line L0 was redeemed online (answer lost), then the sale was
+    completed offline with gift card line L1 only, L0 paid another way."""
+    memo, gift = hq.issue(2_000, CardKind.CREDIT_MEMO), hq.issue(5_000)
+    remainder = redeem_online(hq, memo, "sale-1", 500, line_id="L0").remainder_credit_memo
+    assert remainder is not None
+    hq.issued.append(remainder.card_number)
+    gift_token = hq.lock(gift, "sale-1")
+    txn = reversing(1, reversal(memo, 500, "L0"), sale="sale-1",
+                    lines=(line(gift, 700, "L1", token=gift_token),))
+
+    (result,) = hq.sync(txn).results
+
+    assert result.outcome is OfflineOutcome.APPLIED
+    assert [r.outcome for r in result.line_results] == [OfflineLineOutcome.APPLIED]
+    assert [r.outcome for r in result.reversal_results] == [ReversalOutcome.REVERSED]
+    assert (hq.balance(memo), hq.balance(remainder.card_number), hq.balance(gift)) == (
+        2_000, 0, 4_300)
+    locks = hq.back_office.list_locks(terminal_id=None, include_expired=True,
+                                      after_card_number="", limit=10)
+    assert locks == []
+
+
+def test_a_reversal_naming_another_amount_reverses_what_was_debited_and_says_so(
+    hq: HQ,
+) -> None:
+    card = hq.issue(10_000)
+    redeem_online(hq, card, "sale-1", 2_500)
+
+    (result,) = hq.sync(reversing(1, reversal(card, 9_999), sale="sale-1")).results
+
+    assert (result.outcome, result.reason) == (
+        OfflineOutcome.APPLIED_WITH_EXCEPTION, "REVERSAL_MISMATCH")
+    assert hq.balance(card) == 10_000
+
+
+def test_a_line_both_debited_and_reversed_by_one_transaction_rejects_it(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    txn = reversing(1, reversal(card, 100, "1"), sale="sale-1", lines=(line(card, 100, "1"),))
+
+    (result,) = hq.sync(txn).results
+
+    assert (result.outcome, result.reason) == (OfflineOutcome.REJECTED, "INVALID_FIELD")
+    assert [r.outcome for r in result.reversal_results] == [ReversalOutcome.REJECTED]
+    assert hq.balance(card) == 10_000

@@ -24,6 +24,7 @@ from storage_samples import (
 
 from storedvalue.hq.domain.cards import CardKind, CardStatus
 from storedvalue.hq.domain.journal import JournalEntryKind
+from storedvalue.hq.domain.offline import ReversalOutcome
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, StoredResponse
 
 # -- units of work --------------------------------------------------------------------------
@@ -319,6 +320,25 @@ def test_redemptions_round_trip_and_unknown_keys_are_absent(storage: Storage) ->
 
     assert found == {applied[0].key: applied[0], applied[2].key: applied[2]}
     assert read(storage, lambda uow: uow.redemptions.get_many([])) == {}
+
+
+def test_a_reversed_line_and_a_tombstone_round_trip_and_marking_keeps_the_rest(
+    storage: Storage,
+) -> None:
+    debited = make_redemption("till-1", "t-1", "line-1", remainder=card_number(9))
+    tombstone = replace(make_redemption("till-1", "t-1", "line-2"),
+                        reversal=ReversalOutcome.NEVER_APPLIED, reversed_at=NOW)
+    untouched = make_redemption("till-1", "t-1", "line-3")
+    write(storage, lambda uow: uow.redemptions.add([debited, tombstone, untouched]))
+    reversed_line = replace(debited, reversal=ReversalOutcome.REVERSED,
+                            reversed_at=NOW + timedelta(seconds=5))
+
+    write(storage, lambda uow: uow.redemptions.mark_reversed([reversed_line]))
+
+    found = read(storage, lambda uow: uow.redemptions.get_many(
+        [debited.key, tombstone.key, untouched.key]))
+    assert found == {debited.key: reversed_line, tombstone.key: tombstone,
+                     untouched.key: untouched}
 
 
 def test_a_line_redeemed_twice_raises_concurrent_update(storage: Storage) -> None:

@@ -10,7 +10,9 @@ from storedvalue.hq.domain.offline import (
     OfflineLineOutcome,
     OfflineLineResult,
     OfflineOutcome,
+    OfflineReversalResult,
     OfflineTransactionResult,
+    ReversalOutcome,
 )
 from storedvalue.hq.storage import offline_results
 
@@ -30,6 +32,22 @@ RESULTS = [
                               Money(-250, "USD")),
         ),
         exception_ids=("x-1", "x-2"),
+    ),
+    OfflineTransactionResult(
+        transaction_id="t-3",
+        sequence_number=3,
+        outcome=OfflineOutcome.APPLIED_WITH_EXCEPTION,
+        original_outcome=OfflineOutcome.APPLIED_WITH_EXCEPTION,
+        reason="REMAINDER_MEMO_IN_USE",
+        exception_ids=("x-3",),
+        reversal_results=(
+            OfflineReversalResult("L0", ReversalOutcome.REVERSED, "REMAINDER_MEMO_IN_USE",
+                                  Money(500, "EUR"), "", "7002"),
+            OfflineReversalResult("L1", ReversalOutcome.REVERSED, "", Money(2000, "EUR"),
+                                  "7003"),
+            OfflineReversalResult("L2", ReversalOutcome.NEVER_APPLIED),
+            OfflineReversalResult("L3", ReversalOutcome.REJECTED, "\"odd\"\n"),
+        ),
     ),
 ]
 

@@ -41,8 +41,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-batch-transactions", type=int, metavar="N",
                         help="sync limit: transactions per SyncOfflineBatch (default 1000)")
     parser.add_argument("--max-transaction-lines", type=int, metavar="N",
-                        help="sync limit: redeem lines plus unlocks per transaction "
-                             "(default 200)")
+                        help="sync limit: redeem lines plus unlocks plus reversals per "
+                             "transaction (default 200)")
     parser.add_argument("--max-message-bytes", type=int, metavar="BYTES",
                         help="sync limit: bytes per sync request (default 8 MiB)")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",

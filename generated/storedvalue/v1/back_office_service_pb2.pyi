@@ -44,6 +44,10 @@ class _OfflineExceptionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """The transaction was rejected (unknown card, malformed line) and kept for review."""
     OFFLINE_EXCEPTION_KIND_CONFLICT: _OfflineExceptionKind.ValueType  # 5
     """A resend had the same transaction_id but different content; kept for review."""
+    OFFLINE_EXCEPTION_KIND_REVERSAL: _OfflineExceptionKind.ValueType  # 6
+    """A reversal HQ could not carry out exactly as a plain undo (reason
+    REMAINDER_MEMO_IN_USE or REVERSAL_MISMATCH); what HQ did is in the message.
+    """
 
 class OfflineExceptionKind(_OfflineExceptionKind, metaclass=_OfflineExceptionKindEnumTypeWrapper):
     """Kind of offline exception."""
@@ -62,6 +66,10 @@ OFFLINE_EXCEPTION_KIND_REJECTED: OfflineExceptionKind.ValueType  # 4
 """The transaction was rejected (unknown card, malformed line) and kept for review."""
 OFFLINE_EXCEPTION_KIND_CONFLICT: OfflineExceptionKind.ValueType  # 5
 """A resend had the same transaction_id but different content; kept for review."""
+OFFLINE_EXCEPTION_KIND_REVERSAL: OfflineExceptionKind.ValueType  # 6
+"""A reversal HQ could not carry out exactly as a plain undo (reason
+REMAINDER_MEMO_IN_USE or REVERSAL_MISMATCH); what HQ did is in the message.
+"""
 Global___OfflineExceptionKind: _TypeAlias = OfflineExceptionKind  # noqa: Y015
 
 class _JournalEntryKind:
@@ -84,6 +92,11 @@ class _JournalEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Jour
     """The remainder received by the new memo (credit)."""
     JOURNAL_ENTRY_KIND_FORCED_UNLOCK: _JournalEntryKind.ValueType  # 6
     """A back-office user released the card's lock. Amount zero; `note` says why."""
+    JOURNAL_ENTRY_KIND_REVERSAL: _JournalEntryKind.ValueType  # 7
+    """A terminal reversed a tender line HQ had debited (OfflineReversal): on the debited card,
+    the debit credited back (and, for a credit memo whose remainder memo was voided, that
+    remainder too); on a voided remainder memo, its value moved back (a debit).
+    """
 
 class JournalEntryKind(_JournalEntryKind, metaclass=_JournalEntryKindEnumTypeWrapper):
     """Kind of journal entry."""
@@ -102,6 +115,11 @@ JOURNAL_ENTRY_KIND_REMAINDER_IN: JournalEntryKind.ValueType  # 5
 """The remainder received by the new memo (credit)."""
 JOURNAL_ENTRY_KIND_FORCED_UNLOCK: JournalEntryKind.ValueType  # 6
 """A back-office user released the card's lock. Amount zero; `note` says why."""
+JOURNAL_ENTRY_KIND_REVERSAL: JournalEntryKind.ValueType  # 7
+"""A terminal reversed a tender line HQ had debited (OfflineReversal): on the debited card,
+the debit credited back (and, for a credit memo whose remainder memo was voided, that
+remainder too); on a voided remainder memo, its value moved back (a debit).
+"""
 Global___JournalEntryKind: _TypeAlias = JournalEntryKind  # noqa: Y015
 
 @_typing.final

@@ -92,6 +92,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """[FAILED_PRECONDITION] The offline exception is already resolved.
     metadata: exception_id.
     """
+    ERROR_REASON_LINE_REVERSED: _ErrorReason.ValueType  # 37
+    """[FAILED_PRECONDITION] The terminal reversed this tender line (an OfflineReversal of the
+    same transaction and line ids reached HQ first), so it is never debited: a Redeem of it
+    is refused, even one resending the request_id of an earlier debit that was then
+    credited back. metadata: transaction_id, line_id, reversal (REVERSED or NEVER_APPLIED).
+    """
     ERROR_REASON_PARAMETERS_VERSION_CONFLICT: _ErrorReason.ValueType  # 40
     """[ABORTED] The parameters changed since the version the caller read.
     metadata: expected_version, current_version.
@@ -125,6 +131,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_ALREADY_REDEEMED_ONLINE: _ErrorReason.ValueType  # 63
     """The redeem line was already applied by an online Redeem with the same transaction and
     line ids (its answer never reached the till); not applied again.
+    """
+    ERROR_REASON_REMAINDER_MEMO_IN_USE: _ErrorReason.ValueType  # 64
+    """A reversed credit memo line's remainder memo was already used or locked: it stays
+    valid, the memo got only the debit back, and the back office is told (the customer's
+    value is split over the two memos).
+    """
+    ERROR_REASON_REVERSAL_MISMATCH: _ErrorReason.ValueType  # 65
+    """A reversal named another card or amount than what HQ debited for that line: HQ reversed
+    what it debited and recorded an exception.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -189,6 +204,12 @@ ERROR_REASON_EXCEPTION_ALREADY_RESOLVED: ErrorReason.ValueType  # 36
 """[FAILED_PRECONDITION] The offline exception is already resolved.
 metadata: exception_id.
 """
+ERROR_REASON_LINE_REVERSED: ErrorReason.ValueType  # 37
+"""[FAILED_PRECONDITION] The terminal reversed this tender line (an OfflineReversal of the
+same transaction and line ids reached HQ first), so it is never debited: a Redeem of it
+is refused, even one resending the request_id of an earlier debit that was then
+credited back. metadata: transaction_id, line_id, reversal (REVERSED or NEVER_APPLIED).
+"""
 ERROR_REASON_PARAMETERS_VERSION_CONFLICT: ErrorReason.ValueType  # 40
 """[ABORTED] The parameters changed since the version the caller read.
 metadata: expected_version, current_version.
@@ -222,5 +243,14 @@ kept for review, nothing of it applied.
 ERROR_REASON_ALREADY_REDEEMED_ONLINE: ErrorReason.ValueType  # 63
 """The redeem line was already applied by an online Redeem with the same transaction and
 line ids (its answer never reached the till); not applied again.
+"""
+ERROR_REASON_REMAINDER_MEMO_IN_USE: ErrorReason.ValueType  # 64
+"""A reversed credit memo line's remainder memo was already used or locked: it stays
+valid, the memo got only the debit back, and the back office is told (the customer's
+value is split over the two memos).
+"""
+ERROR_REASON_REVERSAL_MISMATCH: ErrorReason.ValueType  # 65
+"""A reversal named another card or amount than what HQ debited for that line: HQ reversed
+what it debited and recorded an exception.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -97,11 +97,47 @@ OFFLINE_LINE_OUTCOME_REJECTED: OfflineLineOutcome.ValueType  # 4
 """Not debited; the whole transaction was rejected."""
 Global___OfflineLineOutcome: _TypeAlias = OfflineLineOutcome  # noqa: Y015
 
+class _OfflineReversalOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OfflineReversalOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OfflineReversalOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OFFLINE_REVERSAL_OUTCOME_UNSPECIFIED: _OfflineReversalOutcome.ValueType  # 0
+    """Never sent."""
+    OFFLINE_REVERSAL_OUTCOME_REVERSED: _OfflineReversalOutcome.ValueType  # 1
+    """The line had been debited: the debit was credited back to the card now."""
+    OFFLINE_REVERSAL_OUTCOME_NEVER_APPLIED: _OfflineReversalOutcome.ValueType  # 2
+    """The line had not been debited: HQ recorded that it never will be (a late Redeem of it
+    is refused with LINE_REVERSED).
+    """
+    OFFLINE_REVERSAL_OUTCOME_REJECTED: _OfflineReversalOutcome.ValueType  # 3
+    """Not applied; the whole transaction was rejected (see the transaction's reason)."""
+
+class OfflineReversalOutcome(_OfflineReversalOutcome, metaclass=_OfflineReversalOutcomeEnumTypeWrapper):
+    """What HQ did with one reversal."""
+
+OFFLINE_REVERSAL_OUTCOME_UNSPECIFIED: OfflineReversalOutcome.ValueType  # 0
+"""Never sent."""
+OFFLINE_REVERSAL_OUTCOME_REVERSED: OfflineReversalOutcome.ValueType  # 1
+"""The line had been debited: the debit was credited back to the card now."""
+OFFLINE_REVERSAL_OUTCOME_NEVER_APPLIED: OfflineReversalOutcome.ValueType  # 2
+"""The line had not been debited: HQ recorded that it never will be (a late Redeem of it
+is refused with LINE_REVERSED).
+"""
+OFFLINE_REVERSAL_OUTCOME_REJECTED: OfflineReversalOutcome.ValueType  # 3
+"""Not applied; the whole transaction was rejected (see the transaction's reason)."""
+Global___OfflineReversalOutcome: _TypeAlias = OfflineReversalOutcome  # noqa: Y015
+
 @_typing.final
 class OfflineTransaction(_message.Message):
     """A sale (or an abandoned sale) a terminal completed while it could not reach HQ. It is
     stored durably on the terminal and sent at sync; HQ applies it exactly once, keyed by
     `transaction_id`. The sending terminal is the one named by the call's credential.
+
+    A terminal also sends one for a sale it completed or abandoned online when something of
+    it is left for HQ: locks it could not release, and reversals (see OfflineReversal). Each
+    terminal sends at most one offline transaction per sale.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -112,6 +148,7 @@ class OfflineTransaction(_message.Message):
     PARAMETERS_VERSION_FIELD_NUMBER: _builtins.int
     REDEEM_LINES_FIELD_NUMBER: _builtins.int
     UNLOCKS_FIELD_NUMBER: _builtins.int
+    REVERSALS_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The terminal's id for the sale, the same one used for LockCard and any online Redeem
     attempted before the link dropped. Required; the idempotency key.
@@ -131,12 +168,20 @@ class OfflineTransaction(_message.Message):
     @_builtins.property
     def redeem_lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflineRedeemLine]:
         """The stored-value tender lines of the sale, each a debit. May be empty for a
-        transaction that only releases locks.
+        transaction that only releases locks or reverses lines.
         """
 
     @_builtins.property
     def unlocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflineUnlock]:
         """Locks the terminal released while offline (lines removed from a sale, abandoned sales)."""
+
+    @_builtins.property
+    def reversals(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflineReversal]:
+        """Lines of this sale the terminal gives up although their online Redeem may have reached
+        HQ (sent, answer never received) or did (abandoned after a debit). HQ applies them
+        after `redeem_lines` and `unlocks`. A line_id may not appear both here and in
+        `redeem_lines`.
+        """
 
     def __init__(
         self,
@@ -147,10 +192,11 @@ class OfflineTransaction(_message.Message):
         parameters_version: _builtins.int = ...,
         redeem_lines: _abc.Iterable[Global___OfflineRedeemLine] | None = ...,
         unlocks: _abc.Iterable[Global___OfflineUnlock] | None = ...,
+        reversals: _abc.Iterable[Global___OfflineReversal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "parameters_version", b"parameters_version", "redeem_lines", b"redeem_lines", "sequence_number", b"sequence_number", "transaction_id", b"transaction_id", "unlocks", b"unlocks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "parameters_version", b"parameters_version", "redeem_lines", b"redeem_lines", "reversals", b"reversals", "sequence_number", b"sequence_number", "transaction_id", b"transaction_id", "unlocks", b"unlocks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -241,6 +287,59 @@ class OfflineUnlock(_message.Message):
 Global___OfflineUnlock: _TypeAlias = OfflineUnlock  # noqa: Y015
 
 @_typing.final
+class OfflineReversal(_message.Message):
+    """The reversal of one tender line, the stored-value twin of a card terminal's reversal of
+    an authorisation whose answer never came (ISO 8583 reversal advice, Adyen's technical
+    cancel). The line is keyed by (terminal from the credential, the enclosing transaction's
+    transaction_id, line_id), exactly as its Redeem was. HQ applies it once:
+    - the line was debited (online, or offline at an earlier sync): the debit is credited
+      back to the card (journal kind REVERSAL). For a credit memo whose remainder went to a
+      new memo, that remainder memo is voided and its value moved back too when nobody has
+      used or locked it; otherwise it stays valid, the memo gets the debit back, and an
+      offline exception (kind REVERSAL, reason REMAINDER_MEMO_IN_USE) tells the back office
+      the customer's value is split over the two memos. Outcome REVERSED.
+    - the line was never debited: HQ records that it never will be. A Redeem of that line
+      arriving later is refused with LINE_REVERSED. Outcome NEVER_APPLIED.
+    Either way the lock this terminal holds on the card for the transaction is released.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_ID_FIELD_NUMBER: _builtins.int
+    CARD_NUMBER_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    FENCING_TOKEN_FIELD_NUMBER: _builtins.int
+    line_id: _builtins.str
+    """The terminal's id of the line, the one its Redeem carried. Required."""
+    card_number: _builtins.str
+    """The card the line was to debit. Required. HQ reverses what it debited for the line; a
+    different card or amount is recorded as an exception (reason REVERSAL_MISMATCH).
+    """
+    fencing_token: _builtins.int
+    """Fencing token of the lock the terminal held for this card and transaction; 0 if it
+    never learned it.
+    """
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """The line's amount, strictly positive, in the card's currency. Required."""
+
+    def __init__(
+        self,
+        *,
+        line_id: _builtins.str = ...,
+        card_number: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        fencing_token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "card_number", b"card_number", "fencing_token", b"fencing_token", "line_id", b"line_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfflineReversal: _TypeAlias = OfflineReversal  # noqa: Y015
+
+@_typing.final
 class OfflineTransactionResult(_message.Message):
     """HQ's answer for one offline transaction."""
 
@@ -254,6 +353,7 @@ class OfflineTransactionResult(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     LINE_RESULTS_FIELD_NUMBER: _builtins.int
     EXCEPTION_IDS_FIELD_NUMBER: _builtins.int
+    REVERSAL_RESULTS_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The transaction this result is for."""
     sequence_number: _builtins.int
@@ -276,6 +376,10 @@ class OfflineTransactionResult(_message.Message):
     def exception_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the offline exceptions recorded for this transaction."""
 
+    @_builtins.property
+    def reversal_results(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflineReversalResult]:
+        """One result per reversal, in the order sent."""
+
     def __init__(
         self,
         *,
@@ -287,14 +391,65 @@ class OfflineTransactionResult(_message.Message):
         message: _builtins.str = ...,
         line_results: _abc.Iterable[Global___OfflineLineResult] | None = ...,
         exception_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reversal_results: _abc.Iterable[Global___OfflineReversalResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exception_ids", b"exception_ids", "line_results", b"line_results", "message", b"message", "original_outcome", b"original_outcome", "outcome", b"outcome", "reason", b"reason", "sequence_number", b"sequence_number", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exception_ids", b"exception_ids", "line_results", b"line_results", "message", b"message", "original_outcome", b"original_outcome", "outcome", b"outcome", "reason", b"reason", "reversal_results", b"reversal_results", "sequence_number", b"sequence_number", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OfflineTransactionResult: _TypeAlias = OfflineTransactionResult  # noqa: Y015
+
+@_typing.final
+class OfflineReversalResult(_message.Message):
+    """HQ's answer for one reversal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    VOIDED_CREDIT_MEMO_NUMBER_FIELD_NUMBER: _builtins.int
+    REMAINDER_CREDIT_MEMO_NUMBER_FIELD_NUMBER: _builtins.int
+    line_id: _builtins.str
+    """The line this result is for."""
+    outcome: Global___OfflineReversalOutcome.ValueType
+    """What HQ did with the reversal."""
+    reason: _builtins.str
+    """An ErrorReason name when an exception was recorded (REMAINDER_MEMO_IN_USE,
+    REVERSAL_MISMATCH) or the transaction rejected; empty otherwise.
+    """
+    voided_credit_memo_number: _builtins.str
+    """REVERSED credit memo: the remainder memo HQ voided (its value moved back to the card).
+    Empty otherwise.
+    """
+    remainder_credit_memo_number: _builtins.str
+    """REVERSED credit memo whose remainder memo was in use: that memo, still valid, holding
+    the rest of the customer's value. Empty otherwise.
+    """
+    @_builtins.property
+    def balance_after(self) -> _common_pb2.Money:
+        """REVERSED: the card's balance right after the credit. Unset otherwise."""
+
+    def __init__(
+        self,
+        *,
+        line_id: _builtins.str = ...,
+        outcome: Global___OfflineReversalOutcome.ValueType = ...,
+        reason: _builtins.str = ...,
+        balance_after: _common_pb2.Money | None = ...,
+        voided_credit_memo_number: _builtins.str = ...,
+        remainder_credit_memo_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after", "line_id", b"line_id", "outcome", b"outcome", "reason", b"reason", "remainder_credit_memo_number", b"remainder_credit_memo_number", "voided_credit_memo_number", b"voided_credit_memo_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfflineReversalResult: _TypeAlias = OfflineReversalResult  # noqa: Y015
 
 @_typing.final
 class OfflineLineResult(_message.Message):

@@ -85,7 +85,7 @@ class SyncLimits(_message.Message):
     max_transactions_per_batch: _builtins.int
     """Most transactions in one SyncOfflineBatch request."""
     max_lines_per_transaction: _builtins.int
-    """Most redeem lines plus unlocks in one offline transaction."""
+    """Most redeem lines plus unlocks plus reversals in one offline transaction."""
     max_message_bytes: _builtins.int
     """Largest request message HQ accepts, in bytes."""
     def __init__(

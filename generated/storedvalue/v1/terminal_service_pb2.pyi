@@ -161,7 +161,8 @@ class RedeemRequest(_message.Message):
     """The sale, as used for LockCard. Required."""
     line_id: _builtins.str
     """The terminal's id for the tender line, unique within the sale. Required; an offline
-    record of the same line is recognised by (transaction_id, line_id).
+    record of the same line is recognised by (transaction_id, line_id). A line the
+    terminal reversed (OfflineReversal) is refused with LINE_REVERSED.
     """
     fencing_token: _builtins.int
     """The live lock's fencing token. Required."""

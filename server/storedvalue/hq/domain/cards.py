@@ -302,6 +302,20 @@ class Card:
             self.status = CardStatus.FLAGGED
         return overdrawn, remainder
 
+    def record_reversal(
+        self, amount_minor: int, *, terminal_id: str, transaction_id: str, line_id: str,
+        now: datetime,
+    ) -> None:
+        """Move value back for a reversed line: positive credits a debit back, negative voids
+        a remainder memo. A credit memo that holds value again is usable again (the use was
+        undone); one emptied is used up. A flagged card stays flagged for the back office."""
+        self._credit(
+            JournalEntryKind.REVERSAL, amount_minor, terminal_id=terminal_id,
+            transaction_id=transaction_id, line_id=line_id, offline=True, now=now,
+        )
+        if self.kind is CardKind.CREDIT_MEMO and self.status is not CardStatus.FLAGGED:
+            self.status = CardStatus.ACTIVE if self.balance_minor > 0 else CardStatus.REDEEMED
+
     def release_if_held(self, *, terminal_id: str, transaction_id: str) -> bool:
         """Release the lock this terminal and transaction hold; leave anyone else's alone."""
         if self.lock is not None and self.lock.is_held_by(terminal_id, transaction_id):

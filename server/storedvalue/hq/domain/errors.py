@@ -236,6 +236,19 @@ class ExceptionAlreadyResolved(FailedPrecondition):
         )
 
 
+class LineReversed(FailedPrecondition):
+    """The terminal reversed this tender line: it is never debited (again)."""
+
+    reason = "LINE_REVERSED"
+
+    def __init__(self, transaction_id: str, line_id: str, reversal: str) -> None:
+        super().__init__(
+            f"line {line_id!r} of transaction {transaction_id!r} was reversed by this "
+            f"terminal ({reversal}); it is never debited",
+            {"transaction_id": transaction_id, "line_id": line_id, "reversal": reversal},
+        )
+
+
 class ParametersVersionConflict(StoredValueError):
     reason = "PARAMETERS_VERSION_CONFLICT"
     code = "ABORTED"

@@ -15,6 +15,7 @@ class JournalEntryKind(enum.Enum):
     REMAINDER_OUT = "REMAINDER_OUT"
     REMAINDER_IN = "REMAINDER_IN"
     FORCED_UNLOCK = "FORCED_UNLOCK"  # amount zero; `note` holds the back office's reason
+    REVERSAL = "REVERSAL"  # a reversed line's debit (and voided remainder) moved back
 
 
 @dataclass(frozen=True, slots=True)

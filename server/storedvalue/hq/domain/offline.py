@@ -7,7 +7,6 @@ touched, so each item is all-or-nothing even when a batch shares one database tr
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -29,16 +28,21 @@ from storedvalue.hq.domain.offline_transactions import (
     OfflineOutcome,
     OfflineRecord,
     OfflineRedeemLine,
+    OfflineReversal,
+    OfflineReversalResult,
     OfflineTransaction,
     OfflineTransactionResult,
     OfflineUnlock,
     Redemption,
+    ReversalOutcome,
+    new_exception_id,
 )
 from storedvalue.hq.domain.parameters import Parameters
-
-
-def new_exception_id() -> str:
-    return "exc_" + secrets.token_hex(10)
+from storedvalue.hq.domain.reversals import (
+    apply_reversals,
+    rejected_reversals,
+    validate_reversals,
+)
 
 
 def validate_offline_envelope(txn: OfflineTransaction, index: int) -> None:
@@ -121,12 +125,16 @@ def plan_offline_batch(
             continue
         try:
             _validate_content(txn)
+            validate_reversals(txn)
             _check_cards(txn, cards)
         except StoredValueError as error:
             result = _reject(plan, terminal_id, txn, now, error)
         else:
             result = _apply(plan, terminal_id, txn, cards, applied_lines, parameters, now,
                             new_card_number)
+            if txn.reversals:
+                result = apply_reversals(plan, terminal_id=terminal_id, txn=txn, cards=cards,
+                                         lines=applied_lines, now=now, result=result)
         record = OfflineRecord(
             terminal_id=terminal_id,
             transaction_id=txn.transaction_id,
@@ -282,6 +290,7 @@ def _reject(
             for line in txn.redeem_lines
         ),
         exception_ids=(exc.exception_id,),
+        reversal_results=rejected_reversals(txn, error.reason),
     )
 
 
@@ -301,6 +310,7 @@ def _conflict(
             for line in txn.redeem_lines
         ),
         exception_ids=(exc.exception_id,),
+        reversal_results=rejected_reversals(txn, "TRANSACTION_CONFLICT"),
     )
 
 
@@ -327,10 +337,13 @@ __all__ = [
     "OfflineOutcome",
     "OfflineRecord",
     "OfflineRedeemLine",
+    "OfflineReversal",
+    "OfflineReversalResult",
     "OfflineTransaction",
     "OfflineTransactionResult",
     "OfflineUnlock",
     "Redemption",
+    "ReversalOutcome",
     "new_exception_id",
     "plan_offline_batch",
     "validate_offline_envelope",

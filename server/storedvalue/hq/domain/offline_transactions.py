@@ -6,6 +6,7 @@ Plain data; the rules that produce the results live in `storedvalue.hq.domain.of
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -31,6 +32,17 @@ class OfflineUnlock:
 
 
 @dataclass(frozen=True, slots=True)
+class OfflineReversal:
+    """A tender line the terminal gives up although its Redeem may have reached HQ; the
+    rules are in `storedvalue.hq.domain.reversals`."""
+
+    line_id: str
+    card_number: str
+    amount: Money | None
+    fencing_token: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class OfflineTransaction:
     transaction_id: str
     sequence_number: int
@@ -41,6 +53,7 @@ class OfflineTransaction:
     # Digest of the transaction's content as received; the same id with another digest is a
     # conflicting resend.
     fingerprint: bytes = b""
+    reversals: tuple[OfflineReversal, ...] = ()
 
 
 class OfflineOutcome(enum.Enum):
@@ -57,12 +70,19 @@ class OfflineLineOutcome(enum.Enum):
     REJECTED = "REJECTED"
 
 
+class ReversalOutcome(enum.Enum):
+    REVERSED = "REVERSED"  # the line had been debited; credited back
+    NEVER_APPLIED = "NEVER_APPLIED"  # the line had not been debited, and never will be
+    REJECTED = "REJECTED"  # the whole transaction was rejected (results only, never stored)
+
+
 class OfflineExceptionKind(enum.Enum):
     OVERDRAFT = "OVERDRAFT"
     OFFLINE_NOT_ALLOWED = "OFFLINE_NOT_ALLOWED"
     LOCK_NOT_HELD = "LOCK_NOT_HELD"
     REJECTED = "REJECTED"
     CONFLICT = "CONFLICT"
+    REVERSAL = "REVERSAL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +91,16 @@ class OfflineLineResult:
     outcome: OfflineLineOutcome
     reason: str = ""
     balance_after: Money | None = None
+    remainder_credit_memo_number: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineReversalResult:
+    line_id: str
+    outcome: ReversalOutcome
+    reason: str = ""
+    balance_after: Money | None = None
+    voided_credit_memo_number: str = ""
     remainder_credit_memo_number: str = ""
 
 
@@ -84,6 +114,7 @@ class OfflineTransactionResult:
     message: str = ""
     line_results: tuple[OfflineLineResult, ...] = ()
     exception_ids: tuple[str, ...] = ()
+    reversal_results: tuple[OfflineReversalResult, ...] = ()
 
     def as_redelivery(self) -> OfflineTransactionResult:
         """What a resend of the same transaction gets: its first outcome, nothing new."""
@@ -96,7 +127,12 @@ class OfflineTransactionResult:
             message=self.message,
             line_results=self.line_results,
             exception_ids=self.exception_ids,
+            reversal_results=self.reversal_results,
         )
+
+
+def new_exception_id() -> str:
+    return "exc_" + secrets.token_hex(10)
 
 
 @dataclass(slots=True)
@@ -124,7 +160,11 @@ class OfflineException:
 
 @dataclass(frozen=True, slots=True)
 class Redemption:
-    """A redeem line applied at HQ, online or at sync; the key that makes lines apply once."""
+    """What HQ decided for one tender line, keyed by (terminal, transaction, line): the key
+    that makes a line apply once. Normally a debit applied online or at sync; with
+    `reversal` REVERSED that debit was credited back since, and with NEVER_APPLIED nothing
+    was debited and the line is closed for good (a tombstone: `amount_minor` is what the
+    reversal named, `offline` is True)."""
 
     terminal_id: str
     transaction_id: str
@@ -135,6 +175,8 @@ class Redemption:
     remainder_card_number: str
     offline: bool
     recorded_at: datetime
+    reversal: ReversalOutcome | None = None
+    reversed_at: datetime | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -161,4 +203,6 @@ class OfflineBatchPlan:
     records: list[OfflineRecord] = field(default_factory=list)
     new_cards: list[Card] = field(default_factory=list)
     redemptions: list[Redemption] = field(default_factory=list)
+    # Lines already stored whose debit a reversal credited back (their new state).
+    reversed_redemptions: list[Redemption] = field(default_factory=list)
     exceptions: list[OfflineException] = field(default_factory=list)

@@ -22,9 +22,12 @@ from storedvalue.hq.domain.offline import (
     OfflineLineResult,
     OfflineOutcome,
     OfflineRedeemLine,
+    OfflineReversal,
+    OfflineReversalResult,
     OfflineTransaction,
     OfflineTransactionResult,
     OfflineUnlock,
+    ReversalOutcome,
 )
 from storedvalue.hq.domain.parameters import Parameters, ParametersChange
 from storedvalue.hq.domain.terminals import SequenceGap
@@ -172,6 +175,7 @@ def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> Offli
     # Runs for every item of every batch: no generator per field, no empty tuples built.
     lines = txn.redeem_lines
     unlocks = txn.unlocks
+    reversals = txn.reversals
     return OfflineTransaction(
         transaction_id=txn.transaction_id,
         sequence_number=txn.sequence_number,
@@ -193,6 +197,16 @@ def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> Offli
             else ()
         ),
         fingerprint=message_fingerprint(txn),
+        reversals=tuple([_reversal_from_proto(r) for r in reversals]) if reversals else (),
+    )
+
+
+def _reversal_from_proto(reversal: offline_pb2.OfflineReversal) -> OfflineReversal:
+    return OfflineReversal(
+        line_id=reversal.line_id,
+        card_number=reversal.card_number,
+        amount=money_from_proto(reversal.amount) if reversal.HasField("amount") else None,
+        fencing_token=reversal.fencing_token,
     )
 
 
@@ -237,6 +251,15 @@ def offline_transaction_to_proto(txn: OfflineTransaction) -> offline_pb2.Offline
             )
             for unlock in txn.unlocks
         ],
+        reversals=[
+            offline_pb2.OfflineReversal(
+                line_id=reversal.line_id,
+                card_number=reversal.card_number,
+                amount=money_to_proto(reversal.amount) if reversal.amount is not None else None,
+                fencing_token=reversal.fencing_token,
+            )
+            for reversal in txn.reversals
+        ],
     )
 
 
@@ -247,6 +270,10 @@ _OUTCOMES = {
 _LINE_OUTCOMES = {
     outcome: offline_pb2.OfflineLineOutcome.Value("OFFLINE_LINE_OUTCOME_" + outcome.value)
     for outcome in OfflineLineOutcome
+}
+_REVERSAL_OUTCOMES = {
+    outcome: offline_pb2.OfflineReversalOutcome.Value("OFFLINE_REVERSAL_OUTCOME_" + outcome.value)
+    for outcome in ReversalOutcome
 }
 
 
@@ -282,6 +309,10 @@ def fill_offline_result(
             _fill_line_result(add_line(), line)
     if result.exception_ids:
         message.exception_ids.extend(result.exception_ids)
+    if result.reversal_results:
+        add_reversal = message.reversal_results.add
+        for reversal in result.reversal_results:
+            _fill_reversal_result(add_reversal(), reversal)
 
 
 def _fill_line_result(message: offline_pb2.OfflineLineResult, result: OfflineLineResult) -> None:
@@ -296,6 +327,18 @@ def _fill_line_result(message: offline_pb2.OfflineLineResult, result: OfflineLin
         balance_after.currency_code = balance.currency
     if result.remainder_credit_memo_number:
         message.remainder_credit_memo_number = result.remainder_credit_memo_number
+
+
+def _fill_reversal_result(
+    message: offline_pb2.OfflineReversalResult, result: OfflineReversalResult
+) -> None:
+    message.line_id = result.line_id
+    message.outcome = _REVERSAL_OUTCOMES[result.outcome]
+    message.reason = result.reason
+    if result.balance_after is not None:
+        message.balance_after.CopyFrom(money_to_proto(result.balance_after))
+    message.voided_credit_memo_number = result.voided_credit_memo_number
+    message.remainder_credit_memo_number = result.remainder_credit_memo_number
 
 
 def gap_to_proto(gap: SequenceGap) -> offline_pb2.SequenceGap:

@@ -19,8 +19,9 @@ from storedvalue.hq.domain.errors import CardAlreadyExists, CardNotFound, Invali
 from storedvalue.hq.domain.money import Money, positive_money
 from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.domain.parameters import DEFAULT_LOCK_LEASE
+from storedvalue.hq.domain.reversals import refuse_if_reversed
 from storedvalue.hq.services.clock import Clock, utc_now
-from storedvalue.hq.services.idempotency import RequestKey, run_once
+from storedvalue.hq.services.idempotency import RequestKey, once, run_once
 from storedvalue.hq.services.parameters import ParametersFeed
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import run_in_transaction
@@ -158,7 +159,9 @@ class CardService:
         amount: Money | None,
     ) -> RedeemResult:
         """Debit, journal and release the lock in one transaction. A line HQ already applied
-        (same terminal, transaction and line ids, e.g. at sync) is not applied again."""
+        (same terminal, transaction and line ids, e.g. at sync) is not applied again; a line
+        the terminal reversed is refused (LINE_REVERSED), even when this request id once
+        debited it: that debit was credited back."""
         key.validate()
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
@@ -166,10 +169,10 @@ class CardService:
         money = positive_money(amount, "amount")
         self._throttle.check(terminal_id)
 
-        def run(uow: UnitOfWork, now: datetime) -> RedeemResult:
-            card = self._load_for_update(uow, card_number, caller=terminal_id)
-            line_key = (terminal_id, transaction_id, line_id)
-            earlier = uow.redemptions.get_many([line_key]).get(line_key)
+        line_key = (terminal_id, transaction_id, line_id)
+
+        def run(uow: UnitOfWork, now: datetime, card: Card, earlier: Redemption | None
+                ) -> RedeemResult:
             if earlier is not None:
                 return self._replayed_line(uow, earlier, card, money, now)
             remainder = card.redeem_online(
@@ -214,7 +217,16 @@ class CardService:
                 remainder_credit_memo=memo.snapshot(now) if memo else None,
             )
 
-        return run_once(self._storage, key, RedeemResult, self._clock, run)
+        def work(uow: UnitOfWork) -> RedeemResult:
+            now = self._clock()
+            # The card's row lock first: a sync applying or reversing this line holds it.
+            card = self._load_for_update(uow, card_number, caller=terminal_id)
+            earlier = uow.redemptions.get_many([line_key]).get(line_key)
+            # Before the request id's replay: a reversal outranks a remembered answer.
+            refuse_if_reversed(earlier)
+            return once(uow, key, RedeemResult, now, lambda: run(uow, now, card, earlier))
+
+        return run_in_transaction(self._storage, work)
 
     def issue_card(
         self,

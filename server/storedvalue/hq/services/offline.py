@@ -14,11 +14,12 @@ from storedvalue.hq.domain.offline import (
     plan_offline_batch,
     validate_offline_envelope,
 )
+from storedvalue.hq.domain.reversals import cards_a_reversal_touches, reversal_keys
 from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
 from storedvalue.hq.services.cards import add_new_cards, flush
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.transactions import run_in_transaction
-from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,12 @@ class OfflineService:
                 raise TerminalNotFound(terminal_id)
             numbers = {line.card_number for txn in batch for line in txn.redeem_lines}
             numbers.update(unlock.card_number for txn in batch for unlock in txn.unlocks)
+            reversed_keys = reversal_keys(terminal_id, batch)
+            if reversed_keys:
+                # A reversal may move value back from a remainder memo: lock it with the rest.
+                numbers.update(r.card_number for txn in batch for r in txn.reversals)
+                for line in uow.redemptions.get_many(reversed_keys).values():
+                    numbers.update(cards_a_reversal_touches(line))
             cards = uow.cards.get_many_for_update(numbers)
             txn_ids = {txn.transaction_id for txn in batch}
             known = uow.offline.get_many(terminal_id, txn_ids)
@@ -101,7 +108,14 @@ class OfflineService:
                 for txn in batch
                 for line in txn.redeem_lines
             }
-            redemptions = uow.redemptions.get_many(line_keys)
+            redemptions = uow.redemptions.get_many(line_keys | reversed_keys)
+            if reversed_keys and any(
+                number not in cards
+                for key in reversed_keys if key in redemptions
+                for number in cards_a_reversal_touches(redemptions[key])
+            ):
+                # A line was redeemed online between the two reads (PostgreSQL): again.
+                raise ConcurrentUpdate("a reversed line was redeemed meanwhile")
             parameters = uow.parameters.get_versions({txn.parameters_version for txn in batch})
             plan = plan_offline_batch(
                 terminal_id=terminal_id,
@@ -119,6 +133,8 @@ class OfflineService:
                 add_new_cards(uow, plan.new_cards)
             if plan.redemptions:
                 uow.redemptions.add(plan.redemptions)
+            if plan.reversed_redemptions:
+                uow.redemptions.mark_reversed(plan.reversed_redemptions)
             if plan.exceptions:
                 uow.exceptions.add(plan.exceptions)
             if plan.records:
@@ -141,7 +157,7 @@ class OfflineService:
             )
         for index, txn in enumerate(transactions):
             validate_offline_envelope(txn, index)
-            lines = len(txn.redeem_lines) + len(txn.unlocks)
+            lines = len(txn.redeem_lines) + len(txn.unlocks) + len(txn.reversals)
             if lines > limits.max_lines_per_transaction:
                 raise LimitExceeded(
                     "max_lines_per_transaction", limits.max_lines_per_transaction, lines

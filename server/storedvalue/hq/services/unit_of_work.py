@@ -82,7 +82,12 @@ class RedemptionRepository(Protocol):
     ) -> dict[tuple[str, str, str], Redemption]:
         """By (terminal_id, transaction_id, line_id)."""
         ...
-    def add(self, redemptions: Iterable[Redemption]) -> None: ...
+    def add(self, redemptions: Iterable[Redemption]) -> None:
+        """Insert lines not stored yet (a taken key raises ConcurrentUpdate)."""
+        ...
+    def mark_reversed(self, redemptions: Iterable[Redemption]) -> None:
+        """Write the reversal state (`reversal`, `reversed_at`) of lines already stored."""
+        ...
 
 
 class RequestLog(Protocol):

@@ -52,6 +52,13 @@ _REDEMPTION = Query(
     )
 )
 _INSERT_REDEMPTIONS = BulkWrite(insert(redemptions))
+_MARK_REVERSED = BulkWrite(
+    update(redemptions).where(
+        redemptions.c.terminal_id == bindparam("key_terminal_id"),
+        redemptions.c.transaction_id == bindparam("key_transaction_id"),
+        redemptions.c.line_id == bindparam("key_line_id"),
+    )
+)
 
 
 class SqlCardRepository:
@@ -159,3 +166,8 @@ class SqlRedemptionRepository:
 
     def add(self, redemptions: Iterable[Redemption]) -> None:
         self._tx.write_many(_INSERT_REDEMPTIONS, [rows.redemption_values(r) for r in redemptions])
+
+    def mark_reversed(self, redemptions: Iterable[Redemption]) -> None:
+        self._tx.write_many(
+            _MARK_REVERSED, [rows.redemption_reversal_values(r) for r in redemptions]
+        )

@@ -19,7 +19,9 @@ from storedvalue.hq.domain.offline import (
     OfflineLineOutcome,
     OfflineLineResult,
     OfflineOutcome,
+    OfflineReversalResult,
     OfflineTransactionResult,
+    ReversalOutcome,
 )
 
 _string = encode_basestring_ascii  # what json.dumps(ensure_ascii=True) writes for a str
@@ -29,6 +31,9 @@ def dumps(result: OfflineTransactionResult) -> str:
     """[transaction_id, sequence_number, outcome, original_outcome, reason, message,
     [[line_id, outcome, reason, balance minor|null, balance currency|null, memo], ...],
     [exception_id, ...]]
+    and, only when the transaction had reversals, a ninth element
+    [[line_id, outcome, reason, balance minor|null, balance currency|null, voided memo,
+      kept remainder memo], ...]
 
     Written piece by piece with the C string encoder: byte for byte what
     `json.dumps(..., separators=(",", ":"))` writes, at a fraction of its per-call cost.
@@ -45,11 +50,26 @@ def dumps(result: OfflineTransactionResult) -> str:
             f"{_string(line.reason)},{money},{_string(line.remainder_credit_memo_number)}]"
         )
     exception_ids = ",".join([_string(exception_id) for exception_id in result.exception_ids])
+    reversals = ""
+    if result.reversal_results:
+        reversals = ",[" + ",".join([_reversal(r) for r in result.reversal_results]) + "]"
     return (
         f"[{_string(result.transaction_id)},{int(result.sequence_number)},"
         f"{_string(result.outcome._value_)},{_string(result.original_outcome._value_)},"
         f"{_string(result.reason)},{_string(result.message)},[{','.join(lines)}],"
-        f"[{exception_ids}]]"
+        f"[{exception_ids}]{reversals}]"
+    )
+
+
+def _reversal(result: OfflineReversalResult) -> str:
+    balance = result.balance_after
+    money = "null,null" if balance is None else (
+        f"{int(balance.amount_minor)},{_string(balance.currency)}"
+    )
+    return (
+        f"[{_string(result.line_id)},{_string(result.outcome._value_)},"
+        f"{_string(result.reason)},{money},{_string(result.voided_credit_memo_number)},"
+        f"{_string(result.remainder_credit_memo_number)}]"
     )
 
 
@@ -57,7 +77,8 @@ def loads(text: str) -> OfflineTransactionResult:
     if text.startswith("{"):  # written before the compact form
         return records.loads(OfflineTransactionResult, text)
     data: list[Any] = json.loads(text)
-    txn_id, sequence, outcome, original, reason, message, lines, exception_ids = data
+    txn_id, sequence, outcome, original, reason, message, lines, exception_ids = data[:8]
+    reversals = data[8] if len(data) > 8 else []
     return OfflineTransactionResult(
         transaction_id=txn_id,
         sequence_number=sequence,
@@ -76,4 +97,16 @@ def loads(text: str) -> OfflineTransactionResult:
             for line_id, line_outcome, line_reason, minor, currency, memo in lines
         ),
         exception_ids=tuple(exception_ids),
+        reversal_results=tuple(
+            OfflineReversalResult(
+                line_id=line_id,
+                outcome=ReversalOutcome(reversal_outcome),
+                reason=reversal_reason,
+                balance_after=None if minor is None else Money(minor, currency),
+                voided_credit_memo_number=voided,
+                remainder_credit_memo_number=kept,
+            )
+            for line_id, reversal_outcome, reversal_reason, minor, currency, voided, kept
+            in reversals
+        ),
     )

@@ -16,6 +16,7 @@ from storedvalue.hq.domain.offline import (
     OfflineRecord,
     OfflineTransaction,
     Redemption,
+    ReversalOutcome,
 )
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.domain.terminals import Terminal
@@ -154,6 +155,19 @@ def redemption_values(redemption: Redemption) -> Values:
         "remainder_card_number": redemption.remainder_card_number,
         "offline": redemption.offline,
         "recorded_at": to_micros(redemption.recorded_at),
+        "reversal": redemption.reversal._value_ if redemption.reversal is not None else None,
+        "reversed_at": _optional_micros(redemption.reversed_at),
+    }
+
+
+def redemption_reversal_values(redemption: Redemption) -> Values:
+    """What `mark_reversed` writes back, keyed by the line."""
+    return {
+        "key_terminal_id": redemption.terminal_id,
+        "key_transaction_id": redemption.transaction_id,
+        "key_line_id": redemption.line_id,
+        "reversal": redemption.reversal._value_ if redemption.reversal is not None else None,
+        "reversed_at": _optional_micros(redemption.reversed_at),
     }
 
 
@@ -168,6 +182,8 @@ def redemption_from_row(row: Row) -> Redemption:
         remainder_card_number=row.remainder_card_number,
         offline=bool(row.offline),
         recorded_at=from_micros(row.recorded_at),
+        reversal=None if row.reversal is None else ReversalOutcome(row.reversal),
+        reversed_at=_optional_moment(row.reversed_at),
     )
 
 

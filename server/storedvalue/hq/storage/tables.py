@@ -88,6 +88,8 @@ journal = Table(
     Index(None, "card_number", "entry_id"),
 )
 
+# What HQ decided for each tender line, by (terminal, transaction, line): a debit, possibly
+# reversed since, or a reversal's tombstone. The primary key is what makes a line apply once.
 redemptions = Table(
     "redemptions",
     METADATA,
@@ -100,6 +102,10 @@ redemptions = Table(
     Column("remainder_card_number", String(CARD_NUMBER), nullable=False),
     Column("offline", Boolean, nullable=False),
     Column("recorded_at", BigInteger, nullable=False),
+    # A reversal of the line (OfflineReversal): NULL while it stands, REVERSED once its debit
+    # was credited back, NEVER_APPLIED for a line reversed before any debit (a tombstone).
+    Column("reversal", String(ENUM), nullable=True),
+    Column("reversed_at", BigInteger, nullable=True),
 )
 
 request_log = Table(
