@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench_hq import TERMINAL_ID, PreparedHQ, filesystem_of, prepare, serving
 
+from storedvalue.cli._link import Link
 from storedvalue.terminal import (
     ConnectivityState,
     HQUnavailable,
@@ -39,9 +39,6 @@ from storedvalue.terminal import (
     Terminal,
     TerminalConfig,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from e2e.link_proxy import LinkProxy  # the tests' proxy, found via sys.path
 
 BUDGET_P99_MS = 2.0
 BUDGET_OVER_DEADLINE_MS = 50.0
@@ -88,7 +85,7 @@ def sell(terminal: Terminal, sale: str, card: str) -> float:
 
 
 def already_offline(
-    terminal: Terminal, link: LinkProxy, cards: list[str], baseline: DurableCommit
+    terminal: Terminal, link: Link, cards: list[str], baseline: DurableCommit
 ) -> tuple[list[float], list[float]]:
     for index, card in enumerate(cards):
         terminal.add_tender(transaction_id=f"offline-{index}", card_number=card)
@@ -103,7 +100,7 @@ def already_offline(
     return sales, commits
 
 
-def reconnect_and_lock(terminal: Terminal, link: LinkProxy, sale: str, card: str) -> None:
+def reconnect_and_lock(terminal: Terminal, link: Link, sale: str, card: str) -> None:
     link.pass_through()
     deadline = time.monotonic() + RECONNECT_S
     while time.monotonic() < deadline:
@@ -117,7 +114,7 @@ def reconnect_and_lock(terminal: Terminal, link: LinkProxy, sale: str, card: str
     raise RuntimeError(f"the till did not get back online within {RECONNECT_S} s")
 
 
-def first_after_drop(terminal: Terminal, link: LinkProxy, cards: list[str]) -> list[float]:
+def first_after_drop(terminal: Terminal, link: Link, cards: list[str]) -> list[float]:
     durations = []
     for index, card in enumerate(cards):
         sale = f"drop-{index}"
@@ -131,7 +128,7 @@ def first_after_drop(terminal: Terminal, link: LinkProxy, cards: list[str]) -> l
 def run(prepared: PreparedHQ, root: Path, sales: int, trials: int) -> None:
     baseline = DurableCommit(root / "baseline.sqlite3")
     try:
-        with serving(prepared) as address, LinkProxy(address) as link, Terminal(
+        with serving(prepared) as address, Link(address) as link, Terminal(
             address=link.address, terminal_id=TERMINAL_ID, credential=prepared.bearer_token,
             data_dir=root / "till", config=CONFIG,
         ) as terminal:

@@ -31,11 +31,12 @@ from bench_hq import ADMIN_TOKEN, TERMINAL_ID, PreparedHQ, filesystem_of, prepar
 
 from storedvalue.hq.grpc_api.convert import offline_transaction_from_proto
 from storedvalue.hq.services.offline import OfflineService
-from storedvalue.terminal import ConnectivityState, Terminal, TerminalConfig
-from storedvalue.terminal._convert import timestamp_to_pb
+from storedvalue.terminal import CardKind, ConnectivityState, Money, Terminal, TerminalConfig
+from storedvalue.terminal._convert import offline_sale_to_bytes
 from storedvalue.terminal._database import Database
+from storedvalue.terminal._hq_records import OfflineLine, OfflineSale
 from storedvalue.terminal._outbox import Outbox
-from storedvalue.v1 import back_office_service_pb2, back_office_service_pb2_grpc, common_pb2
+from storedvalue.v1 import back_office_service_pb2, back_office_service_pb2_grpc
 from storedvalue.v1 import offline_pb2 as opb
 
 CARDS = 2_000
@@ -45,33 +46,32 @@ CONFIG = TerminalConfig(sync_automatically=False)
 """Library defaults (batches of 500, HQ allows 1,000), manual sync so that the bench times it."""
 
 
-def offline_transactions(prepared: PreparedHQ, size: int) -> list[opb.OfflineTransaction]:
+def offline_transactions(prepared: PreparedHQ, size: int) -> list[OfflineSale]:
     """What a till completing ``size`` one-line gift card sales offline puts in its outbox
     (sequence numbers 1..size, as the outbox assigns them on an empty terminal)."""
-    completed_at = timestamp_to_pb(datetime.now(UTC))
+    completed_at = datetime.now(UTC)
     cards = prepared.cards
     return [
-        opb.OfflineTransaction(
+        OfflineSale(
             transaction_id=f"offline-{seq}",
-            sequence_number=seq,
             completed_at=completed_at,
             parameters_version=prepared.parameters_version,
-            redeem_lines=[
-                opb.OfflineRedeemLine(
+            redeem_lines=(
+                OfflineLine(
                     line_id="1",
                     card_number=cards[seq % len(cards)],
-                    card_kind=common_pb2.CARD_KIND_GIFT_CARD,
-                    amount=common_pb2.Money(amount_minor=100, currency_code="EUR"),
+                    card_kind=CardKind.GIFT_CARD,
+                    amount=Money(100, "EUR"),
                     fencing_token=1,  # the till held the lock when the link dropped
                     online_redeem_attempted=False,
-                )
-            ],
+                ),
+            ),
         )
         for seq in range(1, size + 1)
     ]
 
 
-def fill_outbox(data_dir: Path, transactions: list[opb.OfflineTransaction]) -> float:
+def fill_outbox(data_dir: Path, transactions: list[OfflineSale]) -> float:
     """Append through the library's Outbox, one durable commit each; returns appends/s."""
     database = Database(data_dir, TERMINAL_ID)
     try:
@@ -118,11 +118,15 @@ def time_sync(prepared: PreparedHQ, data_dir: Path, size: int) -> tuple[float, i
     return elapsed, batch
 
 
-def time_apply_alone(
-    prepared: PreparedHQ, transactions: list[opb.OfflineTransaction], batch: int
-) -> float:
+def time_apply_alone(prepared: PreparedHQ, transactions: list[OfflineSale], batch: int
+                     ) -> float:
     """Seconds for HQ's OfflineService to apply the same transactions, no wire, no outbox."""
-    domain = [offline_transaction_from_proto(transaction) for transaction in transactions]
+    domain = [
+        offline_transaction_from_proto(
+            opb.OfflineTransaction.FromString(offline_sale_to_bytes(transaction, seq))
+        )
+        for seq, transaction in enumerate(transactions, start=1)
+    ]
     service = OfflineService(prepared.storage)
     started = time.perf_counter()
     outcome = None

@@ -1,5 +1,6 @@
 """A real HQ server in this process, on port 0, over a SQLite file, reached through a real
-channel; stopped (and its channel closed) after each test."""
+channel; stopped (and its channel closed) after each test. Started by `in_process_hq`, like
+every HQ the tests run in their own process."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from in_process_hq import InProcessHQ, hq_config
 
 from storedvalue.hq.config import HQConfig
-from storedvalue.hq.server import create_server
 from storedvalue.hq.services.offline import SyncLimits
 
 from .harness import ADMIN_TOKEN, BackOffice, Till
@@ -35,21 +36,11 @@ class RunningHQ:
 
 @pytest.fixture
 def hq(tmp_path: Path) -> Iterator[RunningHQ]:
-    config = HQConfig(
-        listen="127.0.0.1:0",
-        database_url=f"sqlite:///{tmp_path / 'hq.sqlite3'}",
-        admin_token=ADMIN_TOKEN,
-        parameters_poll_seconds=0.2,
-        watch_wakeup_seconds=0.2,
-        sync_limits=E2E_SYNC_LIMITS,
-        max_workers=8,
-    )
-    server, port = create_server(config)
-    server.start()
-    address = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(address)
-    try:
-        yield RunningHQ(address, channel, BackOffice(channel), config)
-    finally:
-        channel.close()
-        assert server.stop(0).wait(timeout=10), "the server did not stop"
+    config = hq_config(tmp_path, admin_token=ADMIN_TOKEN, sync_limits=E2E_SYNC_LIMITS,
+                       max_workers=8)
+    with InProcessHQ(config) as server:
+        channel = grpc.insecure_channel(server.address)
+        try:
+            yield RunningHQ(server.address, channel, BackOffice(channel), config)
+        finally:
+            channel.close()

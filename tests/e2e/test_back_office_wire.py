@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from in_process_hq import InProcessHQ
 
 from storedvalue.hq.config import HQConfig
-from storedvalue.hq.server import create_server
 from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
 from storedvalue.hq.storage import SqlStorage, upgrade_to_head
 from storedvalue.hq.structured_logging import JsonFormatter
@@ -119,13 +119,10 @@ def test_an_unexpected_failure_is_internal_and_the_log_masks_the_card_number(
     url = f"sqlite:///{tmp_path / 'hq.sqlite3'}"
     upgrade_to_head(url)
     storage = FailingStorage(SqlStorage.from_url(url))
-    server, port = create_server(
-        HQConfig(listen="127.0.0.1:0", database_url=url, admin_token=ADMIN_TOKEN),
-        storage=storage,
-    )
-    server.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with InProcessHQ(HQConfig(listen="127.0.0.1:0", database_url=url,
+                                  admin_token=ADMIN_TOKEN), storage=storage) as server, \
+                grpc.insecure_channel(server.address) as channel:
             till = BackOffice(channel).register_till("till-1")
             card = till.issue_gift_card(100)
             storage.failure = RuntimeError(f"driver failed on card {card.card_number}")
@@ -133,7 +130,6 @@ def test_an_unexpected_failure_is_internal_and_the_log_masks_the_card_number(
             with caplog.at_level(logging.ERROR):
                 failure = expect_failure(lambda: till.get_card(card.card_number))
     finally:
-        server.stop(0).wait(timeout=10)
         storage.close()
 
     assert failure.code is grpc.StatusCode.INTERNAL

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from storedvalue.cli._link import Link
 from storedvalue.terminal import (
     CardKind,
     CardLocked,
@@ -28,7 +29,6 @@ from storedvalue.v1 import back_office_service_pb2 as bo
 
 from .conftest import RunningHQ
 from .harness import new_id, wait_until
-from .link_proxy import LinkProxy
 
 TILL = TerminalConfig(
     call_timeout_s=0.4,
@@ -49,7 +49,7 @@ SETTLE_S = 15.0
 @dataclass
 class Store:
     hq: RunningHQ
-    link: LinkProxy
+    link: Link
     t1: Terminal
     """The till behind the faulty link."""
     t2: Terminal
@@ -66,13 +66,13 @@ def open_till(hq: RunningHQ, terminal_id: str, address: str, data_dir: Path) -> 
 
 
 @pytest.fixture
-def link(hq: RunningHQ) -> Iterator[LinkProxy]:
-    with LinkProxy(hq.address) as proxy:
+def link(hq: RunningHQ) -> Iterator[Link]:
+    with Link(hq.address) as proxy:
         yield proxy
 
 
 @pytest.fixture
-def store(hq: RunningHQ, link: LinkProxy, tmp_path: Path) -> Iterator[Store]:
+def store(hq: RunningHQ, link: Link, tmp_path: Path) -> Iterator[Store]:
     version = hq.back_office.call("UpdateParameters", bo.UpdateParametersRequest(
         request_id=new_id(), gift_card_offline_completion_allowed=True,
     )).parameters.version

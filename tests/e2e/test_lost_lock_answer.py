@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from storedvalue.cli._link import Link
 from storedvalue.terminal import (
     CardKind,
     CardLocked,
@@ -26,14 +27,13 @@ from storedvalue.terminal import (
 
 from .conftest import RunningHQ
 from .harness import wait_until
-from .link_proxy import LinkProxy
 from .test_link_faults import SETTLE_S, START_MINOR, open_till
 
 
 @dataclass
 class Store:
     hq: RunningHQ
-    link: LinkProxy
+    link: Link
     t1: Terminal
     """The till behind the faulty link."""
     t2: Terminal
@@ -43,7 +43,7 @@ class Store:
 
 @pytest.fixture
 def store(hq: RunningHQ, tmp_path: Path) -> Iterator[Store]:
-    with LinkProxy(hq.address) as link:
+    with Link(hq.address) as link:
         t1 = open_till(hq, "T1", link.address, tmp_path / "T1")
         try:
             t2 = open_till(hq, "T2", hq.address, tmp_path / "T2")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from in_process_hq import InProcessHQ
 
 from storedvalue.hq.config import HQConfig
-from storedvalue.hq.server import create_server
 from storedvalue.v1 import terminal_service_pb2 as ts
 
 from .harness import ADMIN_TOKEN, BackOffice, Till, expect_failure
@@ -71,12 +71,8 @@ def mtls_hq(tmp_path: Path) -> Iterator[MutualTlsHQ]:
         tls_cert_file=pki / "localhost.pem", tls_key_file=pki / "localhost.key",
         tls_client_ca_file=pki / "ca.pem",
     )
-    server, port = create_server(config)
-    server.start()
-    try:
-        yield MutualTlsHQ(f"127.0.0.1:{port}", pki)
-    finally:
-        assert server.stop(0).wait(timeout=10)
+    with InProcessHQ(config) as server:
+        yield MutualTlsHQ(server.address, pki)
 
 
 def test_a_till_with_its_own_certificate_and_token_is_served(mtls_hq: MutualTlsHQ) -> None:

@@ -2,7 +2,7 @@
 completes one sale per card (offline once the test cut the link), printing
 "<transaction id> <sequence number>" after each returned sale, until killed.
 
-Usage: python offline_seller.py ADDRESS DATA_DIR PREFIX CARD_NUMBER...
+Usage: python offline_seller.py ADDRESS TOKEN DATA_DIR PREFIX CARD_NUMBER...
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import sys
 from storedvalue.terminal import Money, SaleLine, Terminal, TerminalConfig
 
 
-def main(address: str, data_dir: str, prefix: str, cards: list[str]) -> None:
+def main(address: str, token: str, data_dir: str, prefix: str, cards: list[str]) -> None:
     config = TerminalConfig(call_timeout_s=0.5, sync_automatically=False, watch_parameters=False)
     with Terminal(
-        address=address, terminal_id="T1", credential="token-t1", data_dir=data_dir, config=config
+        address=address, terminal_id="T1", credential=token, data_dir=data_dir, config=config
     ) as terminal:
         for index, number in enumerate(cards):
             terminal.add_tender(transaction_id=f"{prefix}-{index}", card_number=number)
@@ -34,4 +34,4 @@ def main(address: str, data_dir: str, prefix: str, cards: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])

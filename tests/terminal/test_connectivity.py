@@ -16,15 +16,13 @@ from storedvalue.terminal import (
     SaleLine,
 )
 
-from .conftest import FAST, MANUAL_SYNC, TerminalFactory, card_number, wait_until
-from .fake_hq import FakeHQ
+from .conftest import FAST, MANUAL_SYNC, StoreHQ, TerminalFactory, card_number, wait_until
 
 
 def test_failed_call_switches_offline_at_once_and_tells_the_screen(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=100)
+    number = hq.add_card(balance=100)
     terminal = make_terminal(config=MANUAL_SYNC)
     changes: list[ConnectivityChange] = []
     terminal.on_connectivity_change(changes.append)
@@ -39,10 +37,9 @@ def test_failed_call_switches_offline_at_once_and_tells_the_screen(
 
 
 def test_calls_while_offline_fail_fast_without_touching_the_network(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=100)
+    number = hq.add_card(balance=100)
     terminal = make_terminal(config=MANUAL_SYNC)
     hq.link.up = False
     with pytest.raises(HQUnavailable):
@@ -57,10 +54,9 @@ def test_calls_while_offline_fail_fast_without_touching_the_network(
 
 
 def test_probe_brings_the_terminal_back_online_and_the_agent_syncs(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
+    number = hq.add_card(balance=1000)
     terminal = make_terminal(config=FAST)
     seen: list[ConnectivityState] = []
     back_online = threading.Event()
@@ -84,10 +80,9 @@ def test_probe_brings_the_terminal_back_online_and_the_agent_syncs(
 
 
 def test_terminal_reconnects_after_hq_restarts_on_the_same_port(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
+    number = hq.add_card(balance=1000)
     terminal = make_terminal(config=FAST)
     hq.stop()
     with pytest.raises(HQUnavailable):
@@ -99,7 +94,7 @@ def test_terminal_reconnects_after_hq_restarts_on_the_same_port(
 
 
 def test_terminal_started_while_hq_is_down_starts_offline_then_connects(
-    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+    hq: StoreHQ, make_terminal: TerminalFactory, tmp_path: Path
 ) -> None:
     hq.link.up = False
     terminal = make_terminal(config=FAST)
@@ -108,10 +103,10 @@ def test_terminal_started_while_hq_is_down_starts_offline_then_connects(
     hq.link.up = True
     assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
     # Parameters are fetched right after the switch, by the thread that saw HQ again.
-    assert terminal.wait_for_parameters(version=1, timeout_s=5)
+    assert terminal.wait_for_parameters(version=hq.parameters_version, timeout_s=5)
 
 
-def test_close_stops_every_background_thread(hq: FakeHQ, make_terminal: TerminalFactory) -> None:
+def test_close_stops_every_background_thread(hq: StoreHQ, make_terminal: TerminalFactory) -> None:
     before = {thread.name for thread in threading.enumerate()}
     terminal = make_terminal(config=FAST)
     hq.link.up = False

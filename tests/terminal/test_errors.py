@@ -28,8 +28,7 @@ from storedvalue.terminal import (
 )
 from storedvalue.v1 import errors_pb2
 
-from .conftest import MANUAL_SYNC, TerminalFactory, card_number
-from .fake_hq import FakeHQ
+from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, card_number
 
 # Reasons a terminal never receives from TerminalService (back office, or per-item sync).
 NOT_FOR_TILLS = {
@@ -42,6 +41,8 @@ NOT_FOR_TILLS = {
     "OFFLINE_NOT_ALLOWED",
     "TRANSACTION_CONFLICT",
     "ALREADY_REDEEMED_ONLINE",
+    "REMAINDER_MEMO_IN_USE",
+    "REVERSAL_MISMATCH",
 }
 
 
@@ -137,7 +138,7 @@ def test_unknown_reason_falls_back_on_the_status_code() -> None:
 
 
 def test_unknown_card_is_card_not_found_on_the_wire(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
     with pytest.raises(CardNotFound):
@@ -146,7 +147,7 @@ def test_unknown_card_is_card_not_found_on_the_wire(
 
 
 def test_same_request_id_with_other_content_is_request_id_reused(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.issue_card(kind=CardKind.GIFT_CARD, initial_value=Money(100, "EUR"), request_id="r")
@@ -157,14 +158,14 @@ def test_same_request_id_with_other_content_is_request_id_reused(
 
 
 def test_wrong_credential_is_unauthenticated(
-    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+    hq: StoreHQ, make_terminal: TerminalFactory, tmp_path: Path
 ) -> None:
     terminal = make_terminal("T9", config=MANUAL_SYNC)
     with pytest.raises(Unauthenticated):
         terminal.balance(card_number=card_number())
 
 
-def test_insufficient_funds_says_the_balance(hq: FakeHQ) -> None:
+def test_insufficient_funds_says_the_balance(hq: StoreHQ) -> None:
     error = error_from_rpc(
         FailedCall(
             grpc.StatusCode.FAILED_PRECONDITION,

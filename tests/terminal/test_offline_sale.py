@@ -5,31 +5,25 @@ from __future__ import annotations
 import time
 
 import pytest
+from in_process_hq import ANSWER_LOST, BLACK_HOLE, NORMAL
 
 from storedvalue.terminal import (
     ConnectivityState,
     HQUnavailable,
-    Money,
+    LineState,
     OfflineNotAllowed,
     SaleLine,
     SyncOutcome,
 )
 from storedvalue.v1 import common_pb2
 
-from .conftest import MANUAL_SYNC, TerminalFactory, card_number, wait_until
-from .fake_hq import FakeHQ
-
-
-def eur(cents: int) -> Money:
-    return Money(cents, "EUR")
+from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, eur, wait_until
 
 
 def test_sale_completes_offline_when_link_drops_after_lock(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number, other = card_number(), card_number()
-    hq.add_card(number, balance=5000)
-    hq.add_card(other, balance=5000)
+    number, other = hq.add_card(balance=5000), hq.add_card(balance=5000)
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.add_tender(transaction_id="sale-1", card_number=number)
     terminal.add_tender(transaction_id="sale-2", card_number=other)
@@ -44,13 +38,13 @@ def test_sale_completes_offline_when_link_drops_after_lock(
     assert result.lines[0].online_redeem_attempted
     assert terminal.state is ConnectivityState.OFFLINE
     assert hq.card(number).balance == 5000
-    calls = hq.state.redeem_calls
+    calls = hq.link.calls("Redeem")
     second = terminal.complete_sale(
         transaction_id="sale-2", lines=[SaleLine("L1", other, eur(300))]
     )
     assert second.sequence_number == 2
     assert not second.lines[0].online_redeem_attempted, "already OFFLINE: nothing was sent"
-    assert hq.state.redeem_calls == calls
+    assert hq.link.calls("Redeem") == calls
     assert [entry.transaction_id for entry in terminal.outbox()] == ["sale-1", "sale-2"]
     hq.link.up = True
     assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
@@ -60,18 +54,17 @@ def test_sale_completes_offline_when_link_drops_after_lock(
     assert hq.card(other).balance == 4700
     assert hq.card(number).lock is None
     assert hq.card(other).lock is None
-    assert hq.state.sequences["T1"] == [1, 2]
+    assert hq.synced_through("T1") == 2
     assert terminal.outbox() == ()
 
 
 def test_link_drop_during_redeem_completes_offline_within_the_deadline(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=5000)
+    number = hq.add_card(balance=5000)
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.add_tender(transaction_id="sale-1", card_number=number)
-    hq.state.redeem_script.append("black_hole")
+    hq.link.script("Redeem", BLACK_HOLE)
     started = time.monotonic()
     result = terminal.complete_sale(
         transaction_id="sale-1", lines=[SaleLine("L1", number, eur(700))]
@@ -83,13 +76,12 @@ def test_link_drop_during_redeem_completes_offline_within_the_deadline(
 
 
 def test_redeem_whose_answer_was_lost_is_synced_as_attempted_and_debited_once(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=5000)
+    number = hq.add_card(balance=5000)
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.add_tender(transaction_id="sale-1", card_number=number)
-    hq.state.redeem_script.append("cut_link_after")
+    hq.link.script("Redeem", ANSWER_LOST)
     result = terminal.complete_sale(
         transaction_id="sale-1", lines=[SaleLine("L1", number, eur(700))]
     )
@@ -100,20 +92,21 @@ def test_redeem_whose_answer_was_lost_is_synced_as_attempted_and_debited_once(
     assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
     assert terminal.sync_now().remaining == 0
     assert hq.card(number).balance == 4300
-    (sent,) = hq.state.offline.values()
-    assert sent[1].line_results[0].reason == "ALREADY_REDEEMED_ONLINE"
+    sale = terminal.sale(transaction_id="sale-1")
+    assert sale is not None
+    assert [(line.state, line.hq_reason) for line in sale.lines] == [
+        (LineState.APPLIED_AT_SYNC, "ALREADY_REDEEMED_ONLINE")
+    ]
 
 
 def test_partly_completed_sale_puts_only_the_lines_not_yet_debited_offline(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    first, second, third = card_number(), card_number(), card_number()
-    for number in (first, second, third):
-        hq.add_card(number, balance=1000)
+    first, second, third = (hq.add_card(balance=1000) for _ in range(3))
     terminal = make_terminal(config=MANUAL_SYNC)
     for number in (first, second, third):
         terminal.add_tender(transaction_id="sale-1", card_number=number)
-    hq.state.redeem_script.extend(["normal", "cut_link_after"])
+    hq.link.script("Redeem", NORMAL, ANSWER_LOST)
     lines = [
         SaleLine("L1", first, eur(100)),
         SaleLine("L2", second, eur(200)),
@@ -138,14 +131,13 @@ def test_partly_completed_sale_puts_only_the_lines_not_yet_debited_offline(
 
 
 def test_offline_is_refused_for_a_kind_the_parameters_forbid_and_the_sale_stays_open(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    gift, memo = card_number(), card_number()
-    hq.add_card(gift, balance=1000)
-    hq.add_card(memo, balance=1000, kind=common_pb2.CARD_KIND_CREDIT_MEMO)
-    hq.set_parameters(gift_card=True, credit_memo=False)
+    gift = hq.add_card(balance=1000)
+    memo = hq.add_card(balance=1000, kind=common_pb2.CARD_KIND_CREDIT_MEMO)
+    version = hq.set_parameters(gift_card=True, credit_memo=False)
     terminal = make_terminal(config=MANUAL_SYNC)
-    assert terminal.parameters.version == 2
+    assert terminal.parameters.version == version
     terminal.add_tender(transaction_id="sale-1", card_number=gift)
     terminal.add_tender(transaction_id="sale-1", card_number=memo)
     hq.link.up = False
@@ -153,6 +145,7 @@ def test_offline_is_refused_for_a_kind_the_parameters_forbid_and_the_sale_stays_
     with pytest.raises(OfflineNotAllowed) as refused:
         terminal.complete_sale(transaction_id="sale-1", lines=lines)
     assert refused.value.line_ids == ("M",)
+    assert refused.value.line_id == "M"
     assert refused.value.refusals[0].why == "KIND_NOT_ALLOWED"
     assert terminal.outbox() == ()
     hq.link.up = True
@@ -160,15 +153,15 @@ def test_offline_is_refused_for_a_kind_the_parameters_forbid_and_the_sale_stays_
     result = terminal.complete_sale(transaction_id="sale-1", lines=lines)
     assert not result.completed_offline
     assert hq.card(gift).balance == 900
-    assert hq.card(memo).balance == 900
+    assert hq.card(memo).balance == 0, "a credit memo is used once"
+    remainder = result.lines[1].remainder_credit_memo
+    assert remainder is not None and hq.card(remainder.card_number).balance == 900
 
 
 def test_card_never_locked_cannot_be_accepted_offline(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    locked, unanswered, unlocked = card_number(), card_number(), card_number()
-    for number in (locked, unanswered, unlocked):
-        hq.add_card(number, balance=1000)
+    locked, unanswered, unlocked = (hq.add_card(balance=1000) for _ in range(3))
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.add_tender(transaction_id="sale-1", card_number=locked)
     hq.link.up = False
@@ -192,10 +185,9 @@ def test_card_never_locked_cannot_be_accepted_offline(
 
 
 def test_offline_line_over_the_balance_seen_at_lock_time_is_refused(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
+    number = hq.add_card(balance=1000)
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.add_tender(transaction_id="sale-1", card_number=number)
     hq.link.up = False
@@ -205,10 +197,9 @@ def test_offline_line_over_the_balance_seen_at_lock_time_is_refused(
 
 
 def test_tender_removed_offline_is_released_when_the_link_returns(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
+    number = hq.add_card(balance=1000)
     terminal = make_terminal()
     terminal.add_tender(transaction_id="sale-1", card_number=number)
     hq.link.up = False
@@ -219,11 +210,9 @@ def test_tender_removed_offline_is_released_when_the_link_returns(
 
 
 def test_abandoned_sale_offline_queues_its_unlocks_in_the_outbox(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    first, second = card_number(), card_number()
-    hq.add_card(first, balance=1000)
-    hq.add_card(second, balance=1000)
+    first, second = hq.add_card(balance=1000), hq.add_card(balance=1000)
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.add_tender(transaction_id="sale-1", card_number=first)
     terminal.add_tender(transaction_id="sale-1", card_number=second)
@@ -241,22 +230,21 @@ def test_abandoned_sale_offline_queues_its_unlocks_in_the_outbox(
 
 
 def test_offline_overdraft_is_recorded_as_a_sync_report(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
+    number = hq.add_card(balance=1000)
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.add_tender(transaction_id="sale-1", card_number=number)
     hq.link.up = False
     terminal.complete_sale(transaction_id="sale-1", lines=[SaleLine("A", number, eur(800))])
-    hq.card(number).balance = 500  # spent elsewhere after the lease ran out
+    hq.desk.spend(number, 500)  # spent elsewhere after the back office freed the card
     hq.link.up = True
     assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
     summary = terminal.sync_now()
     assert (summary.applied_with_exception, summary.remaining) == (1, 0)
     (report,) = terminal.sync_reports()
     assert report.outcome is SyncOutcome.APPLIED_WITH_EXCEPTION
-    assert report.reason == "OFFLINE_OVERDRAFT"
+    assert (hq.card(number).balance, hq.card(number).status) == (-300, "CARD_STATUS_FLAGGED")
     assert report.exception_ids
     terminal.dismiss_sync_report(sequence_number=report.sequence_number)
     assert terminal.sync_reports() == ()

@@ -22,22 +22,24 @@ from storedvalue.terminal import (
     TerminalError,
 )
 
-from .conftest import MANUAL_SYNC, TerminalFactory, card_number, sell_offline
-from .fake_hq import FakeHQ
+from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, sell_offline
 
 SELLER = Path(__file__).with_name("offline_seller.py")
 CARDS_PER_ROUND = 30
 
 
-def run_seller_and_kill(hq: FakeHQ, data_dir: Path, prefix: str, kill_after: int) -> list[str]:
+def run_seller_and_kill(
+    hq: StoreHQ, data_dir: Path, prefix: str, kill_after: int, issued: list[str]
+) -> list[str]:
     """Start a till process, let it sell offline, SIGKILL it once it reported ``kill_after``
-    completed sales. Returns the lines it printed for completed sales."""
-    cards = [card_number() for _ in range(CARDS_PER_ROUND)]
-    for number in cards:
-        hq.add_card(number, balance=1000)
+    completed sales. Returns the lines it printed for completed sales; the cards it was
+    given are added to ``issued``."""
+    cards = [hq.add_card(balance=1000) for _ in range(CARDS_PER_ROUND)]
+    issued.extend(cards)
     hq.link.up = True
     seller = subprocess.Popen(
-        [sys.executable, str(SELLER), hq.address, str(data_dir), prefix, *cards],
+        [sys.executable, str(SELLER), hq.address, hq.tokens["T1"], str(data_dir), prefix,
+         *cards],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -70,14 +72,15 @@ def run_seller_and_kill(hq: FakeHQ, data_dir: Path, prefix: str, kill_after: int
 
 @pytest.mark.slow
 def test_offline_sales_survive_sigkill_with_contiguous_sequence_numbers(
-    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+    hq: StoreHQ, make_terminal: TerminalFactory, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "till"
     chooser = random.Random(5)
     completed: dict[str, int] = {}
+    cards: list[str] = []
     for round_number in range(5):
         kill_after = chooser.randint(1, CARDS_PER_ROUND - 5)
-        for line in run_seller_and_kill(hq, data_dir, f"r{round_number}", kill_after):
+        for line in run_seller_and_kill(hq, data_dir, f"r{round_number}", kill_after, cards):
             transaction_id, printed_sequence = line.split()
             completed[transaction_id] = int(printed_sequence)
     hq.link.up = False
@@ -93,14 +96,14 @@ def test_offline_sales_survive_sigkill_with_contiguous_sequence_numbers(
     assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
     summary = terminal.sync_now()
     assert (summary.remaining, summary.error) == (0, None)
-    assert hq.state.sequences["T1"] == sequences
-    debited = [card for card in hq.state.cards.values() if card.balance != 1000]
+    assert hq.synced_through("T1") == len(sequences)
+    debited = [card for card in map(hq.card, cards) if card.balance != 1000]
     assert len(debited) == len(entries)
     assert all(card.balance == 900 for card in debited)
 
 
 def test_sequence_numbers_continue_after_the_outbox_was_synced_and_the_till_restarted(
-    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+    hq: StoreHQ, make_terminal: TerminalFactory, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "till"
     first = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
@@ -108,8 +111,7 @@ def test_sequence_numbers_continue_after_the_outbox_was_synced_and_the_till_rest
     assert first.sync_now().remaining == 0
     first.close()
     again = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
-    number = card_number()
-    hq.add_card(number, balance=1000)
+    number = hq.add_card(balance=1000)
     again.add_tender(transaction_id="later", card_number=number)
     hq.link.up = False
     again.abandon_sale(transaction_id="later")
@@ -117,35 +119,41 @@ def test_sequence_numbers_continue_after_the_outbox_was_synced_and_the_till_rest
 
 
 def test_a_data_directory_is_used_by_one_terminal_process_at_a_time(
-    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+    hq: StoreHQ, make_terminal: TerminalFactory, tmp_path: Path
 ) -> None:
     make_terminal(data_dir=tmp_path / "till")
     with pytest.raises(DataDirectoryInUse):
         Terminal(
             address=hq.address,
             terminal_id="T1",
-            credential="token-t1",
+            credential=hq.tokens["T1"],
             data_dir=tmp_path / "till",
             config=MANUAL_SYNC,
         )
 
 
-def test_a_sale_completed_offline_cannot_be_completed_again(
-    hq: FakeHQ, make_terminal: TerminalFactory
+def test_a_sale_completed_offline_is_completed_once_and_its_retry_gets_the_same_result(
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
-    (number,) = sell_offline(hq, terminal, 1)
+    number = hq.add_card(balance=1000)
+    terminal.add_tender(transaction_id="sale-0", card_number=number)
     hq.link.up = False
     line = SaleLine("L1", number, Money(100, "EUR"))
-    with pytest.raises(SaleAlreadyCompleted):
-        terminal.complete_sale(transaction_id="sale-0", lines=[line])
+    first = terminal.complete_sale(transaction_id="sale-0", lines=[line])
+
+    assert terminal.complete_sale(transaction_id="sale-0", lines=[line]) == first
+    other = SaleLine("L2", number, Money(100, "EUR"))
+    with pytest.raises(SaleAlreadyCompleted) as refused:
+        terminal.complete_sale(transaction_id="sale-0", lines=[other])
+    assert refused.value.result == first
     with pytest.raises(SaleAlreadyCompleted):
         terminal.abandon_sale(transaction_id="sale-0")
     assert len(terminal.outbox()) == 1
 
 
 def test_data_directory_of_another_terminal_is_refused_and_left_closed(
-    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+    hq: StoreHQ, make_terminal: TerminalFactory, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "till"
     make_terminal("T1", config=MANUAL_SYNC, data_dir=data_dir).close()

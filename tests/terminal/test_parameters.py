@@ -15,12 +15,11 @@ from storedvalue.terminal import (
     SaleLine,
 )
 
-from .conftest import MANUAL_SYNC, TerminalFactory, card_number
-from .fake_hq import FakeHQ
+from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory
 
 
 def test_parameter_change_reaches_a_connected_terminal_within_a_second(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal()
     seen: list[Parameters] = []
@@ -34,26 +33,25 @@ def test_parameter_change_reaches_a_connected_terminal_within_a_second(
 
 
 def test_parameters_survive_a_restart_while_hq_is_unreachable(
-    hq: FakeHQ, make_terminal: TerminalFactory, tmp_path: Path
+    hq: StoreHQ, make_terminal: TerminalFactory, tmp_path: Path
 ) -> None:
-    hq.set_parameters(gift_card=True, credit_memo=False)
+    version = hq.set_parameters(gift_card=True, credit_memo=False)
     first = make_terminal(config=MANUAL_SYNC, data_dir=tmp_path / "till")
-    assert first.parameters.version == 2
+    assert first.parameters.version == version
     first.close()
     hq.link.up = False
     again = make_terminal(config=MANUAL_SYNC, data_dir=tmp_path / "till")
     assert again.state is ConnectivityState.OFFLINE
-    assert again.parameters.version == 2
+    assert again.parameters.version == version
     assert again.parameters.gift_card_offline_completion_allowed
     assert not again.parameters.credit_memo_offline_completion_allowed
     assert again.sync_limits is not None
 
 
 def test_offline_decision_uses_the_parameters_received_last(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
-    number = card_number()
-    hq.add_card(number, balance=1000)
+    number = hq.add_card(balance=1000)
     terminal = make_terminal(config=MANUAL_SYNC)
     terminal.add_tender(transaction_id="sale-1", card_number=number)
     version = hq.set_parameters(gift_card=False, credit_memo=False)

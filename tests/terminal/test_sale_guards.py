@@ -1,5 +1,5 @@
 """Guards around a sale's end: no lock taken for a sale already completed offline, no lock
-forgotten when HQ refuses an unlock, no abandon that would lose a debit HQ may have made,
+forgotten when HQ refuses an unlock, no debit HQ may have made left behind by an abandon,
 and no re-added tender deleted by the sync of its earlier offline removal."""
 
 from __future__ import annotations
@@ -8,43 +8,38 @@ import argparse
 from typing import Any
 
 import pytest
+from in_process_hq import ANSWER_LOST, refuse
 
 from storedvalue.cli import terminal as cli
 from storedvalue.terminal import (
     ConnectivityState,
     HQUnavailable,
     InvalidArgument,
-    Money,
+    LineState,
     OfflineNotAllowed,
     RateLimited,
     RedeemOutcomeUnknown,
     SaleAlreadyCompleted,
     SaleLine,
+    SaleStatus,
     TenderNotFound,
     Terminal,
 )
-from storedvalue.v1 import offline_pb2, terminal_service_pb2
+from storedvalue.v1 import offline_pb2
 
-from .conftest import MANUAL_SYNC, TerminalFactory, card_number
-from .fake_hq import FakeHQ
-
-
-def eur(cents: int) -> Money:
-    return Money(cents, "EUR")
+from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, card_number, eur
 
 
-def new_card(hq: FakeHQ, balance: int = 1000) -> str:
-    number = card_number()
-    hq.add_card(number, balance=balance)
-    return number
+def new_card(hq: StoreHQ, balance: int = 1000) -> str:
+    return hq.add_card(balance=balance)
 
 
-def reconnect(hq: FakeHQ, terminal: Terminal) -> None:
+def reconnect(hq: StoreHQ, terminal: Terminal) -> None:
     hq.link.up = True
     assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
 
 
-def go_offline(hq: FakeHQ, terminal: Terminal) -> None:
+def go_offline(hq: StoreHQ, terminal: Terminal) -> None:
     """Cut the link and let the terminal notice it with a call that redeems nothing."""
     hq.link.up = False
     with pytest.raises(HQUnavailable):
@@ -52,20 +47,20 @@ def go_offline(hq: FakeHQ, terminal: Terminal) -> None:
     assert terminal.state is ConnectivityState.OFFLINE
 
 
-def queued_redeem_lines(hq: FakeHQ, terminal: Terminal) -> list[offline_pb2.OfflineRedeemLine]:
+def queued_redeem_lines(hq: StoreHQ, terminal: Terminal) -> list[offline_pb2.OfflineRedeemLine]:
     """The redeem lines of the one offline transaction the terminal queued, as HQ got them."""
     reconnect(hq, terminal)
     summary = terminal.sync_now()
     assert (summary.applied, summary.remaining) == (1, 0)
-    ((body, _),) = hq.state.offline.values()
-    return list(offline_pb2.OfflineTransaction.FromString(body).redeem_lines)
+    (sent,) = hq.sent_offline("sale-1")
+    return list(sent.redeem_lines)
 
 
 # -- a sale completed offline takes no new tender --------------------------------------
 
 
 def test_adding_a_tender_to_a_sale_completed_offline_is_refused_and_locks_nothing(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
     first, second = new_card(hq), new_card(hq)
@@ -83,7 +78,7 @@ def test_adding_a_tender_to_a_sale_completed_offline_is_refused_and_locks_nothin
 
 
 def test_cli_sale_of_a_sale_completed_offline_is_still_a_usage_error_with_its_message(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
     number, other = new_card(hq), new_card(hq)
@@ -93,7 +88,7 @@ def test_cli_sale_of_a_sale_completed_offline_is_still_a_usage_error_with_its_me
     reconnect(hq, terminal)
     args = argparse.Namespace(transaction="sale-1", line=[f"{other}:1.00:EUR"])
 
-    with pytest.raises(cli.UsageError, match="already completed offline and waits for sync"):
+    with pytest.raises(cli.UsageError, match="already completed offline"):
         cli.sale(terminal, args)
 
     assert hq.card(other).lock is None
@@ -103,12 +98,12 @@ def test_cli_sale_of_a_sale_completed_offline_is_still_a_usage_error_with_its_me
 
 
 def test_unlock_refused_by_hq_when_abandoning_is_queued_and_released_at_sync(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
     number = new_card(hq)
     terminal.add_tender(transaction_id="sale-1", card_number=number)
-    hq.state.unlock_script.append("RATE_LIMITED")
+    hq.link.script("UnlockCard", refuse("RATE_LIMITED"))
 
     terminal.abandon_sale(transaction_id="sale-1")
 
@@ -121,45 +116,94 @@ def test_unlock_refused_by_hq_when_abandoning_is_queued_and_released_at_sync(
     assert hq.card(number).balance == 1000
 
 
-# -- a Redeem whose answer was lost blocks abandon -------------------------------------
+# -- a Redeem whose answer was lost is completed or reversed, never forgotten ----------
 
 
-def test_sale_whose_redeem_answer_was_lost_cannot_be_abandoned_and_its_retry_completes_it(
-    hq: FakeHQ, make_terminal: TerminalFactory
-) -> None:
-    terminal = make_terminal(config=MANUAL_SYNC)
+def lose_redeem_answer(hq: StoreHQ, terminal: Terminal, number: str) -> list[SaleLine]:
+    """Offline completion forbidden; T1's Redeem of 3.00 on ``number`` reaches HQ, which
+    debits it, and the answer is lost. Returns the sale's lines."""
     version = hq.set_parameters(gift_card=False, credit_memo=False)
     assert terminal.wait_for_parameters(version=version, timeout_s=5)
-    number = new_card(hq)
     terminal.add_tender(transaction_id="sale-1", card_number=number)
-    hq.state.redeem_script.append("cut_link_after")
+    hq.link.script("Redeem", ANSWER_LOST)
     lines = [SaleLine("L1", number, eur(300))]
-    with pytest.raises(OfflineNotAllowed):
+    with pytest.raises(OfflineNotAllowed) as refused:
         terminal.complete_sale(transaction_id="sale-1", lines=lines)
+    assert refused.value.paid_lines == ()
     assert hq.card(number).balance == 700, "HQ debited; its answer was lost"
+    return lines
+
+
+def test_sale_whose_redeem_answer_was_lost_is_completed_by_its_retry_debited_once(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    terminal = make_terminal(config=MANUAL_SYNC)
+    number = new_card(hq)
+    lines = lose_redeem_answer(hq, terminal, number)
     reconnect(hq, terminal)
 
-    with pytest.raises(RedeemOutcomeUnknown) as refused:
-        terminal.abandon_sale(transaction_id="sale-1")
-    assert refused.value.line_ids == ("L1",)
-
     result = terminal.complete_sale(transaction_id="sale-1", lines=lines)
+
     assert not result.completed_offline
     assert result.lines[0].balance_after == eur(700)
     assert hq.card(number).balance == 700, "the retry reused the request id: debited once"
     assert terminal.outbox() == ()
 
 
+def test_abandoning_a_sale_whose_redeem_answer_was_lost_reverses_the_debit(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    terminal = make_terminal(config=MANUAL_SYNC)
+    number = new_card(hq)
+    lose_redeem_answer(hq, terminal, number)
+    reconnect(hq, terminal)
+
+    terminal.abandon_sale(transaction_id="sale-1")
+
+    (entry,) = terminal.outbox()
+    assert (entry.transaction_id, entry.reversal_count, entry.unlock_count) == ("sale-1", 1, 0)
+    sale = terminal.sale(transaction_id="sale-1")
+    assert sale is not None and sale.status is SaleStatus.ABANDONED
+    assert [line.state for line in sale.lines] == [LineState.REVERSAL_QUEUED]
+    assert terminal.sync_now().remaining == 0
+    assert hq.card(number).balance == 1000, "credited back: the customer paid nothing"
+    assert hq.card(number).lock is None
+    sale = terminal.sale(transaction_id="sale-1")
+    assert sale is not None
+    assert [(line.state, line.balance_after) for line in sale.lines] == [
+        (LineState.REVERSED, eur(1000))
+    ]
+
+
+def test_a_card_whose_line_went_unanswered_is_not_used_by_another_line(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    terminal = make_terminal(config=MANUAL_SYNC)
+    number = new_card(hq)
+    lose_redeem_answer(hq, terminal, number)
+    reconnect(hq, terminal)
+    calls = hq.link.calls("Redeem")
+
+    with pytest.raises(RedeemOutcomeUnknown) as refused:
+        terminal.complete_sale(transaction_id="sale-1",
+                               lines=[SaleLine("L2", number, eur(300))])
+
+    assert (refused.value.line_ids, refused.value.line_id) == (("L1",), "L2")
+    assert hq.link.calls("Redeem") == calls, "nothing sent"
+    assert hq.card(number).balance == 700
+
+
 def test_redeem_refused_by_hq_leaves_the_line_not_attempted_when_completed_offline_later(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
     number = new_card(hq)
     terminal.add_tender(transaction_id="sale-1", card_number=number)
-    hq.state.redeem_script.append("RATE_LIMITED")
+    hq.link.script("Redeem", refuse("RATE_LIMITED"))
     lines = [SaleLine("L1", number, eur(300))]
-    with pytest.raises(RateLimited):
+    with pytest.raises(RateLimited) as refused:
         terminal.complete_sale(transaction_id="sale-1", lines=lines)
+    assert refused.value.line_id == "L1"
     go_offline(hq, terminal)
 
     result = terminal.complete_sale(transaction_id="sale-1", lines=lines)
@@ -172,7 +216,7 @@ def test_redeem_refused_by_hq_leaves_the_line_not_attempted_when_completed_offli
 
 
 def test_line_for_a_card_not_added_refuses_the_sale_before_marking_any_line_attempted(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
     number, stranger = new_card(hq), new_card(hq)
@@ -182,7 +226,7 @@ def test_line_for_a_card_not_added_refuses_the_sale_before_marking_any_line_atte
         terminal.complete_sale(
             transaction_id="sale-1", lines=[first, SaleLine("L2", stranger, eur(100))]
         )
-    assert hq.state.redeem_calls == 0
+    assert hq.link.calls("Redeem") == 0
     go_offline(hq, terminal)
 
     result = terminal.complete_sale(transaction_id="sale-1", lines=[first])
@@ -192,21 +236,22 @@ def test_line_for_a_card_not_added_refuses_the_sale_before_marking_any_line_atte
 
 
 def test_changed_line_refuses_the_sale_before_marking_any_line_attempted(
-    hq: FakeHQ, make_terminal: TerminalFactory
+    hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
     first, second = new_card(hq), new_card(hq)
     terminal.add_tender(transaction_id="sale-1", card_number=first)
     terminal.add_tender(transaction_id="sale-1", card_number=second)
-    hq.state.redeem_script.append("RATE_LIMITED")
+    hq.link.script("Redeem", refuse("RATE_LIMITED"))
     with pytest.raises(RateLimited):
         terminal.complete_sale(transaction_id="sale-1", lines=[SaleLine("L1", first, eur(100))])
-    with pytest.raises(InvalidArgument, match="changed"):
+    with pytest.raises(InvalidArgument, match="changed") as refused:
         terminal.complete_sale(
             transaction_id="sale-1",
             lines=[SaleLine("L2", second, eur(50)), SaleLine("L1", first, eur(200))],
         )
-    assert hq.state.redeem_calls == 1
+    assert refused.value.line_id == "L1"
+    assert hq.link.calls("Redeem") == 1
     go_offline(hq, terminal)
 
     result = terminal.complete_sale(
@@ -221,7 +266,7 @@ def test_changed_line_refuses_the_sale_before_marking_any_line_attempted(
 
 
 def test_sync_keeps_a_tender_the_cashier_added_again_while_its_queued_unlock_was_sent(
-    hq: FakeHQ, make_terminal: TerminalFactory, monkeypatch: pytest.MonkeyPatch
+    hq: StoreHQ, make_terminal: TerminalFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     terminal = make_terminal(config=MANUAL_SYNC)
     number = new_card(hq)
@@ -231,15 +276,14 @@ def test_sync_keeps_a_tender_the_cashier_added_again_while_its_queued_unlock_was
     reconnect(hq, terminal)
     # Act between HQ applying the queued unlock and the terminal deleting its tender.
     client = terminal._hq
-    real_call = client.call
+    real_unlock = client.unlock_card
 
-    def call(rpc: Any, request: Any, **kwargs: Any) -> Any:
-        response = real_call(rpc, request, **kwargs)
-        if isinstance(request, terminal_service_pb2.UnlockCardRequest):
-            terminal.add_tender(transaction_id="sale-1", card_number=number)
-        return response
+    def unlock_card(**request: Any) -> Any:
+        card = real_unlock(**request)
+        terminal.add_tender(transaction_id="sale-1", card_number=number)
+        return card
 
-    monkeypatch.setattr(client, "call", call)
+    monkeypatch.setattr(client, "unlock_card", unlock_card)
 
     terminal.sync_now()
 

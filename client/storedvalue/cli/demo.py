@@ -201,7 +201,7 @@ def story(workdir: Path, hq: str, back_office: BackOffice) -> None:
         else:
             raise Deviation("T2 locked a card T1 holds")
 
-        link.cut()
+        link.reset()
         say("[link] the link between T1 and HQ is cut")
         started = time.monotonic()
         price = Money(2000, EUR)
@@ -220,7 +220,7 @@ def story(workdir: Path, hq: str, back_office: BackOffice) -> None:
               and at_hq.lock.terminal_id == "T1", "HQ changed the card while T1 was cut off")
         say(f"[HQ] meanwhile the card still shows {format_money(at_hq.balance)}, locked by T1")
 
-        link.restore()
+        link.pass_through()
         say("[link] the link between T1 and HQ is back")
         back = wait_for(lambda: t1.state is ConnectivityState.ONLINE, "T1 reconnecting")
         synced = wait_for(lambda: not t1.outbox(), "T1's sync")

@@ -22,6 +22,7 @@ from storedvalue.terminal import (
     HQUnavailable,
     Money,
     OfflineNotAllowed,
+    Sale,
     SaleAlreadyCompleted,
     SaleLine,
     SyncProgress,
@@ -85,9 +86,11 @@ def sale(till: Terminal, args: argparse.Namespace) -> int:
             except HQUnavailable:
                 break  # offline: the sale completes offline if the cards were locked before
         result = till.complete_sale(transaction_id=args.transaction, lines=lines)
-    except SaleAlreadyCompleted:
-        raise UsageError(f"sale {args.transaction} was already completed offline and waits "
-                         "for sync") from None
+    except SaleAlreadyCompleted as completed:
+        earlier = completed.result
+        how = "offline" if earlier is not None and earlier.completed_offline else "online"
+        raise UsageError(f"sale {args.transaction} was already completed {how}; "
+                         "`sales` shows how it stands") from None
     if result.completed_offline:
         print(f"sale {result.transaction_id} completed offline (outbox sequence "
               f"{result.sequence_number}): the receipt says \"completed offline\"")
@@ -101,6 +104,41 @@ def sale(till: Terminal, args: argparse.Namespace) -> int:
         if done.remainder_credit_memo is not None:
             memo = done.remainder_credit_memo
             print(f"  remainder credit memo {memo.card_number}: {format_money(memo.balance)}")
+    for line in result.reversed_lines:
+        print(f"  {line.line_id} card {mask(line.card_number)}: {format_money(line.amount)} "
+              "reversed (its Redeem went unanswered; HQ credits it back at sync)")
+    return 0
+
+
+def abandon(till: Terminal, args: argparse.Namespace) -> int:
+    till.abandon_sale(transaction_id=args.transaction)
+    print(f"sale {args.transaction} abandoned: its cards are released and its lines that "
+          "reached HQ reversed (queued for sync when HQ is unreachable)")
+    return 0
+
+
+def sales(till: Terminal, args: argparse.Namespace) -> int:
+    if args.transaction:
+        found = till.sale(transaction_id=args.transaction)
+        if found is None:
+            raise UsageError(f"this till has no sale {args.transaction}")
+        chosen: tuple[Sale, ...] = (found,)
+    else:
+        chosen = till.open_sales()
+        if not chosen:
+            print("no open sale")
+    for one in chosen:
+        queued = f", outbox #{one.sequence_number}" if one.sequence_number else ""
+        synced = "" if one.synced else " (not synced yet)"
+        print(f"sale {one.transaction_id}: {one.status.value}{queued}{synced}")
+        for tender in one.tenders:
+            held = "locked" if tender.tender is not None else "lock unconfirmed"
+            print(f"  card {mask(tender.card_number)}: {held}"
+                  f"{', release queued' if tender.release_queued else ''}")
+        for line in one.lines:
+            why = f" ({line.hq_reason})" if line.hq_reason else ""
+            print(f"  {line.line_id} card {mask(line.card_number)}: "
+                  f"{format_money(line.amount)} {line.state.value}{why}")
     return 0
 
 
@@ -336,6 +374,10 @@ def register(subparsers: Any) -> None:
                              metavar="CARD:AMOUNT:CURRENCY",
                              help="a stored-value tender line, e.g. 6012345678901234:12.50:EUR "
                                   "(repeat for several cards)")
+    command("abandon", abandon, "abandon a sale: release its cards, reverse what HQ may have "
+            "debited").add_argument("transaction", metavar="SALE_ID")
+    command("sales", sales, "the open sales, or how one sale stands").add_argument(
+        "transaction", nargs="?", metavar="SALE_ID")
     command("balance", balance, "a card's balance and lock").add_argument(
         "card_number", metavar="CARD")
     issue_parser = command("issue", issue, "issue a gift card or credit memo (online)")

@@ -1,35 +1,27 @@
-"""The sale flow: add a stored-value tender (lock), remove it (unlock, or queue the unlock
-when offline), complete the sale online or, when HQ is out of reach, offline."""
+"""The end of a sale: complete it online or, when HQ is out of reach, offline; or abandon it.
+
+A line whose Redeem was sent without an answer may have been debited: it is never silently
+dropped. Left out of the completed sale, or abandoned, it gets a reversal queued in the
+sale's offline transaction, which HQ applies exactly once (credit back, or never apply).
+"""
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from storedvalue.v1 import offline_pb2, terminal_service_pb2
-
+from . import _convert
 from ._connectivity import Connectivity
-from ._convert import (
-    card_from_pb,
-    kind_from_pb,
-    kind_to_pb,
-    money_from_pb,
-    money_to_pb,
-    timestamp_from_pb,
-    timestamp_to_pb,
-)
 from ._errors import (
-    CardNotFound,
     HQUnavailable,
     InvalidArgument,
-    LockNotHeld,
     OfflineNotAllowed,
-    OfflineRefusal,
     PermissionDenied,
     RateLimited,
     RedeemOutcomeUnknown,
+    SaleAbandoned,
     SaleAlreadyCompleted,
     TenderNotFound,
     TerminalError,
@@ -37,16 +29,60 @@ from ._errors import (
     UnexpectedError,
 )
 from ._hq_client import HQClient
-from ._model import LineResult, SaleLine, SaleResult, Tender
+from ._hq_records import OfflineLine, OfflineSale, QueuedReversal, QueuedUnlock
+from ._model import LineResult, SaleLine, SaleResult, SaleStatus
+from ._offline_eligibility import offline_refusals
 from ._outbox import Outbox
 from ._parameters import ParametersCache
+from ._sale_book import SaleBook
 from ._sale_state import LineRecord, SaleState, TenderRecord
-
-_log = logging.getLogger(__name__)
+from ._tenders import Tenders
 
 _NOT_A_VERDICT = (RateLimited, Unauthenticated, PermissionDenied, UnexpectedError)
 """Refusals HQ may give without looking up the request id: they say nothing about whether
 an earlier, lost send of the same Redeem debited the card."""
+
+
+@dataclass(frozen=True)
+class _SaleLines:
+    """The lines of a sale being completed, as this call asks and as the terminal stored."""
+
+    asked: list[LineRecord]
+    """The lines asked for, in order (a stored line keeps its request id and flags)."""
+    kept: list[LineRecord]
+    """Lines HQ debited earlier that this call leaves out: the money moved, they stay."""
+    dropped: list[LineRecord]
+    """Lines left out whose Redeem was sent without an answer: reversed when the sale ends."""
+
+    @classmethod
+    def of(cls, stored: list[LineRecord], lines: Sequence[SaleLine]) -> _SaleLines:
+        by_id = {record.line.line_id: record for record in stored}
+        asked = [
+            by_id.get(line.line_id)
+            or LineRecord(line=line, request_id=str(uuid.uuid4()), attempted=False,
+                          redeem_response=None)
+            for line in lines
+        ]
+        wanted = {line.line_id for line in lines}
+        rest = [record for record in stored if record.line.line_id not in wanted]
+        return cls(
+            asked=asked,
+            kept=[r for r in rest if r.redeem_response is not None],
+            dropped=[r for r in rest if r.redeem_response is None and r.attempted],
+        )
+
+    @property
+    def result_lines(self) -> list[SaleLine]:
+        return [record.line for record in self.asked + self.kept]
+
+    def paid(self, done: dict[str, LineResult]) -> tuple[LineResult, ...]:
+        """The lines debited so far, in the result's order."""
+        return tuple(done[r.line.line_id] for r in self.asked + self.kept
+                     if r.line.line_id in done)
+
+    def cards(self) -> set[str]:
+        """Cards whose lock the sale's lines release at HQ (debit, offline line, reversal)."""
+        return {record.line.card_number for record in self.asked + self.kept + self.dropped}
 
 
 class Checkout:
@@ -56,149 +92,67 @@ class Checkout:
         hq: HQClient,
         connectivity: Connectivity,
         sale_state: SaleState,
+        book: SaleBook,
         outbox: Outbox,
         parameters: ParametersCache,
+        tenders: Tenders,
+        on_queued: Callable[[], None],
     ) -> None:
         self._hq = hq
         self._connectivity = connectivity
         self._state = sale_state
+        self._book = book
         self._outbox = outbox
         self._parameters = parameters
+        self._tenders = tenders
+        self._on_queued = on_queued
+        """Called after something was queued while online (the sync agent sends it now)."""
 
-    def add_tender(self, transaction_id: str, card_number: str) -> Tender:
-        """Lock the card. A pending tender is written before LockCard leaves: if HQ commits
-        the lock and its answer is lost, the sale still knows to release the card. Calling
-        again for the same sale and card turns a pending tender into a confirmed one (HQ
-        relocks idempotently for the same terminal and sale). Raises SaleAlreadyCompleted
-        when the sale was completed offline: a lock taken now would never be released."""
-        self._refuse_if_completed_offline(transaction_id)
-        if not self._connectivity.online:
-            raise HQUnavailable("terminal is OFFLINE; HQ not called", request_sent=False, code=None)
-        added_pending = self._state.save_pending_tender(transaction_id, card_number)
-        try:
-            response = self._hq.call(
-                self._hq.stub.LockCard,
-                terminal_service_pb2.LockCardRequest(
-                    request_id=str(uuid.uuid4()),
-                    card_number=card_number,
-                    transaction_id=transaction_id,
-                ),
-            )
-        except HQUnavailable as unavailable:
-            if added_pending and not unavailable.request_sent:
-                self._state.forget_tender(transaction_id, card_number)
-            raise
-        except TerminalError:
-            # HQ answered and refused: this request locked nothing. A tender from an earlier
-            # call stays as it was (pending or not), to be released with the sale.
-            if added_pending:
-                self._state.forget_tender(transaction_id, card_number)
-            raise
-        lock = response.lock
-        tender = Tender(
-            transaction_id=transaction_id,
-            card_number=card_number,
-            kind=kind_from_pb(response.card.kind),
-            balance=money_from_pb(response.card.balance),
-            fencing_token=lock.fencing_token,
-            lease_expires_at=(
-                timestamp_from_pb(lock.lease_expires_at)
-                if lock.HasField("lease_expires_at")
-                else None
-            ),
-        )
-        self._state.save_tender(tender)
-        return tender
-
-    def remove_tender(self, transaction_id: str, card_number: str) -> bool:
-        """Release the card; True when HQ released it now, False when the unlock is queued."""
-        record = self._state.tender(transaction_id, card_number)
-        if record is None:
-            raise TenderNotFound(f"sale {transaction_id} has no tender for this card")
-        if self._unlock_online(record):
-            self._state.forget_tender(transaction_id, card_number)
-            return True
-        self._state.mark_removed_offline(transaction_id, card_number)
-        return False
-
-    def abandon_sale(self, transaction_id: str) -> None:
-        """Release every card the sale locked (online, or queued in the outbox)."""
-        self._refuse_if_completed_offline(transaction_id)
-        records = self._state.lines(transaction_id)
-        if any(record.redeem_response is not None for record in records):
-            raise InvalidArgument(
-                f"sale {transaction_id} has lines HQ already debited; complete it instead",
-                reason="INVALID_FIELD",
-            )
-        unknown = tuple(record.line.line_id for record in records if record.attempted)
-        if unknown:
-            raise RedeemOutcomeUnknown(
-                f"sale {transaction_id}: HQ may have debited line(s) {', '.join(unknown)} (a "
-                "Redeem was sent and its answer lost); complete the sale instead, the retry "
-                "resends the same request id",
-                line_ids=unknown,
-            )
-        self._release(transaction_id, self._state.tenders(transaction_id))
+    # -- completing ---------------------------------------------------------------------
 
     def complete_sale(self, transaction_id: str, lines: Sequence[SaleLine]) -> SaleResult:
         _check_lines(lines)
-        self._refuse_if_completed_offline(transaction_id)
-        online = self._connectivity.online and self._confirm_pending_locks(transaction_id, lines)
+        status = self._book.status(transaction_id)
+        if status is not None and status is not SaleStatus.OPEN:
+            return self._completed_before(transaction_id, status, lines)
+        stored = self._state.lines(transaction_id)
         # Checked on what is stored before anything is marked attempted: a refused call
         # sends nothing, so it must leave no line saying it may have been debited.
-        records = _merge(self._state.lines(transaction_id), lines)
-        by_id = {record.line.line_id: record for record in records}
-        for line in lines:
-            if by_id[line.line_id].line != line:
-                raise InvalidArgument(
-                    f"line {line.line_id} changed since its first attempt; use a new line id",
-                    reason="INVALID_FIELD",
-                    metadata={"field": "lines"},
-                )
+        _check_against(stored, lines)
+        online = self._connectivity.online and self._tenders.confirm_pending(
+            transaction_id, lines
+        )
         tenders = {
             record.card_number: record
             for record in self._state.tenders(transaction_id)
             if not record.removed_offline
         }
         if online:
-            for record in records:
-                if record.redeem_response is None and record.line.card_number not in tenders:
+            debited = {r.line.line_id for r in stored if r.redeem_response is not None}
+            for line in lines:
+                if line.line_id not in debited and line.card_number not in tenders:
                     raise TenderNotFound(
-                        f"line {record.line.line_id}: card not added to sale {transaction_id}",
-                        metadata={"line_id": record.line.line_id},
-                    )
-            records = self._state.prepare_lines(transaction_id, lines, mark_first_pending=True)
-            by_id = {record.line.line_id: record for record in records}
+                        f"line {line.line_id}: card not added to sale {transaction_id}",
+                        metadata={"line_id": line.line_id},
+                    )._refusing(line.line_id, _debited(stored, lines))
+            stored = self._state.prepare_lines(transaction_id, lines, mark_first_pending=True)
         # else already OFFLINE: nothing will be sent, so nothing needs writing before the one
         # commit that stores the offline transaction (the p99 budget is ~2 ms).
-        ordered = [by_id[line.line_id] for line in lines]
-        ordered += [record for record in records if record not in ordered]
-        done: dict[str, LineResult] = {
-            record.line.line_id: _online_result(record.line, record.redeem_response)
-            for record in ordered
-            if record.redeem_response is not None
+        sale = _SaleLines.of(stored, lines)
+        done = {
+            r.line.line_id: _convert.online_result(r.line, r.redeem_response)
+            for r in sale.asked + sale.kept
+            if r.redeem_response is not None
         }
-        pending = [record for record in ordered if record.redeem_response is None]
-        attempted = {record.line.line_id for record in pending if record.attempted}
-        if online:
-            pending = self._redeem_online(transaction_id, pending, tenders, done, attempted)
+        pending = [record for record in sale.asked if record.redeem_response is None]
+        if online and pending:
+            pending = self._redeem_online(transaction_id, pending, tenders, done, sale)
+            if pending:  # the link dropped: the stored attempted flags are the truth now
+                fresh = {r.line.line_id: r for r in self._state.lines(transaction_id)}
+                pending = [fresh[r.line.line_id] for r in pending]
         if pending:
-            return self._complete_offline(
-                transaction_id, ordered, pending, tenders, done, attempted
-            )
-        used = {record.line.card_number for record in ordered}
-        leftovers = [
-            record
-            for record in self._state.tenders(transaction_id)
-            if record.card_number not in used
-        ]
-        sequence = self._release(transaction_id, leftovers)
-        return SaleResult(
-            transaction_id=transaction_id,
-            completed_offline=False,
-            lines=tuple(done[record.line.line_id] for record in ordered),
-            sequence_number=sequence,
-        )
+            return self._complete_offline(transaction_id, sale, pending, tenders, done)
+        return self._complete_online(transaction_id, sale)
 
     def _redeem_online(
         self,
@@ -206,27 +160,21 @@ class Checkout:
         pending: list[LineRecord],
         tenders: dict[str, TenderRecord],
         done: dict[str, LineResult],
-        attempted: set[str],
+        sale: _SaleLines,
     ) -> list[LineRecord]:
         """Redeem lines one by one; return those left when the link dropped. Each line is
         marked attempted durably before its request leaves (the first by prepare_lines, the
         next ones in the commit recording the previous answer)."""
+        attempted = {record.line.line_id for record in pending if record.attempted}
         for index, record in enumerate(pending):
             line = record.line
-            request = terminal_service_pb2.RedeemRequest(
-                request_id=record.request_id,
-                card_number=line.card_number,
-                transaction_id=transaction_id,
-                line_id=line.line_id,
-                fencing_token=tenders[line.card_number].fencing_token,
-                amount=money_to_pb(line.amount),
-            )
             try:
-                response = self._hq.call(self._hq.stub.Redeem, request)
+                debit = self._hq.redeem(
+                    request_id=record.request_id, transaction_id=transaction_id, line=line,
+                    fencing_token=tenders[line.card_number].fencing_token,
+                )
             except HQUnavailable as unavailable:
-                if unavailable.request_sent:
-                    attempted.add(line.line_id)
-                elif line.line_id not in attempted:
+                if not unavailable.request_sent and line.line_id not in attempted:
                     # Never left, and no earlier attempt did: HQ cannot have debited it.
                     self._state.clear_attempted(transaction_id, line.line_id)
                 return pending[index:]
@@ -234,199 +182,187 @@ class Checkout:
                 # HQ answered no to this request id. An earlier lost attempt of the same
                 # request id stays "maybe debited" unless the answer is a verdict on it.
                 if line.line_id not in attempted or not isinstance(refusal, _NOT_A_VERDICT):
-                    attempted.discard(line.line_id)
                     self._state.clear_attempted(transaction_id, line.line_id)
-                raise
+                raise refusal._refusing(line.line_id, sale.paid(done)) from None
             following = pending[index + 1].line.line_id if index + 1 < len(pending) else None
-            blob = response.SerializeToString()
-            self._state.record_redeemed(transaction_id, line.line_id, blob, following)
-            done[line.line_id] = _online_result(line, blob)
+            self._state.record_redeemed(transaction_id, line.line_id, debit.stored, following)
+            done[line.line_id] = _convert.online_result(line, debit.stored)
         return []
 
     def _complete_offline(
         self,
         transaction_id: str,
-        ordered: list[LineRecord],
+        sale: _SaleLines,
         pending: list[LineRecord],
         tenders: dict[str, TenderRecord],
         done: dict[str, LineResult],
-        attempted: set[str],
     ) -> SaleResult:
         parameters = self._parameters.current
-        refusals: list[OfflineRefusal] = []
-        for record in pending:
-            line = record.line
-            record_held = tenders.get(line.card_number)
-            held = record_held.tender if record_held is not None else None
-            why = ""
-            if record_held is None:
-                why = "NOT_LOCKED"
-            elif held is None:
-                # HQ may have refused the lock (another till holds the card, the card is
-                # flagged or unknown): spending it offline could spend someone else's lock.
-                why = "LOCK_UNCONFIRMED"
-            elif not parameters.allows_offline(held.kind):
-                why = "KIND_NOT_ALLOWED"
-            elif line.amount.currency_code != held.balance.currency_code:
-                why = "CURRENCY_MISMATCH"
-            elif line.amount.amount_minor > held.balance.amount_minor:
-                why = "OVER_BALANCE"
-            if why:
-                refusals.append(OfflineRefusal(line.line_id, line.card_number, why))
+        locks = {number: record.tender for number, record in tenders.items()}
+        refusals = offline_refusals([record.line for record in pending], locks, parameters)
         if refusals:
-            raise OfflineNotAllowed(tuple(refusals))
-        used = {record.line.card_number for record in ordered}
+            raise OfflineNotAllowed(refusals)._refusing(refusals[0].line_id, sale.paid(done))
         all_tenders = self._state.tenders(transaction_id)
-        confirmed = {
-            number: record.tender
-            for number, record in tenders.items()
-            if record.tender is not None
-        }
-        transaction = offline_pb2.OfflineTransaction(
-            transaction_id=transaction_id,
-            completed_at=timestamp_to_pb(datetime.now(UTC)),
-            parameters_version=parameters.version,
-            redeem_lines=[
-                offline_pb2.OfflineRedeemLine(
-                    line_id=record.line.line_id,
-                    card_number=record.line.card_number,
-                    card_kind=kind_to_pb(confirmed[record.line.card_number].kind),
-                    amount=money_to_pb(record.line.amount),
-                    fencing_token=confirmed[record.line.card_number].fencing_token,
-                    online_redeem_attempted=record.line.line_id in attempted,
-                )
-                for record in pending
-            ],
-            unlocks=_unlocks(transaction_id, all_tenders, used),
-        )
-        sequence = self._outbox.append(
-            transaction, also=lambda conn: SaleState.forget_sale(conn, transaction_id)
-        )
+        redeem_lines = []
         for record in pending:
-            done[record.line.line_id] = LineResult(
-                line_id=record.line.line_id,
-                card_number=record.line.card_number,
-                amount=record.line.amount,
-                completed_offline=True,
-                online_redeem_attempted=record.line.line_id in attempted,
-                balance_after=None,
-                remainder_credit_memo=None,
-            )
-        return SaleResult(
+            held = locks[record.line.card_number]
+            assert held is not None  # eligible: the lock was confirmed
+            redeem_lines.append(OfflineLine(
+                line_id=record.line.line_id, card_number=record.line.card_number,
+                card_kind=held.kind, amount=record.line.amount,
+                fencing_token=held.fencing_token, online_redeem_attempted=record.attempted,
+            ))
+        offline = OfflineSale(
             transaction_id=transaction_id,
-            completed_offline=True,
-            lines=tuple(done[record.line.line_id] for record in ordered),
-            sequence_number=sequence,
+            completed_at=datetime.now(UTC),
+            parameters_version=parameters.version,
+            redeem_lines=tuple(redeem_lines),
+            unlocks=_unlocks([t for t in all_tenders if t.card_number not in sale.cards()]),
+            reversals=_reversals(sale.dropped, all_tenders),
+        )
+        self._outbox.append(offline, also=lambda conn, sequence: SaleBook.finish(
+            conn, transaction_id, SaleStatus.COMPLETED_OFFLINE, sequence_number=sequence,
+            paid=sale.result_lines, offline=[r.line.line_id for r in pending],
+            reversed_ids=[r.line.line_id for r in sale.dropped],
+        ))
+        return self._result(transaction_id)
+
+    def _complete_online(self, transaction_id: str, sale: _SaleLines) -> SaleResult:
+        all_tenders = self._state.tenders(transaction_id)
+        unreleased = self._tenders.release_all(
+            [t for t in all_tenders if t.card_number not in sale.cards()]
+        )
+        self._finish(transaction_id, SaleStatus.COMPLETED_ONLINE, paid=sale.result_lines,
+                     unreleased=unreleased, to_reverse=sale.dropped, tenders=all_tenders)
+        return self._result(transaction_id)
+
+    def _completed_before(self, transaction_id: str, status: SaleStatus,
+                          lines: Sequence[SaleLine]) -> SaleResult:
+        """A retry of a completed sale gets its result again; anything else is refused."""
+        if status is SaleStatus.ABANDONED:
+            raise SaleAbandoned(f"sale {transaction_id} was abandoned")
+        result = self._result(transaction_id)
+        paid = {(r.line_id, r.card_number, r.amount) for r in result.lines}
+        if all((line.line_id, line.card_number, line.amount) in paid for line in lines):
+            return result
+        raise SaleAlreadyCompleted(
+            f"sale {transaction_id} was already completed "
+            f"{'offline' if result.completed_offline else 'online'} with other lines",
+            result=result,
         )
 
-    def _refuse_if_completed_offline(self, transaction_id: str) -> None:
-        if self._outbox.holds(transaction_id):
+    # -- abandoning ---------------------------------------------------------------------
+
+    def abandon_sale(self, transaction_id: str) -> None:
+        """Release every card the sale locked and reverse every line HQ debited or may have
+        debited: online when HQ answers, else queued in the outbox. Abandoning again is a
+        no-op; a completed sale cannot be abandoned."""
+        status = self._book.status(transaction_id)
+        if status is SaleStatus.ABANDONED or status is None:
+            return
+        if status is not SaleStatus.OPEN:
             raise SaleAlreadyCompleted(
-                f"sale {transaction_id} was completed offline and waits for sync"
+                f"sale {transaction_id} was already completed",
+                result=self._book.result(transaction_id),
             )
-
-    def _confirm_pending_locks(self, transaction_id: str, lines: Sequence[SaleLine]) -> bool:
-        """Relock the cards of these lines whose LockCard answer was lost, to learn their
-        tokens before redeeming. False when the link dropped meanwhile: the sale takes the
-        offline path, which refuses the lines still pending."""
-        wanted = {line.card_number for line in lines}
-        for record in self._state.tenders(transaction_id):
-            if record.lock_pending and not record.removed_offline and record.card_number in wanted:
-                try:
-                    self.add_tender(transaction_id, record.card_number)
-                except HQUnavailable:
-                    return False
-        return True
-
-    def _unlock_online(self, record: TenderRecord) -> bool:
-        request = terminal_service_pb2.UnlockCardRequest(
-            request_id=record.unlock_request_id or str(uuid.uuid4()),
-            card_number=record.card_number,
-            transaction_id=record.transaction_id,
-            # 0 for a pending lock: HQ releases whatever this terminal holds for the sale.
-            fencing_token=record.fencing_token,
+        to_reverse = [r for r in self._state.lines(transaction_id) if r.may_be_debited]
+        reversed_cards = {r.line.card_number for r in to_reverse}
+        all_tenders = self._state.tenders(transaction_id)
+        unreleased = self._tenders.release_all(
+            [t for t in all_tenders if t.card_number not in reversed_cards]
         )
-        try:
-            self._hq.call(self._hq.stub.UnlockCard, request)
-        except (LockNotHeld, CardNotFound):
-            pass  # Released or taken over already: nothing of ours to release.
-        except HQUnavailable:
-            return False
-        return True
+        self._finish(transaction_id, SaleStatus.ABANDONED, paid=(), unreleased=unreleased,
+                     to_reverse=to_reverse, tenders=all_tenders)
 
-    def _release(self, transaction_id: str, records: list[TenderRecord]) -> int | None:
-        """Unlock the cards online; those out of reach go to the outbox as one unlock-only
-        offline transaction. Closes the sale's local state. Returns that sequence number."""
-        unreleased: list[TenderRecord] = []
-        for record in records:
-            try:
-                if not self._unlock_online(record):
-                    unreleased.append(record)
-            except TerminalError as failure:
-                # HQ refused the unlock now (rate limited, ...): queue it as an offline unlock,
-                # which HQ applies by terminal and transaction at sync, rather than leaving
-                # the card locked for the whole lease.
-                _log.warning(
-                    "release of a lock of sale %s queued for sync: %s", transaction_id, failure
-                )
-                unreleased.append(record)
-        if not unreleased:
-            self._state.finish_sale(transaction_id)
-            return None
-        transaction = offline_pb2.OfflineTransaction(
+    # -- internals ----------------------------------------------------------------------
+
+    def _finish(
+        self,
+        transaction_id: str,
+        status: SaleStatus,
+        *,
+        paid: Sequence[SaleLine],
+        unreleased: list[TenderRecord],
+        to_reverse: list[LineRecord],
+        tenders: list[TenderRecord],
+    ) -> None:
+        """Close a sale whose lines are settled online: locks HQ could not release now and
+        reversals go to the outbox as one offline transaction (sent at once when online)."""
+        if not unreleased and not to_reverse:
+            self._book.finish_now(transaction_id, status, paid=paid)
+            return
+        queued = OfflineSale(
             transaction_id=transaction_id,
-            completed_at=timestamp_to_pb(datetime.now(UTC)),
+            completed_at=datetime.now(UTC),
             parameters_version=self._parameters.current.version,
-            unlocks=_unlocks(transaction_id, unreleased, set()),
+            unlocks=_unlocks(unreleased),
+            reversals=_reversals(to_reverse, tenders),
         )
-        return self._outbox.append(
-            transaction, also=lambda conn: SaleState.forget_sale(conn, transaction_id)
-        )
+        self._outbox.append(queued, also=lambda conn, sequence: SaleBook.finish(
+            conn, transaction_id, status, sequence_number=sequence, paid=paid,
+            reversed_ids=[r.line.line_id for r in to_reverse],
+        ))
+        if self._connectivity.online:
+            self._on_queued()
+
+    def _result(self, transaction_id: str) -> SaleResult:
+        result = self._book.result(transaction_id)
+        assert result is not None, "a completed sale has a result"
+        return result
 
 
-def _unlocks(
-    transaction_id: str, records: list[TenderRecord], redeemed_cards: set[str]
-) -> list[offline_pb2.OfflineUnlock]:
-    return [
-        offline_pb2.OfflineUnlock(
-            card_number=record.card_number,
-            transaction_id=transaction_id,
-            # 0 for a pending lock; HQ releases by terminal and transaction at sync anyway.
-            fencing_token=record.fencing_token,
-        )
-        for record in records
-        if record.card_number not in redeemed_cards
-    ]
-
-
-def _online_result(line: SaleLine, blob: bytes) -> LineResult:
-    response = terminal_service_pb2.RedeemResponse.FromString(blob)
-    return LineResult(
-        line_id=line.line_id,
-        card_number=line.card_number,
-        amount=line.amount,
-        completed_offline=False,
-        online_redeem_attempted=False,
-        balance_after=money_from_pb(response.card.balance),
-        remainder_credit_memo=(
-            card_from_pb(response.remainder_credit_memo)
-            if response.HasField("remainder_credit_memo")
-            else None
-        ),
+def _unlocks(records: Iterable[TenderRecord]) -> tuple[QueuedUnlock, ...]:
+    return tuple(
+        # 0 for a pending lock; HQ releases by terminal and transaction at sync anyway.
+        QueuedUnlock(card_number=r.card_number, transaction_id=r.transaction_id,
+                     fencing_token=r.fencing_token)
+        for r in records
     )
 
 
-def _merge(stored: list[LineRecord], lines: Sequence[SaleLine]) -> list[LineRecord]:
-    """What prepare_lines would return, without writing: stored lines still asked for or
-    already debited, plus the new lines."""
-    wanted = {line.line_id for line in lines}
-    kept = [r for r in stored if r.line.line_id in wanted or r.redeem_response is not None]
-    known = {record.line.line_id for record in kept}
-    return kept + [
-        LineRecord(line=line, request_id=str(uuid.uuid4()), attempted=False, redeem_response=None)
-        for line in lines
-        if line.line_id not in known
-    ]
+def _reversals(lines: Iterable[LineRecord], tenders: Iterable[TenderRecord]
+               ) -> tuple[QueuedReversal, ...]:
+    tokens = {t.card_number: t.fencing_token for t in tenders}
+    return tuple(
+        QueuedReversal(line_id=r.line.line_id, card_number=r.line.card_number,
+                       amount=r.line.amount, fencing_token=tokens.get(r.line.card_number, 0))
+        for r in lines
+    )
+
+
+def _debited(stored: list[LineRecord], lines: Sequence[SaleLine]) -> tuple[LineResult, ...]:
+    sale = _SaleLines.of(stored, lines)
+    return sale.paid({
+        r.line.line_id: _convert.online_result(r.line, r.redeem_response)
+        for r in stored if r.redeem_response is not None
+    })
+
+
+def _check_against(stored: list[LineRecord], lines: Sequence[SaleLine]) -> None:
+    """A line id keeps its content; a card whose line's Redeem went unanswered is not used
+    by another line (HQ may hold a debit of that card for it)."""
+    by_id = {record.line.line_id: record for record in stored}
+    unanswered = {
+        r.line.card_number: r.line.line_id
+        for r in stored
+        if r.attempted and r.redeem_response is None
+    }
+    for line in lines:
+        known = by_id.get(line.line_id)
+        if known is not None and known.line != line:
+            raise InvalidArgument(
+                f"line {line.line_id} changed since its first attempt; use a new line id",
+                reason="INVALID_FIELD",
+                metadata={"field": "lines", "line_id": line.line_id},
+            )._refusing(line.line_id, _debited(stored, lines))
+        other = unanswered.get(line.card_number)
+        if other is not None and other != line.line_id:
+            raise RedeemOutcomeUnknown(
+                f"line {line.line_id}: line {other} of the same card was sent to HQ and never "
+                f"answered; resend {other} unchanged, or leave the card out (then {other} is "
+                "reversed)",
+                line_ids=(other,),
+            )._refusing(line.line_id, _debited(stored, lines))
 
 
 def _check_lines(lines: Sequence[SaleLine]) -> None:

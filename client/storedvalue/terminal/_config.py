@@ -57,6 +57,10 @@ class TerminalConfig:
     """Follow HQ's WatchParameters stream while online, so a parameter change reaches the
     terminal in about a second. When False the parameters are only read on (re)connection."""
 
+    finished_sale_retention_s: float = 7 * 24 * 3600.0
+    """How long a finished sale stays readable through ``Terminal.sale`` once HQ acknowledged
+    whatever it queued (a sale is never forgotten before that). A week by default."""
+
     channel_credentials: grpc.ChannelCredentials | None = None
     """TLS credentials for the HQ channel. None means a plaintext channel, for loopback
     development only."""
@@ -66,6 +70,8 @@ class TerminalConfig:
             raise ValueError("call_timeout_s must be positive")
         if self.sync_batch_size < 1:
             raise ValueError("sync_batch_size must be at least 1")
+        if self.finished_sale_retention_s < 0:
+            raise ValueError("finished_sale_retention_s must not be negative")
         if self.sync_max_attempts < 1:
             raise ValueError("sync_max_attempts must be at least 1")
         if not 0 < self.probe_initial_backoff_s <= self.probe_max_backoff_s:

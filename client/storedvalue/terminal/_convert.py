@@ -1,23 +1,40 @@
-"""Translation between the wire messages (storedvalue.v1) and the library's frozen values."""
+"""The one module that builds and reads protobuf: requests to HQ, its answers, and the
+protobuf blobs kept on disk (outbox payloads, cached parameters, debits, sync reports).
+Everything else in the library handles frozen values only."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
-from storedvalue.v1 import common_pb2, offline_pb2, parameters_pb2
+from storedvalue.v1 import common_pb2, offline_pb2, parameters_pb2, terminal_service_pb2
 
+from ._hq_records import (
+    LineSyncResult,
+    OfflineSale,
+    OnlineDebit,
+    SyncItemResult,
+)
 from ._model import (
     Card,
     CardKind,
     CardStatus,
+    LineResult,
+    LineState,
     Lock,
     Money,
+    OutboxEntry,
     Parameters,
+    SaleLine,
     SyncLimits,
     SyncOutcome,
+    SyncReport,
+    Tender,
 )
+
+pb = terminal_service_pb2
 
 _KIND_FROM_PB = {
     common_pb2.CARD_KIND_GIFT_CARD: CardKind.GIFT_CARD,
@@ -35,6 +52,12 @@ _OUTCOME_FROM_PB = {
     offline_pb2.OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION: SyncOutcome.APPLIED_WITH_EXCEPTION,
     offline_pb2.OFFLINE_OUTCOME_REJECTED: SyncOutcome.REJECTED,
 }
+_REVERSAL_STATE_FROM_PB = {
+    offline_pb2.OFFLINE_REVERSAL_OUTCOME_REVERSED: LineState.REVERSED,
+    offline_pb2.OFFLINE_REVERSAL_OUTCOME_NEVER_APPLIED: LineState.NEVER_APPLIED,
+}
+
+# -- scalars and cards ---------------------------------------------------------------------
 
 
 def money_to_pb(money: Money) -> common_pb2.Money:
@@ -45,19 +68,11 @@ def money_from_pb(money: common_pb2.Money) -> Money:
     return Money(money.amount_minor, money.currency_code or "XXX")
 
 
-def kind_to_pb(kind: CardKind) -> common_pb2.CardKind.ValueType:
-    return _KIND_TO_PB[kind]
-
-
 def kind_from_pb(kind: common_pb2.CardKind.ValueType) -> CardKind:
     try:
         return _KIND_FROM_PB[kind]
     except KeyError:
         raise ValueError(f"HQ sent an unknown card kind {kind}") from None
-
-
-def outcome_from_pb(outcome: offline_pb2.OfflineOutcome.ValueType) -> SyncOutcome | None:
-    return _OUTCOME_FROM_PB.get(outcome)
 
 
 def timestamp_from_pb(ts: timestamp_pb2.Timestamp) -> datetime:
@@ -95,6 +110,99 @@ def card_from_pb(card: common_pb2.Card) -> Card:
     )
 
 
+# -- online card use -----------------------------------------------------------------------
+
+
+def lock_request(request_id: str, card_number: str, transaction_id: str) -> pb.LockCardRequest:
+    return pb.LockCardRequest(
+        request_id=request_id, card_number=card_number, transaction_id=transaction_id
+    )
+
+
+def tender_from_pb(transaction_id: str, card_number: str, response: pb.LockCardResponse
+                   ) -> Tender:
+    lock = response.lock
+    return Tender(
+        transaction_id=transaction_id,
+        card_number=card_number,
+        kind=kind_from_pb(response.card.kind),
+        balance=money_from_pb(response.card.balance),
+        fencing_token=lock.fencing_token,
+        lease_expires_at=(
+            timestamp_from_pb(lock.lease_expires_at) if lock.HasField("lease_expires_at") else None
+        ),
+    )
+
+
+def unlock_request(request_id: str, card_number: str, transaction_id: str, fencing_token: int
+                   ) -> pb.UnlockCardRequest:
+    return pb.UnlockCardRequest(
+        request_id=request_id, card_number=card_number, transaction_id=transaction_id,
+        fencing_token=fencing_token,
+    )
+
+
+def redeem_request(request_id: str, transaction_id: str, line: SaleLine, fencing_token: int
+                   ) -> pb.RedeemRequest:
+    return pb.RedeemRequest(
+        request_id=request_id,
+        card_number=line.card_number,
+        transaction_id=transaction_id,
+        line_id=line.line_id,
+        fencing_token=fencing_token,
+        amount=money_to_pb(line.amount),
+    )
+
+
+def online_debit_from_pb(response: pb.RedeemResponse) -> OnlineDebit:
+    return _online_debit(response, response.SerializeToString())
+
+
+def online_result(line: SaleLine, stored: bytes) -> LineResult:
+    """A debited line's result from the answer kept with it."""
+    debit = _online_debit(pb.RedeemResponse.FromString(stored), stored)
+    return LineResult(
+        line_id=line.line_id,
+        card_number=line.card_number,
+        amount=line.amount,
+        completed_offline=False,
+        online_redeem_attempted=False,
+        balance_after=debit.balance_after,
+        remainder_credit_memo=debit.remainder_credit_memo,
+    )
+
+
+def _online_debit(response: pb.RedeemResponse, stored: bytes) -> OnlineDebit:
+    return OnlineDebit(
+        balance_after=money_from_pb(response.card.balance),
+        remainder_credit_memo=(
+            card_from_pb(response.remainder_credit_memo)
+            if response.HasField("remainder_credit_memo")
+            else None
+        ),
+        stored=stored,
+    )
+
+
+def issue_request(request_id: str, kind: CardKind, initial_value: Money, card_number: str,
+                  transaction_id: str) -> pb.IssueCardRequest:
+    return pb.IssueCardRequest(
+        request_id=request_id, kind=_KIND_TO_PB[kind], initial_value=money_to_pb(initial_value),
+        card_number=card_number, transaction_id=transaction_id,
+    )
+
+
+def add_value_request(request_id: str, card_number: str, amount: Money, transaction_id: str
+                      ) -> pb.AddValueRequest:
+    return pb.AddValueRequest(
+        request_id=request_id, card_number=card_number, amount=money_to_pb(amount),
+        transaction_id=transaction_id,
+    )
+
+
+# -- parameters ----------------------------------------------------------------------------
+
+
 def parameters_from_pb(parameters: parameters_pb2.Parameters) -> Parameters:
     return Parameters(
         version=parameters.version,
@@ -107,9 +215,185 @@ def parameters_from_pb(parameters: parameters_pb2.Parameters) -> Parameters:
     )
 
 
+def parameters_to_bytes(parameters: Parameters) -> bytes:
+    lease = duration_pb2.Duration()
+    lease.FromTimedelta(parameters.lock_lease)
+    message = parameters_pb2.Parameters(
+        version=parameters.version,
+        gift_card_offline_completion_allowed=parameters.gift_card_offline_completion_allowed,
+        credit_memo_offline_completion_allowed=parameters.credit_memo_offline_completion_allowed,
+        lock_lease=lease,
+    )
+    if parameters.updated_at is not None:
+        message.updated_at.CopyFrom(timestamp_to_pb(parameters.updated_at))
+    return message.SerializeToString()
+
+
+def parameters_from_bytes(stored: bytes) -> Parameters:
+    return parameters_from_pb(parameters_pb2.Parameters.FromString(stored))
+
+
 def sync_limits_from_pb(limits: parameters_pb2.SyncLimits) -> SyncLimits:
     return SyncLimits(
         max_transactions_per_batch=limits.max_transactions_per_batch,
         max_lines_per_transaction=limits.max_lines_per_transaction,
         max_message_bytes=limits.max_message_bytes,
+    )
+
+
+def sync_limits_to_bytes(limits: SyncLimits) -> bytes:
+    return parameters_pb2.SyncLimits(
+        max_transactions_per_batch=limits.max_transactions_per_batch,
+        max_lines_per_transaction=limits.max_lines_per_transaction,
+        max_message_bytes=limits.max_message_bytes,
+    ).SerializeToString()
+
+
+def sync_limits_from_bytes(stored: bytes) -> SyncLimits:
+    return sync_limits_from_pb(parameters_pb2.SyncLimits.FromString(stored))
+
+
+# -- the outbox and sync -------------------------------------------------------------------
+
+
+def offline_sale_to_bytes(sale: OfflineSale, sequence_number: int) -> bytes:
+    """The outbox payload: the wire's OfflineTransaction, sequence number included."""
+    return offline_pb2.OfflineTransaction(
+        transaction_id=sale.transaction_id,
+        sequence_number=sequence_number,
+        completed_at=timestamp_to_pb(sale.completed_at),
+        parameters_version=sale.parameters_version,
+        redeem_lines=[
+            offline_pb2.OfflineRedeemLine(
+                line_id=line.line_id,
+                card_number=line.card_number,
+                card_kind=_KIND_TO_PB[line.card_kind],
+                amount=money_to_pb(line.amount),
+                fencing_token=line.fencing_token,
+                online_redeem_attempted=line.online_redeem_attempted,
+            )
+            for line in sale.redeem_lines
+        ],
+        unlocks=[
+            offline_pb2.OfflineUnlock(
+                card_number=unlock.card_number,
+                transaction_id=unlock.transaction_id,
+                fencing_token=unlock.fencing_token,
+            )
+            for unlock in sale.unlocks
+        ],
+        reversals=[
+            offline_pb2.OfflineReversal(
+                line_id=reversal.line_id,
+                card_number=reversal.card_number,
+                amount=money_to_pb(reversal.amount),
+                fencing_token=reversal.fencing_token,
+            )
+            for reversal in sale.reversals
+        ],
+    ).SerializeToString()
+
+
+def outbox_entry_from_bytes(payload: bytes) -> OutboxEntry:
+    item = offline_pb2.OfflineTransaction.FromString(payload)
+    return OutboxEntry(
+        sequence_number=item.sequence_number,
+        transaction_id=item.transaction_id,
+        completed_at=timestamp_from_pb(item.completed_at),
+        redeem_line_count=len(item.redeem_lines),
+        unlock_count=len(item.unlocks),
+        reversal_count=len(item.reversals),
+    )
+
+
+def sync_batch_request(request_id: str, payloads: Sequence[bytes]
+                       ) -> pb.SyncOfflineBatchRequest:
+    request = pb.SyncOfflineBatchRequest(request_id=request_id)
+    add = request.transactions.add
+    for payload in payloads:
+        add().MergeFromString(payload)
+    return request
+
+
+def sync_results_from_pb(response: pb.SyncOfflineBatchResponse) -> tuple[SyncItemResult, ...]:
+    return tuple(_sync_result(result) for result in response.results)
+
+
+def _sync_result(result: offline_pb2.OfflineTransactionResult) -> SyncItemResult:
+    outcome = _OUTCOME_FROM_PB.get(result.outcome)
+    first = (
+        _OUTCOME_FROM_PB.get(result.original_outcome)
+        if outcome is SyncOutcome.ALREADY_APPLIED
+        else outcome
+    )
+    rejected = first is SyncOutcome.REJECTED
+    return SyncItemResult(
+        transaction_id=result.transaction_id,
+        sequence_number=result.sequence_number,
+        outcome=outcome,
+        first_outcome=first,
+        lines=tuple(
+            LineSyncResult(
+                line_id=line.line_id,
+                state=(
+                    LineState.REJECTED_AT_SYNC
+                    if rejected or line.outcome == offline_pb2.OFFLINE_LINE_OUTCOME_REJECTED
+                    else LineState.APPLIED_AT_SYNC
+                ),
+                reason=line.reason,
+                balance_after=(
+                    money_from_pb(line.balance_after) if line.HasField("balance_after") else None
+                ),
+                remainder_credit_memo_number=line.remainder_credit_memo_number,
+                voided_credit_memo_number="",
+            )
+            for line in result.line_results
+        ),
+        reversals=tuple(
+            LineSyncResult(
+                line_id=reversal.line_id,
+                state=(
+                    LineState.REJECTED_AT_SYNC
+                    if rejected
+                    else _REVERSAL_STATE_FROM_PB.get(reversal.outcome, LineState.REJECTED_AT_SYNC)
+                ),
+                reason=reversal.reason,
+                balance_after=(
+                    money_from_pb(reversal.balance_after)
+                    if reversal.HasField("balance_after")
+                    else None
+                ),
+                remainder_credit_memo_number=reversal.remainder_credit_memo_number,
+                voided_credit_memo_number=reversal.voided_credit_memo_number,
+            )
+            for reversal in result.reversal_results
+        ),
+        noteworthy=(
+            first is not SyncOutcome.APPLIED
+            or any(line.remainder_credit_memo_number for line in result.line_results)
+        ),
+        stored=result.SerializeToString(),
+    )
+
+
+def report_from_bytes(sequence: int, transaction_id: str, stored: bytes, recorded_at: datetime
+                      ) -> SyncReport:
+    result = offline_pb2.OfflineTransactionResult.FromString(stored)
+    outcome = _OUTCOME_FROM_PB.get(result.outcome, SyncOutcome.REJECTED)
+    original = _OUTCOME_FROM_PB.get(result.original_outcome, outcome)
+    return SyncReport(
+        sequence_number=sequence,
+        transaction_id=transaction_id,
+        outcome=outcome,
+        original_outcome=original,
+        reason=result.reason,
+        message=result.message,
+        exception_ids=tuple(result.exception_ids),
+        remainder_credit_memo_numbers=tuple(
+            [line.remainder_credit_memo_number for line in result.line_results
+             if line.remainder_credit_memo_number]
+            + [reversal.remainder_credit_memo_number for reversal in result.reversal_results
+               if reversal.remainder_credit_memo_number]
+        ),
+        recorded_at=recorded_at,
     )

@@ -68,6 +68,31 @@ CREATE TABLE IF NOT EXISTS sync_reports (
 );
 """
 
+# Schema changes after the first release, in order; PRAGMA user_version counts those applied.
+_MIGRATIONS = (
+    # 1: sales keep their state after they finish (recovery, reversals, idempotent retries).
+    """
+    CREATE TABLE sales (
+        transaction_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        sequence_number INTEGER,
+        synced INTEGER NOT NULL DEFAULT 0,
+        opened_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE INDEX sales_by_status ON sales (status, finished_at);
+    ALTER TABLE sale_lines ADD COLUMN outcome TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sale_lines ADD COLUMN position INTEGER;
+    ALTER TABLE sale_lines ADD COLUMN hq_reason TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sale_lines ADD COLUMN balance_after_minor INTEGER;
+    ALTER TABLE sale_lines ADD COLUMN remainder_memo TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sale_lines ADD COLUMN voided_memo TEXT NOT NULL DEFAULT '';
+    INSERT OR IGNORE INTO sales (transaction_id, status, opened_at)
+        SELECT transaction_id, 'OPEN', strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')
+        FROM (SELECT transaction_id FROM tenders UNION SELECT transaction_id FROM sale_lines);
+    """,
+)
+
 
 class DataDirectoryInUse(TerminalError):
     """Another live process has this terminal's data directory open."""
@@ -99,9 +124,11 @@ class Database:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             with self.write() as conn:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                _run(conn, _SCHEMA)
+                (applied,) = conn.execute("PRAGMA user_version").fetchone()
+                for number, migration in enumerate(_MIGRATIONS[applied:], start=applied + 1):
+                    _run(conn, migration)
+                    conn.execute(f"PRAGMA user_version = {number}")
             self._claim(terminal_id)
         except BaseException:
             # Nobody gets this object to close: release the file and the directory lock now.
@@ -140,3 +167,10 @@ class Database:
         with self._mutex:
             self._conn.close()
         os.close(self._lock_fd)
+
+
+def _run(conn: sqlite3.Connection, script: str) -> None:
+    """Statements separated by ";" (none contains one), inside the caller's transaction."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)

@@ -15,6 +15,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from ._model import LineResult, SaleResult
+
 ERROR_DOMAIN = "storedvalue.dev"
 
 TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -25,7 +27,11 @@ RETRYABLE_SYNC_CODES = TRANSIENT_CODES | {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 class TerminalError(Exception):
-    """Base of every error the terminal library raises."""
+    """Base of every error the terminal library raises.
+
+    Raised by ``complete_sale``, an error also says which line it refused (``line_id``) and
+    which lines of the sale HQ has debited so far (``paid_lines``, with their results): the
+    sale stays open and those lines are paid."""
 
     reasons: ClassVar[tuple[str, ...]] = ()
 
@@ -42,6 +48,16 @@ class TerminalError(Exception):
         self.reason = reason or (self.reasons[0] if self.reasons else "")
         self.metadata: Mapping[str, str] = dict(metadata or {})
         self.code = code
+        self.line_id = ""
+        """The line of a multi-line sale this error refused; empty when not about a line."""
+        self.paid_lines: tuple[LineResult, ...] = ()
+        """The sale's lines HQ debited before the refusal (they stay paid)."""
+
+    def _refusing(self, line_id: str, paid_lines: tuple[LineResult, ...]) -> TerminalError:
+        """This error, naming the line it refused and the lines already paid."""
+        self.line_id = line_id
+        self.paid_lines = paid_lines
+        return self
 
 
 class UnexpectedError(TerminalError):
@@ -167,6 +183,12 @@ class RateLimited(TerminalError):
         return _parse_int(self.metadata.get("retry_after_seconds", ""))
 
 
+class LineReversed(TerminalError):
+    """HQ refused a Redeem of a line this terminal reversed (its reversal got there first)."""
+
+    reasons = ("LINE_REVERSED",)
+
+
 class TenderNotFound(TerminalError):
     """Raised locally: the sale has no tender (locked card) for this card number."""
 
@@ -174,16 +196,30 @@ class TenderNotFound(TerminalError):
 
 
 class SaleAlreadyCompleted(TerminalError):
-    """Raised locally: this transaction was already completed offline on this terminal."""
+    """Raised locally: the sale was already completed on this terminal, and this call is not
+    a retry of that completion (``complete_sale`` with the same lines returns ``result``
+    instead), or would add to it (a tender, an abandon)."""
 
     reasons = ("SALE_ALREADY_COMPLETED",)
 
+    def __init__(self, message: str, *, result: SaleResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+        """How the sale was completed."""
+
+
+class SaleAbandoned(TerminalError):
+    """Raised locally: the sale was abandoned on this terminal; its transaction id cannot be
+    used again."""
+
+    reasons = ("SALE_ABANDONED",)
+
 
 class RedeemOutcomeUnknown(TerminalError):
-    """Raised locally by ``abandon_sale``: a Redeem of the sale was sent and its answer never
-    came, so HQ may have debited the card. The sale cannot be abandoned: complete it (the
-    retry resends the same request id, so HQ debits at most once and answers what it did).
-    ``line_ids`` names those lines."""
+    """Raised locally by ``complete_sale``: a line uses the card of another line of the sale
+    whose Redeem was sent and never answered (HQ may have debited that card for it). Resend
+    that line unchanged, or leave the card out: the unanswered line is then reversed.
+    ``line_ids`` names the unanswered lines."""
 
     reasons = ("REDEEM_OUTCOME_UNKNOWN",)
 
@@ -215,6 +251,7 @@ class OfflineNotAllowed(TerminalError):
         names = ", ".join(f"{r.line_id} ({r.why})" for r in refusals)
         super().__init__(f"these lines cannot complete offline: {names}")
         self.refusals = refusals
+        self.line_id = refusals[0].line_id if refusals else ""
 
     @property
     def line_ids(self) -> tuple[str, ...]:
@@ -237,6 +274,7 @@ _BY_REASON: dict[str, type[TerminalError]] = {
         CardFlagged,
         CardRedeemed,
         CardKindNotSupported,
+        LineReversed,
         Unauthenticated,
         PermissionDenied,
         RateLimited,

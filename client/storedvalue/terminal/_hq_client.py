@@ -1,21 +1,49 @@
-"""Unary calls to HQ with the terminal's credential, a short deadline, typed errors, and the
+"""The gateway to HQ: one typed method per TerminalService RPC the library uses, returning
+the library's values and raising its typed errors.
+
+Every unary call carries the terminal's credential and a short deadline, and follows the
 connectivity rule: OFFLINE means the call is not even tried; a transient failure means
-OFFLINE from now on."""
+OFFLINE from now on.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import grpc
 
-from storedvalue.v1 import terminal_service_pb2_grpc
+from storedvalue.v1 import terminal_service_pb2, terminal_service_pb2_grpc
 
+from . import _convert
 from ._config import TerminalConfig
 from ._connectivity import Connectivity
-from ._errors import HQUnavailable, error_from_rpc
+from ._errors import HQUnavailable, TerminalError, error_from_rpc
+from ._hq_records import OnlineDebit, SyncItemResult
+from ._model import Card, CardKind, Money, Parameters, SaleLine, SyncLimits, Tender
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+pb = terminal_service_pb2
+
+
+class ParametersStream:
+    """An open WatchParameters stream: iterate for new versions; ``cancel`` ends it. A broken
+    stream raises the typed error (``code`` tells a transient failure from a cancellation)."""
+
+    def __init__(self, call: grpc.CallIterator[pb.WatchParametersResponse]) -> None:
+        self._call = call
+        self._cancel: Callable[[], object] = call.cancel
+
+    def cancel(self) -> None:
+        self._cancel()
+
+    def __iter__(self) -> Iterator[Parameters]:
+        try:
+            for message in self._call:
+                yield _convert.parameters_from_pb(message.parameters)
+        except grpc.RpcError as failure:
+            raise error_from_rpc(failure) from None
 
 
 class HQClient:
@@ -27,12 +55,91 @@ class HQClient:
         metadata: tuple[tuple[str, str], ...],
         config: TerminalConfig,
     ) -> None:
-        self.stub = terminal_service_pb2_grpc.TerminalServiceStub(channel)
-        self.metadata = metadata
+        self._stub = terminal_service_pb2_grpc.TerminalServiceStub(channel)
+        self._metadata = metadata
         self._connectivity = connectivity
         self._config = config
 
-    def call(
+    # -- cards and locks ------------------------------------------------------------------
+
+    def lock_card(self, *, request_id: str, card_number: str, transaction_id: str) -> Tender:
+        response = self._call(
+            self._stub.LockCard, _convert.lock_request(request_id, card_number, transaction_id)
+        )
+        return _convert.tender_from_pb(transaction_id, card_number, response)
+
+    def unlock_card(self, *, request_id: str, card_number: str, transaction_id: str,
+                    fencing_token: int) -> Card:
+        response = self._call(
+            self._stub.UnlockCard,
+            _convert.unlock_request(request_id, card_number, transaction_id, fencing_token),
+        )
+        return _convert.card_from_pb(response.card)
+
+    def redeem(self, *, request_id: str, transaction_id: str, line: SaleLine,
+               fencing_token: int) -> OnlineDebit:
+        response = self._call(
+            self._stub.Redeem,
+            _convert.redeem_request(request_id, transaction_id, line, fencing_token),
+        )
+        return _convert.online_debit_from_pb(response)
+
+    def get_card(self, *, card_number: str) -> Card:
+        response = self._call(self._stub.GetCard, pb.GetCardRequest(card_number=card_number))
+        return _convert.card_from_pb(response.card)
+
+    def issue_card(self, *, request_id: str, kind: CardKind, initial_value: Money,
+                   card_number: str, transaction_id: str) -> Card:
+        response = self._call(
+            self._stub.IssueCard,
+            _convert.issue_request(request_id, kind, initial_value, card_number, transaction_id),
+        )
+        return _convert.card_from_pb(response.card)
+
+    def add_value(self, *, request_id: str, card_number: str, amount: Money,
+                  transaction_id: str) -> Card:
+        response = self._call(
+            self._stub.AddValue,
+            _convert.add_value_request(request_id, card_number, amount, transaction_id),
+        )
+        return _convert.card_from_pb(response.card)
+
+    # -- offline sync ---------------------------------------------------------------------
+
+    def sync_batch(self, *, request_id: str, payloads: Sequence[bytes]
+                   ) -> tuple[SyncItemResult, ...]:
+        """One SyncOfflineBatch of outbox payloads. A transient failure does not switch the
+        terminal OFFLINE: the sync agent retries a batch before it concludes the link is
+        down (``report_link_down``)."""
+        response = self._call(
+            self._stub.SyncOfflineBatch,
+            _convert.sync_batch_request(request_id, payloads),
+            timeout_s=self._config.sync_call_timeout_s,
+            report_transient=False,
+        )
+        return _convert.sync_results_from_pb(response)
+
+    def report_link_down(self, cause: str) -> None:
+        self._connectivity.report_failure(cause)
+
+    # -- parameters -----------------------------------------------------------------------
+
+    def get_parameters(self) -> tuple[Parameters, SyncLimits]:
+        response = self._call(self._stub.GetParameters, pb.GetParametersRequest())
+        return (
+            _convert.parameters_from_pb(response.parameters),
+            _convert.sync_limits_from_pb(response.sync_limits),
+        )
+
+    def watch_parameters(self, *, known_version: int) -> ParametersStream:
+        call = self._stub.WatchParameters(
+            pb.WatchParametersRequest(known_version=known_version), metadata=self._metadata
+        )
+        return ParametersStream(call)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _call(
         self,
         rpc: grpc.UnaryUnaryMultiCallable[Request, Response],
         request: Request,
@@ -44,8 +151,7 @@ class HQClient:
 
         Raises HQUnavailable without sending while OFFLINE (``request_sent`` False), and after
         a timeout or an unreachable HQ (``request_sent`` True: the outcome is unknown). That
-        failure switches the terminal OFFLINE unless ``report_transient`` is False (the sync
-        agent retries a batch a few times before it concludes the link is down).
+        failure switches the terminal OFFLINE unless ``report_transient`` is False.
         """
         if not self._connectivity.online:
             raise HQUnavailable("terminal is OFFLINE; HQ not called", request_sent=False, code=None)
@@ -53,10 +159,10 @@ class HQClient:
             return rpc(
                 request,
                 timeout=timeout_s if timeout_s is not None else self._config.call_timeout_s,
-                metadata=self.metadata,
+                metadata=self._metadata,
             )
         except grpc.RpcError as failure:
-            error = error_from_rpc(failure)
+            error: TerminalError = error_from_rpc(failure)
             if isinstance(error, HQUnavailable) and report_transient:
                 self._connectivity.report_failure(
                     f"call failed: {error.code.name if error.code else 'unknown'}"

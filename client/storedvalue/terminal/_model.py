@@ -105,14 +105,122 @@ class LineResult:
 
 @dataclass(frozen=True)
 class SaleResult:
-    """A completed sale. ``completed_offline`` is what the receipt says."""
+    """A completed sale. ``completed_offline`` is what the receipt says.
+
+    Calling ``complete_sale`` again with the same lines returns this same result."""
 
     transaction_id: str
     completed_offline: bool
     """True when at least one line was completed offline: print "completed offline"."""
     lines: tuple[LineResult, ...]
+    """The lines paid by stored value, in the order asked, then any line HQ had already
+    debited that the last call left out (the money moved: it stays part of the sale)."""
     sequence_number: int | None
-    """The terminal's offline sequence number when completed offline, else None."""
+    """The terminal's offline sequence number when something of the sale waits in the outbox
+    (lines completed offline, reversals, locks to release), else None."""
+    reversed_lines: tuple[SaleLine, ...] = ()
+    """Lines left out whose Redeem was sent without an answer: HQ may have debited them, so
+    each one's reversal is queued in the outbox (print "reversed" for them). HQ credits the
+    card back if it had debited it, or makes sure it never will; ``Terminal.sale`` tells
+    which once HQ answered."""
+
+
+class SaleStatus(enum.Enum):
+    """Where a sale stands on this terminal."""
+
+    OPEN = "OPEN"
+    """Cards added or lines tried; neither completed nor abandoned yet."""
+    COMPLETED_ONLINE = "COMPLETED_ONLINE"
+    """Every line debited online."""
+    COMPLETED_OFFLINE = "COMPLETED_OFFLINE"
+    """At least one line completed offline: in the outbox until synced."""
+    ABANDONED = "ABANDONED"
+    """Abandoned: its locks released and its lines that reached HQ reversed."""
+
+
+class LineState(enum.Enum):
+    """Where one stored-value line of a sale stands."""
+
+    PENDING = "PENDING"
+    """Given to ``complete_sale`` but never sent, or refused by HQ: nothing was debited."""
+    ATTEMPTED = "ATTEMPTED"
+    """Its Redeem was sent and no answer came: HQ may have debited it. Complete the sale with
+    it (the same request id is resent, so HQ debits it at most once) or leave it out (it is
+    then reversed)."""
+    DEBITED = "DEBITED"
+    """HQ debited it online."""
+    QUEUED_OFFLINE = "QUEUED_OFFLINE"
+    """Completed offline; in the outbox."""
+    APPLIED_AT_SYNC = "APPLIED_AT_SYNC"
+    """Completed offline and applied by HQ at sync (possibly with an exception, or recognised
+    as already debited online)."""
+    REJECTED_AT_SYNC = "REJECTED_AT_SYNC"
+    """HQ rejected the offline transaction carrying it (or its reversal) and kept it for the
+    back office; see ``hq_reason``."""
+    REVERSAL_QUEUED = "REVERSAL_QUEUED"
+    """Left out of the completed sale, or abandoned, after its Redeem was sent: its reversal
+    is in the outbox."""
+    REVERSED = "REVERSED"
+    """HQ had debited it and credited it back."""
+    NEVER_APPLIED = "NEVER_APPLIED"
+    """HQ had not debited it and recorded that it never will."""
+
+    @property
+    def paid(self) -> bool:
+        """The customer paid this line with the card (online, or offline and synced or not)."""
+        return self in (LineState.DEBITED, LineState.QUEUED_OFFLINE, LineState.APPLIED_AT_SYNC)
+
+
+@dataclass(frozen=True)
+class LineStatus:
+    """The durable state of one line of a sale (``Terminal.sale``)."""
+
+    line_id: str
+    card_number: str
+    amount: Money
+    state: LineState
+    result: LineResult | None
+    """The line's result for a paid line; None otherwise."""
+    hq_reason: str = ""
+    """HQ's reason at sync for an exception or a rejection (ErrorReason name), else empty."""
+    balance_after: Money | None = None
+    """The card's balance after an online debit or after a reversal credited it back."""
+    remainder_credit_memo_number: str = ""
+    """A remainder credit memo HQ reported at sync: issued for an offline line, or kept
+    valid by a reversal (the customer's value is then split over the two memos)."""
+    voided_credit_memo_number: str = ""
+    """REVERSED credit memo line: the remainder memo HQ voided (its value went back)."""
+
+
+@dataclass(frozen=True)
+class SaleTender:
+    """A card added to an open sale."""
+
+    card_number: str
+    tender: Tender | None
+    """What HQ answered to LockCard; None while the lock is unconfirmed (its answer was
+    lost): add the tender again to confirm it, or leave it to be released with the sale."""
+    release_queued: bool
+    """Removed while OFFLINE: its release reaches HQ when the link returns."""
+
+
+@dataclass(frozen=True)
+class Sale:
+    """A sale as this terminal keeps it durably (``Terminal.sale``, ``Terminal.open_sales``):
+    enough for a POS restarted after a crash to finish or abandon it."""
+
+    transaction_id: str
+    status: SaleStatus
+    tenders: tuple[SaleTender, ...]
+    """Cards added and not yet released (open sales only)."""
+    lines: tuple[LineStatus, ...]
+    """Lines asked for (open sales), or completed and reversed (finished sales)."""
+    result: SaleResult | None
+    """For a completed sale, what ``complete_sale`` returned (and returns again)."""
+    sequence_number: int | None
+    """The sale's offline transaction in the outbox, if it has one."""
+    synced: bool
+    """HQ acknowledged that offline transaction (True when there is none)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +284,7 @@ class OutboxEntry:
     completed_at: datetime
     redeem_line_count: int
     unlock_count: int
+    reversal_count: int = 0
 
 
 class SyncOutcome(enum.Enum):

@@ -11,12 +11,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from storedvalue.v1 import offline_pb2
-
-from ._convert import outcome_from_pb, timestamp_from_pb
+from . import _convert
 from ._database import Database
 from ._errors import SaleAlreadyCompleted
-from ._model import OutboxEntry, SyncOutcome, SyncReport
+from ._hq_records import OfflineSale, SyncItemResult
+from ._model import OutboxEntry, SyncReport
 
 
 class PendingItem(NamedTuple):
@@ -34,32 +33,30 @@ class Outbox:
 
     def append(
         self,
-        transaction: offline_pb2.OfflineTransaction,
+        sale: OfflineSale,
         *,
-        also: Callable[[sqlite3.Connection], None] | None = None,
+        also: Callable[[sqlite3.Connection, int], None] | None = None,
     ) -> int:
-        """Assign the next sequence number and store the transaction durably; ``also`` runs
-        in the same database transaction (closing the sale). Returns the sequence number."""
+        """Assign the next sequence number and store the sale's offline transaction durably;
+        ``also(conn, sequence_number)`` runs in the same database transaction (closing the
+        sale). Returns the sequence number."""
         with self._db.write() as conn:
             if conn.execute(
-                "SELECT 1 FROM outbox WHERE transaction_id = ?", (transaction.transaction_id,)
+                "SELECT 1 FROM outbox WHERE transaction_id = ?", (sale.transaction_id,)
             ).fetchone():
                 raise SaleAlreadyCompleted(
-                    f"transaction {transaction.transaction_id} is already in the outbox"
+                    f"transaction {sale.transaction_id} is already in the outbox"
                 )
             (sequence,) = conn.execute(
                 "UPDATE terminal SET last_sequence_number = last_sequence_number + 1 "
                 "WHERE id = 1 RETURNING last_sequence_number"
             ).fetchone()
-            item = offline_pb2.OfflineTransaction()
-            item.CopyFrom(transaction)
-            item.sequence_number = sequence
             conn.execute(
                 "INSERT INTO outbox (sequence_number, transaction_id, payload) VALUES (?, ?, ?)",
-                (sequence, item.transaction_id, item.SerializeToString()),
+                (sequence, sale.transaction_id, _convert.offline_sale_to_bytes(sale, sequence)),
             )
             if also is not None:
-                also(conn)
+                also(conn, int(sequence))
         return int(sequence)
 
     def holds(self, transaction_id: str) -> bool:
@@ -93,30 +90,22 @@ class Outbox:
     def entries(self) -> list[OutboxEntry]:
         with self._db.read() as conn:
             rows = conn.execute("SELECT payload FROM outbox ORDER BY sequence_number").fetchall()
-        entries = []
-        for (payload,) in rows:
-            item = offline_pb2.OfflineTransaction.FromString(payload)
-            entries.append(
-                OutboxEntry(
-                    sequence_number=item.sequence_number,
-                    transaction_id=item.transaction_id,
-                    completed_at=timestamp_from_pb(item.completed_at),
-                    redeem_line_count=len(item.redeem_lines),
-                    unlock_count=len(item.unlocks),
-                )
-            )
-        return entries
+        return [_convert.outbox_entry_from_bytes(payload) for (payload,) in rows]
 
     def acknowledge(
-        self, items: Sequence[PendingItem], results: Sequence[offline_pb2.OfflineTransactionResult]
+        self,
+        items: Sequence[PendingItem],
+        results: Sequence[SyncItemResult],
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
-        """HQ durably took these items: drop them and keep the results worth a human's eye,
-        all in one commit."""
+        """HQ durably took these items: drop them and keep the results worth a human's eye;
+        ``also`` runs in the same commit (recording the results on the sales)."""
         now = datetime.now(UTC).isoformat()
         reports = [
-            (item.sequence_number, item.transaction_id, result.SerializeToString(), now)
+            (item.sequence_number, item.transaction_id, result.stored, now)
             for item, result in zip(items, results, strict=True)
-            if is_noteworthy(result)
+            if result.noteworthy
         ]
         with self._db.write() as conn:
             if items:
@@ -138,6 +127,8 @@ class Outbox:
                     "(sequence_number, transaction_id, result, recorded_at) VALUES (?, ?, ?, ?)",
                     reports,
                 )
+            if also is not None:
+                also(conn)
 
     def reports(self) -> list[SyncReport]:
         with self._db.read() as conn:
@@ -145,42 +136,11 @@ class Outbox:
                 "SELECT sequence_number, transaction_id, result, recorded_at FROM sync_reports "
                 "ORDER BY sequence_number"
             ).fetchall()
-        return [_report(row[0], row[1], row[2], row[3]) for row in rows]
+        return [
+            _convert.report_from_bytes(row[0], row[1], row[2], datetime.fromisoformat(row[3]))
+            for row in rows
+        ]
 
     def dismiss_report(self, sequence_number: int) -> None:
         with self._db.write() as conn:
             conn.execute("DELETE FROM sync_reports WHERE sequence_number = ?", (sequence_number,))
-
-
-def is_noteworthy(result: offline_pb2.OfflineTransactionResult) -> bool:
-    """Anything but a clean application is kept for support staff: exceptions, rejections,
-    and remainder credit memos HQ issued for lines completed offline."""
-    first = (
-        result.original_outcome
-        if result.outcome == offline_pb2.OFFLINE_OUTCOME_ALREADY_APPLIED
-        else result.outcome
-    )
-    if first != offline_pb2.OFFLINE_OUTCOME_APPLIED:
-        return True
-    return any(line.remainder_credit_memo_number for line in result.line_results)
-
-
-def _report(sequence: int, transaction_id: str, blob: bytes, recorded_at: str) -> SyncReport:
-    result = offline_pb2.OfflineTransactionResult.FromString(blob)
-    outcome = outcome_from_pb(result.outcome) or SyncOutcome.REJECTED
-    original = outcome_from_pb(result.original_outcome) or outcome
-    return SyncReport(
-        sequence_number=sequence,
-        transaction_id=transaction_id,
-        outcome=outcome,
-        original_outcome=original,
-        reason=result.reason,
-        message=result.message,
-        exception_ids=tuple(result.exception_ids),
-        remainder_credit_memo_numbers=tuple(
-            line.remainder_credit_memo_number
-            for line in result.line_results
-            if line.remainder_credit_memo_number
-        ),
-        recorded_at=datetime.fromisoformat(recorded_at),
-    )

@@ -9,14 +9,12 @@ from collections.abc import Callable
 
 import grpc
 
-from storedvalue.v1 import parameters_pb2, terminal_service_pb2
-
+from . import _convert
 from ._backoff import Backoff
 from ._config import TerminalConfig
 from ._connectivity import Connectivity
-from ._convert import parameters_from_pb, sync_limits_from_pb
 from ._database import Database
-from ._errors import TRANSIENT_CODES, rpc_code
+from ._errors import TRANSIENT_CODES, TerminalError
 from ._hq_client import HQClient
 from ._model import NO_PARAMETERS, ConnectivityChange, ConnectivityState, Parameters, SyncLimits
 
@@ -37,9 +35,9 @@ class ParametersCache:
                 "SELECT parameters, sync_limits FROM parameters WHERE id = 1"
             ).fetchone()
         if row is not None:
-            self._parameters = parameters_from_pb(parameters_pb2.Parameters.FromString(row[0]))
+            self._parameters = _convert.parameters_from_bytes(row[0])
             if row[1] is not None:
-                self._limits = sync_limits_from_pb(parameters_pb2.SyncLimits.FromString(row[1]))
+                self._limits = _convert.sync_limits_from_bytes(row[1])
 
     @property
     def current(self) -> Parameters:
@@ -53,9 +51,7 @@ class ParametersCache:
         with self._changed:
             self._listeners.append(listener)
 
-    def save(
-        self, parameters: parameters_pb2.Parameters, limits: parameters_pb2.SyncLimits | None
-    ) -> None:
+    def save(self, parameters: Parameters, limits: SyncLimits | None) -> None:
         """Keep ``parameters`` if not older than the cached version (a GetParameters answer
         and the stream may cross); ``limits`` always replace the cached ones."""
         with self._changed:
@@ -68,18 +64,18 @@ class ParametersCache:
                         "INSERT INTO parameters (id, version, parameters) VALUES (1, ?, ?) "
                         "ON CONFLICT (id) DO UPDATE SET version = excluded.version, "
                         "parameters = excluded.parameters",
-                        (parameters.version, parameters.SerializeToString()),
+                        (parameters.version, _convert.parameters_to_bytes(parameters)),
                     )
                 if limits is not None:
                     conn.execute(
                         "UPDATE parameters SET sync_limits = ? WHERE id = 1",
-                        (limits.SerializeToString(),),
+                        (_convert.sync_limits_to_bytes(limits),),
                     )
             if limits is not None:
-                self._limits = sync_limits_from_pb(limits)
+                self._limits = limits
             if not newer:
                 return
-            self._parameters = parameters_from_pb(parameters)
+            self._parameters = parameters
             self._changed.notify_all()
             listeners = list(self._listeners)
         for listener in listeners:
@@ -117,10 +113,7 @@ class ParametersFollower:
 
     def refresh(self) -> None:
         """GetParameters now; a failure is left to the connectivity machine."""
-        response = self._hq.call(
-            self._hq.stub.GetParameters, terminal_service_pb2.GetParametersRequest()
-        )
-        self._cache.save(response.parameters, response.sync_limits)
+        self._cache.save(*self._hq.get_parameters())
 
     def on_connectivity(self, change: ConnectivityChange) -> None:
         if change.state is ConnectivityState.OFFLINE:
@@ -152,20 +145,17 @@ class ParametersFollower:
     def _watch_loop(self) -> None:
         backoff = Backoff(initial_s=0.1, maximum_s=self._config.probe_max_backoff_s)
         while self._connectivity.wait_online(self._stopping):
-            request = terminal_service_pb2.WatchParametersRequest(
-                known_version=self._cache.current.version
-            )
-            stream = self._hq.stub.WatchParameters(request, metadata=self._hq.metadata)
+            stream = self._hq.watch_parameters(known_version=self._cache.current.version)
             with self._mutex:
                 self._cancel = stream.cancel
             if self._stopping.is_set() or not self._connectivity.online:
                 self._cancel_stream()
             try:
-                for message in stream:
+                for parameters in stream:
                     backoff.reset()
-                    self._cache.save(message.parameters, None)
-            except grpc.RpcError as failure:
-                code = rpc_code(failure)
+                    self._cache.save(parameters, None)
+            except TerminalError as failure:
+                code = failure.code
                 if code in TRANSIENT_CODES:
                     self._connectivity.report_failure("parameters stream broke")
                 elif code is not grpc.StatusCode.CANCELLED:

@@ -7,6 +7,7 @@ retried blindly. An item leaves the outbox only in the commit that records HQ's 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -15,33 +16,37 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from storedvalue.v1 import offline_pb2, terminal_service_pb2
-
 from ._backoff import Backoff
 from ._config import TerminalConfig
 from ._connectivity import Connectivity
 from ._errors import (
     RETRYABLE_SYNC_CODES,
-    CardNotFound,
     HQUnavailable,
     LimitExceeded,
-    LockNotHeld,
     TerminalError,
     UnexpectedError,
 )
 from ._hq_client import HQClient
-from ._model import ConnectivityChange, ConnectivityState, SyncProgress, SyncSummary
+from ._hq_records import SyncItemResult
+from ._model import (
+    ConnectivityChange,
+    ConnectivityState,
+    SyncOutcome,
+    SyncProgress,
+    SyncSummary,
+)
 from ._outbox import Outbox, PendingItem
 from ._parameters import ParametersCache
-from ._sale_state import SaleState
+from ._sale_book import SaleBook
+from ._tenders import Tenders
 
 _log = logging.getLogger(__name__)
 
 _OUTCOME_FIELD = {
-    offline_pb2.OFFLINE_OUTCOME_APPLIED: "applied",
-    offline_pb2.OFFLINE_OUTCOME_ALREADY_APPLIED: "already_applied",
-    offline_pb2.OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION: "applied_with_exception",
-    offline_pb2.OFFLINE_OUTCOME_REJECTED: "rejected",
+    SyncOutcome.APPLIED: "applied",
+    SyncOutcome.ALREADY_APPLIED: "already_applied",
+    SyncOutcome.APPLIED_WITH_EXCEPTION: "applied_with_exception",
+    SyncOutcome.REJECTED: "rejected",
 }
 
 
@@ -61,7 +66,8 @@ class SyncAgent:
         hq: HQClient,
         connectivity: Connectivity,
         outbox: Outbox,
-        sale_state: SaleState,
+        book: SaleBook,
+        tenders: Tenders,
         parameters: ParametersCache,
         refresh_parameters: Callable[[], None],
         config: TerminalConfig,
@@ -69,7 +75,8 @@ class SyncAgent:
         self._hq = hq
         self._connectivity = connectivity
         self._outbox = outbox
-        self._sale_state = sale_state
+        self._book = book
+        self._tenders = tenders
         self._parameters = parameters
         self._refresh_parameters = refresh_parameters
         self._config = config
@@ -161,8 +168,12 @@ class SyncAgent:
                 error = failure
                 break
             acknowledged = items[: len(results)]
-            self._outbox.acknowledge(acknowledged, results)
+            self._outbox.acknowledge(
+                acknowledged, results, also=functools.partial(SaleBook.record_sync, results=results)
+            )
+            self._book.announce(result.transaction_id for result in results)
             for outcome, count in Counter([result.outcome for result in results]).items():
+                assert outcome is not None  # results are cut at the first unknown outcome
                 field = _OUTCOME_FIELD[outcome]
                 setattr(tally, field, getattr(tally, field) + count)
             tally.sent += len(results)
@@ -175,7 +186,8 @@ class SyncAgent:
             total = max(total, tally.sent + left)
             self._report_progress(tally.sent, total, started)
         if error is None and not self._stopping.is_set():
-            error = self._release_pending_unlocks()
+            error = self._tenders.release_removed_offline()
+        self._book.prune()
         if error is not None:
             _log.warning("sync stopped: %s", error)
         return SyncSummary(
@@ -189,12 +201,11 @@ class SyncAgent:
             error=error,
         )
 
-    def _send(self, items: list[PendingItem]) -> list[offline_pb2.OfflineTransactionResult]:
+    def _send(self, items: list[PendingItem]) -> list[SyncItemResult]:
         """One batch, resent as is (same request id) after transient failures. Returns the
         results HQ gave, cut at the first one whose outcome this library does not know."""
-        request = terminal_service_pb2.SyncOfflineBatchRequest(request_id=str(uuid.uuid4()))
-        for item in items:
-            request.transactions.add().MergeFromString(item.payload)
+        request_id = str(uuid.uuid4())
+        payloads = [item.payload for item in items]
         backoff = Backoff(
             initial_s=self._config.sync_initial_backoff_s,
             maximum_s=self._config.sync_max_backoff_s,
@@ -203,23 +214,17 @@ class SyncAgent:
         while True:
             attempt += 1
             try:
-                response = self._hq.call(
-                    self._hq.stub.SyncOfflineBatch,
-                    request,
-                    timeout_s=self._config.sync_call_timeout_s,
-                    report_transient=False,
-                )
+                results = list(self._hq.sync_batch(request_id=request_id, payloads=payloads))
                 break
             except TerminalError as failure:
                 if failure.code not in RETRYABLE_SYNC_CODES:
                     raise
                 if attempt >= self._config.sync_max_attempts:
                     if isinstance(failure, HQUnavailable):
-                        self._connectivity.report_failure("sync could not reach HQ")
+                        self._hq.report_link_down("sync could not reach HQ")
                     raise
                 if self._stopping.wait(backoff.next_delay()):
                     raise
-        results = list(response.results)
         for index, result in enumerate(results[: len(items)]):
             if (
                 result.transaction_id != items[index].transaction_id
@@ -227,26 +232,6 @@ class SyncAgent:
             ):
                 return results[:index]
         return results[: len(items)]
-
-    def _release_pending_unlocks(self) -> TerminalError | None:
-        for record in self._sale_state.pending_unlocks():
-            request = terminal_service_pb2.UnlockCardRequest(
-                request_id=record.unlock_request_id or str(uuid.uuid4()),
-                card_number=record.card_number,
-                transaction_id=record.transaction_id,
-                # 0 for a pending lock: HQ releases whatever this terminal holds for the sale.
-                fencing_token=record.fencing_token,
-            )
-            try:
-                self._hq.call(self._hq.stub.UnlockCard, request)
-            except (LockNotHeld, CardNotFound):
-                pass  # Released or taken over already: nothing left to release.
-            except TerminalError as failure:
-                return failure
-            self._sale_state.forget_tender(
-                record.transaction_id, record.card_number, only_if_removed_offline=True
-            )
-        return None
 
     def _report_progress(self, done: int, total: int, started: float) -> None:
         elapsed = time.monotonic() - started

@@ -5,17 +5,15 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
 import grpc
 
-from storedvalue.v1 import terminal_service_pb2
-
 from ._checkout import Checkout
 from ._config import TerminalConfig
 from ._connectivity import Connectivity
-from ._convert import card_from_pb, kind_to_pb, money_to_pb
 from ._database import Database
 from ._errors import TerminalError
 from ._hq_client import HQClient
@@ -27,6 +25,7 @@ from ._model import (
     Money,
     OutboxEntry,
     Parameters,
+    Sale,
     SaleLine,
     SaleResult,
     SyncLimits,
@@ -37,8 +36,10 @@ from ._model import (
 )
 from ._outbox import Outbox
 from ._parameters import ParametersCache, ParametersFollower
+from ._sale_book import SaleBook
 from ._sale_state import SaleState
 from ._sync import SyncAgent
+from ._tenders import Tenders
 
 _log = logging.getLogger(__name__)
 
@@ -96,11 +97,18 @@ class Terminal:
         )
         self._outbox = Outbox(self._db)
         sale_state = SaleState(self._db)
+        self._book = SaleBook(
+            self._db, retention=timedelta(seconds=self._config.finished_sale_retention_s)
+        )
+        self._tenders = Tenders(
+            hq=self._hq, connectivity=self._connectivity, sale_state=sale_state, book=self._book
+        )
         self._sync = SyncAgent(
             hq=self._hq,
             connectivity=self._connectivity,
             outbox=self._outbox,
-            sale_state=sale_state,
+            book=self._book,
+            tenders=self._tenders,
             parameters=self._parameters,
             refresh_parameters=self._follower.refresh,
             config=self._config,
@@ -109,8 +117,11 @@ class Terminal:
             hq=self._hq,
             connectivity=self._connectivity,
             sale_state=sale_state,
+            book=self._book,
             outbox=self._outbox,
             parameters=self._parameters,
+            tenders=self._tenders,
+            on_queued=self._sync.trigger,
         )
         self._connectivity.add_listener(self._follower.on_connectivity)
         self._connectivity.add_listener(self._on_connectivity)
@@ -194,32 +205,56 @@ class Terminal:
         When LockCard was sent but no answer came (HQUnavailable with ``request_sent``), HQ
         may hold the lock: the sale keeps a pending tender that ``abandon_sale`` and
         ``remove_tender`` release (or that completing the sale releases), but that can't
-        complete offline. Calling again for the same sale and card confirms it."""
-        return self._checkout.add_tender(transaction_id, card_number)
+        complete offline. Calling again for the same sale and card confirms it. Refused
+        (SaleAlreadyCompleted, SaleAbandoned) for a finished sale."""
+        return self._tenders.add(transaction_id, card_number)
 
     def remove_tender(self, *, transaction_id: str, card_number: str) -> bool:
         """Release the card: True when HQ released it now, False when the unlock was queued
         (OFFLINE) and will reach HQ at sync."""
-        return self._checkout.remove_tender(transaction_id, card_number)
+        return self._tenders.remove(transaction_id, card_number)
 
     def complete_sale(self, *, transaction_id: str, lines: Sequence[SaleLine]) -> SaleResult:
         """Debit every line: online (Redeem), or offline when HQ is out of reach and every
         remaining line may complete offline. Raises OfflineNotAllowed (sale left open,
-        nothing lost) otherwise. Safe to call again for the same sale after an error:
-        lines HQ already debited are not sent again and request ids are reused."""
+        nothing lost) otherwise. A refusal names the refused line (``line_id``) and the
+        lines already debited (``paid_lines``).
+
+        Safe to call again for the same sale after an error or a crash: lines HQ already
+        debited are not sent again, request ids are reused, and once the sale is completed
+        the same lines get the same result back. A line whose Redeem was sent without an
+        answer and that this call leaves out is reversed (``SaleResult.reversed_lines``)."""
         return self._checkout.complete_sale(transaction_id, lines)
 
     def abandon_sale(self, *, transaction_id: str) -> None:
-        """Release every card the sale locked (online, or queued for sync when OFFLINE)."""
+        """Release every card the sale locked, and reverse every line HQ debited or may
+        have debited (online when HQ answers, else queued for sync). Abandoning again is a
+        no-op; a completed sale raises SaleAlreadyCompleted."""
         self._checkout.abandon_sale(transaction_id)
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def sale(self, *, transaction_id: str) -> Sale | None:
+        """The sale's durable state (None when this terminal does not know it): status,
+        tenders, each line's state, the result of a completed sale, and what HQ made of its
+        offline transaction. Finished sales are kept until synced, then for
+        ``TerminalConfig.finished_sale_retention_s``."""
+        return self._book.sale(transaction_id)
+
+    def open_sales(self) -> tuple[Sale, ...]:
+        """Sales neither completed nor abandoned, oldest first: after a restart, finish each
+        (``complete_sale`` with its lines) or abandon it."""
+        return self._book.open_sales()
+
+    def on_sale_synced(self, callback: Callable[[Sale], None]) -> None:
+        """Call ``callback`` with a sale's new state each time HQ acknowledged its offline
+        transaction (offline lines applied, reversals done), from the sync thread."""
+        self._book.add_listener(callback)
 
     # -- online-only card operations ----------------------------------------------------
 
     def balance(self, *, card_number: str) -> Card:
-        response = self._hq.call(
-            self._hq.stub.GetCard, terminal_service_pb2.GetCardRequest(card_number=card_number)
-        )
-        return card_from_pb(response.card)
+        return self._hq.get_card(card_number=card_number)
 
     def issue_card(
         self,
@@ -232,17 +267,13 @@ class Terminal:
     ) -> Card:
         """Issue a gift card (sold) or a credit memo (return). To retry after HQUnavailable
         without issuing twice, pass the same ``request_id`` again."""
-        response = self._hq.call(
-            self._hq.stub.IssueCard,
-            terminal_service_pb2.IssueCardRequest(
-                request_id=request_id or str(uuid.uuid4()),
-                kind=kind_to_pb(kind),
-                initial_value=money_to_pb(initial_value),
-                card_number=card_number,
-                transaction_id=transaction_id,
-            ),
+        return self._hq.issue_card(
+            request_id=request_id or str(uuid.uuid4()),
+            kind=kind,
+            initial_value=initial_value,
+            card_number=card_number,
+            transaction_id=transaction_id,
         )
-        return card_from_pb(response.card)
 
     def add_value(
         self,
@@ -253,16 +284,12 @@ class Terminal:
         request_id: str | None = None,
     ) -> Card:
         """Load a gift card. Retry with the same ``request_id`` to load at most once."""
-        response = self._hq.call(
-            self._hq.stub.AddValue,
-            terminal_service_pb2.AddValueRequest(
-                request_id=request_id or str(uuid.uuid4()),
-                card_number=card_number,
-                amount=money_to_pb(amount),
-                transaction_id=transaction_id,
-            ),
+        return self._hq.add_value(
+            request_id=request_id or str(uuid.uuid4()),
+            card_number=card_number,
+            amount=amount,
+            transaction_id=transaction_id,
         )
-        return card_from_pb(response.card)
 
     # -- outbox and sync ----------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent import futures
 from types import FrameType
 from typing import Any, TextIO
@@ -131,9 +131,15 @@ def open_storage(config: HQConfig) -> Storage:
     return SqlStorage.from_url(config.database_url, pool_size=max(4, config.max_workers // 2))
 
 
-def create_server(config: HQConfig, *, storage: Storage | None = None) -> tuple[HQServer, int]:
+def create_server(
+    config: HQConfig,
+    *,
+    storage: Storage | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+) -> tuple[HQServer, int]:
     """An HQ server bound to `config.listen` (port 0: any free port), not yet started.
-    Without `storage`, opens (and on stop closes) the configured database."""
+    Without `storage`, opens (and on stop closes) the configured database. `interceptors`
+    wrap every call (tests put a breakable link there)."""
     owns_storage = storage is None
     store = open_storage(config) if storage is None else storage
     try:
@@ -149,6 +155,7 @@ def create_server(config: HQConfig, *, storage: Storage | None = None) -> tuple[
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                        thread_name_prefix="hq-rpc"),
+            interceptors=list(interceptors),
             options=[
                 ("grpc.max_receive_message_length", config.max_receive_message_bytes),
                 ("grpc.max_send_message_length", config.max_receive_message_bytes),

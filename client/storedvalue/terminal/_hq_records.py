@@ -1,0 +1,96 @@
+"""What the library sends to HQ and keeps from its answers, as frozen values: the offline
+transactions it queues (outbox payloads), HQ's debits and sync results. Their wire and
+stored forms are built and read in ``_convert`` only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from ._model import Card, CardKind, LineState, Money, SyncOutcome
+
+
+@dataclass(frozen=True)
+class OfflineLine:
+    """A tender line completed offline: HQ debits it at sync."""
+
+    line_id: str
+    card_number: str
+    card_kind: CardKind
+    amount: Money
+    fencing_token: int
+    online_redeem_attempted: bool
+
+
+@dataclass(frozen=True)
+class QueuedUnlock:
+    """A lock this terminal could not release online; HQ releases it at sync."""
+
+    card_number: str
+    transaction_id: str
+    fencing_token: int
+    """0 for a lock whose LockCard answer was lost: HQ releases by terminal and sale."""
+
+
+@dataclass(frozen=True)
+class QueuedReversal:
+    """A line given up after its Redeem was sent: HQ credits it back or closes it at sync."""
+
+    line_id: str
+    card_number: str
+    amount: Money
+    fencing_token: int
+
+
+@dataclass(frozen=True)
+class OfflineSale:
+    """One sale's offline transaction, as queued in the outbox (at most one per sale)."""
+
+    transaction_id: str
+    completed_at: datetime
+    parameters_version: int
+    redeem_lines: tuple[OfflineLine, ...] = ()
+    unlocks: tuple[QueuedUnlock, ...] = ()
+    reversals: tuple[QueuedReversal, ...] = ()
+
+
+@dataclass(frozen=True)
+class OnlineDebit:
+    """HQ's answer to a Redeem."""
+
+    balance_after: Money
+    remainder_credit_memo: Card | None
+    stored: bytes
+    """The answer as kept on disk with the line (read back by ``_convert``)."""
+
+
+@dataclass(frozen=True)
+class LineSyncResult:
+    """What HQ did at sync with one offline line or one reversal."""
+
+    line_id: str
+    state: LineState
+    """APPLIED_AT_SYNC or REJECTED_AT_SYNC for a line, REVERSED, NEVER_APPLIED or
+    REJECTED_AT_SYNC for a reversal."""
+    reason: str
+    balance_after: Money | None
+    remainder_credit_memo_number: str
+    voided_credit_memo_number: str
+
+
+@dataclass(frozen=True)
+class SyncItemResult:
+    """HQ's answer for one offline transaction."""
+
+    transaction_id: str
+    sequence_number: int
+    outcome: SyncOutcome | None
+    """None for an outcome this library does not know (a newer HQ)."""
+    first_outcome: SyncOutcome | None
+    """The outcome of the first delivery (equal to ``outcome`` unless ALREADY_APPLIED)."""
+    lines: tuple[LineSyncResult, ...]
+    reversals: tuple[LineSyncResult, ...]
+    noteworthy: bool
+    """Anything but a clean application: kept as a sync report for a human."""
+    stored: bytes
+    """The whole answer as kept in a sync report (read back by ``_convert``)."""

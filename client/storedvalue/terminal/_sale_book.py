@@ -1,0 +1,266 @@
+"""The terminal's book of sales: where each sale stands (open, completed online or offline,
+abandoned), how each of its lines ended, and what HQ made of them at sync. A POS restarted
+after a crash reads it to finish or abandon its open sales; a completed sale's result is
+rebuilt from it, so a retried ``complete_sale`` returns the same result.
+
+A finished sale is kept until HQ acknowledged its offline transaction (if it has one) and
+then for ``TerminalConfig.finished_sale_retention_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from . import _convert
+from ._database import Database
+from ._hq_records import SyncItemResult
+from ._model import (
+    LineResult,
+    LineState,
+    LineStatus,
+    Money,
+    Sale,
+    SaleLine,
+    SaleResult,
+    SaleStatus,
+    SaleTender,
+)
+from ._sale_state import LineRecord, insert_lines, open_sale, select_lines, select_tenders
+
+_log = logging.getLogger(__name__)
+
+_NO_RESULT = "NO_RESULT_FROM_HQ"
+"""Reason recorded for a line HQ acknowledged the transaction of without a result for it (an
+HQ that predates reversals): never left looking queued, never silently dropped."""
+
+
+class SaleBook:
+    def __init__(self, database: Database, *, retention: timedelta) -> None:
+        self._db = database
+        self._retention = retention
+        self._listeners: list[Callable[[Sale], None]] = []
+        self._mutex = threading.Lock()
+
+    # -- finishing a sale ---------------------------------------------------------------
+
+    @staticmethod
+    def finish(
+        conn: sqlite3.Connection,
+        transaction_id: str,
+        status: SaleStatus,
+        *,
+        sequence_number: int | None,
+        paid: Sequence[SaleLine],
+        offline: Iterable[str] = (),
+        reversed_ids: Iterable[str] = (),
+    ) -> None:
+        """Close the sale inside the caller's write transaction (the one that queues its
+        offline transaction, if any): ``paid`` are the result's lines in order, ``offline``
+        the ids of those completed offline, ``reversed_ids`` the lines given up after their
+        Redeem was sent. Every other line is dropped (never sent), and so are the tenders
+        (released, or their release queued)."""
+        open_sale(conn, transaction_id)
+        insert_lines(conn, transaction_id, paid)
+        conn.executemany(
+            "UPDATE sale_lines SET position = ? WHERE transaction_id = ? AND line_id = ?",
+            [(index, transaction_id, line.line_id) for index, line in enumerate(paid)],
+        )
+        for state, line_ids in ((LineState.QUEUED_OFFLINE, offline),
+                                (LineState.REVERSAL_QUEUED, reversed_ids)):
+            conn.executemany(
+                "UPDATE sale_lines SET outcome = ? WHERE transaction_id = ? AND line_id = ?",
+                [(state.value, transaction_id, line_id) for line_id in line_ids],
+            )
+        conn.execute(
+            "DELETE FROM sale_lines WHERE transaction_id = ? AND position IS NULL "
+            "AND outcome = ''",
+            (transaction_id,),
+        )
+        conn.execute("DELETE FROM tenders WHERE transaction_id = ?", (transaction_id,))
+        conn.execute(
+            "UPDATE sales SET status = ?, sequence_number = ?, synced = ?, finished_at = ? "
+            "WHERE transaction_id = ?",
+            (status.value, sequence_number, int(sequence_number is None),
+             datetime.now(UTC).isoformat(), transaction_id),
+        )
+
+    def finish_now(self, transaction_id: str, status: SaleStatus, *, paid: Sequence[SaleLine]
+                   ) -> None:
+        """Close a sale that leaves nothing in the outbox."""
+        with self._db.write() as conn:
+            self.finish(conn, transaction_id, status, sequence_number=None, paid=paid)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def status(self, transaction_id: str) -> SaleStatus | None:
+        """None for a sale this terminal never saw."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT status FROM sales WHERE transaction_id = ?", (transaction_id,)
+            ).fetchone()
+        return SaleStatus(row[0]) if row else None
+
+    def result(self, transaction_id: str) -> SaleResult | None:
+        """What ``complete_sale`` returned for a completed sale; None otherwise."""
+        sale = self.sale(transaction_id)
+        return sale.result if sale is not None else None
+
+    def sale(self, transaction_id: str) -> Sale | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT status, sequence_number, synced FROM sales WHERE transaction_id = ?",
+                (transaction_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return _sale(conn, transaction_id, SaleStatus(row[0]), row[1], bool(row[2]))
+
+    def open_sales(self) -> tuple[Sale, ...]:
+        """Unfinished sales, oldest first."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT transaction_id FROM sales WHERE status = 'OPEN' "
+                "ORDER BY opened_at, rowid"
+            ).fetchall()
+            return tuple(
+                _sale(conn, transaction_id, SaleStatus.OPEN, None, True)
+                for (transaction_id,) in rows
+            )
+
+    # -- sync ---------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[Sale], None]) -> None:
+        with self._mutex:
+            self._listeners.append(listener)
+
+    @staticmethod
+    def record_sync(conn: sqlite3.Connection, results: Sequence[SyncItemResult]) -> None:
+        """What HQ made of these offline transactions, inside the commit that takes them out
+        of the outbox."""
+        for result in results:
+            txn = result.transaction_id
+            for queued, answers in ((LineState.QUEUED_OFFLINE, result.lines),
+                                    (LineState.REVERSAL_QUEUED, result.reversals)):
+                conn.executemany(
+                    "UPDATE sale_lines SET outcome = ?, hq_reason = ?, balance_after_minor = ?, "
+                    "remainder_memo = ?, voided_memo = ? "
+                    "WHERE transaction_id = ? AND line_id = ? AND outcome = ?",
+                    [
+                        (answer.state.value, answer.reason,
+                         answer.balance_after.amount_minor if answer.balance_after else None,
+                         answer.remainder_credit_memo_number, answer.voided_credit_memo_number,
+                         txn, answer.line_id, queued.value)
+                        for answer in answers
+                    ],
+                )
+            unanswered = conn.execute(
+                "UPDATE sale_lines SET outcome = ?, hq_reason = ? WHERE transaction_id = ? "
+                "AND outcome IN (?, ?)",
+                (LineState.REJECTED_AT_SYNC.value, _NO_RESULT, txn,
+                 LineState.QUEUED_OFFLINE.value, LineState.REVERSAL_QUEUED.value),
+            ).rowcount
+            if unanswered:
+                _log.warning("HQ acknowledged sale %s without a result for %d of its lines",
+                             txn, unanswered)
+            conn.execute("UPDATE sales SET synced = 1 WHERE transaction_id = ?", (txn,))
+
+    def announce(self, transaction_ids: Iterable[str]) -> None:
+        """Tell listeners how these sales stand now (after their sync)."""
+        with self._mutex:
+            listeners = list(self._listeners)
+        if not listeners:
+            return
+        for transaction_id in transaction_ids:
+            sale = self.sale(transaction_id)
+            if sale is None:
+                continue  # completed by an earlier version of the library, or pruned
+            for listener in listeners:
+                try:
+                    listener(sale)
+                except Exception:
+                    _log.exception("sale listener failed")
+
+    def prune(self) -> int:
+        """Forget finished, synced sales older than the retention; returns how many."""
+        cutoff = (datetime.now(UTC) - self._retention).isoformat()
+        with self._db.write() as conn:
+            old = "SELECT transaction_id FROM sales WHERE status != 'OPEN' AND synced = 1 " \
+                  "AND finished_at < ?"
+            conn.execute(f"DELETE FROM sale_lines WHERE transaction_id IN ({old})",  # noqa: S608
+                         (cutoff,))
+            return conn.execute(
+                "DELETE FROM sales WHERE status != 'OPEN' AND synced = 1 AND finished_at < ?",
+                (cutoff,),
+            ).rowcount
+
+
+def _sale(conn: sqlite3.Connection, transaction_id: str, status: SaleStatus,
+          sequence_number: int | None, synced: bool) -> Sale:
+    records = select_lines(conn, transaction_id)
+    tenders = select_tenders(conn, transaction_id)
+    completed = status in (SaleStatus.COMPLETED_ONLINE, SaleStatus.COMPLETED_OFFLINE)
+    result = None
+    if completed:
+        paid = sorted((r for r in records if r.position is not None),
+                      key=lambda r: r.position or 0)
+        result = SaleResult(
+            transaction_id=transaction_id,
+            completed_offline=status is SaleStatus.COMPLETED_OFFLINE,
+            lines=tuple(_line_result(r) for r in paid),
+            sequence_number=sequence_number,
+            reversed_lines=tuple(r.line for r in records if r.position is None),
+        )
+    return Sale(
+        transaction_id=transaction_id,
+        status=status,
+        tenders=tuple(
+            SaleTender(card_number=t.card_number, tender=t.tender,
+                       release_queued=t.removed_offline)
+            for t in tenders
+        ),
+        lines=tuple(_line_status(r) for r in records),
+        result=result,
+        sequence_number=sequence_number,
+        synced=synced,
+    )
+
+
+def _line_result(record: LineRecord) -> LineResult:
+    if record.redeem_response is not None:
+        return _convert.online_result(record.line, record.redeem_response)
+    line = record.line
+    return LineResult(
+        line_id=line.line_id,
+        card_number=line.card_number,
+        amount=line.amount,
+        completed_offline=True,
+        online_redeem_attempted=record.attempted,
+        balance_after=None,
+        remainder_credit_memo=None,
+    )
+
+
+def _line_status(record: LineRecord) -> LineStatus:
+    state = record.state
+    result = _line_result(record) if state.paid else None
+    balance = result.balance_after if result is not None else None
+    if record.balance_after_minor is not None:
+        balance = Money(record.balance_after_minor, record.line.amount.currency_code)
+    memo = record.remainder_memo
+    if not memo and result is not None and result.remainder_credit_memo is not None:
+        memo = result.remainder_credit_memo.card_number
+    return LineStatus(
+        line_id=record.line.line_id,
+        card_number=record.line.card_number,
+        amount=record.line.amount,
+        state=state,
+        result=result,
+        hq_reason=record.hq_reason,
+        balance_after=balance,
+        remainder_credit_memo_number=memo,
+        voided_credit_memo_number=record.voided_memo,
+    )
