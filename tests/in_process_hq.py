@@ -21,6 +21,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from storedvalue.hq.config import HQConfig
 from storedvalue.hq.domain.cards import luhn_check_digit
@@ -350,6 +352,16 @@ class HQDesk:
             == self.card(number).balance
             for number in numbers
         )
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call ("" when it has none)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
 
 
 def _request_id() -> str:
