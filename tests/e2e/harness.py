@@ -4,6 +4,7 @@ and starting `storedvalue serve` processes."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -206,6 +207,34 @@ def wait_serving(process: subprocess.Popen[str], address: str, timeout: float = 
             return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
         wait_until(serving, timeout=timeout, what=f"HQ at {address} to serve")
+
+
+class HQProcess:
+    """`storedvalue serve` on a SQLite file under `tmp_path`, on a fixed free port so that a
+    restart (after a SIGKILL) serves the same address."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.address = f"127.0.0.1:{free_port()}"
+        self.database = tmp_path / "hq.sqlite3"
+        self.logs = tmp_path / "logs"
+        self.env = {"XDG_DATA_HOME": str(tmp_path / "data"), "STOREDVALUE_ADMIN_TOKEN": ADMIN_TOKEN}
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.process = start_serve(
+            ["--listen", self.address, "--database-url", f"sqlite:///{self.database}"],
+            self.env, self.logs)
+        wait_serving(self.process, self.address)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.communicate(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate(timeout=30)
 
 
 def stop_process(process: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:

@@ -3,8 +3,6 @@ SQLite file, and sent everything again: every offline transaction is applied exa
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,46 +15,12 @@ from storedvalue.v1 import back_office_service_pb2 as bo
 from storedvalue.v1 import common_pb2, offline_pb2
 from storedvalue.v1 import terminal_service_pb2 as ts
 
-from .harness import (
-    ADMIN_TOKEN,
-    BackOffice,
-    Till,
-    eur,
-    free_port,
-    new_id,
-    start_serve,
-    wait_serving,
-)
+from .harness import BackOffice, HQProcess, Till, eur, new_id
 
 CARDS = 20
 BATCHES = 6
 BATCH_SIZE = 500
 OPENING_BALANCE = 100_000
-
-
-class HQProcess:
-    def __init__(self, tmp_path: Path) -> None:
-        self.address = f"127.0.0.1:{free_port()}"
-        self.database = tmp_path / "hq.sqlite3"
-        self.logs = tmp_path / "logs"
-        self.env = {"XDG_DATA_HOME": str(tmp_path / "data"), "STOREDVALUE_ADMIN_TOKEN": ADMIN_TOKEN}
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.process = start_serve(
-            ["--listen", self.address, "--database-url", f"sqlite:///{self.database}"],
-            self.env, self.logs)
-        wait_serving(self.process, self.address)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.communicate(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.communicate(timeout=30)
 
 
 @pytest.fixture
