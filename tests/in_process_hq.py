@@ -89,6 +89,12 @@ class Link(grpc.ServerInterceptor):  # type: ignore[type-arg]
         with self._mutex:
             self._scripts[method].extend(faults)
 
+    def heal(self) -> None:
+        """Up again, and nothing more scripted."""
+        with self._mutex:
+            self._scripts.clear()
+        self.up = True
+
     def calls(self, method: str) -> int:
         with self._mutex:
             return self._calls[method]
