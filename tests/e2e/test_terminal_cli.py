@@ -181,3 +181,18 @@ def test_refusals_name_their_reason_and_exit_non_zero(shop: Shop) -> None:
     assert "cannot complete offline" in never_locked.stderr
     assert "NOT_LOCKED" in never_locked.stderr
     assert "nothing was lost" in never_locked.stderr
+
+
+def test_support_staff_see_the_open_sales_and_abandon_one(shop: Shop) -> None:
+    card = shop.issue("20.00:EUR")
+    shop.ok("T1", "lock", card, "--transaction", "S1")
+
+    listed = shop.ok("T1", "sales")
+    abandoned = shop.ok("T1", "abandon", "S1")
+    after = shop.ok("T1", "sales", "S1")
+
+    assert "sale S1: OPEN" in listed
+    assert f"card ****{card[-4:]}: locked" in listed
+    assert "sale S1 abandoned" in abandoned
+    assert "sale S1: ABANDONED" in after
+    assert "not locked" in shop.ok("T1", "balance", card)

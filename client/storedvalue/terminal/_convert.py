@@ -184,6 +184,10 @@ def _online_debit(response: pb.RedeemResponse, stored: bytes) -> OnlineDebit:
     )
 
 
+def get_card_request(card_number: str) -> pb.GetCardRequest:
+    return pb.GetCardRequest(card_number=card_number)
+
+
 def issue_request(request_id: str, kind: CardKind, initial_value: Money, card_number: str,
                   transaction_id: str) -> pb.IssueCardRequest:
     return pb.IssueCardRequest(
@@ -201,6 +205,14 @@ def add_value_request(request_id: str, card_number: str, amount: Money, transact
 
 
 # -- parameters ----------------------------------------------------------------------------
+
+
+def get_parameters_request() -> pb.GetParametersRequest:
+    return pb.GetParametersRequest()
+
+
+def watch_parameters_request(known_version: int) -> pb.WatchParametersRequest:
+    return pb.WatchParametersRequest(known_version=known_version)
 
 
 def parameters_from_pb(parameters: parameters_pb2.Parameters) -> Parameters:

@@ -85,7 +85,7 @@ class HQClient:
         return _convert.online_debit_from_pb(response)
 
     def get_card(self, *, card_number: str) -> Card:
-        response = self._call(self._stub.GetCard, pb.GetCardRequest(card_number=card_number))
+        response = self._call(self._stub.GetCard, _convert.get_card_request(card_number))
         return _convert.card_from_pb(response.card)
 
     def issue_card(self, *, request_id: str, kind: CardKind, initial_value: Money,
@@ -125,7 +125,7 @@ class HQClient:
     # -- parameters -----------------------------------------------------------------------
 
     def get_parameters(self) -> tuple[Parameters, SyncLimits]:
-        response = self._call(self._stub.GetParameters, pb.GetParametersRequest())
+        response = self._call(self._stub.GetParameters, _convert.get_parameters_request())
         return (
             _convert.parameters_from_pb(response.parameters),
             _convert.sync_limits_from_pb(response.sync_limits),
@@ -133,7 +133,7 @@ class HQClient:
 
     def watch_parameters(self, *, known_version: int) -> ParametersStream:
         call = self._stub.WatchParameters(
-            pb.WatchParametersRequest(known_version=known_version), metadata=self._metadata
+            _convert.watch_parameters_request(known_version), metadata=self._metadata
         )
         return ParametersStream(call)
 
