@@ -3,7 +3,7 @@ terminal already OFFLINE in under 2 ms at p99; the first sale after the link dro
 within the configured call deadline plus 50 ms).
 
 A real Terminal reaches a real HQ in this process (SQLite file, loopback gRPC) through the
-fault-injecting TCP proxy of the end-to-end tests. In one run:
+breakable TCP link of the demo and the end-to-end tests. In one run:
 
 1. Already OFFLINE: the till locks one gift card per sale while the link is up, the proxy
    black-holes the link, one sale takes the terminal OFFLINE, then ``complete_sale`` is timed

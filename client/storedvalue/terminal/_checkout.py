@@ -220,28 +220,30 @@ class Checkout:
             unlocks=_unlocks([t for t in all_tenders if t.card_number not in sale.cards()]),
             reversals=_reversals(sale.dropped, all_tenders),
         )
-        self._outbox.append(offline, also=lambda conn, sequence: SaleBook.finish(
+        finished: list[SaleResult | None] = []
+        self._outbox.append(offline, also=lambda conn, sequence: finished.append(SaleBook.finish(
             conn, transaction_id, SaleStatus.COMPLETED_OFFLINE, sequence_number=sequence,
             paid=sale.result_lines, offline=[r.line.line_id for r in pending],
             reversed_ids=[r.line.line_id for r in sale.dropped],
-        ))
-        return self._result(transaction_id)
+        )))
+        return _completed(finished[0])
 
     def _complete_online(self, transaction_id: str, sale: _SaleLines) -> SaleResult:
         all_tenders = self._state.tenders(transaction_id)
         unreleased = self._tenders.release_all(
             [t for t in all_tenders if t.card_number not in sale.cards()]
         )
-        self._finish(transaction_id, SaleStatus.COMPLETED_ONLINE, paid=sale.result_lines,
-                     unreleased=unreleased, to_reverse=sale.dropped, tenders=all_tenders)
-        return self._result(transaction_id)
+        return _completed(self._finish(
+            transaction_id, SaleStatus.COMPLETED_ONLINE, paid=sale.result_lines,
+            unreleased=unreleased, to_reverse=sale.dropped, tenders=all_tenders,
+        ))
 
     def _completed_before(self, transaction_id: str, status: SaleStatus,
                           lines: Sequence[SaleLine]) -> SaleResult:
         """A retry of a completed sale gets its result again; anything else is refused."""
         if status is SaleStatus.ABANDONED:
             raise SaleAbandoned(f"sale {transaction_id} was abandoned")
-        result = self._result(transaction_id)
+        result = _completed(self._book.result(transaction_id))
         paid = {(r.line_id, r.card_number, r.amount) for r in result.lines}
         if all((line.line_id, line.card_number, line.amount) in paid for line in lines):
             return result
@@ -285,12 +287,12 @@ class Checkout:
         unreleased: list[TenderRecord],
         to_reverse: list[LineRecord],
         tenders: list[TenderRecord],
-    ) -> None:
+    ) -> SaleResult | None:
         """Close a sale whose lines are settled online: locks HQ could not release now and
-        reversals go to the outbox as one offline transaction (sent at once when online)."""
+        reversals go to the outbox as one offline transaction (sent at once when online).
+        Returns the result of a completed sale."""
         if not unreleased and not to_reverse:
-            self._book.finish_now(transaction_id, status, paid=paid)
-            return
+            return self._book.finish_now(transaction_id, status, paid=paid)
         queued = OfflineSale(
             transaction_id=transaction_id,
             completed_at=datetime.now(UTC),
@@ -298,17 +300,19 @@ class Checkout:
             unlocks=_unlocks(unreleased),
             reversals=_reversals(to_reverse, tenders),
         )
-        self._outbox.append(queued, also=lambda conn, sequence: SaleBook.finish(
+        finished: list[SaleResult | None] = []
+        self._outbox.append(queued, also=lambda conn, sequence: finished.append(SaleBook.finish(
             conn, transaction_id, status, sequence_number=sequence, paid=paid,
             reversed_ids=[r.line.line_id for r in to_reverse],
-        ))
+        )))
         if self._connectivity.online:
             self._on_queued()
+        return finished[0]
 
-    def _result(self, transaction_id: str) -> SaleResult:
-        result = self._book.result(transaction_id)
-        assert result is not None, "a completed sale has a result"
-        return result
+
+def _completed(result: SaleResult | None) -> SaleResult:
+    assert result is not None, "a completed sale has a result"
+    return result
 
 
 def _unlocks(records: Iterable[TenderRecord]) -> tuple[QueuedUnlock, ...]:

@@ -29,7 +29,7 @@ from ._model import (
     SaleStatus,
     SaleTender,
 )
-from ._sale_state import LineRecord, insert_lines, open_sale, select_lines, select_tenders
+from ._sale_state import LineRecord, insert_lines, select_lines, select_tenders
 
 _log = logging.getLogger(__name__)
 
@@ -57,42 +57,50 @@ class SaleBook:
         paid: Sequence[SaleLine],
         offline: Iterable[str] = (),
         reversed_ids: Iterable[str] = (),
-    ) -> None:
+    ) -> SaleResult | None:
         """Close the sale inside the caller's write transaction (the one that queues its
         offline transaction, if any): ``paid`` are the result's lines in order, ``offline``
         the ids of those completed offline, ``reversed_ids`` the lines given up after their
         Redeem was sent. Every other line is dropped (never sent), and so are the tenders
-        (released, or their release queued)."""
-        open_sale(conn, transaction_id)
-        insert_lines(conn, transaction_id, paid)
-        conn.executemany(
-            "UPDATE sale_lines SET position = ? WHERE transaction_id = ? AND line_id = ?",
-            [(index, transaction_id, line.line_id) for index, line in enumerate(paid)],
+        (released, or their release queued). Returns the completed sale's result."""
+        now = datetime.now(UTC).isoformat()
+        conn.execute(
+            "INSERT INTO sales (transaction_id, status, sequence_number, synced, opened_at, "
+            "finished_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (transaction_id) DO UPDATE SET "
+            "status = excluded.status, sequence_number = excluded.sequence_number, "
+            "synced = excluded.synced, finished_at = excluded.finished_at",
+            (transaction_id, status.value, sequence_number, int(sequence_number is None),
+             now, now),
         )
-        for state, line_ids in ((LineState.QUEUED_OFFLINE, offline),
-                                (LineState.REVERSAL_QUEUED, reversed_ids)):
-            conn.executemany(
-                "UPDATE sale_lines SET outcome = ? WHERE transaction_id = ? AND line_id = ?",
-                [(state.value, transaction_id, line_id) for line_id in line_ids],
-            )
+        insert_lines(conn, transaction_id, paid)
+        offline_ids = set(offline)
+        conn.executemany(
+            "UPDATE sale_lines SET position = ?, outcome = ? "
+            "WHERE transaction_id = ? AND line_id = ?",
+            [
+                (index, LineState.QUEUED_OFFLINE.value if line.line_id in offline_ids else "",
+                 transaction_id, line.line_id)
+                for index, line in enumerate(paid)
+            ] + [
+                (None, LineState.REVERSAL_QUEUED.value, transaction_id, line_id)
+                for line_id in reversed_ids
+            ],
+        )
         conn.execute(
             "DELETE FROM sale_lines WHERE transaction_id = ? AND position IS NULL "
             "AND outcome = ''",
             (transaction_id,),
         )
         conn.execute("DELETE FROM tenders WHERE transaction_id = ?", (transaction_id,))
-        conn.execute(
-            "UPDATE sales SET status = ?, sequence_number = ?, synced = ?, finished_at = ? "
-            "WHERE transaction_id = ?",
-            (status.value, sequence_number, int(sequence_number is None),
-             datetime.now(UTC).isoformat(), transaction_id),
-        )
+        if status not in (SaleStatus.COMPLETED_ONLINE, SaleStatus.COMPLETED_OFFLINE):
+            return None
+        return _result(transaction_id, status, sequence_number, select_lines(conn, transaction_id))
 
     def finish_now(self, transaction_id: str, status: SaleStatus, *, paid: Sequence[SaleLine]
-                   ) -> None:
+                   ) -> SaleResult | None:
         """Close a sale that leaves nothing in the outbox."""
         with self._db.write() as conn:
-            self.finish(conn, transaction_id, status, sequence_number=None, paid=paid)
+            return self.finish(conn, transaction_id, status, sequence_number=None, paid=paid)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -140,33 +148,37 @@ class SaleBook:
     @staticmethod
     def record_sync(conn: sqlite3.Connection, results: Sequence[SyncItemResult]) -> None:
         """What HQ made of these offline transactions, inside the commit that takes them out
-        of the outbox."""
+        of the outbox (one statement per kind of change for the whole batch: the sync
+        acknowledges thousands of transactions a second)."""
+        answered: list[tuple[object, ...]] = []
         for result in results:
-            txn = result.transaction_id
             for queued, answers in ((LineState.QUEUED_OFFLINE, result.lines),
                                     (LineState.REVERSAL_QUEUED, result.reversals)):
-                conn.executemany(
-                    "UPDATE sale_lines SET outcome = ?, hq_reason = ?, balance_after_minor = ?, "
-                    "remainder_memo = ?, voided_memo = ? "
-                    "WHERE transaction_id = ? AND line_id = ? AND outcome = ?",
-                    [
-                        (answer.state.value, answer.reason,
-                         answer.balance_after.amount_minor if answer.balance_after else None,
-                         answer.remainder_credit_memo_number, answer.voided_credit_memo_number,
-                         txn, answer.line_id, queued.value)
-                        for answer in answers
-                    ],
+                answered.extend(
+                    (answer.state.value, answer.reason,
+                     answer.balance_after.amount_minor if answer.balance_after else None,
+                     answer.remainder_credit_memo_number, answer.voided_credit_memo_number,
+                     result.transaction_id, answer.line_id, queued.value)
+                    for answer in answers
                 )
-            unanswered = conn.execute(
-                "UPDATE sale_lines SET outcome = ?, hq_reason = ? WHERE transaction_id = ? "
-                "AND outcome IN (?, ?)",
-                (LineState.REJECTED_AT_SYNC.value, _NO_RESULT, txn,
-                 LineState.QUEUED_OFFLINE.value, LineState.REVERSAL_QUEUED.value),
-            ).rowcount
-            if unanswered:
-                _log.warning("HQ acknowledged sale %s without a result for %d of its lines",
-                             txn, unanswered)
-            conn.execute("UPDATE sales SET synced = 1 WHERE transaction_id = ?", (txn,))
+        if answered:
+            conn.executemany(
+                "UPDATE sale_lines SET outcome = ?, hq_reason = ?, balance_after_minor = ?, "
+                "remainder_memo = ?, voided_memo = ? "
+                "WHERE transaction_id = ? AND line_id = ? AND outcome = ?",
+                answered,
+            )
+        sales = [(result.transaction_id,) for result in results]
+        unanswered = conn.executemany(
+            "UPDATE sale_lines SET outcome = ?, hq_reason = ? WHERE transaction_id = ? "
+            "AND outcome IN (?, ?)",
+            [(LineState.REJECTED_AT_SYNC.value, _NO_RESULT, txn, LineState.QUEUED_OFFLINE.value,
+              LineState.REVERSAL_QUEUED.value) for (txn,) in sales],
+        ).rowcount
+        if unanswered > 0:
+            _log.warning("HQ acknowledged offline transactions without a result for %d of "
+                         "their lines", unanswered)
+        conn.executemany("UPDATE sales SET synced = 1 WHERE transaction_id = ?", sales)
 
     def announce(self, transaction_ids: Iterable[str]) -> None:
         """Tell listeners how these sales stand now (after their sync)."""
@@ -203,17 +215,7 @@ def _sale(conn: sqlite3.Connection, transaction_id: str, status: SaleStatus,
     records = select_lines(conn, transaction_id)
     tenders = select_tenders(conn, transaction_id)
     completed = status in (SaleStatus.COMPLETED_ONLINE, SaleStatus.COMPLETED_OFFLINE)
-    result = None
-    if completed:
-        paid = sorted((r for r in records if r.position is not None),
-                      key=lambda r: r.position or 0)
-        result = SaleResult(
-            transaction_id=transaction_id,
-            completed_offline=status is SaleStatus.COMPLETED_OFFLINE,
-            lines=tuple(_line_result(r) for r in paid),
-            sequence_number=sequence_number,
-            reversed_lines=tuple(r.line for r in records if r.position is None),
-        )
+    result = _result(transaction_id, status, sequence_number, records) if completed else None
     return Sale(
         transaction_id=transaction_id,
         status=status,
@@ -226,6 +228,19 @@ def _sale(conn: sqlite3.Connection, transaction_id: str, status: SaleStatus,
         result=result,
         sequence_number=sequence_number,
         synced=synced,
+    )
+
+
+def _result(transaction_id: str, status: SaleStatus, sequence_number: int | None,
+            records: list[LineRecord]) -> SaleResult:
+    """A completed sale's result, from its stored lines: the same every time it is asked."""
+    paid = sorted((r for r in records if r.position is not None), key=lambda r: r.position or 0)
+    return SaleResult(
+        transaction_id=transaction_id,
+        completed_offline=status is SaleStatus.COMPLETED_OFFLINE,
+        lines=tuple(_line_result(r) for r in paid),
+        sequence_number=sequence_number,
+        reversed_lines=tuple(r.line for r in records if r.position is None),
     )
 
 

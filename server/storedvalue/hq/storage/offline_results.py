@@ -38,17 +38,11 @@ def dumps(result: OfflineTransactionResult) -> str:
     Written piece by piece with the C string encoder: byte for byte what
     `json.dumps(..., separators=(",", ":"))` writes, at a fraction of its per-call cost.
     (`_value_` is the attribute behind an enum member's `value` property.)"""
-    lines = []
-    for line in result.line_results:
-        balance = line.balance_after
-        if balance is None:
-            money = "null,null"
-        else:
-            money = f"{int(balance.amount_minor)},{_string(balance.currency)}"
-        lines.append(
-            f"[{_string(line.line_id)},{_string(line.outcome._value_)},"
-            f"{_string(line.reason)},{money},{_string(line.remainder_credit_memo_number)}]"
-        )
+    lines = [
+        f"[{_string(line.line_id)},{_string(line.outcome._value_)},{_string(line.reason)},"
+        f"{_money(line.balance_after)},{_string(line.remainder_credit_memo_number)}]"
+        for line in result.line_results
+    ]
     exception_ids = ",".join([_string(exception_id) for exception_id in result.exception_ids])
     reversals = ""
     if result.reversal_results:
@@ -62,15 +56,19 @@ def dumps(result: OfflineTransactionResult) -> str:
 
 
 def _reversal(result: OfflineReversalResult) -> str:
-    balance = result.balance_after
-    money = "null,null" if balance is None else (
-        f"{int(balance.amount_minor)},{_string(balance.currency)}"
-    )
     return (
         f"[{_string(result.line_id)},{_string(result.outcome._value_)},"
-        f"{_string(result.reason)},{money},{_string(result.voided_credit_memo_number)},"
+        f"{_string(result.reason)},{_money(result.balance_after)},"
+        f"{_string(result.voided_credit_memo_number)},"
         f"{_string(result.remainder_credit_memo_number)}]"
     )
+
+
+def _money(balance: Money | None) -> str:
+    """Two JSON array items: minor units and currency, or null and null."""
+    if balance is None:
+        return "null,null"
+    return f"{int(balance.amount_minor)},{_string(balance.currency)}"
 
 
 def loads(text: str) -> OfflineTransactionResult:
