@@ -152,6 +152,7 @@ def test_a_line_reversed_before_its_redeem_arrived_is_never_debited(
     with pytest.raises(grpc.RpcError) as refused:
         hq.desk.till("Redeem", late, token=hq.tokens["T1"])
     assert error_reason(refused.value) == "LINE_REVERSED"
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert hq.card(checkout.memo).balance == 2000
 
 
