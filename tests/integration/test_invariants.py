@@ -4,7 +4,8 @@ on the in-memory fake and on a real SQLite database through the real services:
 - conservation: every card's journal sums to its balance;
 - a lock's fencing token only grows, and at most one live lock per card;
 - online redemptions never overdraw (only offline sync can, and then the card is flagged);
-- every offline transaction is applied exactly once, however often it is resent;
+- every offline transaction is applied exactly once, however often it is resent, reversals
+  of lines (debited or not) included;
 - a refused call changes nothing.
 """
 
@@ -28,6 +29,7 @@ from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineOutcome,
     OfflineRedeemLine,
+    OfflineReversal,
     OfflineTransaction,
 )
 from storedvalue.hq.domain.parameters import ParametersChange
@@ -75,6 +77,8 @@ class StoredValueMachine(RuleBasedStateMachine):
         self.held: dict[tuple[str, str], tuple[str, int]] = {}  # (till, card) -> (sale, token)
         self.highest_token: dict[str, int] = {}
         self.sent: dict[str, list[OfflineTransaction]] = {till: [] for till in TILLS}
+        # Lines debited online, which the till may reverse: (till, sale) -> (card, amount).
+        self.redeemed: dict[tuple[str, str], tuple[str, int]] = {}
         self.applied_offline_lines = 0
 
     def open_storage(self) -> Storage:
@@ -135,6 +139,7 @@ class StoredValueMachine(RuleBasedStateMachine):
                               transaction_id=sale, line_id="1", fencing_token=token,
                               amount=Money(amount, "EUR"))
             self.held.pop((till, number))
+            self.redeemed[(till, sale)] = (number, amount)
 
         self.attempt(number, run)
         after = self.card(number)
@@ -173,6 +178,31 @@ class StoredValueMachine(RuleBasedStateMachine):
             sale, seq, self.now, self.params_version, draft.redeem_lines, (),
             hashlib.sha256(records.dumps(draft).encode()).digest())
         self.sent[till].append(txn)
+
+    @precondition(lambda self: self.held or self.redeemed)
+    @rule(data=st.data())
+    def reverse(self, data: st.DataObject) -> None:
+        """The till gives up line "1" of a sale: debited online, or only locked (its Redeem
+        may have been lost on the way). The reversal travels in the sale's offline
+        transaction."""
+        choices = [("held", key) for key in sorted(self.held)]
+        choices += [("redeemed", key) for key in sorted(self.redeemed)]
+        source, key = data.draw(st.sampled_from(choices))
+        if source == "held":
+            till, number = key
+            sale, token = self.held.pop(key)
+            amount = 100
+        else:
+            till, sale = key
+            number, amount = self.redeemed.pop(key)
+            token = 0
+        seq = len(self.sent[till]) + 1
+        reversal = OfflineReversal("1", number, Money(amount, "EUR"), token)
+        draft = OfflineTransaction(sale, seq, self.now, self.params_version, (), (), b"",
+                                   (reversal,))
+        self.sent[till].append(OfflineTransaction(
+            sale, seq, self.now, self.params_version, (), (),
+            hashlib.sha256(records.dumps(draft).encode()).digest(), (reversal,)))
 
     @rule(till=st.sampled_from(TILLS), resend=st.booleans())
     def sync(self, till: str, resend: bool) -> None:
