@@ -119,9 +119,12 @@ class Checkout:
         # Checked on what is stored before anything is marked attempted: a refused call
         # sends nothing, so it must leave no line saying it may have been debited.
         _check_against(stored, lines)
-        online = self._connectivity.online and self._tenders.confirm_pending(
-            transaction_id, lines
-        )
+        try:
+            online = self._connectivity.online and self._tenders.confirm_pending(
+                transaction_id, lines
+            )
+        except TerminalError as refusal:
+            raise refusal._refusing(refusal.line_id, _debited(stored, lines)) from None
         tenders = {
             record.card_number: record
             for record in self._state.tenders(transaction_id)

@@ -75,13 +75,15 @@ class Tenders:
         """Relock the cards of these lines whose LockCard answer was lost, to learn their
         tokens before redeeming. False when the link dropped meanwhile: the sale takes the
         offline path, which refuses the lines still pending."""
-        wanted = {line.card_number for line in lines}
+        line_of = {line.card_number: line.line_id for line in lines}
         for record in self._state.tenders(transaction_id):
-            if record.lock_pending and not record.removed_offline and record.card_number in wanted:
+            if record.lock_pending and not record.removed_offline and record.card_number in line_of:
                 try:
                     self.add(transaction_id, record.card_number)
                 except HQUnavailable:
                     return False
+                except TerminalError as refusal:  # HQ refused the lock: that line can't be paid
+                    raise refusal._refusing(line_of[record.card_number], ()) from None
         return True
 
     def release_all(self, records: Iterable[TenderRecord]) -> list[TenderRecord]:
