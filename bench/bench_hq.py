@@ -2,7 +2,8 @@
 
 A SQLite file (WAL, synchronous=FULL) is prepared through HQ's own services: parameters that
 allow completing gift card sales offline, one registered till, and funded gift cards with
-known numbers. ``serving`` then puts HQ's gRPC server on a loopback port over that file.
+known numbers; ``record_sale_locks`` adds the locks the till held for its offline sales.
+``serving`` then puts HQ's gRPC server on a loopback port over that file.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from storedvalue.hq.config import HQConfig
 from storedvalue.hq.domain.cards import CardKind, luhn_check_digit
 from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import ParametersChange
 from storedvalue.hq.server import create_server
 from storedvalue.hq.services.back_office import BackOfficeService
@@ -39,6 +42,28 @@ def card_numbers(count: int) -> list[str]:
     """``count`` Luhn-valid 16-digit numbers, the same in every run."""
     bodies = [f"7{n:014d}" for n in range(1, count + 1)]
     return [body + luhn_check_digit(body) for body in bodies]
+
+
+def record_sale_locks(storage: SqlStorage, sales: list[tuple[str, str]]) -> list[int]:
+    """The locks a till took before going offline: for each (card, sale) a lock of the till
+    in HQ's lock history (ended, as once the sale consumed it), so its offline lines are
+    trusted as a real till's are. Returns each sale's fencing token."""
+    tokens: list[int] = []
+    issued: dict[str, int] = {}
+    now = datetime.now(UTC)
+    grants = []
+    for number, sale in sales:
+        token = issued[number] = issued.get(number, 0) + 1
+        tokens.append(token)
+        grants.append(LockGrant(number, token, TERMINAL_ID, sale, now))
+    with storage.unit_of_work(write=True) as uow:
+        cards = uow.cards.get_many_for_update(issued)
+        for number, card in cards.items():
+            card.last_fencing_token = issued[number]
+        uow.cards.save(cards.values())
+        uow.lock_history.add(grants)
+        uow.commit()
+    return tokens
 
 
 @dataclass

@@ -22,6 +22,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench_hq import record_sale_locks
+
 from storedvalue.hq.domain.cards import CardKind
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import OfflineRedeemLine, OfflineTransaction
@@ -60,12 +62,15 @@ def apply_rate(url: str, size: int) -> float:
             for i in range(CARDS)
         ]
         now = datetime.now(UTC)
+        # The till held each card's lock for its sale (HQ's lock history says so).
+        tokens = record_sale_locks(storage, [(numbers[seq % CARDS], f"offline-{seq}")
+                                             for seq in range(1, size + 1)])
         transactions = [
             OfflineTransaction(
                 transaction_id=f"offline-{seq}", sequence_number=seq, completed_at=now,
                 parameters_version=version,
                 redeem_lines=(OfflineRedeemLine("1", numbers[seq % CARDS], CardKind.GIFT_CARD,
-                                                Money(100, "EUR"), 1),),
+                                                Money(100, "EUR"), tokens[seq - 1]),),
                 fingerprint=hashlib.sha256(str(seq).encode()).digest(),
             )
             for seq in range(1, size + 1)

@@ -27,7 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from bench_hq import ADMIN_TOKEN, TERMINAL_ID, PreparedHQ, filesystem_of, prepare, serving
+from bench_hq import (
+    ADMIN_TOKEN,
+    TERMINAL_ID,
+    PreparedHQ,
+    filesystem_of,
+    prepare,
+    record_sale_locks,
+    serving,
+)
 
 from storedvalue.hq.grpc_api.convert import offline_transaction_from_proto
 from storedvalue.hq.services.offline import OfflineService
@@ -51,6 +59,8 @@ def offline_transactions(prepared: PreparedHQ, size: int) -> list[OfflineSale]:
     (sequence numbers 1..size, as the outbox assigns them on an empty terminal)."""
     completed_at = datetime.now(UTC)
     cards = prepared.cards
+    tokens = record_sale_locks(prepared.storage, [
+        (cards[seq % len(cards)], f"offline-{seq}") for seq in range(1, size + 1)])
     return [
         OfflineSale(
             transaction_id=f"offline-{seq}",
@@ -62,7 +72,7 @@ def offline_transactions(prepared: PreparedHQ, size: int) -> list[OfflineSale]:
                     card_number=cards[seq % len(cards)],
                     card_kind=CardKind.GIFT_CARD,
                     amount=Money(100, "EUR"),
-                    fencing_token=1,  # the till held the lock when the link dropped
+                    fencing_token=tokens[seq - 1],  # the till's lock for this sale
                     online_redeem_attempted=False,
                 ),
             ),
@@ -154,6 +164,8 @@ def main() -> None:
             alone_hq = prepare(f"sqlite:///{root / 'hq-alone.sqlite3'}", card_count=CARDS)
             try:
                 transactions = offline_transactions(wire_hq, size)
+                record_sale_locks(alone_hq.storage, [  # the same locks, the same tokens
+                    (t.redeem_lines[0].card_number, t.transaction_id) for t in transactions])
                 fill_rate = fill_outbox(root / "till", transactions)
                 wire_s[size], batch = time_sync(wire_hq, root / "till", size)
                 alone_s[size] = time_apply_alone(alone_hq, transactions, batch)

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Self, TypeVar
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
+from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.domain.terminals import Terminal
 from storedvalue.hq.services.unit_of_work import (
     CardRepository,
     ConcurrentUpdate,
     JournalRepository,
+    LockHistoryRepository,
     OfflineExceptionRepository,
     OfflineRecordRepository,
     ParametersRepository,
@@ -45,6 +47,7 @@ T = TypeVar("T", bound="DataclassInstance")
 @dataclass
 class _State:
     cards: dict[str, Card] = field(default_factory=dict)
+    lock_history: dict[tuple[str, int], LockGrant] = field(default_factory=dict)
     journal: list[JournalEntry] = field(default_factory=list)
     redemptions: dict[LineKey, Redemption] = field(default_factory=dict)
     requests: dict[tuple[str, str], StoredResponse] = field(default_factory=dict)
@@ -60,6 +63,7 @@ class _State:
     def copy(self) -> _State:
         return _State(
             cards=dict(self.cards),
+            lock_history=dict(self.lock_history),
             journal=list(self.journal),
             redemptions=dict(self.redemptions),
             requests=dict(self.requests),
@@ -154,6 +158,33 @@ class FakeCardRepository:
             and (include_expired or card.lock.is_live(now))
         ]
         return locks[: max(limit, 0)]
+
+
+class FakeLockHistoryRepository:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def add(self, grants: Iterable[LockGrant]) -> None:
+        new = [_stored(grant) for grant in grants]
+        keys = [(grant.card_number, grant.fencing_token) for grant in new]
+        if len(set(keys)) != len(keys) or any(k in self._state.lock_history for k in keys):
+            raise _taken("lock_history primary key")
+        self._state.lock_history.update(zip(keys, new, strict=True))
+
+    def mark_released_by_holder(self, locks: Iterable[tuple[str, int]], at: datetime) -> None:
+        for key in locks:
+            grant = self._state.lock_history.get(key)
+            if grant is not None:
+                self._state.lock_history[key] = _stored(grant.released_by_holder(at))
+
+    def for_sales(self, terminal_id: str, transaction_ids: Collection[str]
+                  ) -> list[LockGrant]:
+        wanted = set(transaction_ids)
+        return [
+            grant
+            for grant in self._state.lock_history.values()
+            if grant.terminal_id == terminal_id and grant.transaction_id in wanted
+        ]
 
 
 class FakeJournalRepository:
@@ -394,6 +425,7 @@ class FakeTerminalRepository:
 
 class FakeUnitOfWork:
     cards: CardRepository
+    lock_history: LockHistoryRepository
     journal: JournalRepository
     redemptions: RedemptionRepository
     requests: RequestLog
@@ -414,6 +446,7 @@ class FakeUnitOfWork:
     def _begin(self) -> None:
         state = self._state = self._storage.committed.copy()
         self.cards = FakeCardRepository(state)
+        self.lock_history = FakeLockHistoryRepository(state)
         self.journal = FakeJournalRepository(state)
         self.redemptions = FakeRedemptionRepository(state)
         self.requests = FakeRequestLog(state)

@@ -4,6 +4,7 @@ and starting `storedvalue serve` processes."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -11,17 +12,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from sqlalchemy.engine import make_url
 
 from storedvalue.v1 import back_office_service_pb2 as bo
 from storedvalue.v1 import back_office_service_pb2_grpc as bo_grpc
@@ -30,6 +34,7 @@ from storedvalue.v1 import terminal_service_pb2 as ts
 from storedvalue.v1 import terminal_service_pb2_grpc as ts_grpc
 
 ADMIN_TOKEN = "e2e-admin-token"
+POSTGRES_ENV = "STOREDVALUE_TEST_POSTGRES_URL"
 CALL_TIMEOUT = 15.0
 T = TypeVar("T")
 
@@ -249,3 +254,22 @@ def stop_process(process: subprocess.Popen[str], timeout: float) -> tuple[int, s
         pytest.fail(f"storedvalue serve did not exit within {timeout} s of SIGTERM: "
                     f"{server_log(process)}")
     return process.returncode, out, server_log(process)
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """The SQLAlchemy URL of a new database on the server STOREDVALUE_TEST_POSTGRES_URL names
+    (the test skips without it), dropped afterwards."""
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set")
+    url = make_url(base)
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())

@@ -44,8 +44,10 @@ def offline_batches(cards: list[str], parameters_version: int) -> list[Batch]:
             parameters_version=parameters_version,
             redeem_lines=[offline_pb2.OfflineRedeemLine(
                 line_id="1", card_number=cards[seq % len(cards)],
+                # Sold without a lock (HQ applies each with a LOCK_NOT_HELD exception): locking
+                # each card for each of these 3,000 sales would take longer than the test.
                 card_kind=common_pb2.CARD_KIND_GIFT_CARD, amount=eur(seq % 7 + 1),
-                fencing_token=1)],
+                fencing_token=0)],
         )
         for seq in range(1, BATCHES * BATCH_SIZE + 1)
     ]
@@ -107,9 +109,9 @@ def test_a_batch_cut_off_by_killing_hq_is_applied_exactly_once_when_resent(
         for batch in batches:
             outcomes = {r.outcome for r in sync(resender, batch).results}
             # Each batch was one database transaction: it landed whole or not at all.
-            assert outcomes in ({offline_pb2.OFFLINE_OUTCOME_APPLIED},
+            assert outcomes in ({offline_pb2.OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION},
                                 {offline_pb2.OFFLINE_OUTCOME_ALREADY_APPLIED}), outcomes
-            applied_now += offline_pb2.OFFLINE_OUTCOME_APPLIED in outcomes
+            applied_now += offline_pb2.OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION in outcomes
         assert 1 <= applied_now <= BATCHES - 2  # the first two batches had been acknowledged
 
         # A third delivery changes nothing.

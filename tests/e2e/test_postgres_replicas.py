@@ -6,8 +6,6 @@ Needs STOREDVALUE_TEST_POSTGRES_URL; each run creates its own database and drops
 
 from __future__ import annotations
 
-import os
-import secrets
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -16,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from storedvalue.v1 import terminal_service_pb2 as ts
 
@@ -29,6 +25,7 @@ from .harness import (
     eur,
     failure_of,
     free_port,
+    fresh_postgres_database,
     new_id,
     start_serve,
     stop_process,
@@ -36,26 +33,14 @@ from .harness import (
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-POSTGRES_ENV = "STOREDVALUE_TEST_POSTGRES_URL"
 RACERS = 16
 ROUNDS = 50
 
 
 @pytest.fixture
 def database_url() -> Iterator[str]:
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_ENV} is not set")
-    url = make_url(base)
-    name = f"sv_e2e_{secrets.token_hex(6)}"
-    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"'.encode())
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    with fresh_postgres_database("sv_e2e") as url:
+        yield url
 
 
 @dataclass

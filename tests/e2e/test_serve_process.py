@@ -184,3 +184,24 @@ def test_buf_curl_reaches_hq_through_v1_reflection(serve_process: ServeProcess) 
     assert "storedvalue.v1.BackOfficeService/ForceUnlockCard" in methods.stdout.split()
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout) == {"status": "SERVING"}
+
+
+def test_the_database_and_its_directory_are_private_to_the_hq_user(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    data_home = tmp_path / "data"
+    process = start_serve(
+        ["--listen", address], {"XDG_DATA_HOME": str(data_home), "STOREDVALUE_ADMIN_TOKEN": ""},
+        tmp_path / "logs",
+    )
+    try:
+        wait_serving(process, address)
+        directory = data_home / "storedvalue"
+        database = directory / "hq.sqlite3"
+        files = [database, database.with_name("hq.sqlite3-wal"),
+                 database.with_name("hq.sqlite3-shm")]
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert modes == {path.name: 0o600 for path in files}
+    finally:
+        code, _, log = stop_process(process, timeout=GRACE_SECONDS + 5)
+    assert code == 0, log

@@ -5,17 +5,16 @@ by checking conservation: every card's journal sums to its balance."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import pytest
+from offline_scenarios import HQ, NOW, TILL, line, offline
 
 from storedvalue.hq import records
 from storedvalue.hq.domain.cards import CardKind, CardStatus
 from storedvalue.hq.domain.errors import LimitExceeded, LineReversed
-from storedvalue.hq.domain.journal import JournalEntryKind, journal_balance
+from storedvalue.hq.domain.journal import JournalEntryKind
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineExceptionKind,
@@ -27,64 +26,9 @@ from storedvalue.hq.domain.offline import (
     OfflineUnlock,
     ReversalOutcome,
 )
-from storedvalue.hq.domain.parameters import ParametersChange
 from storedvalue.hq.domain.terminals import SequenceGap
-from storedvalue.hq.services.back_office import BackOfficeService
-from storedvalue.hq.services.cards import CardService, RedeemResult
-from storedvalue.hq.services.idempotency import RequestKey
-from storedvalue.hq.services.offline import OfflineService, SyncLimits, SyncOutcome
-from storedvalue.hq.services.parameters import ParametersService
+from storedvalue.hq.services.cards import RedeemResult
 from storedvalue.hq.services.unit_of_work import Storage
-
-NOW = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
-TILL = "till-1"
-
-
-class HQ:
-    """The HQ's services on one storage backend, with the card numbers it issued."""
-
-    def __init__(self, storage: Storage) -> None:
-        self.ids = itertools.count(1)
-        self.cards = CardService(storage)
-        self.offline = OfflineService(storage, limits=SyncLimits(max_transactions_per_batch=20,
-                                                                 max_lines_per_transaction=3))
-        self.back_office = BackOfficeService(storage)
-        params = ParametersService(storage)
-        params.ensure_initialized()
-        self.version_allowing_gift_cards_only = params.update(
-            key=self.key("admin:t", "UpdateParameters"), updated_by="t",
-            change=ParametersChange(True, False), expected_version=0).version
-        for till in (TILL, "till-2"):
-            self.back_office.register_terminal(key=self.key("admin:t", "RegisterTerminal"),
-                                               terminal_id=till, display_name="")
-        self.issued: list[str] = []
-
-    def key(self, caller: str, operation: str) -> RequestKey:
-        n = next(self.ids)
-        return RequestKey(caller, f"r{n}", operation, hashlib.sha256(str(n).encode()).digest())
-
-    def issue(self, amount: int, kind: CardKind = CardKind.GIFT_CARD) -> str:
-        number = self.cards.issue_card(
-            key=self.key(TILL, "IssueCard"), terminal_id=TILL, kind=kind,
-            initial_value=Money(amount, "EUR"), card_number="", transaction_id="").card_number
-        self.issued.append(number)
-        return number
-
-    def lock(self, number: str, sale: str, till: str = TILL) -> int:
-        return self.cards.lock_card(key=self.key(till, "LockCard"), terminal_id=till,
-                                    card_number=number, transaction_id=sale).lock.fencing_token
-
-    def balance(self, number: str) -> int:
-        return self.cards.get_card(caller=TILL, card_number=number).balance_minor
-
-    def sync(self, *transactions: OfflineTransaction) -> SyncOutcome:
-        return self.offline.sync(terminal_id=TILL, transactions=list(transactions))
-
-    def assert_conservation(self) -> None:
-        for number in self.issued:
-            entries = self.back_office.list_journal(card_number=number, after_entry_id=0,
-                                                    limit=1_000)
-            assert journal_balance(entries) == self.balance(number), number
 
 
 @pytest.fixture
@@ -92,17 +36,6 @@ def hq(storage: Storage) -> Iterator[HQ]:
     hq = HQ(storage)
     yield hq
     hq.assert_conservation()
-
-
-def offline(seq: int, *lines: OfflineRedeemLine, sale: str | None = None, version: int = 2,
-            unlocks: tuple[OfflineUnlock, ...] = ()) -> OfflineTransaction:
-    draft = OfflineTransaction(sale or f"sale-{seq}", seq, NOW, version, lines, unlocks)
-    return OfflineTransaction(draft.transaction_id, seq, NOW, version, lines, unlocks,
-                              hashlib.sha256(records.dumps(draft).encode()).digest())
-
-
-def line(number: str, amount: int, line_id: str = "1", token: int = 1) -> OfflineRedeemLine:
-    return OfflineRedeemLine(line_id, number, CardKind.GIFT_CARD, Money(amount, "EUR"), token)
 
 
 def test_an_offline_sale_is_debited_and_its_lock_released(hq: HQ) -> None:
@@ -115,21 +48,23 @@ def test_an_offline_sale_is_debited_and_its_lock_released(hq: HQ) -> None:
 
 
 def test_a_transaction_delivered_three_times_is_applied_once(hq: HQ) -> None:
-    card = hq.issue(10_000)
-    txns = [offline(n, line(card, 1_000)) for n in (1, 2)]
+    cards = [hq.issue(10_000), hq.issue(10_000)]
+    txns = [offline(n, line(card, 1_000, token=hq.lock(card, f"sale-{n}")))
+            for n, card in enumerate(cards, start=1)]
     first = hq.sync(*txns)
     for _ in range(2):
         again = hq.sync(*txns)
         assert [r.outcome for r in again.results] == [OfflineOutcome.ALREADY_APPLIED] * 2
         assert [r.original_outcome for r in again.results] == [OfflineOutcome.APPLIED] * 2
         assert [r.line_results for r in again.results] == [r.line_results for r in first.results]
-    assert hq.balance(card) == 8_000
+    assert [hq.balance(card) for card in cards] == [9_000, 9_000]
 
 
 def test_the_same_id_with_other_content_is_kept_for_review_and_not_applied(hq: HQ) -> None:
     card = hq.issue(10_000)
-    hq.sync(offline(1, line(card, 1_000)))
-    changed = offline(1, line(card, 9_000))
+    token = hq.lock(card, "sale-1")
+    hq.sync(offline(1, line(card, 1_000, token=token)))
+    changed = offline(1, line(card, 9_000, token=token))
     (result,) = hq.sync(changed).results
     assert (result.outcome, result.reason) == (OfflineOutcome.REJECTED, "TRANSACTION_CONFLICT")
     exceptions, _ = hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
@@ -152,7 +87,8 @@ def test_a_line_already_redeemed_online_is_not_debited_again(hq: HQ) -> None:
 
 def test_an_overdraft_is_applied_flagged_and_recorded(hq: HQ) -> None:
     card = hq.issue(1_000)
-    (result,) = hq.sync(offline(1, line(card, 3_000))).results
+    token = hq.lock(card, "sale-1")
+    (result,) = hq.sync(offline(1, line(card, 3_000, token=token))).results
     assert (result.outcome, result.reason) == (
         OfflineOutcome.APPLIED_WITH_EXCEPTION, "OFFLINE_OVERDRAFT")
     state = hq.cards.get_card(caller=TILL, card_number=card)
@@ -166,7 +102,8 @@ def test_a_kind_the_applied_parameters_did_not_allow_is_applied_with_an_exceptio
     hq: HQ,
 ) -> None:
     memo = hq.issue(3_000, CardKind.CREDIT_MEMO)
-    memo_line = OfflineRedeemLine("1", memo, CardKind.CREDIT_MEMO, Money(3_000, "EUR"), 1)
+    token = hq.lock(memo, "sale-1")
+    memo_line = OfflineRedeemLine("1", memo, CardKind.CREDIT_MEMO, Money(3_000, "EUR"), token)
     (result,) = hq.sync(offline(1, memo_line, version=hq.version_allowing_gift_cards_only)
                         ).results
     assert (result.outcome, result.reason) == (
@@ -216,12 +153,10 @@ def test_sequence_gaps_are_reported_until_filled(hq: HQ) -> None:
     assert (status.gaps, status.highest_contiguous_sequence) == ((), 5)
 
 
-def test_over_a_limit_nothing_of_the_batch_is_applied(hq: HQ) -> None:
+def test_over_the_batch_limit_nothing_of_the_batch_is_applied(hq: HQ) -> None:
     card = hq.issue(10_000)
     with pytest.raises(LimitExceeded):
         hq.sync(*[offline(n, line(card, 1)) for n in range(1, 22)])
-    with pytest.raises(LimitExceeded):
-        hq.sync(offline(1, line(card, 1)), offline(2, *[line(card, 1, str(i)) for i in range(4)]))
     assert hq.balance(card) == 10_000
     assert hq.back_office.get_sync_status(terminal_id=TILL).highest_sequence_seen == 0
 
@@ -412,3 +347,13 @@ def test_a_line_both_debited_and_reversed_by_one_transaction_rejects_it(hq: HQ) 
     assert (result.outcome, result.reason) == (OfflineOutcome.REJECTED, "INVALID_FIELD")
     assert [r.outcome for r in result.reversal_results] == [ReversalOutcome.REJECTED]
     assert hq.balance(card) == 10_000
+
+
+def test_a_transaction_over_the_line_limit_is_rejected_alone(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    too_long = offline(1, *[line(card, 1, str(i)) for i in range(4)])
+    results = hq.sync(too_long, offline(2, line(card, 1))).results
+    assert [(r.outcome, r.reason) for r in results] == [
+        (OfflineOutcome.REJECTED, "LIMIT_EXCEEDED"), (OfflineOutcome.APPLIED_WITH_EXCEPTION,
+                                                      "LOCK_NOT_HELD")]
+    assert hq.balance(card) == 9_999

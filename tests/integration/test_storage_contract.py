@@ -25,6 +25,7 @@ from storage_samples import (
 from storedvalue.hq.domain.cards import CardKind, CardStatus
 from storedvalue.hq.domain.journal import JournalEntryKind
 from storedvalue.hq.domain.offline import ReversalOutcome
+from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, StoredResponse
 
 # -- units of work --------------------------------------------------------------------------
@@ -223,6 +224,35 @@ def test_saving_cards_writes_back_status_balance_fencing_counter_and_lock(
         first, lock=None, balance_minor=0, status=CardStatus.REDEEMED)
     assert read(storage, lambda uow: uow.cards.get(card_number(2))) == replace(
         second, lock=new_lock, last_fencing_token=8, balance_minor=-1)
+
+
+def test_the_lock_history_finds_a_terminals_locks_by_sale_and_notes_its_own_releases(
+    storage: Storage,
+) -> None:
+    mine = [LockGrant.of(make_lock(card_number(n), transaction_id=f"txn-{n % 2}", token=n))
+            for n in (1, 2, 3)]
+    theirs = LockGrant.of(make_lock(card_number(1), terminal_id="till-2", transaction_id="txn-1",
+                                    token=4))
+    write(storage, lambda uow: uow.lock_history.add([*mine, theirs]))
+    write(storage, lambda uow: uow.lock_history.mark_released_by_holder(
+        [(card_number(3), 3), (card_number(9), 9)], at(30)))
+
+    found = read(storage, lambda uow: uow.lock_history.for_sales("till-1", ["txn-1", "txn-7"]))
+
+    by_token = {grant.fencing_token: grant for grant in found}
+    assert sorted(by_token) == [1, 3]  # txn-1's, this terminal's only
+    assert by_token[1] == mine[0]
+    assert by_token[3] == mine[2].released_by_holder(at(30))
+    assert read(storage, lambda uow: uow.lock_history.for_sales("till-1", [])) == []
+
+
+def test_a_fencing_token_recorded_twice_for_a_card_raises_concurrent_update(
+    storage: Storage,
+) -> None:
+    grant = LockGrant.of(make_lock(card_number(1), token=5))
+    write(storage, lambda uow: uow.lock_history.add([grant]))
+    with pytest.raises(ConcurrentUpdate):
+        write(storage, lambda uow: uow.lock_history.add([replace(grant, terminal_id="till-2")]))
 
 
 def test_locks_are_listed_in_card_number_order_after_the_given_number(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -12,14 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, text
-from storage_samples import card_number, make_card, write
+from storage_samples import card_number, make_card, read, write
 
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
 from storedvalue.hq.storage import SqlStorage, open_engine, upgrade_to_head
-from storedvalue.hq.storage.schema import current_revision, head_revision
+from storedvalue.hq.storage.schema import alembic_config, current_revision, head_revision
 from storedvalue.hq.storage.tables import METADATA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +50,28 @@ def test_upgrading_a_database_already_at_head_changes_nothing(database_url: str)
         with engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM cards")).scalar_one() == 1
             assert current_revision(connection) == head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_a_database_copies_the_locks_cards_hold_into_the_lock_history(
+    database_url: str,
+) -> None:
+    engine = open_engine(database_url)
+    try:
+        with engine.connect() as connection, connection.begin():
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            alembic_command.upgrade(config, "0002")  # before the lock history
+            connection.execute(text(
+                "INSERT INTO cards VALUES ('7000000000000001', 'GIFT_CARD', 'ACTIVE', 'EUR', "
+                "500, 0, 3, '', 'till-1', 'sale-1', 3, 999, 42), ('7000000000000002', "
+                "'GIFT_CARD', 'ACTIVE', 'EUR', 500, 0, 1, '', NULL, NULL, NULL, NULL, NULL)"))
+        upgrade_to_head(engine)
+        grants = read(SqlStorage(engine), lambda uow: uow.lock_history.for_sales(
+            "till-1", ["sale-1"]))
+        assert [(g.card_number, g.fencing_token, g.released_by_holder_at) for g in grants] == [
+            ("7000000000000001", 3, None)]
     finally:
         engine.dispose()
 
@@ -115,6 +139,36 @@ def test_a_sqlite_file_runs_with_wal_full_sync_a_busy_timeout_and_foreign_keys(
             assert pragma("foreign_keys") == 1
     finally:
         engine.dispose()
+
+
+def test_a_new_sqlite_database_and_its_new_directory_are_private_to_the_user(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "new" / "hq" / "hq.sqlite3"
+    storage = SqlStorage.from_url(f"sqlite:///{database}")
+    try:
+        upgrade_to_head(storage.engine)
+        write(storage, lambda uow: uow.cards.add([make_card(card_number(1))]))
+        files = [database, database.with_name("hq.sqlite3-wal"),
+                 database.with_name("hq.sqlite3-shm")]
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files}
+        assert stat.S_IMODE(database.parent.stat().st_mode) == 0o700
+    finally:
+        storage.close()
+
+
+def test_a_sqlite_file_readable_by_others_is_made_private_when_opened(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    database = shared / "hq.sqlite3"
+    sqlite3.connect(database).close()
+    database.chmod(0o644)
+    engine = open_engine(f"sqlite:///{database}")
+    engine.dispose()
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # a directory it did not make: left be
 
 
 def test_a_writing_unit_of_work_on_sqlite_takes_the_write_lock_at_once(tmp_path: Path) -> None:

@@ -75,3 +75,11 @@ def test_tls_allows_any_address_but_needs_both_files(tmp_path: Path) -> None:
 def test_a_malformed_listen_address_is_refused(tmp_path: Path, listen: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         load_config(environ={"XDG_DATA_HOME": str(tmp_path)}, listen=listen)
+
+
+def test_the_unknown_card_limit_is_twenty_a_minute_unless_configured(tmp_path: Path) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path)}
+    assert load_config(environ=env).unknown_card_limit == 20
+    assert load_config(environ=env, unknown_card_limit=500).unknown_card_limit == 500
+    with pytest.raises(ConfigError, match="unknown-card limit"):
+        load_config(environ=env, unknown_card_limit=0)

@@ -22,6 +22,7 @@ from storedvalue.hq.domain.offline import (
     Redemption,
     plan_offline_batch,
 )
+from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import Parameters, initial_parameters
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -67,12 +68,19 @@ def plan(transactions: list[OfflineTransaction], cards: list[Card], *,
          known: dict[str, OfflineRecord] | None = None,
          redemptions: dict[tuple[str, str, str], Redemption] | None = None,
          parameters: dict[int, Parameters] | None = None,
-         owners: dict[int, str] | None = None) -> OfflineBatchPlan:
+         owners: dict[int, str] | None = None, highest_sequence_seen: int = 0,
+         unknown_card_budget: int = 20, history: list[LockGrant] | None = None
+         ) -> OfflineBatchPlan:
+    """The lock history holds `history` and the locks the cards hold now (as `lock_for`
+    takes them)."""
     return plan_offline_batch(
         terminal_id=T1, transactions=transactions, cards={c.card_number: c for c in cards},
         known=known or {}, sequence_owners=owners or {}, redemptions=redemptions or {},
-        parameters=parameters if parameters is not None else allowing(), now=NOW,
-        new_card_number=generate_card_number,
+        parameters=parameters if parameters is not None else allowing(),
+        lock_grants=[*(history or ()),
+                     *(LockGrant.of(c.lock) for c in cards if c.lock is not None)],
+        highest_sequence_seen=highest_sequence_seen, unknown_card_budget=unknown_card_budget,
+        now=NOW, new_card_number=generate_card_number,
     )
 
 
@@ -131,7 +139,8 @@ def test_a_line_already_redeemed_online_is_not_applied_again() -> None:
 
 def test_an_offline_overdraft_is_applied_flags_the_card_and_records_an_exception() -> None:
     card = new_card(amount=1_000)
-    result = plan([txn(1, line(card, 4_000))], [card])
+    token = lock_for(card, "sale-1")
+    result = plan([txn(1, line(card, 4_000, token=token))], [card])
     (outcome,) = result.results
     assert outcome.outcome is OfflineOutcome.APPLIED_WITH_EXCEPTION
     assert outcome.reason == "OFFLINE_OVERDRAFT"
@@ -143,7 +152,9 @@ def test_an_offline_overdraft_is_applied_flags_the_card_and_records_an_exception
 
 def test_a_kind_the_applied_parameters_did_not_allow_is_applied_and_recorded() -> None:
     memo = new_card(CardKind.CREDIT_MEMO, 3_000)
-    result = plan([txn(1, line(memo, 3_000))], [memo], parameters=allowing(memo=False))
+    token = lock_for(memo, "sale-1")
+    result = plan([txn(1, line(memo, 3_000, token=token))], [memo],
+                  parameters=allowing(memo=False))
     (outcome,) = result.results
     assert outcome.outcome is OfflineOutcome.APPLIED_WITH_EXCEPTION
     assert outcome.reason == "OFFLINE_NOT_ALLOWED"
@@ -184,12 +195,15 @@ def test_a_malformed_line_is_rejected_with_its_reason() -> None:
 
 def test_someone_elses_lock_is_left_alone_and_queued_unlocks_are_applied() -> None:
     spent = new_card()
-    lock_for(spent, "sale-9", terminal_id="till-2")  # taken over after our lease ended
+    ours = LockGrant.of(spent.acquire_lock(terminal_id=T1, transaction_id="sale-1", now=NOW,
+                                           lease=LEASE))
+    spent.acquire_lock(terminal_id="till-2", transaction_id="sale-9", now=NOW + 2 * LEASE,
+                       lease=LEASE)  # taken over after our lease ended
     abandoned = new_card()
     lock_for(abandoned, "sale-0")
-    result = plan([txn(1, line(spent, 100),
+    result = plan([txn(1, line(spent, 100, token=ours.fencing_token),
                        unlocks=(OfflineUnlock(abandoned.card_number, "sale-0", 1),))],
-                  [spent, abandoned])
+                  [spent, abandoned], history=[ours])
     assert result.results[0].outcome is OfflineOutcome.APPLIED
     assert spent.lock is not None and spent.lock.terminal_id == "till-2"
     assert abandoned.lock is None
@@ -218,7 +232,7 @@ def test_a_sequence_number_taken_by_another_transaction_is_a_conflict() -> None:
 
 def test_later_items_of_a_batch_see_earlier_items_and_duplicates_apply_once() -> None:
     card = new_card(amount=1_000)
-    first = txn(1, line(card, 600))
+    first = txn(1, line(card, 600, token=lock_for(card, "sale-1")))
     result = plan([first, txn(2, line(card, 600)), first], [card])
     assert [r.outcome for r in result.results] == [
         OfflineOutcome.APPLIED, OfflineOutcome.APPLIED_WITH_EXCEPTION,
@@ -230,7 +244,8 @@ def test_later_items_of_a_batch_see_earlier_items_and_duplicates_apply_once() ->
 def test_an_unlock_of_an_unknown_card_releases_nothing_and_does_not_reject_the_sale() -> None:
     card = new_card()
     ghost = new_card()
-    result = plan([txn(1, line(card, 100), unlocks=(OfflineUnlock(ghost.card_number, "s", 0),))],
-                  [card])
+    token = lock_for(card, "sale-1")
+    result = plan([txn(1, line(card, 100, token=token),
+                       unlocks=(OfflineUnlock(ghost.card_number, "s", 0),))], [card])
     assert result.results[0].outcome is OfflineOutcome.APPLIED
     assert card.balance_minor == 9_900

@@ -86,6 +86,11 @@ class HQ:
             kind=CardKind.GIFT_CARD, initial_value=Money(amount, "EUR"), card_number="",
             transaction_id="sale-issue").card_number
 
+    def lock(self, card_number: str, transaction_id: str, terminal_id: str = "till-1") -> int:
+        return self.cards.lock_card(
+            key=self.key(terminal_id, "LockCard"), terminal_id=terminal_id,
+            card_number=card_number, transaction_id=transaction_id).lock.fencing_token
+
     def journal_sum(self, card_number: str) -> int:
         entries = self.back_office.list_journal(card_number=card_number, after_entry_id=0,
                                                 limit=1000)
@@ -182,16 +187,19 @@ def test_parameters_updates_are_versioned_and_checked_against_the_expected_versi
 def test_the_same_batch_delivered_three_times_changes_nothing_after_the_first() -> None:
     hq = HQ()
     version = hq.allow_offline()
-    card = hq.gift_card(10_000)
-    batch = [offline_txn(n, card, 1_000, params_version=version) for n in (1, 2, 3)]
+    cards = [hq.gift_card(10_000) for _ in range(3)]
+    batch = [offline_txn(n, card, 1_000, params_version=version,
+                         token=hq.lock(card, f"off-{n}"))
+             for n, card in enumerate(cards, start=1)]
     first = hq.offline.sync(terminal_id="till-1", transactions=batch)
     assert [r.outcome for r in first.results] == [OfflineOutcome.APPLIED] * 3
     for _ in range(2):
         again = hq.offline.sync(terminal_id="till-1", transactions=batch)
         assert [r.outcome for r in again.results] == [OfflineOutcome.ALREADY_APPLIED] * 3
         assert [r.line_results for r in again.results] == [r.line_results for r in first.results]
-    assert hq.cards.get_card(caller="till-1", card_number=card).balance_minor == 7_000
-    assert hq.journal_sum(card) == 7_000
+    for card in cards:
+        assert hq.cards.get_card(caller="till-1", card_number=card).balance_minor == 9_000
+        assert hq.journal_sum(card) == 9_000
     assert first.status.highest_contiguous_sequence == 3
 
 
@@ -223,8 +231,9 @@ def test_an_offline_overdraft_flags_the_card_until_the_back_office_resolves_it()
     hq = HQ()
     version = hq.allow_offline()
     card = hq.gift_card(1_000)
-    outcome = hq.offline.sync(terminal_id="till-1",
-                              transactions=[offline_txn(1, card, 3_000, params_version=version)])
+    token = hq.lock(card, "off-1")
+    outcome = hq.offline.sync(terminal_id="till-1", transactions=[
+        offline_txn(1, card, 3_000, params_version=version, token=token)])
     (result,) = outcome.results
     assert result.outcome is OfflineOutcome.APPLIED_WITH_EXCEPTION
     assert hq.cards.get_card(caller="till-1", card_number=card).status is CardStatus.FLAGGED

@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
                              "transaction (default 200)")
     parser.add_argument("--max-message-bytes", type=int, metavar="BYTES",
                         help="sync limit: bytes per sync request (default 8 MiB)")
+    parser.add_argument("--unknown-card-limit", type=int, metavar="N",
+                        help="answers about unknown cards a till may get per minute before "
+                             "HQ stops looking up cards it does not hold (default 20)")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",
                         help="TLS certificate chain; required to listen beyond loopback")
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="TLS private key")
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             max_workers=args.max_workers,
             parameters_poll_seconds=args.parameters_poll,
             sync_limits=limits,
+            unknown_card_limit=args.unknown_card_limit,
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             tls_client_ca_file=args.tls_client_ca,

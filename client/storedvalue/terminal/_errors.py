@@ -94,7 +94,9 @@ class HQBusy(HQUnavailable):
 
 
 class InvalidArgument(TerminalError):
-    reasons: ClassVar[tuple[str, ...]] = ("INVALID_FIELD", "INVALID_CARD_NUMBER", "INVALID_AMOUNT")
+    reasons: ClassVar[tuple[str, ...]] = (
+        "INVALID_FIELD", "INVALID_CARD_NUMBER", "INVALID_AMOUNT", "MALFORMED_REQUEST"
+    )
 
     @property
     def field(self) -> str:

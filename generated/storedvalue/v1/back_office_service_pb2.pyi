@@ -37,11 +37,15 @@ class _OfflineExceptionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     OFFLINE_EXCEPTION_KIND_OFFLINE_NOT_ALLOWED: _OfflineExceptionKind.ValueType  # 2
     """Completed offline although the applied parameters did not allow it for the kind."""
     OFFLINE_EXCEPTION_KIND_LOCK_NOT_HELD: _OfflineExceptionKind.ValueType  # 3
-    """The terminal did not hold the card's lock for the transaction (no lock, or taken over
-    after its lease ended); the debit was applied.
+    """The line was not completed under the lock its terminal held for the transaction with
+    that token (see OfflineRedeemLine.fencing_token: no token, another terminal's or another
+    transaction's, made up, superseded, or a lock the terminal had released itself); the
+    debit was applied and nobody else's lock was released. The message says which.
     """
     OFFLINE_EXCEPTION_KIND_REJECTED: _OfflineExceptionKind.ValueType  # 4
-    """The transaction was rejected (unknown card, malformed line) and kept for review."""
+    """The transaction was rejected (unknown card, malformed or out-of-range field, a balance
+    past max_balance_minor, the terminal over its unknown-card limit) and kept for review.
+    """
     OFFLINE_EXCEPTION_KIND_CONFLICT: _OfflineExceptionKind.ValueType  # 5
     """A resend had the same transaction_id but different content; kept for review."""
     OFFLINE_EXCEPTION_KIND_REVERSAL: _OfflineExceptionKind.ValueType  # 6
@@ -59,11 +63,15 @@ OFFLINE_EXCEPTION_KIND_OVERDRAFT: OfflineExceptionKind.ValueType  # 1
 OFFLINE_EXCEPTION_KIND_OFFLINE_NOT_ALLOWED: OfflineExceptionKind.ValueType  # 2
 """Completed offline although the applied parameters did not allow it for the kind."""
 OFFLINE_EXCEPTION_KIND_LOCK_NOT_HELD: OfflineExceptionKind.ValueType  # 3
-"""The terminal did not hold the card's lock for the transaction (no lock, or taken over
-after its lease ended); the debit was applied.
+"""The line was not completed under the lock its terminal held for the transaction with
+that token (see OfflineRedeemLine.fencing_token: no token, another terminal's or another
+transaction's, made up, superseded, or a lock the terminal had released itself); the
+debit was applied and nobody else's lock was released. The message says which.
 """
 OFFLINE_EXCEPTION_KIND_REJECTED: OfflineExceptionKind.ValueType  # 4
-"""The transaction was rejected (unknown card, malformed line) and kept for review."""
+"""The transaction was rejected (unknown card, malformed or out-of-range field, a balance
+past max_balance_minor, the terminal over its unknown-card limit) and kept for review.
+"""
 OFFLINE_EXCEPTION_KIND_CONFLICT: OfflineExceptionKind.ValueType  # 5
 """A resend had the same transaction_id but different content; kept for review."""
 OFFLINE_EXCEPTION_KIND_REVERSAL: OfflineExceptionKind.ValueType  # 6
@@ -325,7 +333,9 @@ class ForceUnlockCardRequest(_message.Message):
     card_number: _builtins.str
     """The card to release. Required."""
     reason: _builtins.str
-    """Why (e.g. "till 12 destroyed"); kept in the journal. Required."""
+    """Why (e.g. "till 12 destroyed"); kept in the journal. Required, at most 500
+    characters, no control characters other than line breaks and tabs.
+    """
     def __init__(
         self,
         *,
@@ -533,7 +543,9 @@ class ResolveOfflineExceptionRequest(_message.Message):
     exception_id: _builtins.str
     """The exception. Required."""
     resolution: _builtins.str
-    """What was done about it. Required."""
+    """What was done about it. Required, at most 2,000 characters, no control characters
+    other than line breaks and tabs.
+    """
     def __init__(
         self,
         *,
@@ -795,7 +807,9 @@ class RegisterTerminalRequest(_message.Message):
     terminal_id: _builtins.str
     """The new terminal's id: 1-64 characters of letters, digits, '-', '_' and '.'. Required."""
     display_name: _builtins.str
-    """Name shown to staff. Optional."""
+    """Name shown to staff. Optional; at most 200 characters, no control characters other
+    than line breaks and tabs.
+    """
     def __init__(
         self,
         *,

@@ -28,7 +28,8 @@ if _version_not_supported:
 class BackOfficeServiceStub:
     """Back-office operations. Every call needs an admin bearer credential; a terminal credential
     gets PERMISSION_DENIED. List calls page with `page_size` (default 50, at most 500) and
-    an opaque `page_token`.
+    an opaque `page_token`: only a token the same list returned is accepted, anything else is
+    INVALID_FIELD (field page_token).
     """
 
     def __init__(self, channel):
@@ -97,7 +98,8 @@ class BackOfficeServiceStub:
 class BackOfficeServiceServicer:
     """Back-office operations. Every call needs an admin bearer credential; a terminal credential
     gets PERMISSION_DENIED. List calls page with `page_size` (default 50, at most 500) and
-    an opaque `page_token`.
+    an opaque `page_token`: only a token the same list returned is accepted, anything else is
+    INVALID_FIELD (field page_token).
     """
 
     def UpdateParameters(self, request, context):
@@ -248,7 +250,8 @@ def add_BackOfficeServiceServicer_to_server(servicer, server):
 class BackOfficeService:
     """Back-office operations. Every call needs an admin bearer credential; a terminal credential
     gets PERMISSION_DENIED. List calls page with `page_size` (default 50, at most 500) and
-    an opaque `page_token`.
+    an opaque `page_token`: only a token the same list returned is accepted, anything else is
+    INVALID_FIELD (field page_token).
     """
 
     @staticmethod

@@ -29,7 +29,8 @@ GRPC_VERSION: str
 class BackOfficeServiceStub:
     """Back-office operations. Every call needs an admin bearer credential; a terminal credential
     gets PERMISSION_DENIED. List calls page with `page_size` (default 50, at most 500) and
-    an opaque `page_token`.
+    an opaque `page_token`: only a token the same list returned is accepted, anything else is
+    INVALID_FIELD (field page_token).
     """
 
     @_typing.overload
@@ -67,7 +68,8 @@ class BackOfficeServiceStub:
 class BackOfficeServiceAsyncStub(BackOfficeServiceStub):
     """Back-office operations. Every call needs an admin bearer credential; a terminal credential
     gets PERMISSION_DENIED. List calls page with `page_size` (default 50, at most 500) and
-    an opaque `page_token`.
+    an opaque `page_token`: only a token the same list returned is accepted, anything else is
+    INVALID_FIELD (field page_token).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -101,7 +103,8 @@ class BackOfficeServiceAsyncStub(BackOfficeServiceStub):
 class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Back-office operations. Every call needs an admin bearer credential; a terminal credential
     gets PERMISSION_DENIED. List calls page with `page_size` (default 50, at most 500) and
-    an opaque `page_token`.
+    an opaque `page_token`: only a token the same list returned is accepted, anything else is
+    INVALID_FIELD (field page_token).
     """
 
     @_abc_1.abstractmethod

@@ -94,12 +94,15 @@ class Money(_message.Message):
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     amount_minor: _builtins.int
     """Amount in minor units of `currency_code`. Request amounts (redeem, issue, add value)
-    must be strictly positive; balances may be negative only on a card flagged after an
-    offline overdraft. Missing means zero, which requests reject as INVALID_AMOUNT.
+    must be strictly positive and at most 10^15; balances stay within +-10^15
+    (max_balance_minor, LIMIT_EXCEEDED past it) and may be negative only on a card flagged
+    after an offline overdraft. Missing means zero, which requests reject as
+    INVALID_AMOUNT.
     """
     currency_code: _builtins.str
-    """Three-letter upper-case ISO 4217 code, e.g. "EUR". Required; a code that does not
-    match the card's currency is CURRENCY_MISMATCH.
+    """Three-letter upper-case ISO 4217 code, e.g. "EUR" (exactly three letters A-Z, nothing
+    around them). Required; a code that does not match the card's currency is
+    CURRENCY_MISMATCH.
     """
     def __init__(
         self,

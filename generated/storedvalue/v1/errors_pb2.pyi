@@ -36,7 +36,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
     """Never sent."""
     ERROR_REASON_INVALID_FIELD: _ErrorReason.ValueType  # 1
-    """[INVALID_ARGUMENT] A required field is missing or malformed. metadata: field."""
+    """[INVALID_ARGUMENT] A required field is missing or malformed. metadata: field. Ids
+    (request, transaction, line, exception ids) are 1 to 128 printable characters (no
+    control or line-break characters); terminal ids 1 to 64 of [A-Za-z0-9._-]; free text
+    (reasons, resolutions, display names) is bounded and has no control characters other
+    than line breaks and tabs; timestamps and durations must be valid
+    google.protobuf.Timestamp / Duration values; a page token must be one the same list
+    returned (metadata field: page_token).
+    """
     ERROR_REASON_INVALID_CARD_NUMBER: _ErrorReason.ValueType  # 2
     """[INVALID_ARGUMENT] The card number is not 8-19 digits with a valid Luhn check digit.
     metadata: field.
@@ -52,8 +59,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     metadata: request_id.
     """
     ERROR_REASON_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 6
-    """[INVALID_ARGUMENT] A sync batch or transaction exceeds a documented limit; nothing of
-    the batch was applied. metadata: limit, value.
+    """[INVALID_ARGUMENT] A request exceeds a documented limit; nothing of it was applied.
+    metadata: limit, maximum, value. Limits: max_transactions_per_batch,
+    max_lines_per_transaction, max_message_bytes (the whole sync request), and
+    max_balance_minor: a card's balance stays within +-10^15 minor units, so an AddValue
+    past it is refused (an offline transaction past it is REJECTED with this reason and
+    kept for review).
+    """
+    ERROR_REASON_MALFORMED_REQUEST: _ErrorReason.ValueType  # 7
+    """[INVALID_ARGUMENT] The request's bytes are not a valid protobuf encoding of the
+    request message (truncated, mistyped, or a string that is not UTF-8). Checked after the
+    credential. metadata: request_type.
     """
     ERROR_REASON_CARD_NOT_FOUND: _ErrorReason.ValueType  # 10
     """[NOT_FOUND] No card with that number. metadata: card (masked)."""
@@ -73,6 +89,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """[FAILED_PRECONDITION] The caller does not hold the card's live lock for this
     transaction (never locked, released, expired and taken over, or a stale fencing token).
     metadata: card, presented_fencing_token, current_fencing_token (when locked).
+    In offline sync results: the line was not completed under the lock its terminal held
+    for that transaction with that token (see OfflineRedeemLine.fencing_token); it was
+    applied anyway and recorded as an exception.
     """
     ERROR_REASON_INSUFFICIENT_FUNDS: _ErrorReason.ValueType  # 32
     """[FAILED_PRECONDITION] The balance does not cover the amount. metadata: card,
@@ -109,8 +128,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     calling a back-office RPC).
     """
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 52
-    """[RESOURCE_EXHAUSTED] Too many lookups of unknown cards from this terminal; retry
-    after the delay. metadata: retry_after_seconds.
+    """[RESOURCE_EXHAUSTED] Too many answers about unknown cards for this terminal: HQ did
+    not look the card up. Every answer that tells a terminal something about a card it
+    could not use counts (CARD_NOT_FOUND, CARD_ALREADY_EXISTS, CURRENCY_MISMATCH, from
+    GetCard, LockCard, UnlockCard, Redeem, AddValue, IssueCard with a card number, and
+    offline lines); past 20 in a minute, any card the terminal does not hold a lock on gets
+    this answer, whether it exists or not, until the window slides. Cards the terminal
+    holds a lock on are never refused. metadata: retry_after_seconds. In offline sync
+    results (no metadata): the transaction's lines name cards the terminal did not lock for
+    it; it is REJECTED and kept for review.
     """
     ERROR_REASON_HQ_BUSY: _ErrorReason.ValueType  # 53
     """[UNAVAILABLE] HQ's database stayed busy (lost races or locked) through every retry;
@@ -148,7 +174,14 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 """Never sent."""
 ERROR_REASON_INVALID_FIELD: ErrorReason.ValueType  # 1
-"""[INVALID_ARGUMENT] A required field is missing or malformed. metadata: field."""
+"""[INVALID_ARGUMENT] A required field is missing or malformed. metadata: field. Ids
+(request, transaction, line, exception ids) are 1 to 128 printable characters (no
+control or line-break characters); terminal ids 1 to 64 of [A-Za-z0-9._-]; free text
+(reasons, resolutions, display names) is bounded and has no control characters other
+than line breaks and tabs; timestamps and durations must be valid
+google.protobuf.Timestamp / Duration values; a page token must be one the same list
+returned (metadata field: page_token).
+"""
 ERROR_REASON_INVALID_CARD_NUMBER: ErrorReason.ValueType  # 2
 """[INVALID_ARGUMENT] The card number is not 8-19 digits with a valid Luhn check digit.
 metadata: field.
@@ -164,8 +197,17 @@ ERROR_REASON_REQUEST_ID_REUSED: ErrorReason.ValueType  # 5
 metadata: request_id.
 """
 ERROR_REASON_LIMIT_EXCEEDED: ErrorReason.ValueType  # 6
-"""[INVALID_ARGUMENT] A sync batch or transaction exceeds a documented limit; nothing of
-the batch was applied. metadata: limit, value.
+"""[INVALID_ARGUMENT] A request exceeds a documented limit; nothing of it was applied.
+metadata: limit, maximum, value. Limits: max_transactions_per_batch,
+max_lines_per_transaction, max_message_bytes (the whole sync request), and
+max_balance_minor: a card's balance stays within +-10^15 minor units, so an AddValue
+past it is refused (an offline transaction past it is REJECTED with this reason and
+kept for review).
+"""
+ERROR_REASON_MALFORMED_REQUEST: ErrorReason.ValueType  # 7
+"""[INVALID_ARGUMENT] The request's bytes are not a valid protobuf encoding of the
+request message (truncated, mistyped, or a string that is not UTF-8). Checked after the
+credential. metadata: request_type.
 """
 ERROR_REASON_CARD_NOT_FOUND: ErrorReason.ValueType  # 10
 """[NOT_FOUND] No card with that number. metadata: card (masked)."""
@@ -185,6 +227,9 @@ ERROR_REASON_LOCK_NOT_HELD: ErrorReason.ValueType  # 31
 """[FAILED_PRECONDITION] The caller does not hold the card's live lock for this
 transaction (never locked, released, expired and taken over, or a stale fencing token).
 metadata: card, presented_fencing_token, current_fencing_token (when locked).
+In offline sync results: the line was not completed under the lock its terminal held
+for that transaction with that token (see OfflineRedeemLine.fencing_token); it was
+applied anyway and recorded as an exception.
 """
 ERROR_REASON_INSUFFICIENT_FUNDS: ErrorReason.ValueType  # 32
 """[FAILED_PRECONDITION] The balance does not cover the amount. metadata: card,
@@ -221,8 +266,15 @@ ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 51
 calling a back-office RPC).
 """
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 52
-"""[RESOURCE_EXHAUSTED] Too many lookups of unknown cards from this terminal; retry
-after the delay. metadata: retry_after_seconds.
+"""[RESOURCE_EXHAUSTED] Too many answers about unknown cards for this terminal: HQ did
+not look the card up. Every answer that tells a terminal something about a card it
+could not use counts (CARD_NOT_FOUND, CARD_ALREADY_EXISTS, CURRENCY_MISMATCH, from
+GetCard, LockCard, UnlockCard, Redeem, AddValue, IssueCard with a card number, and
+offline lines); past 20 in a minute, any card the terminal does not hold a lock on gets
+this answer, whether it exists or not, until the window slides. Cards the terminal
+holds a lock on are never refused. metadata: retry_after_seconds. In offline sync
+results (no metadata): the transaction's lines name cards the terminal did not lock for
+it; it is REJECTED and kept for review.
 """
 ERROR_REASON_HQ_BUSY: ErrorReason.ValueType  # 53
 """[UNAVAILABLE] HQ's database stayed busy (lost races or locked) through every retry;

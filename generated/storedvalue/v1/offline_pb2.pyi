@@ -40,8 +40,10 @@ class _OfflineOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Offlin
     offline completion not allowed, lock not held).
     """
     OFFLINE_OUTCOME_REJECTED: _OfflineOutcome.ValueType  # 4
-    """Not applied (unknown card, malformed line, conflicting resend). HQ kept the
-    transaction for review; the terminal may drop it from its outbox.
+    """Not applied (unknown card, malformed or out-of-range field, a balance past
+    max_balance_minor, conflicting resend, the terminal over its unknown-card limit). HQ
+    kept the transaction for review; the terminal may drop it from its outbox. One
+    rejected item never fails the batch or blocks the items after it.
     """
 
 class OfflineOutcome(_OfflineOutcome, metaclass=_OfflineOutcomeEnumTypeWrapper):
@@ -60,8 +62,10 @@ OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION: OfflineOutcome.ValueType  # 3
 offline completion not allowed, lock not held).
 """
 OFFLINE_OUTCOME_REJECTED: OfflineOutcome.ValueType  # 4
-"""Not applied (unknown card, malformed line, conflicting resend). HQ kept the
-transaction for review; the terminal may drop it from its outbox.
+"""Not applied (unknown card, malformed or out-of-range field, a balance past
+max_balance_minor, conflicting resend, the terminal over its unknown-card limit). HQ
+kept the transaction for review; the terminal may drop it from its outbox. One
+rejected item never fails the batch or blocks the items after it.
 """
 Global___OfflineOutcome: _TypeAlias = OfflineOutcome  # noqa: Y015
 
@@ -151,11 +155,14 @@ class OfflineTransaction(_message.Message):
     REVERSALS_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The terminal's id for the sale, the same one used for LockCard and any online Redeem
-    attempted before the link dropped. Required; the idempotency key.
+    attempted before the link dropped. Required (1 to 128 printable characters); the
+    idempotency key. An item without a valid one is REJECTED and kept for review.
     """
     sequence_number: _builtins.int
     """The terminal's own offline sequence number: 1 for its first offline transaction, then
-    +1 each. HQ reports gaps so a lost transaction is seen. Required, >= 1.
+    +1 each. HQ reports gaps so a lost transaction is seen. Required, >= 1, and at most
+    SyncLimits.max_sequence_jump past the highest number HQ received from the terminal; an
+    item outside that is REJECTED, kept for review, and takes no number (leaves no gap).
     """
     parameters_version: _builtins.int
     """Version of the HQ parameters the terminal applied when it completed the sale offline.
@@ -163,7 +170,9 @@ class OfflineTransaction(_message.Message):
     """
     @_builtins.property
     def completed_at(self) -> _timestamp_pb2.Timestamp:
-        """When the sale was completed on the terminal (terminal clock, UTC). Required."""
+        """When the sale was completed on the terminal (terminal clock, UTC). Required; a value
+        outside the Timestamp range (or with nanos outside 0..999,999,999) rejects the item.
+        """
 
     @_builtins.property
     def redeem_lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflineRedeemLine]:
@@ -226,7 +235,19 @@ class OfflineRedeemLine(_message.Message):
     """
     fencing_token: _builtins.int
     """Fencing token of the lock the terminal held for this card and transaction. 0 when the
-    terminal held none (HQ records that as an exception).
+    terminal held none.
+
+    The lock rule: HQ remembers which terminal and transaction got each fencing token of a
+    card. A line is trusted only when this token is the one HQ last gave this terminal for
+    this card and this transaction, and the terminal did not release that lock itself
+    (UnlockCard, or an unlock queued offline) before the sale: the lock may be live, or its
+    lease may have ended (taken over by another terminal or not), or the back office may
+    have released it, or this sale's own online Redeem may have consumed it. Any other line
+    (token 0, another terminal's or another transaction's token, a made-up token, a token
+    superseded by the terminal's later lock of the card) is still applied, because the
+    goods left the store, but always with a LOCK_NOT_HELD exception for the back office.
+    Applying a line releases only the lock this terminal holds for this transaction, never
+    anyone else's.
     """
     online_redeem_attempted: _builtins.bool
     """True when the terminal had sent an online Redeem for this line and got no answer: HQ
@@ -266,8 +287,9 @@ class OfflineUnlock(_message.Message):
     card_number: _builtins.str
     """The card to release. Required."""
     transaction_id: _builtins.str
-    """The transaction whose lock is released. Required. A lock now held by another terminal
-    or transaction is left alone.
+    """The transaction whose lock is released. Required (1 to 128 printable characters). A
+    lock now held by another terminal or transaction is left alone. A line of that
+    transaction under the released lock, synced later, is not trusted (LOCK_NOT_HELD).
     """
     fencing_token: _builtins.int
     """Fencing token of the lock being released."""

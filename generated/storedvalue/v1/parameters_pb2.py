@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstoredvalue/v1/parameters.proto\x12\x0estoredvalue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\nParameters\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12,\n$gift_card_offline_completion_allowed\x18\x02 \x01(\x08\x12.\n&credit_memo_offline_completion_allowed\x18\x03 \x01(\x08\x12-\n\nlock_lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x06 \x01(\t\"n\n\nSyncLimits\x12\"\n\x1amax_transactions_per_batch\x18\x01 \x01(\x05\x12!\n\x19max_lines_per_transaction\x18\x02 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x05\x42m\n\x12\x64\x65v.storedvalue.v1B\x0fParametersProtoP\x01Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\xaa\x02\x0eStoredValue.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstoredvalue/v1/parameters.proto\x12\x0estoredvalue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\nParameters\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12,\n$gift_card_offline_completion_allowed\x18\x02 \x01(\x08\x12.\n&credit_memo_offline_completion_allowed\x18\x03 \x01(\x08\x12-\n\nlock_lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x06 \x01(\t\"\x89\x01\n\nSyncLimits\x12\"\n\x1amax_transactions_per_batch\x18\x01 \x01(\x05\x12!\n\x19max_lines_per_transaction\x18\x02 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x05\x12\x19\n\x11max_sequence_jump\x18\x04 \x01(\x05\x42m\n\x12\x64\x65v.storedvalue.v1B\x0fParametersProtoP\x01Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\xaa\x02\x0eStoredValue.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.storedvalue.v1B\017ParametersProtoP\001Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\252\002\016StoredValue.V1'
   _globals['_PARAMETERS']._serialized_start=117
   _globals['_PARAMETERS']._serialized_end=355
-  _globals['_SYNCLIMITS']._serialized_start=357
-  _globals['_SYNCLIMITS']._serialized_end=467
+  _globals['_SYNCLIMITS']._serialized_start=358
+  _globals['_SYNCLIMITS']._serialized_end=495
 # @@protoc_insertion_point(module_scope)

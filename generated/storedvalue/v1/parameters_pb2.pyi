@@ -73,8 +73,10 @@ Global___Parameters: _TypeAlias = Parameters  # noqa: Y015
 
 @_typing.final
 class SyncLimits(_message.Message):
-    """Limits HQ enforces on offline sync. Over a limit the whole request is refused with
-    LIMIT_EXCEEDED and nothing of it is applied.
+    """Limits HQ enforces on offline sync. Over a per-request limit (transactions, bytes) the
+    whole request is refused with LIMIT_EXCEEDED and nothing of it is applied; over a
+    per-item limit (lines, sequence jump) only that transaction is REJECTED and kept for
+    review, so one bad item never blocks the items after it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -82,22 +84,31 @@ class SyncLimits(_message.Message):
     MAX_TRANSACTIONS_PER_BATCH_FIELD_NUMBER: _builtins.int
     MAX_LINES_PER_TRANSACTION_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_SEQUENCE_JUMP_FIELD_NUMBER: _builtins.int
     max_transactions_per_batch: _builtins.int
-    """Most transactions in one SyncOfflineBatch request."""
+    """Most transactions in one SyncOfflineBatch request. Per request."""
     max_lines_per_transaction: _builtins.int
-    """Most redeem lines plus unlocks plus reversals in one offline transaction."""
+    """Most redeem lines plus unlocks plus reversals in one offline transaction. Per item
+    (LIMIT_EXCEEDED).
+    """
     max_message_bytes: _builtins.int
-    """Largest request message HQ accepts, in bytes."""
+    """Largest request message HQ accepts, in bytes. Per request."""
+    max_sequence_jump: _builtins.int
+    """How far past the highest sequence number HQ has received from the terminal an offline
+    transaction's sequence_number may be. Per item: a transaction further out is REJECTED
+    (kept for review) without failing its batch.
+    """
     def __init__(
         self,
         *,
         max_transactions_per_batch: _builtins.int = ...,
         max_lines_per_transaction: _builtins.int = ...,
         max_message_bytes: _builtins.int = ...,
+        max_sequence_jump: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_lines_per_transaction", b"max_lines_per_transaction", "max_message_bytes", b"max_message_bytes", "max_transactions_per_batch", b"max_transactions_per_batch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_lines_per_transaction", b"max_lines_per_transaction", "max_message_bytes", b"max_message_bytes", "max_sequence_jump", b"max_sequence_jump", "max_transactions_per_batch", b"max_transactions_per_batch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

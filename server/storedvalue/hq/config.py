@@ -62,6 +62,11 @@ class HQConfig:
     sync_limits: SyncLimits = field(default_factory=SyncLimits)
     """Documented limits on offline sync requests (sent to terminals in GetParameters)."""
 
+    unknown_card_limit: int = 20
+    """Answers about cards a till could not use (unknown, taken, another currency) it may get
+    per minute; past that, HQ answers RATE_LIMITED for any card the till does not hold a lock
+    on (README: "Unknown cards"). Counted per HQ process."""
+
     tls_cert_file: Path | None = None
     """PEM certificate chain for TLS. With `tls_key_file`, the server speaks TLS only."""
 
@@ -153,6 +158,7 @@ def load_config(
     max_workers: int | None = None,
     parameters_poll_seconds: float | None = None,
     sync_limits: SyncLimits | None = None,
+    unknown_card_limit: int | None = None,
     tls_cert_file: Path | None = None,
     tls_key_file: Path | None = None,
     tls_client_ca_file: Path | None = None,
@@ -176,9 +182,10 @@ def load_config(
     # Every check before any side effect (data directory, token file).
     if max_workers is not None and max_workers < 2:
         raise ConfigError("max workers must be at least 2")
+    if unknown_card_limit is not None and unknown_card_limit < 1:
+        raise ConfigError("the unknown-card limit must be at least 1 a minute")
+    # The storage creates a SQLite file and its directory, private to this user.
     url = database_url or env.get(ENV_DATABASE_URL) or default_database_url(env)
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     token = env.get(ENV_ADMIN_TOKEN, "").strip()
     token_file: Path | None = None
     if not token:
@@ -199,6 +206,9 @@ def load_config(
             else parameters_poll_seconds
         ),
         sync_limits=sync_limits or defaults.sync_limits,
+        unknown_card_limit=(
+            defaults.unknown_card_limit if unknown_card_limit is None else unknown_card_limit
+        ),
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_key_file,
         tls_client_ca_file=tls_client_ca_file,

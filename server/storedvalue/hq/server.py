@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from storedvalue.hq.config import ADMIN_NAME, HQConfig, redacted_url, split_listen_address
 from storedvalue.hq.domain.terminals import hash_token
 from storedvalue.hq.grpc_api.back_office_servicer import BackOfficeServicer
+from storedvalue.hq.grpc_api.method_handlers import add_servicer
 from storedvalue.hq.grpc_api.reflection import add_reflection
 from storedvalue.hq.grpc_api.terminal_servicer import TerminalServicer
 from storedvalue.hq.services.auth import Authenticator
@@ -25,22 +26,20 @@ from storedvalue.hq.services.back_office import BackOfficeService
 from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.offline import OfflineService
 from storedvalue.hq.services.parameters import ParametersFeed, ParametersService
+from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.unit_of_work import Storage
 from storedvalue.hq.storage import SqlStorage, upgrade_to_head
 from storedvalue.hq.structured_logging import configure_logging
-from storedvalue.v1 import (
-    back_office_service_pb2,
-    back_office_service_pb2_grpc,
-    terminal_service_pb2,
-    terminal_service_pb2_grpc,
-)
+from storedvalue.v1 import back_office_service_pb2, terminal_service_pb2
 
 log = logging.getLogger(__name__)
 
-TERMINAL_SERVICE = terminal_service_pb2.DESCRIPTOR.services_by_name["TerminalService"].full_name
-BACK_OFFICE_SERVICE = (
-    back_office_service_pb2.DESCRIPTOR.services_by_name["BackOfficeService"].full_name
+TERMINAL_SERVICE_DESCRIPTOR = terminal_service_pb2.DESCRIPTOR.services_by_name["TerminalService"]
+BACK_OFFICE_SERVICE_DESCRIPTOR = (
+    back_office_service_pb2.DESCRIPTOR.services_by_name["BackOfficeService"]
 )
+TERMINAL_SERVICE = TERMINAL_SERVICE_DESCRIPTOR.full_name
+BACK_OFFICE_SERVICE = BACK_OFFICE_SERVICE_DESCRIPTOR.full_name
 
 
 class HQServer(grpc.Server):
@@ -146,7 +145,9 @@ def create_server(
         feed = ParametersFeed()
         parameters = ParametersService(store, feed=feed)
         parameters.ensure_initialized()
-        offline = OfflineService(store, limits=config.sync_limits)
+        # One unknown-card limit per till, online and offline.
+        throttle = UnknownCardThrottle(limit=config.unknown_card_limit)
+        offline = OfflineService(store, limits=config.sync_limits, throttle=throttle)
         admins = {hash_token(config.admin_token): ADMIN_NAME} if config.admin_token else {}
         authenticator = Authenticator(
             store, admin_token_hashes=admins,
@@ -163,23 +164,25 @@ def create_server(
                 ("grpc.so_reuseport", 0),
             ],
         )
-        terminal_service_pb2_grpc.add_TerminalServiceServicer_to_server(
+        add_servicer(
+            server,
             TerminalServicer(
                 authenticator=authenticator,
-                cards=CardService(store, parameters_feed=feed),
+                cards=CardService(store, parameters_feed=feed, throttle=throttle),
                 offline=offline,
                 parameters=parameters,
                 watch_poll_seconds=config.watch_wakeup_seconds,
             ),
-            server,
+            TERMINAL_SERVICE_DESCRIPTOR,
         )
-        back_office_service_pb2_grpc.add_BackOfficeServiceServicer_to_server(
+        add_servicer(
+            server,
             BackOfficeServicer(
                 authenticator=authenticator,
                 back_office=BackOfficeService(store),
                 parameters=parameters,
             ),
-            server,
+            BACK_OFFICE_SERVICE_DESCRIPTOR,
         )
         health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hq-health")
         health_servicer = health.HealthServicer(

@@ -19,11 +19,10 @@ from storedvalue.hq.domain.errors import (
     CurrencyMismatch,
     InsufficientFunds,
     InvalidCardNumber,
-    InvalidField,
     LockNotHeld,
 )
 from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
-from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.money import Money, require_balance_within_limit
 
 
 class CardKind(enum.Enum):
@@ -84,15 +83,6 @@ def generate_card_number() -> str:
     return payload + luhn_check_digit(payload)
 
 
-def validate_id(value: str, field_name: str, *, max_length: int = 128) -> str:
-    """Client-chosen identifiers (transaction, line, request ids): non-empty and bounded."""
-    if not value:
-        raise InvalidField(field_name, "is required")
-    if len(value) > max_length:
-        raise InvalidField(field_name, f"must be at most {max_length} characters")
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class Lock:
     card_number: str
@@ -127,6 +117,11 @@ class Card:
     @property
     def balance(self) -> Money:
         return Money(self.balance_minor, self.currency)
+
+    def is_locked_by(self, terminal_id: str) -> bool:
+        """Whether this terminal holds the card's lock (for any of its sales; an ended lease
+        nobody took over still counts): the card is part of the till's work in progress."""
+        return self.lock is not None and self.lock.terminal_id == terminal_id
 
     def live_lock(self, now: datetime) -> Lock | None:
         return self.lock if self.lock is not None and self.lock.is_live(now) else None
@@ -183,19 +178,21 @@ class Card:
             )
         return current
 
-    def release_lock(self, *, terminal_id: str, transaction_id: str, fencing_token: int) -> None:
-        """Release the caller's lock. Token 0 releases whatever lock this terminal holds for
-        this transaction: a till whose LockCard answer was lost never learned its token, and
-        a lock held by this very terminal and sale is its own to release."""
-        if fencing_token == 0 and self.lock is not None and self.lock.is_held_by(
+    def release_lock(self, *, terminal_id: str, transaction_id: str, fencing_token: int) -> Lock:
+        """Release the caller's lock and return it. Token 0 releases whatever lock this
+        terminal holds for this transaction: a till whose LockCard answer was lost never
+        learned its token, and a lock held by this very terminal and sale is its own."""
+        current = self.lock
+        if fencing_token == 0 and current is not None and current.is_held_by(
             terminal_id, transaction_id
         ):
             self.lock = None
-            return
-        self.require_lock(
+            return current
+        released = self.require_lock(
             terminal_id=terminal_id, transaction_id=transaction_id, fencing_token=fencing_token
         )
         self.lock = None
+        return released
 
     def force_release(self, *, reason: str, by: str, now: datetime) -> Lock | None:
         """Back office: release whoever holds the lock; the journal keeps why and who."""
@@ -266,6 +263,7 @@ class Card:
         if self.kind is not CardKind.GIFT_CARD:
             raise CardKindNotSupported(self.card_number, self.kind.value, "adding value")
         self._require_currency(amount)
+        require_balance_within_limit(self.balance_minor + amount.amount_minor)
         self._credit(
             JournalEntryKind.ADD_VALUE,
             amount.amount_minor,

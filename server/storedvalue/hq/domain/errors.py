@@ -21,6 +21,10 @@ class StoredValueError(Exception):
 
     reason: ClassVar[str] = "UNSPECIFIED"
     code: ClassVar[str] = "UNKNOWN"
+    # Whether this answer tells a till something about a card it could not use (that the
+    # number is unknown, or taken, or in which currency): such answers spend the till's
+    # unknown-card lookup limit.
+    reveals_card: ClassVar[bool] = False
 
     def __init__(self, message: str, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -41,6 +45,19 @@ class InvalidField(InvalidArgument):
         self.field = field
 
 
+class MalformedRequest(InvalidArgument):
+    """The request's bytes are not a protobuf encoding of the request message."""
+
+    reason = "MALFORMED_REQUEST"
+
+    def __init__(self, request_type: str) -> None:
+        super().__init__(
+            f"the request is not a valid encoding of {request_type} (truncated, mistyped, "
+            "or a string that is not UTF-8)",
+            {"request_type": request_type},
+        )
+
+
 class InvalidCardNumber(InvalidArgument):
     reason = "INVALID_CARD_NUMBER"
 
@@ -59,6 +76,7 @@ class InvalidAmount(InvalidArgument):
 
 class CurrencyMismatch(InvalidArgument):
     reason = "CURRENCY_MISMATCH"
+    reveals_card = True
 
     def __init__(self, card_currency: str, request_currency: str) -> None:
         super().__init__(
@@ -94,6 +112,7 @@ class NotFound(StoredValueError):
 
 class CardNotFound(NotFound):
     reason = "CARD_NOT_FOUND"
+    reveals_card = True
 
     def __init__(self, card_number: str) -> None:
         masked = mask_card_number(card_number)
@@ -121,6 +140,7 @@ class AlreadyExists(StoredValueError):
 
 class CardAlreadyExists(AlreadyExists):
     reason = "CARD_ALREADY_EXISTS"
+    reveals_card = True
 
     def __init__(self, card_number: str) -> None:
         masked = mask_card_number(card_number)
@@ -274,7 +294,13 @@ class RateLimited(StoredValueError):
     reason = "RATE_LIMITED"
     code = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, retry_after_seconds: int) -> None:
+    def __init__(self, retry_after_seconds: int | None = None) -> None:
+        if retry_after_seconds is None:  # an offline item: nothing to retry
+            super().__init__(
+                "too many lookups of unknown cards from this terminal: cards it did not lock "
+                "for this sale were not looked up; the transaction is kept for review"
+            )
+            return
         super().__init__(
             f"too many lookups of unknown cards; retry in {retry_after_seconds} s",
             {"retry_after_seconds": str(retry_after_seconds)},

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from storedvalue.hq.domain.errors import InvalidAmount, InvalidField
+from storedvalue.hq.domain.errors import InvalidAmount, InvalidField, LimitExceeded
 
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"[A-Z]{3}")
 # Far above any real card balance, far below int64 overflow when balances are summed.
 MAX_AMOUNT_MINOR = 10**15
+# A card's balance stays within [-MAX_BALANCE_MINOR, MAX_BALANCE_MINOR]: whatever the
+# sequence of loads and offline debits, it and every journal sum fit in an int64.
+MAX_BALANCE_MINOR = 10**15
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +25,8 @@ class Money:
 
 
 def validate_currency(currency: str, field: str) -> str:
-    if not _CURRENCY.match(currency):
+    # fullmatch: `$` would also match before a trailing newline ("EUR\n").
+    if not _CURRENCY.fullmatch(currency):
         raise InvalidField(field, "must be a three-letter upper-case ISO 4217 code")
     return currency
 
@@ -37,3 +41,11 @@ def positive_money(money: Money | None, field: str) -> Money:
     if money.amount_minor > MAX_AMOUNT_MINOR:
         raise InvalidAmount(f"{field}.amount_minor", f"must be at most {MAX_AMOUNT_MINOR}")
     return money
+
+
+def require_balance_within_limit(balance_minor: int) -> int:
+    """A balance a movement would leave on a card; past the documented maximum (either
+    sign) the movement is refused."""
+    if not -MAX_BALANCE_MINOR <= balance_minor <= MAX_BALANCE_MINOR:
+        raise LimitExceeded("max_balance_minor", MAX_BALANCE_MINOR, balance_minor)
+    return balance_minor

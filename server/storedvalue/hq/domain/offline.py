@@ -7,18 +7,23 @@ touched, so each item is all-or-nothing even when a batch shares one database tr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
-from storedvalue.hq.domain.cards import Card, CardKind, is_valid_card_number, issue_card
-from storedvalue.hq.domain.errors import (
-    CardNotFound,
-    CurrencyMismatch,
-    InvalidCardNumber,
-    InvalidField,
-    StoredValueError,
+from storedvalue.hq.domain.cards import Card, CardKind, issue_card
+from storedvalue.hq.domain.client_text import is_valid_id
+from storedvalue.hq.domain.errors import StoredValueError
+from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.offline_checks import (
+    DEFAULT_ITEM_LIMITS,
+    ItemLimits,
+    UnknownCardBudget,
+    check_balances,
+    check_cards,
+    envelope_error,
+    validate_content,
 )
-from storedvalue.hq.domain.money import MAX_AMOUNT_MINOR, Money, positive_money
+from storedvalue.hq.domain.offline_locks import LockGrant, why_offline_line_is_untrusted
 from storedvalue.hq.domain.offline_transactions import (
     OfflineBatchPlan,
     OfflineException,
@@ -44,45 +49,7 @@ from storedvalue.hq.domain.reversals import (
     validate_reversals,
 )
 
-
-def validate_offline_envelope(txn: OfflineTransaction, index: int) -> None:
-    """What HQ needs to identify an item at all; without it the whole batch is refused."""
-    if not txn.transaction_id or len(txn.transaction_id) > 128:
-        raise InvalidField(
-            f"transactions[{index}].transaction_id", "is required, at most 128 characters"
-        )
-    if txn.sequence_number < 1:
-        raise InvalidField(f"transactions[{index}].sequence_number", "must be >= 1")
-
-
-def _validate_content(txn: OfflineTransaction) -> None:
-    # Field names are only formatted for an error: this runs for every line HQ applies.
-    if txn.completed_at is None:
-        raise InvalidField("completed_at", "is required")
-    seen: set[str] = set()
-    for i, line in enumerate(txn.redeem_lines):
-        line_id = line.line_id
-        if not line_id or len(line_id) > 128:
-            raise InvalidField(f"redeem_lines[{i}].line_id", "is required, at most 128 characters")
-        if line_id in seen:
-            raise InvalidField(f"redeem_lines[{i}].line_id", "is repeated in the transaction")
-        seen.add(line_id)
-        if not is_valid_card_number(line.card_number):
-            raise InvalidCardNumber(f"redeem_lines[{i}].card_number")
-        amount = line.amount
-        if (
-            amount is None
-            or not 0 < amount.amount_minor <= MAX_AMOUNT_MINOR
-            or len(currency := amount.currency) != 3
-            or not (currency.isascii() and currency.isalpha() and currency.isupper())
-        ):
-            # Anything short of plainly valid gets the full check and its exact error.
-            positive_money(amount, f"redeem_lines[{i}].amount")
-    for i, unlock in enumerate(txn.unlocks):
-        if not is_valid_card_number(unlock.card_number):
-            raise InvalidCardNumber(f"unlocks[{i}].card_number")
-        if not unlock.transaction_id:
-            raise InvalidField(f"unlocks[{i}].transaction_id", "is required")
+_NO_GRANTS: Mapping[str, list[LockGrant]] = {}
 
 
 def plan_offline_batch(
@@ -94,18 +61,38 @@ def plan_offline_batch(
     sequence_owners: Mapping[int, str],
     redemptions: Mapping[tuple[str, str, str], Redemption],
     parameters: Mapping[int, Parameters],
+    lock_grants: Iterable[LockGrant],
+    highest_sequence_seen: int,
+    unknown_card_budget: int,
     now: datetime,
     new_card_number: Callable[[], str],
+    limits: ItemLimits = DEFAULT_ITEM_LIMITS,
 ) -> OfflineBatchPlan:
     """Decide each transaction's outcome, in order, mutating `cards` (and later items see the
     earlier items' effects). `known` holds earlier deliveries by transaction id,
     `sequence_owners` which transaction already took a sequence number, `redemptions` the
-    lines already applied (online or offline), `parameters` the versions the items name."""
+    lines already applied (online or offline), `parameters` the versions the items name,
+    `lock_grants` the locks this terminal got for the batch's sales (the lock history),
+    `highest_sequence_seen` the terminal's highest sequence number so far, and
+    `unknown_card_budget` how many answers about cards it did not lock it may still get,
+    `limits` the documented limits on one item.
+    A bad item is rejected (and kept for review) alone: it never fails the batch."""
     plan = OfflineBatchPlan()
     known = dict(known)
     owners = dict(sequence_owners)
     applied_lines = dict(redemptions)
+    grants: dict[str, dict[str, list[LockGrant]]] = {}  # sale -> card -> its locks
+    for grant in lock_grants:
+        grants.setdefault(grant.transaction_id, {}).setdefault(grant.card_number, []).append(
+            grant)
+    budget = UnknownCardBudget(unknown_card_budget)
+    highest_seen = highest_sequence_seen
     for txn in transactions:
+        unusable = envelope_error(txn, highest_sequence_seen=highest_seen, limits=limits)
+        if unusable is not None:
+            # Neither its id nor its sequence number is taken: a resend is judged again.
+            plan.results.append(_reject(plan, terminal_id, txn, now, unusable))
+            continue
         previous = known.get(txn.transaction_id)
         if previous is not None:
             if previous.fingerprint == txn.fingerprint:
@@ -124,14 +111,16 @@ def plan_offline_batch(
             )
             continue
         try:
-            _validate_content(txn)
+            validate_content(txn, limits)
             validate_reversals(txn)
-            _check_cards(txn, cards)
+            sale_grants = grants.get(txn.transaction_id, _NO_GRANTS)
+            check_cards(txn, cards, sale_grants, budget)
+            check_balances(txn, cards)
         except StoredValueError as error:
             result = _reject(plan, terminal_id, txn, now, error)
         else:
-            result = _apply(plan, terminal_id, txn, cards, applied_lines, parameters, now,
-                            new_card_number)
+            result = _apply(plan, terminal_id, txn, cards, applied_lines, parameters,
+                            sale_grants, grants, now, new_card_number)
             if txn.reversals:
                 result = apply_reversals(plan, terminal_id=terminal_id, txn=txn, cards=cards,
                                          lines=applied_lines, now=now, result=result)
@@ -147,20 +136,9 @@ def plan_offline_batch(
         plan.results.append(result)
         known[txn.transaction_id] = record
         owners[txn.sequence_number] = txn.transaction_id
+        highest_seen = max(highest_seen, txn.sequence_number)
+    plan.unknown_card_lookups = budget.spent
     return plan
-
-
-def _check_cards(txn: OfflineTransaction, cards: Mapping[str, Card]) -> None:
-    # Only debits need a known card. An unlock of an unknown card releases nothing (a till
-    # whose LockCard never reached HQ queues one), so it must not reject a real sale.
-    missing = [line.card_number for line in txn.redeem_lines if line.card_number not in cards]
-    if missing:
-        raise CardNotFound(min(missing))
-    for line in txn.redeem_lines:
-        card = cards[line.card_number]
-        assert line.amount is not None  # validated
-        if line.amount.currency != card.currency:
-            raise CurrencyMismatch(card.currency, line.amount.currency)
 
 
 def _apply(
@@ -170,9 +148,14 @@ def _apply(
     cards: Mapping[str, Card],
     applied_lines: dict[tuple[str, str, str], Redemption],
     parameters: Mapping[int, Parameters],
+    sale_grants: Mapping[str, list[LockGrant]],
+    grants: dict[str, dict[str, list[LockGrant]]],
     now: datetime,
     new_card_number: Callable[[], str],
 ) -> OfflineTransactionResult:
+    """Apply a validated transaction. `sale_grants`: the locks this terminal got for this
+    sale, by card; `grants`: the same for every sale of the batch, updated when a queued
+    unlock releases one (a later item must see it released)."""
     assert txn.completed_at is not None  # validated
     applied_params = parameters.get(txn.parameters_version)
     line_results: list[OfflineLineResult] = []
@@ -215,10 +198,12 @@ def _apply(
                 f"parameters version {txn.parameters_version} did not allow completing "
                 f"{card.kind.value} sales offline; applied because the goods left the store",
             ))
-        if line.fencing_token == 0:
+        untrusted = why_offline_line_is_untrusted(line.fencing_token,
+                                                  sale_grants.get(line.card_number, ()))
+        if untrusted is not None:
             reasons.append(record(
                 OfflineExceptionKind.LOCK_NOT_HELD, "LOCK_NOT_HELD", line,
-                "the terminal completed the line offline without holding the card's lock",
+                f"{untrusted}; applied because the goods left the store",
             ))
         overdrawn, remainder = card.debit_offline(
             terminal_id=terminal_id, transaction_id=txn.transaction_id, line_id=line.line_id,
@@ -262,8 +247,19 @@ def _apply(
         )
     for unlock in txn.unlocks:
         unlocked = cards.get(unlock.card_number)
-        if unlocked is not None:
-            unlocked.release_if_held(terminal_id=terminal_id, transaction_id=unlock.transaction_id)
+        held = unlocked.lock if unlocked is not None else None
+        if unlocked is not None and held is not None and unlocked.release_if_held(
+            terminal_id=terminal_id, transaction_id=unlock.transaction_id
+        ):
+            # The terminal released it itself: a later line under it is not trusted.
+            plan.released_by_holder.append((held.card_number, held.fencing_token))
+            sale = grants.get(unlock.transaction_id)
+            if sale is not None and held.card_number in sale:
+                sale[held.card_number] = [
+                    grant.released_by_holder(now) if grant.fencing_token == held.fencing_token
+                    else grant
+                    for grant in sale[held.card_number]
+                ]
     outcome = (OfflineOutcome.APPLIED_WITH_EXCEPTION if exception_ids
                else OfflineOutcome.APPLIED)
     return OfflineTransactionResult(
@@ -318,9 +314,11 @@ def _keep_for_review(
     plan: OfflineBatchPlan, kind: OfflineExceptionKind, terminal_id: str,
     txn: OfflineTransaction, now: datetime, reason: str, message: str,
 ) -> OfflineException:
+    # An id that is no valid id is not written where ids go (the kept transaction has it).
+    txn_id = txn.transaction_id if is_valid_id(txn.transaction_id) else ""
     exc = OfflineException(
         exception_id=new_exception_id(), kind=kind, terminal_id=terminal_id,
-        transaction_id=txn.transaction_id, line_id="", card_number="", amount=None,
+        transaction_id=txn_id, line_id="", card_number="", amount=None,
         reason=reason, message=message, created_at=now, transaction=txn,
     )
     plan.exceptions.append(exc)
@@ -346,5 +344,4 @@ __all__ = [
     "ReversalOutcome",
     "new_exception_id",
     "plan_offline_batch",
-    "validate_offline_envelope",
 ]

@@ -54,6 +54,9 @@ class OfflineTransaction:
     # conflicting resend.
     fingerprint: bytes = b""
     reversals: tuple[OfflineReversal, ...] = ()
+    # Fields that arrived but could not be read (a completion time outside the Timestamp
+    # range): the transaction is rejected for them and kept for review.
+    unreadable_fields: tuple[str, ...] = ()
 
 
 class OfflineOutcome(enum.Enum):
@@ -206,3 +209,7 @@ class OfflineBatchPlan:
     # Lines already stored whose debit a reversal credited back (their new state).
     reversed_redemptions: list[Redemption] = field(default_factory=list)
     exceptions: list[OfflineException] = field(default_factory=list)
+    # (card_number, fencing_token) of locks the terminal released itself (queued unlocks).
+    released_by_holder: list[tuple[str, int]] = field(default_factory=list)
+    # Answers about cards the terminal did not lock: they spend its unknown-card limit.
+    unknown_card_lookups: int = 0

@@ -25,6 +25,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from storedvalue.hq.domain.cards import Card, CardStatus, is_valid_card_number
+from storedvalue.hq.domain.client_text import is_valid_id, validate_id
 from storedvalue.hq.domain.errors import InvalidCardNumber, InvalidField, LineReversed
 from storedvalue.hq.domain.money import Money, positive_money
 from storedvalue.hq.domain.offline_transactions import (
@@ -51,8 +52,8 @@ def validate_reversals(txn: OfflineTransaction) -> None:
     seen: set[str] = set()
     for i, reversal in enumerate(txn.reversals):
         line_id = reversal.line_id
-        if not line_id or len(line_id) > 128:
-            raise InvalidField(f"reversals[{i}].line_id", "is required, at most 128 characters")
+        if not is_valid_id(line_id):
+            validate_id(line_id, f"reversals[{i}].line_id")
         if line_id in seen:
             raise InvalidField(f"reversals[{i}].line_id", "is repeated in the transaction")
         if line_id in redeemed:

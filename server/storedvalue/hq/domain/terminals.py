@@ -9,21 +9,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from storedvalue.hq.domain.client_text import validate_free_text
 from storedvalue.hq.domain.errors import InvalidField
 
-_TERMINAL_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TERMINAL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_DISPLAY_NAME_LENGTH = 200
 
 
-def validate_terminal_id(terminal_id: str) -> str:
-    if not _TERMINAL_ID.match(terminal_id):
-        raise InvalidField("terminal_id", "must be 1-64 letters, digits, '-', '_' or '.'")
+def is_valid_terminal_id(terminal_id: str) -> bool:
+    # fullmatch: `$` would also match before a trailing newline.
+    return _TERMINAL_ID.fullmatch(terminal_id) is not None
+
+
+def validate_terminal_id(terminal_id: str, field: str = "terminal_id") -> str:
+    if not is_valid_terminal_id(terminal_id):
+        raise InvalidField(field, "must be 1-64 letters, digits, '-', '_' or '.'")
     return terminal_id
 
 
 def validate_display_name(display_name: str) -> str:
-    if len(display_name) > 200:
-        raise InvalidField("display_name", "must be at most 200 characters")
-    return display_name
+    return validate_free_text(display_name, "display_name", max_length=MAX_DISPLAY_NAME_LENGTH)
 
 
 def new_bearer_token() -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import grpc
 
+from storedvalue.hq.domain.cards import is_valid_card_number
+from storedvalue.hq.domain.terminals import is_valid_terminal_id
 from storedvalue.hq.grpc_api.call_context import authorization, request_key
 from storedvalue.hq.grpc_api.convert import (
     card_to_proto,
@@ -23,6 +25,7 @@ from storedvalue.hq.grpc_api.paging import (
     decode_int_token,
     decode_token,
     encode_token,
+    is_position,
     page_size,
 )
 from storedvalue.hq.services.auth import Authenticator
@@ -92,7 +95,7 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
         locks = self._back_office.list_locks(
             terminal_id=request.terminal_id or None,
             include_expired=request.include_expired,
-            after_card_number=decode_token("locks", request.page_token),
+            after_card_number=decode_token("locks", request.page_token, is_valid_card_number),
             limit=limit + 1,  # one more tells whether there is a next page
         )
         page = locks[:limit]
@@ -128,7 +131,7 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
             include_resolved=request.include_resolved,
             terminal_id=request.terminal_id or None,
             card_number=request.card_number or None,
-            after=decode_token("exceptions", request.page_token),
+            after=decode_token("exceptions", request.page_token, is_position),
             limit=page_size(request.page_size),
         )
         return pb.ListOfflineExceptionsResponse(
@@ -205,7 +208,9 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
         self._auth.admin(authorization(context))
         limit = page_size(request.page_size)
         views = self._back_office.list_terminals(
-            after_terminal_id=decode_token("terminals", request.page_token), limit=limit + 1
+            after_terminal_id=decode_token("terminals", request.page_token,
+                                           is_valid_terminal_id),
+            limit=limit + 1,
         )
         page = views[:limit]
         more = len(views) > limit

@@ -8,13 +8,14 @@ value that would look like a real amount or time.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from storedvalue.hq.domain.cards import Card, CardKind, Lock
 from storedvalue.hq.domain.journal import JournalEntry
+from storedvalue.hq.domain.moments import duration_from_parts, moment_from_epoch
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineException,
@@ -71,20 +72,6 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 def optional_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return None if value is None else timestamp(value)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Timestamp's documented range, 0001-01-01 to 9999-12-31 (UTC).
-_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
-
-
-def datetime_of(ts: timestamp_pb2.Timestamp) -> datetime:
-    seconds, nanos = ts.seconds, ts.nanos
-    if _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000:
-        # What ToDatetime computes, without its Python-level checks (every offline
-        # transaction carries a timestamp). Positional: timedelta(days, seconds, micros).
-        return _EPOCH + timedelta(0, seconds, nanos // 1000)
-    return ts.ToDatetime(tzinfo=UTC)  # out of range: its error
 
 
 def money_to_proto(money: Money) -> common_pb2.Money:
@@ -156,7 +143,12 @@ def parameters_change_from_proto(request: bo_pb.UpdateParametersRequest) -> Para
             if request.HasField("credit_memo_offline_completion_allowed")
             else None
         ),
-        lock_lease=request.lock_lease.ToTimedelta() if request.HasField("lock_lease") else None,
+        lock_lease=(
+            duration_from_parts(request.lock_lease.seconds, request.lock_lease.nanos,
+                                "lock_lease")
+            if request.HasField("lock_lease")
+            else None
+        ),
     )
 
 
@@ -165,6 +157,7 @@ def sync_limits_to_proto(limits: SyncLimits) -> parameters_pb2.SyncLimits:
         max_transactions_per_batch=limits.max_transactions_per_batch,
         max_lines_per_transaction=limits.max_lines_per_transaction,
         max_message_bytes=limits.max_message_bytes,
+        max_sequence_jump=limits.max_sequence_jump,
     )
 
 
@@ -176,10 +169,18 @@ def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> Offli
     lines = txn.redeem_lines
     unlocks = txn.unlocks
     reversals = txn.reversals
+    completed_at = None
+    unreadable: tuple[str, ...] = ()
+    if txn.HasField("completed_at"):
+        sent = txn.completed_at
+        completed_at = moment_from_epoch(sent.seconds, sent.nanos)
+        if completed_at is None:
+            # The item is rejected for it, not the batch (the domain decides).
+            unreadable = ("completed_at",)
     return OfflineTransaction(
         transaction_id=txn.transaction_id,
         sequence_number=txn.sequence_number,
-        completed_at=datetime_of(txn.completed_at) if txn.HasField("completed_at") else None,
+        completed_at=completed_at,
         parameters_version=txn.parameters_version,
         redeem_lines=tuple([_redeem_line_from_proto(line) for line in lines]) if lines else (),
         unlocks=(
@@ -198,6 +199,7 @@ def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> Offli
         ),
         fingerprint=message_fingerprint(txn),
         reversals=tuple([_reversal_from_proto(r) for r in reversals]) if reversals else (),
+        unreadable_fields=unreadable,
     )
 
 

@@ -19,6 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from storedvalue.hq.domain.errors import StoredValueError
+from storedvalue.hq.grpc_api.method_handlers import UndecodableRequest
 
 ERROR_DOMAIN = "storedvalue.dev"
 INTERNAL_MESSAGE = "internal error at HQ; it was logged"
@@ -67,13 +68,18 @@ def _status_for(exc: Exception, method: str) -> grpc.Status:
 def unary_rpc(
     method: Callable[[S, Req, grpc.ServicerContext], Resp],
 ) -> Callable[[S, Req, grpc.ServicerContext], Resp]:
-    """Wraps a unary servicer method: errors raised inside become statuses."""
+    """Wraps a unary servicer method: errors raised inside become statuses. An undecodable
+    request is refused once the method got past its credential check (a method that never
+    reads its request would otherwise answer it)."""
     name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Resp:
         try:
-            return method(self, request, context)
+            response = method(self, request, context)
+            if isinstance(request, UndecodableRequest):
+                request.refuse()
+            return response
         except Exception as exc:  # every failure must become a status
             status = _status_for(exc, name)
         # Outside the except block, so the exception abort raises is not caught above.
@@ -92,7 +98,10 @@ def streaming_rpc(
     @functools.wraps(method)
     def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
         try:
-            yield from method(self, request, context)
+            for response in method(self, request, context):
+                if isinstance(request, UndecodableRequest):
+                    request.refuse()
+                yield response
             return
         except Exception as exc:
             status = _status_for(exc, name)

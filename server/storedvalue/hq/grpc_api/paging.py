@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 
 from storedvalue.hq.domain.errors import InvalidField
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# Our tokens are a list name and a key of at most a few dozen characters.
+MAX_TOKEN_LENGTH = 512
+_MAX_POSITION = 2**63 - 1
+_MAX_POSITION_DIGITS = len(str(_MAX_POSITION))
 
 
 def page_size(requested: int) -> int:
@@ -31,24 +36,41 @@ def encode_token(list_name: str, cursor: str) -> str:
     return base64.urlsafe_b64encode(f"{list_name}:{cursor}".encode()).decode()
 
 
-def decode_token(list_name: str, token: str) -> str:
-    """The cursor inside a page_token ('' for the first page)."""
+def decode_token(list_name: str, token: str, is_valid_cursor: Callable[[str], bool]) -> str:
+    """The cursor inside a page_token ('' for the first page). Anything this server could not
+    have issued for this list (not base64, not UTF-8, another list's, a cursor that is not
+    one of this list's keys) is INVALID_ARGUMENT: it never reaches the database."""
     if not token:
         return ""
-    try:
-        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
-    except (binascii.Error, UnicodeError, ValueError):
-        raise InvalidField("page_token", "is not a token this list returned") from None
-    name, sep, cursor = text.partition(":")
-    if not sep or name != list_name or not cursor:
+    cursor = _cursor(list_name, token)
+    if cursor is None or not is_valid_cursor(cursor):
         raise InvalidField("page_token", "is not a token this list returned")
     return cursor
 
 
 def decode_int_token(list_name: str, token: str) -> int:
-    cursor = decode_token(list_name, token)
-    if not cursor:
-        return 0
-    if not cursor.isdigit():
-        raise InvalidField("page_token", "is not a token this list returned")
-    return int(cursor)
+    """A cursor that is a position (a row id, a version): a decimal int64."""
+    cursor = decode_token(list_name, token, is_position)
+    return int(cursor) if cursor else 0
+
+
+def is_position(cursor: str) -> bool:
+    return (
+        0 < len(cursor) <= _MAX_POSITION_DIGITS
+        and cursor.isascii()
+        and cursor.isdigit()
+        and int(cursor) <= _MAX_POSITION
+    )
+
+
+def _cursor(list_name: str, token: str) -> str | None:
+    if len(token) > MAX_TOKEN_LENGTH:
+        return None
+    try:
+        text = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError, ValueError):
+        return None
+    name, sep, cursor = text.partition(":")
+    if not sep or name != list_name or not cursor:
+        return None
+    return cursor

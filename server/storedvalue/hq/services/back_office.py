@@ -6,7 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from storedvalue.hq.domain.cards import Card, Lock, validate_card_number, validate_id
+from storedvalue.hq.domain.cards import Card, Lock, validate_card_number
+from storedvalue.hq.domain.client_text import (
+    MAX_REASON_LENGTH,
+    MAX_RESOLUTION_LENGTH,
+    validate_free_text,
+    validate_id,
+)
 from storedvalue.hq.domain.errors import (
     CardNotFound,
     ExceptionAlreadyResolved,
@@ -73,6 +79,8 @@ class BackOfficeService:
 
     def list_locks(self, *, terminal_id: str | None, include_expired: bool,
                    after_card_number: str, limit: int) -> list[Lock]:
+        if terminal_id:
+            validate_terminal_id(terminal_id)
         now = self._clock()
         return run_in_transaction(
             self._storage,
@@ -87,6 +95,7 @@ class BackOfficeService:
                      ) -> ForcedUnlock:
         key.validate()
         validate_card_number(card_number)
+        validate_free_text(reason, "reason", max_length=MAX_REASON_LENGTH)
         if not reason.strip():
             raise InvalidField("reason", "is required: say why the lock is forced")
 
@@ -105,6 +114,10 @@ class BackOfficeService:
     def list_exceptions(self, *, include_resolved: bool, terminal_id: str | None,
                         card_number: str | None, after: str, limit: int
                         ) -> tuple[list[OfflineException], str]:
+        if terminal_id:
+            validate_terminal_id(terminal_id)
+        if card_number:
+            validate_card_number(card_number)
         return run_in_transaction(
             self._storage,
             lambda uow: uow.exceptions.list(
@@ -118,6 +131,7 @@ class BackOfficeService:
                           resolution: str) -> ResolvedException:
         key.validate()
         validate_id(exception_id, "exception_id")
+        validate_free_text(resolution, "resolution", max_length=MAX_RESOLUTION_LENGTH)
         if not resolution.strip():
             raise InvalidField("resolution", "is required: say what was done")
 

@@ -13,11 +13,12 @@ from storedvalue.hq.domain.cards import (
     generate_card_number,
     issue_card,
     validate_card_number,
-    validate_id,
 )
+from storedvalue.hq.domain.client_text import validate_id
 from storedvalue.hq.domain.errors import CardAlreadyExists, CardNotFound, InvalidField
 from storedvalue.hq.domain.money import Money, positive_money
 from storedvalue.hq.domain.offline import Redemption
+from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import DEFAULT_LOCK_LEASE
 from storedvalue.hq.domain.reversals import refuse_if_reversed
 from storedvalue.hq.services.clock import Clock, utc_now
@@ -83,16 +84,13 @@ class CardService:
 
     def get_card(self, *, caller: str, card_number: str) -> Card:
         validate_card_number(card_number)
-        self._throttle.check(caller)
 
         def work(uow: UnitOfWork) -> Card:
-            card = uow.cards.get(card_number)
-            if card is None:
-                self._throttle.record_miss(caller)
-                raise CardNotFound(card_number)
+            card = self._admitted(uow.cards.get(card_number), card_number, caller)
             return card.snapshot(self._clock())
 
-        return run_in_transaction(self._storage, work, write=False)
+        with self._throttle.counting(caller):
+            return run_in_transaction(self._storage, work, write=False)
 
     # -- locks ----------------------------------------------------------------------------
 
@@ -102,7 +100,6 @@ class CardService:
         key.validate()
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
-        self._throttle.check(terminal_id)
 
         def run(uow: UnitOfWork, now: datetime) -> LockResult:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
@@ -111,13 +108,17 @@ class CardService:
             if params is None:
                 params = uow.parameters.current()
             lease = params.lock_lease if params is not None else DEFAULT_LOCK_LEASE
+            issued = card.last_fencing_token
             lock = card.acquire_lock(
                 terminal_id=terminal_id, transaction_id=transaction_id, now=now, lease=lease
             )
             flush(uow, [card])
+            if lock.fencing_token > issued:  # a new lock, not a renewal: remember it
+                uow.lock_history.add([LockGrant.of(lock)])
             return LockResult(lock=lock, card=card.snapshot(now))
 
-        return run_once(self._storage, key, LockResult, self._clock, run)
+        with self._throttle.counting(terminal_id):
+            return run_once(self._storage, key, LockResult, self._clock, run)
 
     def unlock_card(
         self,
@@ -131,19 +132,22 @@ class CardService:
         key.validate()
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
-        self._throttle.check(terminal_id)
 
         def run(uow: UnitOfWork, now: datetime) -> Card:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
-            card.release_lock(
+            released = card.release_lock(
                 terminal_id=terminal_id,
                 transaction_id=transaction_id,
                 fencing_token=fencing_token,
             )
             flush(uow, [card])
+            # Released by its holder: an offline line under it is no longer trusted.
+            uow.lock_history.mark_released_by_holder(
+                [(card_number, released.fencing_token)], now)
             return card.snapshot(now)
 
-        return run_once(self._storage, key, Card, self._clock, run)
+        with self._throttle.counting(terminal_id):
+            return run_once(self._storage, key, Card, self._clock, run)
 
     # -- money ----------------------------------------------------------------------------
 
@@ -167,7 +171,6 @@ class CardService:
         validate_id(transaction_id, "transaction_id")
         validate_id(line_id, "line_id")
         money = positive_money(amount, "amount")
-        self._throttle.check(terminal_id)
 
         line_key = (terminal_id, transaction_id, line_id)
 
@@ -226,7 +229,8 @@ class CardService:
             refuse_if_reversed(earlier)
             return once(uow, key, RedeemResult, now, lambda: run(uow, now, card, earlier))
 
-        return run_in_transaction(self._storage, work)
+        with self._throttle.counting(terminal_id):
+            return run_in_transaction(self._storage, work)
 
     def issue_card(
         self,
@@ -249,8 +253,12 @@ class CardService:
 
         def run(uow: UnitOfWork, now: datetime) -> Card:
             number = card_number or self._new_card_number()
-            if card_number and uow.cards.get_for_update(card_number) is not None:
-                raise CardAlreadyExists(card_number)
+            if card_number:
+                # A pre-printed number: "taken" tells that the card exists.
+                existing = uow.cards.get_for_update(card_number)
+                self._throttle.admit(terminal_id, existing)
+                if existing is not None:
+                    raise CardAlreadyExists(card_number)
             card = issue_card(
                 card_number=number,
                 kind=kind,
@@ -262,7 +270,8 @@ class CardService:
             add_new_cards(uow, [card])
             return card.snapshot(now)
 
-        return run_once(self._storage, key, Card, self._clock, run)
+        with self._throttle.counting(terminal_id):
+            return run_once(self._storage, key, Card, self._clock, run)
 
     def add_value(
         self,
@@ -278,7 +287,6 @@ class CardService:
         money = positive_money(amount, "amount")
         if transaction_id:
             validate_id(transaction_id, "transaction_id")
-        self._throttle.check(terminal_id)
 
         def run(uow: UnitOfWork, now: datetime) -> Card:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
@@ -288,14 +296,18 @@ class CardService:
             flush(uow, [card])
             return card.snapshot(now)
 
-        return run_once(self._storage, key, Card, self._clock, run)
+        with self._throttle.counting(terminal_id):
+            return run_once(self._storage, key, Card, self._clock, run)
 
     # -- internals ------------------------------------------------------------------------
 
     def _load_for_update(self, uow: UnitOfWork, card_number: str, *, caller: str) -> Card:
-        card = uow.cards.get_for_update(card_number)
+        return self._admitted(uow.cards.get_for_update(card_number), card_number, caller)
+
+    def _admitted(self, card: Card | None, card_number: str, caller: str) -> Card:
+        """The card, if the unknown-card limit lets the caller learn anything about it."""
+        self._throttle.admit(caller, card)
         if card is None:
-            self._throttle.record_miss(caller)
             raise CardNotFound(card_number)
         return card
 

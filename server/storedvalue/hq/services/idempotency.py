@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from storedvalue.hq import records
-from storedvalue.hq.domain.cards import validate_id
+from storedvalue.hq.domain.client_text import validate_id
 from storedvalue.hq.domain.errors import RequestIdReused
 from storedvalue.hq.services.clock import Clock
 from storedvalue.hq.services.transactions import run_in_transaction

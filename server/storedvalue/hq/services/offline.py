@@ -6,29 +6,39 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from storedvalue.hq.domain.cards import generate_card_number
+from storedvalue.hq.domain.cards import generate_card_number, is_valid_card_number
+from storedvalue.hq.domain.client_text import is_valid_id
 from storedvalue.hq.domain.errors import LimitExceeded, TerminalNotFound
 from storedvalue.hq.domain.offline import (
     OfflineTransaction,
     OfflineTransactionResult,
     plan_offline_batch,
-    validate_offline_envelope,
 )
+from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
 from storedvalue.hq.domain.reversals import cards_a_reversal_touches, reversal_keys
 from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
 from storedvalue.hq.services.cards import add_new_cards, flush
 from storedvalue.hq.services.clock import Clock, utc_now
+from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import run_in_transaction
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
 class SyncLimits:
-    """Documented limits on offline sync; over one the whole request is refused."""
+    """Documented limits on offline sync. Over a per-request one (transactions, bytes) the
+    whole request is refused; over a per-item one only that transaction is rejected (kept
+    for review), so no item can block the ones after it."""
 
     max_transactions_per_batch: int = 1000
-    max_lines_per_transaction: int = 200
+    max_lines_per_transaction: int = DEFAULT_ITEM_LIMITS.max_lines
     max_message_bytes: int = 8 * 1024 * 1024
+    max_sequence_jump: int = DEFAULT_ITEM_LIMITS.max_sequence_jump
+
+    @property
+    def per_item(self) -> ItemLimits:
+        return ItemLimits(max_lines=self.max_lines_per_transaction,
+                          max_sequence_jump=self.max_sequence_jump)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,44 +79,58 @@ class OfflineService:
         limits: SyncLimits | None = None,
         clock: Clock = utc_now,
         new_card_number: Callable[[], str] = generate_card_number,
+        throttle: UnknownCardThrottle | None = None,
     ) -> None:
+        """`throttle`: the unknown-card limit, shared with the CardService of the process
+        (one limit per till across online and offline lookups)."""
         self._storage = storage
         self.limits = limits or SyncLimits()
         self._clock = clock
         self._new_card_number = new_card_number
+        self._throttle = throttle or UnknownCardThrottle()
 
     def sync(self, *, terminal_id: str, transactions: Sequence[OfflineTransaction]
              ) -> SyncOutcome:
         """Apply a terminal's offline transactions in order, each all-or-nothing and exactly
         once, in one database transaction; return one result per item and the terminal's
-        sequence status. Limits and unidentifiable items refuse the whole batch."""
+        sequence status. Only the documented size limits refuse the whole batch; a bad item
+        is rejected and kept for review alone."""
         self._check_limits(transactions)
         batch = list(transactions)
+        budget = self._throttle.remaining(terminal_id)
+        lookups = 0
 
         def work(uow: UnitOfWork) -> SyncOutcome:
+            nonlocal lookups
             now = self._clock()
             # Lock order: terminal, then cards by number (the storage contract).
             terminal = uow.terminals.get_for_update(terminal_id)
             if terminal is None:
                 raise TerminalNotFound(terminal_id)
+            # Only well-formed keys are looked up (PostgreSQL refuses a NUL in a string); the
+            # items with others are rejected by the plan.
             numbers = {line.card_number for txn in batch for line in txn.redeem_lines}
             numbers.update(unlock.card_number for txn in batch for unlock in txn.unlocks)
-            reversed_keys = reversal_keys(terminal_id, batch)
+            identified = [txn for txn in batch if is_valid_id(txn.transaction_id)]
+            reversed_keys = {key for key in reversal_keys(terminal_id, identified)
+                             if is_valid_id(key[2])}
             if reversed_keys:
                 # A reversal may move value back from a remainder memo: lock it with the rest.
                 numbers.update(r.card_number for txn in batch for r in txn.reversals)
                 for line in uow.redemptions.get_many(reversed_keys).values():
                     numbers.update(cards_a_reversal_touches(line))
-            cards = uow.cards.get_many_for_update(numbers)
-            txn_ids = {txn.transaction_id for txn in batch}
+            cards = uow.cards.get_many_for_update(
+                [number for number in numbers if is_valid_card_number(number)])
+            txn_ids = {txn.transaction_id for txn in identified}
             known = uow.offline.get_many(terminal_id, txn_ids)
             owners = uow.offline.sequence_owners(
-                terminal_id, {txn.sequence_number for txn in batch}
+                terminal_id, {txn.sequence_number for txn in identified}
             )
             line_keys = {
                 (terminal_id, txn.transaction_id, line.line_id)
-                for txn in batch
+                for txn in identified
                 for line in txn.redeem_lines
+                if is_valid_id(line.line_id)
             }
             redemptions = uow.redemptions.get_many(line_keys | reversed_keys)
             if reversed_keys and any(
@@ -117,6 +141,7 @@ class OfflineService:
                 # A line was redeemed online between the two reads (PostgreSQL): again.
                 raise ConcurrentUpdate("a reversed line was redeemed meanwhile")
             parameters = uow.parameters.get_versions({txn.parameters_version for txn in batch})
+            grants = uow.lock_history.for_sales(terminal_id, txn_ids)
             plan = plan_offline_batch(
                 terminal_id=terminal_id,
                 transactions=batch,
@@ -125,10 +150,16 @@ class OfflineService:
                 sequence_owners=owners,
                 redemptions=redemptions,
                 parameters=parameters,
+                lock_grants=grants,
+                highest_sequence_seen=terminal.highest_sequence_seen,
+                unknown_card_budget=budget,
                 now=now,
                 new_card_number=self._new_card_number,
+                limits=self.limits.per_item,
             )
             flush(uow, list(cards.values()))
+            if plan.released_by_holder:
+                uow.lock_history.mark_released_by_holder(plan.released_by_holder, now)
             if plan.new_cards:
                 add_new_cards(uow, plan.new_cards)
             if plan.redemptions:
@@ -145,9 +176,12 @@ class OfflineService:
             )
             gaps = terminal.advance_contiguous(above)
             uow.terminals.save(terminal)
+            lookups = plan.unknown_card_lookups
             return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
 
-        return run_in_transaction(self._storage, work)
+        outcome = run_in_transaction(self._storage, work)
+        self._throttle.record_misses(terminal_id, lookups)
+        return outcome
 
     def _check_limits(self, transactions: Sequence[OfflineTransaction]) -> None:
         limits = self.limits
@@ -155,10 +189,3 @@ class OfflineService:
             raise LimitExceeded(
                 "max_transactions_per_batch", limits.max_transactions_per_batch, len(transactions)
             )
-        for index, txn in enumerate(transactions):
-            validate_offline_envelope(txn, index)
-            lines = len(txn.redeem_lines) + len(txn.unlocks) + len(txn.reversals)
-            if lines > limits.max_lines_per_transaction:
-                raise LimitExceeded(
-                    "max_lines_per_transaction", limits.max_lines_per_transaction, lines
-                )

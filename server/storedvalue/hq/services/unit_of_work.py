@@ -22,6 +22,7 @@ from typing import Protocol, Self
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
+from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.domain.terminals import Terminal
 
@@ -64,6 +65,20 @@ class CardRepository(Protocol):
         limit: int,
     ) -> list[Lock]:
         """Locks ordered by card number, strictly after `after_card_number`."""
+        ...
+
+
+class LockHistoryRepository(Protocol):
+    def add(self, grants: Iterable[LockGrant]) -> None:
+        """Record locks just handed out (a taken (card, token) raises ConcurrentUpdate)."""
+        ...
+    def mark_released_by_holder(self, locks: Iterable[tuple[str, int]], at: datetime) -> None:
+        """Note that the holders of these (card_number, fencing_token) locks released them
+        themselves; unknown locks are ignored."""
+        ...
+    def for_sales(self, terminal_id: str, transaction_ids: Collection[str]
+                  ) -> list[LockGrant]:
+        """Every lock this terminal got for these sales, whatever card."""
         ...
 
 
@@ -153,6 +168,7 @@ class TerminalRepository(Protocol):
 
 class UnitOfWork(Protocol):
     cards: CardRepository
+    lock_history: LockHistoryRepository
     journal: JournalRepository
     redemptions: RedemptionRepository
     requests: RequestLog

@@ -1,5 +1,6 @@
-"""Cards (with their locks), the journal and applied redemptions, in bulk statements: the
-offline sync applies tens of thousands of transactions a second through these."""
+"""Cards (with their locks), the lock history, the journal and applied redemptions, in bulk
+statements: the offline sync applies tens of thousands of transactions a second through
+these."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from sqlalchemy import bindparam, insert, select, update
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import Redemption
+from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.storage import rows
 from storedvalue.hq.storage.database import Transaction
 from storedvalue.hq.storage.key_lookups import KeyLookup, fetch_by_keys
 from storedvalue.hq.storage.statements import BulkWrite, Query, in_chunks
-from storedvalue.hq.storage.tables import cards, journal, redemptions
+from storedvalue.hq.storage.tables import cards, journal, lock_history, redemptions
 
 _CARD_SELECT = select(cards).where(cards.c.card_number == bindparam("card_number"))
 _CARD = Query(_CARD_SELECT)
@@ -33,6 +35,21 @@ _CARDS_FOR_UPDATE = KeyLookup(
 _INSERT_CARDS = BulkWrite(insert(cards))
 _SAVE_CARDS = BulkWrite(
     update(cards).where(cards.c.card_number == bindparam("key_card_number"))
+)
+
+_INSERT_GRANTS = BulkWrite(insert(lock_history))
+_RELEASE_GRANTS = BulkWrite(
+    update(lock_history).where(
+        lock_history.c.card_number == bindparam("key_card_number"),
+        lock_history.c.fencing_token == bindparam("key_fencing_token"),
+    )
+)
+_GRANTS_FOR_SALES = KeyLookup(
+    select(lock_history).where(
+        lock_history.c.terminal_id == bindparam("terminal_id"),
+        lock_history.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
+    ),
+    "transaction_ids",
 )
 
 _INSERT_ENTRIES = BulkWrite(insert(journal))
@@ -112,6 +129,31 @@ class SqlCardRepository:
             query = query.where(cards.c.lock_lease_expires_at > rows.to_micros(now))
         query = query.order_by(cards.c.card_number).limit(limit)
         return [rows.lock_from_row(row) for row in self._tx.rows(query)]
+
+
+class SqlLockHistoryRepository:
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def add(self, grants: Iterable[LockGrant]) -> None:
+        self._tx.write_many(_INSERT_GRANTS, [rows.lock_grant_values(g) for g in grants])
+
+    def mark_released_by_holder(self, locks: Iterable[tuple[str, int]], at: datetime) -> None:
+        when = rows.to_micros(at)
+        self._tx.write_many(_RELEASE_GRANTS, [
+            {"released_by_holder_at": when, "key_card_number": card_number,
+             "key_fencing_token": token}
+            for card_number, token in sorted(set(locks))
+        ])
+
+    def for_sales(self, terminal_id: str, transaction_ids: Collection[str]
+                  ) -> list[LockGrant]:
+        found: list[LockGrant] = []
+        for chunk in in_chunks(transaction_ids):
+            params = {"terminal_id": terminal_id}
+            found.extend(rows.lock_grant_from_row(row)
+                         for row in fetch_by_keys(self._tx, _GRANTS_FOR_SALES, chunk, params))
+        return found
 
 
 class SqlJournalRepository:

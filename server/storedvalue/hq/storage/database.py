@@ -11,10 +11,13 @@ PostgreSQL (`postgresql+psycopg://...`): READ COMMITTED plus row locks
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -96,8 +99,38 @@ def open_engine(
     raise ValueError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
 
 
+def sqlite_file_path(url: URL) -> Path | None:
+    """The file of a SQLite URL; None for a memory database or a `file:` URI."""
+    if url.get_backend_name() != "sqlite" or is_sqlite_memory(url) or url.query.get("uri"):
+        return None
+    return Path(url.database or "")
+
+
+def make_private_database_file(path: Path) -> None:
+    """Create the SQLite file, and its directory if missing, private to this user (0600 in
+    a 0700 directory) before SQLite creates it with the umask's mode; SQLite gives the -wal
+    and -shm files the database file's mode. A file made by an earlier version with group
+    or other access is made private too."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        for existing in (path, path.with_name(path.name + "-wal"),
+                         path.with_name(path.name + "-shm")):
+            try:
+                mode = stat.S_IMODE(existing.stat().st_mode)
+                if mode & 0o077:
+                    existing.chmod(mode & 0o700)
+            except (FileNotFoundError, PermissionError):
+                continue  # not there, or not ours to change
+
+
 def _sqlite_engine(url: URL, pool_size: int, busy_timeout_ms: int) -> Engine:
     memory = is_sqlite_memory(url)
+    database_file = sqlite_file_path(url)
+    if database_file is not None:
+        make_private_database_file(database_file)
     if memory:
         engine = create_engine(
             url, poolclass=SerialStaticPool, connect_args={"check_same_thread": False}

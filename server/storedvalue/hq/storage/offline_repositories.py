@@ -57,7 +57,7 @@ def parse_exception_cursor(after: str) -> int:
     """The cursor is the last listed exception's insertion position, in decimal."""
     if not after:
         return 0
-    if not after.isascii() or not after.isdigit() or len(after) > 19:
+    if not after.isascii() or not after.isdigit() or len(after) > 19 or int(after) >= 2**63:
         raise InvalidField("page_token", "is not a page token this server issued")
     return int(after)
 

@@ -18,6 +18,7 @@ from storedvalue.hq.domain.offline import (
     Redemption,
     ReversalOutcome,
 )
+from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.domain.terminals import Terminal
 from storedvalue.hq.storage import offline_results
@@ -105,6 +106,28 @@ def card_from_row(row: Row) -> Card:
         last_fencing_token=row.last_fencing_token,
         lock=None if row.lock_terminal_id is None else lock_from_row(row),
         remainder_of_card_number=row.remainder_of_card_number,
+    )
+
+
+def lock_grant_values(grant: LockGrant) -> Values:
+    return {
+        "card_number": grant.card_number,
+        "fencing_token": grant.fencing_token,
+        "terminal_id": grant.terminal_id,
+        "transaction_id": grant.transaction_id,
+        "acquired_at": to_micros(grant.acquired_at),
+        "released_by_holder_at": _optional_micros(grant.released_by_holder_at),
+    }
+
+
+def lock_grant_from_row(row: Row) -> LockGrant:
+    return LockGrant(
+        card_number=row.card_number,
+        fencing_token=row.fencing_token,
+        terminal_id=row.terminal_id,
+        transaction_id=row.transaction_id,
+        acquired_at=from_micros(row.acquired_at),
+        released_by_holder_at=_optional_moment(row.released_by_holder_at),
     )
 
 

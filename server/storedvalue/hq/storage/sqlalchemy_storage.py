@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL
 from storedvalue.hq.services.unit_of_work import (
     CardRepository,
     JournalRepository,
+    LockHistoryRepository,
     OfflineExceptionRepository,
     OfflineRecordRepository,
     ParametersRepository,
@@ -25,6 +26,7 @@ from storedvalue.hq.services.unit_of_work import (
 from storedvalue.hq.storage.card_repositories import (
     SqlCardRepository,
     SqlJournalRepository,
+    SqlLockHistoryRepository,
     SqlRedemptionRepository,
 )
 from storedvalue.hq.storage.configuration_repositories import (
@@ -64,6 +66,7 @@ class SqlUnitOfWork:
     rolled back on exit unless committed."""
 
     cards: CardRepository
+    lock_history: LockHistoryRepository
     journal: JournalRepository
     redemptions: RedemptionRepository
     requests: RequestLog
@@ -80,6 +83,7 @@ class SqlUnitOfWork:
     def __enter__(self) -> Self:
         tx = self._tx = Transaction(self._engine, write=self._write)
         self.cards = SqlCardRepository(tx)
+        self.lock_history = SqlLockHistoryRepository(tx)
         self.journal = SqlJournalRepository(tx)
         self.redemptions = SqlRedemptionRepository(tx)
         self.requests = SqlRequestLog(tx)

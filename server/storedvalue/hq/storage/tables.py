@@ -68,6 +68,21 @@ cards = Table(
     Index(None, "lock_terminal_id", "card_number"),
 )
 
+# Every lock ever handed out (the fencing token of a card, to which terminal, for which
+# sale), kept after it ends: offline lines are trusted only under their own sale's lock.
+lock_history = Table(
+    "lock_history",
+    METADATA,
+    Column("card_number", String(CARD_NUMBER), primary_key=True),
+    Column("fencing_token", BigInteger, primary_key=True),
+    Column("terminal_id", String(CALLER), nullable=False),
+    Column("transaction_id", String(ID), nullable=False),
+    Column("acquired_at", BigInteger, nullable=False),
+    Column("released_by_holder_at", BigInteger, nullable=True),
+    # A sync looks up the locks a terminal got for the sales it delivers.
+    Index(None, "terminal_id", "transaction_id"),
+)
+
 journal = Table(
     "journal",
     METADATA,

@@ -1,0 +1,40 @@
+"""Moments and durations as clients send them: whole seconds plus nanoseconds (the shape of
+google.protobuf.Timestamp and Duration), turned into aware UTC datetimes and timedeltas only
+when they are well formed and in range."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from storedvalue.hq.domain.errors import InvalidField
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The documented range of a Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+MIN_EPOCH_SECONDS, MAX_EPOCH_SECONDS = -62_135_596_800, 253_402_300_799
+# The documented range of a Duration: about +-10,000 years.
+MAX_DURATION_SECONDS = 315_576_000_000
+_NANOS = 1_000_000_000
+
+
+def moment_from_epoch(seconds: int, nanos: int) -> datetime | None:
+    """The moment `seconds` + `nanos` after the epoch (UTC, to the microsecond), or None when
+    that is not a valid Timestamp (out of range, or nanos outside 0..999,999,999)."""
+    if not (MIN_EPOCH_SECONDS <= seconds <= MAX_EPOCH_SECONDS and 0 <= nanos < _NANOS):
+        return None
+    # Positional: timedelta(days, seconds, microseconds) without keyword parsing; every
+    # offline transaction carries one of these.
+    return EPOCH + timedelta(0, seconds, nanos // 1000)
+
+
+def duration_from_parts(seconds: int, nanos: int, field: str) -> timedelta:
+    """A Duration as a timedelta; refused unless well formed: within +-10,000 years, nanos
+    within +-999,999,999 and of the same sign as seconds."""
+    if not (
+        -MAX_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS
+        and -_NANOS < nanos < _NANOS
+        and not (seconds > 0 > nanos or seconds < 0 < nanos)
+    ):
+        raise InvalidField(field, "is not a valid duration (seconds within +-315,576,000,000, "
+                                  "nanos within +-999,999,999 and of the same sign)")
+    return timedelta(seconds=seconds, microseconds=nanos // 1000 if nanos >= 0
+                     else -((-nanos) // 1000))

@@ -1,0 +1,44 @@
+"""Moments and durations as clients send them (seconds + nanos), read only when well formed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from storedvalue.hq.domain.errors import InvalidField
+from storedvalue.hq.domain.moments import duration_from_parts, moment_from_epoch
+
+
+def test_a_timestamp_in_range_is_the_utc_moment_to_the_microsecond() -> None:
+    assert moment_from_epoch(1_790_000_000, 123_456_789) == datetime(
+        2026, 9, 21, 14, 13, 20, 123_456, tzinfo=UTC)
+    assert moment_from_epoch(-62_135_596_800, 0) == datetime(1, 1, 1, tzinfo=UTC)
+    assert moment_from_epoch(253_402_300_799, 999_999_999) == datetime(
+        9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [
+    (253_402_300_800, 0), (-62_135_596_801, 0), (2**63 - 1, 0), (0, -1), (0, 10**9),
+])
+def test_a_timestamp_out_of_range_or_with_bad_nanos_is_unreadable(seconds: int, nanos: int
+                                                                   ) -> None:
+    assert moment_from_epoch(seconds, nanos) is None
+
+
+def test_a_well_formed_duration_is_a_timedelta_of_either_sign() -> None:
+    assert duration_from_parts(3_600, 500_000_000, "d") == timedelta(hours=1, milliseconds=500)
+    assert duration_from_parts(-3_600, -500_000_000, "d") == -timedelta(hours=1,
+                                                                         milliseconds=500)
+    assert duration_from_parts(0, -1_000, "d") == -timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [
+    (2**62, 0), (-(2**62), 0), (315_576_000_001, 0), (3_600, -1), (-3_600, 5), (0, 10**9),
+])
+def test_a_duration_out_of_range_or_with_nanos_of_the_wrong_sign_is_refused(
+    seconds: int, nanos: int
+) -> None:
+    with pytest.raises(InvalidField) as raised:
+        duration_from_parts(seconds, nanos, "lock_lease")
+    assert raised.value.metadata == {"field": "lock_lease"}
