@@ -53,11 +53,11 @@ def why_offline_line_is_untrusted(fencing_token: int, grants: Iterable[LockGrant
     for the line's sale (the lock history holds them; another terminal's locks never count)."""
     if fencing_token == 0:
         return "the terminal completed the line offline without holding the card's lock"
-    mine = sorted(grants, key=lambda grant: grant.fencing_token)
+    mine = grants if isinstance(grants, list) else list(grants)
     if not mine:
         return (f"fencing token {fencing_token} is not a lock this terminal held on the card "
                 "for this sale (it never locked the card for it)")
-    latest = mine[-1]
+    latest = mine[0] if len(mine) == 1 else max(mine, key=lambda grant: grant.fencing_token)
     if fencing_token != latest.fencing_token:
         if any(grant.fencing_token == fencing_token for grant in mine):
             return (f"fencing token {fencing_token} was superseded by this terminal's later "

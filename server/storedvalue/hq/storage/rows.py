@@ -121,14 +121,11 @@ def lock_grant_values(grant: LockGrant) -> Values:
 
 
 def lock_grant_from_row(row: Row) -> LockGrant:
-    return LockGrant(
-        card_number=row.card_number,
-        fencing_token=row.fencing_token,
-        terminal_id=row.terminal_id,
-        transaction_id=row.transaction_id,
-        acquired_at=from_micros(row.acquired_at),
-        released_by_holder_at=_optional_moment(row.released_by_holder_at),
-    )
+    # Positional, in the table's column order: a sync reads one of these per transaction.
+    card_number, token, terminal_id, transaction_id, acquired, released = row
+    return LockGrant(card_number, token, terminal_id, transaction_id,
+                     _EPOCH + timedelta(0, 0, acquired),
+                     None if released is None else _EPOCH + timedelta(0, 0, released))
 
 
 def journal_values(entry: JournalEntry) -> Values:
