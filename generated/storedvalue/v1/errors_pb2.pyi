@@ -128,8 +128,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     calling a back-office RPC).
     """
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 52
-    """[RESOURCE_EXHAUSTED] Too many answers about unknown cards for this terminal: HQ did
-    not look the card up. Every answer that tells a terminal something about a card it
+    """[RESOURCE_EXHAUSTED] Too many answers about unknown cards for this terminal: HQ does
+    not answer about this card, whether it exists or not. Every answer that tells a terminal something about a card it
     could not use counts (CARD_NOT_FOUND, CARD_ALREADY_EXISTS, CURRENCY_MISMATCH, from
     GetCard, LockCard, UnlockCard, Redeem, AddValue, IssueCard with a card number, and
     offline lines); past 20 in a minute, any card the terminal does not hold a lock on gets
@@ -266,8 +266,8 @@ ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 51
 calling a back-office RPC).
 """
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 52
-"""[RESOURCE_EXHAUSTED] Too many answers about unknown cards for this terminal: HQ did
-not look the card up. Every answer that tells a terminal something about a card it
+"""[RESOURCE_EXHAUSTED] Too many answers about unknown cards for this terminal: HQ does
+not answer about this card, whether it exists or not. Every answer that tells a terminal something about a card it
 could not use counts (CARD_NOT_FOUND, CARD_ALREADY_EXISTS, CURRENCY_MISMATCH, from
 GetCard, LockCard, UnlockCard, Redeem, AddValue, IssueCard with a card number, and
 offline lines); past 20 in a minute, any card the terminal does not hold a lock on gets

@@ -6,10 +6,10 @@ IssueCard with a pre-printed number, offline lines) goes through it. An answer t
 till something about a card it could not use (CARD_NOT_FOUND, CARD_ALREADY_EXISTS,
 CURRENCY_MISMATCH) spends one lookup. Past `limit` of them in `window_seconds`, HQ stops
 answering about any card the till does not hold a lock on: every such number gets the same
-RATE_LIMITED, decided before the card is read, whether it exists or not, so the refusal is
-no oracle and guessing is bounded by `limit` per window. Cards the till holds a lock on (its
-sales in progress) are never refused, and its offline sales of the cards it locked are
-always applied.
+RATE_LIMITED whether it exists or not (only whether the till holds its lock counts), so the
+refusal is no oracle and guessing is bounded by `limit` per window. Cards the till holds a
+lock on (its sales in progress) are never refused, and its offline sales of the cards it
+locked are always applied.
 
 The counts live in this process: with several HQ replicas a till that spreads its calls over
 them gets at most `limit` per window from each.
