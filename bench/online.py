@@ -1,0 +1,204 @@
+"""Online calls against the echo baseline, and GetCard while stalled callers hold calls open.
+
+- ``online_cycle_vs_echo`` (and ``_c1``, ``_c64``), ``online_cycle_p99_vs_echo``: at each
+  concurrency level, load runs alternate between the echo server and HQ (echo, HQ, HQ, echo,
+  ...) so machine noise hits both; calls/s and per-call latencies are pooled per server.
+- ``stalled_300_getcard_p99_ratio``: GetCard runs without and with 300 stalled
+  unauthenticated calls, alternated; the stalled calls come from their own process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from children import progress
+from fleet import issue_gift_cards, register_tills
+from hq_under_test import HQUnderTest
+from metrics import Metric, failed, percentile
+from session import Session
+
+LEVELS = {"online_cycle_vs_echo": 16, "online_cycle_p99_vs_echo": 16,
+          "online_cycle_vs_echo_c1": 1, "online_cycle_vs_echo_c64": 64}
+CALL_TIMEOUT_S = 5.0
+MAX_ERROR_FRACTION = 0.01
+
+
+@dataclass
+class Load:
+    """Pooled results of load runs against one server."""
+
+    calls: int = 0
+    seconds: float = 0.0
+    latencies_us: list[int] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    first_error: str | None = None
+    rates: list[float] = field(default_factory=list)
+
+    def add(self, result: dict[str, Any]) -> None:
+        self.calls += int(result["calls"])
+        self.seconds += float(result["seconds"])
+        self.latencies_us.extend(result["latencies_us"])
+        for code, count in result["errors"].items():
+            self.errors[code] = self.errors.get(code, 0) + int(count)
+        self.first_error = self.first_error or result["first_error"]
+        self.rates.append(result["calls"] / result["seconds"])
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+    def p_ms(self, fraction: float) -> float:
+        return percentile(self.latencies_us, fraction) / 1000
+
+    def failure(self, what: str) -> str | None:
+        """Why these figures cannot stand, or None."""
+        failures = sum(self.errors.values())
+        if self.calls == 0:
+            return f"no {what} call completed ({failures} failed: {self.first_error})"
+        if failures > MAX_ERROR_FRACTION * (self.calls + failures):
+            return (f"{failures} of {self.calls + failures} {what} calls failed "
+                    f"({self.errors}; first: {self.first_error})")
+        return None
+
+    def summary(self, prefix: str) -> dict[str, Any]:
+        if not self.latencies_us:
+            return {f"{prefix}_calls": 0, f"{prefix}_errors": self.errors}
+        return {f"{prefix}_calls_per_s": self.rate, f"{prefix}_p50_ms": self.p_ms(0.50),
+                f"{prefix}_p99_ms": self.p_ms(0.99), f"{prefix}_errors": self.errors}
+
+
+def run_load(session: Session, mode: str, addresses: list[str], tills: list[dict[str, str]],
+             concurrency: int) -> dict[str, Any]:
+    """One load run from its own client process (see load_client.py)."""
+    settings = session.settings
+    child = session.children.start_client("load_client", {
+        "mode": mode, "addresses": addresses, "tills": tills, "concurrency": concurrency,
+        "warmup_s": settings.warmup_s, "measure_s": settings.measure_s,
+        "call_timeout_s": CALL_TIMEOUT_S,
+    }, name=f"load client ({mode}, concurrency {concurrency})")
+    try:
+        return child.receive(timeout=settings.warmup_s + settings.measure_s
+                             + CALL_TIMEOUT_S + 60)
+    finally:
+        session.children.stop(child)
+
+
+def funded_tills(hq: HQUnderTest, count: int) -> list[dict[str, str]]:
+    """``count`` registered tills, each with a gift card of its own."""
+    tills = register_tills(hq.address, hq.admin_token, count)
+    return [{"token": till.token, "card": issue_gift_cards(hq.address, till, 1)[0]}
+            for till in tills]
+
+
+def start_echo_servers(session: Session, count: int) -> list[str]:
+    addresses = []
+    for index in range(count):
+        child = session.children.start_client("echo_server", {}, name=f"echo server {index}")
+        addresses.append(f"127.0.0.1:{child.receive(timeout=30)['port']}")
+    return addresses
+
+
+def online_cycle(session: Session, names: list[str]) -> list[Metric]:
+    levels = sorted({LEVELS[name] for name in names})
+    settings = session.settings
+    processes = session.deployment.hq_processes
+    with session.hq("online") as hq:
+        tills = funded_tills(hq, max(levels))
+        echo_addresses = start_echo_servers(session, processes)
+        echo: dict[int, Load] = {}
+        cycle: dict[int, Load] = {}
+        for level in levels:
+            echo[level], cycle[level] = Load(), Load()
+            for round_number in range(settings.rounds):
+                order = ["echo", "cycle"] if round_number % 2 == 0 else ["cycle", "echo"]
+                for mode in order:
+                    progress(f"concurrency {level}, round {round_number + 1}: {mode}")
+                    if mode == "echo":
+                        echo[level].add(run_load(session, "echo", echo_addresses, tills, level))
+                    else:
+                        cycle[level].add(run_load(session, "cycle", hq.addresses, tills, level))
+                        hq.check_alive()
+    results = []
+    for name in names:
+        level = LEVELS[name]
+        results.append(_online_metric(name, level, echo[level], cycle[level], settings.rounds,
+                                      processes))
+    return results
+
+
+def _online_metric(name: str, level: int, echo: Load, cycle: Load, rounds: int,
+                   processes: int) -> Metric:
+    details: dict[str, Any] = {
+        "concurrency": level, "rounds": rounds, "echo_processes": processes,
+        **cycle.summary("hq"), **echo.summary("echo"),
+    }
+    error = echo.failure("echo") or cycle.failure("LockCard/Redeem")
+    if error is not None:
+        return failed(name, error, **details)
+    if name == "online_cycle_p99_vs_echo":
+        return Metric(name, cycle.p_ms(0.99) / echo.p_ms(0.99),
+                      baseline={"what": "grpc.aio echo server process, same client, p99",
+                                "value": echo.p_ms(0.99), "unit": "ms"},
+                      details=details)
+    details["round_ratios"] = [hq / e for hq, e in zip(cycle.rates, echo.rates, strict=True)]
+    details["hq_cycles_per_s"] = cycle.rate / 2
+    return Metric(name, cycle.rate / echo.rate,
+                  baseline={"what": "grpc.aio echo server process, same client",
+                            "value": echo.rate, "unit": "calls/s"},
+                  details=details)
+
+
+def stalled_getcard(session: Session, names: list[str]) -> list[Metric]:
+    settings = session.settings
+    name = "stalled_300_getcard_p99_ratio"
+    normal, stalled = Load(), Load()
+    stall_reports: list[dict[str, Any]] = []
+    with session.hq("stalled") as hq:
+        tills = funded_tills(hq, settings.getcard_concurrency)
+        for round_number in range(settings.stall_rounds):
+            progress(f"GetCard without stalled calls, round {round_number + 1}")
+            normal.add(run_load(session, "getcard", hq.addresses, tills,
+                                settings.getcard_concurrency))
+            progress(f"GetCard with {settings.stalled_calls} stalled calls, "
+                     f"round {round_number + 1}")
+            staller = session.children.start_client("stalled_calls", {
+                "addresses": hq.addresses, "count": settings.stalled_calls,
+                "ready_timeout_s": 20.0}, name="stalled calls")
+            try:
+                ready = staller.receive(timeout=60)
+                progress(f"stalled calls: {ready['reached_hq']} reached HQ, "
+                         f"{ready['ended_by_hq']} ended by HQ, {ready['still_open']} open")
+                stalled.add(run_load(session, "getcard", hq.addresses, tills,
+                                     settings.getcard_concurrency))
+                staller.send({"stop": True})
+                final = staller.receive(timeout=30)
+            finally:
+                session.children.stop(staller)
+            stall_reports.append({"at_start": _stall_counts(ready), "at_end": _stall_counts(final)})
+            hq.check_alive()
+    details: dict[str, Any] = {
+        "stalled_calls": settings.stalled_calls, "getcard_concurrency":
+        settings.getcard_concurrency, "rounds": settings.stall_rounds,
+        **stalled.summary("with_stalls"), **normal.summary("without_stalls"),
+        "stalls": stall_reports,
+    }
+    reached = min(report["at_start"]["reached_hq"] + report["at_start"]["ended_by_hq"]
+                  for report in stall_reports)
+    error = (normal.failure("GetCard (no stalled calls)")
+             or stalled.failure(f"GetCard (while {settings.stalled_calls} calls stalled)"))
+    if error is None and reached < settings.stalled_calls:
+        error = (f"only {reached} of {settings.stalled_calls} stalled calls were seen by HQ "
+                 "(PING answered after their HEADERS, or ended by HQ)")
+    if error is not None:
+        return [failed(name, error, **details)]
+    return [Metric(name, stalled.p_ms(0.99) / normal.p_ms(0.99),
+                   baseline={"what": "GetCard p99 without stalled calls, same HQ, same run",
+                             "value": normal.p_ms(0.99), "unit": "ms"},
+                   details=details)]
+
+
+def _stall_counts(report: dict[str, Any]) -> dict[str, Any]:
+    return {key: report[key] for key in ("reached_hq", "ended_by_hq", "still_open",
+                                         "how_ended", "slowest_end_s", "connect_failed")}
+
