@@ -21,6 +21,8 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -75,6 +77,8 @@ class Child:
             raise ChildFailed(f"{self.name} exited with code {code} before answering"
                               f"{self.log_tail()}")
         message: dict[str, Any] = json.loads(line)
+        if "failed" in message:
+            raise ChildFailed(f"{self.name}: {message['failed']}")
         return message
 
     def close_stdin(self) -> None:
@@ -194,6 +198,27 @@ def reply(message: dict[str, Any]) -> None:
     """In a bench client process: one JSON line to the harness."""
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
+
+
+def parse_command(line: str) -> dict[str, Any] | None:
+    """In a bench client process: a command line from the harness, or None when the harness
+    said stop or closed stdin."""
+    if not line.strip():
+        return None
+    command: dict[str, Any] = json.loads(line)
+    return None if command.get("stop") else command
+
+
+def answer(main: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """In a one-shot bench client process: run ``main`` on the spec and reply with its result,
+    or with ``{"failed": why}`` (the harness prints it as the metric's error)."""
+    try:
+        result = main(read_spec())
+    except Exception as error:
+        traceback.print_exc()
+        reply({"failed": f"{type(error).__name__}: {error}"})
+        sys.exit(1)
+    reply(result)
 
 
 def progress(text: str) -> None:

@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any
 
 import grpc
-from children import read_spec, reply
+from children import answer
 from echo_server import METHOD as ECHO_METHOD
 
 from storedvalue.v1 import common_pb2
@@ -169,4 +169,4 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    reply(asyncio.run(run(read_spec())))
+    answer(lambda spec: asyncio.run(run(spec)))

@@ -22,8 +22,11 @@ from types import FrameType
 from children import progress
 from hq_under_test import Deployment
 from metrics import SPECS, Metric, failed
+from offline import offline_completion
 from online import online_cycle, stalled_getcard
+from parameters import parameter_propagation
 from session import Session, Settings
+from sync import offline_sync
 
 Scenario = Callable[[Session, list[str]], list[Metric]]
 
@@ -31,6 +34,9 @@ SCENARIOS: tuple[tuple[tuple[str, ...], Scenario], ...] = (
     (("online_cycle_vs_echo", "online_cycle_p99_vs_echo", "online_cycle_vs_echo_c1",
       "online_cycle_vs_echo_c64"), online_cycle),
     (("stalled_300_getcard_p99_ratio",), stalled_getcard),
+    (("offline_complete_p99_ms", "first_offline_over_deadline_ms"), offline_completion),
+    (("sync_tx_per_s_100k", "sync_time_ratio_10x"), offline_sync),
+    (("param_propagation_ms", "watchers_5000_propagation_ms"), parameter_propagation),
 )
 
 
