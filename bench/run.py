@@ -79,7 +79,7 @@ def _stop_on_signal(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop_on_signal)
     session = Session(Settings.for_run(args.quick),
                       Deployment(database_url=args.database_url,
