@@ -17,29 +17,18 @@ parameters_version (one that allows gift cards offline). Replies with the durati
 from __future__ import annotations
 
 import sqlite3
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from children import answer, progress
+from offline_sales import LinkProxy, open_terminal, sell_offline
 
-from storedvalue.terminal import (
-    ConnectivityState,
-    HQUnavailable,
-    Money,
-    SaleLine,
-    Terminal,
-    TerminalConfig,
-)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from e2e.link_proxy import LinkProxy  # the tests' proxy, found via sys.path
+from storedvalue.terminal import ConnectivityState, HQUnavailable, Terminal, TerminalConfig
 
 CONFIG = TerminalConfig(sync_automatically=False, probe_max_backoff_s=0.5)
 """The library's default call deadline (the one the budget is about); the outbox stays put
 during the run; probes at most 0.5 s apart so that each trial reconnects quickly."""
-PRICE = Money(100, "EUR")
 RECONNECT_S = 15.0
 
 
@@ -64,28 +53,18 @@ class DurableCommit:
         self._db.close()
 
 
-def sell(terminal: Terminal, sale: str, card: str) -> float:
-    """Complete a one-line sale that must complete offline; its duration in ms."""
-    started = time.perf_counter()
-    result = terminal.complete_sale(transaction_id=sale, lines=[SaleLine("1", card, PRICE)])
-    elapsed = (time.perf_counter() - started) * 1000
-    if not result.completed_offline:
-        raise RuntimeError(f"{sale} completed online while the link was down")
-    return elapsed
-
-
 def already_offline(terminal: Terminal, link: LinkProxy, cards: list[str],
                     baseline: DurableCommit) -> tuple[list[float], list[float]]:
     for index, card in enumerate(cards):
         terminal.add_tender(transaction_id=f"offline-{index}", card_number=card)
     link.black_hole()
-    sell(terminal, "offline-0", cards[0])  # waits out the deadline: now OFFLINE
+    sell_offline(terminal, "offline-0", cards[0])  # waits out the deadline: now OFFLINE
     if terminal.state is not ConnectivityState.OFFLINE:
         raise RuntimeError("the terminal did not switch to OFFLINE")
     sales: list[float] = []
     commits: list[float] = []
     for index in range(1, len(cards)):
-        sales.append(sell(terminal, f"offline-{index}", cards[index]))
+        sales.append(sell_offline(terminal, f"offline-{index}", cards[index]))
         commits.append(baseline.timed_ms())
     return sales, commits
 
@@ -110,7 +89,7 @@ def first_after_drop(terminal: Terminal, link: LinkProxy, cards: list[str]) -> l
         sale = f"drop-{index}"
         reconnect_and_lock(terminal, link, sale, card)
         link.black_hole()
-        durations.append(sell(terminal, sale, card))
+        durations.append(sell_offline(terminal, sale, card))
     return durations
 
 
@@ -121,15 +100,9 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     cards: list[str] = spec["cards"]
     baseline = DurableCommit(root / "baseline.sqlite3")
     try:
-        with LinkProxy(spec["address"]) as link, Terminal(
-            address=link.address, terminal_id=spec["terminal_id"], credential=spec["token"],
-            data_dir=root / "till", config=CONFIG,
+        with LinkProxy(spec["address"]) as link, open_terminal(
+            spec, link.address, root / "till", CONFIG
         ) as terminal:
-            if not terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=30):
-                raise RuntimeError("the till never got ONLINE")
-            if not terminal.wait_for_parameters(version=int(spec["parameters_version"]),
-                                                timeout_s=30):
-                raise RuntimeError("the till never received the parameters allowing offline")
             progress(f"offline till: {sales} sales on a till already offline")
             offline_ms, commit_ms = already_offline(terminal, link, cards[:sales + 1], baseline)
             progress(f"offline till: {trials} link drops")

@@ -19,7 +19,6 @@ data_dir, parameters_version.
 
 from __future__ import annotations
 
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -30,27 +29,17 @@ import grpc
 from children import answer, progress
 from echo_server import METHOD as ECHO_METHOD
 from fleet import sync_status
+from offline_sales import PRICE, LinkProxy, open_terminal, sell_offline
 
-from storedvalue.terminal import (
-    ConnectivityState,
-    HQUnavailable,
-    Money,
-    SaleLine,
-    Terminal,
-    TerminalConfig,
-)
+from storedvalue.terminal import HQUnavailable, TerminalConfig
 from storedvalue.v1 import common_pb2, offline_pb2
 from storedvalue.v1 import terminal_service_pb2 as ts
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from e2e.link_proxy import LinkProxy  # the tests' proxy, found via sys.path
 
 LOCKING_CONFIG = TerminalConfig(sync_automatically=False, call_timeout_s=10.0)
 """Locking is not timed: a generous deadline, so that a slow LockCard is not taken for a lost
 link."""
 SYNC_CONFIG = TerminalConfig(sync_automatically=False)
 """Library defaults (call deadline, batch size), sync started by the bench to time it."""
-PRICE = Money(100, "EUR")
 LOCKING_THREADS = 4
 
 
@@ -58,7 +47,7 @@ def fill_outbox(spec: dict[str, Any], data_dir: Path) -> dict[str, float]:
     cards: list[str] = spec["cards"]
     with LinkProxy(spec["address"]) as link:
         started = time.monotonic()
-        with _terminal(spec, link.address, data_dir, LOCKING_CONFIG) as terminal:
+        with open_terminal(spec, link.address, data_dir, LOCKING_CONFIG) as terminal:
 
             def lock(index: int) -> None:
                 sale, card = f"offline-{index}", cards[index]
@@ -73,38 +62,19 @@ def fill_outbox(spec: dict[str, Any], data_dir: Path) -> dict[str, float]:
                         progress(f"syncing till: {done} of {len(cards)} cards locked")
         locked = time.monotonic()
         # The tenders are on disk: a terminal with the default deadline completes the sales.
-        with _terminal(spec, link.address, data_dir, SYNC_CONFIG) as terminal:
+        with open_terminal(spec, link.address, data_dir, SYNC_CONFIG) as terminal:
             link.black_hole()
             for index, card in enumerate(cards):
-                result = terminal.complete_sale(transaction_id=f"offline-{index}",
-                                                lines=[SaleLine("1", card, PRICE)])
-                if not result.completed_offline:
-                    raise RuntimeError(f"sale {index} completed online while the link was down")
+                sell_offline(terminal, f"offline-{index}", card)
             outbox = len(terminal.outbox())
     if outbox != len(cards):
         raise RuntimeError(f"the outbox holds {outbox} sales, not {len(cards)}")
     return {"locking_s": locked - started, "completing_s": time.monotonic() - locked}
 
 
-def _terminal(spec: dict[str, Any], address: str, data_dir: Path, config: TerminalConfig
-              ) -> Terminal:
-    terminal = Terminal(address=address, terminal_id=spec["terminal_id"],
-                        credential=spec["token"], data_dir=data_dir, config=config)
-    try:
-        if not terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=30):
-            raise RuntimeError("the till never got ONLINE")
-        if not terminal.wait_for_parameters(version=int(spec["parameters_version"]),
-                                            timeout_s=30):
-            raise RuntimeError("the till never received the parameters allowing offline")
-    except BaseException:
-        terminal.close()
-        raise
-    return terminal
-
-
 def timed_sync(spec: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     size = len(spec["cards"])
-    with _terminal(spec, spec["address"], data_dir, SYNC_CONFIG) as terminal:
+    with open_terminal(spec, spec["address"], data_dir, SYNC_CONFIG) as terminal:
         limits = terminal.sync_limits
         batch = min(SYNC_CONFIG.sync_batch_size,
                     limits.max_transactions_per_batch if limits else SYNC_CONFIG.sync_batch_size)

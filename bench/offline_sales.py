@@ -1,0 +1,49 @@
+"""What the bench's till processes share: the tests' fault-injecting proxy (so a bench can cut
+a till's link), a terminal opened ONLINE with the parameters that allow gift cards offline,
+and a one-line sale that must complete offline."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from storedvalue.terminal import ConnectivityState, Money, SaleLine, Terminal, TerminalConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from e2e.link_proxy import LinkProxy  # the tests' proxy, found via sys.path
+
+PRICE = Money(100, "EUR")
+READY_TIMEOUT_S = 30.0
+
+
+def open_terminal(spec: dict[str, Any], address: str, data_dir: Path, config: TerminalConfig
+                  ) -> Terminal:
+    """The till of ``spec`` (terminal_id, token, parameters_version), once ONLINE with that
+    parameters version applied."""
+    terminal = Terminal(address=address, terminal_id=spec["terminal_id"],
+                        credential=spec["token"], data_dir=data_dir, config=config)
+    try:
+        if not terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=READY_TIMEOUT_S):
+            raise RuntimeError("the till never got ONLINE")
+        if not terminal.wait_for_parameters(version=int(spec["parameters_version"]),
+                                            timeout_s=READY_TIMEOUT_S):
+            raise RuntimeError("the till never received the parameters allowing offline")
+    except BaseException:
+        terminal.close()
+        raise
+    return terminal
+
+
+def sell_offline(terminal: Terminal, sale: str, card: str) -> float:
+    """Complete a one-line sale that must complete offline; its duration in ms."""
+    started = time.perf_counter()
+    result = terminal.complete_sale(transaction_id=sale, lines=[SaleLine("1", card, PRICE)])
+    elapsed = (time.perf_counter() - started) * 1000
+    if not result.completed_offline:
+        raise RuntimeError(f"{sale} completed online while the link was down")
+    return elapsed
+
+
+__all__ = ["PRICE", "LinkProxy", "open_terminal", "sell_offline"]
