@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from children import progress
+from children import Child, progress
 from fleet import issue_gift_cards, register_tills
 from hq_under_test import HQUnderTest
 from metrics import Metric, failed, percentile
@@ -91,21 +93,28 @@ def funded_tills(hq: HQUnderTest, count: int) -> list[dict[str, str]]:
             for till in tills]
 
 
-def start_echo_servers(session: Session, count: int) -> list[str]:
-    addresses = []
-    for index in range(count):
-        child = session.children.start_client("echo_server", {}, name=f"echo server {index}")
-        addresses.append(f"127.0.0.1:{child.receive(timeout=30)['port']}")
-    return addresses
+@contextlib.contextmanager
+def echo_servers(session: Session, count: int) -> Iterator[list[str]]:
+    """``count`` echo server processes, stopped on leaving; yields their addresses."""
+    children: list[Child] = []
+    try:
+        addresses = []
+        for index in range(count):
+            child = session.children.start_client("echo_server", {}, name=f"echo server {index}")
+            children.append(child)
+            addresses.append(f"127.0.0.1:{child.receive(timeout=30)['port']}")
+        yield addresses
+    finally:
+        for child in children:
+            session.children.stop(child)
 
 
 def online_cycle(session: Session, names: list[str]) -> list[Metric]:
     levels = sorted({LEVELS[name] for name in names})
     settings = session.settings
     processes = session.deployment.hq_processes
-    with session.hq("online") as hq:
+    with session.hq("online") as hq, echo_servers(session, processes) as echo_addresses:
         tills = funded_tills(hq, max(levels))
-        echo_addresses = start_echo_servers(session, processes)
         echo: dict[int, Load] = {}
         cycle: dict[int, Load] = {}
         for level in levels:
@@ -154,16 +163,17 @@ def stalled_getcard(session: Session, names: list[str]) -> list[Metric]:
     name = "stalled_300_getcard_p99_ratio"
     normal, stalled = Load(), Load()
     stall_reports: list[dict[str, Any]] = []
+    # The budget is per HQ process: each of them gets the full count.
+    stalled_count = settings.stalled_calls * session.deployment.hq_processes
     with session.hq("stalled") as hq:
         tills = funded_tills(hq, settings.getcard_concurrency)
         for round_number in range(settings.stall_rounds):
             progress(f"GetCard without stalled calls, round {round_number + 1}")
             normal.add(run_load(session, "getcard", hq.addresses, tills,
                                 settings.getcard_concurrency))
-            progress(f"GetCard with {settings.stalled_calls} stalled calls, "
-                     f"round {round_number + 1}")
+            progress(f"GetCard with {stalled_count} stalled calls, round {round_number + 1}")
             staller = session.children.start_client("stalled_calls", {
-                "addresses": hq.addresses, "count": settings.stalled_calls,
+                "addresses": hq.addresses, "count": stalled_count,
                 "ready_timeout_s": 20.0}, name="stalled calls")
             try:
                 ready = staller.receive(timeout=60)
@@ -178,7 +188,7 @@ def stalled_getcard(session: Session, names: list[str]) -> list[Metric]:
             stall_reports.append({"at_start": _stall_counts(ready), "at_end": _stall_counts(final)})
             hq.check_alive()
     details: dict[str, Any] = {
-        "stalled_calls": settings.stalled_calls, "getcard_concurrency":
+        "stalled_calls": stalled_count, "getcard_concurrency":
         settings.getcard_concurrency, "rounds": settings.stall_rounds,
         **stalled.summary("with_stalls"), **normal.summary("without_stalls"),
         "stalls": stall_reports,
@@ -186,9 +196,9 @@ def stalled_getcard(session: Session, names: list[str]) -> list[Metric]:
     reached = min(report["at_start"]["reached_hq"] + report["at_start"]["ended_by_hq"]
                   for report in stall_reports)
     error = (normal.failure("GetCard (no stalled calls)")
-             or stalled.failure(f"GetCard (while {settings.stalled_calls} calls stalled)"))
-    if error is None and reached < settings.stalled_calls:
-        error = (f"only {reached} of {settings.stalled_calls} stalled calls were seen by HQ "
+             or stalled.failure(f"GetCard (while {stalled_count} calls stalled)"))
+    if error is None and reached < stalled_count:
+        error = (f"only {reached} of {stalled_count} stalled calls were seen by HQ "
                  "(PING answered after their HEADERS, or ended by HQ)")
     if error is not None:
         return [failed(name, error, **details)]

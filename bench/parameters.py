@@ -70,8 +70,11 @@ def _terminals(session: Session) -> Metric:
 def _streams(session: Session) -> Metric:
     name = "watchers_5000_propagation_ms"
     settings = session.settings
+    # The budget is per HQ process: each of them gets the full count of streams.
+    processes = session.deployment.hq_processes
+    connections = settings.watch_connections * processes
     with session.hq("watchers") as hq:
-        tills = register_tills(hq.address, hq.admin_token, settings.watch_streams)
+        tills = register_tills(hq.address, hq.admin_token, settings.watch_streams * processes)
         baseline = _round_trip(hq, tills[0].token)
         share = -(-len(tills) // settings.watch_processes)
         children = []
@@ -80,14 +83,13 @@ def _streams(session: Session) -> Metric:
                 children.append(session.children.start_client("watch_streams", {
                     "addresses": hq.addresses,
                     "tokens": [till.token for till in tills[index * share:(index + 1) * share]],
-                    "connections": settings.watch_connections,
+                    "connections": connections,
                     "ready_timeout_s": 30.0 if settings.quick else 60.0,
                 }, name=f"watch streams {index}"))
             return _measure(name, session, hq, children, settings.watch_changes, baseline,
                             what=f"{len(tills)} WatchParameters streams from "
                                  f"{settings.watch_processes} processes over "
-                                 f"{settings.watch_processes * settings.watch_connections} "
-                                 "connections")
+                                 f"{settings.watch_processes * connections} connections")
         finally:
             for child in children:
                 session.children.stop(child)
