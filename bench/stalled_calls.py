@@ -12,8 +12,9 @@ the connection closing.
 
 Protocol with `run.py`: spec line ``{"addresses", "count", "ready_timeout_s"}`` (calls spread
 over the addresses in turn); replies
-``{"event": "ready", ...}`` once every stream reached HQ (or the timeout passed), then waits
-for any line on stdin (or its end) and replies with the final counts before exiting.
+``{"event": "ready", ...}`` once every stream reached HQ (or the timeout passed); then
+replies with the current counts to each ``{"status": true}`` line, and to ``{"stop": true}``
+(or the end of stdin) with the final counts before it closes its connections and exits.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from children import read_spec, reply
+from children import parse_command, read_spec, reply
 
 PATH = b"/storedvalue.v1.TerminalService/GetCard"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -145,7 +146,8 @@ async def main(spec: dict[str, Any]) -> None:
         await asyncio.wait_for(asyncio.gather(*(reached_or_ended(c) for c in calls)),
                                float(spec["ready_timeout_s"]))
     reply({"event": "ready", **_counts(calls), "seconds": time.monotonic() - started})
-    await asyncio.to_thread(sys.stdin.readline)
+    while parse_command(await asyncio.to_thread(sys.stdin.readline)) is not None:
+        reply({"event": "status", **_counts(calls)})
     final = _counts(calls)
     stop.set()
     await asyncio.gather(*holders)

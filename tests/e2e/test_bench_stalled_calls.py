@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -38,18 +39,27 @@ def _server(with_get_card: bool) -> tuple[grpc.Server, str]:
 def run_stalled_calls() -> Iterator[Any]:
     processes: list[subprocess.Popen[str]] = []
 
-    def run(address: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def run(address: str, *, until_ended: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Start the stalled calls; once they are ready, wait (10 s at most) until the server
+        ended ``until_ended`` of them, then stop them. Returns the ready and final reports."""
         process = subprocess.Popen([sys.executable, str(STALLED_CALLS)], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, text=True)
         processes.append(process)
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(json.dumps({"addresses": [address], "count": COUNT,
-                                        "ready_timeout_s": 20}) + "\n")
-        process.stdin.flush()
-        ready = json.loads(process.stdout.readline())
-        process.stdin.write("stop\n")
-        process.stdin.flush()
-        final = json.loads(process.stdout.readline())
+
+        def ask(command: dict[str, Any]) -> dict[str, Any]:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(json.dumps(command) + "\n")
+            process.stdin.flush()
+            answer: dict[str, Any] = json.loads(process.stdout.readline())
+            return answer
+
+        ready = ask({"addresses": [address], "count": COUNT, "ready_timeout_s": 20})
+        deadline = time.monotonic() + 10
+        while (ask({"status": True})["ended_by_hq"] < until_ended
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        final = ask({"stop": True})
         assert process.wait(timeout=30) == 0
         return ready, final
 
@@ -73,7 +83,7 @@ def test_stalled_calls_reach_the_server_and_stay_open(run_stalled_calls: Any) ->
 def test_a_server_that_ends_the_calls_is_seen_ending_them(run_stalled_calls: Any) -> None:
     server, address = _server(with_get_card=False)  # UNIMPLEMENTED at once
     try:
-        _ready, final = run_stalled_calls(address)
+        _ready, final = run_stalled_calls(address, until_ended=COUNT)
     finally:
         server.stop(0)
     assert final["ended_by_hq"] == COUNT
