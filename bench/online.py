@@ -195,6 +195,11 @@ def stalled_getcard(session: Session, names: list[str]) -> list[Metric]:
     }
     reached = min(report["at_start"]["reached_hq"] + report["at_start"]["ended_by_hq"]
                   for report in stall_reports)
+    held = min(report["at_end"]["still_open"] for report in stall_reports)
+    details["stalled_still_open_at_end"] = held
+    if held < stalled_count:
+        details["note"] = (f"HQ ended some stalled calls itself: {held} of {stalled_count} were "
+                           "still open when the GetCard runs ended (see stalls.by_method)")
     error = (normal.failure("GetCard (no stalled calls)")
              or stalled.failure(f"GetCard (while {stalled_count} calls stalled)"))
     if error is None and reached < stalled_count:
@@ -210,5 +215,6 @@ def stalled_getcard(session: Session, names: list[str]) -> list[Metric]:
 
 def _stall_counts(report: dict[str, Any]) -> dict[str, Any]:
     return {key: report[key] for key in ("reached_hq", "ended_by_hq", "still_open",
-                                         "how_ended", "slowest_end_s", "connect_failed")}
+                                         "how_ended", "slowest_end_s", "connect_failed",
+                                         "by_method")}
 

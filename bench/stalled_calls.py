@@ -2,19 +2,23 @@
 request message, and no credential.
 
 Each call is a real HTTP/2 stream on its own TCP connection to HQ, written by hand so that
-nothing is hidden: the connection preface and SETTINGS, then one HEADERS frame for a POST to
-TerminalService/GetCard (``content-type: application/grpc``, no ``authorization``) without
-END_STREAM, then never a DATA frame. A PING follows the HEADERS; its ACK proves HQ's HTTP/2
-layer read the HEADERS frame before it (frames are read in order), i.e. the call reached HQ.
-The client acknowledges HQ's SETTINGS and PINGs as any HTTP/2 client does, and records how
-each stream ends, if HQ ends it: trailers (HEADERS with END_STREAM), RST_STREAM, GOAWAY or
-the connection closing.
+nothing is hidden: the connection preface and SETTINGS, then one HEADERS frame for a POST
+(``content-type: application/grpc``, no ``authorization``) without END_STREAM, then never a
+DATA frame. The calls alternate between two unary methods: TerminalService/GetCard, which
+needs a credential (HQ may refuse it as soon as it reads the headers), and the standard
+health check, which needs none (so HQ has to hold the call until the request comes or a
+deadline passes), the method an attacker would pick.
+
+A PING follows the HEADERS; its ACK proves HQ's HTTP/2 layer read the HEADERS frame before it
+(frames are read in order), i.e. the call reached HQ. The client acknowledges HQ's SETTINGS
+and PINGs as any HTTP/2 client does, and records how each stream ends, if HQ ends it:
+trailers (HEADERS with END_STREAM), RST_STREAM, GOAWAY or the connection closing.
 
 Protocol with `run.py`: spec line ``{"addresses", "count", "ready_timeout_s"}`` (calls spread
-over the addresses in turn); replies
-``{"event": "ready", ...}`` once every stream reached HQ (or the timeout passed); then
-replies with the current counts to each ``{"status": true}`` line, and to ``{"stop": true}``
-(or the end of stdin) with the final counts before it closes its connections and exits.
+over the addresses, each getting both methods); replies ``{"event": "ready", ...}`` once
+every stream reached HQ (or the timeout passed); then replies with the current counts to
+each ``{"status": true}`` line, and to ``{"stop": true}`` (or the end of stdin) with the
+final counts before it closes its connections and exits.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 from children import parse_command, read_spec, reply
 
-PATH = b"/storedvalue.v1.TerminalService/GetCard"
+METHODS = ("/storedvalue.v1.TerminalService/GetCard", "/grpc.health.v1.Health/Check")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
 END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
@@ -50,11 +54,11 @@ def literal_header(name: bytes, value: bytes) -> bytes:
     return b"\x00" + bytes((len(name),)) + name + bytes((len(value),)) + value
 
 
-def request_headers(authority: str) -> bytes:
+def request_headers(authority: str, path: str) -> bytes:
     return b"".join(literal_header(name, value) for name, value in (
         (b":method", b"POST"),
         (b":scheme", b"http"),
-        (b":path", PATH),
+        (b":path", path.encode()),
         (b":authority", authority.encode()),
         (b"content-type", b"application/grpc"),
         (b"te", b"trailers"),
@@ -63,6 +67,7 @@ def request_headers(authority: str) -> bytes:
 
 @dataclass
 class StalledCall:
+    method: str
     opened_at: float = 0.0
     reached: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -88,7 +93,8 @@ async def hold(host: str, port: int, call: StalledCall, stop: asyncio.Event) -> 
     call.opened_at = time.monotonic()
     writer.write(PREFACE + frame(SETTINGS, 0, 0, SETTINGS_ENABLE_PUSH.to_bytes(2, "big")
                                  + (0).to_bytes(4, "big"))
-                 + frame(HEADERS, END_HEADERS, STREAM, request_headers(f"{host}:{port}"))
+                 + frame(HEADERS, END_HEADERS, STREAM,
+                         request_headers(f"{host}:{port}", call.method))
                  + frame(PING, 0, 0, PROBE))
     reading = asyncio.create_task(_read_frames(reader, writer, call))
     stopping = asyncio.create_task(stop.wait())
@@ -128,11 +134,11 @@ async def _read_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 async def main(spec: dict[str, Any]) -> None:
     addresses = [str(address).rpartition(":") for address in spec["addresses"]]
-    calls = [StalledCall() for _ in range(int(spec["count"]))]
+    calls = [StalledCall(METHODS[i % len(METHODS)]) for i in range(int(spec["count"]))]
     stop = asyncio.Event()
     holders = []
     for index, call in enumerate(calls):
-        host, _, port = addresses[index % len(addresses)]
+        host, _, port = addresses[index // len(METHODS) % len(addresses)]
         holders.append(asyncio.create_task(hold(host, int(port), call, stop)))
 
     async def reached_or_ended(call: StalledCall) -> None:
@@ -155,19 +161,26 @@ async def main(spec: dict[str, Any]) -> None:
 
 
 def _counts(calls: list[StalledCall]) -> dict[str, Any]:
+    errors = sorted({call.connect_error for call in calls if call.connect_error})
+    return {
+        **_tally(calls),
+        "by_method": {method.rpartition("/")[2]: _tally([c for c in calls if c.method == method])
+                      for method in METHODS},
+        "connect_errors": errors[:3],
+    }
+
+
+def _tally(calls: list[StalledCall]) -> dict[str, Any]:
     connected = [call for call in calls if not call.connect_error]
     ended = [call for call in connected if call.ended.is_set()]
-    ends = Counter(call.end for call in ended)
-    errors = sorted({call.connect_error for call in calls if call.connect_error})
     return {
         "calls": len(calls),
         "connect_failed": len(calls) - len(connected),
         "reached_hq": sum(call.reached.is_set() for call in calls),
         "ended_by_hq": len(ended),
         "still_open": len(connected) - len(ended),
-        "how_ended": dict(ends),
+        "how_ended": dict(Counter(call.end for call in ended)),
         "slowest_end_s": max((call.ended_after_s for call in ended), default=None),
-        "connect_errors": errors[:3],
     }
 
 

@@ -2,7 +2,10 @@
 WatchParameters stream per till (each with its own credential), spread over ``connections``
 channels (a local subchannel pool each, so each is its own TCP connection).
 
-Protocol with `run.py`: spec line ``{"addresses", "tokens", "connections",
+With ``"target": "fanout"`` the same streams follow the echo server process's trivial
+fan-out method instead (the baseline: what the client side and gRPC cost on this machine).
+
+Protocol with `run.py`: spec line ``{"target", "addresses", "tokens", "connections",
 "ready_timeout_s"}``; replies ``{"event": "ready", ...}`` once every stream got its first
 message (the current parameters) or the timeout passed. Then for each line
 ``{"version": V, "timeout_s": T}`` it waits until every stream received version V or newer
@@ -22,6 +25,7 @@ from typing import Any
 
 import grpc
 from children import parse_command, read_spec, reply
+from echo_server import WATCH_METHOD
 
 from storedvalue.v1 import terminal_service_pb2 as ts
 from storedvalue.v1 import terminal_service_pb2_grpc as ts_grpc
@@ -40,15 +44,23 @@ class Stream:
 
 
 class Watchers:
-    def __init__(self) -> None:
+    def __init__(self, target: str) -> None:
         self.streams: list[Stream] = []
         self.target = 0
         self.progressed = asyncio.Event()
+        self._fanout = target == "fanout"
 
     async def follow(self, channel: grpc.aio.Channel, token: str, stream: Stream) -> None:
-        stub = ts_grpc.TerminalServiceStub(channel)
-        call = stub.WatchParameters(ts.WatchParametersRequest(known_version=0),
-                                    metadata=(("authorization", f"Bearer {token}"),))
+        request = ts.WatchParametersRequest(known_version=0)
+        metadata = (("authorization", f"Bearer {token}"),)
+        if self._fanout:
+            call = channel.unary_stream(
+                WATCH_METHOD, request_serializer=ts.WatchParametersRequest.SerializeToString,
+                response_deserializer=ts.WatchParametersResponse.FromString,
+            )(request, metadata=metadata)
+        else:
+            call = ts_grpc.TerminalServiceStub(channel).WatchParameters(request,
+                                                                         metadata=metadata)
         try:
             async for message in call:
                 stream.arrivals.append((message.parameters.version, time.monotonic()))
@@ -94,7 +106,7 @@ async def main(spec: dict[str, Any]) -> None:
     channels = [grpc.aio.insecure_channel(addresses[i % len(addresses)],
                                           options=[("grpc.use_local_subchannel_pool", 1)])
                 for i in range(connections)]
-    watchers = Watchers()
+    watchers = Watchers(str(spec["target"]))
     watchers.streams = [Stream() for _ in tokens]
     tasks = [asyncio.create_task(watchers.follow(channels[i % connections], token, stream))
              for i, (token, stream) in enumerate(zip(tokens, watchers.streams, strict=True))]

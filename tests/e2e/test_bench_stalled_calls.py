@@ -24,12 +24,18 @@ def _never_answered(request: bytes, context: grpc.ServicerContext) -> bytes:
     raise AssertionError("a stalled call never sends its request, so never gets here")
 
 
-def _server(with_get_card: bool) -> tuple[grpc.Server, str]:
+def _server(with_methods: bool) -> tuple[grpc.Server, str]:
+    """A gRPC server with the two methods the stalled calls use, or with none."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=COUNT + 2))
-    if with_get_card:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "storedvalue.v1.TerminalService",
-            {"GetCard": grpc.unary_unary_rpc_method_handler(_never_answered)}),))
+    if with_methods:
+        server.add_generic_rpc_handlers((
+            grpc.method_handlers_generic_handler(
+                "storedvalue.v1.TerminalService",
+                {"GetCard": grpc.unary_unary_rpc_method_handler(_never_answered)}),
+            grpc.method_handlers_generic_handler(
+                "grpc.health.v1.Health",
+                {"Check": grpc.unary_unary_rpc_method_handler(_never_answered)}),
+        ))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, f"127.0.0.1:{port}"
@@ -71,17 +77,19 @@ def run_stalled_calls() -> Iterator[Any]:
 
 
 def test_stalled_calls_reach_the_server_and_stay_open(run_stalled_calls: Any) -> None:
-    server, address = _server(with_get_card=True)
+    server, address = _server(with_methods=True)
     try:
         ready, final = run_stalled_calls(address)
     finally:
         server.stop(0)
     assert (ready["reached_hq"], ready["still_open"], ready["ended_by_hq"]) == (COUNT, COUNT, 0)
     assert (final["still_open"], final["ended_by_hq"]) == (COUNT, 0)
+    assert {method: counts["calls"] for method, counts in final["by_method"].items()} == {
+        "GetCard": 3, "Check": 2}
 
 
 def test_a_server_that_ends_the_calls_is_seen_ending_them(run_stalled_calls: Any) -> None:
-    server, address = _server(with_get_card=False)  # UNIMPLEMENTED at once
+    server, address = _server(with_methods=False)  # UNIMPLEMENTED at once
     try:
         _ready, final = run_stalled_calls(address, until_ended=COUNT)
     finally:
