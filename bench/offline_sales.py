@@ -1,18 +1,16 @@
-"""What the bench's till processes share: the tests' fault-injecting proxy (so a bench can cut
-a till's link), a terminal opened ONLINE with the parameters that allow gift cards offline,
-and a one-line sale that must complete offline."""
+"""What the bench's till processes share: the breakable link of `storedvalue demo` and the
+end-to-end tests (a loopback TCP relay, so a bench can cut a till's link), a terminal opened
+ONLINE with the parameters that allow gift cards offline, and a one-line sale that must
+complete offline."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from storedvalue.cli._link import Link
 from storedvalue.terminal import ConnectivityState, Money, SaleLine, Terminal, TerminalConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from e2e.link_proxy import LinkProxy  # the tests' proxy, found via sys.path
 
 PRICE = Money(100, "EUR")
 READY_TIMEOUT_S = 30.0
@@ -46,4 +44,4 @@ def sell_offline(terminal: Terminal, sale: str, card: str) -> float:
     return elapsed
 
 
-__all__ = ["PRICE", "LinkProxy", "open_terminal", "sell_offline"]
+__all__ = ["PRICE", "Link", "open_terminal", "sell_offline"]

@@ -1,13 +1,13 @@
 """A till selling offline: the public terminal library in its own process, reaching the HQ
-process through the tests' fault-injecting TCP proxy (so the bench can cut the link).
+process through a breakable TCP relay (so the bench can cut the link).
 
-1. Already offline: the till locks one gift card per sale while the link is up, the proxy
+1. Already offline: the till locks one gift card per sale while the link is up, the relay
    black-holes the link, one sale takes the terminal OFFLINE, then ``complete_sale`` is timed
    for every other sale (one line each, each durable in the outbox before it returns).
    Baseline, interleaved with those sales: one durable SQLite commit (WAL, synchronous=FULL,
    BEGIN IMMEDIATE, one small insert) in the same directory, the floor of any offline sale.
 2. First sale after the drop, ``trials`` times: the link passes, the till gets ONLINE and
-   locks a card, the proxy black-holes the link, ``complete_sale`` is timed: its Redeem
+   locks a card, the relay black-holes the link, ``complete_sale`` is timed: its Redeem
    waits out the call deadline, then the sale completes offline.
 
 Spec: address, terminal_id, token, cards (sales + 1 + trials), data_dir, sales, trials,
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from children import answer, progress
-from offline_sales import LinkProxy, open_terminal, sell_offline
+from offline_sales import Link, open_terminal, sell_offline
 
 from storedvalue.terminal import ConnectivityState, HQUnavailable, Terminal, TerminalConfig
 
@@ -53,7 +53,7 @@ class DurableCommit:
         self._db.close()
 
 
-def already_offline(terminal: Terminal, link: LinkProxy, cards: list[str],
+def already_offline(terminal: Terminal, link: Link, cards: list[str],
                     baseline: DurableCommit) -> tuple[list[float], list[float]]:
     for index, card in enumerate(cards):
         terminal.add_tender(transaction_id=f"offline-{index}", card_number=card)
@@ -69,7 +69,7 @@ def already_offline(terminal: Terminal, link: LinkProxy, cards: list[str],
     return sales, commits
 
 
-def reconnect_and_lock(terminal: Terminal, link: LinkProxy, sale: str, card: str) -> None:
+def reconnect_and_lock(terminal: Terminal, link: Link, sale: str, card: str) -> None:
     link.pass_through()
     deadline = time.monotonic() + RECONNECT_S
     while time.monotonic() < deadline:
@@ -83,7 +83,7 @@ def reconnect_and_lock(terminal: Terminal, link: LinkProxy, sale: str, card: str
     raise RuntimeError(f"the till did not get back online within {RECONNECT_S} s")
 
 
-def first_after_drop(terminal: Terminal, link: LinkProxy, cards: list[str]) -> list[float]:
+def first_after_drop(terminal: Terminal, link: Link, cards: list[str]) -> list[float]:
     durations = []
     for index, card in enumerate(cards):
         sale = f"drop-{index}"
@@ -100,7 +100,7 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     cards: list[str] = spec["cards"]
     baseline = DurableCommit(root / "baseline.sqlite3")
     try:
-        with LinkProxy(spec["address"]) as link, open_terminal(
+        with Link(spec["address"]) as link, open_terminal(
             spec, link.address, root / "till", CONFIG
         ) as terminal:
             progress(f"offline till: {sales} sales on a till already offline")

@@ -1,7 +1,7 @@
 """A till syncing its outbox: the public terminal library in its own process.
 
-Not timed, filling the outbox as a till does: through the tests' TCP proxy the till locks one
-gift card per sale (``add_tender``, a few at a time), the proxy black-holes the link, and
+Not timed, filling the outbox as a till does: through a breakable TCP relay the till locks one
+gift card per sale (``add_tender``, a few at a time), the relay black-holes the link, and
 every sale completes offline (``complete_sale``, one durable commit each). Each offline line
 is thus under the lock its till holds for that sale, as in a store.
 
@@ -29,7 +29,7 @@ import grpc
 from children import answer, progress
 from echo_server import METHOD as ECHO_METHOD
 from fleet import sync_status
-from offline_sales import PRICE, LinkProxy, open_terminal, sell_offline
+from offline_sales import PRICE, Link, open_terminal, sell_offline
 
 from storedvalue.terminal import HQUnavailable, TerminalConfig
 from storedvalue.v1 import common_pb2, offline_pb2
@@ -45,7 +45,7 @@ LOCKING_THREADS = 4
 
 def fill_outbox(spec: dict[str, Any], data_dir: Path) -> dict[str, float]:
     cards: list[str] = spec["cards"]
-    with LinkProxy(spec["address"]) as link:
+    with Link(spec["address"]) as link:
         started = time.monotonic()
         with open_terminal(spec, link.address, data_dir, LOCKING_CONFIG) as terminal:
 
