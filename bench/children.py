@@ -106,11 +106,13 @@ class Children:
         argv: list[str],
         *,
         env: dict[str, str] | None = None,
+        unset_prefix: str | None = None,
         stdout_path: Path | None = None,
         log_path: Path | None = None,
     ) -> Child:
-        """Start ``argv``. Its stdout goes to ``stdout_path`` if given, else to a pipe read
-        by `Child.receive`; its stderr to ``log_path`` if given, else to ours."""
+        """Start ``argv`` with our environment less the variables named ``unset_prefix*``,
+        plus ``env``. Its stdout goes to ``stdout_path`` if given, else to a pipe read by
+        `Child.receive`; its stderr to ``log_path`` if given, else to ours."""
         stdout: IO[str] | int = subprocess.PIPE
         stderr: IO[str] | None = None
         with contextlib.ExitStack() as files:
@@ -123,7 +125,9 @@ class Children:
                 stdin=subprocess.PIPE,
                 stdout=stdout,
                 stderr=stderr,
-                env={**os.environ, **(env or {})},
+                env={**{name: value for name, value in os.environ.items()
+                        if unset_prefix is None or not name.startswith(unset_prefix)},
+                     **(env or {})},
                 text=True,
                 start_new_session=True,
             )

@@ -99,7 +99,10 @@ class HQUnderTest:
             child = self._children.start(
                 f"HQ {index}",
                 [sys.executable, "-m", "storedvalue.cli", "serve", *args],
+                # The caller's own STOREDVALUE_* settings (a database URL above all) must not
+                # reach the HQ under test.
                 env={"XDG_DATA_HOME": str(home), "STOREDVALUE_ADMIN_TOKEN": self.admin_token},
+                unset_prefix="STOREDVALUE_",
                 stdout_path=home / "serve.out",
                 log_path=home / "serve.log",
             )
