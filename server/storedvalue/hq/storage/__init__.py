@@ -6,7 +6,7 @@
     storage.close()
 """
 
-from storedvalue.hq.storage.database import open_engine
+from storedvalue.hq.storage.engines import open_engine
 from storedvalue.hq.storage.schema import upgrade_to_head
 from storedvalue.hq.storage.sqlalchemy_storage import SqlStorage, SqlUnitOfWork
 

@@ -15,61 +15,86 @@ from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.storage import rows
-from storedvalue.hq.storage.database import Transaction
-from storedvalue.hq.storage.key_lookups import KeyLookup, fetch_by_keys
-from storedvalue.hq.storage.statements import BulkWrite, Query, in_chunks
+from storedvalue.hq.storage.statements import Statement, in_chunks
 from storedvalue.hq.storage.tables import cards, journal, lock_history, redemptions
+from storedvalue.hq.storage.transaction import Transaction
 
 _CARD_SELECT = select(cards).where(cards.c.card_number == bindparam("card_number"))
-_CARD = Query(_CARD_SELECT)
-_CARD_FOR_UPDATE = Query(_CARD_SELECT.with_for_update())
+_CARD = Statement(_CARD_SELECT)
+_CARD_FOR_UPDATE = Statement(_CARD_SELECT.with_for_update())
 # ORDER BY under FOR UPDATE: PostgreSQL locks the rows in that order, so two batches
 # touching the same cards cannot deadlock.
-_CARDS_FOR_UPDATE = KeyLookup(
+_CARDS_FOR_UPDATE = Statement(
     select(cards)
     .where(cards.c.card_number.in_(bindparam("numbers", expanding=True)))
     .order_by(cards.c.card_number)
     .with_for_update(),
-    "numbers",
+    in_list="numbers",
 )
-_INSERT_CARDS = BulkWrite(insert(cards))
-_SAVE_CARDS = BulkWrite(
+_INSERT_CARDS = Statement(insert(cards))
+
+
+def _list_locks(by_terminal: bool, include_expired: bool) -> Statement:
+    query = select(cards).where(
+        cards.c.lock_terminal_id.is_not(None), cards.c.card_number > bindparam("after")
+    )
+    if by_terminal:
+        query = query.where(cards.c.lock_terminal_id == bindparam("terminal_id"))
+    if not include_expired:
+        query = query.where(cards.c.lock_lease_expires_at > bindparam("now"))
+    return Statement(query.order_by(cards.c.card_number).limit(bindparam("limit")))
+
+
+# By (filtering by terminal, including expired leases).
+_LIST_LOCKS = {
+    (by_terminal, expired): _list_locks(by_terminal, expired)
+    for by_terminal in (False, True)
+    for expired in (False, True)
+}
+_SAVE_CARDS = Statement(
     update(cards).where(cards.c.card_number == bindparam("key_card_number"))
 )
 
-_INSERT_GRANTS = BulkWrite(insert(lock_history))
-_RELEASE_GRANTS = BulkWrite(
+_INSERT_GRANTS = Statement(insert(lock_history))
+_RELEASE_GRANTS = Statement(
     update(lock_history).where(
         lock_history.c.card_number == bindparam("key_card_number"),
         lock_history.c.fencing_token == bindparam("key_fencing_token"),
     )
 )
-_GRANTS_FOR_SALES = KeyLookup(
+_GRANTS_FOR_SALES = Statement(
     select(lock_history).where(
         lock_history.c.terminal_id == bindparam("terminal_id"),
         lock_history.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
     ),
-    "transaction_ids",
+    in_list="transaction_ids",
 )
 
-_INSERT_ENTRIES = BulkWrite(insert(journal))
+_INSERT_ENTRIES = Statement(insert(journal))
+_JOURNAL_PAGE = Statement(
+    select(journal)
+    .where(journal.c.card_number == bindparam("card_number"),
+           journal.c.entry_id > bindparam("after"))
+    .order_by(journal.c.entry_id)
+    .limit(bindparam("limit"))
+)
 
-_REDEMPTIONS = KeyLookup(
+_REDEMPTIONS = Statement(
     select(redemptions).where(
         redemptions.c.terminal_id == bindparam("terminal_id"),
         redemptions.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
     ),
-    "transaction_ids",
+    in_list="transaction_ids",
 )
-_REDEMPTION = Query(
+_REDEMPTION = Statement(
     select(redemptions).where(
         redemptions.c.terminal_id == bindparam("terminal_id"),
         redemptions.c.transaction_id == bindparam("transaction_id"),
         redemptions.c.line_id == bindparam("line_id"),
     )
 )
-_INSERT_REDEMPTIONS = BulkWrite(insert(redemptions))
-_MARK_REVERSED = BulkWrite(
+_INSERT_REDEMPTIONS = Statement(insert(redemptions))
+_MARK_REVERSED = Statement(
     update(redemptions).where(
         redemptions.c.terminal_id == bindparam("key_terminal_id"),
         redemptions.c.transaction_id == bindparam("key_transaction_id"),
@@ -93,12 +118,12 @@ class SqlCardRepository:
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
         found: dict[str, Card] = {}
         for chunk in in_chunks(card_numbers):
-            for row in fetch_by_keys(self._tx, _CARDS_FOR_UPDATE, chunk, {}):
+            for row in self._tx.fetch(_CARDS_FOR_UPDATE, {"numbers": chunk}):
                 found[row.card_number] = rows.card_from_row(row)
         return found
 
     def add(self, cards: Iterable[Card]) -> None:
-        self._tx.write_many(_INSERT_CARDS, [rows.card_values(card) for card in cards])
+        self._tx.write(_INSERT_CARDS, [rows.card_values(card) for card in cards])
 
     def save(self, cards: Iterable[Card]) -> None:
         # One row per card, the last state wins: a bulk UPDATE on PostgreSQL would apply an
@@ -109,7 +134,7 @@ class SqlCardRepository:
             values = rows.card_state_values(card)
             values["key_card_number"] = card.card_number
             params.append(values)
-        self._tx.write_many(_SAVE_CARDS, params)
+        self._tx.write(_SAVE_CARDS, params)
 
     def list_locks(
         self,
@@ -120,15 +145,14 @@ class SqlCardRepository:
         after_card_number: str,
         limit: int,
     ) -> list[Lock]:
-        query = select(cards).where(
-            cards.c.lock_terminal_id.is_not(None), cards.c.card_number > after_card_number
-        )
-        if terminal_id is not None:
-            query = query.where(cards.c.lock_terminal_id == terminal_id)
-        if not include_expired:
-            query = query.where(cards.c.lock_lease_expires_at > rows.to_micros(now))
-        query = query.order_by(cards.c.card_number).limit(limit)
-        return [rows.lock_from_row(row) for row in self._tx.rows(query)]
+        statement = _LIST_LOCKS[(terminal_id is not None, include_expired)]
+        params = {
+            "after": after_card_number,
+            "terminal_id": terminal_id,
+            "now": rows.to_micros(now),
+            "limit": limit,
+        }
+        return [rows.lock_from_row(row) for row in self._tx.fetch(statement, params)]
 
 
 class SqlLockHistoryRepository:
@@ -136,11 +160,11 @@ class SqlLockHistoryRepository:
         self._tx = tx
 
     def add(self, grants: Iterable[LockGrant]) -> None:
-        self._tx.write_many(_INSERT_GRANTS, [rows.lock_grant_values(g) for g in grants])
+        self._tx.write(_INSERT_GRANTS, [rows.lock_grant_values(g) for g in grants])
 
     def mark_released_by_holder(self, locks: Iterable[tuple[str, int]], at: datetime) -> None:
         when = rows.to_micros(at)
-        self._tx.write_many(_RELEASE_GRANTS, [
+        self._tx.write(_RELEASE_GRANTS, [
             {"released_by_holder_at": when, "key_card_number": card_number,
              "key_fencing_token": token}
             for card_number, token in sorted(set(locks))
@@ -150,9 +174,9 @@ class SqlLockHistoryRepository:
                   ) -> list[LockGrant]:
         found: list[LockGrant] = []
         for chunk in in_chunks(transaction_ids):
-            params = {"terminal_id": terminal_id}
+            params = {"terminal_id": terminal_id, "transaction_ids": chunk}
             found.extend(rows.lock_grant_from_row(row)
-                         for row in fetch_by_keys(self._tx, _GRANTS_FOR_SALES, chunk, params))
+                         for row in self._tx.fetch(_GRANTS_FOR_SALES, params))
         return found
 
 
@@ -161,18 +185,13 @@ class SqlJournalRepository:
         self._tx = tx
 
     def append(self, entries: Iterable[JournalEntry]) -> None:
-        self._tx.write_many(_INSERT_ENTRIES, [rows.journal_values(entry) for entry in entries])
+        self._tx.write(_INSERT_ENTRIES, [rows.journal_values(entry) for entry in entries])
 
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int
     ) -> list[JournalEntry]:
-        query = (
-            select(journal)
-            .where(journal.c.card_number == card_number, journal.c.entry_id > after_entry_id)
-            .order_by(journal.c.entry_id)
-            .limit(limit)
-        )
-        return [rows.journal_from_row(row) for row in self._tx.rows(query)]
+        params = {"card_number": card_number, "after": after_entry_id, "limit": limit}
+        return [rows.journal_from_row(row) for row in self._tx.fetch(_JOURNAL_PAGE, params)]
 
 
 class SqlRedemptionRepository:
@@ -199,17 +218,17 @@ class SqlRedemptionRepository:
         found: dict[tuple[str, str, str], Redemption] = {}
         for terminal_id, transaction_ids in sorted(by_terminal.items()):
             for chunk in in_chunks(transaction_ids):
-                params = {"terminal_id": terminal_id}
-                for row in fetch_by_keys(self._tx, _REDEMPTIONS, chunk, params):
+                params = {"terminal_id": terminal_id, "transaction_ids": chunk}
+                for row in self._tx.fetch(_REDEMPTIONS, params):
                     redemption = rows.redemption_from_row(row)
                     if redemption.key in wanted:
                         found[redemption.key] = redemption
         return found
 
     def add(self, redemptions: Iterable[Redemption]) -> None:
-        self._tx.write_many(_INSERT_REDEMPTIONS, [rows.redemption_values(r) for r in redemptions])
+        self._tx.write(_INSERT_REDEMPTIONS, [rows.redemption_values(r) for r in redemptions])
 
     def mark_reversed(self, redemptions: Iterable[Redemption]) -> None:
-        self._tx.write_many(
+        self._tx.write(
             _MARK_REVERSED, [rows.redemption_reversal_values(r) for r in redemptions]
         )

@@ -10,31 +10,51 @@ from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.domain.terminals import Terminal
 from storedvalue.hq.services.unit_of_work import StoredResponse
 from storedvalue.hq.storage import rows
-from storedvalue.hq.storage.database import BulkWrite, Query, Transaction, in_chunks
+from storedvalue.hq.storage.statements import Statement, in_chunks
 from storedvalue.hq.storage.tables import parameters, request_log, terminals
+from storedvalue.hq.storage.transaction import Transaction
 
-_REQUEST = Query(
+# Listeners (other HQ replicas on PostgreSQL) hear the new version once it commits.
+PARAMETERS_CHANNEL = "storedvalue_parameters"
+
+_REQUEST = Statement(
     select(request_log).where(
         request_log.c.caller == bindparam("caller"),
         request_log.c.request_id == bindparam("request_id"),
     )
 )
-_INSERT_REQUEST = BulkWrite(insert(request_log))
+_INSERT_REQUEST = Statement(insert(request_log))
 
-_CURRENT_PARAMETERS = Query(
+_CURRENT_PARAMETERS = Statement(
     select(parameters).order_by(parameters.c.version.desc()).limit(1)
 )
-_PARAMETER_VERSIONS = select(parameters).where(
-    parameters.c.version.in_(bindparam("versions", expanding=True))
+_PARAMETER_VERSIONS = Statement(
+    select(parameters).where(parameters.c.version.in_(bindparam("versions", expanding=True))),
+    in_list="versions",
 )
-_INSERT_PARAMETERS = insert(parameters)
+_PARAMETERS_PAGE = Statement(
+    select(parameters)
+    .where(parameters.c.version < bindparam("before"))
+    .order_by(parameters.c.version.desc())
+    .limit(bindparam("limit"))
+)
+_INSERT_PARAMETERS = Statement(insert(parameters))
 
-_TERMINAL = select(terminals).where(terminals.c.terminal_id == bindparam("terminal_id"))
-_TERMINAL_FOR_UPDATE = _TERMINAL.with_for_update()
-_TERMINAL_BY_TOKEN = select(terminals).where(terminals.c.token_hash == bindparam("token_hash"))
-_INSERT_TERMINAL = insert(terminals)
-_SAVE_TERMINAL = update(terminals).where(
-    terminals.c.terminal_id == bindparam("key_terminal_id")
+_TERMINAL_SELECT = select(terminals).where(terminals.c.terminal_id == bindparam("terminal_id"))
+_TERMINAL = Statement(_TERMINAL_SELECT)
+_TERMINAL_FOR_UPDATE = Statement(_TERMINAL_SELECT.with_for_update())
+_TERMINAL_BY_TOKEN = Statement(
+    select(terminals).where(terminals.c.token_hash == bindparam("token_hash"))
+)
+_TERMINALS_PAGE = Statement(
+    select(terminals)
+    .where(terminals.c.terminal_id > bindparam("after"))
+    .order_by(terminals.c.terminal_id)
+    .limit(bindparam("limit"))
+)
+_INSERT_TERMINAL = Statement(insert(terminals))
+_SAVE_TERMINAL = Statement(
+    update(terminals).where(terminals.c.terminal_id == bindparam("key_terminal_id"))
 )
 
 
@@ -56,7 +76,7 @@ class SqlRequestLog:
         )
 
     def add(self, response: StoredResponse) -> None:
-        self._tx.write_many(
+        self._tx.write(
             _INSERT_REQUEST,
             [{
                 "caller": response.caller,
@@ -80,19 +100,18 @@ class SqlParametersRepository:
     def get_versions(self, versions: Collection[int]) -> dict[int, Parameters]:
         found: dict[int, Parameters] = {}
         for chunk in in_chunks(versions):
-            for row in self._tx.rows(_PARAMETER_VERSIONS, {"versions": chunk}):
+            for row in self._tx.fetch(_PARAMETER_VERSIONS, {"versions": chunk}):
                 found[row.version] = rows.parameters_from_row(row)
         return found
 
     def add(self, parameters: Parameters) -> None:
-        self._tx.write(_INSERT_PARAMETERS, rows.parameters_values(parameters))
+        self._tx.write(_INSERT_PARAMETERS, [rows.parameters_values(parameters)])
+        self._tx.notify(PARAMETERS_CHANNEL, str(parameters.version))
 
     def list(self, *, before_version: int, limit: int) -> list[Parameters]:
-        query = select(parameters)
-        if before_version > 0:
-            query = query.where(parameters.c.version < before_version)
-        query = query.order_by(parameters.c.version.desc()).limit(limit)
-        return [rows.parameters_from_row(row) for row in self._tx.rows(query)]
+        # 0: no bound; versions are far below 2**62.
+        params = {"before": before_version if before_version > 0 else 2**62, "limit": limit}
+        return [rows.parameters_from_row(row) for row in self._tx.fetch(_PARAMETERS_PAGE, params)]
 
 
 class SqlTerminalRepository:
@@ -100,30 +119,25 @@ class SqlTerminalRepository:
         self._tx = tx
 
     def get(self, terminal_id: str) -> Terminal | None:
-        row = self._tx.first(_TERMINAL, {"terminal_id": terminal_id})
+        row = self._tx.fetch_first(_TERMINAL, {"terminal_id": terminal_id})
         return None if row is None else rows.terminal_from_row(row)
 
     def get_for_update(self, terminal_id: str) -> Terminal | None:
-        row = self._tx.first(_TERMINAL_FOR_UPDATE, {"terminal_id": terminal_id})
+        row = self._tx.fetch_first(_TERMINAL_FOR_UPDATE, {"terminal_id": terminal_id})
         return None if row is None else rows.terminal_from_row(row)
 
     def get_by_token_hash(self, token_hash: str) -> Terminal | None:
-        row = self._tx.first(_TERMINAL_BY_TOKEN, {"token_hash": token_hash})
+        row = self._tx.fetch_first(_TERMINAL_BY_TOKEN, {"token_hash": token_hash})
         return None if row is None else rows.terminal_from_row(row)
 
     def add(self, terminal: Terminal) -> None:
-        self._tx.write(_INSERT_TERMINAL, rows.terminal_values(terminal))
+        self._tx.write(_INSERT_TERMINAL, [rows.terminal_values(terminal)])
 
     def save(self, terminal: Terminal) -> None:
         values = rows.terminal_state_values(terminal)
         values["key_terminal_id"] = terminal.terminal_id
-        self._tx.write(_SAVE_TERMINAL, values)
+        self._tx.write(_SAVE_TERMINAL, [values])
 
     def list(self, *, after_terminal_id: str, limit: int) -> list[Terminal]:
-        query = (
-            select(terminals)
-            .where(terminals.c.terminal_id > after_terminal_id)
-            .order_by(terminals.c.terminal_id)
-            .limit(limit)
-        )
-        return [rows.terminal_from_row(row) for row in self._tx.rows(query)]
+        params = {"after": after_terminal_id, "limit": limit}
+        return [rows.terminal_from_row(row) for row in self._tx.fetch(_TERMINALS_PAGE, params)]

@@ -9,26 +9,25 @@ from sqlalchemy import bindparam, func, insert, select, update
 from storedvalue.hq.domain.errors import InvalidField
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord
 from storedvalue.hq.storage import rows
-from storedvalue.hq.storage.database import Transaction
-from storedvalue.hq.storage.key_lookups import KeyLookup, fetch_by_keys
-from storedvalue.hq.storage.statements import BulkWrite, in_chunks
+from storedvalue.hq.storage.statements import Statement, in_chunks
 from storedvalue.hq.storage.tables import offline_exceptions, offline_records
+from storedvalue.hq.storage.transaction import Transaction
 
-_RECORDS = KeyLookup(
+_RECORDS = Statement(
     select(offline_records).where(
         offline_records.c.terminal_id == bindparam("terminal_id"),
         offline_records.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
     ),
-    "transaction_ids",
+    in_list="transaction_ids",
 )
-_SEQUENCE_OWNERS = KeyLookup(
+_SEQUENCE_OWNERS = Statement(
     select(offline_records.c.sequence_number, offline_records.c.transaction_id).where(
         offline_records.c.terminal_id == bindparam("terminal_id"),
         offline_records.c.sequence_number.in_(bindparam("sequence_numbers", expanding=True)),
     ),
-    "sequence_numbers",
+    in_list="sequence_numbers",
 )
-_SEQUENCES_ABOVE = (
+_SEQUENCES_ABOVE = Statement(
     select(offline_records.c.sequence_number)
     .where(
         offline_records.c.terminal_id == bindparam("terminal_id"),
@@ -36,21 +35,44 @@ _SEQUENCES_ABOVE = (
     )
     .order_by(offline_records.c.sequence_number)
 )
-_INSERT_RECORDS = BulkWrite(insert(offline_records))
+_INSERT_RECORDS = Statement(insert(offline_records))
 
-_EXCEPTION_FOR_UPDATE = (
+_EXCEPTION_FOR_UPDATE = Statement(
     select(offline_exceptions)
     .where(offline_exceptions.c.exception_id == bindparam("exception_id"))
     .with_for_update()
 )
-_INSERT_EXCEPTIONS = BulkWrite(insert(offline_exceptions))
-_SAVE_EXCEPTION = update(offline_exceptions).where(
-    offline_exceptions.c.exception_id == bindparam("key_exception_id")
+_INSERT_EXCEPTIONS = Statement(insert(offline_exceptions))
+_SAVE_EXCEPTION = Statement(
+    update(offline_exceptions).where(
+        offline_exceptions.c.exception_id == bindparam("key_exception_id")
+    )
 )
-_COUNT_OPEN_FOR_CARD = select(func.count()).where(
-    offline_exceptions.c.card_number == bindparam("card_number"),
-    offline_exceptions.c.resolved_at.is_(None),
+_COUNT_OPEN_FOR_CARD = Statement(
+    select(func.count().label("open_count")).where(
+        offline_exceptions.c.card_number == bindparam("card_number"),
+        offline_exceptions.c.resolved_at.is_(None),
+    )
 )
+
+
+def _exceptions_page(include_resolved: bool, by_terminal: bool, by_card: bool) -> Statement:
+    table = offline_exceptions
+    query = select(table).where(table.c.position > bindparam("after"))
+    if not include_resolved:
+        query = query.where(table.c.resolved_at.is_(None))
+    if by_terminal:
+        query = query.where(table.c.terminal_id == bindparam("terminal_id"))
+    if by_card:
+        query = query.where(table.c.card_number == bindparam("card_number"))
+    return Statement(query.order_by(table.c.position).limit(bindparam("limit")))
+
+
+# By (including resolved ones, filtering by terminal, filtering by card).
+_EXCEPTIONS_PAGE = {
+    flags: _exceptions_page(*flags)
+    for flags in ((r, t, c) for r in (False, True) for t in (False, True) for c in (False, True))
+}
 
 
 def parse_exception_cursor(after: str) -> int:
@@ -71,8 +93,8 @@ class SqlOfflineRecordRepository:
     ) -> dict[str, OfflineRecord]:
         found: dict[str, OfflineRecord] = {}
         for chunk in in_chunks(transaction_ids):
-            params = {"terminal_id": terminal_id}
-            for row in fetch_by_keys(self._tx, _RECORDS, chunk, params):
+            params = {"terminal_id": terminal_id, "transaction_ids": chunk}
+            for row in self._tx.fetch(_RECORDS, params):
                 found[row.transaction_id] = rows.offline_record_from_row(row)
         return found
 
@@ -81,17 +103,17 @@ class SqlOfflineRecordRepository:
     ) -> dict[int, str]:
         owners: dict[int, str] = {}
         for chunk in in_chunks(sequence_numbers):
-            params = {"terminal_id": terminal_id}
-            for row in fetch_by_keys(self._tx, _SEQUENCE_OWNERS, chunk, params):
+            params = {"terminal_id": terminal_id, "sequence_numbers": chunk}
+            for row in self._tx.fetch(_SEQUENCE_OWNERS, params):
                 owners[row.sequence_number] = row.transaction_id
         return owners
 
     def sequences_above(self, terminal_id: str, mark: int) -> list[int]:
         params = {"terminal_id": terminal_id, "mark": mark}
-        return [row.sequence_number for row in self._tx.rows(_SEQUENCES_ABOVE, params)]
+        return [row.sequence_number for row in self._tx.fetch(_SEQUENCES_ABOVE, params)]
 
     def add(self, records: Iterable[OfflineRecord]) -> None:
-        self._tx.write_many(_INSERT_RECORDS, [rows.offline_record_values(r) for r in records])
+        self._tx.write(_INSERT_RECORDS, [rows.offline_record_values(r) for r in records])
 
 
 class SqlOfflineExceptionRepository:
@@ -99,20 +121,20 @@ class SqlOfflineExceptionRepository:
         self._tx = tx
 
     def add(self, exceptions: Iterable[OfflineException]) -> None:
-        self._tx.write_many(_INSERT_EXCEPTIONS, [rows.exception_values(e) for e in exceptions])
+        self._tx.write(_INSERT_EXCEPTIONS, [rows.exception_values(e) for e in exceptions])
 
     def get_for_update(self, exception_id: str) -> OfflineException | None:
-        row = self._tx.first(_EXCEPTION_FOR_UPDATE, {"exception_id": exception_id})
+        row = self._tx.fetch_first(_EXCEPTION_FOR_UPDATE, {"exception_id": exception_id})
         return None if row is None else rows.exception_from_row(row)
 
     def save(self, exception: OfflineException) -> None:
         values = rows.exception_state_values(exception)
         values["key_exception_id"] = exception.exception_id
-        self._tx.write(_SAVE_EXCEPTION, values)
+        self._tx.write(_SAVE_EXCEPTION, [values])
 
     def count_open_for_card(self, card_number: str) -> int:
-        row = self._tx.first(_COUNT_OPEN_FOR_CARD, {"card_number": card_number})
-        return 0 if row is None else int(row[0])
+        row = self._tx.fetch_first(_COUNT_OPEN_FOR_CARD, {"card_number": card_number})
+        return 0 if row is None else int(row.open_count)
 
     def list(
         self,
@@ -125,16 +147,17 @@ class SqlOfflineExceptionRepository:
     ) -> tuple[list[OfflineException], str]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        table = offline_exceptions
-        query = select(table).where(table.c.position > parse_exception_cursor(after))
-        if not include_resolved:
-            query = query.where(table.c.resolved_at.is_(None))
-        if terminal_id is not None:
-            query = query.where(table.c.terminal_id == terminal_id)
-        if card_number is not None:
-            query = query.where(table.c.card_number == card_number)
-        # One row past the page tells whether there is a next page.
-        found = self._tx.rows(query.order_by(table.c.position).limit(limit + 1))
+        statement = _EXCEPTIONS_PAGE[
+            (include_resolved, terminal_id is not None, card_number is not None)
+        ]
+        params = {
+            "after": parse_exception_cursor(after),
+            "terminal_id": terminal_id,
+            "card_number": card_number,
+            # One row past the page tells whether there is a next page.
+            "limit": limit + 1,
+        }
+        found = self._tx.fetch(statement, params)
         page = found[:limit]
         cursor = str(page[-1].position) if len(found) > limit else ""
         return [rows.exception_from_row(row) for row in page], cursor

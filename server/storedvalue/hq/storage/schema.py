@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
 
-from storedvalue.hq.storage.database import WRITE_OPTION, open_engine
+from storedvalue.hq.storage.engines import WRITE_OPTION, open_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # pg_advisory_lock key held while upgrading, so HQ replicas starting together take turns

@@ -11,6 +11,7 @@ from typing import Self
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import PoolProxiedConnection
 
 from storedvalue.hq.services.unit_of_work import (
     CardRepository,
@@ -34,11 +35,12 @@ from storedvalue.hq.storage.configuration_repositories import (
     SqlRequestLog,
     SqlTerminalRepository,
 )
-from storedvalue.hq.storage.database import Transaction, open_engine
+from storedvalue.hq.storage.engines import open_engine
 from storedvalue.hq.storage.offline_repositories import (
     SqlOfflineExceptionRepository,
     SqlOfflineRecordRepository,
 )
+from storedvalue.hq.storage.transaction import Transaction
 
 
 class SqlStorage:
@@ -56,14 +58,23 @@ class SqlStorage:
     def unit_of_work(self, *, write: bool) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.engine, write=write)
 
+    def connect(self) -> tuple[PoolProxiedConnection, Transaction]:
+        """A pooled connection kept for long (a writer or reader thread of the executor),
+        and its Transaction. Give it back with `.close()` on the pooled connection."""
+        pooled = self.engine.raw_connection()
+        try:
+            return pooled, Transaction(pooled.dbapi_connection, self.engine.dialect)
+        except BaseException:
+            pooled.close()
+            raise
+
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
 
 
-class SqlUnitOfWork:
-    """One database transaction: begun on entry (`BEGIN IMMEDIATE` on SQLite when writing),
-    rolled back on exit unless committed."""
+class SqlRepositories:
+    """The repositories over one Transaction."""
 
     cards: CardRepository
     lock_history: LockHistoryRepository
@@ -75,13 +86,7 @@ class SqlUnitOfWork:
     parameters: ParametersRepository
     terminals: TerminalRepository
 
-    def __init__(self, engine: Engine, *, write: bool) -> None:
-        self._engine = engine
-        self._write = write
-        self._tx: Transaction | None = None
-
-    def __enter__(self) -> Self:
-        tx = self._tx = Transaction(self._engine, write=self._write)
+    def __init__(self, tx: Transaction) -> None:
         self.cards = SqlCardRepository(tx)
         self.lock_history = SqlLockHistoryRepository(tx)
         self.journal = SqlJournalRepository(tx)
@@ -91,6 +96,27 @@ class SqlUnitOfWork:
         self.exceptions = SqlOfflineExceptionRepository(tx)
         self.parameters = SqlParametersRepository(tx)
         self.terminals = SqlTerminalRepository(tx)
+
+
+class SqlUnitOfWork(SqlRepositories):
+    """One database transaction on a pooled connection: begun on entry (`BEGIN IMMEDIATE`
+    on SQLite when writing), rolled back on exit unless committed."""
+
+    def __init__(self, engine: Engine, *, write: bool) -> None:
+        self._engine = engine
+        self._write = write
+        self._pooled: PoolProxiedConnection | None = None
+        self._tx: Transaction | None = None
+
+    def __enter__(self) -> Self:
+        pooled = self._pooled = self._engine.raw_connection()
+        try:
+            tx = self._tx = Transaction(pooled.dbapi_connection, self._engine.dialect)
+            tx.begin(write=self._write)
+        except BaseException:
+            self._release()
+            raise
+        super().__init__(tx)
         return self
 
     def __exit__(
@@ -99,11 +125,19 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tx, self._tx = self._tx, None
-        if tx is not None:
-            tx.close()
+        self._release()
 
     def commit(self) -> None:
         if self._tx is None:
             raise RuntimeError("commit() outside the unit of work's `with` block")
         self._tx.commit()
+
+    def _release(self) -> None:
+        tx, self._tx = self._tx, None
+        pooled, self._pooled = self._pooled, None
+        try:
+            if tx is not None:
+                tx.close()
+        finally:
+            if pooled is not None:
+                pooled.close()

@@ -1,13 +1,25 @@
-"""Statements the storage runs on the driver's cursor, compiled once per dialect: bulk
-writes, single-row reads, and the IN-list chunking of lookups by many keys."""
+"""The storage's one statement type: a SQLAlchemy Core statement compiled once per dialect and
+run on the driver's cursor by `Transaction`, plus the IN-list chunking of lookups by many keys.
+
+SQLAlchemy's per-execution work (bind processing, result processing, rendering expanding
+binds) costs more than the database's own work for an online call, and the offline sync
+reads and writes tens of thousands of rows a second. Our column types need no bind or
+result processing (ints, strings, bools, bytes), so values go to the driver as they are and
+rows come back as named tuples (columns as attributes).
+"""
 
 from __future__ import annotations
 
-from collections import namedtuple
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import Dialect, Insert, Select, Table, Update
+
+from storedvalue.hq.storage.sqlalchemy_internals import (
+    CompiledSql,
+    compile_statement,
+    with_in_list,
+)
 
 T = TypeVar("T", str, int)
 
@@ -23,46 +35,70 @@ def in_chunks(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
         yield ordered[start : start + size]
 
 
-class BulkWrite:
-    """An INSERT, or an UPDATE whose WHERE matches `key_<column>` binds, run as one
-    driver-level statement per batch and compiled once per dialect and set of keys.
+class Statement:
+    """A SELECT, INSERT or UPDATE, compiled on first use for each dialect.
 
-    SQLAlchemy's per-row parameter handling costs more than the database's own work per row,
-    and the offline sync writes tens of thousands of rows a second. Our column types need no
-    bind processing (ints, strings, bools, bytes), so rows go to the driver as they are:
-    SQLite gets one executemany; PostgreSQL gets ONE statement reading the rows from arrays
-    (`unnest`), one round trip instead of one per row. Rows of one UPDATE batch must have
-    distinct keys.
+    - A SELECT may have one expanding bind (`bindparam(name, expanding=True)`), named by
+      `in_list`; it is compiled once and its placeholders spliced in per list length.
+    - An INSERT or UPDATE is compiled per set of keys written (an UPDATE matches
+      `key_<column>` binds in its WHERE). Several rows at once: SQLite gets one
+      executemany; PostgreSQL gets ONE statement reading the rows from arrays (`unnest`),
+      one round trip instead of one per row. Rows of one UPDATE batch must have distinct
+      keys.
     """
 
-    def __init__(self, statement: Insert | Update) -> None:
+    def __init__(self, statement: Select[Any] | Insert | Update, *, in_list: str | None = None
+                 ) -> None:
+        if in_list is not None and not isinstance(statement, Select):
+            raise ValueError("only a SELECT reads by a list of keys")
         self.statement = statement
-        self._compiled: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...] | None]] = {}
+        self.in_list = in_list
+        self._compiled: dict[tuple[Any, ...], CompiledSql] = {}
 
-    def compiled_for(
-        self, dialect: Dialect, keys: tuple[str, ...]
-    ) -> tuple[str, tuple[str, ...] | None]:
-        """The SQL text and, for positional paramstyles, the order of its parameters."""
-        found = self._compiled.get((dialect.name, keys))
+    def compiled_read(self, dialect: Dialect, count: int = 0) -> CompiledSql:
+        """The SELECT for `count` keys in its IN list (0 without one)."""
+        found = self._compiled.get((dialect.name, count))
         if found is None:
-            if dialect.name == "postgresql":
-                found = (self._from_arrays(dialect, keys), None)
+            if not isinstance(self.statement, Select):
+                raise TypeError("not a SELECT")
+            base = self._compiled.get((dialect.name, 0))
+            if base is None:
+                base = self._compiled[(dialect.name, 0)] = compile_statement(
+                    self.statement, dialect
+                )
+            found = base
+            if self.in_list is not None and count:
+                found = with_in_list(base, dialect, self.in_list, count)
+            self._compiled[(dialect.name, count)] = found
+        return found
+
+    def compiled_write(self, dialect: Dialect, keys: tuple[str, ...], *, many: bool
+                       ) -> CompiledSql:
+        """The INSERT or UPDATE writing `keys`; `many`: PostgreSQL's form for many rows
+        (parameters `c0`, `c1`, ... are arrays, one per key, in `keys` order)."""
+        cache_key = (dialect.name, keys, many)
+        found = self._compiled.get(cache_key)
+        if found is None:
+            if isinstance(self.statement, Select):
+                raise TypeError("a SELECT writes nothing")
+            if many and dialect.name == "postgresql":
+                found = CompiledSql(self._from_arrays(dialect, keys), None, {}, None)
             else:
-                compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
-                order = tuple(compiled.positiontup or ()) if dialect.positional else None
-                found = (str(compiled), order)
-            self._compiled[(dialect.name, keys)] = found
+                found = compile_statement(self.statement, dialect, keys)
+            self._compiled[cache_key] = found
         return found
 
     def _from_arrays(self, dialect: Dialect, keys: tuple[str, ...]) -> str:
-        table = self.statement.table
+        statement = self.statement
+        assert isinstance(statement, Insert | Update)
+        table = statement.table
         assert isinstance(table, Table)
         quote = dialect.identifier_preparer.quote
         arrays = ", ".join(
             f"%(c{i})b::{table.c[key.removeprefix('key_')].type.compile(dialect=dialect)}[]"
             for i, key in enumerate(keys)
         )
-        if isinstance(self.statement, Insert):
+        if isinstance(statement, Insert):
             columns = ", ".join(quote(key) for key in keys)
             # Identifiers come from our own tables, quoted; every value is bound.
             return f"INSERT INTO {quote(table.name)} ({columns}) SELECT * FROM unnest({arrays})"  # noqa: S608
@@ -79,33 +115,3 @@ class BulkWrite:
             f"UPDATE {quote(table.name)} SET {assignments} "  # noqa: S608 - as above
             f"FROM unnest({arrays}) AS v({names}) WHERE {matches}"
         )
-
-
-class Query:
-    """A SELECT without expanding binds, compiled once per dialect and run on the driver's
-    cursor: the online calls' single-row reads, where SQLAlchemy's per-execution work costs
-    more than SQLite's own. Rows come back as named tuples (columns as attributes)."""
-
-    def __init__(self, statement: Select[Any]) -> None:
-        self.statement = statement
-        self._compiled: dict[str, tuple[str, Any, dict[str, Any], type[tuple[Any, ...]]]] = {}
-
-    def compiled_for(
-        self, dialect: Dialect
-    ) -> tuple[str, Any, dict[str, Any], type[tuple[Any, ...]]]:
-        """SQL text, the parameter order (positional paramstyles) or None, the binds' own
-        values (e.g. a LIMIT), and the row type."""
-        found = self._compiled.get(dialect.name)
-        if found is None:
-            compiled = self.statement.compile(dialect=dialect)
-            defaults = {
-                name: bind.effective_value
-                for name, bind in compiled.binds.items()
-                if bind.value is not None
-            }
-            order = tuple(compiled.positiontup or ()) if dialect.positional else None
-            row_type = namedtuple("QueryRow", self.statement.selected_columns.keys())  # type: ignore[misc]
-            found = (str(compiled), order, defaults, row_type)
-            self._compiled[dialect.name] = found
-        return found
-

@@ -14,7 +14,7 @@ from pathlib import Path
 from alembic import context
 from sqlalchemy import Connection
 
-from storedvalue.hq.storage.database import WRITE_OPTION, open_engine
+from storedvalue.hq.storage.engines import WRITE_OPTION, open_engine
 from storedvalue.hq.storage.schema import migration_lock
 from storedvalue.hq.storage.tables import METADATA
 

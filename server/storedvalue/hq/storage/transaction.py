@@ -1,0 +1,229 @@
+"""Transactions on one driver connection, and every statement the storage runs.
+
+The transaction is begun, committed and rolled back on the driver itself, and statements
+(`Statement`) run on the driver's cursor: SQLAlchemy's connection and transaction
+bookkeeping costs more than SQLite's own work for an online call. Every statement runs
+through here, so a lost race surfaces as ConcurrentUpdate wherever it happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Dialect
+
+from storedvalue.hq.storage.error_translation import translated_driver_error
+from storedvalue.hq.storage.sqlalchemy_internals import CompiledSql
+from storedvalue.hq.storage.statements import Statement
+
+_SAVEPOINT = "unit_of_work"
+
+
+class Transaction:
+    """Transactions, one after another, on `driver` (a DB-API connection; SQLite ones with
+    `isolation_level=None`, so that we begin). `begin(write=True)` takes SQLite's write
+    lock at once (`BEGIN IMMEDIATE`); PostgreSQL begins by itself on the first statement.
+    After `commit()` the next statement begins a new transaction of the same kind."""
+
+    def __init__(self, driver: Any, dialect: Dialect) -> None:
+        self._driver = driver
+        self._dialect = dialect
+        self._postgresql = dialect.name == "postgresql"
+        self._error: type[Exception] = dialect.loaded_dbapi.Error
+        self._cursor: Any = driver.cursor()
+        self._begin_sql: str | None = None
+        self._open = False
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
+
+    # -- statements -----------------------------------------------------------------------
+
+    def fetch(self, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
+        """Every row of a SELECT (named tuples). With an IN list, `params[statement.in_list]`
+        is the list of keys (one chunk: see `in_chunks`)."""
+        in_list = statement.in_list
+        if in_list is None:
+            compiled = statement.compiled_read(self._dialect)
+            bound = _bound(compiled, params)
+        else:
+            keys = params[in_list]
+            if not keys:
+                return []
+            compiled = statement.compiled_read(self._dialect, len(keys))
+            bound = _bound_with_list(compiled, params, in_list, keys)
+        if not self._open:
+            self.begin()
+        try:
+            cursor = self._cursor
+            cursor.execute(compiled.sql, bound)
+            found = cursor.fetchall()
+        except self._error as error:
+            raise translated_driver_error(compiled.sql, bound, error, self._error) from None
+        make = compiled.row_type._make  # type: ignore[union-attr]
+        return [make(row) for row in found]
+
+    def fetch_first(self, statement: Statement, params: Mapping[str, Any]) -> Any:
+        """The first row of a SELECT without an IN list (a named tuple), or None."""
+        compiled = statement.compiled_read(self._dialect)
+        bound = _bound(compiled, params)
+        if not self._open:
+            self.begin()
+        try:
+            cursor = self._cursor
+            cursor.execute(compiled.sql, bound)
+            found = cursor.fetchone()
+        except self._error as error:
+            raise translated_driver_error(compiled.sql, bound, error, self._error) from None
+        if found is None:
+            return None
+        return compiled.row_type._make(found)  # type: ignore[union-attr]
+
+    def write(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
+        """An INSERT or UPDATE of `rows`, which all have the same keys (a column or a
+        `key_<column>` bind each)."""
+        if not rows:
+            return
+        keys = tuple(rows[0])
+        many = len(rows) > 1
+        compiled = statement.compiled_write(self._dialect, keys, many=many)
+        sql = compiled.sql
+        if not self._open:
+            self.begin()
+        cursor = self._cursor
+        params: Any = None
+        try:
+            if not many:
+                params = _bound(compiled, rows[0])
+                cursor.execute(sql, params)
+            elif self._postgresql:
+                params = {f"c{i}": [row[key] for row in rows] for i, key in enumerate(keys)}
+                cursor.execute(sql, params)
+            elif compiled.order is not None:
+                order = compiled.order
+                if len(order) > 1:
+                    pick = itemgetter(*order)
+                    params = [pick(row) for row in rows]
+                else:
+                    params = [(row[order[0]],) for row in rows]
+                cursor.executemany(sql, params)
+            else:
+                params = list(rows)
+                cursor.executemany(sql, params)
+        except self._error as error:
+            raise translated_driver_error(sql, None, error, self._error) from None
+
+    def notify(self, channel: str, payload: str) -> None:
+        """PostgreSQL: tell the listeners of `channel` once this transaction commits
+        (nothing elsewhere: one SQLite file has one HQ process)."""
+        if self._postgresql:
+            self._execute("SELECT pg_notify(%(channel)s, %(payload)s)",
+                          {"channel": channel, "payload": payload})
+
+    # -- the transaction ------------------------------------------------------------------
+
+    def begin(self, *, write: bool | None = None) -> None:
+        """Begin a transaction (`write`: on SQLite, take the write lock now; None: the same
+        kind as the previous one)."""
+        if write is not None:
+            self._begin_sql = None if self._postgresql else (
+                "BEGIN IMMEDIATE" if write else "BEGIN"
+            )
+        self._open = True
+        if self._begin_sql is not None:
+            try:
+                self._cursor.execute(self._begin_sql)
+            except self._error as error:
+                self._open = False
+                raise translated_driver_error(
+                    self._begin_sql, None, error, self._error
+                ) from None
+
+    def commit(self) -> None:
+        try:
+            self._driver.commit()
+        except self._error as error:
+            raise translated_driver_error("COMMIT", None, error, self._error) from None
+        finally:
+            self._open = False
+
+    def rollback(self) -> None:
+        """Roll back whatever is open (nothing happens when nothing is)."""
+        self._open = False
+        try:
+            self._driver.rollback()
+        except self._error as error:
+            raise translated_driver_error("ROLLBACK", None, error, self._error) from None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a transaction is open on the connection (SQLite ends one by itself on
+        some errors: disk full, I/O error)."""
+        if not self._open:
+            return False
+        if self._postgresql:
+            return True
+        return bool(self._driver.in_transaction)
+
+    def savepoint(self) -> None:
+        """Mark where `rollback_to_savepoint` returns to (one at a time)."""
+        self._execute(f"SAVEPOINT {_SAVEPOINT}", None)
+
+    def release_savepoint(self) -> None:
+        self._execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", None)
+
+    def rollback_to_savepoint(self) -> None:
+        """Undo everything since `savepoint()`, which is then released."""
+        self._execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", None)
+        self._execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", None)
+
+    def close(self) -> None:
+        """Roll back what was not committed; the connection stays the caller's."""
+        try:
+            if self._open:
+                self.rollback()
+        finally:
+            self._cursor.close()
+
+    def _execute(self, sql: str, params: Any) -> None:
+        if not self._open:
+            self.begin()
+        try:
+            if params is None:
+                self._cursor.execute(sql)
+            else:
+                self._cursor.execute(sql, params)
+        except self._error as error:
+            raise translated_driver_error(sql, params, error, self._error) from None
+
+
+def _bound(compiled: CompiledSql, params: Mapping[str, Any]) -> Any:
+    defaults = compiled.defaults
+    merged = {**defaults, **params} if defaults else params
+    order = compiled.order
+    if order is None:
+        return merged
+    return tuple([merged[name] for name in order])
+
+
+def _bound_with_list(
+    compiled: CompiledSql, params: Mapping[str, Any], in_list: str, keys: Sequence[Any]
+) -> Any:
+    defaults = compiled.defaults
+    merged = {**defaults, **params} if defaults else params
+    order = compiled.order
+    if order is None:
+        bound = {name: value for name, value in merged.items() if name != in_list}
+        for i, key in enumerate(keys):
+            bound[f"{in_list}_{i}"] = key
+        return bound
+    values: list[Any] = []
+    for name in order:
+        if name == in_list:
+            values.extend(keys)
+        else:
+            values.append(merged[name])
+    return tuple(values)
