@@ -8,12 +8,12 @@ that knows how the server is started and stopped.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
-import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -72,10 +72,13 @@ BYPASS = ("x-test-bypasses-link", "1")
 """Metadata of calls that do not cross the link (the desk's): another wire into HQ."""
 
 
-class Link(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """The wire between tills and HQ. While `up` is False every call fails UNAVAILABLE at
     once (health checks included); `script` breaks the next calls of one RPC in a chosen
-    way. It also counts the calls that crossed it and keeps their requests."""
+    way. It also counts the calls that crossed it and keeps their requests.
+
+    It sees each call before HQ's call gate, so it wraps the gate's handlers: a unary call
+    there reads its own request (`context.read()`), which the link records on the way."""
 
     def __init__(self) -> None:
         self.up = True
@@ -103,18 +106,18 @@ class Link(grpc.ServerInterceptor):  # type: ignore[type-arg]
         with self._mutex:
             return list(self._requests[method])
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],  # type: ignore[type-arg]
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
-        handler = continuation(handler_call_details)
+    ) -> Any:
+        handler = await continuation(handler_call_details)
         if handler is None or BYPASS in (handler_call_details.invocation_metadata or ()):
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
+        if handler.request_streaming and not handler.response_streaming:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(method, handler.stream_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -126,47 +129,73 @@ class Link(grpc.ServerInterceptor):  # type: ignore[type-arg]
             )
         return handler
 
-    def _unary(self, method: str, behavior: Callable[[Any, grpc.ServicerContext], Any]
-               ) -> Callable[[Any, grpc.ServicerContext], Any]:
-        def crossing(request: Any, context: grpc.ServicerContext) -> Any:
+    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]
+               ) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def crossing(requests: Any, context: Any) -> Any:
             if not self.up:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "link down")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "link down")
             with self._mutex:
                 self._calls[method] += 1
-                self._requests[method].append(request)
                 script = self._scripts[method]
                 fault = script.pop(0) if script else NORMAL
+            recording = _Recording(context, lambda request: self._record(method, request))
+            if fault != NORMAL and fault not in (ANSWER_LOST, ANSWER_DROPPED):
+                await recording.read()  # the request crossed before the fault
             if fault == LOST_BEFORE:
                 self.up = False
-                context.abort(grpc.StatusCode.UNAVAILABLE, "link dropped")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "link dropped")
             if fault == BLACK_HOLE:
                 self.up = False
-                time.sleep(max(context.time_remaining() or 0.0, 0.0) + 0.05)
-                context.abort(grpc.StatusCode.UNAVAILABLE, "too late")
+                await asyncio.sleep(max(context.time_remaining() or 0.0, 0.0) + 0.05)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "too late")
             if fault.startswith("refuse:"):
-                context.abort_with_status(status_of(_REFUSALS[fault.removeprefix("refuse:")]()))
+                status = status_of(_REFUSALS[fault.removeprefix("refuse:")]())
+                await context.abort(status.code, status.details, status.trailing_metadata)
             if fault.startswith("fail:"):
-                context.abort(grpc.StatusCode[fault.removeprefix("fail:")], "injected")
-            response = behavior(request, context)
+                await context.abort(grpc.StatusCode[fault.removeprefix("fail:")], "injected")
+            response = await behavior(requests, recording)
             if fault == ANSWER_LOST:
                 self.up = False
             if fault in (ANSWER_LOST, ANSWER_DROPPED):
-                context.abort(grpc.StatusCode.UNAVAILABLE, "answer lost after HQ handled it")
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "answer lost after HQ handled it")
             return response
 
         return crossing
 
-    def _stream(self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]
-                ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
-        def crossing(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def _stream(self, behavior: Callable[..., AsyncIterator[Any]]
+                ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        async def crossing(request: Any, context: Any) -> AsyncIterator[Any]:
             if not self.up:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "link down")
-            for message in behavior(request, context):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "link down")
+            async for message in behavior(request, context):
                 if not self.up:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "link down")
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "link down")
                 yield message
 
         return crossing
+
+    def _record(self, method: str, request: Any) -> None:
+        with self._mutex:
+            self._requests[method].append(request)
+
+
+class _Recording:
+    """A call's context whose `read()` hands each request to `record` as it passes;
+    everything else is the call's own."""
+
+    def __init__(self, context: Any, record: Callable[[Any], None]) -> None:
+        self._context = context
+        self._record = record
+
+    async def read(self) -> Any:
+        request = await self._context.read()
+        if request is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            self._record(request)
+        return request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -179,8 +208,6 @@ def hq_config(data_dir: Path, **changes: Any) -> HQConfig:
         database_url=f"sqlite:///{data_dir / 'hq.sqlite3'}",
         admin_token=ADMIN_TOKEN,
         parameters_poll_seconds=0.2,
-        watch_wakeup_seconds=0.2,
-        max_workers=16,
     )
     return replace(config, **changes)
 

@@ -36,8 +36,7 @@ class RunningHQ:
 
 @pytest.fixture
 def hq(tmp_path: Path) -> Iterator[RunningHQ]:
-    config = hq_config(tmp_path, admin_token=ADMIN_TOKEN, sync_limits=E2E_SYNC_LIMITS,
-                       max_workers=8)
+    config = hq_config(tmp_path, admin_token=ADMIN_TOKEN, sync_limits=E2E_SYNC_LIMITS)
     with InProcessHQ(config) as server:
         channel = grpc.insecure_channel(server.address)
         try:

@@ -67,7 +67,7 @@ def mtls_hq(tmp_path: Path) -> Iterator[MutualTlsHQ]:
         issue_certificate(pki, name, server=is_server)
     config = HQConfig(
         listen="127.0.0.1:0", database_url=f"sqlite:///{tmp_path / 'hq.sqlite3'}",
-        admin_token=ADMIN_TOKEN, max_workers=8,
+        admin_token=ADMIN_TOKEN,
         tls_cert_file=pki / "localhost.pem", tls_key_file=pki / "localhost.key",
         tls_client_ca_file=pki / "ca.pem",
     )

@@ -20,6 +20,7 @@ import hypothesis.strategies as st
 from fakes import FakeStorage
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from service_loop import ServiceLoop
 
 from storedvalue.hq import records
 from storedvalue.hq.domain.cards import Card, CardKind, CardStatus, luhn_check_digit
@@ -60,19 +61,23 @@ class StoredValueMachine(RuleBasedStateMachine):
             body = f"7{next(serials):014d}"
             return body + luhn_check_digit(body)
 
-        self.cards = CardService(self.storage, clock=clock, new_card_number=new_card_number)
-        self.offline = OfflineService(self.storage, clock=clock, new_card_number=new_card_number)
-        self.params = ParametersService(self.storage, clock=clock)
-        self.back_office = BackOfficeService(self.storage, clock=clock)
+        self.loop = ServiceLoop(self.storage)
+        self.run = self.loop.run
+        transactions = self.loop.transactions
+        self.cards = CardService(transactions, clock=clock, new_card_number=new_card_number)
+        self.offline = OfflineService(transactions, clock=clock, new_card_number=new_card_number)
+        self.params = ParametersService(transactions, clock=clock)
+        self.back_office = BackOfficeService(transactions, clock=clock)
         self.ids = itertools.count(1)
-        self.params.ensure_initialized()
-        self.params_version = self.params.update(
-            key=self.key("admin:test", "UpdateParameters"), updated_by="test",
-            change=ParametersChange(True, True, timedelta(minutes=30)), expected_version=0,
-        ).version
+        self.run(self.params.ensure_initialized())
+        self.params_version = self.run(self.params.update(
+                     key=self.key("admin:test", "UpdateParameters"), updated_by="test",
+                     change=ParametersChange(True, True, timedelta(minutes=30)), expected_version=0,
+                 )).version
         for till in TILLS:
-            self.back_office.register_terminal(key=self.key("admin:test", "RegisterTerminal"),
-                                               terminal_id=till, display_name="")
+            self.run(self.back_office.register_terminal(
+                key=self.key("admin:test", "RegisterTerminal"), terminal_id=till,
+                display_name=""))
         self.numbers: list[str] = []
         self.held: dict[tuple[str, str], tuple[str, int]] = {}  # (till, card) -> (sale, token)
         self.highest_token: dict[str, int] = {}
@@ -85,14 +90,17 @@ class StoredValueMachine(RuleBasedStateMachine):
         return FakeStorage()
 
     def teardown(self) -> None:
-        self.storage.close()
+        try:
+            self.loop.close()
+        finally:
+            self.storage.close()
 
     def key(self, caller: str, operation: str) -> RequestKey:
         n = next(self.ids)
         return RequestKey(caller, f"r{n}", operation, hashlib.sha256(str(n).encode()).digest())
 
     def card(self, number: str) -> Card:
-        return self.cards.get_card(caller="admin", card_number=number)
+        return self.run(self.cards.get_card(caller="admin", card_number=number))
 
     def attempt(self, number: str, call: Any) -> None:
         """Run `call`; if HQ refuses it, the card must be exactly as before."""
@@ -106,9 +114,9 @@ class StoredValueMachine(RuleBasedStateMachine):
 
     @rule(kind=st.sampled_from(CardKind), amount=amounts)
     def issue(self, kind: CardKind, amount: int) -> None:
-        card = self.cards.issue_card(
-            key=self.key("till-1", "IssueCard"), terminal_id="till-1", kind=kind,
-            initial_value=Money(amount, "EUR"), card_number="", transaction_id="issue")
+        card = self.run(self.cards.issue_card(
+                     key=self.key("till-1", "IssueCard"), terminal_id="till-1", kind=kind,
+                     initial_value=Money(amount, "EUR"), card_number="", transaction_id="issue"))
         self.numbers.append(card.card_number)
 
     @precondition(lambda self: self.numbers)
@@ -117,8 +125,8 @@ class StoredValueMachine(RuleBasedStateMachine):
         number = data.draw(st.sampled_from(self.numbers))
         sale = f"sale-{next(self.ids)}"
         try:
-            lock = self.cards.lock_card(key=self.key(till, "LockCard"), terminal_id=till,
-                                        card_number=number, transaction_id=sale).lock
+            lock = self.run(self.cards.lock_card(key=self.key(till, "LockCard"), terminal_id=till,
+                                                 card_number=number, transaction_id=sale)).lock
         except StoredValueError:
             return
         assert lock.fencing_token > self.highest_token.get(number, 0)
@@ -135,9 +143,10 @@ class StoredValueMachine(RuleBasedStateMachine):
         before = self.card(number)
 
         def run() -> None:
-            self.cards.redeem(key=self.key(till, "Redeem"), terminal_id=till, card_number=number,
-                              transaction_id=sale, line_id="1", fencing_token=token,
-                              amount=Money(amount, "EUR"))
+            self.run(self.cards.redeem(
+                key=self.key(till, "Redeem"), terminal_id=till, card_number=number,
+                transaction_id=sale, line_id="1", fencing_token=token,
+                amount=Money(amount, "EUR")))
             self.held.pop((till, number))
             self.redeemed[(till, sale)] = (number, amount)
 
@@ -151,17 +160,17 @@ class StoredValueMachine(RuleBasedStateMachine):
     def unlock(self, data: st.DataObject) -> None:
         till, number = data.draw(st.sampled_from(sorted(self.held)))
         sale, token = self.held.pop((till, number))
-        self.attempt(number, lambda: self.cards.unlock_card(
-            key=self.key(till, "UnlockCard"), terminal_id=till, card_number=number,
-            transaction_id=sale, fencing_token=token))
+        self.attempt(number, lambda: self.run(self.cards.unlock_card(
+                     key=self.key(till, "UnlockCard"), terminal_id=till, card_number=number,
+                     transaction_id=sale, fencing_token=token)))
 
     @precondition(lambda self: self.numbers)
     @rule(data=st.data(), amount=amounts)
     def add_value(self, data: st.DataObject, amount: int) -> None:
         number = data.draw(st.sampled_from(self.numbers))
-        self.attempt(number, lambda: self.cards.add_value(
-            key=self.key("till-2", "AddValue"), terminal_id="till-2", card_number=number,
-            amount=Money(amount, "EUR"), transaction_id="load"))
+        self.attempt(number, lambda: self.run(self.cards.add_value(
+                     key=self.key("till-2", "AddValue"), terminal_id="till-2", card_number=number,
+                     amount=Money(amount, "EUR"), transaction_id="load")))
 
     @precondition(lambda self: self.numbers)
     @rule(data=st.data(), till=st.sampled_from(TILLS), amount=amounts)
@@ -210,7 +219,7 @@ class StoredValueMachine(RuleBasedStateMachine):
         batch = self.sent[till] if resend else self.sent[till][-3:]
         if not batch:
             return
-        outcome = self.offline.sync(terminal_id=till, transactions=batch)
+        outcome = self.run(self.offline.sync(terminal_id=till, transactions=batch))
         for result in outcome.results:
             if result.outcome in (OfflineOutcome.APPLIED, OfflineOutcome.APPLIED_WITH_EXCEPTION):
                 self.applied_offline_lines += sum(
@@ -221,8 +230,8 @@ class StoredValueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def force_unlock(self, data: st.DataObject) -> None:
         number = data.draw(st.sampled_from(self.numbers))
-        self.back_office.force_unlock(key=self.key("admin:test", "ForceUnlockCard"),
-                                      admin="alice", card_number=number, reason="stuck")
+        self.run(self.back_office.force_unlock(key=self.key("admin:test", "ForceUnlockCard"),
+                                               admin="alice", card_number=number, reason="stuck"))
         for till in TILLS:
             self.held.pop((till, number), None)
 
@@ -237,8 +246,8 @@ class StoredValueMachine(RuleBasedStateMachine):
         offline_debits = 0
         for number in self.numbers:
             card = self.card(number)
-            entries = self.back_office.list_journal(card_number=number, after_entry_id=0,
-                                                    limit=10_000)
+            entries = self.run(self.back_office.list_journal(card_number=number, after_entry_id=0,
+                                                             limit=10_000))
             assert journal_balance(entries) == card.balance_minor
             offline_debits += sum(
                 1 for e in entries if e.kind is JournalEntryKind.REDEEM and e.offline)
@@ -248,8 +257,8 @@ class StoredValueMachine(RuleBasedStateMachine):
 
     @invariant()
     def at_most_one_live_lock_per_card(self) -> None:
-        locks = self.back_office.list_locks(terminal_id=None, include_expired=False,
-                                            after_card_number="", limit=10_000)
+        locks = self.run(self.back_office.list_locks(terminal_id=None, include_expired=False,
+                                                     after_card_number="", limit=10_000))
         numbers = [lock.card_number for lock in locks]
         assert len(numbers) == len(set(numbers))
 

@@ -26,8 +26,11 @@ LEASE = timedelta(hours=4)  # the default lock lease
 @pytest.fixture
 def hq(storage: Storage) -> Iterator[HQ]:
     hq = HQ(storage)
-    yield hq
-    hq.assert_conservation()
+    try:
+        yield hq
+        hq.assert_conservation()
+    finally:
+        hq.close()
 
 
 def assert_trusted(result: OfflineTransactionResult) -> None:

@@ -34,8 +34,11 @@ from storedvalue.hq.services.unit_of_work import Storage
 @pytest.fixture
 def hq(storage: Storage) -> Iterator[HQ]:
     hq = HQ(storage)
-    yield hq
-    hq.assert_conservation()
+    try:
+        yield hq
+        hq.assert_conservation()
+    finally:
+        hq.close()
 
 
 def test_an_offline_sale_is_debited_and_its_lock_released(hq: HQ) -> None:
@@ -67,8 +70,8 @@ def test_the_same_id_with_other_content_is_kept_for_review_and_not_applied(hq: H
     changed = offline(1, line(card, 9_000, token=token))
     (result,) = hq.sync(changed).results
     assert (result.outcome, result.reason) == (OfflineOutcome.REJECTED, "TRANSACTION_CONFLICT")
-    exceptions, _ = hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
-                                                   card_number=None, after="", limit=10)
+    exceptions, _ = hq.run(hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
+                                                          card_number=None, after="", limit=10))
     (kept,) = exceptions
     assert kept.kind is OfflineExceptionKind.CONFLICT and kept.transaction == changed
     assert hq.balance(card) == 9_000
@@ -77,9 +80,9 @@ def test_the_same_id_with_other_content_is_kept_for_review_and_not_applied(hq: H
 def test_a_line_already_redeemed_online_is_not_debited_again(hq: HQ) -> None:
     card = hq.issue(10_000)
     token = hq.lock(card, "sale-1")
-    hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=card,
-                    transaction_id="sale-1", line_id="1", fencing_token=token,
-                    amount=Money(2_500, "EUR"))  # its answer never reached the till
+    hq.run(hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=card,
+                           transaction_id="sale-1", line_id="1", fencing_token=token,
+                           amount=Money(2_500, "EUR")))  # its answer never reached the till
     (result,) = hq.sync(offline(1, line(card, 2_500, token=token))).results
     assert result.line_results[0].outcome is OfflineLineOutcome.ALREADY_REDEEMED_ONLINE
     assert hq.balance(card) == 7_500
@@ -91,10 +94,10 @@ def test_an_overdraft_is_applied_flagged_and_recorded(hq: HQ) -> None:
     (result,) = hq.sync(offline(1, line(card, 3_000, token=token))).results
     assert (result.outcome, result.reason) == (
         OfflineOutcome.APPLIED_WITH_EXCEPTION, "OFFLINE_OVERDRAFT")
-    state = hq.cards.get_card(caller=TILL, card_number=card)
+    state = hq.run(hq.cards.get_card(caller=TILL, card_number=card))
     assert (state.balance_minor, state.status) == (-2_000, CardStatus.FLAGGED)
-    exceptions, _ = hq.back_office.list_exceptions(include_resolved=False, terminal_id=None,
-                                                   card_number=card, after="", limit=10)
+    exceptions, _ = hq.run(hq.back_office.list_exceptions(include_resolved=False, terminal_id=None,
+                                                          card_number=card, after="", limit=10))
     assert [e.kind for e in exceptions] == [OfflineExceptionKind.OVERDRAFT]
 
 
@@ -118,8 +121,8 @@ def test_an_unknown_card_or_malformed_line_rejects_and_keeps_the_transaction(hq:
     results = hq.sync(unknown, malformed).results
     assert [(r.outcome, r.reason) for r in results] == [
         (OfflineOutcome.REJECTED, "CARD_NOT_FOUND"), (OfflineOutcome.REJECTED, "INVALID_AMOUNT")]
-    exceptions, _ = hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
-                                                   card_number=None, after="", limit=10)
+    exceptions, _ = hq.run(hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
+                                                          card_number=None, after="", limit=10))
     assert [e.transaction for e in exceptions] == [unknown, malformed]
     assert hq.balance(card) == 10_000
 
@@ -129,8 +132,8 @@ def test_someone_elses_lock_is_left_alone_and_queued_unlocks_are_applied(hq: HQ)
     hq.lock(taken, "other-sale", till="till-2")
     hq.lock(abandoned, "sale-0")
     hq.sync(offline(1, line(taken, 100), unlocks=(OfflineUnlock(abandoned, "sale-0", 0),)))
-    locks = hq.back_office.list_locks(terminal_id=None, include_expired=True,
-                                      after_card_number="", limit=10)
+    locks = hq.run(hq.back_office.list_locks(terminal_id=None, include_expired=True,
+                                             after_card_number="", limit=10))
     assert [(lk.card_number, lk.terminal_id) for lk in locks] == [(taken, "till-2")]
 
 
@@ -141,14 +144,14 @@ def test_a_credit_memo_redeemed_for_less_offline_gets_a_remainder_memo(hq: HQ) -
     remainder = result.line_results[0].remainder_credit_memo_number
     hq.issued.append(remainder)
     assert hq.balance(remainder) == 3_500
-    assert hq.cards.get_card(caller=TILL, card_number=memo).status is CardStatus.REDEEMED
+    assert hq.run(hq.cards.get_card(caller=TILL, card_number=memo)).status is CardStatus.REDEEMED
 
 
 def test_sequence_gaps_are_reported_until_filled(hq: HQ) -> None:
     card = hq.issue(10_000)
     txns = [offline(n, line(card, 10)) for n in range(1, 6)]
     assert hq.sync(txns[0], txns[4]).status.gaps == (SequenceGap(2, 4),)
-    assert hq.back_office.get_sync_status(terminal_id=TILL).gaps == (SequenceGap(2, 4),)
+    assert hq.run(hq.back_office.get_sync_status(terminal_id=TILL)).gaps == (SequenceGap(2, 4),)
     status = hq.sync(*txns[1:4]).status
     assert (status.gaps, status.highest_contiguous_sequence) == ((), 5)
 
@@ -158,7 +161,7 @@ def test_over_the_batch_limit_nothing_of_the_batch_is_applied(hq: HQ) -> None:
     with pytest.raises(LimitExceeded):
         hq.sync(*[offline(n, line(card, 1)) for n in range(1, 22)])
     assert hq.balance(card) == 10_000
-    assert hq.back_office.get_sync_status(terminal_id=TILL).highest_sequence_seen == 0
+    assert hq.run(hq.back_office.get_sync_status(terminal_id=TILL)).highest_sequence_seen == 0
 
 
 # -- reversals (issue 8) --------------------------------------------------------------------
@@ -180,12 +183,13 @@ def redeem_online(hq: HQ, number: str, sale: str, amount: int, *, line_id: str =
     key = hq.key(TILL, "Redeem")
     if request_id is not None:
         key = replace(key, request_id=request_id)
-    return hq.cards.redeem(key=key, terminal_id=TILL, card_number=number, transaction_id=sale,
-                           line_id=line_id, fencing_token=token, amount=Money(amount, "EUR"))
+    return hq.run(hq.cards.redeem(
+        key=key, terminal_id=TILL, card_number=number, transaction_id=sale, line_id=line_id,
+        fencing_token=token, amount=Money(amount, "EUR")))
 
 
 def journal_kinds(hq: HQ, number: str) -> list[tuple[JournalEntryKind, int]]:
-    entries = hq.back_office.list_journal(card_number=number, after_entry_id=0, limit=100)
+    entries = hq.run(hq.back_office.list_journal(card_number=number, after_entry_id=0, limit=100))
     return [(entry.kind, entry.amount_minor) for entry in entries]
 
 
@@ -224,16 +228,16 @@ def test_a_reversed_memo_gets_its_whole_value_back_and_its_unused_remainder_is_v
     (reversed_line,) = result.reversal_results
     assert reversed_line.voided_credit_memo_number == remainder.card_number
     assert reversed_line.remainder_credit_memo_number == ""
-    restored = hq.cards.get_card(caller=TILL, card_number=memo)
+    restored = hq.run(hq.cards.get_card(caller=TILL, card_number=memo))
     assert (restored.balance_minor, restored.status) == (2_000, CardStatus.ACTIVE)
-    voided = hq.cards.get_card(caller=TILL, card_number=remainder.card_number)
+    voided = hq.run(hq.cards.get_card(caller=TILL, card_number=remainder.card_number))
     assert (voided.balance_minor, voided.status) == (0, CardStatus.REDEEMED)
     assert journal_kinds(hq, remainder.card_number) == [
         (JournalEntryKind.REMAINDER_IN, 1_500), (JournalEntryKind.REVERSAL, -1_500)]
     token = hq.lock(memo, "sale-2")  # usable again, for its whole value
-    hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=memo,
-                    transaction_id="sale-2", line_id="1", fencing_token=token,
-                    amount=Money(2_000, "EUR"))
+    hq.run(hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=memo,
+                           transaction_id="sale-2", line_id="1", fencing_token=token,
+                           amount=Money(2_000, "EUR")))
 
 
 def test_a_remainder_memo_in_use_stays_valid_and_the_back_office_is_told(hq: HQ) -> None:
@@ -251,8 +255,8 @@ def test_a_remainder_memo_in_use_stays_valid_and_the_back_office_is_told(hq: HQ)
     assert reversed_line.remainder_credit_memo_number == remainder.card_number
     # Charged once: the memo got the debit back, the remainder memo keeps the rest.
     assert (hq.balance(memo), hq.balance(remainder.card_number)) == (500, 1_500)
-    exceptions, _ = hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
-                                                   card_number=memo, after="", limit=10)
+    exceptions, _ = hq.run(hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
+                                                          card_number=memo, after="", limit=10))
     assert [(e.kind, e.reason) for e in exceptions] == [
         (OfflineExceptionKind.REVERSAL, "REMAINDER_MEMO_IN_USE")]
     assert list(result.exception_ids) == [e.exception_id for e in exceptions]
@@ -267,12 +271,12 @@ def test_a_line_reversed_before_any_debit_is_never_applied_and_its_lock_is_relea
     (result,) = hq.sync(reversing(1, reversal(card, 2_500), sale="sale-1")).results
 
     assert [r.outcome for r in result.reversal_results] == [ReversalOutcome.NEVER_APPLIED]
-    assert hq.cards.get_card(caller=TILL, card_number=card).lock is None
+    assert hq.run(hq.cards.get_card(caller=TILL, card_number=card)).lock is None
     # The Redeem whose answer "never came" arrives now, late: refused, nothing debited.
     with pytest.raises(LineReversed) as refused:
-        hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=card,
-                        transaction_id="sale-1", line_id="1", fencing_token=token,
-                        amount=Money(2_500, "EUR"))
+        hq.run(hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=card,
+                               transaction_id="sale-1", line_id="1", fencing_token=token,
+                               amount=Money(2_500, "EUR")))
     assert refused.value.metadata["reversal"] == "NEVER_APPLIED"
     assert hq.balance(card) == 10_000
 
@@ -283,9 +287,9 @@ def test_resending_a_redeem_that_was_reversed_since_is_refused_not_replayed(hq: 
     hq.sync(reversing(1, reversal(card, 2_500), sale="sale-1"))
 
     with pytest.raises(LineReversed):
-        hq.cards.redeem(key=replace(hq.key(TILL, "Redeem"), request_id="redeem-1"),
-                        terminal_id=TILL, card_number=card, transaction_id="sale-1",
-                        line_id="1", fencing_token=1, amount=Money(2_500, "EUR"))
+        hq.run(hq.cards.redeem(key=replace(hq.key(TILL, "Redeem"), request_id="redeem-1"),
+                               terminal_id=TILL, card_number=card, transaction_id="sale-1",
+                               line_id="1", fencing_token=1, amount=Money(2_500, "EUR")))
     assert hq.balance(card) == 10_000
 
 
@@ -320,8 +324,8 @@ def test_a_sale_completed_offline_without_its_unknown_line_debits_one_and_revers
     assert [r.outcome for r in result.reversal_results] == [ReversalOutcome.REVERSED]
     assert (hq.balance(memo), hq.balance(remainder.card_number), hq.balance(gift)) == (
         2_000, 0, 4_300)
-    locks = hq.back_office.list_locks(terminal_id=None, include_expired=True,
-                                      after_card_number="", limit=10)
+    locks = hq.run(hq.back_office.list_locks(terminal_id=None, include_expired=True,
+                                             after_card_number="", limit=10))
     assert locks == []
 
 

@@ -30,8 +30,12 @@ from storedvalue.v1 import errors_pb2
 
 from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, card_number
 
-# Reasons a terminal never receives from TerminalService (back office, or per-item sync).
+# Reasons a POS application never sees as a typed error: back office, per-item sync, and
+# two the library handles itself (TOO_MANY_WATCHERS ends its WatchParameters stream, which it
+# follows again after a backoff; CALL_TOO_LONG is DEADLINE_EXCEEDED, a lost link to it).
 NOT_FOR_TILLS = {
+    "TOO_MANY_WATCHERS",
+    "CALL_TOO_LONG",
     "TERMINAL_NOT_FOUND",
     "TERMINAL_ALREADY_EXISTS",
     "EXCEPTION_NOT_FOUND",

@@ -4,11 +4,13 @@ offline sync with sequence gaps. No database, no network."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fakes import FakeStorage
+from service_loop import ServiceLoop
 
 from storedvalue.hq import records
 from storedvalue.hq.domain.cards import CardKind, CardStatus
@@ -57,16 +59,19 @@ class HQ:
     counter: int = 0
 
     def __post_init__(self) -> None:
-        self.cards = CardService(self.storage, clock=self.clock)
-        self.offline = OfflineService(self.storage, clock=self.clock,
+        self.loop = ServiceLoop(self.storage)
+        self.run = self.loop.run
+        self.transactions = self.loop.transactions
+        self.cards = CardService(self.transactions, clock=self.clock)
+        self.offline = OfflineService(self.transactions, clock=self.clock,
                                       limits=SyncLimits(max_transactions_per_batch=50))
-        self.params = ParametersService(self.storage, clock=self.clock)
-        self.back_office = BackOfficeService(self.storage, clock=self.clock)
-        self.params.ensure_initialized()
+        self.params = ParametersService(self.transactions, clock=self.clock)
+        self.back_office = BackOfficeService(self.transactions, clock=self.clock)
+        self.run(self.params.ensure_initialized())
         for terminal_id in ("till-1", "till-2"):
-            self.back_office.register_terminal(
+            self.run(self.back_office.register_terminal(
                 key=self.key("admin:test", "RegisterTerminal", terminal_id),
-                terminal_id=terminal_id, display_name="")
+                terminal_id=terminal_id, display_name=""))
 
     def key(self, caller: str, operation: str, content: object = None,
             request_id: str | None = None) -> RequestKey:
@@ -75,26 +80,33 @@ class HQ:
                           hashlib.sha256(repr(content).encode()).digest())
 
     def allow_offline(self) -> int:
-        return self.params.update(
+        return self.run(self.params.update(
             key=self.key("admin:test", "UpdateParameters"), updated_by="test",
             change=ParametersChange(True, True), expected_version=0,
-        ).version
+        )).version
 
     def gift_card(self, amount: int = 10_000) -> str:
-        return self.cards.issue_card(
+        return self.run(self.cards.issue_card(
             key=self.key("till-1", "IssueCard"), terminal_id="till-1",
             kind=CardKind.GIFT_CARD, initial_value=Money(amount, "EUR"), card_number="",
-            transaction_id="sale-issue").card_number
+            transaction_id="sale-issue")).card_number
 
     def lock(self, card_number: str, transaction_id: str, terminal_id: str = "till-1") -> int:
-        return self.cards.lock_card(
+        return self.run(self.cards.lock_card(
             key=self.key(terminal_id, "LockCard"), terminal_id=terminal_id,
-            card_number=card_number, transaction_id=transaction_id).lock.fencing_token
+            card_number=card_number, transaction_id=transaction_id)).lock.fencing_token
 
     def journal_sum(self, card_number: str) -> int:
-        entries = self.back_office.list_journal(card_number=card_number, after_entry_id=0,
-                                                limit=1000)
+        entries = self.run(self.back_office.list_journal(card_number=card_number, after_entry_id=0,
+                                                         limit=1000))
         return journal_balance(entries)
+
+
+@pytest.fixture
+def hq() -> Iterator[HQ]:
+    services = HQ()
+    yield services
+    services.loop.close()
 
 
 def offline_txn(seq: int, card: str, amount: int, *, params_version: int, token: int = 1,
@@ -110,215 +122,205 @@ def offline_txn(seq: int, card: str, amount: int, *, params_version: int, token:
                               draft.redeem_lines, (), digest)
 
 
-def test_a_retried_request_returns_its_first_result_and_changes_nothing_more() -> None:
-    hq = HQ()
+def test_a_retried_request_returns_its_first_result_and_changes_nothing_more(hq: HQ) -> None:
     card = hq.gift_card(10_000)
-    lock = hq.cards.lock_card(key=hq.key("till-1", "LockCard", "x", "r-lock"),
-                              terminal_id="till-1", card_number=card, transaction_id="s1").lock
+    lock = hq.run(hq.cards.lock_card(
+        key=hq.key("till-1", "LockCard", "x", "r-lock"), terminal_id="till-1",
+        card_number=card, transaction_id="s1")).lock
     redeem_key = hq.key("till-1", "Redeem", ("s1", 2_500), "r-redeem")
-    first = hq.cards.redeem(key=redeem_key, terminal_id="till-1", card_number=card,
-                            transaction_id="s1", line_id="l1", fencing_token=lock.fencing_token,
-                            amount=Money(2_500, "EUR"))
-    again = hq.cards.redeem(key=redeem_key, terminal_id="till-1", card_number=card,
-                            transaction_id="s1", line_id="l1", fencing_token=lock.fencing_token,
-                            amount=Money(2_500, "EUR"))
+    first = hq.run(hq.cards.redeem(
+        key=redeem_key, terminal_id="till-1", card_number=card, transaction_id="s1",
+        line_id="l1", fencing_token=lock.fencing_token, amount=Money(2_500, "EUR")))
+    again = hq.run(hq.cards.redeem(
+        key=redeem_key, terminal_id="till-1", card_number=card, transaction_id="s1",
+        line_id="l1", fencing_token=lock.fencing_token, amount=Money(2_500, "EUR")))
     assert again == first
-    assert hq.cards.get_card(caller="till-1", card_number=card).balance_minor == 7_500
+    assert hq.run(hq.cards.get_card(caller="till-1", card_number=card)).balance_minor == 7_500
     assert hq.journal_sum(card) == 7_500
 
 
-def test_a_request_id_reused_with_other_content_is_refused_and_changes_nothing() -> None:
-    hq = HQ()
+def test_a_request_id_reused_with_other_content_is_refused_and_changes_nothing(hq: HQ) -> None:
     card = hq.gift_card(10_000)
-    hq.cards.add_value(key=hq.key("till-1", "AddValue", 100, "r-1"), terminal_id="till-1",
-                       card_number=card, amount=Money(100, "EUR"), transaction_id="s")
+    hq.run(hq.cards.add_value(key=hq.key("till-1", "AddValue", 100, "r-1"), terminal_id="till-1",
+                              card_number=card, amount=Money(100, "EUR"), transaction_id="s"))
     with pytest.raises(RequestIdReused):
-        hq.cards.add_value(key=hq.key("till-1", "AddValue", 999, "r-1"), terminal_id="till-1",
-                           card_number=card, amount=Money(999, "EUR"), transaction_id="s")
-    assert hq.cards.get_card(caller="till-1", card_number=card).balance_minor == 10_100
+        hq.run(hq.cards.add_value(
+            key=hq.key("till-1", "AddValue", 999, "r-1"), terminal_id="till-1",
+            card_number=card, amount=Money(999, "EUR"), transaction_id="s"))
+    assert hq.run(hq.cards.get_card(caller="till-1", card_number=card)).balance_minor == 10_100
 
 
-def test_a_failed_redeem_changes_nothing_and_keeps_the_lock() -> None:
-    hq = HQ()
+def test_a_failed_redeem_changes_nothing_and_keeps_the_lock(hq: HQ) -> None:
     card = hq.gift_card(1_000)
-    lock = hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
-                              card_number=card, transaction_id="s1").lock
+    lock = hq.run(hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
+                                     card_number=card, transaction_id="s1")).lock
     with pytest.raises(InsufficientFunds):
-        hq.cards.redeem(key=hq.key("till-1", "Redeem"), terminal_id="till-1", card_number=card,
-                        transaction_id="s1", line_id="l1", fencing_token=lock.fencing_token,
-                        amount=Money(5_000, "EUR"))
-    seen = hq.cards.get_card(caller="till-1", card_number=card)
+        hq.run(hq.cards.redeem(
+            key=hq.key("till-1", "Redeem"), terminal_id="till-1", card_number=card,
+            transaction_id="s1", line_id="l1", fencing_token=lock.fencing_token,
+            amount=Money(5_000, "EUR")))
+    seen = hq.run(hq.cards.get_card(caller="till-1", card_number=card))
     assert seen.balance_minor == 1_000
     assert seen.lock is not None and seen.lock.fencing_token == lock.fencing_token
 
 
-def test_the_lock_lease_comes_from_the_parameters_and_expires() -> None:
-    hq = HQ()
+def test_the_lock_lease_comes_from_the_parameters_and_expires(hq: HQ) -> None:
     card = hq.gift_card()
-    hq.params.update(key=hq.key("admin:test", "UpdateParameters"), updated_by="test",
-                     change=ParametersChange(lock_lease=timedelta(minutes=10)),
-                     expected_version=0)
-    lock = hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
-                              card_number=card, transaction_id="s1").lock
+    hq.run(hq.params.update(key=hq.key("admin:test", "UpdateParameters"), updated_by="test",
+                            change=ParametersChange(lock_lease=timedelta(minutes=10)),
+                            expected_version=0))
+    lock = hq.run(hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
+                                     card_number=card, transaction_id="s1")).lock
     assert lock.lease_expires_at == START + timedelta(minutes=10)
     with pytest.raises(CardLocked):
-        hq.cards.lock_card(key=hq.key("till-2", "LockCard"), terminal_id="till-2",
-                           card_number=card, transaction_id="s2")
+        hq.run(hq.cards.lock_card(key=hq.key("till-2", "LockCard"), terminal_id="till-2",
+                                  card_number=card, transaction_id="s2"))
     hq.clock.now = START + timedelta(minutes=11)
-    taken = hq.cards.lock_card(key=hq.key("till-2", "LockCard"), terminal_id="till-2",
-                               card_number=card, transaction_id="s2").lock
+    taken = hq.run(hq.cards.lock_card(key=hq.key("till-2", "LockCard"), terminal_id="till-2",
+                                      card_number=card, transaction_id="s2")).lock
     assert taken.fencing_token > lock.fencing_token
 
 
-def test_parameters_updates_are_versioned_and_checked_against_the_expected_version() -> None:
-    hq = HQ()
+def test_parameters_updates_are_versioned_and_checked_against_the_expected_version(hq: HQ) -> None:
     v2 = hq.allow_offline()
-    assert hq.params.current().version == v2 == 2
+    assert hq.run(hq.params.current()).version == v2 == 2
     with pytest.raises(ParametersVersionConflict):
-        hq.params.update(key=hq.key("admin:test", "UpdateParameters"), updated_by="test",
-                         change=ParametersChange(False), expected_version=1)
+        hq.run(hq.params.update(key=hq.key("admin:test", "UpdateParameters"), updated_by="test",
+                                change=ParametersChange(False), expected_version=1))
     with pytest.raises(InvalidField):
-        hq.params.update(key=hq.key("admin:test", "UpdateParameters"), updated_by="test",
-                         change=ParametersChange(lock_lease=timedelta(seconds=5)),
-                         expected_version=0)
+        hq.run(hq.params.update(key=hq.key("admin:test", "UpdateParameters"), updated_by="test",
+                                change=ParametersChange(lock_lease=timedelta(seconds=5)),
+                                expected_version=0))
     assert hq.params.feed.latest is not None and hq.params.feed.latest.version == 2
 
 
-def test_the_same_batch_delivered_three_times_changes_nothing_after_the_first() -> None:
-    hq = HQ()
+def test_the_same_batch_delivered_three_times_changes_nothing_after_the_first(hq: HQ) -> None:
     version = hq.allow_offline()
     cards = [hq.gift_card(10_000) for _ in range(3)]
     batch = [offline_txn(n, card, 1_000, params_version=version,
                          token=hq.lock(card, f"off-{n}"))
              for n, card in enumerate(cards, start=1)]
-    first = hq.offline.sync(terminal_id="till-1", transactions=batch)
+    first = hq.run(hq.offline.sync(terminal_id="till-1", transactions=batch))
     assert [r.outcome for r in first.results] == [OfflineOutcome.APPLIED] * 3
     for _ in range(2):
-        again = hq.offline.sync(terminal_id="till-1", transactions=batch)
+        again = hq.run(hq.offline.sync(terminal_id="till-1", transactions=batch))
         assert [r.outcome for r in again.results] == [OfflineOutcome.ALREADY_APPLIED] * 3
         assert [r.line_results for r in again.results] == [r.line_results for r in first.results]
     for card in cards:
-        assert hq.cards.get_card(caller="till-1", card_number=card).balance_minor == 9_000
+        assert hq.run(hq.cards.get_card(caller="till-1", card_number=card)).balance_minor == 9_000
         assert hq.journal_sum(card) == 9_000
     assert first.status.highest_contiguous_sequence == 3
 
 
-def test_sequence_gaps_are_reported_until_the_missing_transaction_arrives() -> None:
-    hq = HQ()
+def test_sequence_gaps_are_reported_until_the_missing_transaction_arrives(hq: HQ) -> None:
     version = hq.allow_offline()
     card = hq.gift_card(10_000)
     txns = [offline_txn(n, card, 100, params_version=version) for n in range(1, 6)]
-    first = hq.offline.sync(terminal_id="till-1", transactions=[txns[0], txns[3], txns[4]])
+    first = hq.run(hq.offline.sync(terminal_id="till-1", transactions=[txns[0], txns[3], txns[4]]))
     assert first.status.gaps == (SequenceGap(2, 3),)
     assert first.status.highest_contiguous_sequence == 1
-    assert hq.back_office.get_sync_status(terminal_id="till-1").gaps == (SequenceGap(2, 3),)
-    filled = hq.offline.sync(terminal_id="till-1", transactions=[txns[1], txns[2]])
+    assert hq.run(hq.back_office.get_sync_status(terminal_id="till-1")).gaps == (SequenceGap(2, 3),)
+    filled = hq.run(hq.offline.sync(terminal_id="till-1", transactions=[txns[1], txns[2]]))
     assert filled.status.gaps == ()
     assert filled.status.highest_contiguous_sequence == 5
 
 
-def test_over_the_batch_limit_nothing_of_the_batch_is_applied() -> None:
-    hq = HQ()
+def test_over_the_batch_limit_nothing_of_the_batch_is_applied(hq: HQ) -> None:
     version = hq.allow_offline()
     card = hq.gift_card(10_000)
     batch = [offline_txn(n, card, 1, params_version=version) for n in range(1, 52)]
     with pytest.raises(LimitExceeded):
-        hq.offline.sync(terminal_id="till-1", transactions=batch)
-    assert hq.cards.get_card(caller="till-1", card_number=card).balance_minor == 10_000
+        hq.run(hq.offline.sync(terminal_id="till-1", transactions=batch))
+    assert hq.run(hq.cards.get_card(caller="till-1", card_number=card)).balance_minor == 10_000
 
 
-def test_an_offline_overdraft_flags_the_card_until_the_back_office_resolves_it() -> None:
-    hq = HQ()
+def test_an_offline_overdraft_flags_the_card_until_the_back_office_resolves_it(hq: HQ) -> None:
     version = hq.allow_offline()
     card = hq.gift_card(1_000)
     token = hq.lock(card, "off-1")
-    outcome = hq.offline.sync(terminal_id="till-1", transactions=[
-        offline_txn(1, card, 3_000, params_version=version, token=token)])
+    outcome = hq.run(hq.offline.sync(terminal_id="till-1", transactions=[
+               offline_txn(1, card, 3_000, params_version=version, token=token)]))
     (result,) = outcome.results
     assert result.outcome is OfflineOutcome.APPLIED_WITH_EXCEPTION
-    assert hq.cards.get_card(caller="till-1", card_number=card).status is CardStatus.FLAGGED
+    assert hq.run(hq.cards.get_card(caller="till-1", card_number=card)).status is CardStatus.FLAGGED
     assert hq.journal_sum(card) == -2_000
     (exc_id,) = result.exception_ids
-    resolved = hq.back_office.resolve_exception(
+    resolved = hq.run(hq.back_office.resolve_exception(
         key=hq.key("admin:test", "ResolveOfflineException"), admin="alice",
-        exception_id=exc_id, resolution="customer paid the difference")
+        exception_id=exc_id, resolution="customer paid the difference"))
     assert resolved.card is not None and resolved.card.status is CardStatus.ACTIVE
     assert resolved.exception.resolved_by == "alice"
 
 
-def test_sync_releases_the_terminals_lock_and_applies_queued_unlocks() -> None:
-    hq = HQ()
+def test_sync_releases_the_terminals_lock_and_applies_queued_unlocks(hq: HQ) -> None:
     version = hq.allow_offline()
     sold, abandoned = hq.gift_card(), hq.gift_card()
-    lock = hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
-                              card_number=sold, transaction_id="off-1").lock
-    hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
-                       card_number=abandoned, transaction_id="sale-x")
+    lock = hq.run(hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
+                                     card_number=sold, transaction_id="off-1")).lock
+    hq.run(hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
+                              card_number=abandoned, transaction_id="sale-x"))
     txn = offline_txn(1, sold, 500, params_version=version, token=lock.fencing_token)
     txn = OfflineTransaction(txn.transaction_id, 1, START, version, txn.redeem_lines,
                              (OfflineUnlock(abandoned, "sale-x", 1),), b"digest")
-    hq.offline.sync(terminal_id="till-1", transactions=[txn])
-    locks = hq.back_office.list_locks(terminal_id="till-1", include_expired=True,
-                                      after_card_number="", limit=10)
+    hq.run(hq.offline.sync(terminal_id="till-1", transactions=[txn]))
+    locks = hq.run(hq.back_office.list_locks(terminal_id="till-1", include_expired=True,
+                                             after_card_number="", limit=10))
     assert locks == []
     # Another terminal can now use both cards.
-    hq.cards.lock_card(key=hq.key("till-2", "LockCard"), terminal_id="till-2",
-                       card_number=sold, transaction_id="s9")
+    hq.run(hq.cards.lock_card(key=hq.key("till-2", "LockCard"), terminal_id="till-2",
+                              card_number=sold, transaction_id="s9"))
 
 
-def test_every_card_journal_sums_to_its_balance_after_a_mixed_day() -> None:
-    hq = HQ()
+def test_every_card_journal_sums_to_its_balance_after_a_mixed_day(hq: HQ) -> None:
     version = hq.allow_offline()
-    memo = hq.cards.issue_card(key=hq.key("till-1", "IssueCard"), terminal_id="till-1",
-                               kind=CardKind.CREDIT_MEMO, initial_value=Money(5_000, "EUR"),
-                               card_number="", transaction_id="return-1").card_number
+    memo = hq.run(hq.cards.issue_card(key=hq.key("till-1", "IssueCard"), terminal_id="till-1",
+                                      kind=CardKind.CREDIT_MEMO, initial_value=Money(5_000, "EUR"),
+                                      card_number="", transaction_id="return-1")).card_number
     gift = hq.gift_card(2_000)
-    lock = hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
-                              card_number=memo, transaction_id="s1").lock
-    redeemed = hq.cards.redeem(key=hq.key("till-1", "Redeem"), terminal_id="till-1",
-                               card_number=memo, transaction_id="s1", line_id="l1",
-                               fencing_token=lock.fencing_token, amount=Money(1_500, "EUR"))
+    lock = hq.run(hq.cards.lock_card(key=hq.key("till-1", "LockCard"), terminal_id="till-1",
+                                     card_number=memo, transaction_id="s1")).lock
+    redeemed = hq.run(hq.cards.redeem(key=hq.key("till-1", "Redeem"), terminal_id="till-1",
+                                      card_number=memo, transaction_id="s1", line_id="l1",
+                                      fencing_token=lock.fencing_token, amount=Money(1_500, "EUR")))
     assert redeemed.remainder_credit_memo is not None
     remainder = redeemed.remainder_credit_memo.card_number
-    hq.offline.sync(terminal_id="till-2",
-                    transactions=[offline_txn(1, gift, 2_600, params_version=version)])
-    hq.cards.add_value(key=hq.key("till-1", "AddValue"), terminal_id="till-1", card_number=gift,
-                       amount=Money(900, "EUR"), transaction_id="s3")
+    hq.run(hq.offline.sync(terminal_id="till-2",
+                           transactions=[offline_txn(1, gift, 2_600, params_version=version)]))
+    hq.run(hq.cards.add_value(
+        key=hq.key("till-1", "AddValue"), terminal_id="till-1", card_number=gift,
+        amount=Money(900, "EUR"), transaction_id="s3"))
     for number in (memo, gift, remainder):
-        balance = hq.cards.get_card(caller="till-1", card_number=number).balance_minor
+        balance = hq.run(hq.cards.get_card(caller="till-1", card_number=number)).balance_minor
         assert hq.journal_sum(number) == balance
-    assert hq.cards.get_card(caller="till-1", card_number=remainder).balance_minor == 3_500
+    assert hq.run(hq.cards.get_card(caller="till-1", card_number=remainder)).balance_minor == 3_500
 
 
-def test_probing_unknown_cards_through_redeem_is_rate_limited_too() -> None:
-    hq = HQ()
-    hq.cards = CardService(hq.storage, clock=hq.clock,
+def test_probing_unknown_cards_through_redeem_is_rate_limited_too(hq: HQ) -> None:
+    hq.cards = CardService(hq.transactions, clock=hq.clock,
                            throttle=UnknownCardThrottle(limit=2, window_seconds=60))
     unknown = "79927398713"
     for _ in range(2):
         with pytest.raises(CardNotFound):
-            hq.cards.redeem(key=hq.key("till-1", "Redeem"), terminal_id="till-1",
-                            card_number=unknown, transaction_id="s", line_id="1",
-                            fencing_token=1, amount=Money(1, "EUR"))
+            hq.run(hq.cards.redeem(key=hq.key("till-1", "Redeem"), terminal_id="till-1",
+                                   card_number=unknown, transaction_id="s", line_id="1",
+                                   fencing_token=1, amount=Money(1, "EUR")))
     with pytest.raises(RateLimited):
-        hq.cards.unlock_card(key=hq.key("till-1", "UnlockCard"), terminal_id="till-1",
-                             card_number=unknown, transaction_id="s", fencing_token=1)
+        hq.run(hq.cards.unlock_card(key=hq.key("till-1", "UnlockCard"), terminal_id="till-1",
+                                    card_number=unknown, transaction_id="s", fencing_token=1))
 
 
-def test_a_display_name_longer_than_its_column_is_refused_before_anything_is_stored() -> None:
-    hq = HQ()
+def test_a_display_name_longer_than_its_column_is_refused_before_anything_is_stored(hq: HQ) -> None:
     with pytest.raises(InvalidField):
-        hq.back_office.register_terminal(key=hq.key("admin:test", "RegisterTerminal"),
-                                         terminal_id="till-9", display_name="x" * 201)
-    assert [t.terminal.terminal_id for t in hq.back_office.list_terminals(
-        after_terminal_id="", limit=10)] == ["till-1", "till-2"]
+        hq.run(hq.back_office.register_terminal(key=hq.key("admin:test", "RegisterTerminal"),
+                                                terminal_id="till-9", display_name="x" * 201))
+    assert [t.terminal.terminal_id for t in hq.run(hq.back_office.list_terminals(
+        after_terminal_id="", limit=10))] == ["till-1", "till-2"]
 
 
-def test_a_registered_terminal_gets_its_token_once_and_a_retry_gets_none() -> None:
-    hq = HQ()
+def test_a_registered_terminal_gets_its_token_once_and_a_retry_gets_none(hq: HQ) -> None:
     key = hq.key("admin:test", "RegisterTerminal", "till-9")
-    first = hq.back_office.register_terminal(key=key, terminal_id="till-9", display_name="")
-    again = hq.back_office.register_terminal(key=key, terminal_id="till-9", display_name="")
+    first = hq.run(hq.back_office.register_terminal(key=key, terminal_id="till-9", display_name=""))
+    again = hq.run(hq.back_office.register_terminal(key=key, terminal_id="till-9", display_name=""))
     assert first.bearer_token.startswith("svt_")
     assert again.bearer_token == ""
     assert again.terminal == first.terminal

@@ -4,6 +4,7 @@ answers every other card the same way once a till is over it (so it is no oracle
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -41,13 +42,15 @@ def monotonic() -> Monotonic:
 
 
 @pytest.fixture
-def hq(monotonic: Monotonic) -> HQ:
-    return HQ(FakeStorage(), throttle=UnknownCardThrottle(limit=LIMIT, window_seconds=60,
-                                                          monotonic=monotonic))
+def hq(monotonic: Monotonic) -> Iterator[HQ]:
+    services = HQ(FakeStorage(), throttle=UnknownCardThrottle(limit=LIMIT, window_seconds=60,
+                                                              monotonic=monotonic))
+    yield services
+    services.close()
 
 
 def get_card(hq: HQ, number: str, till: str = TILL) -> object:
-    return hq.cards.get_card(caller=till, card_number=number)
+    return hq.run(hq.cards.get_card(caller=till, card_number=number))
 
 
 def go_over_the_limit(hq: HQ, till: str = TILL) -> None:
@@ -68,11 +71,11 @@ def test_over_the_limit_a_till_keeps_using_the_cards_it_has_locked(hq: HQ) -> No
     token = hq.lock(card, "sale-1")
     go_over_the_limit(hq)
 
-    assert hq.cards.get_card(caller=TILL, card_number=card).balance_minor == 10_000
+    assert hq.run(hq.cards.get_card(caller=TILL, card_number=card)).balance_minor == 10_000
     assert hq.lock(card, "sale-1") == token  # renewing its own lock
-    redeemed = hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=card,
-                               transaction_id="sale-1", line_id="1", fencing_token=token,
-                               amount=Money(2_500, "EUR"))
+    redeemed = hq.run(hq.cards.redeem(
+        key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=card,
+        transaction_id="sale-1", line_id="1", fencing_token=token, amount=Money(2_500, "EUR")))
     assert redeemed.card.balance_minor == 7_500
 
 
@@ -85,16 +88,16 @@ def test_over_the_limit_other_cards_get_the_same_answer_whether_they_exist_or_no
     calls = {
         "GetCard": lambda n: get_card(hq, n),
         "LockCard": lambda n: hq.lock(n, "sale-2"),
-        "AddValue": lambda n: hq.cards.add_value(
+        "AddValue": lambda n: hq.run(hq.cards.add_value(
             key=hq.key(TILL, "AddValue"), terminal_id=TILL, card_number=n,
-            amount=Money(100, "EUR"), transaction_id=""),
-        "Redeem": lambda n: hq.cards.redeem(
+            amount=Money(100, "EUR"), transaction_id="")),
+        "Redeem": lambda n: hq.run(hq.cards.redeem(
             key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=n, transaction_id="s",
-            line_id="1", fencing_token=1, amount=Money(1, "EUR")),
+            line_id="1", fencing_token=1, amount=Money(1, "EUR"))),
         "UnlockCard": lambda n: hq.unlock(n, "s", 1),
-        "IssueCard": lambda n: hq.cards.issue_card(
+        "IssueCard": lambda n: hq.run(hq.cards.issue_card(
             key=hq.key(TILL, "IssueCard"), terminal_id=TILL, kind=CardKind.GIFT_CARD,
-            initial_value=Money(100, "EUR"), card_number=n, transaction_id=""),
+            initial_value=Money(100, "EUR"), card_number=n, transaction_id="")),
     }
     for name, call in calls.items():
         answers = {refusal(lambda c=call, n=n: c(n)) for n in (existing, UNKNOWN[-1])}
@@ -118,12 +121,12 @@ def test_the_limit_is_per_till_and_ends_when_the_window_slides(
 def test_currency_mismatches_and_taken_card_numbers_count_as_unknown_lookups(hq: HQ) -> None:
     card = hq.issue(10_000)
     with pytest.raises(CurrencyMismatch):
-        hq.cards.add_value(key=hq.key(TILL, "AddValue"), terminal_id=TILL, card_number=card,
-                           amount=Money(100, "XXX"), transaction_id="")
+        hq.run(hq.cards.add_value(key=hq.key(TILL, "AddValue"), terminal_id=TILL, card_number=card,
+                                  amount=Money(100, "XXX"), transaction_id=""))
     with pytest.raises(CardAlreadyExists):
-        hq.cards.issue_card(key=hq.key(TILL, "IssueCard"), terminal_id=TILL,
-                            kind=CardKind.GIFT_CARD, initial_value=Money(100, "EUR"),
-                            card_number=card, transaction_id="")
+        hq.run(hq.cards.issue_card(key=hq.key(TILL, "IssueCard"), terminal_id=TILL,
+                                   kind=CardKind.GIFT_CARD, initial_value=Money(100, "EUR"),
+                                   card_number=card, transaction_id=""))
     with pytest.raises(CardNotFound):
         get_card(hq, UNKNOWN[0])
     with pytest.raises(RateLimited):

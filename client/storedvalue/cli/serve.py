@@ -31,13 +31,44 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--admin-token-file", type=Path, metavar="PATH",
                         help="where the admin token is kept when STOREDVALUE_ADMIN_TOKEN "
                              "is unset (default beside the default database)")
+    # Defaults shown come from the server's own configuration: one source of truth.
+    from storedvalue.hq.config import EVENT_LOOPS, HQConfig
+
+    defaults = HQConfig()
     parser.add_argument("--grace-period", type=float, metavar="SECONDS",
-                        help="how long in-flight calls may finish on shutdown (default 10)")
-    parser.add_argument("--max-workers", type=int, metavar="N",
-                        help="threads serving calls (default 32)")
+                        help="how long in-flight calls may finish on shutdown "
+                             f"(default {defaults.grace_period_seconds:g})")
+    parser.add_argument("--database-connections", type=int, metavar="N",
+                        help="connections (each with its thread) to the database: "
+                             "PostgreSQL's pool; SQLite's group-commit writer plus N-1 "
+                             f"readers (default {defaults.database_connections})")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS,
+                        help=f"asyncio event loop to serve on (default {defaults.event_loop}, "
+                             "where installed)")
+    parser.add_argument("--call-deadline", type=float, metavar="SECONDS",
+                        help="HQ's own limit on a unary call, waiting for its request "
+                             "included; past it: DEADLINE_EXCEEDED, CALL_TOO_LONG "
+                             f"(default {defaults.call_deadline_seconds:g})")
+    parser.add_argument("--max-watchers", type=int, metavar="N",
+                        help="most WatchParameters streams at once; more get "
+                             "RESOURCE_EXHAUSTED, TOO_MANY_WATCHERS "
+                             f"(default {defaults.max_watchers})")
+    parser.add_argument("--max-streams-per-connection", type=int, metavar="N",
+                        help="most concurrent calls on one client connection "
+                             f"(default {defaults.max_streams_per_connection})")
+    parser.add_argument("--keepalive", type=float, metavar="SECONDS",
+                        help="ping a connection idle this long; close it if the ping is not "
+                             f"answered (default {defaults.keepalive_seconds:g})")
+    parser.add_argument("--keepalive-timeout", type=float, metavar="SECONDS",
+                        help="how long a keepalive ping may go unanswered "
+                             f"(default {defaults.keepalive_timeout_seconds:g})")
+    parser.add_argument("--min-client-ping", type=float, metavar="SECONDS",
+                        help="keepalive enforcement: clients pinging more often are sent "
+                             f"GOAWAY (default {defaults.min_client_ping_seconds:g})")
     parser.add_argument("--parameters-poll", type=float, metavar="SECONDS",
-                        help="how often to pick up parameter changes made through other "
-                             "replicas (default 0.5)")
+                        help="SQLite: how often to pick up parameter changes made by another "
+                             "HQ process on the same file (PostgreSQL replicas are notified) "
+                             f"(default {defaults.parameters_poll_seconds:g})")
     parser.add_argument("--max-batch-transactions", type=int, metavar="N",
                         help="sync limit: transactions per SyncOfflineBatch (default 1000)")
     parser.add_argument("--max-transaction-lines", type=int, metavar="N",
@@ -77,7 +108,14 @@ def run(args: argparse.Namespace) -> int:
             database_url=args.database_url,
             admin_token_file=args.admin_token_file,
             grace_period_seconds=args.grace_period,
-            max_workers=args.max_workers,
+            database_connections=args.database_connections,
+            event_loop=args.event_loop,
+            call_deadline_seconds=args.call_deadline,
+            max_watchers=args.max_watchers,
+            max_streams_per_connection=args.max_streams_per_connection,
+            keepalive_seconds=args.keepalive,
+            keepalive_timeout_seconds=args.keepalive_timeout,
+            min_client_ping_seconds=args.min_client_ping,
             parameters_poll_seconds=args.parameters_poll,
             sync_limits=limits,
             unknown_card_limit=args.unknown_card_limit,

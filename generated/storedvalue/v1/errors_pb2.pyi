@@ -142,6 +142,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """[UNAVAILABLE] HQ's database stayed busy (lost races or locked) through every retry;
     nothing was applied. Transient: retry with backoff.
     """
+    ERROR_REASON_TOO_MANY_WATCHERS: _ErrorReason.ValueType  # 54
+    """[RESOURCE_EXHAUSTED] This HQ replica already serves its maximum of WatchParameters
+    streams (`storedvalue serve --max-watchers`). GetParameters still works; retry the
+    watch later, or on another replica. metadata: limit.
+    """
+    ERROR_REASON_CALL_TOO_LONG: _ErrorReason.ValueType  # 55
+    """[DEADLINE_EXCEEDED] HQ ended a unary call that took longer than its own limit for
+    calls (`storedvalue serve --call-deadline`), counted from when the call arrived,
+    waiting for the request included. A mutating request may or may not have been
+    applied: retry it with the same request_id. metadata: limit_seconds.
+    """
     ERROR_REASON_OFFLINE_OVERDRAFT: _ErrorReason.ValueType  # 60
     """Offline sync only (OfflineTransactionResult / OfflineLineResult reasons).
     The debit exceeded the balance; applied, card flagged, exception recorded.
@@ -279,6 +290,17 @@ it; it is REJECTED and kept for review.
 ERROR_REASON_HQ_BUSY: ErrorReason.ValueType  # 53
 """[UNAVAILABLE] HQ's database stayed busy (lost races or locked) through every retry;
 nothing was applied. Transient: retry with backoff.
+"""
+ERROR_REASON_TOO_MANY_WATCHERS: ErrorReason.ValueType  # 54
+"""[RESOURCE_EXHAUSTED] This HQ replica already serves its maximum of WatchParameters
+streams (`storedvalue serve --max-watchers`). GetParameters still works; retry the
+watch later, or on another replica. metadata: limit.
+"""
+ERROR_REASON_CALL_TOO_LONG: ErrorReason.ValueType  # 55
+"""[DEADLINE_EXCEEDED] HQ ended a unary call that took longer than its own limit for
+calls (`storedvalue serve --call-deadline`), counted from when the call arrived,
+waiting for the request included. A mutating request may or may not have been
+applied: retry it with the same request_id. metadata: limit_seconds.
 """
 ERROR_REASON_OFFLINE_OVERDRAFT: ErrorReason.ValueType  # 60
 """Offline sync only (OfflineTransactionResult / OfflineLineResult reasons).

@@ -9,15 +9,19 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from storedvalue.hq.services.offline import SyncLimits
+
+V = TypeVar("V")
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 ENV_LISTEN = "STOREDVALUE_LISTEN"
 ENV_DATABASE_URL = "STOREDVALUE_DATABASE_URL"
 ENV_ADMIN_TOKEN = "STOREDVALUE_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
 ADMIN_NAME = "admin"
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 class ConfigError(Exception):
@@ -46,18 +50,43 @@ class HQConfig:
     grace_period_seconds: float = 10.0
     """On SIGTERM/SIGINT: how long in-flight calls get to finish before they are cancelled."""
 
-    max_workers: int = 256
-    """Threads serving calls. Each open WatchParameters stream holds one (idle, waiting on a
-    condition), so this bounds the connected terminals per replica together with the unary
-    calls in flight; threads are started only as streams and calls need them. A fleet larger
-    than this per replica needs more replicas or a larger value."""
+    database_connections: int = 4
+    """Connections this process opens to the database, each driven by one thread: the
+    database's concurrency, whatever the number of callers (they wait in memory). PostgreSQL:
+    the connection pool. SQLite: one writer (group commit) and the others as readers."""
+
+    event_loop: str = "uvloop"
+    """The asyncio event loop implementation: "uvloop" (faster; the default where it is
+    installed, else HQ falls back to "asyncio" and says so) or "asyncio"."""
+
+    call_deadline_seconds: float = 30.0
+    """HQ's own limit on a unary call, from its arrival to its answer, reading the request
+    included: past it the call ends with DEADLINE_EXCEEDED (CALL_TOO_LONG), even when the
+    client set no deadline or a longer one. WatchParameters streams are not limited."""
+
+    max_watchers: int = 20_000
+    """Most WatchParameters streams this process serves at once (each costs memory, no
+    thread); one more gets RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS)."""
+
+    max_streams_per_connection: int = 100
+    """Most concurrent calls on one client connection (HTTP/2 streams): a till needs a few
+    (its watch stream and a call or two), so one connection cannot hold many of them."""
+
+    keepalive_seconds: float = 60.0
+    """HQ pings a connection idle this long, and closes it when the ping is not answered
+    within `keepalive_timeout_seconds`: dead tills' streams do not linger."""
+
+    keepalive_timeout_seconds: float = 20.0
+    """How long a keepalive ping may go unanswered before HQ closes the connection."""
+
+    min_client_ping_seconds: float = 10.0
+    """Keepalive enforcement: a client pinging more often than this is sent GOAWAY
+    (ENHANCE_YOUR_CALM) after two offences."""
 
     parameters_poll_seconds: float = 0.5
-    """How often the process reads the current parameters version from the database, to pick
-    up changes made through other replicas (changes made here are pushed at once)."""
-
-    watch_wakeup_seconds: float = 1.0
-    """How often an idle WatchParameters stream checks whether its caller went away."""
+    """SQLite only: how often the process reads the current parameters version, to pick up
+    changes made by another HQ process on the same file (changes made here are pushed at
+    once; on PostgreSQL other replicas' changes arrive through LISTEN/NOTIFY)."""
 
     sync_limits: SyncLimits = field(default_factory=SyncLimits)
     """Documented limits on offline sync requests (sent to terminals in GetParameters)."""
@@ -155,7 +184,14 @@ def load_config(
     database_url: str | None = None,
     admin_token_file: Path | None = None,
     grace_period_seconds: float | None = None,
-    max_workers: int | None = None,
+    database_connections: int | None = None,
+    event_loop: str | None = None,
+    call_deadline_seconds: float | None = None,
+    max_watchers: int | None = None,
+    max_streams_per_connection: int | None = None,
+    keepalive_seconds: float | None = None,
+    keepalive_timeout_seconds: float | None = None,
+    min_client_ping_seconds: float | None = None,
     parameters_poll_seconds: float | None = None,
     sync_limits: SyncLimits | None = None,
     unknown_card_limit: int | None = None,
@@ -180,8 +216,21 @@ def load_config(
             "(--tls-cert, --tls-key) to listen on other addresses"
         )
     # Every check before any side effect (data directory, token file).
-    if max_workers is not None and max_workers < 2:
-        raise ConfigError("max workers must be at least 2")
+    if database_connections is not None and database_connections < 2:
+        raise ConfigError("database connections must be at least 2 (SQLite: a writer and a "
+                          "reader)")
+    if event_loop is not None and event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"event loop must be one of {', '.join(EVENT_LOOPS)}")
+    for name, value in (("call deadline", call_deadline_seconds),
+                        ("keepalive", keepalive_seconds),
+                        ("keepalive timeout", keepalive_timeout_seconds),
+                        ("minimum client ping interval", min_client_ping_seconds)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} must be a positive number of seconds")
+    for name, count in (("max watchers", max_watchers),
+                        ("max streams per connection", max_streams_per_connection)):
+        if count is not None and count < 1:
+            raise ConfigError(f"{name} must be at least 1")
     if unknown_card_limit is not None and unknown_card_limit < 1:
         raise ConfigError("the unknown-card limit must be at least 1 a minute")
     # The storage creates a SQLite file and its directory, private to this user.
@@ -200,7 +249,18 @@ def load_config(
             defaults.grace_period_seconds if grace_period_seconds is None
             else grace_period_seconds
         ),
-        max_workers=defaults.max_workers if max_workers is None else max_workers,
+        database_connections=_given(database_connections, defaults.database_connections),
+        event_loop=_given(event_loop, defaults.event_loop),
+        call_deadline_seconds=_given(call_deadline_seconds, defaults.call_deadline_seconds),
+        max_watchers=_given(max_watchers, defaults.max_watchers),
+        max_streams_per_connection=_given(
+            max_streams_per_connection, defaults.max_streams_per_connection
+        ),
+        keepalive_seconds=_given(keepalive_seconds, defaults.keepalive_seconds),
+        keepalive_timeout_seconds=_given(
+            keepalive_timeout_seconds, defaults.keepalive_timeout_seconds
+        ),
+        min_client_ping_seconds=_given(min_client_ping_seconds, defaults.min_client_ping_seconds),
         parameters_poll_seconds=(
             defaults.parameters_poll_seconds if parameters_poll_seconds is None
             else parameters_poll_seconds
@@ -213,3 +273,7 @@ def load_config(
         tls_key_file=tls_key_file,
         tls_client_ca_file=tls_client_ca_file,
     )
+
+
+def _given(flag: V | None, default: V) -> V:
+    return default if flag is None else flag

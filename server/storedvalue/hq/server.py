@@ -1,38 +1,49 @@
-"""The composition root: storage, services, servicers, health, reflection and the parameters
-poller wired into one gRPC server, and `serve`, the process that runs it until a signal."""
+"""The composition root: storage, the transaction executor, services, servicers, the call
+gate, health, reflection and the parameters feed wired into one `grpc.aio` server.
+
+`serve` runs it on an event loop in the main thread until a signal. `create_server` hosts it
+on a background event loop for synchronous code (tests, the demo) and returns a handle with
+the familiar `start()`, `stop(grace).wait(timeout)` and `wait_for_termination()`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Sequence
-from concurrent import futures
-from types import FrameType
-from typing import Any, TextIO
+from collections.abc import Coroutine, Sequence
+from typing import Any, TextIO, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from storedvalue.hq.config import ADMIN_NAME, HQConfig, redacted_url, split_listen_address
 from storedvalue.hq.domain.terminals import hash_token
+from storedvalue.hq.event_loops import loop_factory
 from storedvalue.hq.grpc_api.back_office_servicer import BackOfficeServicer
+from storedvalue.hq.grpc_api.calls import CallGate, MethodTable
 from storedvalue.hq.grpc_api.method_handlers import add_servicer
 from storedvalue.hq.grpc_api.reflection import add_reflection
 from storedvalue.hq.grpc_api.terminal_servicer import TerminalServicer
-from storedvalue.hq.services.auth import Authenticator
+from storedvalue.hq.services.auth import Authenticator, Role
 from storedvalue.hq.services.back_office import BackOfficeService
 from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.offline import OfflineService
 from storedvalue.hq.services.parameters import ParametersFeed, ParametersService
 from storedvalue.hq.services.throttle import UnknownCardThrottle
+from storedvalue.hq.services.transactions import ThreadedTransactions, Transactions
 from storedvalue.hq.services.unit_of_work import Storage
 from storedvalue.hq.storage import SqlStorage, upgrade_to_head
+from storedvalue.hq.storage.group_commit import GroupCommitTransactions
+from storedvalue.hq.storage.parameter_changes import ParameterChangeListener
 from storedvalue.hq.structured_logging import configure_logging
 from storedvalue.v1 import back_office_service_pb2, terminal_service_pb2
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TERMINAL_SERVICE_DESCRIPTOR = terminal_service_pb2.DESCRIPTOR.services_by_name["TerminalService"]
 BACK_OFFICE_SERVICE_DESCRIPTOR = (
@@ -42,175 +53,191 @@ TERMINAL_SERVICE = TERMINAL_SERVICE_DESCRIPTOR.full_name
 BACK_OFFICE_SERVICE = BACK_OFFICE_SERVICE_DESCRIPTOR.full_name
 
 
-class HQServer(grpc.Server):
-    """The gRPC server plus what it owns. `start()` also starts the parameters poller;
-    `stop(grace)` first reports NOT_SERVING and ends WatchParameters streams, then lets
-    in-flight calls drain for `grace` seconds, then stops the poller and closes the storage
-    (if `create_server` opened it). The event it returns is set when all of that is done."""
-
-    def __init__(
-        self,
-        server: grpc.Server,
-        *,
-        health_servicer: health.HealthServicer,
-        health_pool: futures.ThreadPoolExecutor,
-        feed: ParametersFeed,
-        parameters: ParametersService,
-        poll_seconds: float,
-        storage: Storage,
-        owns_storage: bool,
-    ) -> None:
-        self._server = server
-        self._health = health_servicer
-        self._health_pool = health_pool
-        self._feed = feed
-        self._storage = storage
-        self._owns_storage = owns_storage
-        self._poll_stop = threading.Event()
-        self._poller = threading.Thread(
-            target=feed.follow,
-            args=(parameters,),
-            kwargs={"interval": poll_seconds, "stop": self._poll_stop},
-            name="hq-parameters-poller",
-            daemon=True,
-        )
-        self._stop_lock = threading.Lock()
-        self._stopped: threading.Event | None = None
-
-    def add_generic_rpc_handlers(
-        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler[Any, Any]]
-    ) -> None:
-        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
-        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
-            service_name, method_handlers
-        )
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._server.add_insecure_port(address)
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        return self._server.add_secure_port(address, server_credentials)
-
-    def start(self) -> None:
-        self._server.start()
-        self._poller.start()
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self._server.wait_for_termination(timeout)
-
-    def stop(self, grace: float | None = None) -> threading.Event:
-        with self._stop_lock:
-            if self._stopped is not None:
-                return self._stopped
-            done = self._stopped = threading.Event()
-        # Load balancers and terminal probes see NOT_SERVING before calls are refused.
-        self._health.enter_graceful_shutdown()
-        self._feed.close()  # open WatchParameters streams end within their wake-up period
-        drained = self._server.stop(grace)
-
-        def finish() -> None:
-            drained.wait()
-            self._poll_stop.set()
-            if self._poller.is_alive():
-                self._poller.join()
-            self._health_pool.shutdown(wait=True)
-            if self._owns_storage:
-                self._storage.close()
-            done.set()
-
-        threading.Thread(target=finish, name="hq-shutdown", daemon=True).start()
-        return done
-
-
-def open_storage(config: HQConfig) -> Storage:
+def open_storage(config: HQConfig) -> SqlStorage:
     """The configured database, migrated to the current schema."""
     upgrade_to_head(config.database_url)
-    return SqlStorage.from_url(config.database_url, pool_size=max(4, config.max_workers // 2))
+    return SqlStorage.from_url(config.database_url, pool_size=config.database_connections)
 
 
-def create_server(
-    config: HQConfig,
-    *,
-    storage: Storage | None = None,
-    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
-) -> tuple[HQServer, int]:
-    """An HQ server bound to `config.listen` (port 0: any free port), not yet started.
-    Without `storage`, opens (and on stop closes) the configured database. `interceptors`
-    wrap every call (tests put a breakable link there)."""
-    owns_storage = storage is None
-    store = open_storage(config) if storage is None else storage
-    try:
-        feed = ParametersFeed()
-        parameters = ParametersService(store, feed=feed)
-        parameters.ensure_initialized()
-        # One unknown-card limit per till, online and offline.
-        throttle = UnknownCardThrottle(limit=config.unknown_card_limit)
-        offline = OfflineService(store, limits=config.sync_limits, throttle=throttle)
+def open_transactions(storage: Storage, config: HQConfig) -> Transactions:
+    """The executor sized for the database: SQLite's group-commit writer and its readers,
+    or one thread per pooled connection (PostgreSQL, and any other storage)."""
+    if isinstance(storage, SqlStorage) and storage.engine.dialect.name == "sqlite":
+        return GroupCommitTransactions(storage, readers=config.database_connections - 1)
+    return ThreadedTransactions(storage, threads=config.database_connections)
+
+
+def grpc_options(config: HQConfig) -> list[tuple[str, Any]]:
+    """The transport limits of a public endpoint."""
+    return [
+        ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+        ("grpc.max_send_message_length", config.max_receive_message_bytes),
+        # A second HQ on the same port must fail to start, not share it silently.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms",
+         int(config.min_client_ping_seconds * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
+class HQApplication:
+    """HQ's gRPC server and everything it owns, on the event loop that opened it.
+
+    `stop(grace)` first reports NOT_SERVING and ends the WatchParameters streams, then lets
+    in-flight calls drain for `grace` seconds, then stops the executor and closes the
+    storage (if it opened it)."""
+
+    def __init__(self, config: HQConfig, storage: Storage, *, owns_storage: bool,
+                 interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = ()) -> None:
+        self.config = config
+        self._storage = storage
+        self._owns_storage = owns_storage
+        self._transactions = open_transactions(storage, config)
+        self.feed = ParametersFeed(max_watchers=config.max_watchers)
+        self.parameters = ParametersService(self._transactions, feed=self.feed)
         admins = {hash_token(config.admin_token): ADMIN_NAME} if config.admin_token else {}
         authenticator = Authenticator(
-            store, admin_token_hashes=admins,
+            self._transactions, admin_token_hashes=admins,
             bind_client_certificates=config.tls_client_ca_file is not None,
         )
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.max_workers,
-                                       thread_name_prefix="hq-rpc"),
-            interceptors=list(interceptors),
-            options=[
-                ("grpc.max_receive_message_length", config.max_receive_message_bytes),
-                ("grpc.max_send_message_length", config.max_receive_message_bytes),
-                # A second HQ on the same port must fail to start, not share it silently.
-                ("grpc.so_reuseport", 0),
-            ],
+        # One unknown-card limit per till, online and offline.
+        throttle = UnknownCardThrottle(limit=config.unknown_card_limit)
+        offline = OfflineService(self._transactions, limits=config.sync_limits,
+                                 throttle=throttle)
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        # Given interceptors see every call first (tests put a breakable link there).
+        self._server = grpc.aio.server(
+            interceptors=[*interceptors, CallGate(
+                authenticator,
+                roles={TERMINAL_SERVICE: Role.TERMINAL, BACK_OFFICE_SERVICE: Role.ADMIN},
+                call_deadline_seconds=config.call_deadline_seconds,
+            )],
+            options=grpc_options(config),
         )
+        methods = MethodTable()
         add_servicer(
-            server,
+            methods,
             TerminalServicer(
-                authenticator=authenticator,
-                cards=CardService(store, parameters_feed=feed, throttle=throttle),
+                cards=CardService(self._transactions, parameters_feed=self.feed,
+                                  throttle=throttle),
                 offline=offline,
-                parameters=parameters,
-                watch_poll_seconds=config.watch_wakeup_seconds,
+                parameters=self.parameters,
             ),
             TERMINAL_SERVICE_DESCRIPTOR,
         )
         add_servicer(
-            server,
+            methods,
             BackOfficeServicer(
                 authenticator=authenticator,
-                back_office=BackOfficeService(store),
-                parameters=parameters,
+                back_office=BackOfficeService(self._transactions),
+                parameters=self.parameters,
             ),
             BACK_OFFICE_SERVICE_DESCRIPTOR,
         )
-        health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hq-health")
-        health_servicer = health.HealthServicer(
-            experimental_non_blocking=True, experimental_thread_pool=health_pool
-        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, cast(Any, methods))
+        self._server.add_generic_rpc_handlers((methods,))
+        add_reflection(self._server, (TERMINAL_SERVICE, BACK_OFFICE_SERVICE, health.SERVICE_NAME))
+        self.port = _bind(self._server, config)
+        self._followers: list[asyncio.Task[None]] = []
+        self._listener: ParameterChangeListener | None = None
+        self._stopped: asyncio.Future[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        config: HQConfig,
+        *,
+        storage: Storage | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    ) -> HQApplication:
+        """HQ bound to `config.listen` (port 0: any free port), not yet started. Without
+        `storage`, opens (and on stop closes) the configured database. `interceptors` see
+        every call before HQ's own call gate."""
+        owns_storage = storage is None
+        store = open_storage(config) if storage is None else storage
+        try:
+            app = cls(config, store, owns_storage=owns_storage, interceptors=interceptors)
+        except BaseException:
+            if owns_storage:
+                store.close()
+            raise
+        try:
+            await app.parameters.ensure_initialized()
+        except BaseException:
+            await app._release()
+            raise
+        return app
+
+    async def start(self) -> None:
         for name in ("", TERMINAL_SERVICE, BACK_OFFICE_SERVICE):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        add_reflection(server, (TERMINAL_SERVICE, BACK_OFFICE_SERVICE, health.SERVICE_NAME))
-        port = _bind(server, config)
-    except BaseException:
-        if owns_storage:
-            store.close()
-        raise
-    hq = HQServer(
-        server,
-        health_servicer=health_servicer,
-        health_pool=health_pool,
-        feed=feed,
-        parameters=parameters,
-        poll_seconds=config.parameters_poll_seconds,
-        storage=store,
-        owns_storage=owns_storage,
-    )
-    return hq, port
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._server.start()
+        self._follow_other_replicas()
+
+    async def stop(self, grace: float | None) -> None:
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
+            return
+        stopped = self._stopped = asyncio.get_running_loop().create_future()
+        try:
+            # Load balancers and terminal probes see NOT_SERVING before calls are refused.
+            await self._health.enter_graceful_shutdown()
+            self.feed.close()  # open WatchParameters streams end now, with OK
+            await self._server.stop(grace)
+            await self._release()
+        finally:
+            stopped.set_result(None)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._server.wait_for_termination(timeout)
+
+    def _follow_other_replicas(self) -> None:
+        """Parameter versions made by other HQ processes reach this one's watchers:
+        PostgreSQL tells us (LISTEN/NOTIFY); a SQLite file is polled (rarely needed: one
+        process usually owns it)."""
+        storage = self._storage
+        if not isinstance(storage, SqlStorage):
+            return
+        if storage.engine.dialect.name == "postgresql":
+            loop = asyncio.get_running_loop()
+
+            def changed() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closing
+                    asyncio.run_coroutine_threadsafe(self._refresh_parameters(), loop)
+
+            self._listener = ParameterChangeListener(storage.engine, changed)
+            self._listener.start()
+        else:
+            self._followers.append(asyncio.create_task(self._poll_parameters()))
+
+    async def _poll_parameters(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.parameters_poll_seconds)
+            await self._refresh_parameters()
+
+    async def _refresh_parameters(self) -> None:
+        try:
+            await self.parameters.refresh()
+        except Exception:  # a database hiccup must not stop the following
+            log.exception("reading the current parameters failed")
+
+    async def _release(self) -> None:
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await asyncio.to_thread(listener.stop)
+        await asyncio.to_thread(self._transactions.close)
+        if self._owns_storage:
+            self._storage.close()
 
 
-def _bind(server: grpc.Server, config: HQConfig) -> int:
+def _bind(server: grpc.aio.Server, config: HQConfig) -> int:
     if config.uses_tls:
         assert config.tls_cert_file is not None and config.tls_key_file is not None
         client_ca = config.tls_client_ca_file
@@ -227,14 +254,97 @@ def _bind(server: grpc.Server, config: HQConfig) -> int:
     return port
 
 
+# -- embedded: HQ on a background event loop --------------------------------------------------
+
+
+class _BackgroundLoop:
+    """One event loop on a daemon thread, shared by every embedded HQ of the process: gRPC's
+    asyncio support binds its completion-queue poller to the first loop that uses it, so
+    embedded servers must not each bring (and later close) a loop of their own."""
+
+    _lock = threading.Lock()
+    _shared: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def get(cls, event_loop: str) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._shared is None:
+                loop = loop_factory(event_loop)()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                threading.Thread(target=run, name="hq-event-loop", daemon=True).start()
+                ready.wait()
+                cls._shared = loop
+            return cls._shared
+
+
+class HQServer:
+    """An HQ served from a background event loop, driven from synchronous code."""
+
+    def __init__(self, app: HQApplication, loop: asyncio.AbstractEventLoop) -> None:
+        self._app = app
+        self._loop = loop
+        self._stopping: threading.Event | None = None
+        self._guard = threading.Lock()
+
+    def start(self) -> None:
+        self._run(self._app.start())
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Begin a graceful stop; the event returned is set once it is complete."""
+        with self._guard:
+            if self._stopping is not None:
+                return self._stopping
+            done = self._stopping = threading.Event()
+        future = asyncio.run_coroutine_threadsafe(self._app.stop(grace), self._loop)
+        future.add_done_callback(lambda _future: done.set())
+        return done
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """True when `timeout` passed first, as grpc.Server's does."""
+        return self._run(self._app.wait_for_termination(timeout))
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+
+def create_server(
+    config: HQConfig,
+    *,
+    storage: Storage | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+) -> tuple[HQServer, int]:
+    """An HQ server bound to `config.listen` (port 0: any free port), not yet started,
+    hosted on the process's background event loop. Without `storage`, opens (and on stop
+    closes) the configured database. `interceptors` (asyncio ones) see every call before
+    HQ's own call gate (tests put a breakable link there)."""
+    loop = _BackgroundLoop.get(config.event_loop)
+    app = asyncio.run_coroutine_threadsafe(
+        HQApplication.open(config, storage=storage, interceptors=interceptors), loop
+    ).result()
+    return HQServer(app, loop), app.port
+
+
+# -- the process ------------------------------------------------------------------------------
+
+
 def serve(config: HQConfig, *, out: TextIO | None = None) -> int:
     """Run HQ until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
     configure_logging()
-    printed = out or sys.stdout
-    server, port = create_server(config)
-    server.start()
+    with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
+        return runner.run(_serve(config, out or sys.stdout))
+
+
+async def _serve(config: HQConfig, printed: TextIO) -> int:
+    app = await HQApplication.open(config)
+    await app.start()
     host, _ = split_listen_address(config.listen)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = f"[{host}]:{app.port}" if ":" in host else f"{host}:{app.port}"
     database = redacted_url(config.database_url)
     token_source = (
         str(config.admin_token_file) if config.admin_token_file else "STOREDVALUE_ADMIN_TOKEN"
@@ -244,24 +354,25 @@ def serve(config: HQConfig, *, out: TextIO | None = None) -> int:
     print(f"database: {database}", file=printed)
     print(f"admin token: {token_source}", file=printed, flush=True)
     log.info("serving", extra={"listen": address, "database": database,
-                               "admin_token_source": token_source})
+                               "admin_token_source": token_source,
+                               "event_loop": type(asyncio.get_running_loop()).__module__})
 
-    stop_requested = threading.Event()
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
+    def request_stop(signum: int) -> None:
         log.info("stop requested", extra={"signal": signal.Signals(signum).name})
         stop_requested.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig)
     try:
-        # A timed wait keeps the main thread responsive to signal handlers.
-        while not stop_requested.wait(0.5):
-            pass
+        await stop_requested.wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
     grace = config.grace_period_seconds
     log.info("draining", extra={"grace_period_seconds": grace})
-    server.stop(grace).wait()
+    await app.stop(grace)
     log.info("stopped")
     return 0

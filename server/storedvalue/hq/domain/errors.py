@@ -316,3 +316,31 @@ class HQBusy(StoredValueError):
     def __init__(self) -> None:
         super().__init__("HQ is busy: the change lost every retry against concurrent updates; "
                          "nothing was applied, retry with backoff")
+
+
+class TooManyWatchers(StoredValueError):
+    """This HQ process already serves its maximum of WatchParameters streams."""
+
+    reason = "TOO_MANY_WATCHERS"
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this HQ replica already serves {limit} parameter watchers; retry later or "
+            "on another replica (GetParameters still works)",
+            {"limit": str(limit)},
+        )
+
+
+class CallTooLong(StoredValueError):
+    """A unary call ran past HQ's own deadline for calls."""
+
+    reason = "CALL_TOO_LONG"
+    code = "DEADLINE_EXCEEDED"
+
+    def __init__(self, limit_seconds: float) -> None:
+        super().__init__(
+            f"HQ ended the call after its limit of {limit_seconds:g} s; a change it carried "
+            "may or may not be applied: retry with the same request_id",
+            {"limit_seconds": f"{limit_seconds:g}"},
+        )

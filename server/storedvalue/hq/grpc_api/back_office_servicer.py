@@ -1,15 +1,17 @@
-"""BackOfficeService: what head-office staff and their tools call. Translation only; every
-call needs the admin credential."""
+"""BackOfficeService: what head-office staff and their tools call. Translation only; the call
+gate (`calls.py`) lets only the admin credential through."""
 
 # ruff: noqa: N802 - method names are the contract's RPC names
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from storedvalue.hq.domain.cards import is_valid_card_number
 from storedvalue.hq.domain.terminals import is_valid_terminal_id
-from storedvalue.hq.grpc_api.call_context import authorization, request_key
+from storedvalue.hq.grpc_api.call_context import request_key
 from storedvalue.hq.grpc_api.convert import (
     card_to_proto,
     journal_entry_to_proto,
@@ -20,7 +22,6 @@ from storedvalue.hq.grpc_api.convert import (
     sync_status_to_proto,
     terminal_to_proto,
 )
-from storedvalue.hq.grpc_api.errors import unary_rpc
 from storedvalue.hq.grpc_api.paging import (
     decode_int_token,
     decode_token,
@@ -28,13 +29,12 @@ from storedvalue.hq.grpc_api.paging import (
     is_position,
     page_size,
 )
-from storedvalue.hq.services.auth import Authenticator
+from storedvalue.hq.services.auth import Authenticator, Caller
 from storedvalue.hq.services.back_office import BackOfficeService, IssuedCredential
 from storedvalue.hq.services.parameters import ParametersService
 from storedvalue.v1 import back_office_service_pb2 as pb
-from storedvalue.v1 import back_office_service_pb2_grpc as pb_grpc
 
-Context = grpc.ServicerContext
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _credential_response_parts(
@@ -45,7 +45,7 @@ def _credential_response_parts(
     return terminal_to_proto(issued.terminal), credential
 
 
-class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
+class BackOfficeServicer:
     def __init__(
         self,
         *,
@@ -59,11 +59,10 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
 
     # -- parameters -----------------------------------------------------------------------
 
-    @unary_rpc
-    def UpdateParameters(self, request: pb.UpdateParametersRequest, context: Context
-                         ) -> pb.UpdateParametersResponse:
-        caller = self._auth.admin(authorization(context))
-        params = self._parameters.update(
+    async def UpdateParameters(
+        self, caller: Caller, request: pb.UpdateParametersRequest, context: Context
+    ) -> pb.UpdateParametersResponse:
+        params = await self._parameters.update(
             key=request_key(caller, request, "UpdateParameters"),
             updated_by=caller.admin_name,
             change=parameters_change_from_proto(request),
@@ -71,11 +70,10 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
         )
         return pb.UpdateParametersResponse(parameters=parameters_to_proto(params))
 
-    @unary_rpc
-    def ListParameterVersions(self, request: pb.ListParameterVersionsRequest, context: Context
-                              ) -> pb.ListParameterVersionsResponse:
-        self._auth.admin(authorization(context))
-        page = self._parameters.list_versions(
+    async def ListParameterVersions(
+        self, caller: Caller, request: pb.ListParameterVersionsRequest, context: Context
+    ) -> pb.ListParameterVersionsResponse:
+        page = await self._parameters.list_versions(
             before_version=decode_int_token("versions", request.page_token),
             limit=page_size(request.page_size),
         )
@@ -88,11 +86,11 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
 
     # -- locks ----------------------------------------------------------------------------
 
-    @unary_rpc
-    def ListLocks(self, request: pb.ListLocksRequest, context: Context) -> pb.ListLocksResponse:
-        self._auth.admin(authorization(context))
+    async def ListLocks(
+        self, caller: Caller, request: pb.ListLocksRequest, context: Context
+    ) -> pb.ListLocksResponse:
         limit = page_size(request.page_size)
-        locks = self._back_office.list_locks(
+        locks = await self._back_office.list_locks(
             terminal_id=request.terminal_id or None,
             include_expired=request.include_expired,
             after_card_number=decode_token("locks", request.page_token, is_valid_card_number),
@@ -105,11 +103,10 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
             next_page_token=encode_token("locks", page[-1].card_number if more else ""),
         )
 
-    @unary_rpc
-    def ForceUnlockCard(self, request: pb.ForceUnlockCardRequest, context: Context
-                        ) -> pb.ForceUnlockCardResponse:
-        caller = self._auth.admin(authorization(context))
-        result = self._back_office.force_unlock(
+    async def ForceUnlockCard(
+        self, caller: Caller, request: pb.ForceUnlockCardRequest, context: Context
+    ) -> pb.ForceUnlockCardResponse:
+        result = await self._back_office.force_unlock(
             key=request_key(caller, request, "ForceUnlockCard"),
             admin=caller.admin_name,
             card_number=request.card_number,
@@ -123,11 +120,10 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
 
     # -- offline exceptions ---------------------------------------------------------------
 
-    @unary_rpc
-    def ListOfflineExceptions(self, request: pb.ListOfflineExceptionsRequest, context: Context
-                              ) -> pb.ListOfflineExceptionsResponse:
-        self._auth.admin(authorization(context))
-        exceptions, cursor = self._back_office.list_exceptions(
+    async def ListOfflineExceptions(
+        self, caller: Caller, request: pb.ListOfflineExceptionsRequest, context: Context
+    ) -> pb.ListOfflineExceptionsResponse:
+        exceptions, cursor = await self._back_office.list_exceptions(
             include_resolved=request.include_resolved,
             terminal_id=request.terminal_id or None,
             card_number=request.card_number or None,
@@ -139,12 +135,10 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
             next_page_token=encode_token("exceptions", cursor),
         )
 
-    @unary_rpc
-    def ResolveOfflineException(
-        self, request: pb.ResolveOfflineExceptionRequest, context: Context
+    async def ResolveOfflineException(
+        self, caller: Caller, request: pb.ResolveOfflineExceptionRequest, context: Context
     ) -> pb.ResolveOfflineExceptionResponse:
-        caller = self._auth.admin(authorization(context))
-        result = self._back_office.resolve_exception(
+        result = await self._back_office.resolve_exception(
             key=request_key(caller, request, "ResolveOfflineException"),
             admin=caller.admin_name,
             exception_id=request.exception_id,
@@ -157,12 +151,11 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
 
     # -- journal --------------------------------------------------------------------------
 
-    @unary_rpc
-    def ListJournalEntries(self, request: pb.ListJournalEntriesRequest, context: Context
-                           ) -> pb.ListJournalEntriesResponse:
-        self._auth.admin(authorization(context))
+    async def ListJournalEntries(
+        self, caller: Caller, request: pb.ListJournalEntriesRequest, context: Context
+    ) -> pb.ListJournalEntriesResponse:
         limit = page_size(request.page_size)
-        entries = self._back_office.list_journal(
+        entries = await self._back_office.list_journal(
             card_number=request.card_number,
             after_entry_id=decode_int_token("journal", request.page_token),
             limit=limit + 1,
@@ -176,11 +169,10 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
 
     # -- terminals ------------------------------------------------------------------------
 
-    @unary_rpc
-    def RegisterTerminal(self, request: pb.RegisterTerminalRequest, context: Context
-                         ) -> pb.RegisterTerminalResponse:
-        caller = self._auth.admin(authorization(context))
-        issued = self._back_office.register_terminal(
+    async def RegisterTerminal(
+        self, caller: Caller, request: pb.RegisterTerminalRequest, context: Context
+    ) -> pb.RegisterTerminalResponse:
+        issued = await self._back_office.register_terminal(
             key=request_key(caller, request, "RegisterTerminal"),
             terminal_id=request.terminal_id,
             display_name=request.display_name,
@@ -188,12 +180,10 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
         terminal, credential = _credential_response_parts(issued)
         return pb.RegisterTerminalResponse(terminal=terminal, credential=credential)
 
-    @unary_rpc
-    def RotateTerminalCredential(
-        self, request: pb.RotateTerminalCredentialRequest, context: Context
+    async def RotateTerminalCredential(
+        self, caller: Caller, request: pb.RotateTerminalCredentialRequest, context: Context
     ) -> pb.RotateTerminalCredentialResponse:
-        caller = self._auth.admin(authorization(context))
-        issued = self._back_office.rotate_credential(
+        issued = await self._back_office.rotate_credential(
             key=request_key(caller, request, "RotateTerminalCredential"),
             terminal_id=request.terminal_id,
         )
@@ -202,12 +192,11 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
         terminal, credential = _credential_response_parts(issued)
         return pb.RotateTerminalCredentialResponse(terminal=terminal, credential=credential)
 
-    @unary_rpc
-    def ListTerminals(self, request: pb.ListTerminalsRequest, context: Context
-                      ) -> pb.ListTerminalsResponse:
-        self._auth.admin(authorization(context))
+    async def ListTerminals(
+        self, caller: Caller, request: pb.ListTerminalsRequest, context: Context
+    ) -> pb.ListTerminalsResponse:
         limit = page_size(request.page_size)
-        views = self._back_office.list_terminals(
+        views = await self._back_office.list_terminals(
             after_terminal_id=decode_token("terminals", request.page_token,
                                            is_valid_terminal_id),
             limit=limit + 1,
@@ -221,9 +210,8 @@ class BackOfficeServicer(pb_grpc.BackOfficeServiceServicer):
             ),
         )
 
-    @unary_rpc
-    def GetTerminalSyncStatus(self, request: pb.GetTerminalSyncStatusRequest, context: Context
-                              ) -> pb.GetTerminalSyncStatusResponse:
-        self._auth.admin(authorization(context))
-        status = self._back_office.get_sync_status(terminal_id=request.terminal_id)
+    async def GetTerminalSyncStatus(
+        self, caller: Caller, request: pb.GetTerminalSyncStatusRequest, context: Context
+    ) -> pb.GetTerminalSyncStatusResponse:
+        status = await self._back_office.get_sync_status(terminal_id=request.terminal_id)
         return pb.GetTerminalSyncStatusResponse(sync_status=sync_status_to_proto(status))

@@ -1,4 +1,5 @@
-"""What a servicer reads from a call besides the request: the credential, the request key."""
+"""What a call carries besides the request: the credential, the client certificate, the
+request key."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ from storedvalue.hq.services.auth import Caller
 from storedvalue.hq.services.idempotency import RequestKey
 
 
-def authorization(context: grpc.ServicerContext) -> str | None:
-    """The `authorization` metadata value (gRPC lower-cases metadata keys)."""
-    for key, value in context.invocation_metadata() or ():
+def authorization(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The `authorization` value of a call's metadata (gRPC lower-cases metadata keys)."""
+    for key, value in metadata or ():
         if key == "authorization":
             return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return None
 
 
-def client_certificate_names(context: grpc.ServicerContext) -> tuple[str, ...]:
+def client_certificate_names(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, ...]:
     """Common names of the connection's verified client certificate (mutual TLS only)."""
     # grpcio returns property name -> iterable of bytes (its type stubs say otherwise).
     properties: Mapping[str, Iterable[bytes]] = cast(Any, context.auth_context()) or {}

@@ -8,10 +8,8 @@ gets the traceback (the log formatter masks card numbers).
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -19,16 +17,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from storedvalue.hq.domain.errors import StoredValueError
-from storedvalue.hq.grpc_api.method_handlers import UndecodableRequest
 
 ERROR_DOMAIN = "storedvalue.dev"
 INTERNAL_MESSAGE = "internal error at HQ; it was logged"
 
 log = logging.getLogger(__name__)
-
-S = TypeVar("S")
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 
 def status_of(error: StoredValueError) -> grpc.Status:
@@ -54,7 +47,9 @@ def internal_status() -> grpc.Status:
     return status
 
 
-def _status_for(exc: Exception, method: str) -> grpc.Status:
+def status_for(exc: BaseException, method: str) -> grpc.Status:
+    """The status a failed call ends with: a business error's own, else INTERNAL (logged
+    with its traceback: a bug)."""
     if isinstance(exc, StoredValueError):
         log.info(
             "%s refused: %s", method, exc.reason,
@@ -65,46 +60,7 @@ def _status_for(exc: Exception, method: str) -> grpc.Status:
     return internal_status()
 
 
-def unary_rpc(
-    method: Callable[[S, Req, grpc.ServicerContext], Resp],
-) -> Callable[[S, Req, grpc.ServicerContext], Resp]:
-    """Wraps a unary servicer method: errors raised inside become statuses. An undecodable
-    request is refused once the method got past its credential check (a method that never
-    reads its request would otherwise answer it)."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Resp:
-        try:
-            response = method(self, request, context)
-            if isinstance(request, UndecodableRequest):
-                request.refuse()
-            return response
-        except Exception as exc:  # every failure must become a status
-            status = _status_for(exc, name)
-        # Outside the except block, so the exception abort raises is not caught above.
-        context.abort_with_status(status)
-        raise AssertionError("abort_with_status returned")  # pragma: no cover
-
-    return wrapper
-
-
-def streaming_rpc(
-    method: Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]],
-) -> Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]]:
-    """Wraps a server-streaming servicer method the same way."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
-        try:
-            for response in method(self, request, context):
-                if isinstance(request, UndecodableRequest):
-                    request.refuse()
-                yield response
-            return
-        except Exception as exc:
-            status = _status_for(exc, name)
-        context.abort_with_status(status)
-
-    return wrapper
+async def end_with(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:
+    """End the call with `status` (raises, as `abort` does)."""
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")  # pragma: no cover

@@ -1,20 +1,18 @@
-"""TerminalService: what tills call. Translation only: authenticate, convert, call a service,
-convert back. Every rule lives in the services and the domain."""
+"""TerminalService: what tills call. Translation only: convert, call a service, convert back.
+Every rule lives in the services and the domain. Each method gets the caller the call gate
+(`calls.py`) authenticated; it maps errors to statuses too."""
 
 # ruff: noqa: N802 - method names are the contract's RPC names
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from storedvalue.hq.domain.errors import InvalidField, LimitExceeded
-from storedvalue.hq.grpc_api.call_context import (
-    authorization,
-    client_certificate_names,
-    request_key,
-)
+from storedvalue.hq.grpc_api.call_context import request_key
 from storedvalue.hq.grpc_api.card_views import fill_card, fill_lock
 from storedvalue.hq.grpc_api.convert import (
     card_kind_from_proto,
@@ -27,44 +25,33 @@ from storedvalue.hq.grpc_api.convert import (
     sync_limits_to_proto,
     sync_status_to_proto,
 )
-from storedvalue.hq.grpc_api.errors import streaming_rpc, unary_rpc
-from storedvalue.hq.services.auth import Authenticator, Caller
+from storedvalue.hq.services.auth import Caller
 from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.offline import OfflineService
 from storedvalue.hq.services.parameters import ParametersService
 from storedvalue.v1 import terminal_service_pb2 as pb
-from storedvalue.v1 import terminal_service_pb2_grpc as pb_grpc
 
-Context = grpc.ServicerContext
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class TerminalServicer(pb_grpc.TerminalServiceServicer):
+class TerminalServicer:
     def __init__(
         self,
         *,
-        authenticator: Authenticator,
         cards: CardService,
         offline: OfflineService,
         parameters: ParametersService,
-        watch_poll_seconds: float = 1.0,
     ) -> None:
-        self._auth = authenticator
         self._cards = cards
         self._offline = offline
         self._parameters = parameters
-        self._watch_poll_seconds = watch_poll_seconds
-
-    def _terminal(self, context: Context) -> Caller:
-        auth = self._auth
-        names = client_certificate_names(context) if auth.binds_client_certificates else ()
-        return auth.terminal(authorization(context), certificate_names=names)
 
     # -- online card use ------------------------------------------------------------------
 
-    @unary_rpc
-    def LockCard(self, request: pb.LockCardRequest, context: Context) -> pb.LockCardResponse:
-        caller = self._terminal(context)
-        result = self._cards.lock_card(
+    async def LockCard(
+        self, caller: Caller, request: pb.LockCardRequest, context: Context
+    ) -> pb.LockCardResponse:
+        result = await self._cards.lock_card(
             key=request_key(caller, request, "LockCard"),
             terminal_id=caller.terminal_id,
             card_number=request.card_number,
@@ -75,11 +62,10 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
         fill_card(response.card, result.card)
         return response
 
-    @unary_rpc
-    def UnlockCard(self, request: pb.UnlockCardRequest, context: Context
-                   ) -> pb.UnlockCardResponse:
-        caller = self._terminal(context)
-        card = self._cards.unlock_card(
+    async def UnlockCard(
+        self, caller: Caller, request: pb.UnlockCardRequest, context: Context
+    ) -> pb.UnlockCardResponse:
+        card = await self._cards.unlock_card(
             key=request_key(caller, request, "UnlockCard"),
             terminal_id=caller.terminal_id,
             card_number=request.card_number,
@@ -88,10 +74,10 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
         )
         return pb.UnlockCardResponse(card=card_to_proto(card))
 
-    @unary_rpc
-    def Redeem(self, request: pb.RedeemRequest, context: Context) -> pb.RedeemResponse:
-        caller = self._terminal(context)
-        result = self._cards.redeem(
+    async def Redeem(
+        self, caller: Caller, request: pb.RedeemRequest, context: Context
+    ) -> pb.RedeemResponse:
+        result = await self._cards.redeem(
             key=request_key(caller, request, "Redeem"),
             terminal_id=caller.terminal_id,
             card_number=request.card_number,
@@ -109,16 +95,18 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
             fill_card(response.remainder_credit_memo, result.remainder_credit_memo)
         return response
 
-    @unary_rpc
-    def GetCard(self, request: pb.GetCardRequest, context: Context) -> pb.GetCardResponse:
-        caller = self._terminal(context)
-        card = self._cards.get_card(caller=caller.terminal_id, card_number=request.card_number)
+    async def GetCard(
+        self, caller: Caller, request: pb.GetCardRequest, context: Context
+    ) -> pb.GetCardResponse:
+        card = await self._cards.get_card(
+            caller=caller.terminal_id, card_number=request.card_number
+        )
         return pb.GetCardResponse(card=card_to_proto(card))
 
-    @unary_rpc
-    def IssueCard(self, request: pb.IssueCardRequest, context: Context) -> pb.IssueCardResponse:
-        caller = self._terminal(context)
-        card = self._cards.issue_card(
+    async def IssueCard(
+        self, caller: Caller, request: pb.IssueCardRequest, context: Context
+    ) -> pb.IssueCardResponse:
+        card = await self._cards.issue_card(
             key=request_key(caller, request, "IssueCard"),
             terminal_id=caller.terminal_id,
             kind=card_kind_from_proto(request.kind),
@@ -132,10 +120,10 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
         )
         return pb.IssueCardResponse(card=card_to_proto(card))
 
-    @unary_rpc
-    def AddValue(self, request: pb.AddValueRequest, context: Context) -> pb.AddValueResponse:
-        caller = self._terminal(context)
-        card = self._cards.add_value(
+    async def AddValue(
+        self, caller: Caller, request: pb.AddValueRequest, context: Context
+    ) -> pb.AddValueResponse:
+        card = await self._cards.add_value(
             key=request_key(caller, request, "AddValue"),
             terminal_id=caller.terminal_id,
             card_number=request.card_number,
@@ -146,14 +134,13 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
 
     # -- offline sync ---------------------------------------------------------------------
 
-    @unary_rpc
-    def CompleteOffline(self, request: pb.CompleteOfflineRequest, context: Context
-                        ) -> pb.CompleteOfflineResponse:
-        caller = self._terminal(context)
+    async def CompleteOffline(
+        self, caller: Caller, request: pb.CompleteOfflineRequest, context: Context
+    ) -> pb.CompleteOfflineResponse:
         self._check_message_size(request.ByteSize())
         if not request.HasField("transaction"):
             raise InvalidField("transaction", "is required")
-        outcome = self._offline.sync(
+        outcome = await self._offline.sync(
             terminal_id=caller.terminal_id,
             transactions=[offline_transaction_from_proto(request.transaction)],
         )
@@ -162,12 +149,11 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
             sync_status=sync_status_to_proto(outcome.status),
         )
 
-    @unary_rpc
-    def SyncOfflineBatch(self, request: pb.SyncOfflineBatchRequest, context: Context
-                         ) -> pb.SyncOfflineBatchResponse:
-        caller = self._terminal(context)
+    async def SyncOfflineBatch(
+        self, caller: Caller, request: pb.SyncOfflineBatchRequest, context: Context
+    ) -> pb.SyncOfflineBatchResponse:
         self._check_message_size(request.ByteSize())
-        outcome = self._offline.sync(
+        outcome = await self._offline.sync(
             terminal_id=caller.terminal_id,
             transactions=[offline_transaction_from_proto(t) for t in request.transactions],
         )
@@ -186,28 +172,30 @@ class TerminalServicer(pb_grpc.TerminalServiceServicer):
 
     # -- parameters -----------------------------------------------------------------------
 
-    @unary_rpc
-    def GetParameters(self, request: pb.GetParametersRequest, context: Context
-                      ) -> pb.GetParametersResponse:
-        self._terminal(context)
+    async def GetParameters(
+        self, caller: Caller, request: pb.GetParametersRequest, context: Context
+    ) -> pb.GetParametersResponse:
         return pb.GetParametersResponse(
-            parameters=parameters_to_proto(self._parameters.current()),
+            parameters=parameters_to_proto(await self._parameters.current()),
             sync_limits=sync_limits_to_proto(self._offline.limits),
         )
 
-    @streaming_rpc
-    def WatchParameters(self, request: pb.WatchParametersRequest, context: Context
-                        ) -> Iterator[pb.WatchParametersResponse]:
-        self._terminal(context)
-        known = request.known_version
-        current = self._parameters.current()
-        if current.version > known:
-            yield pb.WatchParametersResponse(parameters=parameters_to_proto(current))
-            known = current.version
+    async def WatchParameters(self, caller: Caller, request: pb.WatchParametersRequest,
+                              context: Context) -> AsyncIterator[pb.WatchParametersResponse]:
         feed = self._parameters.feed
-        # Wake up every poll interval to notice a cancelled call or a closing server.
-        while context.is_active() and not feed.closed:
-            newer = feed.wait_newer(known, timeout=self._watch_poll_seconds)
-            if newer is not None and context.is_active():
-                yield pb.WatchParametersResponse(parameters=parameters_to_proto(newer))
-                known = newer.version
+        feed.join()  # over the configured maximum: TOO_MANY_WATCHERS
+        try:
+            known = request.known_version
+            current = await self._parameters.current()
+            while True:
+                if current.version > known:
+                    yield pb.WatchParametersResponse(parameters=parameters_to_proto(current))
+                    known = current.version
+                # Every watcher waits on the same event: no thread, no timer per stream. A
+                # cancelled call cancels this wait; a closing server ends it with None.
+                newer = await feed.newer_than(known)
+                if newer is None:
+                    return
+                current = newer
+        finally:
+            feed.leave()

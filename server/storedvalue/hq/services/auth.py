@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 import hmac
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from storedvalue.hq.domain.errors import PermissionDenied, Unauthenticated
 from storedvalue.hq.domain.terminals import hash_token
-from storedvalue.hq.services.transactions import run_in_transaction
-from storedvalue.hq.services.unit_of_work import Storage
+from storedvalue.hq.services.transactions import Transactions
+
+
+class Role(enum.Enum):
+    """Who may call an RPC."""
+
+    TERMINAL = "terminal"
+    ADMIN = "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,84 +39,83 @@ class Caller:
 
 class Authenticator:
     """Resolves bearer tokens. Terminal lookups are cached for `cache_seconds` (a rotated
-    credential stops working on this replica at once, on other replicas within that)."""
+    credential stops working on this replica at once, on other replicas within that).
+    Used from the event loop's thread only."""
 
     def __init__(
         self,
-        storage: Storage,
+        transactions: Transactions,
         *,
         admin_token_hashes: Mapping[str, str],
         cache_seconds: float = 2.0,
         bind_client_certificates: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._storage = storage
+        self._transactions = transactions
         # With mutual TLS, a terminal's credential only counts on a connection whose client
         # certificate names that terminal: a stolen token is useless without the till's key.
         self._bind_certificates = bind_client_certificates
         self._admins = dict(admin_token_hashes)  # token hash -> admin name
         self._cache_seconds = cache_seconds
         self._monotonic = monotonic
-        self._cache: dict[str, tuple[float, str | None]] = {}
-        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
 
     @property
     def binds_client_certificates(self) -> bool:
-        """Whether `terminal` checks the connection's client certificate (else callers need
-        not look it up)."""
+        """Whether terminal calls must come with the terminal's client certificate (then
+        the transport checks `certificate_matches` once it has the connection's)."""
         return self._bind_certificates
 
-    def authenticate(self, authorization: str | None) -> Caller:
-        token = _bearer(authorization)
-        digest = hash_token(token)
-        for admin_hash, name in self._admins.items():
-            if hmac.compare_digest(admin_hash, digest):
-                return Caller(admin_name=name)
-        terminal_id = self._terminal_for(digest)
-        if terminal_id is None:
-            raise Unauthenticated("unknown or revoked credential")
-        return Caller(terminal_id=terminal_id)
-
-    def terminal(
-        self, authorization: str | None, *, certificate_names: Sequence[str] = ()
-    ) -> Caller:
-        """The calling terminal. `certificate_names`: the common names of the verified client
-        certificate of the connection (mutual TLS), checked when certificates are bound."""
-        caller = self.authenticate(authorization)
-        if caller.is_admin:
+    async def authenticate(self, authorization: str | None, role: Role) -> Caller:
+        """The caller behind `authorization` (the metadata value), allowed to act as
+        `role`; else Unauthenticated or PermissionDenied."""
+        caller = await self._caller(authorization)
+        if role is Role.TERMINAL and caller.is_admin:
             raise PermissionDenied("terminal calls need a terminal credential")
-        if self._bind_certificates and caller.terminal_id not in certificate_names:
-            raise Unauthenticated(
-                "the client certificate does not belong to the terminal of this credential"
-            )
-        return caller
-
-    def admin(self, authorization: str | None) -> Caller:
-        caller = self.authenticate(authorization)
-        if not caller.is_admin:
+        if role is Role.ADMIN and not caller.is_admin:
             raise PermissionDenied("back-office calls need an admin credential")
         return caller
 
+    def check_certificate(self, caller: Caller, certificate_names: Sequence[str]) -> None:
+        """With bound certificates: the connection's verified client certificate (its
+        common names) must be this terminal's."""
+        if self._bind_certificates and not caller.is_admin and (
+            caller.terminal_id not in certificate_names
+        ):
+            raise Unauthenticated(
+                "the client certificate does not belong to the terminal of this credential"
+            )
+
     def forget(self) -> None:
         """Drop cached lookups (after a credential rotation in this process)."""
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()
 
-    def _terminal_for(self, digest: str) -> str | None:
+    async def _caller(self, authorization: str | None) -> Caller:
+        digest = hash_token(_bearer(authorization))
         now = self._monotonic()
-        with self._lock:
-            hit = self._cache.get(digest)
+        hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
-            return hit[1]
-        terminal = run_in_transaction(
-            self._storage, lambda uow: uow.terminals.get_by_token_hash(digest), write=False
-        )
-        terminal_id = terminal.terminal_id if terminal is not None else None
-        with self._lock:
+            caller = hit[1]
+        else:
+            caller = self._admin(digest) or await self._terminal(digest)
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = (now + self._cache_seconds, terminal_id)
-        return terminal_id
+            self._cache[digest] = (now + self._cache_seconds, caller)
+        if caller is None:
+            raise Unauthenticated("unknown or revoked credential")
+        return caller
+
+    def _admin(self, digest: str) -> Caller | None:
+        for admin_hash, name in self._admins.items():
+            if hmac.compare_digest(admin_hash, digest):
+                return Caller(admin_name=name)
+        return None
+
+    async def _terminal(self, digest: str) -> Caller | None:
+        terminal = await self._transactions.read(
+            lambda uow: uow.terminals.get_by_token_hash(digest)
+        )
+        return None if terminal is None else Caller(terminal_id=terminal.terminal_id)
 
 
 def _bearer(authorization: str | None) -> str:

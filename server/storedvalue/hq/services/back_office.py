@@ -34,8 +34,8 @@ from storedvalue.hq.services.cards import flush
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.idempotency import RequestKey, once, run_once
 from storedvalue.hq.services.offline import SyncStatus, sync_status
-from storedvalue.hq.services.transactions import run_in_transaction
-from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
+from storedvalue.hq.services.transactions import Transactions
+from storedvalue.hq.services.unit_of_work import Repositories
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,27 +71,25 @@ def _public(terminal: Terminal) -> Terminal:
 
 
 class BackOfficeService:
-    def __init__(self, storage: Storage, *, clock: Clock = utc_now) -> None:
-        self._storage = storage
+    def __init__(self, transactions: Transactions, *, clock: Clock = utc_now) -> None:
+        self._transactions = transactions
         self._clock = clock
 
     # -- locks ----------------------------------------------------------------------------
 
-    def list_locks(self, *, terminal_id: str | None, include_expired: bool,
+    async def list_locks(self, *, terminal_id: str | None, include_expired: bool,
                    after_card_number: str, limit: int) -> list[Lock]:
         if terminal_id:
             validate_terminal_id(terminal_id)
         now = self._clock()
-        return run_in_transaction(
-            self._storage,
+        return await self._transactions.read(
             lambda uow: uow.cards.list_locks(
                 now=now, terminal_id=terminal_id or None, include_expired=include_expired,
                 after_card_number=after_card_number, limit=limit,
             ),
-            write=False,
         )
 
-    def force_unlock(self, *, key: RequestKey, admin: str, card_number: str, reason: str
+    async def force_unlock(self, *, key: RequestKey, admin: str, card_number: str, reason: str
                      ) -> ForcedUnlock:
         key.validate()
         validate_card_number(card_number)
@@ -99,7 +97,7 @@ class BackOfficeService:
         if not reason.strip():
             raise InvalidField("reason", "is required: say why the lock is forced")
 
-        def run(uow: UnitOfWork, now: datetime) -> ForcedUnlock:
+        def run(uow: Repositories, now: datetime) -> ForcedUnlock:
             card = uow.cards.get_for_update(card_number)
             if card is None:
                 raise CardNotFound(card_number)
@@ -107,27 +105,25 @@ class BackOfficeService:
             flush(uow, [card])
             return ForcedUnlock(card=card.snapshot(now), released_lock=released)
 
-        return run_once(self._storage, key, ForcedUnlock, self._clock, run)
+        return await run_once(self._transactions, key, ForcedUnlock, self._clock, run)
 
     # -- offline exceptions -----------------------------------------------------------------
 
-    def list_exceptions(self, *, include_resolved: bool, terminal_id: str | None,
+    async def list_exceptions(self, *, include_resolved: bool, terminal_id: str | None,
                         card_number: str | None, after: str, limit: int
                         ) -> tuple[list[OfflineException], str]:
         if terminal_id:
             validate_terminal_id(terminal_id)
         if card_number:
             validate_card_number(card_number)
-        return run_in_transaction(
-            self._storage,
+        return await self._transactions.read(
             lambda uow: uow.exceptions.list(
                 include_resolved=include_resolved, terminal_id=terminal_id or None,
                 card_number=card_number or None, after=after, limit=limit,
             ),
-            write=False,
         )
 
-    def resolve_exception(self, *, key: RequestKey, admin: str, exception_id: str,
+    async def resolve_exception(self, *, key: RequestKey, admin: str, exception_id: str,
                           resolution: str) -> ResolvedException:
         key.validate()
         validate_id(exception_id, "exception_id")
@@ -135,7 +131,7 @@ class BackOfficeService:
         if not resolution.strip():
             raise InvalidField("resolution", "is required: say what was done")
 
-        def run(uow: UnitOfWork, now: datetime) -> ResolvedException:
+        def run(uow: Repositories, now: datetime) -> ResolvedException:
             exc = uow.exceptions.get_for_update(exception_id)
             if exc is None:
                 raise ExceptionNotFound(exception_id)
@@ -154,33 +150,33 @@ class BackOfficeService:
                 exception=exc, card=card.snapshot(now) if card is not None else None
             )
 
-        return run_once(self._storage, key, ResolvedException, self._clock, run)
+        return await run_once(self._transactions, key, ResolvedException, self._clock, run)
 
     # -- journal ----------------------------------------------------------------------------
 
-    def list_journal(self, *, card_number: str, after_entry_id: int, limit: int
+    async def list_journal(self, *, card_number: str, after_entry_id: int, limit: int
                      ) -> list[JournalEntry]:
         validate_card_number(card_number)
 
-        def work(uow: UnitOfWork) -> list[JournalEntry]:
+        def work(uow: Repositories) -> list[JournalEntry]:
             if uow.cards.get(card_number) is None:
                 raise CardNotFound(card_number)
             return uow.journal.list_for_card(
                 card_number, after_entry_id=after_entry_id, limit=limit
             )
 
-        return run_in_transaction(self._storage, work, write=False)
+        return await self._transactions.read(work)
 
     # -- terminals --------------------------------------------------------------------------
 
-    def register_terminal(self, *, key: RequestKey, terminal_id: str, display_name: str
+    async def register_terminal(self, *, key: RequestKey, terminal_id: str, display_name: str
                           ) -> IssuedCredential:
         key.validate()
         validate_terminal_id(terminal_id)
         validate_display_name(display_name)
         token = new_bearer_token()
 
-        def run(uow: UnitOfWork, now: datetime) -> IssuedCredential:
+        def run(uow: Repositories, now: datetime) -> IssuedCredential:
             if uow.terminals.get_for_update(terminal_id) is not None:
                 raise TerminalAlreadyExists(terminal_id)
             terminal = Terminal(
@@ -191,14 +187,14 @@ class BackOfficeService:
             view = TerminalView(_public(terminal), sync_status(uow, terminal))
             return IssuedCredential(terminal=view, bearer_token="")
 
-        return self._issue_credential(key, token, run)
+        return await self._issue_credential(key, token, run)
 
-    def rotate_credential(self, *, key: RequestKey, terminal_id: str) -> IssuedCredential:
+    async def rotate_credential(self, *, key: RequestKey, terminal_id: str) -> IssuedCredential:
         key.validate()
         validate_terminal_id(terminal_id)
         token = new_bearer_token()
 
-        def run(uow: UnitOfWork, now: datetime) -> IssuedCredential:
+        def run(uow: Repositories, now: datetime) -> IssuedCredential:
             terminal = uow.terminals.get_for_update(terminal_id)
             if terminal is None:
                 raise TerminalNotFound(terminal_id)
@@ -208,19 +204,19 @@ class BackOfficeService:
             view = TerminalView(_public(terminal), sync_status(uow, terminal))
             return IssuedCredential(terminal=view, bearer_token="")
 
-        return self._issue_credential(key, token, run)
+        return await self._issue_credential(key, token, run)
 
-    def _issue_credential(
+    async def _issue_credential(
         self,
         key: RequestKey,
         token: str,
-        run: Callable[[UnitOfWork, datetime], IssuedCredential],
+        run: Callable[[Repositories, datetime], IssuedCredential],
     ) -> IssuedCredential:
         """Run a credential-issuing use case once per request id. The remembered first result
         never holds the token (HQ keeps only hashes): the token is handed out only when the
         stored hash is this call's, checked in the same transaction that stored it."""
 
-        def work(uow: UnitOfWork) -> IssuedCredential:
+        def work(uow: Repositories) -> IssuedCredential:
             now = self._clock()
             issued = once(uow, key, IssuedCredential, now, lambda: run(uow, now))
             stored = uow.terminals.get(issued.terminal.terminal.terminal_id)
@@ -228,24 +224,24 @@ class BackOfficeService:
                 return IssuedCredential(terminal=issued.terminal, bearer_token=token)
             return issued
 
-        return run_in_transaction(self._storage, work)
+        return await self._transactions.write(work)
 
-    def list_terminals(self, *, after_terminal_id: str, limit: int) -> list[TerminalView]:
-        def work(uow: UnitOfWork) -> list[TerminalView]:
+    async def list_terminals(self, *, after_terminal_id: str, limit: int) -> list[TerminalView]:
+        def work(uow: Repositories) -> list[TerminalView]:
             return [
                 TerminalView(_public(t), sync_status(uow, t))
                 for t in uow.terminals.list(after_terminal_id=after_terminal_id, limit=limit)
             ]
 
-        return run_in_transaction(self._storage, work, write=False)
+        return await self._transactions.read(work)
 
-    def get_sync_status(self, *, terminal_id: str) -> SyncStatus:
+    async def get_sync_status(self, *, terminal_id: str) -> SyncStatus:
         validate_terminal_id(terminal_id)
 
-        def work(uow: UnitOfWork) -> SyncStatus:
+        def work(uow: Repositories) -> SyncStatus:
             terminal = uow.terminals.get(terminal_id)
             if terminal is None:
                 raise TerminalNotFound(terminal_id)
             return sync_status(uow, terminal)
 
-        return run_in_transaction(self._storage, work, write=False)
+        return await self._transactions.read(work)

@@ -25,8 +25,8 @@ from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.idempotency import RequestKey, once, run_once
 from storedvalue.hq.services.parameters import ParametersFeed
 from storedvalue.hq.services.throttle import UnknownCardThrottle
-from storedvalue.hq.services.transactions import run_in_transaction
-from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
+from storedvalue.hq.services.transactions import Transactions
+from storedvalue.hq.services.unit_of_work import Repositories
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ class RedeemResult:
     remainder_credit_memo: Card | None = None
 
 
-def flush(uow: UnitOfWork, cards: list[Card]) -> None:
+def flush(uow: Repositories, cards: list[Card]) -> None:
     """Write back loaded cards and the journal entries their rules produced."""
     uow.cards.save(cards)
     entries = [entry for card in cards for entry in card.pending_entries]
@@ -52,7 +52,7 @@ def flush(uow: UnitOfWork, cards: list[Card]) -> None:
         card.pending_entries.clear()
 
 
-def add_new_cards(uow: UnitOfWork, cards: list[Card]) -> None:
+def add_new_cards(uow: Repositories, cards: list[Card]) -> None:
     uow.cards.add(cards)
     entries = [entry for card in cards for entry in card.pending_entries]
     if entries:
@@ -64,7 +64,7 @@ def add_new_cards(uow: UnitOfWork, cards: list[Card]) -> None:
 class CardService:
     def __init__(
         self,
-        storage: Storage,
+        transactions: Transactions,
         *,
         clock: Clock = utc_now,
         new_card_number: Callable[[], str] = generate_card_number,
@@ -74,7 +74,7 @@ class CardService:
         """`parameters_feed`: where LockCard reads the lock lease, instead of the database.
         The feed has local updates at once and other replicas' within its poll interval, so
         a lock can get the lease of a version that was replaced less than that long ago."""
-        self._storage = storage
+        self._transactions = transactions
         self._clock = clock
         self._new_card_number = new_card_number
         self._throttle = throttle or UnknownCardThrottle()
@@ -82,26 +82,26 @@ class CardService:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get_card(self, *, caller: str, card_number: str) -> Card:
+    async def get_card(self, *, caller: str, card_number: str) -> Card:
         validate_card_number(card_number)
 
-        def work(uow: UnitOfWork) -> Card:
+        def work(uow: Repositories) -> Card:
             card = self._admitted(uow.cards.get(card_number), card_number, caller)
             return card.snapshot(self._clock())
 
         with self._throttle.counting(caller):
-            return run_in_transaction(self._storage, work, write=False)
+            return await self._transactions.read(work)
 
     # -- locks ----------------------------------------------------------------------------
 
-    def lock_card(
+    async def lock_card(
         self, *, key: RequestKey, terminal_id: str, card_number: str, transaction_id: str
     ) -> LockResult:
         key.validate()
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
 
-        def run(uow: UnitOfWork, now: datetime) -> LockResult:
+        def run(uow: Repositories, now: datetime) -> LockResult:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
             feed = self._parameters_feed
             params = feed.latest if feed is not None else None
@@ -118,9 +118,9 @@ class CardService:
             return LockResult(lock=lock, card=card.snapshot(now))
 
         with self._throttle.counting(terminal_id):
-            return run_once(self._storage, key, LockResult, self._clock, run)
+            return await run_once(self._transactions, key, LockResult, self._clock, run)
 
-    def unlock_card(
+    async def unlock_card(
         self,
         *,
         key: RequestKey,
@@ -133,7 +133,7 @@ class CardService:
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
 
-        def run(uow: UnitOfWork, now: datetime) -> Card:
+        def run(uow: Repositories, now: datetime) -> Card:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
             released = card.release_lock(
                 terminal_id=terminal_id,
@@ -147,11 +147,11 @@ class CardService:
             return card.snapshot(now)
 
         with self._throttle.counting(terminal_id):
-            return run_once(self._storage, key, Card, self._clock, run)
+            return await run_once(self._transactions, key, Card, self._clock, run)
 
     # -- money ----------------------------------------------------------------------------
 
-    def redeem(
+    async def redeem(
         self,
         *,
         key: RequestKey,
@@ -174,7 +174,7 @@ class CardService:
 
         line_key = (terminal_id, transaction_id, line_id)
 
-        def run(uow: UnitOfWork, now: datetime, card: Card, earlier: Redemption | None
+        def run(uow: Repositories, now: datetime, card: Card, earlier: Redemption | None
                 ) -> RedeemResult:
             if earlier is not None:
                 return self._replayed_line(uow, earlier, card, money, now)
@@ -220,7 +220,7 @@ class CardService:
                 remainder_credit_memo=memo.snapshot(now) if memo else None,
             )
 
-        def work(uow: UnitOfWork) -> RedeemResult:
+        def work(uow: Repositories) -> RedeemResult:
             now = self._clock()
             # The card's row lock first: a sync applying or reversing this line holds it.
             card = self._load_for_update(uow, card_number, caller=terminal_id)
@@ -230,9 +230,9 @@ class CardService:
             return once(uow, key, RedeemResult, now, lambda: run(uow, now, card, earlier))
 
         with self._throttle.counting(terminal_id):
-            return run_in_transaction(self._storage, work)
+            return await self._transactions.write(work)
 
-    def issue_card(
+    async def issue_card(
         self,
         *,
         key: RequestKey,
@@ -251,7 +251,7 @@ class CardService:
         if transaction_id:
             validate_id(transaction_id, "transaction_id")
 
-        def run(uow: UnitOfWork, now: datetime) -> Card:
+        def run(uow: Repositories, now: datetime) -> Card:
             number = card_number or self._new_card_number()
             if card_number:
                 # A pre-printed number: "taken" tells that the card exists.
@@ -271,9 +271,9 @@ class CardService:
             return card.snapshot(now)
 
         with self._throttle.counting(terminal_id):
-            return run_once(self._storage, key, Card, self._clock, run)
+            return await run_once(self._transactions, key, Card, self._clock, run)
 
-    def add_value(
+    async def add_value(
         self,
         *,
         key: RequestKey,
@@ -288,7 +288,7 @@ class CardService:
         if transaction_id:
             validate_id(transaction_id, "transaction_id")
 
-        def run(uow: UnitOfWork, now: datetime) -> Card:
+        def run(uow: Repositories, now: datetime) -> Card:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
             card.add_value(
                 amount=money, terminal_id=terminal_id, transaction_id=transaction_id, now=now
@@ -297,11 +297,11 @@ class CardService:
             return card.snapshot(now)
 
         with self._throttle.counting(terminal_id):
-            return run_once(self._storage, key, Card, self._clock, run)
+            return await run_once(self._transactions, key, Card, self._clock, run)
 
     # -- internals ------------------------------------------------------------------------
 
-    def _load_for_update(self, uow: UnitOfWork, card_number: str, *, caller: str) -> Card:
+    def _load_for_update(self, uow: Repositories, card_number: str, *, caller: str) -> Card:
         return self._admitted(uow.cards.get_for_update(card_number), card_number, caller)
 
     def _admitted(self, card: Card | None, card_number: str, caller: str) -> Card:
@@ -312,7 +312,7 @@ class CardService:
         return card
 
     def _replayed_line(
-        self, uow: UnitOfWork, earlier: Redemption, card: Card, amount: Money, now: datetime
+        self, uow: Repositories, earlier: Redemption, card: Card, amount: Money, now: datetime
     ) -> RedeemResult:
         if (earlier.card_number, earlier.amount_minor, earlier.currency) != (
             card.card_number, amount.amount_minor, amount.currency

@@ -13,8 +13,8 @@ from storedvalue.hq import records
 from storedvalue.hq.domain.client_text import validate_id
 from storedvalue.hq.domain.errors import RequestIdReused
 from storedvalue.hq.services.clock import Clock
-from storedvalue.hq.services.transactions import run_in_transaction
-from storedvalue.hq.services.unit_of_work import Storage, StoredResponse, UnitOfWork
+from storedvalue.hq.services.transactions import Transactions
+from storedvalue.hq.services.unit_of_work import Repositories, StoredResponse
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ class RequestKey:
         return self
 
 
-def replay(uow: UnitOfWork, key: RequestKey, result_type: type[T]) -> T | None:
+def replay(uow: Repositories, key: RequestKey, result_type: type[T]) -> T | None:
     """The first result of this request if it already ran; raises if the id was reused."""
     stored = uow.requests.get(key.caller, key.request_id)
     if stored is None:
@@ -44,7 +44,7 @@ def replay(uow: UnitOfWork, key: RequestKey, result_type: type[T]) -> T | None:
     return records.loads(result_type, stored.result_json)
 
 
-def remember(uow: UnitOfWork, key: RequestKey, result: object, now: datetime) -> None:
+def remember(uow: Repositories, key: RequestKey, result: object, now: datetime) -> None:
     uow.requests.add(
         StoredResponse(
             caller=key.caller,
@@ -58,7 +58,7 @@ def remember(uow: UnitOfWork, key: RequestKey, result: object, now: datetime) ->
 
 
 def once(
-    uow: UnitOfWork, key: RequestKey, result_type: type[T], now: datetime, run: Callable[[], T]
+    uow: Repositories, key: RequestKey, result_type: type[T], now: datetime, run: Callable[[], T]
 ) -> T:
     """Run `run` inside `uow` unless this request already ran; remember its result."""
     earlier = replay(uow, key, result_type)
@@ -69,18 +69,18 @@ def once(
     return result
 
 
-def run_once(
-    storage: Storage,
+async def run_once(
+    transactions: Transactions,
     key: RequestKey,
     result_type: type[T],
     clock: Clock,
-    run: Callable[[UnitOfWork, datetime], T],
+    run: Callable[[Repositories, datetime], T],
 ) -> T:
     """A mutating use case: `run(uow, now)` in one database transaction (retried on a lost
     race), exactly once per request id; its effect and its remembered result commit together."""
 
-    def work(uow: UnitOfWork) -> T:
+    def work(uow: Repositories) -> T:
         now = clock()
         return once(uow, key, result_type, now, lambda: run(uow, now))
 
-    return run_in_transaction(storage, work)
+    return await transactions.write(work)

@@ -19,8 +19,8 @@ from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
 from storedvalue.hq.services.cards import add_new_cards, flush
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.throttle import UnknownCardThrottle
-from storedvalue.hq.services.transactions import run_in_transaction
-from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, UnitOfWork
+from storedvalue.hq.services.transactions import Transactions
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Repositories
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ class SyncOutcome:
     status: SyncStatus
 
 
-def sync_status(uow: UnitOfWork, terminal: Terminal) -> SyncStatus:
+def sync_status(uow: Repositories, terminal: Terminal) -> SyncStatus:
     above = uow.offline.sequences_above(terminal.terminal_id, terminal.highest_contiguous_sequence)
     return _status(terminal, sequence_gaps(terminal.highest_contiguous_sequence, above))
 
@@ -73,7 +73,7 @@ def _status(terminal: Terminal, gaps: Iterable[SequenceGap]) -> SyncStatus:
 class OfflineService:
     def __init__(
         self,
-        storage: Storage,
+        transactions: Transactions,
         *,
         limits: SyncLimits | None = None,
         clock: Clock = utc_now,
@@ -82,13 +82,13 @@ class OfflineService:
     ) -> None:
         """`throttle`: the unknown-card limit, shared with the CardService of the process
         (one limit per till across online and offline lookups)."""
-        self._storage = storage
+        self._transactions = transactions
         self.limits = limits or SyncLimits()
         self._clock = clock
         self._new_card_number = new_card_number
         self._throttle = throttle or UnknownCardThrottle()
 
-    def sync(self, *, terminal_id: str, transactions: Sequence[OfflineTransaction]
+    async def sync(self, *, terminal_id: str, transactions: Sequence[OfflineTransaction]
              ) -> SyncOutcome:
         """Apply a terminal's offline transactions in order, each all-or-nothing and exactly
         once, in one database transaction; return one result per item and the terminal's
@@ -99,7 +99,7 @@ class OfflineService:
         budget = self._throttle.remaining(terminal_id)
         lookups = 0
 
-        def work(uow: UnitOfWork) -> SyncOutcome:
+        def work(uow: Repositories) -> SyncOutcome:
             nonlocal lookups
             now = self._clock()
             # Lock order: terminal, then cards by number (the storage contract).
@@ -178,7 +178,7 @@ class OfflineService:
             lookups = plan.unknown_card_lookups
             return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
 
-        outcome = run_in_transaction(self._storage, work)
+        outcome = await self._transactions.write(work)
         self._throttle.record_misses(terminal_id, lookups)
         return outcome
 

@@ -2,7 +2,9 @@
 
 Storage backends (SQLite file, SQLite memory, PostgreSQL, and the in-memory fake used by the
 service tests) implement these protocols; one contract test suite runs against each. A unit
-of work rolls back unless `commit()` is called.
+of work rolls back unless `commit()` is called. The services themselves never open one: they
+hand a closure over the `Repositories` to the transaction executor (`transactions.py`),
+which runs it in a transaction of its choosing.
 
 Concurrency contract: `*_for_update` reads lock what they return until the unit of work ends
 (PostgreSQL `SELECT ... FOR UPDATE`; SQLite holds its write lock from `BEGIN IMMEDIATE`), so
@@ -166,7 +168,9 @@ class TerminalRepository(Protocol):
     def list(self, *, after_terminal_id: str, limit: int) -> list[Terminal]: ...
 
 
-class UnitOfWork(Protocol):
+class Repositories(Protocol):
+    """What a unit of work's closure reads and writes, inside one transaction."""
+
     cards: CardRepository
     lock_history: LockHistoryRepository
     journal: JournalRepository
@@ -177,6 +181,8 @@ class UnitOfWork(Protocol):
     parameters: ParametersRepository
     terminals: TerminalRepository
 
+
+class UnitOfWork(Repositories, Protocol):
     def __enter__(self) -> Self: ...
     def __exit__(
         self,
