@@ -107,28 +107,17 @@ _WRITERS: dict[type, Callable[[Any], str]] = {
 }
 
 
+def _write(value: Any) -> str:
+    write = _WRITERS.get(value.__class__)
+    if write is None:
+        write = _writer_for(value.__class__)
+    return write(value)
+
+
 def _writer_for(cls: type) -> Callable[[Any], str]:
     writer: Callable[[Any], str]
     if dataclasses.is_dataclass(cls):
-        # The same fields as to_jsonable's, in json's sort_keys order.
-        names = sorted(f.name for f in dataclasses.fields(cls) if f.compare)
-        prefixes = [("{" if i == 0 else ",") + _quote(n) + ":" for i, n in enumerate(names)]
-        pairs = tuple(zip(prefixes, names, strict=True))
-        empty = "{}"
-
-        def writer(value: Any) -> str:
-            if not pairs:
-                return empty
-            parts = []
-            for prefix, name in pairs:
-                field = getattr(value, name)
-                write = _WRITERS.get(type(field))
-                if write is None:
-                    write = _writer_for(type(field))
-                parts.append(prefix)
-                parts.append(write(field))
-            parts.append("}")
-            return "".join(parts)
+        writer = _dataclass_writer(cls)
     elif issubclass(cls, enum.Enum):
         def writer(value: Any) -> str:
             return dumps(value.value)
@@ -137,6 +126,59 @@ def _writer_for(cls: type) -> Callable[[Any], str]:
         writer = _generic_text
     _WRITERS[cls] = writer
     return writer
+
+
+def _dataclass_writer(cls: type) -> Callable[[Any], str]:
+    """A function written for `cls`: its fields (the same as to_jsonable's, in json's
+    sort_keys order) read and spelled one after another, with no loop and, for fields
+    whose declared type is a plain str, int, bool, datetime or str-valued enum, no lookup
+    of a writer when the value is of that very type (anything else: the generic path)."""
+    names = sorted(f.name for f in dataclasses.fields(cls) if f.compare)
+    if not names:
+        return lambda _value: "{}"
+    hints = _hints(cls)
+    namespace: dict[str, Any] = {"_write": _write, "_quote": _quote}
+    lines = ["def writer(v):"]
+    pieces = []
+    for index, name in enumerate(names):
+        variable = f"x{index}"
+        lines.append(f"    {variable} = v.{name}")
+        namespace[f"P{index}"] = ("{" if index == 0 else ",") + _quote(name) + ":"
+        pieces += [f"P{index}", _field_expression(hints.get(name), variable, namespace)]
+    lines.append(f"    return ''.join(({', '.join(pieces)}, '}}'))")
+    exec("\n".join(lines), namespace)  # noqa: S102 - our own field names, checked
+    compiled: Callable[[Any], str] = namespace["writer"]
+    return compiled
+
+
+def _field_expression(hint: Any, variable: str, namespace: dict[str, Any]) -> str:
+    """Python source spelling `variable` (a field declared as `hint`) as JSON."""
+    generic = f"_write({variable})"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        others = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(others) == 1 and len(typing.get_args(hint)) == 2:
+            inner = _field_expression(others[0], variable, namespace)
+            return f"('null' if {variable} is None else {inner})"
+        return generic
+    if not isinstance(hint, type):
+        return generic
+    name = f"T_{hint.__name__}_{id(hint)}"
+    namespace[name] = hint
+    check = f"{variable}.__class__ is {name}"
+    if hint is str:
+        fast = f"_quote({variable})"
+    elif hint is int:
+        fast = f"{variable}.__repr__()"
+    elif hint is bool:
+        fast = f"('true' if {variable} else 'false')"
+    elif hint is datetime:
+        fast = f"_quote({variable}.isoformat())"
+    elif issubclass(hint, enum.Enum) and all(isinstance(m.value, str) for m in hint):
+        fast = f"_quote({variable}._value_)"
+    else:
+        return generic
+    return f"({fast} if {check} else {generic})"
 
 
 def loads(cls: type[T], text: str) -> T:
