@@ -9,13 +9,18 @@ request costs nothing beyond the call's memory. An authenticated unary call read
 request under HQ's deadline for calls (`call_deadline_seconds`), so a caller that stalls
 after authenticating is ended with CALL_TOO_LONG instead of holding on for ever.
 
+Nothing here is built per call: each method's guarded handler is made once, and the
+caller reaches it through a context variable.
+
 Servicer methods take `(caller, request, context)`: the caller the interceptor resolved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -55,6 +60,56 @@ class MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         return self._handlers.get(handler_call_details.method)
 
 
+# The caller the gate authenticated, for the handler it hands the call to. gRPC runs the
+# interceptor and then the handler in the same task (one per call), so each call sees only
+# its own caller.
+_CALLER: ContextVar[Caller] = ContextVar("storedvalue_caller")
+
+
+class CallDeadlines:
+    """HQ's own limit on unary calls: each call is tracked from the moment its handler
+    starts (before its request is read), and one sweeper task, not a timer per call,
+    cancels the calls that run past the limit (give or take a tenth of it)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._ends: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._ends[task] = task.get_loop().time() + self.seconds
+
+    def untrack(self, task: asyncio.Task[Any]) -> bool:
+        """Stop tracking `task`; whether the sweeper had cancelled it for running late."""
+        self._ends.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    async def stop(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _sweep(self) -> None:
+        period = min(1.0, self.seconds / 10)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            late = [task for task, end in self._ends.items() if end <= now]
+            for task in late:
+                del self._ends[task]
+                self._expired.add(task)
+                task.cancel()
+
+
 class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authentication, the unary call deadline, and error statuses, for the services in
     `roles` (service name -> who may call it); other services (health, reflection) pass
@@ -69,8 +124,9 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> None:
         self._auth = authenticator
         self._roles = dict(roles)
-        self._deadline = call_deadline_seconds
-        self._methods: dict[str, tuple[Role, str] | None] = {}
+        self.deadlines = CallDeadlines(call_deadline_seconds)
+        # By method: None (not ours to guard), or its role, name and the guarded handler.
+        self._methods: dict[str, tuple[Role, str, Handler] | None] = {}
 
     async def intercept_service(
         self,
@@ -82,67 +138,80 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return cast(Handler, None)
         method = handler_call_details.method
         if method in self._methods:
-            policy = self._methods[method]
+            guarded = self._methods[method]
         else:
-            policy = self._methods[method] = self._policy_of(method)
-        if policy is None:
+            guarded = self._methods[method] = self._guarded(method, handler)
+        if guarded is None:
             return handler
-        role, name = policy
+        role, name, gated = guarded
         try:
             caller = await self._auth.authenticate(
                 authorization(handler_call_details.invocation_metadata), role
             )
         except StoredValueError as refused:
             return _refusal(handler, status_for(refused, name))
+        _CALLER.set(caller)
+        return gated
+
+    def _guarded(self, method: str, handler: Handler) -> tuple[Role, str, Handler] | None:
+        service, _, name = method.lstrip("/").partition("/")
+        role = self._roles.get(service)
+        if role is None:
+            return None
         if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, caller, name),
+            gated = grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, name),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return grpc.stream_unary_rpc_method_handler(
-            self._unary(handler.unary_unary, caller, name),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        else:
+            gated = grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, name),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return role, name, gated
 
-    def _policy_of(self, method: str) -> tuple[Role, str] | None:
-        service, _, name = method.lstrip("/").partition("/")
-        role = self._roles.get(service)
-        return None if role is None else (role, name)
-
-    def _unary(self, behavior: Any, caller: Caller, name: str
-               ) -> Callable[[object, Context], Awaitable[Any]]:
-        deadline = self._deadline
+    def _unary(self, behavior: Any, name: str) -> Callable[[object, Context], Awaitable[Any]]:
+        deadlines = self.deadlines
         auth = self._auth
+        current_task = asyncio.current_task
 
         async def call(_requests: object, context: Context) -> Any:
             # Registered as request-streaming, so the request is read here, under the
             # deadline, rather than by gRPC before any of our code runs.
+            caller = _CALLER.get()
+            task = cast(asyncio.Task[Any], current_task())
+            deadlines.track(task)
             try:
-                async with asyncio.timeout(deadline):
-                    request = await context.read()
-                    if request is _EOF:
-                        raise InvalidField("request", "is required")
-                    if auth.binds_client_certificates:
-                        auth.check_certificate(caller, client_certificate_names(context))
-                    response = await behavior(caller, request, context)
-                    if isinstance(request, UndecodableRequest):
-                        request.refuse()  # a method that never read its request
-                    return response
-            except TimeoutError:
-                status = status_for(CallTooLong(deadline), name)
+                request = await context.read()
+                if request is _EOF:
+                    raise InvalidField("request", "is required")
+                if auth.binds_client_certificates:
+                    auth.check_certificate(caller, client_certificate_names(context))
+                response = await behavior(caller, request, context)
+                if isinstance(request, UndecodableRequest):
+                    request.refuse()  # a method that never read its request
+                return response
+            except asyncio.CancelledError:
+                if not deadlines.untrack(task):
+                    raise  # the client cancelled, or the server is stopping
+                task.uncancel()
+                status = status_for(CallTooLong(deadlines.seconds), name)
             except Exception as exc:  # every failure must become a status
                 status = status_for(exc, name)
+            finally:
+                deadlines.untrack(task)
             return await end_with(context, status)
 
         return call
 
-    def _stream(self, behavior: Any, caller: Caller, name: str
+    def _stream(self, behavior: Any, name: str
                 ) -> Callable[[object, Context], AsyncIterator[Any]]:
         auth = self._auth
 
         async def stream(request: object, context: Context) -> AsyncIterator[Any]:
+            caller = _CALLER.get()
             try:
                 if auth.binds_client_certificates:
                     auth.check_certificate(caller, client_certificate_names(context))

@@ -22,6 +22,9 @@ from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import Transactions
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Repositories
 
+# Offline transactions in a batch above which its unit of work counts as large.
+LARGE_BATCH = 8
+
 
 @dataclass(frozen=True, slots=True)
 class SyncLimits:
@@ -178,7 +181,8 @@ class OfflineService:
             lookups = plan.unknown_card_lookups
             return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
 
-        outcome = await self._transactions.write(work)
+        # A batch of more than a few transactions takes milliseconds: off the event loop.
+        outcome = await self._transactions.write(work, large=len(batch) > LARGE_BATCH)
         self._throttle.record_misses(terminal_id, lookups)
         return outcome
 

@@ -36,10 +36,11 @@ Work = Callable[[Repositories], T]
 class Transactions(Protocol):
     """The executor the services hand their units of work to."""
 
-    async def write(self, work: Work[T]) -> T:
+    async def write(self, work: Work[T], *, large: bool = False) -> T:
         """Run `work` in a writing transaction and commit it; return once it is durable.
         A domain error rolls back `work` alone and propagates; a unit that loses a race
-        through every retry raises HQBusy."""
+        through every retry raises HQBusy. `large`: the unit takes long (an offline
+        batch), so the executor keeps it off the event loop's thread."""
         ...
 
     async def read(self, work: Work[T]) -> T:
@@ -83,7 +84,7 @@ class ThreadedTransactions:
         self._storage = storage
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hq-database")
 
-    async def write(self, work: Work[T]) -> T:
+    async def write(self, work: Work[T], *, large: bool = False) -> T:
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, run_in_transaction, self._storage, work
         )

@@ -1,24 +1,31 @@
 """SQLite's transaction executor: one writer with group commit, and readers of their own.
 
 SQLite has one write lock per database, and with `synchronous=FULL` each commit is an fsync.
-So one writer thread takes the units of work that arrived together and runs them one after
-another in ONE transaction, each inside its own savepoint: a unit that fails (a business
-error, a bug) rolls back to its savepoint alone and the others go on; a unit that loses a
-race (a card number already taken) is retried alone. Then ONE COMMIT, one fsync, and only
-then are the callers answered: nobody hears "done" before their change is durable. Answers
-go back to the event loop in one hand-over per group, not one per caller.
+So one writer takes the units of work that arrived together and runs them one after another
+in ONE transaction, each inside its own savepoint: a unit that fails (a business error, a
+bug) rolls back to its savepoint alone and the others go on; a unit that loses a race (a
+card number already taken) is retried alone. Then ONE COMMIT, one fsync, and only then are
+the callers answered: nobody hears "done" before their change is durable.
+
+Where the writer runs: a unit of an online call is a few statements that never wait (the
+transaction already holds the write lock), so the units run on the event loop's own thread,
+and only what waits goes to the writer thread: the COMMIT (the fsync), a BEGIN that finds
+the database locked by another process, and large units (an offline batch), which run
+there whole so the loop keeps serving meanwhile. Running small units on the loop costs far
+less than handing each statement's GIL back and forth between two busy threads.
 
 Readers (GetCard, GetParameters, the back-office lists) run on reader threads with their
-own connections (WAL: readers never wait for the writer), also a batch at a time.
+own connections (WAL: readers never wait for the writer), a batch at a time.
 
-A SQLite memory database has one connection: readers are not possible, so reads join the
-writer's groups, and the writer borrows the connection per group (other users of the same
-storage take turns with it).
+A SQLite memory database has one connection, shared with whoever else uses the storage:
+everything runs on the writer thread, which borrows the connection per group, and reads
+join the writer's groups.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -30,7 +37,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from storedvalue.hq.domain.errors import HQBusy
 from storedvalue.hq.services.transactions import MAX_ATTEMPTS, Work
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
-from storedvalue.hq.storage.engines import is_sqlite_memory
+from storedvalue.hq.storage.engines import SQLITE_BUSY_TIMEOUT_MS, is_sqlite_memory
 from storedvalue.hq.storage.sqlalchemy_storage import SqlRepositories, SqlStorage
 from storedvalue.hq.storage.transaction import Transaction
 
@@ -43,15 +50,16 @@ MAX_GROUP = 128
 
 _STOP = object()
 
-# (work, the future its caller awaits)
-_Unit = tuple[Callable[[Any], Any], "asyncio.Future[Any]"]
+# (work, the future its caller awaits, whether it is large)
+_Unit = tuple[Callable[[Any], Any], "asyncio.Future[Any]", bool]
 # (future, succeeded, result or exception)
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 
 class GroupCommitTransactions:
-    """The `Transactions` executor for a SQLite database: one writer thread, `readers`
-    reader threads (none for a memory database)."""
+    """The `Transactions` executor for a SQLite database: one writer (on the event loop,
+    with a thread for what waits) and `readers` reader threads (none for a memory
+    database). Serves one event loop, the first that uses it."""
 
     def __init__(self, storage: SqlStorage, *, readers: int = 2,
                  max_group: int = MAX_GROUP) -> None:
@@ -60,102 +68,186 @@ class GroupCommitTransactions:
         self._storage = storage
         self._memory = is_sqlite_memory(storage.engine.url)
         self._max_group = max_group
-        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: collections.deque[_Unit] = collections.deque()
+        self._drain_scheduled = False
+        self._writer_busy = False  # a commit, a BEGIN or a whole group is on the thread
+        self._held: tuple[PoolProxiedConnection, Transaction] | None = None
+        self._repositories: SqlRepositories | None = None
+        if not self._memory:
+            self._held = storage.connect()
+            self._repositories = SqlRepositories(self._held[1])
+            # On the loop a BEGIN must not wait: a locked database is left to the thread.
+            self._held[1].set_busy_timeout(0)
+        self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._write_loop, name="hq-sqlite-writer", daemon=True)
+            threading.Thread(target=self._writer_thread, name="hq-sqlite-writer", daemon=True)
         ]
-        reader_count = 0 if self._memory else readers
         self._threads += [
             threading.Thread(target=self._read_loop, name=f"hq-sqlite-reader-{n}", daemon=True)
-            for n in range(reader_count)
+            for n in range(0 if self._memory else readers)
         ]
-        if reader_count == 0:
-            self._reads = self._writes
         for thread in self._threads:
             thread.start()
 
-    async def write(self, work: Work[T]) -> T:
-        loop = asyncio.get_running_loop()
+    async def write(self, work: Work[T], *, large: bool = False) -> T:
+        loop = self._loop_of_caller()
         future: asyncio.Future[T] = loop.create_future()
-        self._writes.put((work, future))
+        self._pending.append((work, future, large))
+        if not self._writer_busy and not self._drain_scheduled:
+            # After the callbacks already due: units that arrive together go together.
+            self._drain_scheduled = True
+            loop.call_soon(self._drain)
         return await future
 
     async def read(self, work: Work[T]) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._reads.put((work, future))
+        if len(self._threads) == 1:  # no reader threads: reads join the writer's groups
+            return await self.write(work)
+        future: asyncio.Future[T] = self._loop_of_caller().create_future()
+        self._reads.put((work, future, False))
         return await future
 
     def close(self) -> None:
-        """Finish the units already submitted, then stop the threads."""
+        """Stop the threads (call it once no caller is waiting any more)."""
         if self._closed:
             return
         self._closed = True
-        if self._reads is not self._writes:
-            for _reader in self._threads[1:]:
-                self._reads.put(_STOP)
-        self._writes.put(_STOP)
+        for _reader in self._threads[1:]:
+            self._reads.put(_STOP)
+        self._commands.put(_STOP)
         for thread in self._threads:
             thread.join()
+        if self._held is not None:
+            _release(self._held)
+            self._held = None
 
-    # -- the writer -----------------------------------------------------------------------
+    def _loop_of_caller(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("this executor serves another event loop")
+        return loop
 
-    def _write_loop(self) -> None:
-        held: tuple[PoolProxiedConnection, Transaction] | None = None
+    # -- the writer, on the event loop -----------------------------------------------------
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        if self._writer_busy or not self._pending:
+            return
+        group = self._next_group()
+        if self._held is None or group[0][2]:
+            # Memory database, or a large unit: the whole group runs on the thread.
+            self._writer_busy = True
+            self._commands.put(("run", group))
+            return
+        tx = self._held[1]
+        if not tx.is_open:
+            try:
+                tx.begin(write=True)
+            except ConcurrentUpdate:  # another process holds the write lock: wait on the thread
+                self._writer_busy = True
+                self._commands.put(("run", group))
+                return
+            except Exception as error:
+                _settle([(future, False, error) for _work, future, _large in group])
+                self._schedule_drain()
+                return
+        assert self._repositories is not None
+        outcomes, rest = _run_units(tx, self._repositories, group)
+        if rest is not None:  # the transaction was lost: nothing to commit
+            self._pending.extendleft(reversed(rest))
+            _settle(outcomes)
+            self._schedule_drain()
+            return
+        self._writer_busy = True
+        self._commands.put(("commit", outcomes))
+
+    def _next_group(self) -> list[_Unit]:
+        """The next units to run together: a large unit alone, else up to `max_group`
+        small ones (in arrival order)."""
+        pending = self._pending
+        first = pending.popleft()
+        if first[2]:
+            return [first]
+        group = [first]
+        while pending and len(group) < self._max_group and not pending[0][2]:
+            group.append(pending.popleft())
+        return group
+
+    def _writer_done(self, outcomes: list[_Outcome]) -> None:
+        """On the loop, once the thread finished a command."""
+        self._writer_busy = False
+        _settle(outcomes)
+        if self._pending:
+            self._drain()
+
+    def _schedule_drain(self) -> None:
+        if self._pending and not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _writer_thread(self) -> None:
+        while True:
+            command = self._commands.get()
+            if command is _STOP:
+                return
+            kind, argument = command
+            outcomes: list[_Outcome]
+            try:
+                if kind == "commit":
+                    outcomes = self._commit(argument)
+                else:
+                    outcomes = self._run_group_here(argument)
+            except BaseException as error:  # keep the writer alive; fail what it carried
+                log.exception("the SQLite writer failed")
+                if kind == "commit":
+                    outcomes = [(future, False, error) for future, _ok, _value in argument]
+                else:
+                    outcomes = [(future, False, error) for _work, future, _large in argument]
+            loop = self._loop
+            assert loop is not None
+            try:
+                loop.call_soon_threadsafe(self._writer_done, outcomes)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                log.debug("answers for a closed event loop dropped")
+
+    def _commit(self, outcomes: list[_Outcome]) -> list[_Outcome]:
+        assert self._held is not None
+        return _commit(self._held[1], outcomes)
+
+    def _run_group_here(self, group: list[_Unit]) -> list[_Outcome]:
+        """A whole group on this thread: BEGIN (waiting for the lock), the units, COMMIT."""
+        held = self._held if self._held is not None else self._storage.connect()
         try:
-            while True:
-                group, stop = _take(self._writes, self._max_group)
-                if group:
-                    if held is None:
-                        held = self._storage.connect()
-                    try:
-                        _deliver(self._run_group(held[1], group))
-                    finally:
-                        if self._memory:  # let other users of the one connection have it
-                            _release(held)
-                            held = None
-                if stop:
-                    return
+            tx = held[1]
+            if self._held is not None:
+                tx.set_busy_timeout(SQLITE_BUSY_TIMEOUT_MS)
+            return self._run_group(tx, SqlRepositories(tx), group)
         finally:
-            if held is not None:
+            if self._held is None:
                 _release(held)
+            else:
+                held[1].set_busy_timeout(0)
 
-    def _run_group(self, tx: Transaction, group: list[_Unit]) -> list[_Outcome]:
-        repositories = SqlRepositories(tx)
-        try:
-            tx.begin(write=True)
-        except Exception as error:  # still locked after the busy timeout, or worse
-            failure = HQBusy() if isinstance(error, ConcurrentUpdate) else error
-            return [(future, False, failure) for _work, future in group]
-        outcomes: list[_Outcome] = []
-        for index, (work, future) in enumerate(group):
-            if future.cancelled():  # the caller is gone (deadline, cancelled): skip it
-                continue
-            succeeded, value = _run_unit(tx, repositories, work)
-            if not tx.is_open:
-                # SQLite rolled the whole transaction back by itself (disk full, I/O
-                # error): nothing of this group is kept (its callers may retry: nothing
-                # was applied), and the units after this one run in a new transaction.
-                log.error("the group's transaction was lost", exc_info=value)
-                lost: list[_Outcome] = [(f, False, HQBusy()) for f, ok, _ in outcomes if ok]
-                lost += [(f, ok, v) for f, ok, v in outcomes if not ok]
-                lost.append((future, False, value if not succeeded else HQBusy()))
-                rest = group[index + 1:]
-                return lost + (self._run_group(tx, rest) if rest else [])
-            outcomes.append((future, succeeded, value))
-        try:
-            tx.commit()
-        except Exception as error:
-            log.error("group commit failed", exc_info=error)
-            if tx.is_open:
-                tx.rollback()
-            failure = HQBusy() if isinstance(error, ConcurrentUpdate) else error
-            return [(future, False, failure if ok else value) for future, ok, value in outcomes]
-        return outcomes
+    def _run_group(self, tx: Transaction, repositories: SqlRepositories, group: list[_Unit]
+                   ) -> list[_Outcome]:
+        if not tx.is_open:
+            try:
+                tx.begin(write=True)
+            except Exception as error:  # still locked after the busy timeout, or worse
+                failure = HQBusy() if isinstance(error, ConcurrentUpdate) else error
+                return [(future, False, failure) for _work, future, _large in group]
+        outcomes, rest = _run_units(tx, repositories, group)
+        if rest is not None:
+            return outcomes + (self._run_group(tx, repositories, rest) if rest else [])
+        return _commit(tx, outcomes)
 
-    # -- the readers ----------------------------------------------------------------------
+    # -- the readers -------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
         pooled, tx = self._storage.connect()
@@ -164,36 +256,53 @@ class GroupCommitTransactions:
             while True:
                 group, stop = _take(self._reads, self._max_group)
                 if group:
-                    _deliver(self._run_reads(tx, repositories, group))
+                    outcomes = _run_reads(tx, repositories, group)
+                    loop = self._loop
+                    assert loop is not None
+                    try:
+                        loop.call_soon_threadsafe(_settle, outcomes)
+                    except RuntimeError:
+                        log.debug("answers for a closed event loop dropped")
                 if stop:
                     return
         finally:
             _release((pooled, tx))
 
-    @staticmethod
-    def _run_reads(tx: Transaction, repositories: SqlRepositories, group: list[_Unit]
-                   ) -> list[_Outcome]:
-        outcomes: list[_Outcome] = []
-        for work, future in group:
-            if future.cancelled():
-                continue
-            for attempt in range(1, MAX_ATTEMPTS + 1):
-                try:
-                    if not tx.is_open:
-                        tx.begin(write=False)
-                    outcomes.append((future, True, work(repositories)))
-                except ConcurrentUpdate as lost:
-                    tx.rollback()
-                    if attempt < MAX_ATTEMPTS:
-                        continue
-                    outcomes.append((future, False, HQBusy()))
-                    log.debug("read lost every retry", exc_info=lost)
-                except Exception as error:
-                    outcomes.append((future, False, error))
-                break
+
+def _run_units(tx: Transaction, repositories: SqlRepositories, group: list[_Unit]
+               ) -> tuple[list[_Outcome], list[_Unit] | None]:
+    """Run the units of `group` in the open transaction, each in its own savepoint.
+    Returns their outcomes, and None, or, when SQLite rolled the whole transaction back by
+    itself (disk full, I/O error), the units still to run in a new transaction (the
+    outcomes then fail the units already run: nothing of them is kept, and their callers
+    may retry)."""
+    outcomes: list[_Outcome] = []
+    for index, (work, future, _large) in enumerate(group):
+        if future.cancelled():  # the caller is gone (deadline, cancelled): skip it
+            continue
+        succeeded, value = _run_unit(tx, repositories, work)
+        if not tx.is_open:
+            log.error("the group's transaction was lost", exc_info=value)
+            lost: list[_Outcome] = [
+                (f, False, HQBusy() if ok else v) for f, ok, v in outcomes
+            ]
+            lost.append((future, False, value if not succeeded else HQBusy()))
+            return lost, group[index + 1:]
+        outcomes.append((future, succeeded, value))
+    return outcomes, None
+
+
+def _commit(tx: Transaction, outcomes: list[_Outcome]) -> list[_Outcome]:
+    """COMMIT (the fsync); if it fails, nothing of the group is kept and every unit fails."""
+    try:
+        tx.commit()
+    except Exception as error:
+        log.error("group commit failed", exc_info=error)
         if tx.is_open:
-            tx.rollback()  # a reader's transaction only pins its snapshot
-        return outcomes
+            tx.rollback()
+        failure = HQBusy() if isinstance(error, ConcurrentUpdate) else error
+        return [(future, False, failure if ok else value) for future, ok, value in outcomes]
+    return outcomes
 
 
 def _run_unit(tx: Transaction, repositories: SqlRepositories, work: Callable[[Any], Any]
@@ -229,6 +338,31 @@ def _undo(tx: Transaction) -> bool:
     return tx.is_open
 
 
+def _run_reads(tx: Transaction, repositories: SqlRepositories, group: list[_Unit]
+               ) -> list[_Outcome]:
+    outcomes: list[_Outcome] = []
+    for work, future, _large in group:
+        if future.cancelled():
+            continue
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                if not tx.is_open:
+                    tx.begin(write=False)
+                outcomes.append((future, True, work(repositories)))
+            except ConcurrentUpdate as lost:
+                tx.rollback()
+                if attempt < MAX_ATTEMPTS:
+                    continue
+                outcomes.append((future, False, HQBusy()))
+                log.debug("read lost every retry", exc_info=lost)
+            except Exception as error:
+                outcomes.append((future, False, error))
+            break
+    if tx.is_open:
+        tx.rollback()  # a reader's transaction only pins its snapshot
+    return outcomes
+
+
 def _take(source: queue.SimpleQueue[Any], limit: int) -> tuple[list[_Unit], bool]:
     """Wait for one unit, then take whatever else is already waiting (up to `limit`).
     Returns the units and whether a stop was requested."""
@@ -247,19 +381,8 @@ def _take(source: queue.SimpleQueue[Any], limit: int) -> tuple[list[_Unit], bool
     return group, False
 
 
-def _deliver(outcomes: list[_Outcome]) -> None:
-    """Answer the callers: one hand-over to each event loop for the whole group."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-    for outcome in outcomes:
-        by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
-    for loop, settled in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle, settled)
-        except RuntimeError:  # that loop is closed: nobody is waiting any more
-            log.debug("answers for a closed event loop dropped")
-
-
 def _settle(outcomes: list[_Outcome]) -> None:
+    """Answer the callers (on their event loop)."""
     for future, succeeded, value in outcomes:
         if future.done():  # cancelled while the unit ran
             continue

@@ -168,6 +168,15 @@ class Transaction:
             return True
         return bool(self._driver.in_transaction)
 
+    def set_busy_timeout(self, milliseconds: int) -> None:
+        """SQLite: how long a statement waits for another connection's lock (0: fail at
+        once with ConcurrentUpdate). A setting of the connection, not of a transaction."""
+        sql = f"PRAGMA busy_timeout={int(milliseconds)}"
+        try:
+            self._cursor.execute(sql)
+        except self._error as error:
+            raise translated_driver_error(sql, None, error, self._error) from None
+
     def savepoint(self) -> None:
         """Mark where `rollback_to_savepoint` returns to (one at a time)."""
         self._execute(f"SAVEPOINT {_SAVEPOINT}", None)
