@@ -1,21 +1,27 @@
 """Two real HQ processes on one PostgreSQL database: locks and redemptions stay correct when
-the tills racing for one card talk to different replicas.
+the tills racing for one card talk to different replicas, and a parameter change made through
+one replica reaches the other's watchers at once.
 
 Needs STOREDVALUE_TEST_POSTGRES_URL; each run creates its own database and drops it after.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from storedvalue.v1 import back_office_service_pb2 as bo
 from storedvalue.v1 import terminal_service_pb2 as ts
 
 from .harness import (
@@ -154,3 +160,36 @@ def test_concurrent_redemptions_through_two_replicas_never_overdraw_and_the_jour
     assert sum(entry.amount.amount_minor for entry in journal) == balance
     assert [entry.balance_after.amount_minor for entry in journal][-1] == balance
     assert min(entry.balance_after.amount_minor for entry in journal) >= 0
+
+
+def test_a_parameter_change_through_one_replica_reaches_the_other_replicas_watchers_at_once(
+    replicas: Replicas,
+) -> None:
+    # The till follows replica 1; the back office changes the parameters through replica 0.
+    till = replicas.tills(2, "watcher")[1]
+    version = till.call("GetParameters", ts.GetParametersRequest()).parameters.version
+    stream: Any = till.stub.WatchParameters(
+        ts.WatchParametersRequest(known_version=version), metadata=till.metadata, timeout=30
+    )
+    received: queue.Queue[tuple[float, ts.WatchParametersResponse]] = queue.Queue()
+
+    def follow() -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for message in stream:
+                received.put((time.monotonic(), message))
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    try:
+        changed_at = time.monotonic()
+        updated = replicas.back_office.call("UpdateParameters", bo.UpdateParametersRequest(
+            request_id=new_id(), credit_memo_offline_completion_allowed=True,
+        )).parameters
+        arrived_at, message = received.get(timeout=10)
+    finally:
+        stream.cancel()
+        follower.join(timeout=10)
+
+    assert message.parameters == updated
+    # PostgreSQL notifies the other replica (LISTEN/NOTIFY): no poll interval to wait for.
+    assert arrived_at - changed_at < 1.0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from storedvalue.hq.config import ConfigError, load_config, redacted_url
+from storedvalue.cli import main
+from storedvalue.hq.config import ConfigError, HQConfig, load_config, redacted_url
 
 
 def test_defaults_serve_loopback_from_a_sqlite_file_under_the_data_directory(
@@ -83,3 +84,60 @@ def test_the_unknown_card_limit_is_twenty_a_minute_unless_configured(tmp_path: P
     assert load_config(environ=env, unknown_card_limit=500).unknown_card_limit == 500
     with pytest.raises(ConfigError, match="unknown-card limit"):
         load_config(environ=env, unknown_card_limit=0)
+
+
+def test_serving_limits_come_from_flags_and_default_to_the_documented_values(
+    tmp_path: Path,
+) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path)}
+
+    defaults = load_config(environ=env)
+    given = load_config(environ=env, max_watchers=50, call_deadline_seconds=3.5,
+                        max_streams_per_connection=8, keepalive_seconds=30,
+                        keepalive_timeout_seconds=5, min_client_ping_seconds=20,
+                        database_connections=6, event_loop="asyncio")
+
+    assert (defaults.max_watchers, defaults.call_deadline_seconds) == (20_000, 30.0)
+    assert defaults.event_loop == "uvloop"
+    assert (given.max_watchers, given.call_deadline_seconds, given.max_streams_per_connection,
+            given.keepalive_seconds, given.keepalive_timeout_seconds,
+            given.min_client_ping_seconds, given.database_connections, given.event_loop) == (
+        50, 3.5, 8, 30, 5, 20, 6, "asyncio")
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("max_watchers", 0, "max watchers"),
+    ("max_streams_per_connection", 0, "streams per connection"),
+    ("call_deadline_seconds", 0.0, "call deadline"),
+    ("keepalive_seconds", -1.0, "keepalive"),
+    ("database_connections", 1, "database connections"),
+    ("event_loop", "trio", "event loop"),
+])
+def test_a_serving_limit_that_cannot_work_is_refused_before_anything_is_created(
+    tmp_path: Path, flag: str, value: object, message: str,
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(environ={"XDG_DATA_HOME": str(tmp_path)}, **{flag: value})  # type: ignore[arg-type]
+    assert not (tmp_path / "storedvalue").exists()
+
+
+def test_serve_help_names_every_limit_with_the_default_the_server_uses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    defaults = HQConfig()
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    options = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
+
+    for flag, default in [
+        ("--max-watchers", defaults.max_watchers),
+        ("--max-streams-per-connection", defaults.max_streams_per_connection),
+        ("--call-deadline", f"{defaults.call_deadline_seconds:g}"),
+        ("--keepalive", f"{defaults.keepalive_seconds:g}"),
+        ("--keepalive-timeout", f"{defaults.keepalive_timeout_seconds:g}"),
+        ("--min-client-ping", f"{defaults.min_client_ping_seconds:g}"),
+        ("--database-connections", defaults.database_connections),
+        ("--event-loop", defaults.event_loop),
+    ]:
+        described = options.split(f"{flag} ", 1)[1].split(" --", 1)[0]
+        assert f"default {default}" in described, flag

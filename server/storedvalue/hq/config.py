@@ -68,9 +68,10 @@ class HQConfig:
     """Most WatchParameters streams this process serves at once (each costs memory, no
     thread); one more gets RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS)."""
 
-    max_streams_per_connection: int = 100
+    max_streams_per_connection: int = 128
     """Most concurrent calls on one client connection (HTTP/2 streams): a till needs a few
-    (its watch stream and a call or two), so one connection cannot hold many of them."""
+    (its watch stream and a call or two), so one connection cannot hold many of them. A
+    client that opens more before it has read HQ's settings gets REFUSED_STREAM for them."""
 
     keepalive_seconds: float = 60.0
     """HQ pings a connection idle this long, and closes it when the ping is not answered

@@ -82,6 +82,8 @@ class GroupCommitTransactions:
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
+        self.commits = 0
+        """Groups committed so far (the writer thread counts them)."""
         self._threads = [
             threading.Thread(target=self._writer_thread, name="hq-sqlite-writer", daemon=True)
         ]
@@ -218,7 +220,9 @@ class GroupCommitTransactions:
 
     def _commit(self, outcomes: list[_Outcome]) -> list[_Outcome]:
         assert self._held is not None
-        return _commit(self._held[1], outcomes)
+        outcomes = _commit(self._held[1], outcomes)
+        self.commits += 1
+        return outcomes
 
     def _run_group_here(self, group: list[_Unit]) -> list[_Outcome]:
         """A whole group on this thread: BEGIN (waiting for the lock), the units, COMMIT."""
@@ -245,7 +249,9 @@ class GroupCommitTransactions:
         outcomes, rest = _run_units(tx, repositories, group)
         if rest is not None:
             return outcomes + (self._run_group(tx, repositories, rest) if rest else [])
-        return _commit(tx, outcomes)
+        outcomes = _commit(tx, outcomes)
+        self.commits += 1
+        return outcomes
 
     # -- the readers -------------------------------------------------------------------------
 

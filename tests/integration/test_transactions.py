@@ -1,0 +1,216 @@
+"""The transaction executors (SQLite group commit; a thread per connection on PostgreSQL and
+the fake), on every backend of the `storage` fixture: a unit that fails rolls back alone, a
+unit that loses a race is retried alone, and nobody is answered before their change is
+committed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from storage_samples import card_number, make_card
+
+from storedvalue.hq.config import HQConfig
+from storedvalue.hq.domain.errors import HQBusy, InvalidField
+from storedvalue.hq.server import open_transactions
+from storedvalue.hq.services.transactions import MAX_ATTEMPTS, Transactions, Work
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Repositories, Storage
+from storedvalue.hq.storage import SqlStorage, upgrade_to_head
+from storedvalue.hq.storage.group_commit import GroupCommitTransactions
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Path) -> Iterator[tuple[SqlStorage, Path]]:
+    path = tmp_path / "hq.sqlite3"
+    storage = SqlStorage.from_url(f"sqlite:///{path}")
+    try:
+        upgrade_to_head(storage.engine)
+        yield storage, path
+    finally:
+        storage.close()
+
+
+def run(storage: Storage, scenario: Callable[[Transactions], Coroutine[Any, Any, T]]) -> T:
+    """Run `scenario(transactions)` with HQ's executor for `storage`, then close it."""
+    transactions = open_transactions(storage, HQConfig())
+    try:
+        return asyncio.run(scenario(transactions))
+    finally:
+        transactions.close()
+
+
+def adds(number: int) -> Work[str]:
+    def work(uow: Repositories) -> str:
+        uow.cards.add([make_card(card_number(number))])
+        return card_number(number)
+
+    return work
+
+
+def known_cards(storage: Storage, numbers: range) -> list[int]:
+    async def read(transactions: Transactions) -> list[int]:
+        cards = await transactions.read(
+            lambda uow: [uow.cards.get(card_number(number)) for number in numbers]
+        )
+        return [number for number, card in zip(numbers, cards, strict=True) if card]
+
+    return run(storage, read)
+
+
+def test_a_unit_that_fails_rolls_back_alone_while_the_others_commit(storage: Storage) -> None:
+    def adds_then_fails(uow: Repositories) -> None:
+        uow.cards.add([make_card(card_number(2))])
+        raise InvalidField("amount", "made up for the test")
+
+    async def together(transactions: Transactions) -> tuple[object, ...]:
+        return await asyncio.gather(
+            transactions.write(adds(1)),
+            transactions.write(adds_then_fails),
+            transactions.write(adds(3)),
+            return_exceptions=True,
+        )
+
+    first, failed, third = run(storage, together)
+
+    assert (first, third) == (card_number(1), card_number(3))
+    assert isinstance(failed, InvalidField)
+    assert known_cards(storage, range(1, 4)) == [1, 3]
+
+
+def test_a_bug_in_a_unit_rolls_it_back_alone(storage: Storage) -> None:
+    def adds_then_breaks(uow: Repositories) -> None:
+        uow.cards.add([make_card(card_number(2))])
+        raise RuntimeError("a bug")
+
+    async def together(transactions: Transactions) -> tuple[object, ...]:
+        return await asyncio.gather(
+            transactions.write(adds_then_breaks),
+            transactions.write(adds(3)),
+            return_exceptions=True,
+        )
+
+    broken, third = run(storage, together)
+
+    assert isinstance(broken, RuntimeError) and third == card_number(3)
+    assert known_cards(storage, range(1, 4)) == [3]
+
+
+def test_a_unit_that_loses_a_race_runs_again_alone(storage: Storage) -> None:
+    attempts = []
+
+    def loses_once(uow: Repositories) -> int:
+        attempts.append(1)
+        uow.cards.add([make_card(card_number(10 + len(attempts)))])
+        if len(attempts) == 1:
+            raise ConcurrentUpdate("made up for the test")
+        return len(attempts)
+
+    async def together(transactions: Transactions) -> tuple[str, int]:
+        return await asyncio.gather(
+            transactions.write(adds(1)),
+            transactions.write(loses_once),
+        )
+
+    first, tries = run(storage, together)
+
+    assert (first, tries) == (card_number(1), 2)
+    # The first attempt's card was rolled back with it; the second attempt's is kept.
+    assert known_cards(storage, range(1, 13)) == [1, 12]
+
+
+def test_a_unit_that_loses_every_race_is_hq_busy_and_changes_nothing(storage: Storage) -> None:
+    attempts = []
+
+    def always_loses(uow: Repositories) -> None:
+        attempts.append(1)
+        uow.cards.add([make_card(card_number(5))])
+        raise ConcurrentUpdate("made up for the test")
+
+    async def alone(transactions: Transactions) -> None:
+        await transactions.write(always_loses)
+
+    with pytest.raises(HQBusy):
+        run(storage, alone)
+    assert len(attempts) == MAX_ATTEMPTS
+    assert known_cards(storage, range(5, 6)) == []
+
+
+def test_units_that_arrive_together_share_one_commit(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    storage, _path = sqlite_file
+    transactions = GroupCommitTransactions(storage)
+
+    async def together() -> tuple[int, int]:
+        before = transactions.commits
+        await asyncio.gather(*(transactions.write(adds(n)) for n in range(1, 9)))
+        return before, transactions.commits
+
+    try:
+        before, after = asyncio.run(together())
+    finally:
+        transactions.close()
+
+    assert after - before == 1
+    assert known_cards(storage, range(1, 9)) == list(range(1, 9))
+
+
+def test_an_answer_comes_only_once_the_change_is_committed(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    storage, path = sqlite_file
+    outside = sqlite3.connect(path)
+
+    async def write_then_look() -> list[bool]:
+        seen = []
+        for number in range(1, 6):
+            await transactions.write(adds(number))
+            # Another connection sees only committed rows.
+            row = outside.execute(
+                "SELECT 1 FROM cards WHERE card_number = ?", (card_number(number),)
+            ).fetchone()
+            seen.append(row is not None)
+        return seen
+
+    transactions = GroupCommitTransactions(storage)
+    try:
+        assert asyncio.run(write_then_look()) == [True] * 5
+    finally:
+        transactions.close()
+        outside.close()
+
+
+def test_a_write_that_finds_the_database_locked_waits_without_blocking_the_loop(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    storage, path = sqlite_file
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    transactions = GroupCommitTransactions(storage)
+
+    async def scenario() -> tuple[bool, str, str | None]:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        write: asyncio.Task[str] = asyncio.create_task(transactions.write(adds(1)))
+        # Reads and the loop go on meanwhile; the write waits for the lock.
+        read = await asyncio.wait_for(
+            transactions.read(lambda uow: uow.cards.get(card_number(1))), timeout=10
+        )
+        await asyncio.sleep(0.2)
+        waited = not write.done()
+        other.execute("ROLLBACK")
+        written = await asyncio.wait_for(write, timeout=30)
+        return waited, written, None if read is None else read.card_number
+
+    try:
+        waited, written, read_before = asyncio.run(scenario())
+    finally:
+        transactions.close()
+        other.close()
+
+    assert waited and read_before is None
+    assert written == card_number(1)
