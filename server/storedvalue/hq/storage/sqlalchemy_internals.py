@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import threading
 from collections import namedtuple
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Dialect, Insert, Select, Update
@@ -32,12 +34,33 @@ SUPPORTED_SQLALCHEMY = ">=2.0.30,<2.2"
 class CompiledSql:
     """SQL text for one dialect: `order` is the parameter order for positional paramstyles
     (None for named ones), `defaults` the values of binds the statement carries itself
-    (a LIMIT), `row_type` the named tuple rows come back as (None for writes)."""
+    (a LIMIT), `row_type` the named tuple rows come back as (None for writes), and `bind`
+    turns parameters by name into the driver's (a tuple in `order` for positional
+    paramstyles, else a mapping; statements without an IN list)."""
 
     sql: str
     order: tuple[str, ...] | None
     defaults: dict[str, Any]
     row_type: type[tuple[Any, ...]] | None
+    bind: Callable[[Mapping[str, Any]], Any]
+
+
+def _binder_for(order: tuple[str, ...] | None, defaults: dict[str, Any]
+                ) -> Callable[[Mapping[str, Any]], Any]:
+    if order is None:
+        if not defaults:
+            return lambda params: params
+        return lambda params: {**defaults, **params}
+    if not order:
+        return lambda _params: ()
+    pick = itemgetter(*order)
+    if len(order) == 1:
+        if defaults:
+            return lambda params: (pick({**defaults, **params}),)
+        return lambda params: (pick(params),)
+    if defaults:
+        return lambda params: pick({**defaults, **params})
+    return pick
 
 
 def compile_statement(
@@ -57,7 +80,7 @@ def compile_statement(
     row_type: type[tuple[Any, ...]] | None = None
     if isinstance(statement, Select):
         row_type = namedtuple("Row", statement.selected_columns.keys())  # type: ignore[misc,no-redef]
-    return CompiledSql(str(compiled), order, defaults, row_type)
+    return CompiledSql(str(compiled), order, defaults, row_type, _binder_for(order, defaults))
 
 
 def with_in_list(compiled: CompiledSql, dialect: Dialect, bind: str, count: int) -> CompiledSql:
@@ -71,7 +94,7 @@ def with_in_list(compiled: CompiledSql, dialect: Dialect, bind: str, count: int)
     else:
         raise ValueError(f"unsupported paramstyle {dialect.paramstyle!r}")
     sql = compiled.sql.replace(f"__[POSTCOMPILE_{bind}]", placeholders)
-    return CompiledSql(sql, compiled.order, compiled.defaults, compiled.row_type)
+    return CompiledSql(sql, compiled.order, compiled.defaults, compiled.row_type, compiled.bind)
 
 
 def wrap_driver_error(

@@ -82,7 +82,7 @@ class Statement:
             if isinstance(self.statement, Select):
                 raise TypeError("a SELECT writes nothing")
             if many and dialect.name == "postgresql":
-                found = CompiledSql(self._from_arrays(dialect, keys), None, {}, None)
+                found = CompiledSql(self._from_arrays(dialect, keys), None, {}, None, dict)
             else:
                 found = compile_statement(self.statement, dialect, keys)
             self._compiled[cache_key] = found

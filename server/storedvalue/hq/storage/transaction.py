@@ -48,7 +48,7 @@ class Transaction:
         in_list = statement.in_list
         if in_list is None:
             compiled = statement.compiled_read(self._dialect)
-            bound = _bound(compiled, params)
+            bound = compiled.bind(params)
         else:
             keys = params[in_list]
             if not keys:
@@ -69,7 +69,7 @@ class Transaction:
     def fetch_first(self, statement: Statement, params: Mapping[str, Any]) -> Any:
         """The first row of a SELECT without an IN list (a named tuple), or None."""
         compiled = statement.compiled_read(self._dialect)
-        bound = _bound(compiled, params)
+        bound = compiled.bind(params)
         if not self._open:
             self.begin()
         try:
@@ -97,7 +97,7 @@ class Transaction:
         params: Any = None
         try:
             if not many:
-                params = _bound(compiled, rows[0])
+                params = compiled.bind(rows[0])
                 cursor.execute(sql, params)
             elif self._postgresql:
                 params = {f"c{i}": [row[key] for row in rows] for i, key in enumerate(keys)}
@@ -207,15 +207,6 @@ class Transaction:
                 self._cursor.execute(sql, params)
         except self._error as error:
             raise translated_driver_error(sql, params, error, self._error) from None
-
-
-def _bound(compiled: CompiledSql, params: Mapping[str, Any]) -> Any:
-    defaults = compiled.defaults
-    merged = {**defaults, **params} if defaults else params
-    order = compiled.order
-    if order is None:
-        return merged
-    return tuple([merged[name] for name in order])
 
 
 def _bound_with_list(
