@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 
 from storedvalue.hq.domain.errors import CallTooLong, InvalidField, StoredValueError
-from storedvalue.hq.grpc_api.call_context import authorization, client_certificate_names
+from storedvalue.hq.grpc_api.call_context import authorization as _authorization
+from storedvalue.hq.grpc_api.call_context import client_certificate_names
 from storedvalue.hq.grpc_api.errors import end_with, status_for
 from storedvalue.hq.grpc_api.method_handlers import UndecodableRequest
 from storedvalue.hq.services.auth import Authenticator, Caller, Role
@@ -59,6 +61,8 @@ class MethodTable(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         return self._handlers.get(handler_call_details.method)
 
+
+_Guarded = tuple[Role, str, Handler, Callable[[grpc.Status], Handler]]
 
 # The caller the gate authenticated, for the handler it hands the call to. gRPC runs the
 # interceptor and then the handler in the same task (one per call), so each call sees only
@@ -125,35 +129,38 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._auth = authenticator
         self._roles = dict(roles)
         self.deadlines = CallDeadlines(call_deadline_seconds)
-        # By method: None (not ours to guard), or its role, name and the guarded handler.
-        self._methods: dict[str, tuple[Role, str, Handler] | None] = {}
+        # By method: None (not ours to guard), or its role, name, guarded handler and the
+        # maker of refusals.
+        self._methods: dict[str, _Guarded | None] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # no such method: gRPC answers UNIMPLEMENTED
-            return cast(Handler, None)
         method = handler_call_details.method
         if method in self._methods:
             guarded = self._methods[method]
-        else:
+        else:  # the first call of this method: its guarded handler is built once
+            handler = await continuation(handler_call_details)
+            if handler is None:  # no such method: gRPC answers UNIMPLEMENTED
+                return cast(Handler, None)
             guarded = self._methods[method] = self._guarded(method, handler)
-        if guarded is None:
-            return handler
-        role, name, gated = guarded
+        if guarded is None:  # not ours to guard (health, reflection)
+            return cast(Handler, await continuation(handler_call_details))
+        role, name, gated, refused = guarded
+        authorization = _authorization(handler_call_details.invocation_metadata)
         try:
-            caller = await self._auth.authenticate(
-                authorization(handler_call_details.invocation_metadata), role
-            )
-        except StoredValueError as refused:
-            return _refusal(handler, status_for(refused, name))
+            # A credential seen lately needs no await: most calls end their check here.
+            caller = self._auth.remembered(authorization, role)
+            if caller is None:
+                caller = await self._auth.authenticate(authorization, role)
+        except StoredValueError as refusal:
+            return refused(status_for(refusal, name))
         _CALLER.set(caller)
         return gated
 
-    def _guarded(self, method: str, handler: Handler) -> tuple[Role, str, Handler] | None:
+    def _guarded(self, method: str, handler: Handler) -> _Guarded | None:
         service, _, name = method.lstrip("/").partition("/")
         role = self._roles.get(service)
         if role is None:
@@ -170,7 +177,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return role, name, gated
+        return role, name, gated, functools.partial(_refusal, handler)
 
     def _unary(self, behavior: Any, name: str) -> Callable[[object, Context], Awaitable[Any]]:
         deadlines = self.deadlines

@@ -69,12 +69,18 @@ class Authenticator:
     async def authenticate(self, authorization: str | None, role: Role) -> Caller:
         """The caller behind `authorization` (the metadata value), allowed to act as
         `role`; else Unauthenticated or PermissionDenied."""
-        caller = await self._caller(authorization)
-        if role is Role.TERMINAL and caller.is_admin:
-            raise PermissionDenied("terminal calls need a terminal credential")
-        if role is Role.ADMIN and not caller.is_admin:
-            raise PermissionDenied("back-office calls need an admin credential")
-        return caller
+        return self.remembered(authorization, role) or _allowed(
+            await self._look_up(authorization), role
+        )
+
+    def remembered(self, authorization: str | None, role: Role) -> Caller | None:
+        """`authenticate` without the database: the caller if this credential was looked up
+        lately, None if it must be looked up (a refusal raises as `authenticate` does)."""
+        digest = hash_token(_bearer(authorization))
+        hit = self._cache.get(digest)
+        if hit is None or hit[0] <= self._monotonic():
+            return None
+        return _allowed(hit[1], role)
 
     def check_certificate(self, caller: Caller, certificate_names: Sequence[str]) -> None:
         """With bound certificates: the connection's verified client certificate (its
@@ -90,19 +96,12 @@ class Authenticator:
         """Drop cached lookups (after a credential rotation in this process)."""
         self._cache.clear()
 
-    async def _caller(self, authorization: str | None) -> Caller:
+    async def _look_up(self, authorization: str | None) -> Caller | None:
         digest = hash_token(_bearer(authorization))
-        now = self._monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            caller = hit[1]
-        else:
-            caller = self._admin(digest) or await self._terminal(digest)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._cache_seconds, caller)
-        if caller is None:
-            raise Unauthenticated("unknown or revoked credential")
+        caller = self._admin(digest) or await self._terminal(digest)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (self._monotonic() + self._cache_seconds, caller)
         return caller
 
     def _admin(self, digest: str) -> Caller | None:
@@ -116,6 +115,16 @@ class Authenticator:
             lambda uow: uow.terminals.get_by_token_hash(digest)
         )
         return None if terminal is None else Caller(terminal_id=terminal.terminal_id)
+
+
+def _allowed(caller: Caller | None, role: Role) -> Caller:
+    if caller is None:
+        raise Unauthenticated("unknown or revoked credential")
+    if role is Role.TERMINAL and caller.is_admin:
+        raise PermissionDenied("terminal calls need a terminal credential")
+    if role is Role.ADMIN and not caller.is_admin:
+        raise PermissionDenied("back-office calls need an admin credential")
+    return caller
 
 
 def _bearer(authorization: str | None) -> str:
