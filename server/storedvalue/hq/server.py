@@ -81,6 +81,11 @@ def grpc_options(config: HQConfig) -> list[tuple[str, Any]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms",
          int(config.min_client_ping_seconds * 1000)),
         ("grpc.http2.max_ping_strikes", 2),
+        # Calls that arrived but are not yet taken up by the event loop (a fleet
+        # reconnecting at once): gRPC's defaults (1,000, and every call refused from 3,000)
+        # would turn thousands of tills' watch streams away; a call waiting costs memory.
+        ("grpc.server.max_pending_requests", config.max_watchers),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_watchers),
     ]
 
 

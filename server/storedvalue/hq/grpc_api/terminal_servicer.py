@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from storedvalue.hq.domain.errors import InvalidField, LimitExceeded
+from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.grpc_api.call_context import request_key
 from storedvalue.hq.grpc_api.card_views import fill_card, fill_lock
 from storedvalue.hq.grpc_api.convert import (
@@ -45,6 +46,16 @@ class TerminalServicer:
         self._cards = cards
         self._offline = offline
         self._parameters = parameters
+        self._last_watch_response: tuple[int, pb.WatchParametersResponse] | None = None
+
+    def _watch_response(self, parameters: Parameters) -> pb.WatchParametersResponse:
+        """The message for `parameters`, built once per version: a change goes out to
+        thousands of watch streams at once, all the same message."""
+        last = self._last_watch_response
+        if last is None or last[0] != parameters.version:
+            message = pb.WatchParametersResponse(parameters=parameters_to_proto(parameters))
+            last = self._last_watch_response = (parameters.version, message)
+        return last[1]
 
     # -- online card use ------------------------------------------------------------------
 
@@ -186,10 +197,10 @@ class TerminalServicer:
         feed.join()  # over the configured maximum: TOO_MANY_WATCHERS
         try:
             known = request.known_version
-            current = await self._parameters.current()
+            current = await self._parameters.latest()
             while True:
                 if current.version > known:
-                    yield pb.WatchParametersResponse(parameters=parameters_to_proto(current))
+                    yield self._watch_response(current)
                     known = current.version
                 # Every watcher waits on the same event: no thread, no timer per stream. A
                 # cancelled call cancels this wait; a closing server ends it with None.
