@@ -2,11 +2,11 @@
 
 grpcio decodes a request before any handler code runs; bytes that are not a valid encoding
 (truncated, mistyped, a string that is not UTF-8) would end the call with its own INTERNAL
-"Exception deserializing request!", before any credential is checked. Here the decoder turns
-such bytes into an `UndecodableRequest` instead, and the handler runs as usual: it checks
-the credential first, and its first look at the request raises `MalformedRequest`, which the
-one error mapping (errors.py) answers with INVALID_ARGUMENT and its ErrorInfo. The same
-handlers work on a `grpc.aio` server.
+"Exception deserializing request!". Here the decoder turns such bytes into an
+`UndecodableRequest` instead, and the call goes on as usual: the call gate (calls.py) has
+checked the credential already, the handler's first look at the request raises
+`MalformedRequest` (the gate refuses it too when the handler never looked), and the one
+error mapping (errors.py) answers with INVALID_ARGUMENT and its ErrorInfo.
 """
 
 from __future__ import annotations
