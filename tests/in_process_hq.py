@@ -9,6 +9,7 @@ that knows how the server is started and stopped.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import threading
 import uuid
@@ -127,6 +128,12 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.unary_unary is not None:  # the health check: no credential, no gate
+            return grpc.unary_unary_rpc_method_handler(
+                self._plain(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
     def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]
@@ -160,6 +167,15 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     "answer lost after HQ handled it")
             return response
+
+        return crossing
+
+    def _plain(self, behavior: Callable[..., Any]) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def crossing(request: Any, context: Any) -> Any:
+            if not self.up:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "link down")
+            response = behavior(request, context)
+            return await response if inspect.isawaitable(response) else response
 
         return crossing
 
