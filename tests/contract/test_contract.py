@@ -33,6 +33,7 @@ EXPECTED_RPCS: dict[str, dict[str, tuple[bool, bool]]] = {
         "SyncOfflineBatch": UNARY,
         "GetParameters": UNARY,
         "WatchParameters": SERVER_STREAM,
+        "ReportTerminalStatus": UNARY,
     },
     "storedvalue.v1.BackOfficeService": {
         "UpdateParameters": UNARY,
@@ -46,6 +47,10 @@ EXPECTED_RPCS: dict[str, dict[str, tuple[bool, bool]]] = {
         "RotateTerminalCredential": UNARY,
         "ListTerminals": UNARY,
         "GetTerminalSyncStatus": UNARY,
+        "GetStoreParameters": UNARY,
+        "ListParameterChanges": UNARY,
+        "RevokeTerminal": UNARY,
+        "SetTerminalStore": UNARY,
     },
 }
 

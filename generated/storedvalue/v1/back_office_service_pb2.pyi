@@ -13,6 +13,7 @@ from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from storedvalue.v1 import common_pb2 as _common_pb2
 from storedvalue.v1 import offline_pb2 as _offline_pb2
 from storedvalue.v1 import parameters_pb2 as _parameters_pb2
+from storedvalue.v1 import terminal_status_pb2 as _terminal_status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -52,6 +53,11 @@ class _OfflineExceptionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """A reversal HQ could not carry out exactly as a plain undo (reason
     REMAINDER_MEMO_IN_USE or REVERSAL_MISMATCH); what HQ did is in the message.
     """
+    OFFLINE_EXCEPTION_KIND_OFFLINE_LIMIT_EXCEEDED: _OfflineExceptionKind.ValueType  # 7
+    """A line completed offline past an offline risk limit of the parameters version its
+    terminal applied (reason OFFLINE_LINE_LIMIT_EXCEEDED, OFFLINE_UNSYNCED_LIMIT_EXCEEDED or
+    OFFLINE_DURATION_EXCEEDED; the message says by how much); it was applied.
+    """
 
 class OfflineExceptionKind(_OfflineExceptionKind, metaclass=_OfflineExceptionKindEnumTypeWrapper):
     """Kind of offline exception."""
@@ -77,6 +83,11 @@ OFFLINE_EXCEPTION_KIND_CONFLICT: OfflineExceptionKind.ValueType  # 5
 OFFLINE_EXCEPTION_KIND_REVERSAL: OfflineExceptionKind.ValueType  # 6
 """A reversal HQ could not carry out exactly as a plain undo (reason
 REMAINDER_MEMO_IN_USE or REVERSAL_MISMATCH); what HQ did is in the message.
+"""
+OFFLINE_EXCEPTION_KIND_OFFLINE_LIMIT_EXCEEDED: OfflineExceptionKind.ValueType  # 7
+"""A line completed offline past an offline risk limit of the parameters version its
+terminal applied (reason OFFLINE_LINE_LIMIT_EXCEEDED, OFFLINE_UNSYNCED_LIMIT_EXCEEDED or
+OFFLINE_DURATION_EXCEEDED; the message says by how much); it was applied.
 """
 Global___OfflineExceptionKind: _TypeAlias = OfflineExceptionKind  # noqa: Y015
 
@@ -141,19 +152,48 @@ class UpdateParametersRequest(_message.Message):
     GIFT_CARD_OFFLINE_COMPLETION_ALLOWED_FIELD_NUMBER: _builtins.int
     CREDIT_MEMO_OFFLINE_COMPLETION_ALLOWED_FIELD_NUMBER: _builtins.int
     LOCK_LEASE_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    GIFT_CARD_OFFLINE_LIMITS_FIELD_NUMBER: _builtins.int
+    CREDIT_MEMO_OFFLINE_LIMITS_FIELD_NUMBER: _builtins.int
+    CLEAR_FIELDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-generated id for retries. Required."""
     expected_version: _builtins.int
-    """The version the change is based on; if the current version differs the call fails with
+    """The version the change is based on; if the current version of the scope (the global
+    parameters, or the store's parameters for a store change) differs the call fails with
     PARAMETERS_VERSION_CONFLICT. 0 skips the check.
     """
     gift_card_offline_completion_allowed: _builtins.bool
     """New value of Parameters.gift_card_offline_completion_allowed, if set."""
     credit_memo_offline_completion_allowed: _builtins.bool
     """New value of Parameters.credit_memo_offline_completion_allowed, if set."""
+    store_id: _builtins.str
+    """The scope of the change: a store id edits that store's override (1-64 letters, digits,
+    '-', '_' or '.'); empty edits the global parameters.
+    """
     @_builtins.property
     def lock_lease(self) -> _duration_pb2.Duration:
         """New lock lease, if set; between 1 minute and 7 days."""
+
+    @_builtins.property
+    def gift_card_offline_limits(self) -> _parameters_pb2.OfflineRiskLimits:
+        """New gift card offline limits: each limit set here replaces the current one; the others
+        keep their value. Amounts strictly positive; durations between 1 minute and 31 days.
+        """
+
+    @_builtins.property
+    def credit_memo_offline_limits(self) -> _parameters_pb2.OfflineRiskLimits:
+        """New credit memo offline limits, as for gift cards."""
+
+    @_builtins.property
+    def clear_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Values to clear, by field name: "gift_card_offline_limits.max_line_amount" (and the
+        other limits of both kinds) clear a limit; a store's override may also clear
+        "gift_card_offline_completion_allowed", "credit_memo_offline_completion_allowed",
+        "lock_lease", or "*" for the whole override. Cleared in the global parameters, a limit
+        becomes unlimited; cleared in a store's override, a value becomes the global one again.
+        A field may not be both set and cleared.
+        """
 
     def __init__(
         self,
@@ -163,10 +203,14 @@ class UpdateParametersRequest(_message.Message):
         gift_card_offline_completion_allowed: _builtins.bool | None = ...,
         credit_memo_offline_completion_allowed: _builtins.bool | None = ...,
         lock_lease: _duration_pb2.Duration | None = ...,
+        store_id: _builtins.str = ...,
+        gift_card_offline_limits: _parameters_pb2.OfflineRiskLimits | None = ...,
+        credit_memo_offline_limits: _parameters_pb2.OfflineRiskLimits | None = ...,
+        clear_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_credit_memo_offline_completion_allowed", b"_credit_memo_offline_completion_allowed", "_gift_card_offline_completion_allowed", b"_gift_card_offline_completion_allowed", "credit_memo_offline_completion_allowed", b"credit_memo_offline_completion_allowed", "gift_card_offline_completion_allowed", b"gift_card_offline_completion_allowed", "lock_lease", b"lock_lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_credit_memo_offline_completion_allowed", b"_credit_memo_offline_completion_allowed", "_gift_card_offline_completion_allowed", b"_gift_card_offline_completion_allowed", "credit_memo_offline_completion_allowed", b"credit_memo_offline_completion_allowed", "credit_memo_offline_limits", b"credit_memo_offline_limits", "gift_card_offline_completion_allowed", b"gift_card_offline_completion_allowed", "gift_card_offline_limits", b"gift_card_offline_limits", "lock_lease", b"lock_lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_credit_memo_offline_completion_allowed", b"_credit_memo_offline_completion_allowed", "_gift_card_offline_completion_allowed", b"_gift_card_offline_completion_allowed", "credit_memo_offline_completion_allowed", b"credit_memo_offline_completion_allowed", "expected_version", b"expected_version", "gift_card_offline_completion_allowed", b"gift_card_offline_completion_allowed", "lock_lease", b"lock_lease", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_credit_memo_offline_completion_allowed", b"_credit_memo_offline_completion_allowed", "_gift_card_offline_completion_allowed", b"_gift_card_offline_completion_allowed", "clear_fields", b"clear_fields", "credit_memo_offline_completion_allowed", b"credit_memo_offline_completion_allowed", "credit_memo_offline_limits", b"credit_memo_offline_limits", "expected_version", b"expected_version", "gift_card_offline_completion_allowed", b"gift_card_offline_completion_allowed", "gift_card_offline_limits", b"gift_card_offline_limits", "lock_lease", b"lock_lease", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__credit_memo_offline_completion_allowed: _TypeAlias = _typing.Literal["credit_memo_offline_completion_allowed"]  # noqa: Y015
     _WhichOneofArgType__credit_memo_offline_completion_allowed: _TypeAlias = _typing.Literal["_credit_memo_offline_completion_allowed", b"_credit_memo_offline_completion_allowed"]  # noqa: Y015
@@ -186,22 +230,140 @@ class UpdateParametersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def parameters(self) -> _parameters_pb2.Parameters:
-        """The new current version."""
+        """The new parameters of the scope: the global parameters, or those the store's terminals
+        get now.
+        """
+
+    @_builtins.property
+    def change(self) -> _parameters_pb2.ParametersChange:
+        """The change as recorded."""
 
     def __init__(
         self,
         *,
         parameters: _parameters_pb2.Parameters | None = ...,
+        change: _parameters_pb2.ParametersChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "parameters", b"parameters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateParametersResponse: _TypeAlias = UpdateParametersResponse  # noqa: Y015
+
+@_typing.final
+class GetStoreParametersRequest(_message.Message):
+    """Request of GetStoreParameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.str
+    """The store. Required."""
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStoreParametersRequest: _TypeAlias = GetStoreParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetStoreParametersResponse(_message.Message):
+    """Response of GetStoreParameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    STORE_OVERRIDE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _parameters_pb2.Parameters:
+        """What the store's terminals get: the global parameters with the override on top."""
+
+    @_builtins.property
+    def store_override(self) -> _parameters_pb2.ParameterValues:
+        """The values the store overrides; none set when it has no override."""
+
+    def __init__(
+        self,
+        *,
+        parameters: _parameters_pb2.Parameters | None = ...,
+        store_override: _parameters_pb2.ParameterValues | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "store_override", b"store_override"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "store_override", b"store_override"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStoreParametersResponse: _TypeAlias = GetStoreParametersResponse  # noqa: Y015
+
+@_typing.final
+class ListParameterChangesRequest(_message.Message):
+    """Request of ListParameterChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.str
+    """Only the changes of this store's override, if set."""
+    page_size: _builtins.int
+    """Most changes to return."""
+    page_token: _builtins.str
+    """Token from a previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListParameterChangesRequest: _TypeAlias = ListParameterChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListParameterChangesResponse(_message.Message):
+    """Response of ListParameterChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_parameters_pb2.ParametersChange]:
+        """The changes, newest first."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[_parameters_pb2.ParametersChange] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListParameterChangesResponse: _TypeAlias = ListParameterChangesResponse  # noqa: Y015
 
 @_typing.final
 class ListParameterVersionsRequest(_message.Message):
@@ -738,10 +900,23 @@ class Terminal(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     CREDENTIAL_ISSUED_AT_FIELD_NUMBER: _builtins.int
     SYNC_STATUS_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    LINK_FIELD_NUMBER: _builtins.int
+    LAST_REPORT_FIELD_NUMBER: _builtins.int
+    LAST_REPORT_RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_BY_FIELD_NUMBER: _builtins.int
+    REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     terminal_id: _builtins.str
     """The terminal's id, e.g. "store-042-till-3"."""
     display_name: _builtins.str
     """Name shown to staff."""
+    store_id: _builtins.str
+    """The store it belongs to; empty for none (it gets the global parameters)."""
+    revoked_by: _builtins.str
+    """Who revoked it."""
+    revocation_reason: _builtins.str
+    """Why it was revoked."""
     @_builtins.property
     def registered_at(self) -> _timestamp_pb2.Timestamp:
         """When it was registered."""
@@ -754,6 +929,25 @@ class Terminal(_message.Message):
     def sync_status(self) -> _offline_pb2.TerminalSyncStatus:
         """Its offline sync status."""
 
+    @_builtins.property
+    def link(self) -> Global___TerminalLink:
+        """Its link as HQ sees it now, from its reports: ONLINE since the terminal last reached HQ
+        when its latest report is recent (within its next_report_within), else OFFLINE since HQ
+        last heard from it; unspecified before its first report.
+        """
+
+    @_builtins.property
+    def last_report(self) -> _terminal_status_pb2.TerminalStatusReport:
+        """The last status report it sent; unset before the first."""
+
+    @_builtins.property
+    def last_report_received_at(self) -> _timestamp_pb2.Timestamp:
+        """When HQ received that report (HQ clock)."""
+
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp:
+        """When its credential was revoked; unset while it is valid."""
+
     def __init__(
         self,
         *,
@@ -762,14 +956,51 @@ class Terminal(_message.Message):
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         credential_issued_at: _timestamp_pb2.Timestamp | None = ...,
         sync_status: _offline_pb2.TerminalSyncStatus | None = ...,
+        store_id: _builtins.str = ...,
+        link: Global___TerminalLink | None = ...,
+        last_report: _terminal_status_pb2.TerminalStatusReport | None = ...,
+        last_report_received_at: _timestamp_pb2.Timestamp | None = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        revoked_by: _builtins.str = ...,
+        revocation_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["credential_issued_at", b"credential_issued_at", "registered_at", b"registered_at", "sync_status", b"sync_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential_issued_at", b"credential_issued_at", "last_report", b"last_report", "last_report_received_at", b"last_report_received_at", "link", b"link", "registered_at", b"registered_at", "revoked_at", b"revoked_at", "sync_status", b"sync_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_issued_at", b"credential_issued_at", "display_name", b"display_name", "registered_at", b"registered_at", "sync_status", b"sync_status", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_issued_at", b"credential_issued_at", "display_name", b"display_name", "last_report", b"last_report", "last_report_received_at", b"last_report_received_at", "link", b"link", "registered_at", b"registered_at", "revocation_reason", b"revocation_reason", "revoked_at", b"revoked_at", "revoked_by", b"revoked_by", "store_id", b"store_id", "sync_status", b"sync_status", "terminal_id", b"terminal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Terminal: _TypeAlias = Terminal  # noqa: Y015
+
+@_typing.final
+class TerminalLink(_message.Message):
+    """A terminal's link as HQ judges it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    state: _terminal_status_pb2.LinkState.ValueType
+    """ONLINE or OFFLINE; unspecified when the terminal never reported."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Since when: for ONLINE, when the terminal last switched online (its clock); for OFFLINE,
+        when it went offline by its own report, or else when HQ last heard from it (HQ clock).
+        """
+
+    def __init__(
+        self,
+        *,
+        state: _terminal_status_pb2.LinkState.ValueType = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminalLink: _TypeAlias = TerminalLink  # noqa: Y015
 
 @_typing.final
 class TerminalCredential(_message.Message):
@@ -802,6 +1033,7 @@ class RegisterTerminalRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TERMINAL_ID_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-generated id for retries. Required."""
     terminal_id: _builtins.str
@@ -810,16 +1042,21 @@ class RegisterTerminalRequest(_message.Message):
     """Name shown to staff. Optional; at most 200 characters, no control characters other
     than line breaks and tabs.
     """
+    store_id: _builtins.str
+    """The store the terminal belongs to (1-64 letters, digits, '-', '_' or '.'); empty for
+    none. Its terminals get the store's parameters.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         terminal_id: _builtins.str = ...,
         display_name: _builtins.str = ...,
+        store_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "request_id", b"request_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "request_id", b"request_id", "store_id", b"store_id", "terminal_id", b"terminal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1012,3 +1249,119 @@ class GetTerminalSyncStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTerminalSyncStatusResponse: _TypeAlias = GetTerminalSyncStatusResponse  # noqa: Y015
+
+@_typing.final
+class RevokeTerminalRequest(_message.Message):
+    """Request of RevokeTerminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TERMINAL_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-generated id for retries. Required."""
+    terminal_id: _builtins.str
+    """The terminal. Required."""
+    reason: _builtins.str
+    """Why (e.g. "till stolen"); kept on the terminal and in the journal of every card whose
+    lock is released. Required.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        terminal_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeTerminalRequest: _TypeAlias = RevokeTerminalRequest  # noqa: Y015
+
+@_typing.final
+class RevokeTerminalResponse(_message.Message):
+    """Response of RevokeTerminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMINAL_FIELD_NUMBER: _builtins.int
+    RELEASED_LOCKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def terminal(self) -> Global___Terminal:
+        """The terminal, revoked, with what it last reported as unsynced."""
+
+    @_builtins.property
+    def released_locks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Lock]:
+        """The locks it held, now released."""
+
+    def __init__(
+        self,
+        *,
+        terminal: Global___Terminal | None = ...,
+        released_locks: _abc.Iterable[_common_pb2.Lock] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["terminal", b"terminal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released_locks", b"released_locks", "terminal", b"terminal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeTerminalResponse: _TypeAlias = RevokeTerminalResponse  # noqa: Y015
+
+@_typing.final
+class SetTerminalStoreRequest(_message.Message):
+    """Request of SetTerminalStore."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TERMINAL_ID_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-generated id for retries. Required."""
+    terminal_id: _builtins.str
+    """The terminal. Required."""
+    store_id: _builtins.str
+    """Its new store (1-64 letters, digits, '-', '_' or '.'); empty for none."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        terminal_id: _builtins.str = ...,
+        store_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "store_id", b"store_id", "terminal_id", b"terminal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTerminalStoreRequest: _TypeAlias = SetTerminalStoreRequest  # noqa: Y015
+
+@_typing.final
+class SetTerminalStoreResponse(_message.Message):
+    """Response of SetTerminalStore."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMINAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def terminal(self) -> Global___Terminal:
+        """The terminal, in its new store."""
+
+    def __init__(
+        self,
+        *,
+        terminal: Global___Terminal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["terminal", b"terminal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["terminal", b"terminal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTerminalStoreResponse: _TypeAlias = SetTerminalStoreResponse  # noqa: Y015

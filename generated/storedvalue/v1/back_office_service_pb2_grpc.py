@@ -48,6 +48,16 @@ class BackOfficeServiceStub:
                 request_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterVersionsRequest.SerializeToString,
                 response_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterVersionsResponse.FromString,
                 _registered_method=True)
+        self.GetStoreParameters = channel.unary_unary(
+                '/storedvalue.v1.BackOfficeService/GetStoreParameters',
+                request_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.GetStoreParametersRequest.SerializeToString,
+                response_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.GetStoreParametersResponse.FromString,
+                _registered_method=True)
+        self.ListParameterChanges = channel.unary_unary(
+                '/storedvalue.v1.BackOfficeService/ListParameterChanges',
+                request_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterChangesRequest.SerializeToString,
+                response_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterChangesResponse.FromString,
+                _registered_method=True)
         self.ListLocks = channel.unary_unary(
                 '/storedvalue.v1.BackOfficeService/ListLocks',
                 request_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.ListLocksRequest.SerializeToString,
@@ -93,6 +103,16 @@ class BackOfficeServiceStub:
                 request_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.GetTerminalSyncStatusRequest.SerializeToString,
                 response_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.GetTerminalSyncStatusResponse.FromString,
                 _registered_method=True)
+        self.RevokeTerminal = channel.unary_unary(
+                '/storedvalue.v1.BackOfficeService/RevokeTerminal',
+                request_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.RevokeTerminalRequest.SerializeToString,
+                response_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.RevokeTerminalResponse.FromString,
+                _registered_method=True)
+        self.SetTerminalStore = channel.unary_unary(
+                '/storedvalue.v1.BackOfficeService/SetTerminalStore',
+                request_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.SetTerminalStoreRequest.SerializeToString,
+                response_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.SetTerminalStoreResponse.FromString,
+                _registered_method=True)
 
 
 class BackOfficeServiceServicer:
@@ -103,14 +123,31 @@ class BackOfficeServiceServicer:
     """
 
     def UpdateParameters(self, request, context):
-        """Changes the parameters, creating a new version that reaches connected terminals at once.
+        """Changes the global parameters or one store's override, creating a new version that
+        reaches the connected terminals it affects within a second. The change is recorded
+        (ListParameterChanges).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListParameterVersions(self, request, context):
-        """Lists parameter versions, newest first.
+        """Lists versions of the global parameters, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStoreParameters(self, request, context):
+        """Reads the parameters the terminals of one store get, and the store's override.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListParameterChanges(self, request, context):
+        """Lists parameter changes (global and per store), newest first: who, when, which scope,
+        the old and the new values.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,7 +205,8 @@ class BackOfficeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTerminals(self, request, context):
-        """Lists terminals with their offline sync status.
+        """Lists terminals with their store, their link (online or offline, since when), what they
+        last reported as unsynced, and their offline sync status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +214,23 @@ class BackOfficeServiceServicer:
 
     def GetTerminalSyncStatus(self, request, context):
         """Reads one terminal's offline sync status: last sequence synced and gaps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeTerminal(self, request, context):
+        """Revokes a terminal's credential (a stolen or retired till): from then on every call
+        with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas), its open
+        WatchParameters streams end, and every lock it holds is released with the reason in the
+        card's journal. The terminal stays listed with what it last reported as unsynced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTerminalStore(self, request, context):
+        """Moves a terminal to another store (or to none): it gets that store's parameters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +248,16 @@ def add_BackOfficeServiceServicer_to_server(servicer, server):
                     servicer.ListParameterVersions,
                     request_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterVersionsRequest.FromString,
                     response_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterVersionsResponse.SerializeToString,
+            ),
+            'GetStoreParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStoreParameters,
+                    request_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.GetStoreParametersRequest.FromString,
+                    response_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.GetStoreParametersResponse.SerializeToString,
+            ),
+            'ListParameterChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParameterChanges,
+                    request_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterChangesRequest.FromString,
+                    response_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterChangesResponse.SerializeToString,
             ),
             'ListLocks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLocks,
@@ -238,6 +303,16 @@ def add_BackOfficeServiceServicer_to_server(servicer, server):
                     servicer.GetTerminalSyncStatus,
                     request_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.GetTerminalSyncStatusRequest.FromString,
                     response_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.GetTerminalSyncStatusResponse.SerializeToString,
+            ),
+            'RevokeTerminal': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeTerminal,
+                    request_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.RevokeTerminalRequest.FromString,
+                    response_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.RevokeTerminalResponse.SerializeToString,
+            ),
+            'SetTerminalStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTerminalStore,
+                    request_deserializer=storedvalue_dot_v1_dot_back__office__service__pb2.SetTerminalStoreRequest.FromString,
+                    response_serializer=storedvalue_dot_v1_dot_back__office__service__pb2.SetTerminalStoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -298,6 +373,60 @@ class BackOfficeService:
             '/storedvalue.v1.BackOfficeService/ListParameterVersions',
             storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterVersionsRequest.SerializeToString,
             storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStoreParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storedvalue.v1.BackOfficeService/GetStoreParameters',
+            storedvalue_dot_v1_dot_back__office__service__pb2.GetStoreParametersRequest.SerializeToString,
+            storedvalue_dot_v1_dot_back__office__service__pb2.GetStoreParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParameterChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storedvalue.v1.BackOfficeService/ListParameterChanges',
+            storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterChangesRequest.SerializeToString,
+            storedvalue_dot_v1_dot_back__office__service__pb2.ListParameterChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -541,6 +670,60 @@ class BackOfficeService:
             '/storedvalue.v1.BackOfficeService/GetTerminalSyncStatus',
             storedvalue_dot_v1_dot_back__office__service__pb2.GetTerminalSyncStatusRequest.SerializeToString,
             storedvalue_dot_v1_dot_back__office__service__pb2.GetTerminalSyncStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeTerminal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storedvalue.v1.BackOfficeService/RevokeTerminal',
+            storedvalue_dot_v1_dot_back__office__service__pb2.RevokeTerminalRequest.SerializeToString,
+            storedvalue_dot_v1_dot_back__office__service__pb2.RevokeTerminalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTerminalStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storedvalue.v1.BackOfficeService/SetTerminalStore',
+            storedvalue_dot_v1_dot_back__office__service__pb2.SetTerminalStoreRequest.SerializeToString,
+            storedvalue_dot_v1_dot_back__office__service__pb2.SetTerminalStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

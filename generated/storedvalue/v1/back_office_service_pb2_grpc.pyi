@@ -38,9 +38,18 @@ class BackOfficeServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BackOfficeServiceAsyncStub: ...
     UpdateParameters: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.UpdateParametersRequest, _back_office_service_pb2.UpdateParametersResponse]
-    """Changes the parameters, creating a new version that reaches connected terminals at once."""
+    """Changes the global parameters or one store's override, creating a new version that
+    reaches the connected terminals it affects within a second. The change is recorded
+    (ListParameterChanges).
+    """
     ListParameterVersions: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.ListParameterVersionsRequest, _back_office_service_pb2.ListParameterVersionsResponse]
-    """Lists parameter versions, newest first."""
+    """Lists versions of the global parameters, newest first."""
+    GetStoreParameters: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.GetStoreParametersRequest, _back_office_service_pb2.GetStoreParametersResponse]
+    """Reads the parameters the terminals of one store get, and the store's override."""
+    ListParameterChanges: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.ListParameterChangesRequest, _back_office_service_pb2.ListParameterChangesResponse]
+    """Lists parameter changes (global and per store), newest first: who, when, which scope,
+    the old and the new values.
+    """
     ListLocks: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.ListLocksRequest, _back_office_service_pb2.ListLocksResponse]
     """Lists live locks."""
     ForceUnlockCard: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.ForceUnlockCardRequest, _back_office_service_pb2.ForceUnlockCardResponse]
@@ -60,9 +69,19 @@ class BackOfficeServiceStub:
     RotateTerminalCredential: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.RotateTerminalCredentialRequest, _back_office_service_pb2.RotateTerminalCredentialResponse]
     """Replaces a terminal's credential; the old one stops working at once."""
     ListTerminals: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.ListTerminalsRequest, _back_office_service_pb2.ListTerminalsResponse]
-    """Lists terminals with their offline sync status."""
+    """Lists terminals with their store, their link (online or offline, since when), what they
+    last reported as unsynced, and their offline sync status.
+    """
     GetTerminalSyncStatus: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.GetTerminalSyncStatusRequest, _back_office_service_pb2.GetTerminalSyncStatusResponse]
     """Reads one terminal's offline sync status: last sequence synced and gaps."""
+    RevokeTerminal: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.RevokeTerminalRequest, _back_office_service_pb2.RevokeTerminalResponse]
+    """Revokes a terminal's credential (a stolen or retired till): from then on every call
+    with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas), its open
+    WatchParameters streams end, and every lock it holds is released with the reason in the
+    card's journal. The terminal stays listed with what it last reported as unsynced.
+    """
+    SetTerminalStore: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.SetTerminalStoreRequest, _back_office_service_pb2.SetTerminalStoreResponse]
+    """Moves a terminal to another store (or to none): it gets that store's parameters."""
 
 @_typing.type_check_only
 class BackOfficeServiceAsyncStub(BackOfficeServiceStub):
@@ -74,9 +93,18 @@ class BackOfficeServiceAsyncStub(BackOfficeServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     UpdateParameters: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.UpdateParametersRequest, _back_office_service_pb2.UpdateParametersResponse]  # type: ignore[assignment]
-    """Changes the parameters, creating a new version that reaches connected terminals at once."""
+    """Changes the global parameters or one store's override, creating a new version that
+    reaches the connected terminals it affects within a second. The change is recorded
+    (ListParameterChanges).
+    """
     ListParameterVersions: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.ListParameterVersionsRequest, _back_office_service_pb2.ListParameterVersionsResponse]  # type: ignore[assignment]
-    """Lists parameter versions, newest first."""
+    """Lists versions of the global parameters, newest first."""
+    GetStoreParameters: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.GetStoreParametersRequest, _back_office_service_pb2.GetStoreParametersResponse]  # type: ignore[assignment]
+    """Reads the parameters the terminals of one store get, and the store's override."""
+    ListParameterChanges: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.ListParameterChangesRequest, _back_office_service_pb2.ListParameterChangesResponse]  # type: ignore[assignment]
+    """Lists parameter changes (global and per store), newest first: who, when, which scope,
+    the old and the new values.
+    """
     ListLocks: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.ListLocksRequest, _back_office_service_pb2.ListLocksResponse]  # type: ignore[assignment]
     """Lists live locks."""
     ForceUnlockCard: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.ForceUnlockCardRequest, _back_office_service_pb2.ForceUnlockCardResponse]  # type: ignore[assignment]
@@ -96,9 +124,19 @@ class BackOfficeServiceAsyncStub(BackOfficeServiceStub):
     RotateTerminalCredential: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.RotateTerminalCredentialRequest, _back_office_service_pb2.RotateTerminalCredentialResponse]  # type: ignore[assignment]
     """Replaces a terminal's credential; the old one stops working at once."""
     ListTerminals: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.ListTerminalsRequest, _back_office_service_pb2.ListTerminalsResponse]  # type: ignore[assignment]
-    """Lists terminals with their offline sync status."""
+    """Lists terminals with their store, their link (online or offline, since when), what they
+    last reported as unsynced, and their offline sync status.
+    """
     GetTerminalSyncStatus: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.GetTerminalSyncStatusRequest, _back_office_service_pb2.GetTerminalSyncStatusResponse]  # type: ignore[assignment]
     """Reads one terminal's offline sync status: last sequence synced and gaps."""
+    RevokeTerminal: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.RevokeTerminalRequest, _back_office_service_pb2.RevokeTerminalResponse]  # type: ignore[assignment]
+    """Revokes a terminal's credential (a stolen or retired till): from then on every call
+    with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas), its open
+    WatchParameters streams end, and every lock it holds is released with the reason in the
+    card's journal. The terminal stays listed with what it last reported as unsynced.
+    """
+    SetTerminalStore: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.SetTerminalStoreRequest, _back_office_service_pb2.SetTerminalStoreResponse]  # type: ignore[assignment]
+    """Moves a terminal to another store (or to none): it gets that store's parameters."""
 
 class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Back-office operations. Every call needs an admin bearer credential; a terminal credential
@@ -113,7 +151,10 @@ class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _back_office_service_pb2.UpdateParametersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_back_office_service_pb2.UpdateParametersResponse, _abc.Awaitable[_back_office_service_pb2.UpdateParametersResponse]]:
-        """Changes the parameters, creating a new version that reaches connected terminals at once."""
+        """Changes the global parameters or one store's override, creating a new version that
+        reaches the connected terminals it affects within a second. The change is recorded
+        (ListParameterChanges).
+        """
 
     @_abc_1.abstractmethod
     def ListParameterVersions(
@@ -121,7 +162,25 @@ class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _back_office_service_pb2.ListParameterVersionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_back_office_service_pb2.ListParameterVersionsResponse, _abc.Awaitable[_back_office_service_pb2.ListParameterVersionsResponse]]:
-        """Lists parameter versions, newest first."""
+        """Lists versions of the global parameters, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetStoreParameters(
+        self,
+        request: _back_office_service_pb2.GetStoreParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_back_office_service_pb2.GetStoreParametersResponse, _abc.Awaitable[_back_office_service_pb2.GetStoreParametersResponse]]:
+        """Reads the parameters the terminals of one store get, and the store's override."""
+
+    @_abc_1.abstractmethod
+    def ListParameterChanges(
+        self,
+        request: _back_office_service_pb2.ListParameterChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_back_office_service_pb2.ListParameterChangesResponse, _abc.Awaitable[_back_office_service_pb2.ListParameterChangesResponse]]:
+        """Lists parameter changes (global and per store), newest first: who, when, which scope,
+        the old and the new values.
+        """
 
     @_abc_1.abstractmethod
     def ListLocks(
@@ -189,7 +248,9 @@ class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _back_office_service_pb2.ListTerminalsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_back_office_service_pb2.ListTerminalsResponse, _abc.Awaitable[_back_office_service_pb2.ListTerminalsResponse]]:
-        """Lists terminals with their offline sync status."""
+        """Lists terminals with their store, their link (online or offline, since when), what they
+        last reported as unsynced, and their offline sync status.
+        """
 
     @_abc_1.abstractmethod
     def GetTerminalSyncStatus(
@@ -198,5 +259,25 @@ class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_back_office_service_pb2.GetTerminalSyncStatusResponse, _abc.Awaitable[_back_office_service_pb2.GetTerminalSyncStatusResponse]]:
         """Reads one terminal's offline sync status: last sequence synced and gaps."""
+
+    @_abc_1.abstractmethod
+    def RevokeTerminal(
+        self,
+        request: _back_office_service_pb2.RevokeTerminalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_back_office_service_pb2.RevokeTerminalResponse, _abc.Awaitable[_back_office_service_pb2.RevokeTerminalResponse]]:
+        """Revokes a terminal's credential (a stolen or retired till): from then on every call
+        with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas), its open
+        WatchParameters streams end, and every lock it holds is released with the reason in the
+        card's journal. The terminal stays listed with what it last reported as unsynced.
+        """
+
+    @_abc_1.abstractmethod
+    def SetTerminalStore(
+        self,
+        request: _back_office_service_pb2.SetTerminalStoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_back_office_service_pb2.SetTerminalStoreResponse, _abc.Awaitable[_back_office_service_pb2.SetTerminalStoreResponse]]:
+        """Moves a terminal to another store (or to none): it gets that store's parameters."""
 
 def add_BackOfficeServiceServicer_to_server(servicer: BackOfficeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -117,12 +117,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     is refused, even one resending the request_id of an earlier debit that was then
     credited back. metadata: transaction_id, line_id, reversal (REVERSED or NEVER_APPLIED).
     """
+    ERROR_REASON_TERMINAL_REVOKED: _ErrorReason.ValueType  # 38
+    """[FAILED_PRECONDITION] The terminal's credential was revoked (RevokeTerminal): it cannot
+    be rotated or moved to another store. The revoked terminal itself gets UNAUTHENTICATED.
+    metadata: terminal_id.
+    """
     ERROR_REASON_PARAMETERS_VERSION_CONFLICT: _ErrorReason.ValueType  # 40
     """[ABORTED] The parameters changed since the version the caller read.
     metadata: expected_version, current_version.
     """
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 50
-    """[UNAUTHENTICATED] No credential, or an unknown or revoked one."""
+    """[UNAUTHENTICATED] No credential, or an unknown, replaced or revoked one. A revoked
+    terminal gets it from the moment of the revocation (within 2 s on other HQ replicas),
+    open WatchParameters streams included.
+    """
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 51
     """[PERMISSION_DENIED] The credential is valid but may not call this RPC (a terminal
     calling a back-office RPC).
@@ -177,6 +185,23 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_REVERSAL_MISMATCH: _ErrorReason.ValueType  # 65
     """A reversal named another card or amount than what HQ debited for that line: HQ reversed
     what it debited and recorded an exception.
+    """
+    ERROR_REASON_OFFLINE_LINE_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 66
+    """An offline line took more than the max_line_amount of its tender kind in the parameters
+    version the terminal applied (or a line in another currency than that limit's); applied
+    anyway and recorded as an OFFLINE_LIMIT_EXCEEDED exception.
+    """
+    ERROR_REASON_OFFLINE_UNSYNCED_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 67
+    """The terminal held more unsynced offline lines of a tender kind than the
+    max_unsynced_amount of the parameters version it applied (OfflineTransaction
+    .unsynced_amounts, at least the transaction's own lines); applied anyway and recorded as
+    an OFFLINE_LIMIT_EXCEEDED exception.
+    """
+    ERROR_REASON_OFFLINE_DURATION_EXCEEDED: _ErrorReason.ValueType  # 68
+    """The terminal completed the sale offline longer after it last reached HQ than the
+    max_offline_duration of the parameters version it applied
+    (OfflineTransaction.last_reached_hq_at); applied anyway and recorded as an
+    OFFLINE_LIMIT_EXCEEDED exception.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -266,12 +291,20 @@ same transaction and line ids reached HQ first), so it is never debited: a Redee
 is refused, even one resending the request_id of an earlier debit that was then
 credited back. metadata: transaction_id, line_id, reversal (REVERSED or NEVER_APPLIED).
 """
+ERROR_REASON_TERMINAL_REVOKED: ErrorReason.ValueType  # 38
+"""[FAILED_PRECONDITION] The terminal's credential was revoked (RevokeTerminal): it cannot
+be rotated or moved to another store. The revoked terminal itself gets UNAUTHENTICATED.
+metadata: terminal_id.
+"""
 ERROR_REASON_PARAMETERS_VERSION_CONFLICT: ErrorReason.ValueType  # 40
 """[ABORTED] The parameters changed since the version the caller read.
 metadata: expected_version, current_version.
 """
 ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 50
-"""[UNAUTHENTICATED] No credential, or an unknown or revoked one."""
+"""[UNAUTHENTICATED] No credential, or an unknown, replaced or revoked one. A revoked
+terminal gets it from the moment of the revocation (within 2 s on other HQ replicas),
+open WatchParameters streams included.
+"""
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 51
 """[PERMISSION_DENIED] The credential is valid but may not call this RPC (a terminal
 calling a back-office RPC).
@@ -326,5 +359,22 @@ value is split over the two memos).
 ERROR_REASON_REVERSAL_MISMATCH: ErrorReason.ValueType  # 65
 """A reversal named another card or amount than what HQ debited for that line: HQ reversed
 what it debited and recorded an exception.
+"""
+ERROR_REASON_OFFLINE_LINE_LIMIT_EXCEEDED: ErrorReason.ValueType  # 66
+"""An offline line took more than the max_line_amount of its tender kind in the parameters
+version the terminal applied (or a line in another currency than that limit's); applied
+anyway and recorded as an OFFLINE_LIMIT_EXCEEDED exception.
+"""
+ERROR_REASON_OFFLINE_UNSYNCED_LIMIT_EXCEEDED: ErrorReason.ValueType  # 67
+"""The terminal held more unsynced offline lines of a tender kind than the
+max_unsynced_amount of the parameters version it applied (OfflineTransaction
+.unsynced_amounts, at least the transaction's own lines); applied anyway and recorded as
+an OFFLINE_LIMIT_EXCEEDED exception.
+"""
+ERROR_REASON_OFFLINE_DURATION_EXCEEDED: ErrorReason.ValueType  # 68
+"""The terminal completed the sale offline longer after it last reached HQ than the
+max_offline_duration of the parameters version it applied
+(OfflineTransaction.last_reached_hq_at); applied anyway and recorded as an
+OFFLINE_LIMIT_EXCEEDED exception.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

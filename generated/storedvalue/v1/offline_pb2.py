@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from storedvalue.v1 import common_pb2 as storedvalue_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstoredvalue/v1/offline.proto\x12\x0estoredvalue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstoredvalue/v1/common.proto\"\xb0\x02\n\x12OfflineTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x03\x12\x30\n\x0c\x63ompleted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12parameters_version\x18\x04 \x01(\x03\x12\x37\n\x0credeem_lines\x18\x05 \x03(\x0b\x32!.storedvalue.v1.OfflineRedeemLine\x12.\n\x07unlocks\x18\x06 \x03(\x0b\x32\x1d.storedvalue.v1.OfflineUnlock\x12\x32\n\treversals\x18\x07 \x03(\x0b\x32\x1f.storedvalue.v1.OfflineReversal\"\xc5\x01\n\x11OfflineRedeemLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12+\n\tcard_kind\x18\x03 \x01(\x0e\x32\x18.storedvalue.v1.CardKind\x12%\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x15\n\rfencing_token\x18\x05 \x01(\x03\x12\x1f\n\x17online_redeem_attempted\x18\x06 \x01(\x08\"S\n\rOfflineUnlock\x12\x13\n\x0b\x63\x61rd_number\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\"u\n\x0fOfflineReversal\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\"\xe8\x02\n\x18OfflineTransactionResult\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x03\x12/\n\x07outcome\x18\x03 \x01(\x0e\x32\x1e.storedvalue.v1.OfflineOutcome\x12\x38\n\x10original_outcome\x18\x04 \x01(\x0e\x32\x1e.storedvalue.v1.OfflineOutcome\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x37\n\x0cline_results\x18\x07 \x03(\x0b\x32!.storedvalue.v1.OfflineLineResult\x12\x15\n\rexception_ids\x18\x08 \x03(\t\x12?\n\x10reversal_results\x18\t \x03(\x0b\x32%.storedvalue.v1.OfflineReversalResult\"\xe8\x01\n\x15OfflineReversalResult\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.storedvalue.v1.OfflineReversalOutcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12,\n\rbalance_after\x18\x04 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12!\n\x19voided_credit_memo_number\x18\x05 \x01(\t\x12$\n\x1cremainder_credit_memo_number\x18\x06 \x01(\t\"\xbd\x01\n\x11OfflineLineResult\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x33\n\x07outcome\x18\x02 \x01(\x0e\x32\".storedvalue.v1.OfflineLineOutcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12,\n\rbalance_after\x18\x04 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12$\n\x1cremainder_credit_memo_number\x18\x05 \x01(\t\":\n\x0bSequenceGap\x12\x15\n\rfirst_missing\x18\x01 \x01(\x03\x12\x14\n\x0clast_missing\x18\x02 \x01(\x03\"\xcc\x01\n\x12TerminalSyncStatus\x12\x13\n\x0bterminal_id\x18\x01 \x01(\t\x12#\n\x1bhighest_contiguous_sequence\x18\x02 \x01(\x03\x12\x1d\n\x15highest_sequence_seen\x18\x03 \x01(\x03\x12)\n\x04gaps\x18\x04 \x03(\x0b\x32\x1b.storedvalue.v1.SequenceGap\x12\x32\n\x0elast_synced_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xbd\x01\n\x0eOfflineOutcome\x12\x1f\n\x1bOFFLINE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17OFFLINE_OUTCOME_APPLIED\x10\x01\x12#\n\x1fOFFLINE_OUTCOME_ALREADY_APPLIED\x10\x02\x12*\n&OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION\x10\x03\x12\x1c\n\x18OFFLINE_OUTCOME_REJECTED\x10\x04*\xe2\x01\n\x12OfflineLineOutcome\x12$\n OFFLINE_LINE_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cOFFLINE_LINE_OUTCOME_APPLIED\x10\x01\x12\x30\n,OFFLINE_LINE_OUTCOME_ALREADY_REDEEMED_ONLINE\x10\x02\x12/\n+OFFLINE_LINE_OUTCOME_APPLIED_WITH_EXCEPTION\x10\x03\x12!\n\x1dOFFLINE_LINE_OUTCOME_REJECTED\x10\x04*\xbc\x01\n\x16OfflineReversalOutcome\x12(\n$OFFLINE_REVERSAL_OUTCOME_UNSPECIFIED\x10\x00\x12%\n!OFFLINE_REVERSAL_OUTCOME_REVERSED\x10\x01\x12*\n&OFFLINE_REVERSAL_OUTCOME_NEVER_APPLIED\x10\x02\x12%\n!OFFLINE_REVERSAL_OUTCOME_REJECTED\x10\x03\x42j\n\x12\x64\x65v.storedvalue.v1B\x0cOfflineProtoP\x01Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\xaa\x02\x0eStoredValue.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstoredvalue/v1/offline.proto\x12\x0estoredvalue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstoredvalue/v1/common.proto\"\xa2\x03\n\x12OfflineTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x03\x12\x30\n\x0c\x63ompleted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12parameters_version\x18\x04 \x01(\x03\x12\x37\n\x0credeem_lines\x18\x05 \x03(\x0b\x32!.storedvalue.v1.OfflineRedeemLine\x12.\n\x07unlocks\x18\x06 \x03(\x0b\x32\x1d.storedvalue.v1.OfflineUnlock\x12\x32\n\treversals\x18\x07 \x03(\x0b\x32\x1f.storedvalue.v1.OfflineReversal\x12\x36\n\x12last_reached_hq_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x10unsynced_amounts\x18\t \x03(\x0b\x32\x1e.storedvalue.v1.UnsyncedAmount\"x\n\x0eUnsyncedAmount\x12+\n\tcard_kind\x18\x01 \x01(\x0e\x32\x18.storedvalue.v1.CardKind\x12%\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x12\n\nline_count\x18\x03 \x01(\x03\"\xc5\x01\n\x11OfflineRedeemLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12+\n\tcard_kind\x18\x03 \x01(\x0e\x32\x18.storedvalue.v1.CardKind\x12%\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x15\n\rfencing_token\x18\x05 \x01(\x03\x12\x1f\n\x17online_redeem_attempted\x18\x06 \x01(\x08\"S\n\rOfflineUnlock\x12\x13\n\x0b\x63\x61rd_number\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\"u\n\x0fOfflineReversal\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\"\xe8\x02\n\x18OfflineTransactionResult\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x03\x12/\n\x07outcome\x18\x03 \x01(\x0e\x32\x1e.storedvalue.v1.OfflineOutcome\x12\x38\n\x10original_outcome\x18\x04 \x01(\x0e\x32\x1e.storedvalue.v1.OfflineOutcome\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x37\n\x0cline_results\x18\x07 \x03(\x0b\x32!.storedvalue.v1.OfflineLineResult\x12\x15\n\rexception_ids\x18\x08 \x03(\t\x12?\n\x10reversal_results\x18\t \x03(\x0b\x32%.storedvalue.v1.OfflineReversalResult\"\xe8\x01\n\x15OfflineReversalResult\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.storedvalue.v1.OfflineReversalOutcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12,\n\rbalance_after\x18\x04 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12!\n\x19voided_credit_memo_number\x18\x05 \x01(\t\x12$\n\x1cremainder_credit_memo_number\x18\x06 \x01(\t\"\xbd\x01\n\x11OfflineLineResult\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x33\n\x07outcome\x18\x02 \x01(\x0e\x32\".storedvalue.v1.OfflineLineOutcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12,\n\rbalance_after\x18\x04 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12$\n\x1cremainder_credit_memo_number\x18\x05 \x01(\t\":\n\x0bSequenceGap\x12\x15\n\rfirst_missing\x18\x01 \x01(\x03\x12\x14\n\x0clast_missing\x18\x02 \x01(\x03\"\xcc\x01\n\x12TerminalSyncStatus\x12\x13\n\x0bterminal_id\x18\x01 \x01(\t\x12#\n\x1bhighest_contiguous_sequence\x18\x02 \x01(\x03\x12\x1d\n\x15highest_sequence_seen\x18\x03 \x01(\x03\x12)\n\x04gaps\x18\x04 \x03(\x0b\x32\x1b.storedvalue.v1.SequenceGap\x12\x32\n\x0elast_synced_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xbd\x01\n\x0eOfflineOutcome\x12\x1f\n\x1bOFFLINE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17OFFLINE_OUTCOME_APPLIED\x10\x01\x12#\n\x1fOFFLINE_OUTCOME_ALREADY_APPLIED\x10\x02\x12*\n&OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION\x10\x03\x12\x1c\n\x18OFFLINE_OUTCOME_REJECTED\x10\x04*\xe2\x01\n\x12OfflineLineOutcome\x12$\n OFFLINE_LINE_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cOFFLINE_LINE_OUTCOME_APPLIED\x10\x01\x12\x30\n,OFFLINE_LINE_OUTCOME_ALREADY_REDEEMED_ONLINE\x10\x02\x12/\n+OFFLINE_LINE_OUTCOME_APPLIED_WITH_EXCEPTION\x10\x03\x12!\n\x1dOFFLINE_LINE_OUTCOME_REJECTED\x10\x04*\xbc\x01\n\x16OfflineReversalOutcome\x12(\n$OFFLINE_REVERSAL_OUTCOME_UNSPECIFIED\x10\x00\x12%\n!OFFLINE_REVERSAL_OUTCOME_REVERSED\x10\x01\x12*\n&OFFLINE_REVERSAL_OUTCOME_NEVER_APPLIED\x10\x02\x12%\n!OFFLINE_REVERSAL_OUTCOME_REJECTED\x10\x03\x42j\n\x12\x64\x65v.storedvalue.v1B\x0cOfflineProtoP\x01Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\xaa\x02\x0eStoredValue.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,30 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'storedvalue.v1.offline_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.storedvalue.v1B\014OfflineProtoP\001Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\252\002\016StoredValue.V1'
-  _globals['_OFFLINEOUTCOME']._serialized_start=1879
-  _globals['_OFFLINEOUTCOME']._serialized_end=2068
-  _globals['_OFFLINELINEOUTCOME']._serialized_start=2071
-  _globals['_OFFLINELINEOUTCOME']._serialized_end=2297
-  _globals['_OFFLINEREVERSALOUTCOME']._serialized_start=2300
-  _globals['_OFFLINEREVERSALOUTCOME']._serialized_end=2488
+  _globals['_OFFLINEOUTCOME']._serialized_start=2115
+  _globals['_OFFLINEOUTCOME']._serialized_end=2304
+  _globals['_OFFLINELINEOUTCOME']._serialized_start=2307
+  _globals['_OFFLINELINEOUTCOME']._serialized_end=2533
+  _globals['_OFFLINEREVERSALOUTCOME']._serialized_start=2536
+  _globals['_OFFLINEREVERSALOUTCOME']._serialized_end=2724
   _globals['_OFFLINETRANSACTION']._serialized_start=111
-  _globals['_OFFLINETRANSACTION']._serialized_end=415
-  _globals['_OFFLINEREDEEMLINE']._serialized_start=418
-  _globals['_OFFLINEREDEEMLINE']._serialized_end=615
-  _globals['_OFFLINEUNLOCK']._serialized_start=617
-  _globals['_OFFLINEUNLOCK']._serialized_end=700
-  _globals['_OFFLINEREVERSAL']._serialized_start=702
-  _globals['_OFFLINEREVERSAL']._serialized_end=819
-  _globals['_OFFLINETRANSACTIONRESULT']._serialized_start=822
-  _globals['_OFFLINETRANSACTIONRESULT']._serialized_end=1182
-  _globals['_OFFLINEREVERSALRESULT']._serialized_start=1185
-  _globals['_OFFLINEREVERSALRESULT']._serialized_end=1417
-  _globals['_OFFLINELINERESULT']._serialized_start=1420
-  _globals['_OFFLINELINERESULT']._serialized_end=1609
-  _globals['_SEQUENCEGAP']._serialized_start=1611
-  _globals['_SEQUENCEGAP']._serialized_end=1669
-  _globals['_TERMINALSYNCSTATUS']._serialized_start=1672
-  _globals['_TERMINALSYNCSTATUS']._serialized_end=1876
+  _globals['_OFFLINETRANSACTION']._serialized_end=529
+  _globals['_UNSYNCEDAMOUNT']._serialized_start=531
+  _globals['_UNSYNCEDAMOUNT']._serialized_end=651
+  _globals['_OFFLINEREDEEMLINE']._serialized_start=654
+  _globals['_OFFLINEREDEEMLINE']._serialized_end=851
+  _globals['_OFFLINEUNLOCK']._serialized_start=853
+  _globals['_OFFLINEUNLOCK']._serialized_end=936
+  _globals['_OFFLINEREVERSAL']._serialized_start=938
+  _globals['_OFFLINEREVERSAL']._serialized_end=1055
+  _globals['_OFFLINETRANSACTIONRESULT']._serialized_start=1058
+  _globals['_OFFLINETRANSACTIONRESULT']._serialized_end=1418
+  _globals['_OFFLINEREVERSALRESULT']._serialized_start=1421
+  _globals['_OFFLINEREVERSALRESULT']._serialized_end=1653
+  _globals['_OFFLINELINERESULT']._serialized_start=1656
+  _globals['_OFFLINELINERESULT']._serialized_end=1845
+  _globals['_SEQUENCEGAP']._serialized_start=1847
+  _globals['_SEQUENCEGAP']._serialized_end=1905
+  _globals['_TERMINALSYNCSTATUS']._serialized_start=1908
+  _globals['_TERMINALSYNCSTATUS']._serialized_end=2112
 # @@protoc_insertion_point(module_scope)

@@ -37,7 +37,7 @@ class _OfflineOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Offlin
     """
     OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION: _OfflineOutcome.ValueType  # 3
     """Applied now, and at least one exception was recorded for the back office (overdraft,
-    offline completion not allowed, lock not held).
+    offline completion not allowed, lock not held, an offline risk limit exceeded).
     """
     OFFLINE_OUTCOME_REJECTED: _OfflineOutcome.ValueType  # 4
     """Not applied (unknown card, malformed or out-of-range field, a balance past
@@ -59,7 +59,7 @@ results are those of the first delivery.
 """
 OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION: OfflineOutcome.ValueType  # 3
 """Applied now, and at least one exception was recorded for the back office (overdraft,
-offline completion not allowed, lock not held).
+offline completion not allowed, lock not held, an offline risk limit exceeded).
 """
 OFFLINE_OUTCOME_REJECTED: OfflineOutcome.ValueType  # 4
 """Not applied (unknown card, malformed or out-of-range field, a balance past
@@ -153,6 +153,8 @@ class OfflineTransaction(_message.Message):
     REDEEM_LINES_FIELD_NUMBER: _builtins.int
     UNLOCKS_FIELD_NUMBER: _builtins.int
     REVERSALS_FIELD_NUMBER: _builtins.int
+    LAST_REACHED_HQ_AT_FIELD_NUMBER: _builtins.int
+    UNSYNCED_AMOUNTS_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The terminal's id for the sale, the same one used for LockCard and any online Redeem
     attempted before the link dropped. Required (1 to 128 printable characters); the
@@ -192,6 +194,22 @@ class OfflineTransaction(_message.Message):
         `redeem_lines`.
         """
 
+    @_builtins.property
+    def last_reached_hq_at(self) -> _timestamp_pb2.Timestamp:
+        """When the terminal last reached HQ (the last answer it got) before completing this sale
+        offline, terminal clock. HQ checks completed_at minus this against the
+        max_offline_duration of `parameters_version`. Unset when the terminal does not know (a
+        terminal that never tracked it): that limit is then not checked.
+        """
+
+    @_builtins.property
+    def unsynced_amounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnsyncedAmount]:
+        """What the terminal held unsynced of offline redeem lines when it completed this sale, this
+        sale's lines included: per tender kind and currency. HQ checks it against the
+        max_unsynced_amount of `parameters_version`, counting at least this transaction's own
+        lines. Empty for a transaction without redeem lines.
+        """
+
     def __init__(
         self,
         *,
@@ -202,14 +220,50 @@ class OfflineTransaction(_message.Message):
         redeem_lines: _abc.Iterable[Global___OfflineRedeemLine] | None = ...,
         unlocks: _abc.Iterable[Global___OfflineUnlock] | None = ...,
         reversals: _abc.Iterable[Global___OfflineReversal] | None = ...,
+        last_reached_hq_at: _timestamp_pb2.Timestamp | None = ...,
+        unsynced_amounts: _abc.Iterable[Global___UnsyncedAmount] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "last_reached_hq_at", b"last_reached_hq_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "parameters_version", b"parameters_version", "redeem_lines", b"redeem_lines", "reversals", b"reversals", "sequence_number", b"sequence_number", "transaction_id", b"transaction_id", "unlocks", b"unlocks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "last_reached_hq_at", b"last_reached_hq_at", "parameters_version", b"parameters_version", "redeem_lines", b"redeem_lines", "reversals", b"reversals", "sequence_number", b"sequence_number", "transaction_id", b"transaction_id", "unlocks", b"unlocks", "unsynced_amounts", b"unsynced_amounts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OfflineTransaction: _TypeAlias = OfflineTransaction  # noqa: Y015
+
+@_typing.final
+class UnsyncedAmount(_message.Message):
+    """The total of offline redeem lines of one tender kind in one currency that a terminal holds
+    unsynced (completed offline, not yet acknowledged by HQ).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_KIND_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    LINE_COUNT_FIELD_NUMBER: _builtins.int
+    card_kind: _common_pb2.CardKind.ValueType
+    """The tender kind, as the terminal knew the cards."""
+    line_count: _builtins.int
+    """How many lines."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """The total of the lines' amounts."""
+
+    def __init__(
+        self,
+        *,
+        card_kind: _common_pb2.CardKind.ValueType = ...,
+        amount: _common_pb2.Money | None = ...,
+        line_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "card_kind", b"card_kind", "line_count", b"line_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnsyncedAmount: _TypeAlias = UnsyncedAmount  # noqa: Y015
 
 @_typing.final
 class OfflineRedeemLine(_message.Message):

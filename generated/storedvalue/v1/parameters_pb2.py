@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from storedvalue.v1 import common_pb2 as storedvalue_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstoredvalue/v1/parameters.proto\x12\x0estoredvalue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\nParameters\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12,\n$gift_card_offline_completion_allowed\x18\x02 \x01(\x08\x12.\n&credit_memo_offline_completion_allowed\x18\x03 \x01(\x08\x12-\n\nlock_lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x06 \x01(\t\"\x89\x01\n\nSyncLimits\x12\"\n\x1amax_transactions_per_batch\x18\x01 \x01(\x05\x12!\n\x19max_lines_per_transaction\x18\x02 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x05\x12\x19\n\x11max_sequence_jump\x18\x04 \x01(\x05\x42m\n\x12\x64\x65v.storedvalue.v1B\x0fParametersProtoP\x01Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\xaa\x02\x0eStoredValue.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fstoredvalue/v1/parameters.proto\x12\x0estoredvalue.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstoredvalue/v1/common.proto\"\x8c\x03\n\nParameters\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12,\n$gift_card_offline_completion_allowed\x18\x02 \x01(\x08\x12.\n&credit_memo_offline_completion_allowed\x18\x03 \x01(\x08\x12-\n\nlock_lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x06 \x01(\t\x12\x43\n\x18gift_card_offline_limits\x18\x07 \x01(\x0b\x32!.storedvalue.v1.OfflineRiskLimits\x12\x45\n\x1a\x63redit_memo_offline_limits\x18\x08 \x01(\x0b\x32!.storedvalue.v1.OfflineRiskLimits\x12\x10\n\x08store_id\x18\t \x01(\t\"\xb0\x01\n\x11OfflineRiskLimits\x12.\n\x0fmax_line_amount\x18\x01 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x32\n\x13max_unsynced_amount\x18\x02 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x37\n\x14max_offline_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x88\x03\n\x0fParameterValues\x12\x31\n$gift_card_offline_completion_allowed\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x33\n&credit_memo_offline_completion_allowed\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12-\n\nlock_lease\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x43\n\x18gift_card_offline_limits\x18\x04 \x01(\x0b\x32!.storedvalue.v1.OfflineRiskLimits\x12\x45\n\x1a\x63redit_memo_offline_limits\x18\x05 \x01(\x0b\x32!.storedvalue.v1.OfflineRiskLimitsB\'\n%_gift_card_offline_completion_allowedB)\n\'_credit_memo_offline_completion_allowed\"\xe3\x01\n\x10ParametersChange\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08store_id\x18\x02 \x01(\t\x12.\n\nchanged_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nchanged_by\x18\x04 \x01(\t\x12\x33\n\nold_values\x18\x05 \x01(\x0b\x32\x1f.storedvalue.v1.ParameterValues\x12\x33\n\nnew_values\x18\x06 \x01(\x0b\x32\x1f.storedvalue.v1.ParameterValues\"\x89\x01\n\nSyncLimits\x12\"\n\x1amax_transactions_per_batch\x18\x01 \x01(\x05\x12!\n\x19max_lines_per_transaction\x18\x02 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x05\x12\x19\n\x11max_sequence_jump\x18\x04 \x01(\x05\x42m\n\x12\x64\x65v.storedvalue.v1B\x0fParametersProtoP\x01Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\xaa\x02\x0eStoredValue.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +35,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'storedvalue.v1.parameters_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.storedvalue.v1B\017ParametersProtoP\001Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\252\002\016StoredValue.V1'
-  _globals['_PARAMETERS']._serialized_start=117
-  _globals['_PARAMETERS']._serialized_end=355
-  _globals['_SYNCLIMITS']._serialized_start=358
-  _globals['_SYNCLIMITS']._serialized_end=495
+  _globals['_PARAMETERS']._serialized_start=146
+  _globals['_PARAMETERS']._serialized_end=542
+  _globals['_OFFLINERISKLIMITS']._serialized_start=545
+  _globals['_OFFLINERISKLIMITS']._serialized_end=721
+  _globals['_PARAMETERVALUES']._serialized_start=724
+  _globals['_PARAMETERVALUES']._serialized_end=1116
+  _globals['_PARAMETERSCHANGE']._serialized_start=1119
+  _globals['_PARAMETERSCHANGE']._serialized_end=1346
+  _globals['_SYNCLIMITS']._serialized_start=1349
+  _globals['_SYNCLIMITS']._serialized_end=1486
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from storedvalue.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,8 +21,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Parameters(_message.Message):
-    """One version of the HQ parameters. Every change creates a new version; terminals keep the
-    last version they saw on disk and apply it while offline.
+    """One version of the HQ parameters, as a terminal applies them: the global parameters with its
+    store's override, if any, on top (see ParameterValues). Terminals keep the last version
+    they received on disk and apply it while offline.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -32,8 +34,15 @@ class Parameters(_message.Message):
     LOCK_LEASE_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_BY_FIELD_NUMBER: _builtins.int
+    GIFT_CARD_OFFLINE_LIMITS_FIELD_NUMBER: _builtins.int
+    CREDIT_MEMO_OFFLINE_LIMITS_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     version: _builtins.int
-    """Version number, starting at 1 and growing by one on every change."""
+    """Version number. HQ numbers every change, of the global parameters or of any store's
+    override, from one sequence starting at 1. A terminal gets the number of the latest
+    change that affects its store, so the versions one terminal sees grow but may skip
+    numbers (changes of other stores' overrides).
+    """
     gift_card_offline_completion_allowed: _builtins.bool
     """"Allow concluding gift card transactions in offline mode": when true, a terminal that
     loses HQ after locking a gift card may complete the sale offline.
@@ -42,6 +51,12 @@ class Parameters(_message.Message):
     """The same permission for credit memos."""
     updated_by: _builtins.str
     """Who created this version (the admin credential's name, or "system" for the defaults)."""
+    store_id: _builtins.str
+    """The store of the terminal these parameters are for (its override, if it has one, is
+    included); empty for a terminal that belongs to no store, which gets the global
+    parameters. A terminal moved to another store takes that store's parameters even when
+    their version number is lower than the one it had.
+    """
     @_builtins.property
     def lock_lease(self) -> _duration_pb2.Duration:
         """Lease given to a card lock (and renewed on relock). Long enough for a till that went
@@ -53,6 +68,14 @@ class Parameters(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When this version was created (HQ clock, UTC)."""
 
+    @_builtins.property
+    def gift_card_offline_limits(self) -> Global___OfflineRiskLimits:
+        """Offline risk limits for gift cards. Unset (or with no limit set): no limit."""
+
+    @_builtins.property
+    def credit_memo_offline_limits(self) -> Global___OfflineRiskLimits:
+        """Offline risk limits for credit memos. Unset (or with no limit set): no limit."""
+
     def __init__(
         self,
         *,
@@ -62,14 +85,178 @@ class Parameters(_message.Message):
         lock_lease: _duration_pb2.Duration | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         updated_by: _builtins.str = ...,
+        gift_card_offline_limits: Global___OfflineRiskLimits | None = ...,
+        credit_memo_offline_limits: Global___OfflineRiskLimits | None = ...,
+        store_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lock_lease", b"lock_lease", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit_memo_offline_limits", b"credit_memo_offline_limits", "gift_card_offline_limits", b"gift_card_offline_limits", "lock_lease", b"lock_lease", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_memo_offline_completion_allowed", b"credit_memo_offline_completion_allowed", "gift_card_offline_completion_allowed", b"gift_card_offline_completion_allowed", "lock_lease", b"lock_lease", "updated_at", b"updated_at", "updated_by", b"updated_by", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_memo_offline_completion_allowed", b"credit_memo_offline_completion_allowed", "credit_memo_offline_limits", b"credit_memo_offline_limits", "gift_card_offline_completion_allowed", b"gift_card_offline_completion_allowed", "gift_card_offline_limits", b"gift_card_offline_limits", "lock_lease", b"lock_lease", "store_id", b"store_id", "updated_at", b"updated_at", "updated_by", b"updated_by", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Parameters: _TypeAlias = Parameters  # noqa: Y015
+
+@_typing.final
+class OfflineRiskLimits(_message.Message):
+    """Offline risk limits for one tender kind (gift card or credit memo): how much a terminal may
+    take offline before HQ sees it, as card terminals bound their offline payments. Each limit
+    left unset means unlimited; unset is the default (no limit, as before the limits existed).
+
+    The terminal enforces them while offline, from its cached parameters and its own outbox: a
+    line past a limit is refused (the sale stays open, nothing is lost). HQ checks them again
+    at sync against the parameters version the terminal applied (OfflineTransaction
+    .parameters_version): a transaction past a limit is applied anyway (the goods left the
+    store) and recorded as an offline exception of kind OFFLINE_LIMIT_EXCEEDED, one per limit
+    and line, with the reason naming the limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_LINE_AMOUNT_FIELD_NUMBER: _builtins.int
+    MAX_UNSYNCED_AMOUNT_FIELD_NUMBER: _builtins.int
+    MAX_OFFLINE_DURATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def max_line_amount(self) -> _common_pb2.Money:
+        """Largest amount one offline line of this kind may take. A line in another currency than
+        the limit's cannot be compared with it: it is refused offline too. Reason when exceeded:
+        OFFLINE_LINE_LIMIT_EXCEEDED. Unset: unlimited.
+        """
+
+    @_builtins.property
+    def max_unsynced_amount(self) -> _common_pb2.Money:
+        """Largest total of this kind's offline lines one terminal may hold unsynced (completed
+        offline, not yet acknowledged by HQ), the new sale's lines included. Lines in another
+        currency than the limit's are refused offline. Reason when exceeded:
+        OFFLINE_UNSYNCED_LIMIT_EXCEEDED. Unset: unlimited.
+        """
+
+    @_builtins.property
+    def max_offline_duration(self) -> _duration_pb2.Duration:
+        """Longest time a terminal may keep completing sales of this kind offline since it last
+        reached HQ (the last answer it got from HQ). Between 1 minute and 31 days. Reason when
+        exceeded: OFFLINE_DURATION_EXCEEDED. Unset: unlimited.
+        """
+
+    def __init__(
+        self,
+        *,
+        max_line_amount: _common_pb2.Money | None = ...,
+        max_unsynced_amount: _common_pb2.Money | None = ...,
+        max_offline_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_line_amount", b"max_line_amount", "max_offline_duration", b"max_offline_duration", "max_unsynced_amount", b"max_unsynced_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_line_amount", b"max_line_amount", "max_offline_duration", b"max_offline_duration", "max_unsynced_amount", b"max_unsynced_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfflineRiskLimits: _TypeAlias = OfflineRiskLimits  # noqa: Y015
+
+@_typing.final
+class ParameterValues(_message.Message):
+    """The values one parameter scope sets. For the global parameters every value is set (a limit
+    left unset there means unlimited). For a store's override only the values it overrides are
+    set; every other value is the global one (so an override cannot make a limit unlimited:
+    give it a large value instead).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIFT_CARD_OFFLINE_COMPLETION_ALLOWED_FIELD_NUMBER: _builtins.int
+    CREDIT_MEMO_OFFLINE_COMPLETION_ALLOWED_FIELD_NUMBER: _builtins.int
+    LOCK_LEASE_FIELD_NUMBER: _builtins.int
+    GIFT_CARD_OFFLINE_LIMITS_FIELD_NUMBER: _builtins.int
+    CREDIT_MEMO_OFFLINE_LIMITS_FIELD_NUMBER: _builtins.int
+    gift_card_offline_completion_allowed: _builtins.bool
+    """See Parameters.gift_card_offline_completion_allowed."""
+    credit_memo_offline_completion_allowed: _builtins.bool
+    """See Parameters.credit_memo_offline_completion_allowed."""
+    @_builtins.property
+    def lock_lease(self) -> _duration_pb2.Duration:
+        """See Parameters.lock_lease."""
+
+    @_builtins.property
+    def gift_card_offline_limits(self) -> Global___OfflineRiskLimits:
+        """See Parameters.gift_card_offline_limits; each limit is set or not on its own."""
+
+    @_builtins.property
+    def credit_memo_offline_limits(self) -> Global___OfflineRiskLimits:
+        """See Parameters.credit_memo_offline_limits; each limit is set or not on its own."""
+
+    def __init__(
+        self,
+        *,
+        gift_card_offline_completion_allowed: _builtins.bool | None = ...,
+        credit_memo_offline_completion_allowed: _builtins.bool | None = ...,
+        lock_lease: _duration_pb2.Duration | None = ...,
+        gift_card_offline_limits: Global___OfflineRiskLimits | None = ...,
+        credit_memo_offline_limits: Global___OfflineRiskLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_credit_memo_offline_completion_allowed", b"_credit_memo_offline_completion_allowed", "_gift_card_offline_completion_allowed", b"_gift_card_offline_completion_allowed", "credit_memo_offline_completion_allowed", b"credit_memo_offline_completion_allowed", "credit_memo_offline_limits", b"credit_memo_offline_limits", "gift_card_offline_completion_allowed", b"gift_card_offline_completion_allowed", "gift_card_offline_limits", b"gift_card_offline_limits", "lock_lease", b"lock_lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_credit_memo_offline_completion_allowed", b"_credit_memo_offline_completion_allowed", "_gift_card_offline_completion_allowed", b"_gift_card_offline_completion_allowed", "credit_memo_offline_completion_allowed", b"credit_memo_offline_completion_allowed", "credit_memo_offline_limits", b"credit_memo_offline_limits", "gift_card_offline_completion_allowed", b"gift_card_offline_completion_allowed", "gift_card_offline_limits", b"gift_card_offline_limits", "lock_lease", b"lock_lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__credit_memo_offline_completion_allowed: _TypeAlias = _typing.Literal["credit_memo_offline_completion_allowed"]  # noqa: Y015
+    _WhichOneofArgType__credit_memo_offline_completion_allowed: _TypeAlias = _typing.Literal["_credit_memo_offline_completion_allowed", b"_credit_memo_offline_completion_allowed"]  # noqa: Y015
+    _WhichOneofReturnType__gift_card_offline_completion_allowed: _TypeAlias = _typing.Literal["gift_card_offline_completion_allowed"]  # noqa: Y015
+    _WhichOneofArgType__gift_card_offline_completion_allowed: _TypeAlias = _typing.Literal["_gift_card_offline_completion_allowed", b"_gift_card_offline_completion_allowed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__credit_memo_offline_completion_allowed) -> _WhichOneofReturnType__credit_memo_offline_completion_allowed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gift_card_offline_completion_allowed) -> _WhichOneofReturnType__gift_card_offline_completion_allowed | None: ...
+
+Global___ParameterValues: _TypeAlias = ParameterValues  # noqa: Y015
+
+@_typing.final
+class ParametersChange(_message.Message):
+    """One change of the parameters as HQ recorded it: who, when, which scope, the values before
+    and after.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    CHANGED_BY_FIELD_NUMBER: _builtins.int
+    OLD_VALUES_FIELD_NUMBER: _builtins.int
+    NEW_VALUES_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version this change made."""
+    store_id: _builtins.str
+    """The scope: the store whose override changed, or empty for the global parameters."""
+    changed_by: _builtins.str
+    """Who (the admin credential's name, or "system" for the defaults HQ created)."""
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When (HQ clock, UTC)."""
+
+    @_builtins.property
+    def old_values(self) -> Global___ParameterValues:
+        """The scope's values before the change (for a store that had no override: none set)."""
+
+    @_builtins.property
+    def new_values(self) -> Global___ParameterValues:
+        """The scope's values after the change."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        store_id: _builtins.str = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+        changed_by: _builtins.str = ...,
+        old_values: Global___ParameterValues | None = ...,
+        new_values: Global___ParameterValues | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "new_values", b"new_values", "old_values", b"old_values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "new_values", b"new_values", "old_values", b"old_values", "store_id", b"store_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParametersChange: _TypeAlias = ParametersChange  # noqa: Y015
 
 @_typing.final
 class SyncLimits(_message.Message):

@@ -22,12 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from storedvalue.v1 import common_pb2 as storedvalue_dot_v1_dot_common__pb2
 from storedvalue.v1 import offline_pb2 as storedvalue_dot_v1_dot_offline__pb2
 from storedvalue.v1 import parameters_pb2 as storedvalue_dot_v1_dot_parameters__pb2
+from storedvalue.v1 import terminal_status_pb2 as storedvalue_dot_v1_dot_terminal__status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%storedvalue/v1/terminal_service.proto\x12\x0estoredvalue.v1\x1a\x1bstoredvalue/v1/common.proto\x1a\x1cstoredvalue/v1/offline.proto\x1a\x1fstoredvalue/v1/parameters.proto\"R\n\x0fLockCardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\"Z\n\x10LockCardResponse\x12\"\n\x04lock\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Lock\x12\"\n\x04\x63\x61rd\x18\x02 \x01(\x0b\x32\x14.storedvalue.v1.Card\"k\n\x11UnlockCardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\"8\n\x12UnlockCardResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\"\x9f\x01\n\rRedeemRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x0f\n\x07line_id\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x03\x12%\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x15.storedvalue.v1.Money\"\x91\x01\n\x0eRedeemResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\x12&\n\x07\x64\x65\x62ited\x18\x02 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x33\n\x15remainder_credit_memo\x18\x03 \x01(\x0b\x32\x14.storedvalue.v1.Card\"%\n\x0eGetCardRequest\x12\x13\n\x0b\x63\x61rd_number\x18\x01 \x01(\t\"5\n\x0fGetCardResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\"\xa9\x01\n\x10IssueCardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.storedvalue.v1.CardKind\x12,\n\rinitial_value\x18\x03 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x13\n\x0b\x63\x61rd_number\x18\x04 \x01(\t\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\"7\n\x11IssueCardResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\"y\n\x0f\x41\x64\x64ValueRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\"6\n\x10\x41\x64\x64ValueResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\"e\n\x16\x43ompleteOfflineRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x37\n\x0btransaction\x18\x02 \x01(\x0b\x32\".storedvalue.v1.OfflineTransaction\"\x8c\x01\n\x17\x43ompleteOfflineResponse\x12\x38\n\x06result\x18\x01 \x01(\x0b\x32(.storedvalue.v1.OfflineTransactionResult\x12\x37\n\x0bsync_status\x18\x02 \x01(\x0b\x32\".storedvalue.v1.TerminalSyncStatus\"g\n\x17SyncOfflineBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x38\n\x0ctransactions\x18\x02 \x03(\x0b\x32\".storedvalue.v1.OfflineTransaction\"\x8e\x01\n\x18SyncOfflineBatchResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.storedvalue.v1.OfflineTransactionResult\x12\x37\n\x0bsync_status\x18\x02 \x01(\x0b\x32\".storedvalue.v1.TerminalSyncStatus\"\x16\n\x14GetParametersRequest\"x\n\x15GetParametersResponse\x12.\n\nparameters\x18\x01 \x01(\x0b\x32\x1a.storedvalue.v1.Parameters\x12/\n\x0bsync_limits\x18\x02 \x01(\x0b\x32\x1a.storedvalue.v1.SyncLimits\"/\n\x16WatchParametersRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"I\n\x17WatchParametersResponse\x12.\n\nparameters\x18\x01 \x01(\x0b\x32\x1a.storedvalue.v1.Parameters2\xfa\x06\n\x0fTerminalService\x12M\n\x08LockCard\x12\x1f.storedvalue.v1.LockCardRequest\x1a .storedvalue.v1.LockCardResponse\x12S\n\nUnlockCard\x12!.storedvalue.v1.UnlockCardRequest\x1a\".storedvalue.v1.UnlockCardResponse\x12G\n\x06Redeem\x12\x1d.storedvalue.v1.RedeemRequest\x1a\x1e.storedvalue.v1.RedeemResponse\x12J\n\x07GetCard\x12\x1e.storedvalue.v1.GetCardRequest\x1a\x1f.storedvalue.v1.GetCardResponse\x12P\n\tIssueCard\x12 .storedvalue.v1.IssueCardRequest\x1a!.storedvalue.v1.IssueCardResponse\x12M\n\x08\x41\x64\x64Value\x12\x1f.storedvalue.v1.AddValueRequest\x1a .storedvalue.v1.AddValueResponse\x12\x62\n\x0f\x43ompleteOffline\x12&.storedvalue.v1.CompleteOfflineRequest\x1a\'.storedvalue.v1.CompleteOfflineResponse\x12\x65\n\x10SyncOfflineBatch\x12\'.storedvalue.v1.SyncOfflineBatchRequest\x1a(.storedvalue.v1.SyncOfflineBatchResponse\x12\\\n\rGetParameters\x12$.storedvalue.v1.GetParametersRequest\x1a%.storedvalue.v1.GetParametersResponse\x12\x64\n\x0fWatchParameters\x12&.storedvalue.v1.WatchParametersRequest\x1a\'.storedvalue.v1.WatchParametersResponse0\x01\x42r\n\x12\x64\x65v.storedvalue.v1B\x14TerminalServiceProtoP\x01Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\xaa\x02\x0eStoredValue.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%storedvalue/v1/terminal_service.proto\x12\x0estoredvalue.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstoredvalue/v1/common.proto\x1a\x1cstoredvalue/v1/offline.proto\x1a\x1fstoredvalue/v1/parameters.proto\x1a$storedvalue/v1/terminal_status.proto\"R\n\x0fLockCardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\"Z\n\x10LockCardResponse\x12\"\n\x04lock\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Lock\x12\"\n\x04\x63\x61rd\x18\x02 \x01(\x0b\x32\x14.storedvalue.v1.Card\"k\n\x11UnlockCardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\"8\n\x12UnlockCardResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\"\x9f\x01\n\rRedeemRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x0f\n\x07line_id\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x03\x12%\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x15.storedvalue.v1.Money\"\x91\x01\n\x0eRedeemResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\x12&\n\x07\x64\x65\x62ited\x18\x02 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x33\n\x15remainder_credit_memo\x18\x03 \x01(\x0b\x32\x14.storedvalue.v1.Card\"%\n\x0eGetCardRequest\x12\x13\n\x0b\x63\x61rd_number\x18\x01 \x01(\t\"5\n\x0fGetCardResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\"\xa9\x01\n\x10IssueCardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.storedvalue.v1.CardKind\x12,\n\rinitial_value\x18\x03 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x13\n\x0b\x63\x61rd_number\x18\x04 \x01(\t\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\"7\n\x11IssueCardResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\"y\n\x0f\x41\x64\x64ValueRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12%\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.storedvalue.v1.Money\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\"6\n\x10\x41\x64\x64ValueResponse\x12\"\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x14.storedvalue.v1.Card\"e\n\x16\x43ompleteOfflineRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x37\n\x0btransaction\x18\x02 \x01(\x0b\x32\".storedvalue.v1.OfflineTransaction\"\x8c\x01\n\x17\x43ompleteOfflineResponse\x12\x38\n\x06result\x18\x01 \x01(\x0b\x32(.storedvalue.v1.OfflineTransactionResult\x12\x37\n\x0bsync_status\x18\x02 \x01(\x0b\x32\".storedvalue.v1.TerminalSyncStatus\"g\n\x17SyncOfflineBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x38\n\x0ctransactions\x18\x02 \x03(\x0b\x32\".storedvalue.v1.OfflineTransaction\"\x8e\x01\n\x18SyncOfflineBatchResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.storedvalue.v1.OfflineTransactionResult\x12\x37\n\x0bsync_status\x18\x02 \x01(\x0b\x32\".storedvalue.v1.TerminalSyncStatus\"\x16\n\x14GetParametersRequest\"x\n\x15GetParametersResponse\x12.\n\nparameters\x18\x01 \x01(\x0b\x32\x1a.storedvalue.v1.Parameters\x12/\n\x0bsync_limits\x18\x02 \x01(\x0b\x32\x1a.storedvalue.v1.SyncLimits\"/\n\x16WatchParametersRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"I\n\x17WatchParametersResponse\x12.\n\nparameters\x18\x01 \x01(\x0b\x32\x1a.storedvalue.v1.Parameters\"g\n\x1bReportTerminalStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x34\n\x06report\x18\x02 \x01(\x0b\x32$.storedvalue.v1.TerminalStatusReport\"O\n\x1cReportTerminalStatusResponse\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xed\x07\n\x0fTerminalService\x12M\n\x08LockCard\x12\x1f.storedvalue.v1.LockCardRequest\x1a .storedvalue.v1.LockCardResponse\x12S\n\nUnlockCard\x12!.storedvalue.v1.UnlockCardRequest\x1a\".storedvalue.v1.UnlockCardResponse\x12G\n\x06Redeem\x12\x1d.storedvalue.v1.RedeemRequest\x1a\x1e.storedvalue.v1.RedeemResponse\x12J\n\x07GetCard\x12\x1e.storedvalue.v1.GetCardRequest\x1a\x1f.storedvalue.v1.GetCardResponse\x12P\n\tIssueCard\x12 .storedvalue.v1.IssueCardRequest\x1a!.storedvalue.v1.IssueCardResponse\x12M\n\x08\x41\x64\x64Value\x12\x1f.storedvalue.v1.AddValueRequest\x1a .storedvalue.v1.AddValueResponse\x12\x62\n\x0f\x43ompleteOffline\x12&.storedvalue.v1.CompleteOfflineRequest\x1a\'.storedvalue.v1.CompleteOfflineResponse\x12\x65\n\x10SyncOfflineBatch\x12\'.storedvalue.v1.SyncOfflineBatchRequest\x1a(.storedvalue.v1.SyncOfflineBatchResponse\x12\\\n\rGetParameters\x12$.storedvalue.v1.GetParametersRequest\x1a%.storedvalue.v1.GetParametersResponse\x12\x64\n\x0fWatchParameters\x12&.storedvalue.v1.WatchParametersRequest\x1a\'.storedvalue.v1.WatchParametersResponse0\x01\x12q\n\x14ReportTerminalStatus\x12+.storedvalue.v1.ReportTerminalStatusRequest\x1a,.storedvalue.v1.ReportTerminalStatusResponseBr\n\x12\x64\x65v.storedvalue.v1B\x14TerminalServiceProtoP\x01Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\xaa\x02\x0eStoredValue.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,46 +37,50 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'storedvalue.v1.terminal_ser
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.storedvalue.v1B\024TerminalServiceProtoP\001Z3storedvalue.dev/gen/go/storedvalue/v1;storedvaluev1\252\002\016StoredValue.V1'
-  _globals['_LOCKCARDREQUEST']._serialized_start=149
-  _globals['_LOCKCARDREQUEST']._serialized_end=231
-  _globals['_LOCKCARDRESPONSE']._serialized_start=233
-  _globals['_LOCKCARDRESPONSE']._serialized_end=323
-  _globals['_UNLOCKCARDREQUEST']._serialized_start=325
-  _globals['_UNLOCKCARDREQUEST']._serialized_end=432
-  _globals['_UNLOCKCARDRESPONSE']._serialized_start=434
-  _globals['_UNLOCKCARDRESPONSE']._serialized_end=490
-  _globals['_REDEEMREQUEST']._serialized_start=493
-  _globals['_REDEEMREQUEST']._serialized_end=652
-  _globals['_REDEEMRESPONSE']._serialized_start=655
-  _globals['_REDEEMRESPONSE']._serialized_end=800
-  _globals['_GETCARDREQUEST']._serialized_start=802
-  _globals['_GETCARDREQUEST']._serialized_end=839
-  _globals['_GETCARDRESPONSE']._serialized_start=841
-  _globals['_GETCARDRESPONSE']._serialized_end=894
-  _globals['_ISSUECARDREQUEST']._serialized_start=897
-  _globals['_ISSUECARDREQUEST']._serialized_end=1066
-  _globals['_ISSUECARDRESPONSE']._serialized_start=1068
-  _globals['_ISSUECARDRESPONSE']._serialized_end=1123
-  _globals['_ADDVALUEREQUEST']._serialized_start=1125
-  _globals['_ADDVALUEREQUEST']._serialized_end=1246
-  _globals['_ADDVALUERESPONSE']._serialized_start=1248
-  _globals['_ADDVALUERESPONSE']._serialized_end=1302
-  _globals['_COMPLETEOFFLINEREQUEST']._serialized_start=1304
-  _globals['_COMPLETEOFFLINEREQUEST']._serialized_end=1405
-  _globals['_COMPLETEOFFLINERESPONSE']._serialized_start=1408
-  _globals['_COMPLETEOFFLINERESPONSE']._serialized_end=1548
-  _globals['_SYNCOFFLINEBATCHREQUEST']._serialized_start=1550
-  _globals['_SYNCOFFLINEBATCHREQUEST']._serialized_end=1653
-  _globals['_SYNCOFFLINEBATCHRESPONSE']._serialized_start=1656
-  _globals['_SYNCOFFLINEBATCHRESPONSE']._serialized_end=1798
-  _globals['_GETPARAMETERSREQUEST']._serialized_start=1800
-  _globals['_GETPARAMETERSREQUEST']._serialized_end=1822
-  _globals['_GETPARAMETERSRESPONSE']._serialized_start=1824
-  _globals['_GETPARAMETERSRESPONSE']._serialized_end=1944
-  _globals['_WATCHPARAMETERSREQUEST']._serialized_start=1946
-  _globals['_WATCHPARAMETERSREQUEST']._serialized_end=1993
-  _globals['_WATCHPARAMETERSRESPONSE']._serialized_start=1995
-  _globals['_WATCHPARAMETERSRESPONSE']._serialized_end=2068
-  _globals['_TERMINALSERVICE']._serialized_start=2071
-  _globals['_TERMINALSERVICE']._serialized_end=2961
+  _globals['_LOCKCARDREQUEST']._serialized_start=220
+  _globals['_LOCKCARDREQUEST']._serialized_end=302
+  _globals['_LOCKCARDRESPONSE']._serialized_start=304
+  _globals['_LOCKCARDRESPONSE']._serialized_end=394
+  _globals['_UNLOCKCARDREQUEST']._serialized_start=396
+  _globals['_UNLOCKCARDREQUEST']._serialized_end=503
+  _globals['_UNLOCKCARDRESPONSE']._serialized_start=505
+  _globals['_UNLOCKCARDRESPONSE']._serialized_end=561
+  _globals['_REDEEMREQUEST']._serialized_start=564
+  _globals['_REDEEMREQUEST']._serialized_end=723
+  _globals['_REDEEMRESPONSE']._serialized_start=726
+  _globals['_REDEEMRESPONSE']._serialized_end=871
+  _globals['_GETCARDREQUEST']._serialized_start=873
+  _globals['_GETCARDREQUEST']._serialized_end=910
+  _globals['_GETCARDRESPONSE']._serialized_start=912
+  _globals['_GETCARDRESPONSE']._serialized_end=965
+  _globals['_ISSUECARDREQUEST']._serialized_start=968
+  _globals['_ISSUECARDREQUEST']._serialized_end=1137
+  _globals['_ISSUECARDRESPONSE']._serialized_start=1139
+  _globals['_ISSUECARDRESPONSE']._serialized_end=1194
+  _globals['_ADDVALUEREQUEST']._serialized_start=1196
+  _globals['_ADDVALUEREQUEST']._serialized_end=1317
+  _globals['_ADDVALUERESPONSE']._serialized_start=1319
+  _globals['_ADDVALUERESPONSE']._serialized_end=1373
+  _globals['_COMPLETEOFFLINEREQUEST']._serialized_start=1375
+  _globals['_COMPLETEOFFLINEREQUEST']._serialized_end=1476
+  _globals['_COMPLETEOFFLINERESPONSE']._serialized_start=1479
+  _globals['_COMPLETEOFFLINERESPONSE']._serialized_end=1619
+  _globals['_SYNCOFFLINEBATCHREQUEST']._serialized_start=1621
+  _globals['_SYNCOFFLINEBATCHREQUEST']._serialized_end=1724
+  _globals['_SYNCOFFLINEBATCHRESPONSE']._serialized_start=1727
+  _globals['_SYNCOFFLINEBATCHRESPONSE']._serialized_end=1869
+  _globals['_GETPARAMETERSREQUEST']._serialized_start=1871
+  _globals['_GETPARAMETERSREQUEST']._serialized_end=1893
+  _globals['_GETPARAMETERSRESPONSE']._serialized_start=1895
+  _globals['_GETPARAMETERSRESPONSE']._serialized_end=2015
+  _globals['_WATCHPARAMETERSREQUEST']._serialized_start=2017
+  _globals['_WATCHPARAMETERSREQUEST']._serialized_end=2064
+  _globals['_WATCHPARAMETERSRESPONSE']._serialized_start=2066
+  _globals['_WATCHPARAMETERSRESPONSE']._serialized_end=2139
+  _globals['_REPORTTERMINALSTATUSREQUEST']._serialized_start=2141
+  _globals['_REPORTTERMINALSTATUSREQUEST']._serialized_end=2244
+  _globals['_REPORTTERMINALSTATUSRESPONSE']._serialized_start=2246
+  _globals['_REPORTTERMINALSTATUSRESPONSE']._serialized_end=2325
+  _globals['_TERMINALSERVICE']._serialized_start=2328
+  _globals['_TERMINALSERVICE']._serialized_end=3333
 # @@protoc_insertion_point(module_scope)

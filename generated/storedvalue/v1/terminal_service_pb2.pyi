@@ -6,10 +6,12 @@ The service point-of-sale terminals call."""
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from storedvalue.v1 import common_pb2 as _common_pb2
 from storedvalue.v1 import offline_pb2 as _offline_pb2
 from storedvalue.v1 import parameters_pb2 as _parameters_pb2
+from storedvalue.v1 import terminal_status_pb2 as _terminal_status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -547,7 +549,9 @@ class GetParametersResponse(_message.Message):
     SYNC_LIMITS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def parameters(self) -> _parameters_pb2.Parameters:
-        """The current parameters."""
+        """The current parameters for the calling terminal: the global ones with its store's
+        override on top.
+        """
 
     @_builtins.property
     def sync_limits(self) -> _parameters_pb2.SyncLimits:
@@ -576,7 +580,8 @@ class WatchParametersRequest(_message.Message):
     KNOWN_VERSION_FIELD_NUMBER: _builtins.int
     known_version: _builtins.int
     """The version the caller already has (0 for none). The stream starts with the current
-    version only if it is newer.
+    version for the caller's store only if it differs (it is lower only for a terminal
+    moved to another store).
     """
     def __init__(
         self,
@@ -600,7 +605,9 @@ class WatchParametersResponse(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def parameters(self) -> _parameters_pb2.Parameters:
-        """A parameters version newer than any sent before on this stream."""
+        """A parameters version for the caller's store newer than any sent before on this stream.
+        Changes of other stores' overrides are not sent.
+        """
 
     def __init__(
         self,
@@ -614,3 +621,57 @@ class WatchParametersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchParametersResponse: _TypeAlias = WatchParametersResponse  # noqa: Y015
+
+@_typing.final
+class ReportTerminalStatusRequest(_message.Message):
+    """Request of ReportTerminalStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-generated id, for tracing. Required. A report needs no replay protection: HQ
+    keeps the newest report by `reported_at`, so a resent one changes nothing.
+    """
+    @_builtins.property
+    def report(self) -> _terminal_status_pb2.TerminalStatusReport:
+        """The report. Required."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        report: _terminal_status_pb2.TerminalStatusReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportTerminalStatusRequest: _TypeAlias = ReportTerminalStatusRequest  # noqa: Y015
+
+@_typing.final
+class ReportTerminalStatusResponse(_message.Message):
+    """Response of ReportTerminalStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp:
+        """When HQ received the report (HQ clock)."""
+
+    def __init__(
+        self,
+        *,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportTerminalStatusResponse: _TypeAlias = ReportTerminalStatusResponse  # noqa: Y015

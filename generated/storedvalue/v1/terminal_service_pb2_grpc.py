@@ -89,6 +89,11 @@ class TerminalServiceStub:
                 request_serializer=storedvalue_dot_v1_dot_terminal__service__pb2.WatchParametersRequest.SerializeToString,
                 response_deserializer=storedvalue_dot_v1_dot_terminal__service__pb2.WatchParametersResponse.FromString,
                 _registered_method=True)
+        self.ReportTerminalStatus = channel.unary_unary(
+                '/storedvalue.v1.TerminalService/ReportTerminalStatus',
+                request_serializer=storedvalue_dot_v1_dot_terminal__service__pb2.ReportTerminalStatusRequest.SerializeToString,
+                response_deserializer=storedvalue_dot_v1_dot_terminal__service__pb2.ReportTerminalStatusResponse.FromString,
+                _registered_method=True)
 
 
 class TerminalServiceServicer:
@@ -159,15 +164,26 @@ class TerminalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetParameters(self, request, context):
-        """Reads the current parameters and the sync limits.
+        """Reads the current parameters for the caller's store and the sync limits.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchParameters(self, request, context):
-        """Streams the parameters: the current version at once (if newer than the caller's), then
-        every new version as it is made, until the caller cancels.
+        """Streams the parameters for the caller's store: the current version at once (if it
+        differs from the caller's), then every new version that changes them as it is made
+        (within a second), until the caller cancels. A revoked terminal's stream ends with
+        UNAUTHENTICATED; a terminal moved to another store sees its stream end and follows the
+        new store's parameters on the next one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportTerminalStatus(self, request, context):
+        """Reports the terminal's link history and what its outbox still holds. HQ keeps the last
+        report for the back office (ListTerminals).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +241,11 @@ def add_TerminalServiceServicer_to_server(servicer, server):
                     servicer.WatchParameters,
                     request_deserializer=storedvalue_dot_v1_dot_terminal__service__pb2.WatchParametersRequest.FromString,
                     response_serializer=storedvalue_dot_v1_dot_terminal__service__pb2.WatchParametersResponse.SerializeToString,
+            ),
+            'ReportTerminalStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTerminalStatus,
+                    request_deserializer=storedvalue_dot_v1_dot_terminal__service__pb2.ReportTerminalStatusRequest.FromString,
+                    response_serializer=storedvalue_dot_v1_dot_terminal__service__pb2.ReportTerminalStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +523,33 @@ class TerminalService:
             '/storedvalue.v1.TerminalService/WatchParameters',
             storedvalue_dot_v1_dot_terminal__service__pb2.WatchParametersRequest.SerializeToString,
             storedvalue_dot_v1_dot_terminal__service__pb2.WatchParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTerminalStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storedvalue.v1.TerminalService/ReportTerminalStatus',
+            storedvalue_dot_v1_dot_terminal__service__pb2.ReportTerminalStatusRequest.SerializeToString,
+            storedvalue_dot_v1_dot_terminal__service__pb2.ReportTerminalStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,10 +60,17 @@ class TerminalServiceStub:
     failed item: read every result.
     """
     GetParameters: _grpc.UnaryUnaryMultiCallable[_terminal_service_pb2.GetParametersRequest, _terminal_service_pb2.GetParametersResponse]
-    """Reads the current parameters and the sync limits."""
+    """Reads the current parameters for the caller's store and the sync limits."""
     WatchParameters: _grpc.UnaryStreamMultiCallable[_terminal_service_pb2.WatchParametersRequest, _terminal_service_pb2.WatchParametersResponse]
-    """Streams the parameters: the current version at once (if newer than the caller's), then
-    every new version as it is made, until the caller cancels.
+    """Streams the parameters for the caller's store: the current version at once (if it
+    differs from the caller's), then every new version that changes them as it is made
+    (within a second), until the caller cancels. A revoked terminal's stream ends with
+    UNAUTHENTICATED; a terminal moved to another store sees its stream end and follows the
+    new store's parameters on the next one.
+    """
+    ReportTerminalStatus: _grpc.UnaryUnaryMultiCallable[_terminal_service_pb2.ReportTerminalStatusRequest, _terminal_service_pb2.ReportTerminalStatusResponse]
+    """Reports the terminal's link history and what its outbox still holds. HQ keeps the last
+    report for the back office (ListTerminals).
     """
 
 @_typing.type_check_only
@@ -98,10 +105,17 @@ class TerminalServiceAsyncStub(TerminalServiceStub):
     failed item: read every result.
     """
     GetParameters: _aio.UnaryUnaryMultiCallable[_terminal_service_pb2.GetParametersRequest, _terminal_service_pb2.GetParametersResponse]  # type: ignore[assignment]
-    """Reads the current parameters and the sync limits."""
+    """Reads the current parameters for the caller's store and the sync limits."""
     WatchParameters: _aio.UnaryStreamMultiCallable[_terminal_service_pb2.WatchParametersRequest, _terminal_service_pb2.WatchParametersResponse]  # type: ignore[assignment]
-    """Streams the parameters: the current version at once (if newer than the caller's), then
-    every new version as it is made, until the caller cancels.
+    """Streams the parameters for the caller's store: the current version at once (if it
+    differs from the caller's), then every new version that changes them as it is made
+    (within a second), until the caller cancels. A revoked terminal's stream ends with
+    UNAUTHENTICATED; a terminal moved to another store sees its stream end and follows the
+    new store's parameters on the next one.
+    """
+    ReportTerminalStatus: _aio.UnaryUnaryMultiCallable[_terminal_service_pb2.ReportTerminalStatusRequest, _terminal_service_pb2.ReportTerminalStatusResponse]  # type: ignore[assignment]
+    """Reports the terminal's link history and what its outbox still holds. HQ keeps the last
+    report for the back office (ListTerminals).
     """
 
 class TerminalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -187,7 +201,7 @@ class TerminalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _terminal_service_pb2.GetParametersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_terminal_service_pb2.GetParametersResponse, _abc.Awaitable[_terminal_service_pb2.GetParametersResponse]]:
-        """Reads the current parameters and the sync limits."""
+        """Reads the current parameters for the caller's store and the sync limits."""
 
     @_abc_1.abstractmethod
     def WatchParameters(
@@ -195,8 +209,21 @@ class TerminalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _terminal_service_pb2.WatchParametersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_terminal_service_pb2.WatchParametersResponse], _abc.AsyncIterator[_terminal_service_pb2.WatchParametersResponse]]:
-        """Streams the parameters: the current version at once (if newer than the caller's), then
-        every new version as it is made, until the caller cancels.
+        """Streams the parameters for the caller's store: the current version at once (if it
+        differs from the caller's), then every new version that changes them as it is made
+        (within a second), until the caller cancels. A revoked terminal's stream ends with
+        UNAUTHENTICATED; a terminal moved to another store sees its stream end and follows the
+        new store's parameters on the next one.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportTerminalStatus(
+        self,
+        request: _terminal_service_pb2.ReportTerminalStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_terminal_service_pb2.ReportTerminalStatusResponse, _abc.Awaitable[_terminal_service_pb2.ReportTerminalStatusResponse]]:
+        """Reports the terminal's link history and what its outbox still holds. HQ keeps the last
+        report for the back office (ListTerminals).
         """
 
 def add_TerminalServiceServicer_to_server(servicer: TerminalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
