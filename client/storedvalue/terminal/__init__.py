@@ -23,6 +23,7 @@ from ._errors import (
     LimitExceeded,
     LineReversed,
     LockNotHeld,
+    OfflineLimitExceeded,
     OfflineNotAllowed,
     OfflineRefusal,
     PermissionDenied,
@@ -38,6 +39,7 @@ from ._errors import (
     error_from_rpc,
 )
 from ._model import (
+    NO_LIMITS,
     NO_PARAMETERS,
     Card,
     CardKind,
@@ -49,6 +51,7 @@ from ._model import (
     LineStatus,
     Lock,
     Money,
+    OfflineRiskLimits,
     OutboxEntry,
     Parameters,
     Sale,
@@ -62,11 +65,13 @@ from ._model import (
     SyncReport,
     SyncSummary,
     Tender,
+    UnsyncedAmount,
 )
 from ._terminal import Terminal
 
 __all__ = [
     "ERROR_DOMAIN",
+    "NO_LIMITS",
     "NO_PARAMETERS",
     "Card",
     "CardAlreadyExists",
@@ -93,8 +98,10 @@ __all__ = [
     "Lock",
     "LockNotHeld",
     "Money",
+    "OfflineLimitExceeded",
     "OfflineNotAllowed",
     "OfflineRefusal",
+    "OfflineRiskLimits",
     "OutboxEntry",
     "Parameters",
     "PermissionDenied",
@@ -120,5 +127,6 @@ __all__ = [
     "TerminalError",
     "Unauthenticated",
     "UnexpectedError",
+    "UnsyncedAmount",
     "error_from_rpc",
 ]

@@ -8,7 +8,7 @@ sale's offline transaction, which HQ applies exactly once (credit back, or never
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,7 +30,7 @@ from ._errors import (
 )
 from ._hq_client import HQClient
 from ._hq_records import OfflineLine, OfflineSale, QueuedReversal, QueuedUnlock
-from ._model import LineResult, SaleLine, SaleResult, SaleStatus
+from ._model import CardKind, LineResult, SaleLine, SaleResult, SaleStatus
 from ._offline_eligibility import offline_refusals
 from ._outbox import Outbox
 from ._parameters import ParametersCache
@@ -202,9 +202,20 @@ class Checkout:
     ) -> SaleResult:
         parameters = self._parameters.current
         locks = {number: record.tender for number, record in tenders.items()}
-        refusals = offline_refusals([record.line for record in pending], locks, parameters)
-        if refusals:
-            raise OfflineNotAllowed(refusals)._refusing(refusals[0].line_id, sale.paid(done))
+        lines = [record.line for record in pending]
+        last_reached = self._connectivity.history.last_reached_hq_at
+        completed_at = datetime.now(UTC)
+
+        def admit(unsynced: Mapping[tuple[CardKind, str], int]) -> None:
+            refusals = offline_refusals(lines, locks, parameters, unsynced=unsynced,
+                                        last_reached_hq_at=last_reached, now=completed_at)
+            if refusals:
+                raise OfflineNotAllowed.of(refusals)._refusing(refusals[0].line_id,
+                                                                sale.paid(done))
+
+        # Once now, so that only eligible lines are built; again under the outbox's lock,
+        # where what it holds cannot change before this sale is in.
+        admit(self._outbox.unsynced_minor())
         all_tenders = self._state.tenders(transaction_id)
         redeem_lines = []
         for record in pending:
@@ -217,14 +228,16 @@ class Checkout:
             ))
         offline = OfflineSale(
             transaction_id=transaction_id,
-            completed_at=datetime.now(UTC),
+            completed_at=completed_at,
             parameters_version=parameters.version,
             redeem_lines=tuple(redeem_lines),
             unlocks=_unlocks([t for t in all_tenders if t.card_number not in sale.cards()]),
             reversals=_reversals(sale.dropped, all_tenders),
+            last_reached_hq_at=last_reached,
         )
         finished: list[SaleResult | None] = []
-        self._outbox.append(offline, also=lambda conn, sequence: finished.append(SaleBook.finish(
+        self._outbox.append(offline, admit=admit, also=lambda conn, sequence: finished.append(
+            SaleBook.finish(
             conn, transaction_id, SaleStatus.COMPLETED_OFFLINE, sequence_number=sequence,
             paid=sale.result_lines, offline=[r.line.line_id for r in pending],
             reversed_ids=[r.line.line_id for r in sale.dropped],

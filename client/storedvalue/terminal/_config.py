@@ -57,6 +57,14 @@ class TerminalConfig:
     """Follow HQ's WatchParameters stream while online, so a parameter change reaches the
     terminal in about a second. When False the parameters are only read on (re)connection."""
 
+    status_report_interval_s: float = 60.0
+    """How often the terminal reports to HQ while online (its link history and what its outbox
+    holds, for the back office). The report is also the terminal's heartbeat: a link that died
+    while the till was idle is found by it (the terminal goes OFFLINE before a cashier finds
+    out), and the time of HQ's last answer, from which the offline duration limit counts, is
+    kept fresh on disk. HQ shows a terminal that missed two reports as offline. 0 turns the
+    periodic report off (the terminal still reports when it reaches HQ and after a sync)."""
+
     finished_sale_retention_s: float = 7 * 24 * 3600.0
     """How long a finished sale stays readable through ``Terminal.sale`` once HQ acknowledged
     whatever it queued (a sale is never forgotten before that). A week by default."""
@@ -72,6 +80,8 @@ class TerminalConfig:
             raise ValueError("sync_batch_size must be at least 1")
         if self.finished_sale_retention_s < 0:
             raise ValueError("finished_sale_retention_s must not be negative")
+        if self.status_report_interval_s < 0:
+            raise ValueError("status_report_interval_s must not be negative")
         if self.sync_max_attempts < 1:
             raise ValueError("sync_max_attempts must be at least 1")
         if not 0 < self.probe_initial_backoff_s <= self.probe_max_backoff_s:

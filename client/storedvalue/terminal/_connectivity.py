@@ -2,7 +2,8 @@
 
 A failed call (UNAVAILABLE, deadline) switches to OFFLINE at once; from then on calls do not
 touch the network. Only the probe, a standard gRPC health check repeated with capped
-exponential backoff, switches back to ONLINE.
+exponential backoff, switches back to ONLINE. Every switch is kept in the terminal's link
+history before anyone is told of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._backoff import Backoff
 from ._config import TerminalConfig
+from ._link_history import LinkHistory
 from ._model import ConnectivityChange, ConnectivityState
 
 _log = logging.getLogger(__name__)
@@ -31,8 +33,10 @@ class Connectivity:
         channel: grpc.Channel,
         metadata: tuple[tuple[str, str], ...],
         config: TerminalConfig,
+        history: LinkHistory,
     ) -> None:
         self._health = health_pb2_grpc.HealthStub(channel)
+        self.history = history
         self._metadata = metadata
         self._config = config
         self._state = ConnectivityState.OFFLINE
@@ -110,7 +114,12 @@ class Connectivity:
             )
         except grpc.RpcError:
             return False
+        self.history.note_answer()
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def note_answer(self) -> None:
+        """HQ answered a call just now (the offline duration limit counts from the last)."""
+        self.history.note_answer()
 
     def _switch(self, state: ConnectivityState, cause: str) -> None:
         with self._changed:
@@ -120,6 +129,7 @@ class Connectivity:
                 state=state, previous=self._state, cause=cause, at=datetime.now(UTC)
             )
             self._state = state
+            self.history.remember(change)
             self._changed.notify_all()
             listeners = list(self._listeners)
         _log.info("terminal is %s: %s", state.value, cause)
@@ -128,6 +138,10 @@ class Connectivity:
                 listener(change)
             except Exception:
                 _log.exception("connectivity listener failed")
+        try:
+            self.history.store(change)
+        except Exception:  # the switch stands even if the disk refuses the note of it
+            _log.exception("could not keep the link switch on disk")
 
     def _probe_loop(self) -> None:
         backoff = Backoff(

@@ -4,27 +4,37 @@ Everything else in the library handles frozen values only."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from storedvalue.v1 import common_pb2, offline_pb2, parameters_pb2, terminal_service_pb2
+from storedvalue.v1 import (
+    common_pb2,
+    offline_pb2,
+    parameters_pb2,
+    terminal_service_pb2,
+    terminal_status_pb2,
+)
 
 from ._hq_records import (
     LineSyncResult,
     OfflineSale,
     OnlineDebit,
+    StatusReport,
     SyncItemResult,
 )
 from ._model import (
     Card,
     CardKind,
     CardStatus,
+    ConnectivityState,
     LineResult,
     LineState,
     Lock,
     Money,
+    OfflineRiskLimits,
     OutboxEntry,
     Parameters,
     SaleLine,
@@ -32,6 +42,7 @@ from ._model import (
     SyncOutcome,
     SyncReport,
     Tender,
+    UnsyncedAmount,
 )
 
 pb = terminal_service_pb2
@@ -224,21 +235,58 @@ def parameters_from_pb(parameters: parameters_pb2.Parameters) -> Parameters:
         updated_at=(
             timestamp_from_pb(parameters.updated_at) if parameters.HasField("updated_at") else None
         ),
+        gift_card_offline_limits=_limits_from_pb(parameters.gift_card_offline_limits),
+        credit_memo_offline_limits=_limits_from_pb(parameters.credit_memo_offline_limits),
+        store_id=parameters.store_id,
     )
 
 
 def parameters_to_bytes(parameters: Parameters) -> bytes:
-    lease = duration_pb2.Duration()
-    lease.FromTimedelta(parameters.lock_lease)
     message = parameters_pb2.Parameters(
         version=parameters.version,
         gift_card_offline_completion_allowed=parameters.gift_card_offline_completion_allowed,
         credit_memo_offline_completion_allowed=parameters.credit_memo_offline_completion_allowed,
-        lock_lease=lease,
+        lock_lease=_duration_to_pb(parameters.lock_lease),
+        gift_card_offline_limits=_limits_to_pb(parameters.gift_card_offline_limits),
+        credit_memo_offline_limits=_limits_to_pb(parameters.credit_memo_offline_limits),
+        store_id=parameters.store_id,
     )
     if parameters.updated_at is not None:
         message.updated_at.CopyFrom(timestamp_to_pb(parameters.updated_at))
     return message.SerializeToString()
+
+
+def _duration_to_pb(span: timedelta) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(span)
+    return duration
+
+
+def _limits_from_pb(limits: parameters_pb2.OfflineRiskLimits) -> OfflineRiskLimits:
+    return OfflineRiskLimits(
+        max_line_amount=(
+            money_from_pb(limits.max_line_amount) if limits.HasField("max_line_amount") else None
+        ),
+        max_unsynced_amount=(
+            money_from_pb(limits.max_unsynced_amount)
+            if limits.HasField("max_unsynced_amount") else None
+        ),
+        max_offline_duration=(
+            limits.max_offline_duration.ToTimedelta()
+            if limits.HasField("max_offline_duration") else None
+        ),
+    )
+
+
+def _limits_to_pb(limits: OfflineRiskLimits) -> parameters_pb2.OfflineRiskLimits:
+    message = parameters_pb2.OfflineRiskLimits()
+    if limits.max_line_amount is not None:
+        message.max_line_amount.CopyFrom(money_to_pb(limits.max_line_amount))
+    if limits.max_unsynced_amount is not None:
+        message.max_unsynced_amount.CopyFrom(money_to_pb(limits.max_unsynced_amount))
+    if limits.max_offline_duration is not None:
+        message.max_offline_duration.CopyFrom(_duration_to_pb(limits.max_offline_duration))
+    return message
 
 
 def parameters_from_bytes(stored: bytes) -> Parameters:
@@ -270,7 +318,7 @@ def sync_limits_from_bytes(stored: bytes) -> SyncLimits:
 
 def offline_sale_to_bytes(sale: OfflineSale, sequence_number: int) -> bytes:
     """The outbox payload: the wire's OfflineTransaction, sequence number included."""
-    return offline_pb2.OfflineTransaction(
+    message = offline_pb2.OfflineTransaction(
         transaction_id=sale.transaction_id,
         sequence_number=sequence_number,
         completed_at=timestamp_to_pb(sale.completed_at),
@@ -303,7 +351,32 @@ def offline_sale_to_bytes(sale: OfflineSale, sequence_number: int) -> bytes:
             )
             for reversal in sale.reversals
         ],
-    ).SerializeToString()
+        unsynced_amounts=[_unsynced_to_pb(held) for held in sale.unsynced_amounts],
+    )
+    if sale.last_reached_hq_at is not None:
+        message.last_reached_hq_at.CopyFrom(timestamp_to_pb(sale.last_reached_hq_at))
+    return message.SerializeToString()
+
+
+def _unsynced_to_pb(held: UnsyncedAmount) -> offline_pb2.UnsyncedAmount:
+    return offline_pb2.UnsyncedAmount(
+        card_kind=_KIND_TO_PB[held.card_kind], amount=money_to_pb(held.amount),
+        line_count=held.line_count,
+    )
+
+
+def unsynced_lines_from_bytes(payload: bytes) -> tuple[UnsyncedAmount, ...]:
+    """An outbox payload's own offline lines, totalled per tender kind and currency."""
+    totals: dict[tuple[CardKind, str], tuple[int, int]] = {}
+    for line in offline_pb2.OfflineTransaction.FromString(payload).redeem_lines:
+        key = (_KIND_FROM_PB.get(line.card_kind, CardKind.GIFT_CARD),
+               line.amount.currency_code)
+        amount, count = totals.get(key, (0, 0))
+        totals[key] = (amount + line.amount.amount_minor, count + 1)
+    return tuple(
+        UnsyncedAmount(card_kind=kind, amount=Money(amount, currency), line_count=count)
+        for (kind, currency), (amount, count) in totals.items()
+    )
 
 
 def outbox_entry_from_bytes(payload: bytes) -> OutboxEntry:
@@ -409,3 +482,35 @@ def report_from_bytes(sequence: int, transaction_id: str, stored: bytes, recorde
         ),
         recorded_at=recorded_at,
     )
+
+
+# -- status reports ------------------------------------------------------------------------
+
+_LINK_STATE_TO_PB = {
+    ConnectivityState.ONLINE: terminal_status_pb2.LINK_STATE_ONLINE,
+    ConnectivityState.OFFLINE: terminal_status_pb2.LINK_STATE_OFFLINE,
+}
+
+
+def status_report_request(report: StatusReport) -> pb.ReportTerminalStatusRequest:
+    message = terminal_status_pb2.TerminalStatusReport(
+        reported_at=timestamp_to_pb(report.reported_at),
+        link_history=[
+            terminal_status_pb2.LinkChange(
+                state=_LINK_STATE_TO_PB[change.state], changed_at=timestamp_to_pb(change.at),
+                cause=change.cause,
+            )
+            for change in report.link_history
+        ],
+        outbox=terminal_status_pb2.OutboxSummary(
+            transaction_count=report.outbox_transactions,
+            unsynced_amounts=[_unsynced_to_pb(held) for held in report.unsynced_amounts],
+            last_sequence_number=report.last_sequence_number,
+        ),
+        parameters_version=report.parameters_version,
+    )
+    if report.oldest_completed_at is not None:
+        message.outbox.oldest_completed_at.CopyFrom(timestamp_to_pb(report.oldest_completed_at))
+    if report.next_report_within is not None:
+        message.next_report_within.CopyFrom(_duration_to_pb(report.next_report_within))
+    return pb.ReportTerminalStatusRequest(request_id=str(uuid.uuid4()), report=message)

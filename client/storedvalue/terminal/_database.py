@@ -12,7 +12,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ._errors import TerminalError
@@ -66,10 +66,29 @@ CREATE TABLE IF NOT EXISTS sync_reports (
     result BLOB NOT NULL,
     recorded_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox_exposure (
+    sequence_number INTEGER NOT NULL,
+    card_kind TEXT NOT NULL,
+    currency_code TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL,
+    line_count INTEGER NOT NULL,
+    PRIMARY KEY (sequence_number, card_kind, currency_code)
+);
+CREATE TABLE IF NOT EXISTS link_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL,
+    changed_at TEXT NOT NULL,
+    cause TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS link_contact (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_reached_hq_at TEXT NOT NULL
+);
 """
 
-# Schema changes after the first release, in order; PRAGMA user_version counts those applied.
-_MIGRATIONS = (
+# Schema changes after the first release, in order (SQL, or Python for what SQL cannot read
+# from a payload); PRAGMA user_version counts those applied. New tables go in _SCHEMA.
+_MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     # 1: sales keep their state after they finish (recovery, reversals, idempotent retries).
     """
     CREATE TABLE sales (
@@ -91,6 +110,9 @@ _MIGRATIONS = (
         SELECT transaction_id, 'OPEN', strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')
         FROM (SELECT transaction_id FROM tenders UNION SELECT transaction_id FROM sale_lines);
     """,
+    # 2: the outbox's offline lines by kind and currency (the exposure the offline risk
+    # limits bound), for what an outbox written before held.
+    lambda conn: _backfill_outbox_exposure(conn),
 )
 
 
@@ -127,7 +149,10 @@ class Database:
                 _run(conn, _SCHEMA)
                 (applied,) = conn.execute("PRAGMA user_version").fetchone()
                 for number, migration in enumerate(_MIGRATIONS[applied:], start=applied + 1):
-                    _run(conn, migration)
+                    if isinstance(migration, str):
+                        _run(conn, migration)
+                    else:
+                        migration(conn)
                     conn.execute(f"PRAGMA user_version = {number}")
             self._claim(terminal_id)
         except BaseException:
@@ -159,6 +184,13 @@ class Database:
             self._conn.execute("COMMIT")
 
     @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the connection across a write and what must follow its commit: in-memory
+        state that changes with the commit, and only if it commits."""
+        with self._mutex:
+            yield
+
+    @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         with self._mutex:
             yield self._conn
@@ -167,6 +199,20 @@ class Database:
         with self._mutex:
             self._conn.close()
         os.close(self._lock_fd)
+
+
+def _backfill_outbox_exposure(conn: sqlite3.Connection) -> None:
+    from ._convert import unsynced_lines_from_bytes  # protobuf only when there is a payload
+
+    rows = conn.execute("SELECT sequence_number, payload FROM outbox").fetchall()
+    for sequence, payload in rows:
+        conn.executemany(
+            "INSERT OR IGNORE INTO outbox_exposure (sequence_number, card_kind, "
+            "currency_code, amount_minor, line_count) VALUES (?, ?, ?, ?, ?)",
+            [(sequence, held.card_kind.value, held.amount.currency_code,
+              held.amount.amount_minor, held.line_count)
+             for held in unsynced_lines_from_bytes(payload)],
+        )
 
 
 def _run(conn: sqlite3.Connection, script: str) -> None:

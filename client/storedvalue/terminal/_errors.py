@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import ClassVar, cast
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ._model import LineResult, SaleResult
+from ._model import LineResult, Money, SaleResult
 
 ERROR_DOMAIN = "storedvalue.dev"
 
@@ -230,6 +230,14 @@ class RedeemOutcomeUnknown(TerminalError):
         self.line_ids = line_ids
 
 
+LIMIT_REFUSALS = {
+    "OFFLINE_LINE_LIMIT_EXCEEDED": "max_line_amount",
+    "OFFLINE_UNSYNCED_LIMIT_EXCEEDED": "max_unsynced_amount",
+    "OFFLINE_DURATION_EXCEEDED": "max_offline_duration",
+}
+"""The refusals that come from an offline risk limit, and the limit each one names."""
+
+
 @dataclass(frozen=True)
 class OfflineRefusal:
     """Why one line cannot be completed offline."""
@@ -240,14 +248,28 @@ class OfflineRefusal:
     """``KIND_NOT_ALLOWED`` (HQ parameters forbid this card kind offline), ``NOT_LOCKED`` (this
     terminal did not lock the card for this sale before the link dropped), ``LOCK_UNCONFIRMED``
     (LockCard was sent but its answer never came: HQ may have refused it), ``OVER_BALANCE``
-    (more than the balance seen at lock time) or ``CURRENCY_MISMATCH``."""
+    (more than the balance seen at lock time), ``CURRENCY_MISMATCH``, or an offline risk
+    limit of the card's kind: ``OFFLINE_LINE_LIMIT_EXCEEDED``,
+    ``OFFLINE_UNSYNCED_LIMIT_EXCEEDED`` or ``OFFLINE_DURATION_EXCEEDED``."""
+    amount_left: Money | None = None
+    """For a refusal by an amount limit: how much the limit still allows (for the line limit,
+    the largest line; for the unsynced limit, what is left of it before this line), in the
+    limit's currency; zero for a line in another currency."""
+    time_left: timedelta | None = None
+    """For ``OFFLINE_DURATION_EXCEEDED``: zero (the time the limit allowed is used up)."""
+
+    @property
+    def limit(self) -> str:
+        """The offline risk limit that refused the line (``max_line_amount``,
+        ``max_unsynced_amount``, ``max_offline_duration``); empty for other refusals."""
+        return LIMIT_REFUSALS.get(self.why, "")
 
 
 class OfflineNotAllowed(TerminalError):
     """Raised locally: HQ is unreachable and some lines may not complete offline. The sale is
     still open and nothing of it was lost; ``line_ids`` names the refused lines."""
 
-    reasons = ("OFFLINE_NOT_ALLOWED",)
+    reasons: ClassVar[tuple[str, ...]] = ("OFFLINE_NOT_ALLOWED",)
 
     def __init__(self, refusals: tuple[OfflineRefusal, ...]) -> None:
         names = ", ".join(f"{r.line_id} ({r.why})" for r in refusals)
@@ -258,6 +280,51 @@ class OfflineNotAllowed(TerminalError):
     @property
     def line_ids(self) -> tuple[str, ...]:
         return tuple(r.line_id for r in self.refusals)
+
+    @staticmethod
+    def of(refusals: tuple[OfflineRefusal, ...]) -> OfflineNotAllowed:
+        """The error for these refusals: OfflineLimitExceeded when only risk limits refused
+        lines (the sale could complete offline within them), else OfflineNotAllowed."""
+        if refusals and all(r.limit for r in refusals):
+            return OfflineLimitExceeded(refusals)
+        return OfflineNotAllowed(refusals)
+
+
+class OfflineLimitExceeded(OfflineNotAllowed):
+    """Raised locally: HQ is unreachable and a line would take the terminal past an offline
+    risk limit of HQ's parameters. The sale is still open and nothing of it was lost: the
+    cashier takes another tender for what is over the limit, or waits for HQ. ``limit`` names
+    the limit of the first refused line and ``amount_left`` (or ``time_left``) what it still
+    allows; ``refusals`` has every refused line."""
+
+    reasons = ("OFFLINE_LIMIT_EXCEEDED",)
+
+    def __init__(self, refusals: tuple[OfflineRefusal, ...]) -> None:
+        super().__init__(refusals)
+        first = refusals[0]
+        left = (f"{first.amount_left.amount_minor} minor units of "
+                f"{first.amount_left.currency_code} left" if first.amount_left is not None
+                else "no time left")
+        self.message = (f"line {first.line_id} is over the offline limit {first.limit} "
+                        f"({left}); the sale stays open")
+        self.args = (self.message,)
+        metadata = {"limit": first.limit, "line_id": first.line_id}
+        if first.amount_left is not None:
+            metadata["amount_left_minor"] = str(first.amount_left.amount_minor)
+            metadata["currency_code"] = first.amount_left.currency_code
+        self.metadata = metadata
+
+    @property
+    def limit(self) -> str:
+        return self.refusals[0].limit
+
+    @property
+    def amount_left(self) -> Money | None:
+        return self.refusals[0].amount_left
+
+    @property
+    def time_left(self) -> timedelta | None:
+        return self.refusals[0].time_left
 
 
 _BY_REASON: dict[str, type[TerminalError]] = {

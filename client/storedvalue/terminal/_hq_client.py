@@ -19,7 +19,7 @@ from . import _convert
 from ._config import TerminalConfig
 from ._connectivity import Connectivity
 from ._errors import HQUnavailable, TerminalError, error_from_rpc
-from ._hq_records import OnlineDebit, SyncItemResult
+from ._hq_records import OnlineDebit, StatusReport, SyncItemResult
 from ._model import Card, CardKind, Money, Parameters, SaleLine, SyncLimits, Tender
 
 Request = TypeVar("Request")
@@ -31,9 +31,11 @@ class ParametersStream:
     """An open WatchParameters stream: iterate for new versions; ``cancel`` ends it. A broken
     stream raises the typed error (``code`` tells a transient failure from a cancellation)."""
 
-    def __init__(self, call: grpc.CallIterator[pb.WatchParametersResponse]) -> None:
+    def __init__(self, call: grpc.CallIterator[pb.WatchParametersResponse], *,
+                 on_message: Callable[[], None]) -> None:
         self._call = call
         self._cancel: Callable[[], object] = call.cancel
+        self._on_message = on_message
 
     def cancel(self) -> None:
         self._cancel()
@@ -41,6 +43,7 @@ class ParametersStream:
     def __iter__(self) -> Iterator[Parameters]:
         try:
             for message in self._call:
+                self._on_message()
                 yield _convert.parameters_from_pb(message.parameters)
         except grpc.RpcError as failure:
             raise error_from_rpc(failure) from None
@@ -135,7 +138,13 @@ class HQClient:
         call = self._stub.WatchParameters(
             _convert.watch_parameters_request(known_version), metadata=self._metadata
         )
-        return ParametersStream(call)
+        return ParametersStream(call, on_message=self._connectivity.note_answer)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def report_status(self, report: StatusReport) -> None:
+        """ReportTerminalStatus: the link history and what the outbox holds."""
+        self._call(self._stub.ReportTerminalStatus, _convert.status_report_request(report))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -156,7 +165,7 @@ class HQClient:
         if not self._connectivity.online:
             raise HQUnavailable("terminal is OFFLINE; HQ not called", request_sent=False, code=None)
         try:
-            return rpc(
+            response = rpc(
                 request,
                 timeout=timeout_s if timeout_s is not None else self._config.call_timeout_s,
                 metadata=self._metadata,
@@ -167,4 +176,8 @@ class HQClient:
                 self._connectivity.report_failure(
                     f"call failed: {error.code.name if error.code else 'unknown'}"
                 )
+            if not isinstance(error, HQUnavailable):
+                self._connectivity.note_answer()  # a refusal is an answer too
             raise error from None
+        self._connectivity.note_answer()
+        return response

@@ -5,9 +5,17 @@ stored forms are built and read in ``_convert`` only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from ._model import Card, CardKind, LineState, Money, SyncOutcome
+from ._model import (
+    Card,
+    CardKind,
+    ConnectivityChange,
+    LineState,
+    Money,
+    SyncOutcome,
+    UnsyncedAmount,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,12 @@ class OfflineSale:
     redeem_lines: tuple[OfflineLine, ...] = ()
     unlocks: tuple[QueuedUnlock, ...] = ()
     reversals: tuple[QueuedReversal, ...] = ()
+    last_reached_hq_at: datetime | None = None
+    """When HQ last answered before the sale completed offline (HQ checks the offline
+    duration limit against it)."""
+    unsynced_amounts: tuple[UnsyncedAmount, ...] = ()
+    """What the outbox held unsynced once this sale's lines were added (stamped by the
+    outbox, which knows it)."""
 
 
 @dataclass(frozen=True)
@@ -94,3 +108,18 @@ class SyncItemResult:
     """Anything but a clean application: kept as a sync report for a human."""
     stored: bytes
     """The whole answer as kept in a sync report (read back by ``_convert``)."""
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What the terminal tells HQ about itself (ReportTerminalStatus)."""
+
+    reported_at: datetime
+    link_history: tuple[ConnectivityChange, ...]
+    outbox_transactions: int
+    unsynced_amounts: tuple[UnsyncedAmount, ...]
+    oldest_completed_at: datetime | None
+    last_sequence_number: int
+    parameters_version: int
+    next_report_within: timedelta | None
+    """None when the terminal does not report periodically."""

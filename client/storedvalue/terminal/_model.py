@@ -224,19 +224,47 @@ class Sale:
 
 
 @dataclass(frozen=True)
+class OfflineRiskLimits:
+    """How much of one tender kind the terminal may take offline before HQ sees it. Each
+    limit that is None is unlimited (the default)."""
+
+    max_line_amount: Money | None = None
+    """Largest amount one offline line may take (a line in another currency is refused)."""
+    max_unsynced_amount: Money | None = None
+    """Largest total of offline lines of this kind the outbox may hold unsynced, the new
+    sale's lines included."""
+    max_offline_duration: timedelta | None = None
+    """Longest time since the terminal last reached HQ during which it may still complete
+    sales of this kind offline."""
+
+
+NO_LIMITS = OfflineRiskLimits()
+
+
+@dataclass(frozen=True)
 class Parameters:
-    """The HQ parameters the terminal applies (the last version it received)."""
+    """The HQ parameters the terminal applies (the last version it received): the global
+    parameters with its store's override on top."""
 
     version: int
     gift_card_offline_completion_allowed: bool
     credit_memo_offline_completion_allowed: bool
     lock_lease: timedelta
     updated_at: datetime | None
+    gift_card_offline_limits: OfflineRiskLimits = NO_LIMITS
+    credit_memo_offline_limits: OfflineRiskLimits = NO_LIMITS
+    store_id: str = ""
+    """The store these parameters are for ("" for none: the global parameters)."""
 
     def allows_offline(self, kind: CardKind) -> bool:
         if kind is CardKind.GIFT_CARD:
             return self.gift_card_offline_completion_allowed
         return self.credit_memo_offline_completion_allowed
+
+    def offline_limits(self, kind: CardKind) -> OfflineRiskLimits:
+        if kind is CardKind.GIFT_CARD:
+            return self.gift_card_offline_limits
+        return self.credit_memo_offline_limits
 
 
 NO_PARAMETERS = Parameters(
@@ -247,6 +275,16 @@ NO_PARAMETERS = Parameters(
     updated_at=None,
 )
 """What a terminal applies before it ever reached HQ: nothing may complete offline."""
+
+
+@dataclass(frozen=True)
+class UnsyncedAmount:
+    """What the outbox holds unsynced of offline lines of one tender kind in one currency:
+    the terminal's exposure, what ``OfflineRiskLimits.max_unsynced_amount`` bounds."""
+
+    card_kind: CardKind
+    amount: Money
+    line_count: int
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,14 @@ class ParametersCache:
             self._listeners.append(listener)
 
     def save(self, parameters: Parameters, limits: SyncLimits | None) -> None:
-        """Keep ``parameters`` if not older than the cached version (a GetParameters answer
-        and the stream may cross); ``limits`` always replace the cached ones."""
+        """Keep ``parameters`` if newer than the cached version (a GetParameters answer and
+        the stream may cross) or for another store (the terminal was moved: the new store's
+        versions may be lower); ``limits`` always replace the cached ones."""
         with self._changed:
-            newer = parameters.version > self._parameters.version
+            cached = self._parameters
+            newer = parameters.version > cached.version or (
+                parameters.store_id != cached.store_id and parameters.version > 0
+            )
             if not newer and limits is None:
                 return
             with self._db.write() as conn:
@@ -87,6 +91,11 @@ class ParametersCache:
     def wait_for_version(self, version: int, timeout_s: float) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: self._parameters.version >= version, timeout_s)
+
+    def wait_for(self, condition: Callable[[Parameters], bool], timeout_s: float) -> bool:
+        """Wait until the applied parameters satisfy ``condition``."""
+        with self._changed:
+            return self._changed.wait_for(lambda: condition(self._parameters), timeout_s)
 
 
 class ParametersFollower:

@@ -84,6 +84,7 @@ class SyncAgent:
         self._trigger = threading.Event()
         self._stopping = threading.Event()
         self._progress_listeners: list[Callable[[SyncProgress], None]] = []
+        self._after_run: list[Callable[[], object]] = []
         self.last_summary: SyncSummary | None = None
         self._thread = threading.Thread(
             target=self._loop, name="storedvalue-terminal-sync", daemon=True
@@ -91,6 +92,11 @@ class SyncAgent:
 
     def add_progress_listener(self, listener: Callable[[SyncProgress], None]) -> None:
         self._progress_listeners.append(listener)
+
+    def after_run(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` after every run that sent something (the status report, so that
+        HQ sees the outbox emptied)."""
+        self._after_run.append(callback)
 
     def start(self) -> None:
         if self._config.sync_automatically:
@@ -115,7 +121,13 @@ class SyncAgent:
         with self._run_lock:
             summary = self._run()
             self.last_summary = summary
-            return summary
+        if summary.sent:
+            for callback in self._after_run:
+                try:
+                    callback()
+                except Exception:
+                    _log.exception("after-sync callback failed")
+        return summary
 
     def _loop(self) -> None:
         while True:

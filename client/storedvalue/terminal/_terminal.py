@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -17,6 +17,7 @@ from ._connectivity import Connectivity
 from ._database import Database
 from ._errors import TerminalError
 from ._hq_client import HQClient
+from ._link_history import LinkHistory
 from ._model import (
     Card,
     CardKind,
@@ -33,11 +34,13 @@ from ._model import (
     SyncReport,
     SyncSummary,
     Tender,
+    UnsyncedAmount,
 )
 from ._outbox import Outbox
 from ._parameters import ParametersCache, ParametersFollower
 from ._sale_book import SaleBook
 from ._sale_state import SaleState
+from ._status_reports import StatusReporter
 from ._sync import SyncAgent
 from ._tenders import Tenders
 
@@ -80,7 +83,8 @@ class Terminal:
             )
         metadata = (("authorization", f"Bearer {credential}"),)
         self._connectivity = Connectivity(
-            channel=self._channel, metadata=metadata, config=self._config
+            channel=self._channel, metadata=metadata, config=self._config,
+            history=LinkHistory(self._db),
         )
         self._hq = HQClient(
             channel=self._channel,
@@ -123,12 +127,21 @@ class Terminal:
             tenders=self._tenders,
             on_queued=self._sync.trigger,
         )
+        self._reporter = StatusReporter(
+            hq=self._hq,
+            connectivity=self._connectivity,
+            outbox=self._outbox,
+            parameters=self._parameters,
+            config=self._config,
+        )
+        self._sync.after_run(self._reporter.report_now)
         self._connectivity.add_listener(self._follower.on_connectivity)
         self._connectivity.add_listener(self._on_connectivity)
         try:
             self._sync.start()
             self._connectivity.start()
             self._follower.start()
+            self._reporter.start()
         except BaseException:
             self.close()
             raise
@@ -152,8 +165,13 @@ class Terminal:
             return
         self._closed = True
         follower_done = self._follower.stop(timeout_s=1.0)
+        self._reporter.stop()
         self._sync.stop()
         self._connectivity.stop()
+        try:
+            self._connectivity.history.persist()
+        except Exception:
+            _log.exception("could not keep the time of HQ's last answer")
         self._channel.close()  # cancels whatever RPC is still in flight
         if not follower_done:
             _log.warning("parameters stream ignored its cancellation; closed with the channel")
@@ -177,6 +195,22 @@ class Terminal:
     def sync_limits(self) -> SyncLimits | None:
         return self._parameters.sync_limits
 
+    @property
+    def last_reached_hq_at(self) -> datetime | None:
+        """When HQ last answered this terminal (kept across restarts): the offline duration
+        limit counts from it. None if it never did."""
+        return self._connectivity.history.last_reached_hq_at
+
+    def link_history(self) -> tuple[ConnectivityChange, ...]:
+        """The latest ONLINE/OFFLINE switches (the last 100, kept across restarts), oldest
+        first: what the terminal reports to HQ."""
+        return self._connectivity.history.changes()
+
+    def unsynced_amounts(self) -> tuple[UnsyncedAmount, ...]:
+        """What the outbox holds of offline lines not yet acknowledged by HQ, per tender kind
+        and currency: the exposure the offline risk limits bound."""
+        return self._outbox.unsynced()
+
     def on_connectivity_change(
         self, callback: Callable[[ConnectivityChange], None]
     ) -> Callable[[], None]:
@@ -195,6 +229,13 @@ class Terminal:
 
     def wait_for_parameters(self, *, version: int, timeout_s: float) -> bool:
         return self._parameters.wait_for_version(version, timeout_s)
+
+    def wait_for_parameters_matching(
+        self, condition: Callable[[Parameters], bool], *, timeout_s: float
+    ) -> bool:
+        """Wait until the applied parameters satisfy ``condition`` (e.g. a store's override
+        arrived); False at the deadline."""
+        return self._parameters.wait_for(condition, timeout_s)
 
     # -- the sale -----------------------------------------------------------------------
 
@@ -320,4 +361,5 @@ class Terminal:
             self._follower.refresh()
         except TerminalError as failure:
             _log.warning("could not refresh parameters: %s", failure)
+        self._reporter.report_now()
         self._sync.trigger()
