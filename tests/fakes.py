@@ -20,7 +20,8 @@ from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
 from storedvalue.hq.domain.offline_locks import LockGrant
-from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.parameters import ParameterSet
+from storedvalue.hq.domain.terminal_reports import ReceivedReport
 from storedvalue.hq.domain.terminals import Terminal
 from storedvalue.hq.services.unit_of_work import (
     CardRepository,
@@ -33,6 +34,7 @@ from storedvalue.hq.services.unit_of_work import (
     RedemptionRepository,
     RequestLog,
     StoredResponse,
+    TerminalReportRepository,
     TerminalRepository,
 )
 from storedvalue.hq.storage.offline_repositories import parse_exception_cursor
@@ -56,9 +58,10 @@ class _State:
     # exception_id -> (insertion position, exception); the position is the list cursor.
     exceptions: dict[str, tuple[int, OfflineException]] = field(default_factory=dict)
     last_exception_position: int = 0
-    parameters: dict[int, Parameters] = field(default_factory=dict)
+    parameters: dict[int, ParameterSet] = field(default_factory=dict)
     terminals: dict[str, Terminal] = field(default_factory=dict)
     token_owners: dict[str, str] = field(default_factory=dict)
+    reports: dict[str, ReceivedReport] = field(default_factory=dict)
 
     def copy(self) -> _State:
         return _State(
@@ -74,6 +77,7 @@ class _State:
             parameters=dict(self.parameters),
             terminals=dict(self.terminals),
             token_owners=dict(self.token_owners),
+            reports=dict(self.reports),
         )
 
 
@@ -360,25 +364,55 @@ class FakeParametersRepository:
     def __init__(self, state: _State) -> None:
         self._state = state
 
-    def current(self) -> Parameters | None:
-        stored = self._state.parameters
-        return stored[max(stored)] if stored else None
+    def latest_version(self) -> int:
+        return max(self._state.parameters, default=0)
 
-    def get_versions(self, versions: Collection[int]) -> dict[int, Parameters]:
+    def as_of(self, store_id: str, version: int) -> ParameterSet | None:
         stored = self._state.parameters
-        return {v: stored[v] for v in versions if v in stored}
+        found = [v for v, s in stored.items() if s.store_id == store_id and v <= version]
+        return stored[max(found)] if found else None
 
-    def add(self, parameters: Parameters) -> None:
-        if parameters.version in self._state.parameters:
+    def latest(self, store_id: str) -> ParameterSet | None:
+        return self.as_of(store_id, 2**62)
+
+    def latest_overrides(self) -> list[ParameterSet]:
+        newest: dict[str, ParameterSet] = {}
+        for version in sorted(self._state.parameters):
+            made = self._state.parameters[version]
+            if made.store_id:
+                newest[made.store_id] = made
+        return [newest[store] for store in sorted(newest)]
+
+    def add(self, parameter_set: ParameterSet) -> None:
+        if parameter_set.version in self._state.parameters:
             raise _taken("parameters.version")
-        self._state.parameters[parameters.version] = _stored(parameters)
+        self._state.parameters[parameter_set.version] = _stored(parameter_set)
 
-    def list(self, *, before_version: int, limit: int) -> list[Parameters]:
+    def list(self, *, store_id: str | None, before_version: int, limit: int
+             ) -> list[ParameterSet]:
         versions = sorted(
-            (v for v in self._state.parameters if before_version <= 0 or v < before_version),
+            (v for v, s in self._state.parameters.items()
+             if (before_version <= 0 or v < before_version)
+             and (store_id is None or s.store_id == store_id)),
             reverse=True,
         )
         return [self._state.parameters[v] for v in versions[: max(limit, 0)]]
+
+
+class FakeTerminalReportRepository:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+
+    def get_many(self, terminal_ids: Collection[str]) -> dict[str, ReceivedReport]:
+        reports = self._state.reports
+        return {t: reports[t] for t in terminal_ids if t in reports}
+
+    def save(self, terminal_id: str, received: ReceivedReport) -> bool:
+        held = self._state.reports.get(terminal_id)
+        if held is not None and held.report.reported_at > received.report.reported_at:
+            return False
+        self._state.reports[terminal_id] = received
+        return True
 
 
 class FakeTerminalRepository:
@@ -433,6 +467,7 @@ class FakeUnitOfWork:
     exceptions: OfflineExceptionRepository
     parameters: ParametersRepository
     terminals: TerminalRepository
+    reports: TerminalReportRepository
 
     def __init__(self, storage: FakeStorage) -> None:
         self._storage = storage
@@ -454,6 +489,7 @@ class FakeUnitOfWork:
         self.exceptions = FakeOfflineExceptionRepository(state)
         self.parameters = FakeParametersRepository(state)
         self.terminals = FakeTerminalRepository(state)
+        self.reports = FakeTerminalReportRepository(state)
 
     def __exit__(
         self,

@@ -25,7 +25,19 @@ from storedvalue.hq.domain.offline import (
     Redemption,
     ReversalOutcome,
 )
-from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
+from storedvalue.hq.domain.parameters import (
+    NO_LIMITS,
+    OfflineRiskLimits,
+    ParameterSet,
+    ParameterValues,
+)
+from storedvalue.hq.domain.terminal_reports import (
+    LinkChange,
+    LinkState,
+    ReceivedReport,
+    TerminalReport,
+)
 from storedvalue.hq.domain.terminals import Terminal, hash_token
 from storedvalue.hq.services.unit_of_work import Storage, UnitOfWork
 
@@ -200,15 +212,22 @@ def make_exception(exception_id: str, *, terminal_id: str = "till-1",
 
 
 def make_parameters(version: int, *, gift: bool = True, memo: bool = False,
-                    lease: timedelta = timedelta(hours=4)) -> Parameters:
-    return Parameters(
-        version=version,
-        gift_card_offline_completion_allowed=gift,
-        credit_memo_offline_completion_allowed=memo,
-        lock_lease=lease,
-        updated_at=at(version),
-        updated_by=f"admin:alice-{version}",
-    )
+                    lease: timedelta = timedelta(hours=4), store_id: str = "",
+                    limits: OfflineRiskLimits = NO_LIMITS) -> ParameterSet:
+    """The global set made by `version` (or, with `store_id`, a store's override of the
+    gift card flag and its limits only)."""
+    if store_id:
+        values = ParameterValues(gift_card_offline_completion_allowed=gift,
+                                 gift_card_offline_limits=limits)
+    else:
+        values = ParameterValues(
+            gift_card_offline_completion_allowed=gift,
+            credit_memo_offline_completion_allowed=memo,
+            lock_lease=lease,
+            gift_card_offline_limits=limits,
+        )
+    return ParameterSet(version=version, store_id=store_id, values=values,
+                        changed_at=at(version), changed_by=f"admin:alice-{version}")
 
 
 def make_terminal(terminal_id: str, *, token_hash: str | None = None) -> Terminal:
@@ -218,4 +237,26 @@ def make_terminal(terminal_id: str, *, token_hash: str | None = None) -> Termina
         token_hash=token_hash or hash_token(f"token of {terminal_id}"),
         registered_at=NOW,
         credential_issued_at=at(5),
+    )
+
+
+def make_report(*, reported: datetime, received: datetime, unsynced: int) -> ReceivedReport:
+    """A till's report: online since just before it, `unsynced` EUR minor units of gift
+    card lines in its outbox."""
+    amounts = (UnsyncedAmount(CardKind.GIFT_CARD, Money(unsynced, "EUR"), 2),) if unsynced else ()
+    return ReceivedReport(
+        report=TerminalReport(
+            reported_at=reported,
+            link_history=(LinkChange(LinkState.OFFLINE, reported - timedelta(hours=2),
+                                     "call failed: UNAVAILABLE"),
+                          LinkChange(LinkState.ONLINE, reported - timedelta(seconds=5),
+                                     "health check answered SERVING")),
+            outbox_transactions=2 if unsynced else 0,
+            unsynced_amounts=amounts,
+            oldest_completed_at=reported - timedelta(hours=1) if unsynced else None,
+            last_sequence_number=7,
+            parameters_version=3,
+            next_report_within=timedelta(minutes=2),
+        ),
+        received_at=received,
     )

@@ -14,6 +14,7 @@ from storage_samples import (
     make_exception,
     make_parameters,
     make_record,
+    make_report,
     make_terminal,
     make_transaction,
     read,
@@ -21,7 +22,9 @@ from storage_samples import (
 )
 
 from storedvalue.hq.domain.errors import InvalidField
+from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import OfflineException
+from storedvalue.hq.domain.parameters import OfflineRiskLimits
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage
 
 # -- offline records ------------------------------------------------------------------------
@@ -196,43 +199,66 @@ def test_a_taken_exception_id_raises_concurrent_update(storage: Storage) -> None
 
 
 def test_an_empty_database_has_no_parameters_yet(storage: Storage) -> None:
-    assert read(storage, lambda uow: uow.parameters.current()) is None
-    assert read(storage, lambda uow: uow.parameters.list(before_version=0, limit=5)) == []
+    assert read(storage, lambda uow: uow.parameters.latest("")) is None
+    assert read(storage, lambda uow: uow.parameters.latest_version()) == 0
+    assert read(storage, lambda uow: uow.parameters.list(
+        store_id=None, before_version=0, limit=5)) == []
 
 
-def test_parameters_round_trip_and_the_current_ones_are_the_newest_version(
+def test_parameter_sets_round_trip_with_their_limits_and_unset_values(
     storage: Storage,
 ) -> None:
-    versions = [make_parameters(v, gift=v % 2 == 0, memo=v == 3,
-                                lease=timedelta(hours=v, seconds=7)) for v in (1, 3, 2)]
-    for params in versions:
-        write(storage, lambda uow, p=params: uow.parameters.add(p))  # type: ignore[misc]
+    limits = OfflineRiskLimits(max_line_amount=Money(5000, "EUR"),
+                               max_offline_duration=timedelta(hours=8))
+    made = [make_parameters(1, lease=timedelta(hours=1, seconds=7)),
+            make_parameters(2, store_id="store-9", gift=False, limits=limits),
+            make_parameters(3, gift=False, memo=True, limits=limits)]
+    for parameter_set in made:
+        write(storage, lambda uow, p=parameter_set: uow.parameters.add(p))  # type: ignore[misc]
 
-    assert read(storage, lambda uow: uow.parameters.current()) == versions[1]
-    assert read(storage, lambda uow: uow.parameters.get_versions([2, 3, 9])) == {
-        2: versions[2], 3: versions[1]}
+    assert read(storage, lambda uow: uow.parameters.latest("")) == made[2]
+    assert read(storage, lambda uow: uow.parameters.latest("store-9")) == made[1]
+    assert read(storage, lambda uow: uow.parameters.latest("store-1")) is None
+    assert read(storage, lambda uow: uow.parameters.latest_version()) == 3
 
 
-def test_parameter_versions_are_listed_newest_first_below_a_version(storage: Storage) -> None:
+def test_a_scope_as_of_a_version_is_its_newest_set_at_or_before_it(storage: Storage) -> None:
+    for version, store in ((1, ""), (2, "store-9"), (3, "store-1"), (4, ""), (5, "store-9")):
+        write(storage, lambda uow, v=version, s=store: uow.parameters.add(  # type: ignore[misc]
+            make_parameters(v, store_id=s)))
+
+    def as_of(store: str, version: int) -> int | None:
+        found = read(storage, lambda uow: uow.parameters.as_of(store, version))
+        return None if found is None else found.version
+
+    assert [as_of("", v) for v in (1, 3, 4, 9)] == [1, 1, 4, 4]
+    assert [as_of("store-9", v) for v in (1, 2, 4, 5)] == [None, 2, 2, 5]
+    assert [s.version for s in read(storage, lambda uow: uow.parameters.latest_overrides())
+            ] == [3, 5]
+
+
+def test_parameter_changes_are_listed_newest_first_below_a_version(storage: Storage) -> None:
     for version in range(1, 6):
-        write(storage, lambda uow, v=version: uow.parameters.add(  # type: ignore[misc]
-            make_parameters(v)))
+        store = "store-9" if version % 2 == 0 else ""
+        write(storage, lambda uow, v=version, s=store: uow.parameters.add(  # type: ignore[misc]
+            make_parameters(v, store_id=s)))
 
-    def listed(before: int, limit: int) -> list[int]:
+    def listed(store: str | None, before: int, limit: int) -> list[int]:
         return [p.version for p in read(storage, lambda uow: uow.parameters.list(
-            before_version=before, limit=limit))]
+            store_id=store, before_version=before, limit=limit))]
 
-    assert listed(0, 2) == [5, 4]
-    assert listed(4, 2) == [3, 2]
-    assert listed(2, 5) == [1]
-    assert listed(1, 5) == []
+    assert listed(None, 0, 2) == [5, 4]
+    assert listed(None, 4, 2) == [3, 2]
+    assert listed("", 0, 5) == [5, 3, 1]
+    assert listed("store-9", 0, 5) == [4, 2]
+    assert listed(None, 1, 5) == []
 
 
 def test_a_taken_parameters_version_raises_concurrent_update(storage: Storage) -> None:
     write(storage, lambda uow: uow.parameters.add(make_parameters(1)))
 
     with pytest.raises(ConcurrentUpdate):
-        write(storage, lambda uow: uow.parameters.add(make_parameters(1, gift=False)))
+        write(storage, lambda uow: uow.parameters.add(make_parameters(1, store_id="store-9")))
 
 
 # -- terminals ------------------------------------------------------------------------------
@@ -250,11 +276,14 @@ def test_a_terminal_round_trips_and_is_found_by_its_token_hash(storage: Storage)
     assert read(storage, lambda uow: uow.terminals.get_by_token_hash("0" * 64)) is None
 
 
-def test_saving_a_terminal_writes_its_credential_and_sequence_marks(storage: Storage) -> None:
+def test_saving_a_terminal_writes_its_credential_store_revocation_and_sequence_marks(
+    storage: Storage,
+) -> None:
     write(storage, lambda uow: uow.terminals.add(make_terminal("till-1")))
     changed = replace(make_terminal("till-1", token_hash="f" * 64), display_name="Till one",
                       credential_issued_at=at(60), highest_contiguous_sequence=7,
-                      highest_sequence_seen=12, last_synced_at=at(90))
+                      highest_sequence_seen=12, last_synced_at=at(90), store_id="store-9",
+                      revoked_at=at(95), revoked_by="admin:alice", revocation_reason="stolen")
 
     write(storage, lambda uow: uow.terminals.save(changed))
 
@@ -290,3 +319,23 @@ def test_terminals_are_listed_in_id_order_after_the_given_id(storage: Storage) -
     assert listed("", 2) == ["store2-till-1", "till-1"]
     assert listed("till-1", 5) == ["till-2", "till-3"]
     assert listed("till-3", 5) == []
+
+
+# -- terminal reports -----------------------------------------------------------------------
+
+
+def test_a_terminal_report_round_trips_and_an_older_one_does_not_replace_it(
+    storage: Storage,
+) -> None:
+    newer = make_report(reported=at(50), received=at(51), unsynced=3000)
+    older = make_report(reported=at(40), received=at(52), unsynced=9000)
+
+    kept = [write(storage, lambda uow, r=report: uow.reports.save(  # type: ignore[misc]
+        "till-1", r)) for report in (newer, older)]
+
+    assert kept == [True, False]
+    assert read(storage, lambda uow: uow.reports.get_many(["till-1", "till-2"])) == {
+        "till-1": newer}
+    newest = make_report(reported=at(60), received=at(61), unsynced=0)
+    assert write(storage, lambda uow: uow.reports.save("till-1", newest))
+    assert read(storage, lambda uow: uow.reports.get_many(["till-1"])) == {"till-1": newest}

@@ -191,7 +191,8 @@ def test_parameters_updates_are_versioned_and_checked_against_the_expected_versi
         hq.run(hq.params.update(key=hq.key("admin:test", "UpdateParameters"), updated_by="test",
                                 change=ParametersChange(lock_lease=timedelta(seconds=5)),
                                 expected_version=0))
-    assert hq.params.feed.latest is not None and hq.params.feed.latest.version == 2
+    latest = hq.params.feed.latest()
+    assert latest is not None and latest.version == 2
 
 
 def test_the_same_batch_delivered_three_times_changes_nothing_after_the_first(hq: HQ) -> None:

@@ -33,6 +33,7 @@ from storedvalue.hq.services.back_office import BackOfficeService
 from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.offline import OfflineService
 from storedvalue.hq.services.parameters import ParametersFeed, ParametersService
+from storedvalue.hq.services.terminal_reports import TerminalReportService
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import ThreadedTransactions, Transactions
 from storedvalue.hq.services.unit_of_work import Storage
@@ -131,6 +132,7 @@ class HQApplication:
                                   throttle=throttle),
                 offline=offline,
                 parameters=self.parameters,
+                reports=TerminalReportService(self._transactions),
             ),
             TERMINAL_SERVICE_DESCRIPTOR,
         )

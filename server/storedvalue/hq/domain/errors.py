@@ -269,6 +269,15 @@ class LineReversed(FailedPrecondition):
         )
 
 
+class TerminalRevoked(FailedPrecondition):
+    """The terminal's credential was revoked: it gets no new credential nor another store."""
+
+    reason = "TERMINAL_REVOKED"
+
+    def __init__(self, terminal_id: str) -> None:
+        super().__init__(f"terminal {terminal_id!r} was revoked", {"terminal_id": terminal_id})
+
+
 class ParametersVersionConflict(StoredValueError):
     reason = "PARAMETERS_VERSION_CONFLICT"
     code = "ABORTED"

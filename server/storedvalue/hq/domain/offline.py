@@ -23,6 +23,7 @@ from storedvalue.hq.domain.offline_checks import (
     envelope_error,
     validate_content,
 )
+from storedvalue.hq.domain.offline_limits import LimitBreach, offline_limit_breaches
 from storedvalue.hq.domain.offline_locks import LockGrant, why_offline_line_is_untrusted
 from storedvalue.hq.domain.offline_transactions import (
     OfflineBatchPlan,
@@ -174,6 +175,14 @@ def _apply(
         exception_ids.append(exc.exception_id)
         return reason
 
+    breaches: dict[str, list[LimitBreach]] = {}
+    if applied_params is not None:
+        fresh = [line for line in txn.redeem_lines
+                 if (terminal_id, txn.transaction_id, line.line_id) not in applied_lines]
+        for breach in offline_limit_breaches(
+            txn, fresh, lambda line: cards[line.card_number].kind, applied_params
+        ):
+            breaches.setdefault(breach.line_id, []).append(breach)
     for line in txn.redeem_lines:
         assert line.amount is not None  # validated
         card = cards[line.card_number]
@@ -197,6 +206,11 @@ def _apply(
                 OfflineExceptionKind.OFFLINE_NOT_ALLOWED, "OFFLINE_NOT_ALLOWED", line,
                 f"parameters version {txn.parameters_version} did not allow completing "
                 f"{card.kind.value} sales offline; applied because the goods left the store",
+            ))
+        for breach in breaches.get(line.line_id, ()):
+            reasons.append(record(
+                OfflineExceptionKind.OFFLINE_LIMIT_EXCEEDED, breach.reason, line,
+                f"{breach.message}; applied because the goods left the store",
             ))
         untrusted = why_offline_line_is_untrusted(line.fencing_token,
                                                   sale_grants.get(line.card_number, ()))

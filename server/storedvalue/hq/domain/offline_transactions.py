@@ -43,6 +43,15 @@ class OfflineReversal:
 
 
 @dataclass(frozen=True, slots=True)
+class UnsyncedAmount:
+    """What a terminal held unsynced of offline lines of one kind in one currency."""
+
+    card_kind: CardKind | None  # None: a kind this HQ does not know
+    amount: Money | None
+    line_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class OfflineTransaction:
     transaction_id: str
     sequence_number: int
@@ -57,6 +66,10 @@ class OfflineTransaction:
     # Fields that arrived but could not be read (a completion time outside the Timestamp
     # range): the transaction is rejected for them and kept for review.
     unreadable_fields: tuple[str, ...] = ()
+    # What the terminal says it knew when it completed the sale, for the offline risk limits:
+    # when HQ last answered it, and what it held unsynced (this sale included).
+    last_reached_hq_at: datetime | None = None
+    unsynced_amounts: tuple[UnsyncedAmount, ...] = ()
 
 
 class OfflineOutcome(enum.Enum):
@@ -86,6 +99,7 @@ class OfflineExceptionKind(enum.Enum):
     REJECTED = "REJECTED"
     CONFLICT = "CONFLICT"
     REVERSAL = "REVERSAL"
+    OFFLINE_LIMIT_EXCEEDED = "OFFLINE_LIMIT_EXCEEDED"
 
 
 @dataclass(frozen=True, slots=True)

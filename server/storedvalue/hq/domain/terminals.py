@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from storedvalue.hq.domain.client_text import validate_free_text
-from storedvalue.hq.domain.errors import InvalidField
+from storedvalue.hq.domain.errors import InvalidField, TerminalRevoked
 
 _TERMINAL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_DISPLAY_NAME_LENGTH = 200
@@ -57,6 +57,26 @@ class Terminal:
     highest_contiguous_sequence: int = 0
     highest_sequence_seen: int = 0
     last_synced_at: datetime | None = None
+    store_id: str = ""  # "" for none: the terminal gets the global parameters
+    revoked_at: datetime | None = None
+    revoked_by: str = ""
+    revocation_reason: str = ""
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def revoke(self, *, by: str, reason: str, now: datetime) -> None:
+        """Revoke the credential for good; a revoked terminal cannot be revoked again, nor
+        get a new credential or another store."""
+        self.refuse_if_revoked()
+        self.revoked_at = now
+        self.revoked_by = by
+        self.revocation_reason = reason
+
+    def refuse_if_revoked(self) -> None:
+        if self.revoked_at is not None:
+            raise TerminalRevoked(self.terminal_id)
 
     def record_sequences(self, received: Iterable[int], *, now: datetime) -> None:
         """Note newly received sequence numbers; `advance_contiguous` moves the mark."""

@@ -17,10 +17,7 @@ from storedvalue.hq.grpc_api.convert import (
     journal_entry_to_proto,
     lock_to_proto,
     offline_exception_to_proto,
-    parameters_change_from_proto,
-    parameters_to_proto,
     sync_status_to_proto,
-    terminal_to_proto,
 )
 from storedvalue.hq.grpc_api.paging import (
     decode_int_token,
@@ -29,6 +26,13 @@ from storedvalue.hq.grpc_api.paging import (
     is_position,
     page_size,
 )
+from storedvalue.hq.grpc_api.parameter_views import (
+    change_record_to_proto,
+    parameters_change_from_proto,
+    parameters_to_proto,
+    values_to_proto,
+)
+from storedvalue.hq.grpc_api.terminal_views import terminal_to_proto
 from storedvalue.hq.services.auth import Authenticator, Caller
 from storedvalue.hq.services.back_office import BackOfficeService, IssuedCredential
 from storedvalue.hq.services.parameters import ParametersService
@@ -62,13 +66,41 @@ class BackOfficeServicer:
     async def UpdateParameters(
         self, caller: Caller, request: pb.UpdateParametersRequest, context: Context
     ) -> pb.UpdateParametersResponse:
-        params = await self._parameters.update(
+        done = await self._parameters.update(
             key=request_key(caller, request, "UpdateParameters"),
             updated_by=caller.admin_name,
             change=parameters_change_from_proto(request),
             expected_version=request.expected_version,
+            store_id=request.store_id,
         )
-        return pb.UpdateParametersResponse(parameters=parameters_to_proto(params))
+        return pb.UpdateParametersResponse(
+            parameters=parameters_to_proto(done.parameters),
+            change=change_record_to_proto(done.change),
+        )
+
+    async def GetStoreParameters(
+        self, caller: Caller, request: pb.GetStoreParametersRequest, context: Context
+    ) -> pb.GetStoreParametersResponse:
+        found = await self._parameters.store_parameters(request.store_id)
+        return pb.GetStoreParametersResponse(
+            parameters=parameters_to_proto(found.parameters),
+            store_override=values_to_proto(found.override),
+        )
+
+    async def ListParameterChanges(
+        self, caller: Caller, request: pb.ListParameterChangesRequest, context: Context
+    ) -> pb.ListParameterChangesResponse:
+        page = await self._parameters.list_changes(
+            store_id=request.store_id or None,
+            before_version=decode_int_token("changes", request.page_token),
+            limit=page_size(request.page_size),
+        )
+        return pb.ListParameterChangesResponse(
+            changes=[change_record_to_proto(change) for change in page.changes],
+            next_page_token=encode_token(
+                "changes", str(page.next_before_version) if page.next_before_version else ""
+            ),
+        )
 
     async def ListParameterVersions(
         self, caller: Caller, request: pb.ListParameterVersionsRequest, context: Context
@@ -176,6 +208,7 @@ class BackOfficeServicer:
             key=request_key(caller, request, "RegisterTerminal"),
             terminal_id=request.terminal_id,
             display_name=request.display_name,
+            store_id=request.store_id,
         )
         terminal, credential = _credential_response_parts(issued)
         return pb.RegisterTerminalResponse(terminal=terminal, credential=credential)
@@ -191,6 +224,36 @@ class BackOfficeServicer:
         self._auth.forget()
         terminal, credential = _credential_response_parts(issued)
         return pb.RotateTerminalCredentialResponse(terminal=terminal, credential=credential)
+
+    async def RevokeTerminal(
+        self, caller: Caller, request: pb.RevokeTerminalRequest, context: Context
+    ) -> pb.RevokeTerminalResponse:
+        revoked = await self._back_office.revoke_terminal(
+            key=request_key(caller, request, "RevokeTerminal"),
+            admin=caller.admin_name,
+            terminal_id=request.terminal_id,
+            reason=request.reason,
+        )
+        # Refused at once on this replica: its cached credential and its open streams go.
+        self._auth.forget()
+        self._parameters.feed.end_watches(request.terminal_id, revoked=True)
+        return pb.RevokeTerminalResponse(
+            terminal=terminal_to_proto(revoked.terminal),
+            released_locks=[lock_to_proto(lock) for lock in revoked.released_locks],
+        )
+
+    async def SetTerminalStore(
+        self, caller: Caller, request: pb.SetTerminalStoreRequest, context: Context
+    ) -> pb.SetTerminalStoreResponse:
+        view = await self._back_office.set_terminal_store(
+            key=request_key(caller, request, "SetTerminalStore"),
+            terminal_id=request.terminal_id,
+            store_id=request.store_id,
+        )
+        # The terminal's calls and streams follow its new store at once on this replica.
+        self._auth.forget()
+        self._parameters.feed.end_watches(request.terminal_id, revoked=False)
+        return pb.SetTerminalStoreResponse(terminal=terminal_to_proto(view))
 
     async def ListTerminals(
         self, caller: Caller, request: pb.ListTerminalsRequest, context: Context

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from storedvalue.hq.domain.cards import Card, CardKind, Lock
 from storedvalue.hq.domain.journal import JournalEntry
-from storedvalue.hq.domain.moments import duration_from_parts, moment_from_epoch
+from storedvalue.hq.domain.moments import moment_from_epoch
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineException,
@@ -30,10 +30,9 @@ from storedvalue.hq.domain.offline import (
     OfflineUnlock,
     ReversalOutcome,
 )
-from storedvalue.hq.domain.parameters import Parameters, ParametersChange
+from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
 from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.grpc_api.card_views import fill_card, fill_lock, fill_timestamp
-from storedvalue.hq.services.back_office import TerminalView
 from storedvalue.hq.services.offline import SyncLimits, SyncStatus
 from storedvalue.v1 import (
     back_office_service_pb2 as bo_pb,
@@ -118,40 +117,6 @@ def card_to_proto(card: Card) -> common_pb2.Card:
 # -- parameters -----------------------------------------------------------------------------
 
 
-def parameters_to_proto(params: Parameters) -> parameters_pb2.Parameters:
-    lease = duration_pb2.Duration()
-    lease.FromTimedelta(params.lock_lease)
-    return parameters_pb2.Parameters(
-        version=params.version,
-        gift_card_offline_completion_allowed=params.gift_card_offline_completion_allowed,
-        credit_memo_offline_completion_allowed=params.credit_memo_offline_completion_allowed,
-        lock_lease=lease,
-        updated_at=timestamp(params.updated_at),
-        updated_by=params.updated_by,
-    )
-
-
-def parameters_change_from_proto(request: bo_pb.UpdateParametersRequest) -> ParametersChange:
-    return ParametersChange(
-        gift_card_offline_completion_allowed=(
-            request.gift_card_offline_completion_allowed
-            if request.HasField("gift_card_offline_completion_allowed")
-            else None
-        ),
-        credit_memo_offline_completion_allowed=(
-            request.credit_memo_offline_completion_allowed
-            if request.HasField("credit_memo_offline_completion_allowed")
-            else None
-        ),
-        lock_lease=(
-            duration_from_parts(request.lock_lease.seconds, request.lock_lease.nanos,
-                                "lock_lease")
-            if request.HasField("lock_lease")
-            else None
-        ),
-    )
-
-
 def sync_limits_to_proto(limits: SyncLimits) -> parameters_pb2.SyncLimits:
     return parameters_pb2.SyncLimits(
         max_transactions_per_batch=limits.max_transactions_per_batch,
@@ -177,6 +142,12 @@ def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> Offli
         if completed_at is None:
             # The item is rejected for it, not the batch (the domain decides).
             unreadable = ("completed_at",)
+    last_reached_hq_at = None
+    if txn.HasField("last_reached_hq_at"):
+        sent = txn.last_reached_hq_at
+        last_reached_hq_at = moment_from_epoch(sent.seconds, sent.nanos)
+        if last_reached_hq_at is None:
+            unreadable += ("last_reached_hq_at",)
     return OfflineTransaction(
         transaction_id=txn.transaction_id,
         sequence_number=txn.sequence_number,
@@ -200,6 +171,27 @@ def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> Offli
         fingerprint=message_fingerprint(txn),
         reversals=tuple([_reversal_from_proto(r) for r in reversals]) if reversals else (),
         unreadable_fields=unreadable,
+        last_reached_hq_at=last_reached_hq_at,
+        unsynced_amounts=(
+            tuple([unsynced_from_proto(held) for held in txn.unsynced_amounts])
+            if txn.unsynced_amounts else ()
+        ),
+    )
+
+
+def unsynced_from_proto(held: offline_pb2.UnsyncedAmount) -> UnsyncedAmount:
+    return UnsyncedAmount(
+        card_kind=_CARD_KINDS_BY_PROTO.get(held.card_kind),
+        amount=money_from_proto(held.amount) if held.HasField("amount") else None,
+        line_count=held.line_count,
+    )
+
+
+def unsynced_to_proto(held: UnsyncedAmount) -> offline_pb2.UnsyncedAmount:
+    return offline_pb2.UnsyncedAmount(
+        card_kind=card_kind_to_proto(held.card_kind),
+        amount=money_to_proto(held.amount) if held.amount is not None else None,
+        line_count=held.line_count,
     )
 
 
@@ -262,6 +254,8 @@ def offline_transaction_to_proto(txn: OfflineTransaction) -> offline_pb2.Offline
             )
             for reversal in txn.reversals
         ],
+        last_reached_hq_at=optional_timestamp(txn.last_reached_hq_at),
+        unsynced_amounts=[unsynced_to_proto(held) for held in txn.unsynced_amounts],
     )
 
 
@@ -395,15 +389,4 @@ def offline_exception_to_proto(exc: OfflineException) -> bo_pb.OfflineException:
         transaction=(
             offline_transaction_to_proto(exc.transaction) if exc.transaction is not None else None
         ),
-    )
-
-
-def terminal_to_proto(view: TerminalView) -> bo_pb.Terminal:
-    terminal = view.terminal
-    return bo_pb.Terminal(
-        terminal_id=terminal.terminal_id,
-        display_name=terminal.display_name,
-        registered_at=timestamp(terminal.registered_at),
-        credential_issued_at=timestamp(terminal.credential_issued_at),
-        sync_status=sync_status_to_proto(view.sync_status),
     )

@@ -11,7 +11,8 @@ from typing import Any
 
 import grpc
 
-from storedvalue.hq.domain.errors import InvalidField, LimitExceeded
+from storedvalue.hq.domain.client_text import validate_id
+from storedvalue.hq.domain.errors import InvalidField, LimitExceeded, Unauthenticated
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.grpc_api.call_context import request_key
 from storedvalue.hq.grpc_api.card_views import fill_card, fill_lock
@@ -22,14 +23,17 @@ from storedvalue.hq.grpc_api.convert import (
     money_from_proto,
     offline_result_to_proto,
     offline_transaction_from_proto,
-    parameters_to_proto,
     sync_limits_to_proto,
     sync_status_to_proto,
+    timestamp,
 )
+from storedvalue.hq.grpc_api.parameter_views import parameters_to_proto
+from storedvalue.hq.grpc_api.terminal_views import report_from_proto
 from storedvalue.hq.services.auth import Caller
 from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.offline import OfflineService
 from storedvalue.hq.services.parameters import ParametersService
+from storedvalue.hq.services.terminal_reports import TerminalReportService
 from storedvalue.v1 import terminal_service_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -42,20 +46,25 @@ class TerminalServicer:
         cards: CardService,
         offline: OfflineService,
         parameters: ParametersService,
+        reports: TerminalReportService,
     ) -> None:
         self._cards = cards
         self._offline = offline
         self._parameters = parameters
-        self._last_watch_response: tuple[int, pb.WatchParametersResponse] | None = None
+        self._reports = reports
+        self._watch_responses: dict[tuple[str, int], pb.WatchParametersResponse] = {}
 
     def _watch_response(self, parameters: Parameters) -> pb.WatchParametersResponse:
-        """The message for `parameters`, built once per version: a change goes out to
-        thousands of watch streams at once, all the same message."""
-        last = self._last_watch_response
-        if last is None or last[0] != parameters.version:
-            message = pb.WatchParametersResponse(parameters=parameters_to_proto(parameters))
-            last = self._last_watch_response = (parameters.version, message)
-        return last[1]
+        """The message for `parameters`, built once per store and version: a change goes
+        out to thousands of watch streams at once, the same message for a store's tills."""
+        key = (parameters.store_id, parameters.version)
+        message = self._watch_responses.get(key)
+        if message is None:
+            if len(self._watch_responses) > 4096:  # one per store with watchers, bounded
+                self._watch_responses.clear()
+            message = self._watch_responses[key] = pb.WatchParametersResponse(
+                parameters=parameters_to_proto(parameters))
+        return message
 
     # -- online card use ------------------------------------------------------------------
 
@@ -67,6 +76,7 @@ class TerminalServicer:
             terminal_id=caller.terminal_id,
             card_number=request.card_number,
             transaction_id=request.transaction_id,
+            store_id=caller.store_id,
         )
         response = pb.LockCardResponse()
         fill_lock(response.lock, result.lock)
@@ -187,7 +197,7 @@ class TerminalServicer:
         self, caller: Caller, request: pb.GetParametersRequest, context: Context
     ) -> pb.GetParametersResponse:
         return pb.GetParametersResponse(
-            parameters=parameters_to_proto(await self._parameters.current()),
+            parameters=parameters_to_proto(await self._parameters.current(caller.store_id)),
             sync_limits=sync_limits_to_proto(self._offline.limits),
         )
 
@@ -196,17 +206,38 @@ class TerminalServicer:
         feed = self._parameters.feed
         feed.join()  # over the configured maximum: TOO_MANY_WATCHERS
         try:
+            generation = feed.watch_generation(caller.terminal_id)
             known = request.known_version
-            current = await self._parameters.latest()
+            current = await self._parameters.latest(caller.store_id)
+            if current.version != known:  # lower only for a terminal moved to another store
+                yield self._watch_response(current)
+                known = current.version
             while True:
-                if current.version > known:
-                    yield self._watch_response(current)
-                    known = current.version
-                # Every watcher waits on the same event: no thread, no timer per stream. A
-                # cancelled call cancels this wait; a closing server ends it with None.
-                newer = await feed.newer_than(known)
+                # A store's watchers wait on the same event: no thread, no timer per stream.
+                # A cancelled call cancels this wait; a closing server ends it with None, and
+                # so does the terminal's revocation or move to another store.
+                newer = await feed.newer_than(caller.store_id, known,
+                                              terminal_id=caller.terminal_id,
+                                              generation=generation)
                 if newer is None:
-                    return
-                current = newer
+                    if feed.ended(caller.terminal_id, generation) and feed.revoked(
+                            caller.terminal_id):
+                        raise Unauthenticated("the terminal's credential was revoked")
+                    return  # stopping, or moved: the terminal watches its new store next
+                yield self._watch_response(newer)
+                known = newer.version
         finally:
             feed.leave()
+
+    # -- status reports -------------------------------------------------------------------
+
+    async def ReportTerminalStatus(
+        self, caller: Caller, request: pb.ReportTerminalStatusRequest, context: Context
+    ) -> pb.ReportTerminalStatusResponse:
+        validate_id(request.request_id, "request_id")
+        if not request.HasField("report"):
+            raise InvalidField("report", "is required")
+        received_at = await self._reports.report(
+            terminal_id=caller.terminal_id, report=report_from_proto(request.report)
+        )
+        return pb.ReportTerminalStatusResponse(received_at=timestamp(received_at))

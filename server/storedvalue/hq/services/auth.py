@@ -26,6 +26,7 @@ class Caller:
 
     terminal_id: str = ""
     admin_name: str = ""
+    store_id: str = ""  # the terminal's store, as of the credential lookup
 
     @property
     def is_admin(self) -> bool:
@@ -93,7 +94,8 @@ class Authenticator:
             )
 
     def forget(self) -> None:
-        """Drop cached lookups (after a credential rotation in this process)."""
+        """Drop cached lookups (after a credential rotation, a revocation or a move to
+        another store)."""
         self._cache.clear()
 
     async def _look_up(self, authorization: str | None) -> Caller | None:
@@ -114,7 +116,9 @@ class Authenticator:
         terminal = await self._transactions.read(
             lambda uow: uow.terminals.get_by_token_hash(digest)
         )
-        return None if terminal is None else Caller(terminal_id=terminal.terminal_id)
+        if terminal is None or terminal.revoked:
+            return None
+        return Caller(terminal_id=terminal.terminal_id, store_id=terminal.store_id)
 
 
 def _allowed(caller: Caller | None, role: Role) -> Caller:

@@ -23,6 +23,13 @@ from storedvalue.hq.domain.errors import (
 )
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException
+from storedvalue.hq.domain.parameters import validate_store_id
+from storedvalue.hq.domain.terminal_reports import (
+    NEVER_REPORTED,
+    ReceivedReport,
+    TerminalLink,
+    link_now,
+)
 from storedvalue.hq.domain.terminals import (
     Terminal,
     hash_token,
@@ -52,8 +59,19 @@ class ResolvedException:
 
 @dataclass(frozen=True, slots=True)
 class TerminalView:
+    """A terminal as the back office sees it: its sync status, its last report (what it held
+    unsynced) and its link as judged from that report."""
+
     terminal: Terminal
     sync_status: SyncStatus
+    report: ReceivedReport | None = None
+    link: TerminalLink = NEVER_REPORTED
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedTerminal:
+    terminal: TerminalView
+    released_locks: tuple[Lock, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +83,20 @@ class IssuedCredential:
     bearer_token: str
 
 
+_ALL = 1_000_000  # a till holds a handful of locks; this bounds a runaway one
+
+
 def _public(terminal: Terminal) -> Terminal:
     """A terminal as shown outside HQ: never with its token hash."""
     return replace(terminal, token_hash="")
+
+
+def _view(uow: Repositories, terminal: Terminal, now: datetime,
+          report: ReceivedReport | None = None) -> TerminalView:
+    if report is None:
+        report = uow.reports.get_many([terminal.terminal_id]).get(terminal.terminal_id)
+    return TerminalView(_public(terminal), sync_status(uow, terminal), report,
+                        link_now(report, now))
 
 
 class BackOfficeService:
@@ -169,11 +198,13 @@ class BackOfficeService:
 
     # -- terminals --------------------------------------------------------------------------
 
-    async def register_terminal(self, *, key: RequestKey, terminal_id: str, display_name: str
-                          ) -> IssuedCredential:
+    async def register_terminal(self, *, key: RequestKey, terminal_id: str,
+                                display_name: str, store_id: str = "") -> IssuedCredential:
         key.validate()
         validate_terminal_id(terminal_id)
         validate_display_name(display_name)
+        if store_id:
+            validate_store_id(store_id)
         token = new_bearer_token()
 
         def run(uow: Repositories, now: datetime) -> IssuedCredential:
@@ -182,10 +213,10 @@ class BackOfficeService:
             terminal = Terminal(
                 terminal_id=terminal_id, display_name=display_name or terminal_id,
                 token_hash=hash_token(token), registered_at=now, credential_issued_at=now,
+                store_id=store_id,
             )
             uow.terminals.add(terminal)
-            view = TerminalView(_public(terminal), sync_status(uow, terminal))
-            return IssuedCredential(terminal=view, bearer_token="")
+            return IssuedCredential(terminal=_view(uow, terminal, now), bearer_token="")
 
         return await self._issue_credential(key, token, run)
 
@@ -198,11 +229,11 @@ class BackOfficeService:
             terminal = uow.terminals.get_for_update(terminal_id)
             if terminal is None:
                 raise TerminalNotFound(terminal_id)
+            terminal.refuse_if_revoked()
             terminal.token_hash = hash_token(token)
             terminal.credential_issued_at = now
             uow.terminals.save(terminal)
-            view = TerminalView(_public(terminal), sync_status(uow, terminal))
-            return IssuedCredential(terminal=view, bearer_token="")
+            return IssuedCredential(terminal=_view(uow, terminal, now), bearer_token="")
 
         return await self._issue_credential(key, token, run)
 
@@ -226,12 +257,65 @@ class BackOfficeService:
 
         return await self._transactions.write(work)
 
+    async def revoke_terminal(self, *, key: RequestKey, admin: str, terminal_id: str, reason: str
+                        ) -> RevokedTerminal:
+        """Revoke the terminal's credential for good and release every lock it holds, with
+        the reason in each card's journal. What it last reported stays visible."""
+        key.validate()
+        validate_terminal_id(terminal_id)
+        validate_free_text(reason, "reason", max_length=MAX_REASON_LENGTH)
+        if not reason.strip():
+            raise InvalidField("reason", "is required: say why the terminal is revoked")
+
+        def run(uow: Repositories, now: datetime) -> RevokedTerminal:
+            terminal = uow.terminals.get_for_update(terminal_id)
+            if terminal is None:
+                raise TerminalNotFound(terminal_id)
+            terminal.revoke(by=admin, reason=reason.strip(), now=now)
+            uow.terminals.save(terminal)
+            held = uow.cards.list_locks(now=now, terminal_id=terminal_id, include_expired=True,
+                                        after_card_number="", limit=_ALL)
+            cards = uow.cards.get_many_for_update({lock.card_number for lock in held})
+            released = []
+            for card in cards.values():  # locked in card-number order
+                if card.lock is not None and card.lock.terminal_id == terminal_id:
+                    lock = card.force_release(
+                        reason=f"terminal {terminal_id} revoked: {reason.strip()}", by=admin,
+                        now=now,
+                    )
+                    assert lock is not None
+                    released.append(lock)
+            flush(uow, list(cards.values()))
+            return RevokedTerminal(_view(uow, terminal, now), tuple(released))
+
+        return await run_once(self._transactions, key, RevokedTerminal, self._clock, run)
+
+    async def set_terminal_store(self, *, key: RequestKey, terminal_id: str, store_id: str
+                           ) -> TerminalView:
+        """Move a terminal to another store (or to none): it gets that store's parameters."""
+        key.validate()
+        validate_terminal_id(terminal_id)
+        if store_id:
+            validate_store_id(store_id)
+
+        def run(uow: Repositories, now: datetime) -> TerminalView:
+            terminal = uow.terminals.get_for_update(terminal_id)
+            if terminal is None:
+                raise TerminalNotFound(terminal_id)
+            terminal.refuse_if_revoked()
+            terminal.store_id = store_id
+            uow.terminals.save(terminal)
+            return _view(uow, terminal, now)
+
+        return await run_once(self._transactions, key, TerminalView, self._clock, run)
+
     async def list_terminals(self, *, after_terminal_id: str, limit: int) -> list[TerminalView]:
+        now = self._clock()
+
         def work(uow: Repositories) -> list[TerminalView]:
-            return [
-                TerminalView(_public(t), sync_status(uow, t))
-                for t in uow.terminals.list(after_terminal_id=after_terminal_id, limit=limit)
-            ]
+            listed = uow.terminals.list(after_terminal_id=after_terminal_id, limit=limit)
+            reports = uow.reports.get_many([t.terminal_id for t in listed])
+            return [_view(uow, t, now, reports.get(t.terminal_id)) for t in listed]
 
         return await self._transactions.read(work)
 

@@ -23,7 +23,7 @@ from storedvalue.hq.domain.parameters import DEFAULT_LOCK_LEASE
 from storedvalue.hq.domain.reversals import refuse_if_reversed
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.idempotency import RequestKey, once, run_once
-from storedvalue.hq.services.parameters import ParametersFeed
+from storedvalue.hq.services.parameters import ParametersFeed, current_parameters
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import Transactions
 from storedvalue.hq.services.unit_of_work import Repositories
@@ -95,8 +95,10 @@ class CardService:
     # -- locks ----------------------------------------------------------------------------
 
     async def lock_card(
-        self, *, key: RequestKey, terminal_id: str, card_number: str, transaction_id: str
+        self, *, key: RequestKey, terminal_id: str, card_number: str, transaction_id: str,
+        store_id: str = "",
     ) -> LockResult:
+        """`store_id`: the terminal's store, whose parameters give the lease."""
         key.validate()
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
@@ -104,9 +106,9 @@ class CardService:
         def run(uow: Repositories, now: datetime) -> LockResult:
             card = self._load_for_update(uow, card_number, caller=terminal_id)
             feed = self._parameters_feed
-            params = feed.latest if feed is not None else None
+            params = feed.latest(store_id) if feed is not None else None
             if params is None:
-                params = uow.parameters.current()
+                params = current_parameters(uow, store_id)
             lease = params.lock_lease if params is not None else DEFAULT_LOCK_LEASE
             issued = card.last_fencing_token
             lock = card.acquire_lock(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from storedvalue.hq.domain.cards import generate_card_number
-from storedvalue.hq.domain.errors import LimitExceeded, TerminalNotFound
+from storedvalue.hq.domain.errors import LimitExceeded, TerminalNotFound, Unauthenticated
 from storedvalue.hq.domain.offline import (
     OfflineTransaction,
     OfflineTransactionResult,
@@ -18,6 +18,7 @@ from storedvalue.hq.domain.reversals import cards_a_reversal_touches, reversal_k
 from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
 from storedvalue.hq.services.cards import add_new_cards, flush
 from storedvalue.hq.services.clock import Clock, utc_now
+from storedvalue.hq.services.parameters import parameters_as_used
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import Transactions
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Repositories
@@ -109,6 +110,8 @@ class OfflineService:
             terminal = uow.terminals.get_for_update(terminal_id)
             if terminal is None:
                 raise TerminalNotFound(terminal_id)
+            if terminal.revoked:  # revoked since its credential was looked up
+                raise Unauthenticated("unknown or revoked credential")
             # No key with a NUL is looked up (PostgreSQL refuses one in a string; the plan
             # rejects those items). A cheap test: the plan checks every field anyway.
             numbers = {line.card_number for txn in batch for line in txn.redeem_lines}
@@ -142,7 +145,10 @@ class OfflineService:
             ):
                 # A line was redeemed online between the two reads (PostgreSQL): again.
                 raise ConcurrentUpdate("a reversed line was redeemed meanwhile")
-            parameters = uow.parameters.get_versions({txn.parameters_version for txn in batch})
+            # What the terminal applied: its store's parameters at each version it names.
+            parameters = parameters_as_used(
+                uow, terminal.store_id, (txn.parameters_version for txn in batch)
+            )
             grants = uow.lock_history.for_sales(terminal_id, txn_ids)
             plan = plan_offline_batch(
                 terminal_id=terminal_id,

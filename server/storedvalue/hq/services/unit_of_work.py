@@ -25,7 +25,8 @@ from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
 from storedvalue.hq.domain.offline_locks import LockGrant
-from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.parameters import ParameterSet
+from storedvalue.hq.domain.terminal_reports import ReceivedReport
 from storedvalue.hq.domain.terminals import Terminal
 
 
@@ -147,13 +148,33 @@ class OfflineExceptionRepository(Protocol):
 
 
 class ParametersRepository(Protocol):
-    def current(self) -> Parameters | None: ...
-    def get_versions(self, versions: Collection[int]) -> dict[int, Parameters]: ...
-    def add(self, parameters: Parameters) -> None:
+    """Parameter changes, one row (`ParameterSet`) per version, of any scope."""
+
+    def latest_version(self) -> int:
+        """The highest version of any scope; 0 on a new database."""
+        ...
+    def as_of(self, store_id: str, version: int) -> ParameterSet | None:
+        """The scope's newest set at or before `version` (GLOBAL, or a store's override)."""
+        ...
+    def latest(self, store_id: str) -> ParameterSet | None: ...
+    def latest_overrides(self) -> list[ParameterSet]:
+        """Every store's newest override, by store id."""
+        ...
+    def add(self, parameter_set: ParameterSet) -> None:
         """A taken version raises ConcurrentUpdate."""
         ...
-    def list(self, *, before_version: int, limit: int) -> list[Parameters]:
-        """Newest first, versions strictly below `before_version` (0 = no bound)."""
+    def list(self, *, store_id: str | None, before_version: int, limit: int
+             ) -> list[ParameterSet]:
+        """Newest first, versions strictly below `before_version` (0 = no bound): one scope's,
+        or every scope's when `store_id` is None."""
+        ...
+
+
+class TerminalReportRepository(Protocol):
+    def get_many(self, terminal_ids: Collection[str]) -> dict[str, ReceivedReport]: ...
+    def save(self, terminal_id: str, received: ReceivedReport) -> bool:
+        """Keep the report unless the one held is newer (by the terminal's `reported_at`);
+        whether it was kept."""
         ...
 
 
@@ -180,6 +201,7 @@ class Repositories(Protocol):
     exceptions: OfflineExceptionRepository
     parameters: ParametersRepository
     terminals: TerminalRepository
+    reports: TerminalReportRepository
 
 
 class UnitOfWork(Repositories, Protocol):

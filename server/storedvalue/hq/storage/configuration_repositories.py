@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
-from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.parameters import GLOBAL, ParameterSet
+from storedvalue.hq.domain.terminal_reports import ReceivedReport
 from storedvalue.hq.domain.terminals import Terminal
 from storedvalue.hq.services.unit_of_work import StoredResponse
 from storedvalue.hq.storage import rows
 from storedvalue.hq.storage.statements import Statement, in_chunks
-from storedvalue.hq.storage.tables import parameters, request_log, terminals
+from storedvalue.hq.storage.tables import parameters, request_log, terminal_reports, terminals
 from storedvalue.hq.storage.transaction import Transaction
 
 # Listeners (other HQ replicas on PostgreSQL) hear the new version once it commits.
@@ -25,20 +26,40 @@ _REQUEST = Statement(
 )
 _INSERT_REQUEST = Statement(insert(request_log))
 
-_CURRENT_PARAMETERS = Statement(
-    select(parameters).order_by(parameters.c.version.desc()).limit(1)
+_LATEST_VERSION = Statement(select(func.coalesce(func.max(parameters.c.version), 0)))
+_SCOPE_AS_OF = Statement(
+    select(parameters)
+    .where(parameters.c.store_id == bindparam("store_id"),
+           parameters.c.version <= bindparam("version"))
+    .order_by(parameters.c.version.desc())
+    .limit(1)
 )
-_PARAMETER_VERSIONS = Statement(
-    select(parameters).where(parameters.c.version.in_(bindparam("versions", expanding=True))),
-    in_list="versions",
+_NEWEST_PER_STORE = (
+    select(parameters.c.store_id, func.max(parameters.c.version).label("version"))
+    .where(parameters.c.store_id != GLOBAL)
+    .group_by(parameters.c.store_id)
+    .subquery()
 )
-_PARAMETERS_PAGE = Statement(
+_LATEST_OVERRIDES = Statement(
+    select(parameters)
+    .join(_NEWEST_PER_STORE, parameters.c.version == _NEWEST_PER_STORE.c.version)
+    .order_by(parameters.c.store_id)
+)
+_CHANGES_PAGE = Statement(
     select(parameters)
     .where(parameters.c.version < bindparam("before"))
     .order_by(parameters.c.version.desc())
     .limit(bindparam("limit"))
 )
+_SCOPE_CHANGES_PAGE = Statement(
+    select(parameters)
+    .where(parameters.c.store_id == bindparam("store_id"),
+           parameters.c.version < bindparam("before"))
+    .order_by(parameters.c.version.desc())
+    .limit(bindparam("limit"))
+)
 _INSERT_PARAMETERS = Statement(insert(parameters))
+_NO_BOUND = 2**62  # versions stay far below
 
 _TERMINAL_SELECT = select(terminals).where(terminals.c.terminal_id == bindparam("terminal_id"))
 _TERMINAL = Statement(_TERMINAL_SELECT)
@@ -93,25 +114,35 @@ class SqlParametersRepository:
     def __init__(self, tx: Transaction) -> None:
         self._tx = tx
 
-    def current(self) -> Parameters | None:
-        row = self._tx.fetch_first(_CURRENT_PARAMETERS, {})
-        return None if row is None else rows.parameters_from_row(row)
+    def latest_version(self) -> int:
+        row = self._tx.fetch_first(_LATEST_VERSION, {})
+        return int(row[0]) if row is not None else 0
 
-    def get_versions(self, versions: Collection[int]) -> dict[int, Parameters]:
-        found: dict[int, Parameters] = {}
-        for chunk in in_chunks(versions):
-            for row in self._tx.fetch(_PARAMETER_VERSIONS, {"versions": chunk}):
-                found[row.version] = rows.parameters_from_row(row)
-        return found
+    def as_of(self, store_id: str, version: int) -> ParameterSet | None:
+        row = self._tx.fetch_first(_SCOPE_AS_OF, {"store_id": store_id, "version": version})
+        return None if row is None else rows.parameter_set_from_row(row)
 
-    def add(self, parameters: Parameters) -> None:
-        self._tx.write(_INSERT_PARAMETERS, [rows.parameters_values(parameters)])
-        self._tx.notify(PARAMETERS_CHANNEL, str(parameters.version))
+    def latest(self, store_id: str) -> ParameterSet | None:
+        return self.as_of(store_id, _NO_BOUND)
 
-    def list(self, *, before_version: int, limit: int) -> list[Parameters]:
-        # 0: no bound; versions are far below 2**62.
-        params = {"before": before_version if before_version > 0 else 2**62, "limit": limit}
-        return [rows.parameters_from_row(row) for row in self._tx.fetch(_PARAMETERS_PAGE, params)]
+    def latest_overrides(self) -> list[ParameterSet]:
+        return [rows.parameter_set_from_row(row)
+                for row in self._tx.fetch(_LATEST_OVERRIDES, {})]
+
+    def add(self, parameter_set: ParameterSet) -> None:
+        self._tx.write(_INSERT_PARAMETERS, [rows.parameter_set_values(parameter_set)])
+        self._tx.notify(PARAMETERS_CHANNEL, str(parameter_set.version))
+
+    def list(self, *, store_id: str | None, before_version: int, limit: int
+             ) -> list[ParameterSet]:
+        params: dict[str, object] = {
+            "before": before_version if before_version > 0 else _NO_BOUND, "limit": limit,
+        }
+        statement = _CHANGES_PAGE
+        if store_id is not None:
+            params["store_id"] = store_id
+            statement = _SCOPE_CHANGES_PAGE
+        return [rows.parameter_set_from_row(row) for row in self._tx.fetch(statement, params)]
 
 
 class SqlTerminalRepository:
@@ -141,3 +172,46 @@ class SqlTerminalRepository:
     def list(self, *, after_terminal_id: str, limit: int) -> list[Terminal]:
         params = {"after": after_terminal_id, "limit": limit}
         return [rows.terminal_from_row(row) for row in self._tx.fetch(_TERMINALS_PAGE, params)]
+
+
+_REPORTS = Statement(
+    select(terminal_reports).where(
+        terminal_reports.c.terminal_id.in_(bindparam("terminal_ids", expanding=True))
+    ),
+    in_list="terminal_ids",
+)
+_REPORT_FOR_UPDATE = Statement(
+    select(terminal_reports.c.reported_at)
+    .where(terminal_reports.c.terminal_id == bindparam("terminal_id"))
+    .with_for_update()
+)
+_INSERT_REPORT = Statement(insert(terminal_reports))
+_SAVE_REPORT = Statement(
+    update(terminal_reports).where(
+        terminal_reports.c.terminal_id == bindparam("key_terminal_id")
+    )
+)
+
+
+class SqlTerminalReportRepository:
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def get_many(self, terminal_ids: Collection[str]) -> dict[str, ReceivedReport]:
+        found: dict[str, ReceivedReport] = {}
+        for chunk in in_chunks(terminal_ids):
+            for row in self._tx.fetch(_REPORTS, {"terminal_ids": chunk}):
+                found[row.terminal_id] = rows.report_from_row(row)
+        return found
+
+    def save(self, terminal_id: str, received: ReceivedReport) -> bool:
+        values = rows.report_values(terminal_id, received)
+        held = self._tx.fetch_first(_REPORT_FOR_UPDATE, {"terminal_id": terminal_id})
+        if held is None:
+            self._tx.write(_INSERT_REPORT, [values])
+            return True
+        if held.reported_at > values["reported_at"]:
+            return False  # an older report overtaken by a newer one
+        values["key_terminal_id"] = values.pop("terminal_id")
+        self._tx.write(_SAVE_REPORT, [values])
+        return True

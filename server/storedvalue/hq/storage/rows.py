@@ -19,7 +19,8 @@ from storedvalue.hq.domain.offline import (
     ReversalOutcome,
 )
 from storedvalue.hq.domain.offline_locks import LockGrant
-from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.parameters import OfflineRiskLimits, ParameterSet, ParameterValues
+from storedvalue.hq.domain.terminal_reports import ReceivedReport, TerminalReport
 from storedvalue.hq.domain.terminals import Terminal
 from storedvalue.hq.storage import offline_results
 
@@ -287,26 +288,66 @@ def exception_from_row(row: Row) -> OfflineException:
 # -- configuration ----------------------------------------------------------------------------
 
 
-def parameters_values(params: Parameters) -> Values:
-    return {
-        "version": params.version,
-        "gift_card_offline_completion_allowed": params.gift_card_offline_completion_allowed,
-        "credit_memo_offline_completion_allowed": params.credit_memo_offline_completion_allowed,
+_LIMIT_GROUPS = (("gift_card", "gift_card_offline_limits"),
+                 ("credit_memo", "credit_memo_offline_limits"))
+
+
+def parameter_set_values(parameter_set: ParameterSet) -> Values:
+    values = parameter_set.values
+    lease = values.lock_lease
+    row: Values = {
+        "version": parameter_set.version,
+        "store_id": parameter_set.store_id,
+        "gift_card_offline_completion_allowed": values.gift_card_offline_completion_allowed,
+        "credit_memo_offline_completion_allowed": values.credit_memo_offline_completion_allowed,
         # Whole seconds: the lease is bounded to [1 minute, 7 days] and set in seconds.
-        "lock_lease_seconds": round(params.lock_lease.total_seconds()),
-        "updated_at": to_micros(params.updated_at),
-        "updated_by": params.updated_by,
+        "lock_lease_seconds": None if lease is None else round(lease.total_seconds()),
+        "updated_at": to_micros(parameter_set.changed_at),
+        "updated_by": parameter_set.changed_by,
     }
+    for prefix, group in _LIMIT_GROUPS:
+        limits: OfflineRiskLimits = getattr(values, group)
+        for name, amount in (("max_line", limits.max_line_amount),
+                             ("max_unsynced", limits.max_unsynced_amount)):
+            row[f"{prefix}_{name}_minor"] = None if amount is None else amount.amount_minor
+            row[f"{prefix}_{name}_currency"] = None if amount is None else amount.currency
+        duration = limits.max_offline_duration
+        row[f"{prefix}_max_offline_seconds"] = (
+            None if duration is None else round(duration.total_seconds())
+        )
+    return row
 
 
-def parameters_from_row(row: Row) -> Parameters:
-    return Parameters(
+def parameter_set_from_row(row: Row) -> ParameterSet:
+    lease = row.lock_lease_seconds
+    gift = row.gift_card_offline_completion_allowed
+    memo = row.credit_memo_offline_completion_allowed
+    return ParameterSet(
         version=row.version,
-        gift_card_offline_completion_allowed=bool(row.gift_card_offline_completion_allowed),
-        credit_memo_offline_completion_allowed=bool(row.credit_memo_offline_completion_allowed),
-        lock_lease=timedelta(seconds=row.lock_lease_seconds),
-        updated_at=from_micros(row.updated_at),
-        updated_by=row.updated_by,
+        store_id=row.store_id,
+        values=ParameterValues(
+            gift_card_offline_completion_allowed=None if gift is None else bool(gift),
+            credit_memo_offline_completion_allowed=None if memo is None else bool(memo),
+            lock_lease=None if lease is None else timedelta(seconds=lease),
+            gift_card_offline_limits=_limits_from_row(row, "gift_card"),
+            credit_memo_offline_limits=_limits_from_row(row, "credit_memo"),
+        ),
+        changed_at=from_micros(row.updated_at),
+        changed_by=row.updated_by,
+    )
+
+
+def _limits_from_row(row: Row, prefix: str) -> OfflineRiskLimits:
+    amounts = []
+    for name in ("max_line", "max_unsynced"):
+        minor = getattr(row, f"{prefix}_{name}_minor")
+        currency = getattr(row, f"{prefix}_{name}_currency")
+        amounts.append(None if minor is None else Money(minor, currency))
+    seconds = getattr(row, f"{prefix}_max_offline_seconds")
+    return OfflineRiskLimits(
+        max_line_amount=amounts[0],
+        max_unsynced_amount=amounts[1],
+        max_offline_duration=None if seconds is None else timedelta(seconds=seconds),
     )
 
 
@@ -318,6 +359,10 @@ def terminal_state_values(terminal: Terminal) -> Values:
         "highest_contiguous_sequence": terminal.highest_contiguous_sequence,
         "highest_sequence_seen": terminal.highest_sequence_seen,
         "last_synced_at": _optional_micros(terminal.last_synced_at),
+        "store_id": terminal.store_id,
+        "revoked_at": _optional_micros(terminal.revoked_at),
+        "revoked_by": terminal.revoked_by,
+        "revocation_reason": terminal.revocation_reason,
     }
 
 
@@ -339,4 +384,24 @@ def terminal_from_row(row: Row) -> Terminal:
         highest_contiguous_sequence=row.highest_contiguous_sequence,
         highest_sequence_seen=row.highest_sequence_seen,
         last_synced_at=_optional_moment(row.last_synced_at),
+        store_id=row.store_id,
+        revoked_at=_optional_moment(row.revoked_at),
+        revoked_by=row.revoked_by,
+        revocation_reason=row.revocation_reason,
+    )
+
+
+def report_values(terminal_id: str, received: ReceivedReport) -> Values:
+    return {
+        "terminal_id": terminal_id,
+        "reported_at": to_micros(received.report.reported_at),
+        "received_at": to_micros(received.received_at),
+        "report_json": records.dumps(received.report),
+    }
+
+
+def report_from_row(row: Row) -> ReceivedReport:
+    return ReceivedReport(
+        report=records.loads(TerminalReport, row.report_json),
+        received_at=from_micros(row.received_at),
     )

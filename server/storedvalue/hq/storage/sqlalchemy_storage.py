@@ -22,6 +22,7 @@ from storedvalue.hq.services.unit_of_work import (
     ParametersRepository,
     RedemptionRepository,
     RequestLog,
+    TerminalReportRepository,
     TerminalRepository,
 )
 from storedvalue.hq.storage.card_repositories import (
@@ -33,6 +34,7 @@ from storedvalue.hq.storage.card_repositories import (
 from storedvalue.hq.storage.configuration_repositories import (
     SqlParametersRepository,
     SqlRequestLog,
+    SqlTerminalReportRepository,
     SqlTerminalRepository,
 )
 from storedvalue.hq.storage.engines import open_engine
@@ -85,6 +87,7 @@ class SqlRepositories:
     exceptions: OfflineExceptionRepository
     parameters: ParametersRepository
     terminals: TerminalRepository
+    reports: TerminalReportRepository
 
     def __init__(self, tx: Transaction) -> None:
         self.cards = SqlCardRepository(tx)
@@ -96,6 +99,7 @@ class SqlRepositories:
         self.exceptions = SqlOfflineExceptionRepository(tx)
         self.parameters = SqlParametersRepository(tx)
         self.terminals = SqlTerminalRepository(tx)
+        self.reports = SqlTerminalReportRepository(tx)
 
 
 class SqlUnitOfWork(SqlRepositories):

@@ -43,6 +43,7 @@ def _row_id() -> TypeEngine[int]:
 CARD_NUMBER = 19  # the longest valid card number
 ID = 128  # client-chosen transaction, line and request ids (validated to this length)
 TERMINAL_ID = 64
+STORE_ID = 64
 CALLER = 200  # a terminal id or "admin:<name>"
 CURRENCY = 3
 ENUM = 32
@@ -175,15 +176,35 @@ offline_exceptions = Table(
     Index(None, "resolved_at", "position"),
 )
 
+def _limit_columns() -> list[Column[object]]:
+    """A scope's offline risk limits per tender kind: NULL when not set (global: unlimited;
+    a store's override: the global value). An amount is its minor units and currency."""
+    columns: list[Column[object]] = []
+    for kind in ("gift_card", "credit_memo"):
+        for limit in ("max_line", "max_unsynced"):
+            columns.append(Column(f"{kind}_{limit}_minor", BigInteger, nullable=True))
+            columns.append(Column(f"{kind}_{limit}_currency", String(CURRENCY), nullable=True))
+        columns.append(Column(f"{kind}_max_offline_seconds", BigInteger, nullable=True))
+    return columns
+
+
+# Every change of the parameters, one row per version: the values of its scope (the global
+# parameters, store_id '', or one store's override) as the change left them. The global rows
+# set every flag and the lease; an override's NULLs take the global value. The rows are never
+# updated: they are the change log, and what a terminal applied at any version.
 parameters = Table(
     "parameters",
     METADATA,
     Column("version", BigInteger, primary_key=True, autoincrement=False),
-    Column("gift_card_offline_completion_allowed", Boolean, nullable=False),
-    Column("credit_memo_offline_completion_allowed", Boolean, nullable=False),
-    Column("lock_lease_seconds", BigInteger, nullable=False),
+    Column("gift_card_offline_completion_allowed", Boolean, nullable=True),
+    Column("credit_memo_offline_completion_allowed", Boolean, nullable=True),
+    Column("lock_lease_seconds", BigInteger, nullable=True),
     Column("updated_at", BigInteger, nullable=False),
     Column("updated_by", String(CALLER), nullable=False),
+    Column("store_id", String(STORE_ID), nullable=False, server_default=""),
+    *_limit_columns(),
+    # A scope's latest row at or before a version, without a sort.
+    Index(None, "store_id", "version"),
 )
 
 terminals = Table(
@@ -197,4 +218,19 @@ terminals = Table(
     Column("highest_contiguous_sequence", BigInteger, nullable=False),
     Column("highest_sequence_seen", BigInteger, nullable=False),
     Column("last_synced_at", BigInteger, nullable=True),
+    Column("store_id", String(STORE_ID), nullable=False, server_default=""),
+    Column("revoked_at", BigInteger, nullable=True),  # NULL while the credential is valid
+    Column("revoked_by", String(CALLER), nullable=False, server_default=""),
+    Column("revocation_reason", Text, nullable=False, server_default=""),
+)
+
+# The last status report of each terminal (ReportTerminalStatus), kept apart from the
+# terminals row that offline sync locks: a report never waits for a sync.
+terminal_reports = Table(
+    "terminal_reports",
+    METADATA,
+    Column("terminal_id", String(TERMINAL_ID), primary_key=True),
+    Column("reported_at", BigInteger, nullable=False),  # the terminal's clock
+    Column("received_at", BigInteger, nullable=False),
+    Column("report_json", Text, nullable=False),
 )

@@ -1,0 +1,93 @@
+"""HQ's second check of the offline risk limits, at sync: pure rules, no I/O.
+
+The terminal enforced them while offline; HQ checks the transaction again against the limits
+of the parameters version the terminal applied (its store's, at that version). A line past a
+limit is still applied (the goods left the store): each breach becomes an exception of kind
+OFFLINE_LIMIT_EXCEEDED, its reason naming the limit, its message saying by how much.
+
+What HQ cannot see itself, it takes from the transaction: when the terminal last reached HQ,
+and what it held unsynced when it completed the sale. It never counts less than the
+transaction's own lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from storedvalue.hq.domain.cards import CardKind
+from storedvalue.hq.domain.offline_transactions import OfflineRedeemLine, OfflineTransaction
+from storedvalue.hq.domain.parameters import Parameters
+
+LINE_LIMIT = "OFFLINE_LINE_LIMIT_EXCEEDED"
+UNSYNCED_LIMIT = "OFFLINE_UNSYNCED_LIMIT_EXCEEDED"
+DURATION_LIMIT = "OFFLINE_DURATION_EXCEEDED"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitBreach:
+    line_id: str
+    reason: str
+    message: str
+
+
+def offline_limit_breaches(
+    txn: OfflineTransaction,
+    lines: list[OfflineRedeemLine],
+    kind_of: Callable[[OfflineRedeemLine], CardKind],
+    parameters: Parameters,
+) -> list[LimitBreach]:
+    """The breaches of `lines` (those of `txn` HQ applies now, validated: amounts set and
+    the completion time known), in line order; `kind_of` gives each line's kind as HQ knows
+    its card."""
+    assert txn.completed_at is not None  # validated
+    breaches: list[LimitBreach] = []
+    own: dict[tuple[CardKind, str], int] = {}
+    for line in lines:
+        assert line.amount is not None  # validated
+        key = (kind_of(line), line.amount.currency)
+        own[key] = own.get(key, 0) + line.amount.amount_minor
+    declared: dict[tuple[CardKind, str], int] = {}
+    for held in txn.unsynced_amounts:
+        if held.card_kind is not None and held.amount is not None:
+            key = (held.card_kind, held.amount.currency)
+            declared[key] = declared.get(key, 0) + held.amount.amount_minor
+    # What the terminal held before this sale's lines: its word for the total, never less
+    # than the lines themselves.
+    running = {key: max(declared.get(key, 0) - amount, 0) for key, amount in own.items()}
+    for line in lines:
+        assert line.amount is not None
+        kind = kind_of(line)
+        limits = parameters.offline_limits(kind)
+        amount = line.amount
+        what = f"{kind.value.lower().replace('_', ' ')} line of {amount}"
+        longest = limits.max_offline_duration
+        reached = txn.last_reached_hq_at
+        if longest is not None and reached is not None and txn.completed_at - reached > longest:
+            breaches.append(LimitBreach(
+                line.line_id, DURATION_LIMIT,
+                f"{what} completed {txn.completed_at - reached} after the terminal last reached "
+                f"HQ; parameters version {parameters.version} allowed {longest}",
+            ))
+        largest = limits.max_line_amount
+        if largest is not None and (
+            amount.currency != largest.currency or amount.amount_minor > largest.amount_minor
+        ):
+            breaches.append(LimitBreach(
+                line.line_id, LINE_LIMIT,
+                f"{what}; parameters version {parameters.version} allowed at most {largest} "
+                "per offline line",
+            ))
+        key = (kind, amount.currency)
+        running[key] = running.get(key, 0) + amount.amount_minor
+        most = limits.max_unsynced_amount
+        if most is not None and (
+            amount.currency != most.currency or running[key] > most.amount_minor
+        ):
+            breaches.append(LimitBreach(
+                line.line_id, UNSYNCED_LIMIT,
+                f"{what} brought the terminal's unsynced offline {amount.currency} to "
+                f"{running[key]} minor units; parameters version {parameters.version} allowed "
+                f"at most {most}",
+            ))
+    return breaches
