@@ -1,8 +1,10 @@
 """``storedvalue admin``: the back office from a shell (parameters, locks, exceptions,
 journals, terminals), through BackOfficeService.
 
-Results print as JSON (proto field names), lists as one JSON array over all pages. A refused
-call prints its status code, reason and metadata on stderr and exits 1.
+``terminals``, ``locks`` and ``exceptions`` print tables for a person (``--json`` for
+scripts: the messages, with proto field names); the other commands print JSON, lists as one
+JSON array over all pages. A refused call prints its status code, reason and metadata on
+stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +28,10 @@ from grpc_status import rpc_status
 
 from storedvalue.v1 import back_office_service_pb2 as pb
 from storedvalue.v1 import back_office_service_pb2_grpc as pb_grpc
+from storedvalue.v1 import common_pb2
+
+from . import _back_office_tables as tables
+from ._display import parse_money
 
 ENV_TARGET = "STOREDVALUE_TARGET"
 ENV_ADMIN_TOKEN = "STOREDVALUE_ADMIN_TOKEN"  # noqa: S105 - a variable name
@@ -66,7 +72,17 @@ def _lease(value: str) -> duration_pb2.Duration:
     return lease
 
 
-def _pages(fetch: Callable[[str], Any], items: str) -> Iterator[Message]:
+def _amount(value: str) -> common_pb2.Money:
+    amount, _, currency = value.rpartition(":")
+    try:
+        money = parse_money(amount, currency)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{error}; expected AMOUNT:CURRENCY, e.g. 50.00:EUR"
+                                         ) from None
+    return common_pb2.Money(amount_minor=money.amount_minor, currency_code=money.currency_code)
+
+
+def _pages(fetch: Callable[[str], Any], items: str) -> Iterator[Any]:
     token = ""
     while True:
         response = fetch(token)
@@ -81,6 +97,8 @@ def _pages(fetch: Callable[[str], Any], items: str) -> Iterator[Message]:
 
 def params_show(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call
                 ) -> Any:
+    if args.store:
+        return call(stub.GetStoreParameters, pb.GetStoreParametersRequest(store_id=args.store))
     if args.all:
         return list(_pages(lambda t: call(stub.ListParameterVersions,
                                           pb.ListParameterVersionsRequest(page_token=t)),
@@ -92,7 +110,8 @@ def params_show(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, c
 def params_set(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call
                ) -> Any:
     request = pb.UpdateParametersRequest(
-        request_id=_request_id(args), expected_version=args.expected_version or 0
+        request_id=_request_id(args), expected_version=args.expected_version or 0,
+        store_id=args.store or "", clear_fields=args.clear or [],
     )
     if args.gift_card_offline is not None:
         request.gift_card_offline_completion_allowed = args.gift_card_offline
@@ -100,14 +119,29 @@ def params_set(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, ca
         request.credit_memo_offline_completion_allowed = args.credit_memo_offline
     if args.lock_lease is not None:
         request.lock_lease.CopyFrom(args.lock_lease)
-    return call(stub.UpdateParameters, request).parameters
+    for kind in ("gift_card", "credit_memo"):
+        limits = getattr(request, f"{kind}_offline_limits")
+        for option, field in (("max_line", "max_line_amount"),
+                              ("max_unsynced", "max_unsynced_amount"),
+                              ("max_offline", "max_offline_duration")):
+            value = getattr(args, f"{kind}_{option}")
+            if value is not None:
+                getattr(limits, field).CopyFrom(value)
+    return call(stub.UpdateParameters, request)
+
+
+def params_changes(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call
+                   ) -> Any:
+    return list(_pages(lambda t: call(stub.ListParameterChanges, pb.ListParameterChangesRequest(
+        store_id=args.store or "", page_token=t)), "changes"))
 
 
 def locks_list(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call
                ) -> Any:
-    return list(_pages(lambda t: call(stub.ListLocks, pb.ListLocksRequest(
+    locks = tables.locks_by_age(_pages(lambda t: call(stub.ListLocks, pb.ListLocksRequest(
         terminal_id=args.terminal or "", include_expired=args.include_expired, page_token=t,
     )), "locks"))
+    return locks if args.json else Text(tables.locks_table(locks, _now()))
 
 
 def unlock(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call) -> Any:
@@ -118,10 +152,16 @@ def unlock(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: 
 
 def exceptions_list(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace, call: Call
                     ) -> Any:
-    return list(_pages(lambda t: call(stub.ListOfflineExceptions, pb.ListOfflineExceptionsRequest(
-        include_resolved=args.include_resolved, terminal_id=args.terminal or "",
-        card_number=args.card or "", page_token=t,
-    )), "exceptions"))
+    groups = tables.exception_groups(_pages(lambda t: call(
+        stub.ListOfflineExceptions, pb.ListOfflineExceptionsRequest(
+            include_resolved=args.include_resolved, terminal_id=args.terminal or "",
+            card_number=args.card or "", page_token=t,
+        )), "exceptions"))
+    if args.json:
+        return {"groups": [{"kind": kind, "count": len(found),
+                            "exceptions": [_to_json(exc) for exc in found]}
+                           for kind, found in groups]}
+    return Text(tables.exceptions_text(groups, _now()))
 
 
 def exceptions_resolve(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
@@ -142,7 +182,7 @@ def terminals_register(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Names
                        call: Call) -> Any:
     return call(stub.RegisterTerminal, pb.RegisterTerminalRequest(
         request_id=_request_id(args), terminal_id=args.terminal_id,
-        display_name=args.display_name or "",
+        display_name=args.display_name or "", store_id=args.store or "",
     ))
 
 
@@ -153,10 +193,25 @@ def terminals_rotate(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespa
     ))
 
 
+def terminals_revoke(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
+                     call: Call) -> Any:
+    return call(stub.RevokeTerminal, pb.RevokeTerminalRequest(
+        request_id=_request_id(args), terminal_id=args.terminal_id, reason=args.reason,
+    ))
+
+
+def terminals_move(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
+                   call: Call) -> Any:
+    return call(stub.SetTerminalStore, pb.SetTerminalStoreRequest(
+        request_id=_request_id(args), terminal_id=args.terminal_id, store_id=args.store or "",
+    ))
+
+
 def terminals_list(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
                    call: Call) -> Any:
-    return list(_pages(lambda t: call(stub.ListTerminals, pb.ListTerminalsRequest(page_token=t)),
-                       "terminals"))
+    terminals = list(_pages(lambda t: call(stub.ListTerminals,
+                                           pb.ListTerminalsRequest(page_token=t)), "terminals"))
+    return terminals if args.json else Text(tables.terminals_table(terminals, _now()))
 
 
 def terminals_status(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespace,
@@ -196,49 +251,94 @@ def register(subparsers: Any) -> None:
         parser.set_defaults(handler=lambda args: run(args, handler))
         return parser
 
-    params = groups.add_parser("params", help="HQ parameters").add_subparsers(metavar="ACTION")
+    def listing(parent: Any, name: str, handler: Handler, help_text: str,
+                options: Callable[[argparse.ArgumentParser], object] = lambda _: None,
+                ) -> Any:
+        """A group whose bare name lists (a table, or --json), as does its `list` action;
+        returns its actions."""
+        parser = command(parent, name, handler, help_text)
+        actions = parser.add_subparsers(metavar="ACTION")
+        for lister in (parser, command(actions, "list", handler, "the same list")):
+            lister.add_argument("--json", action="store_true",
+                                help="print the list as JSON, for scripts")
+            options(lister)
+        return actions
+
+    params = groups.add_parser("params", help="HQ parameters: global and per store"
+                               ).add_subparsers(metavar="ACTION")
     show = command(params, "show", params_show, "show the current parameters")
-    show.add_argument("--all", action="store_true", help="every version, newest first")
-    set_ = command(params, "set", params_set, "change parameters (a new version)")
+    show.add_argument("--all", action="store_true", help="every global version, newest first")
+    show.add_argument("--store", metavar="STORE_ID",
+                      help="what this store's terminals get, and its override")
+    set_ = command(params, "set", params_set, "change parameters (a new version); with "
+                   "--store, that store's override")
+    set_.add_argument("--store", metavar="STORE_ID", help="edit this store's override")
     set_.add_argument("--gift-card-offline", type=_on_off, metavar="on|off")
     set_.add_argument("--credit-memo-offline", type=_on_off, metavar="on|off")
     set_.add_argument("--lock-lease", type=_lease, metavar="DURATION", help="e.g. 4h, 90m")
+    for kind, label in (("gift-card", "gift card"), ("credit-memo", "credit memo")):
+        set_.add_argument(f"--{kind}-max-line", type=_amount, metavar="AMOUNT:CURRENCY",
+                          help=f"largest {label} line completed offline, e.g. 50.00:EUR")
+        set_.add_argument(f"--{kind}-max-unsynced", type=_amount, metavar="AMOUNT:CURRENCY",
+                          help=f"most {label} sales a till may hold unsynced offline")
+        set_.add_argument(f"--{kind}-max-offline", type=_lease, metavar="DURATION",
+                          help=f"longest a till may complete {label} sales offline since it "
+                               "last reached HQ, e.g. 8h")
+    set_.add_argument("--clear", action="append", metavar="FIELD",
+                      help="clear a value: a limit (e.g. gift_card_offline_limits."
+                           "max_line_amount) becomes unlimited, or a store's override value "
+                           "the global one ('*': the whole override); repeatable")
     set_.add_argument("--expected-version", type=int, metavar="N",
                       help="fail if the current version differs")
+    changes = command(params, "changes", params_changes,
+                      "the change log: who, when, which scope, old and new values")
+    changes.add_argument("--store", metavar="STORE_ID", help="only this store's override")
 
-    locks = groups.add_parser("locks", help="card locks").add_subparsers(metavar="ACTION")
-    lock_list = command(locks, "list", locks_list, "list live locks")
-    lock_list.add_argument("--terminal", metavar="TERMINAL_ID")
-    lock_list.add_argument("--include-expired", action="store_true")
+    def lock_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--terminal", metavar="TERMINAL_ID")
+        parser.add_argument("--include-expired", action="store_true")
+
+    listing(groups, "locks", locks_list, "card locks by age, oldest first, with their holder",
+            lock_options)
 
     force = command(groups, "unlock", unlock, "release a card's lock whoever holds it")
     force.add_argument("card_number")
     force.add_argument("--reason", required=True, help="why; kept in the journal")
 
-    excs = groups.add_parser("exceptions", help="offline exceptions").add_subparsers(
-        metavar="ACTION")
-    exc_list = command(excs, "list", exceptions_list, "list offline exceptions")
-    exc_list.add_argument("--include-resolved", action="store_true")
-    exc_list.add_argument("--terminal", metavar="TERMINAL_ID")
-    exc_list.add_argument("--card", metavar="CARD_NUMBER")
-    resolve = command(excs, "resolve", exceptions_resolve, "resolve an offline exception")
+    def exception_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--include-resolved", action="store_true")
+        parser.add_argument("--terminal", metavar="TERMINAL_ID")
+        parser.add_argument("--card", metavar="CARD_NUMBER")
+
+    exc_actions = listing(groups, "exceptions", exceptions_list,
+                          "offline exceptions grouped by kind", exception_options)
+    resolve = command(exc_actions, "resolve", exceptions_resolve,
+                      "resolve an offline exception")
     resolve.add_argument("exception_id")
     resolve.add_argument("--resolution", required=True, help="what was done about it")
 
     command(groups, "journal", journal, "a card's journal, oldest first").add_argument(
         "card_number")
 
-    terms = groups.add_parser("terminals", help="terminals and credentials").add_subparsers(
-        metavar="ACTION")
-    reg = command(terms, "register", terminals_register, "register a terminal (prints its "
-                  "credential once)")
+    term_actions = listing(groups, "terminals", terminals_list, "terminals: store, link "
+                           "(online or offline since when), unsynced exposure, last sequence "
+                           "synced, gaps")
+    reg = command(term_actions, "register", terminals_register, "register a terminal (prints "
+                  "its credential once)")
     reg.add_argument("terminal_id")
     reg.add_argument("--display-name")
-    command(terms, "rotate", terminals_rotate, "replace a terminal's credential").add_argument(
-        "terminal_id")
-    command(terms, "list", terminals_list, "list terminals with their sync status")
-    command(terms, "status", terminals_status, "a terminal's offline sync status").add_argument(
-        "terminal_id")
+    reg.add_argument("--store", metavar="STORE_ID", help="the store it belongs to")
+    command(term_actions, "rotate", terminals_rotate,
+            "replace a terminal's credential").add_argument("terminal_id")
+    revoke = command(term_actions, "revoke", terminals_revoke, "revoke a stolen or retired "
+                     "terminal: refused from now on, its locks released")
+    revoke.add_argument("terminal_id")
+    revoke.add_argument("--reason", required=True, help="why; kept with it and in the journal")
+    move = command(term_actions, "move", terminals_move, "move a terminal to another store")
+    move.add_argument("terminal_id")
+    move.add_argument("--store", metavar="STORE_ID", help="its new store (omit: none)")
+    command(term_actions, "status", terminals_status,
+            "a terminal's offline sync status").add_argument("terminal_id")
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -280,6 +380,10 @@ def _to_json(result: Any) -> Any:
     return result
 
 
+class Text(str):
+    """A handler's result for a person, printed as it is."""
+
+
 def run(args: argparse.Namespace, handler: Handler) -> int:
     call = Call(_admin_token(args), args.timeout)
     with _channel(args) as channel:
@@ -288,8 +392,15 @@ def run(args: argparse.Namespace, handler: Handler) -> int:
         except grpc.RpcError as error:
             print(f"storedvalue admin: {_describe(error)}", file=sys.stderr)
             return 1
-    print(json.dumps(_to_json(result), indent=2, ensure_ascii=False))
+    if isinstance(result, Text):
+        print(result)
+    else:
+        print(json.dumps(_to_json(result), indent=2, ensure_ascii=False))
     return 0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _describe(error: grpc.RpcError) -> str:

@@ -22,6 +22,8 @@ from storedvalue.terminal import (
     HQUnavailable,
     Money,
     OfflineNotAllowed,
+    OfflineRefusal,
+    OfflineRiskLimits,
     Sale,
     SaleAlreadyCompleted,
     SaleLine,
@@ -48,6 +50,11 @@ _WHY_OFFLINE = {
     "held by another till",
     "OVER_BALANCE": "more than the balance seen when the card was locked",
     "CURRENCY_MISMATCH": "not the card's currency",
+    "OFFLINE_LINE_LIMIT_EXCEEDED": "more than HQ's largest offline line for this kind of card",
+    "OFFLINE_UNSYNCED_LIMIT_EXCEEDED": "more than this till may hold unsynced for this kind "
+    "of card",
+    "OFFLINE_DURATION_EXCEEDED": "this till has been out of touch with HQ for longer than HQ "
+    "allows offline sales of this kind of card",
 }
 
 
@@ -176,7 +183,16 @@ def status(till: Terminal, args: argparse.Namespace) -> int:
               f"{allowed[parameters.gift_card_offline_completion_allowed]}, credit memos "
               f"offline: {allowed[parameters.credit_memo_offline_completion_allowed]}, "
               f"lock lease {parameters.lock_lease})")
+        for kind in (CardKind.GIFT_CARD, CardKind.CREDIT_MEMO):
+            limits = parameters.offline_limits(kind)
+            if limits != OfflineRiskLimits():
+                print(f"  {_kind(kind)} offline limits: {_limits(limits)}")
     print(f"outbox: {len(till.outbox())} offline transaction(s) waiting for sync")
+    for held in till.unsynced_amounts():
+        print(f"  unsynced {_kind(held.card_kind)} lines: {format_money(held.amount)} "
+              f"({held.line_count} line(s))")
+    reached = till.last_reached_hq_at
+    print(f"last reached HQ: {reached.isoformat() if reached else 'never'}")
     reports = till.sync_reports()
     if reports:
         print(f"sync reports needing attention: {len(reports)} (see `outbox`)")
@@ -248,6 +264,17 @@ class ProgressBar:
 # -- plumbing ----------------------------------------------------------------------------
 
 
+def _limits(limits: OfflineRiskLimits) -> str:
+    parts = []
+    if limits.max_line_amount is not None:
+        parts.append(f"largest line {format_money(limits.max_line_amount)}")
+    if limits.max_unsynced_amount is not None:
+        parts.append(f"most unsynced {format_money(limits.max_unsynced_amount)}")
+    if limits.max_offline_duration is not None:
+        parts.append(f"longest offline {limits.max_offline_duration}")
+    return ", ".join(parts)
+
+
 def _kind(kind: CardKind) -> str:
     return "gift card" if kind is CardKind.GIFT_CARD else "credit memo"
 
@@ -277,7 +304,8 @@ def describe(error: TerminalError, target: str) -> str:
                 f"{error.holder_transaction_id or '?'} until {until} (CARD_LOCKED)")
     if isinstance(error, OfflineNotAllowed):
         lines = "; ".join(f"{r.line_id} card {mask(r.card_number)}: "
-                          f"{_WHY_OFFLINE.get(r.why, r.why)} ({r.why})" for r in error.refusals)
+                          f"{_WHY_OFFLINE.get(r.why, r.why)} ({r.why}{_left(r)})"
+                          for r in error.refusals)
         return (f"HQ is unreachable and the sale cannot complete offline: {lines}. The sale "
                 "stays open; nothing was lost")
     if isinstance(error, HQUnavailable):
@@ -286,6 +314,16 @@ def describe(error: TerminalError, target: str) -> str:
         return f"HQ refused this terminal's credential: {error.message} (UNAUTHENTICATED)"
     reason = f" ({error.reason})" if error.reason else ""
     return f"{error.message}{reason}"
+
+
+def _left(refusal: OfflineRefusal) -> str:
+    """What the refusing limit still allows, e.g. ", limit max_unsynced_amount: 5.00 EUR
+    left"."""
+    if not refusal.limit:
+        return ""
+    if refusal.amount_left is not None:
+        return f", limit {refusal.limit}: {format_money(refusal.amount_left)} left"
+    return f", limit {refusal.limit}: no time left"
 
 
 def _run(args: argparse.Namespace, handler: Handler) -> int:
