@@ -317,12 +317,30 @@ class HQDesk:
             ("authorization", f"Bearer {token}"), BYPASS)
         return getattr(self._terminal, rpc)(request, metadata=metadata, timeout=_CALL_TIMEOUT)
 
-    def register(self, terminal_id: str) -> str:
-        """Register a terminal; returns its bearer token."""
+    def register(self, terminal_id: str, *, store_id: str = "") -> str:
+        """Register a terminal (in a store, if given); returns its bearer token."""
         response = self.admin("RegisterTerminal", bo.RegisterTerminalRequest(
-            request_id=_request_id(), terminal_id=terminal_id))
+            request_id=_request_id(), terminal_id=terminal_id, store_id=store_id))
         token: str = response.credential.bearer_token
         return token
+
+    def update_parameters(self, request: bo.UpdateParametersRequest) -> int:
+        """UpdateParameters with a fresh request id; returns the version it made."""
+        request.request_id = _request_id()
+        version: int = self.admin("UpdateParameters", request).change.version
+        return version
+
+    def terminal(self, terminal_id: str) -> bo.Terminal:
+        """The terminal as the back office lists it."""
+        token = ""
+        while True:
+            page = self.admin("ListTerminals", bo.ListTerminalsRequest(page_token=token))
+            for terminal in page.terminals:
+                if terminal.terminal_id == terminal_id:
+                    return terminal
+            token = page.next_page_token
+            if not token:
+                raise LookupError(terminal_id)
 
     def set_parameters(self, *, gift_card: bool, credit_memo: bool,
                        lock_lease_s: int | None = None) -> int:
