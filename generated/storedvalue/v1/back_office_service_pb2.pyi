@@ -931,10 +931,7 @@ class Terminal(_message.Message):
 
     @_builtins.property
     def link(self) -> Global___TerminalLink:
-        """Its link as HQ sees it now, from its reports: ONLINE since the terminal last reached HQ
-        when its latest report is recent (within its next_report_within), else OFFLINE since HQ
-        last heard from it; unspecified before its first report.
-        """
+        """Its link as HQ sees it now, from its reports (see TerminalLink)."""
 
     @_builtins.property
     def last_report(self) -> _terminal_status_pb2.TerminalStatusReport:
@@ -974,18 +971,21 @@ Global___Terminal: _TypeAlias = Terminal  # noqa: Y015
 
 @_typing.final
 class TerminalLink(_message.Message):
-    """A terminal's link as HQ judges it."""
+    """A terminal's link as HQ judges it from the terminal's last report."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     state: _terminal_status_pb2.LinkState.ValueType
-    """ONLINE or OFFLINE; unspecified when the terminal never reported."""
+    """ONLINE while the last report is recent (received within its next_report_within);
+    OFFLINE once it is older; unspecified when the terminal never reported.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
-        """Since when: for ONLINE, when the terminal last switched online (its clock); for OFFLINE,
-        when it went offline by its own report, or else when HQ last heard from it (HQ clock).
+        """Since when, on HQ's clock: for ONLINE, when the terminal last switched online (its own
+        time, moved onto HQ's clock by the difference the report showed between the two); for
+        OFFLINE, when HQ last heard from it.
         """
 
     def __init__(

@@ -221,16 +221,19 @@ class BackOfficeServiceServicer:
 
     def RevokeTerminal(self, request, context):
         """Revokes a terminal's credential (a stolen or retired till): from then on every call
-        with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas), its open
-        WatchParameters streams end, and every lock it holds is released with the reason in the
-        card's journal. The terminal stays listed with what it last reported as unsynced.
+        with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas; its offline
+        sync at once everywhere), its open WatchParameters streams end (see UNAUTHENTICATED in
+        errors.proto), and every lock it holds is released with the reason in the card's
+        journal. The terminal stays listed with what it last reported as unsynced.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetTerminalStore(self, request, context):
-        """Moves a terminal to another store (or to none): it gets that store's parameters.
+        """Moves a terminal to another store (or to none): it gets that store's parameters. Its
+        open WatchParameters streams end (at once on this replica, at the next parameters change
+        on the others), and it follows the new store's on the next one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -76,12 +76,16 @@ class BackOfficeServiceStub:
     """Reads one terminal's offline sync status: last sequence synced and gaps."""
     RevokeTerminal: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.RevokeTerminalRequest, _back_office_service_pb2.RevokeTerminalResponse]
     """Revokes a terminal's credential (a stolen or retired till): from then on every call
-    with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas), its open
-    WatchParameters streams end, and every lock it holds is released with the reason in the
-    card's journal. The terminal stays listed with what it last reported as unsynced.
+    with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas; its offline
+    sync at once everywhere), its open WatchParameters streams end (see UNAUTHENTICATED in
+    errors.proto), and every lock it holds is released with the reason in the card's
+    journal. The terminal stays listed with what it last reported as unsynced.
     """
     SetTerminalStore: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.SetTerminalStoreRequest, _back_office_service_pb2.SetTerminalStoreResponse]
-    """Moves a terminal to another store (or to none): it gets that store's parameters."""
+    """Moves a terminal to another store (or to none): it gets that store's parameters. Its
+    open WatchParameters streams end (at once on this replica, at the next parameters change
+    on the others), and it follows the new store's on the next one.
+    """
 
 @_typing.type_check_only
 class BackOfficeServiceAsyncStub(BackOfficeServiceStub):
@@ -131,12 +135,16 @@ class BackOfficeServiceAsyncStub(BackOfficeServiceStub):
     """Reads one terminal's offline sync status: last sequence synced and gaps."""
     RevokeTerminal: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.RevokeTerminalRequest, _back_office_service_pb2.RevokeTerminalResponse]  # type: ignore[assignment]
     """Revokes a terminal's credential (a stolen or retired till): from then on every call
-    with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas), its open
-    WatchParameters streams end, and every lock it holds is released with the reason in the
-    card's journal. The terminal stays listed with what it last reported as unsynced.
+    with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas; its offline
+    sync at once everywhere), its open WatchParameters streams end (see UNAUTHENTICATED in
+    errors.proto), and every lock it holds is released with the reason in the card's
+    journal. The terminal stays listed with what it last reported as unsynced.
     """
     SetTerminalStore: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.SetTerminalStoreRequest, _back_office_service_pb2.SetTerminalStoreResponse]  # type: ignore[assignment]
-    """Moves a terminal to another store (or to none): it gets that store's parameters."""
+    """Moves a terminal to another store (or to none): it gets that store's parameters. Its
+    open WatchParameters streams end (at once on this replica, at the next parameters change
+    on the others), and it follows the new store's on the next one.
+    """
 
 class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Back-office operations. Every call needs an admin bearer credential; a terminal credential
@@ -267,9 +275,10 @@ class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_back_office_service_pb2.RevokeTerminalResponse, _abc.Awaitable[_back_office_service_pb2.RevokeTerminalResponse]]:
         """Revokes a terminal's credential (a stolen or retired till): from then on every call
-        with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas), its open
-        WatchParameters streams end, and every lock it holds is released with the reason in the
-        card's journal. The terminal stays listed with what it last reported as unsynced.
+        with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas; its offline
+        sync at once everywhere), its open WatchParameters streams end (see UNAUTHENTICATED in
+        errors.proto), and every lock it holds is released with the reason in the card's
+        journal. The terminal stays listed with what it last reported as unsynced.
         """
 
     @_abc_1.abstractmethod
@@ -278,6 +287,9 @@ class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _back_office_service_pb2.SetTerminalStoreRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_back_office_service_pb2.SetTerminalStoreResponse, _abc.Awaitable[_back_office_service_pb2.SetTerminalStoreResponse]]:
-        """Moves a terminal to another store (or to none): it gets that store's parameters."""
+        """Moves a terminal to another store (or to none): it gets that store's parameters. Its
+        open WatchParameters streams end (at once on this replica, at the next parameters change
+        on the others), and it follows the new store's on the next one.
+        """
 
 def add_BackOfficeServiceServicer_to_server(servicer: BackOfficeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

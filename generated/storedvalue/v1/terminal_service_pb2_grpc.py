@@ -174,8 +174,8 @@ class TerminalServiceServicer:
         """Streams the parameters for the caller's store: the current version at once (if it
         differs from the caller's), then every new version that changes them as it is made
         (within a second), until the caller cancels. A revoked terminal's stream ends with
-        UNAUTHENTICATED; a terminal moved to another store sees its stream end and follows the
-        new store's parameters on the next one.
+        UNAUTHENTICATED; a terminal moved to another store sees its stream end (see
+        SetTerminalStore) and follows the new store's parameters on the next one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,8 +65,8 @@ class TerminalServiceStub:
     """Streams the parameters for the caller's store: the current version at once (if it
     differs from the caller's), then every new version that changes them as it is made
     (within a second), until the caller cancels. A revoked terminal's stream ends with
-    UNAUTHENTICATED; a terminal moved to another store sees its stream end and follows the
-    new store's parameters on the next one.
+    UNAUTHENTICATED; a terminal moved to another store sees its stream end (see
+    SetTerminalStore) and follows the new store's parameters on the next one.
     """
     ReportTerminalStatus: _grpc.UnaryUnaryMultiCallable[_terminal_service_pb2.ReportTerminalStatusRequest, _terminal_service_pb2.ReportTerminalStatusResponse]
     """Reports the terminal's link history and what its outbox still holds. HQ keeps the last
@@ -110,8 +110,8 @@ class TerminalServiceAsyncStub(TerminalServiceStub):
     """Streams the parameters for the caller's store: the current version at once (if it
     differs from the caller's), then every new version that changes them as it is made
     (within a second), until the caller cancels. A revoked terminal's stream ends with
-    UNAUTHENTICATED; a terminal moved to another store sees its stream end and follows the
-    new store's parameters on the next one.
+    UNAUTHENTICATED; a terminal moved to another store sees its stream end (see
+    SetTerminalStore) and follows the new store's parameters on the next one.
     """
     ReportTerminalStatus: _aio.UnaryUnaryMultiCallable[_terminal_service_pb2.ReportTerminalStatusRequest, _terminal_service_pb2.ReportTerminalStatusResponse]  # type: ignore[assignment]
     """Reports the terminal's link history and what its outbox still holds. HQ keeps the last
@@ -212,8 +212,8 @@ class TerminalServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the parameters for the caller's store: the current version at once (if it
         differs from the caller's), then every new version that changes them as it is made
         (within a second), until the caller cancels. A revoked terminal's stream ends with
-        UNAUTHENTICATED; a terminal moved to another store sees its stream end and follows the
-        new store's parameters on the next one.
+        UNAUTHENTICATED; a terminal moved to another store sees its stream end (see
+        SetTerminalStore) and follows the new store's parameters on the next one.
         """
 
     @_abc_1.abstractmethod
