@@ -337,7 +337,8 @@ class HQDesk:
             page = self.admin("ListTerminals", bo.ListTerminalsRequest(page_token=token))
             for terminal in page.terminals:
                 if terminal.terminal_id == terminal_id:
-                    return terminal
+                    found: bo.Terminal = terminal
+                    return found
             token = page.next_page_token
             if not token:
                 raise LookupError(terminal_id)

@@ -31,8 +31,8 @@ def shop(tmp_path: Path) -> Iterator[Shop]:
 
 
 def terminal(shop: Shop, terminal_id: str) -> dict[str, Any]:
-    (found,) = [t for t in shop.admin_json("terminals", "--json")
-                if t["terminal_id"] == terminal_id]
+    listed: list[dict[str, Any]] = shop.admin_json("terminals", "--json")
+    (found,) = [t for t in listed if t["terminal_id"] == terminal_id]
     return found
 
 

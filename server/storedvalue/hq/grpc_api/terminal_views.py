@@ -93,19 +93,22 @@ def report_from_proto(report: terminal_status_pb2.TerminalStatusReport) -> Termi
         if state is None or not change.HasField("changed_at"):
             raise InvalidField(f"report.link_history[{index}]",
                                "needs a state (ONLINE or OFFLINE) and changed_at")
-        history.append(LinkChange(state, _moment(change.changed_at), change.cause))
+        history.append(LinkChange(
+            state, _moment(change.changed_at, f"report.link_history[{index}].changed_at"),
+            change.cause,
+        ))
     outbox = report.outbox
     within: timedelta = (
         duration_from_proto(report.next_report_within, "report.next_report_within")
         if report.HasField("next_report_within") else DEFAULT_NEXT_REPORT_WITHIN
     )
     return TerminalReport(
-        reported_at=_moment(report.reported_at),
+        reported_at=_moment(report.reported_at, "report.reported_at"),
         link_history=tuple(history),
         outbox_transactions=outbox.transaction_count,
         unsynced_amounts=tuple(unsynced_from_proto(held) for held in outbox.unsynced_amounts),
         oldest_completed_at=(
-            _moment(outbox.oldest_completed_at)
+            _moment(outbox.oldest_completed_at, "report.outbox.oldest_completed_at")
             if outbox.HasField("oldest_completed_at") else None
         ),
         last_sequence_number=outbox.last_sequence_number,
@@ -114,10 +117,9 @@ def report_from_proto(report: terminal_status_pb2.TerminalStatusReport) -> Termi
     )
 
 
-
-
-def _moment(ts: timestamp_pb2.Timestamp) -> datetime:
+def _moment(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
     found = moment_from_epoch(ts.seconds, ts.nanos)
     if found is None:
-        raise InvalidField("report", "has a timestamp out of range")
+        raise InvalidField(field, "is not a valid timestamp (out of range, or nanos outside "
+                                  "0..999,999,999)")
     return found
