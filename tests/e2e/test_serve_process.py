@@ -118,7 +118,7 @@ def test_get_card_with_an_empty_request_is_invalid_argument_through_grpcurl(
     assert refused.returncode != 0
     assert "Code: InvalidArgument" in refused.stdout + refused.stderr
     assert '"reason":"INVALID_CARD_NUMBER"' in (refused.stdout + refused.stderr).replace(" ", "")
-    listed = hq.admin("terminals", "list")
+    listed = hq.admin("terminals", "list", "--json")
     assert [t["terminal_id"] for t in json.loads(listed.stdout)] == ["till-1"]
     unknown = hq.admin("journal", "4111111111111111")
     assert unknown.returncode == 1
