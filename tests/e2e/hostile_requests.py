@@ -32,7 +32,7 @@ NASTY_STRINGS = [
 # too many for int(), negative, NUL, another list's name.
 NASTY_CURSORS = ["²", "9999999999999999999", "9" * 5_000, "-1", "0", "\x00", "1\x00", "abc",
                  " 1", "1e3", "\u0661"]
-LIST_NAMES = ["journal", "versions", "exceptions", "locks", "terminals"]
+LIST_NAMES = ["journal", "versions", "exceptions", "locks", "terminals", "changes"]
 
 
 @dataclass

@@ -68,7 +68,7 @@ SERVICES = {
 METHODS: list[MethodDescriptor] = [m for s in SERVICES.values() for m in s.methods]
 PAGED_LISTS = {"ListJournalEntries": "journal", "ListParameterVersions": "versions",
                "ListOfflineExceptions": "exceptions", "ListLocks": "locks",
-               "ListTerminals": "terminals"}
+               "ListTerminals": "terminals", "ListParameterChanges": "changes"}
 UNKNOWN_CARDS = ["79927398713", "4111111111111111", "5555555555554444"]
 
 
@@ -289,7 +289,10 @@ def test_the_database_watch_sees_every_commit_of_hq(fuzzed_hq: FuzzedHQ) -> None
 
 
 def test_every_rpc_of_the_contract_is_fuzzed() -> None:
-    assert len(METHODS) == 21
+    assert len(METHODS) == 26
     assert {m.name for m in METHODS} >= {"SyncOfflineBatch", "WatchParameters",
-                                          "ListJournalEntries", "ForceUnlockCard"}
+                                          "ListJournalEntries", "ForceUnlockCard",
+                                          "ReportTerminalStatus", "UpdateParameters",
+                                          "RevokeTerminal", "SetTerminalStore",
+                                          "ListParameterChanges", "GetStoreParameters"}
 
