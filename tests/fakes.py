@@ -452,6 +452,9 @@ class FakeTerminalRepository:
             replace(terminal, registered_at=stored.registered_at)
         )
 
+    def announce(self, terminal_id: str) -> None:
+        """One process: nobody else to tell."""
+
     def list(self, *, after_terminal_id: str, limit: int) -> list[Terminal]:
         ids = sorted(t for t in self._state.terminals if t > after_terminal_id)
         return [replace(self._state.terminals[t]) for t in ids[: max(limit, 0)]]

@@ -29,6 +29,7 @@ from .harness import (
     BackOffice,
     Till,
     eur,
+    expect_failure,
     failure_of,
     free_port,
     fresh_postgres_database,
@@ -193,3 +194,45 @@ def test_a_parameter_change_through_one_replica_reaches_the_other_replicas_watch
     assert message.parameters == updated
     # PostgreSQL notifies the other replica (LISTEN/NOTIFY): no poll interval to wait for.
     assert arrived_at - changed_at < 1.0
+
+
+def test_a_till_revoked_through_one_replica_is_cut_off_by_the_other_at_once(
+    replicas: Replicas,
+) -> None:
+    # The till follows replica 1; the back office revokes it through replica 0.
+    till = replicas.tills(2, "stolen")[1]
+    card = till.issue_gift_card(1000).card_number
+    till.call("LockCard", ts.LockCardRequest(request_id=new_id(), card_number=card,
+                                             transaction_id="S1"))
+    stream: Any = till.stub.WatchParameters(ts.WatchParametersRequest(known_version=0),
+                                            metadata=till.metadata, timeout=30)
+    next(stream)  # open, with the current parameters
+    ended: queue.Queue[tuple[float, grpc.RpcError]] = queue.Queue()
+
+    def follow() -> None:
+        try:
+            for _message in stream:
+                pass
+        except grpc.RpcError as error:
+            ended.put((time.monotonic(), error))
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    try:
+        revoked_at = time.monotonic()
+        revoked = replicas.back_office.call("RevokeTerminal", bo.RevokeTerminalRequest(
+            request_id=new_id(), terminal_id=till.terminal_id, reason="till stolen"))
+        cut_at, error = ended.get(timeout=10)
+        refused = expect_failure(lambda: till.call("GetCard", ts.GetCardRequest(
+            card_number=card)))
+    finally:
+        stream.cancel()
+        follower.join(timeout=10)
+
+    assert [lock.card_number for lock in revoked.released_locks] == [card]
+    # PostgreSQL tells the other replica (LISTEN/NOTIFY): its stream ends, its cache forgets.
+    assert failure_of(error).reason == "UNAUTHENTICATED"
+    assert cut_at - revoked_at < 1.0
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAUTHENTICATED,
+                                              "UNAUTHENTICATED")
+

@@ -221,10 +221,10 @@ class BackOfficeServiceServicer:
 
     def RevokeTerminal(self, request, context):
         """Revokes a terminal's credential (a stolen or retired till): from then on every call
-        with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas; its offline
-        sync at once everywhere), its open WatchParameters streams end (see UNAUTHENTICATED in
-        errors.proto), and every lock it holds is released with the reason in the card's
-        journal. The terminal stays listed with what it last reported as unsynced.
+        with it is refused with UNAUTHENTICATED and its open WatchParameters streams end with
+        it (see UNAUTHENTICATED in errors.proto), and every lock it holds is released with the
+        reason in the card's journal. The terminal stays listed with what it last reported as
+        unsynced.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,8 +232,8 @@ class BackOfficeServiceServicer:
 
     def SetTerminalStore(self, request, context):
         """Moves a terminal to another store (or to none): it gets that store's parameters. Its
-        open WatchParameters streams end (at once on this replica, at the next parameters change
-        on the others), and it follows the new store's on the next one.
+        open WatchParameters streams end at once, on every HQ replica, and it follows the new
+        store's on the next one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -76,15 +76,15 @@ class BackOfficeServiceStub:
     """Reads one terminal's offline sync status: last sequence synced and gaps."""
     RevokeTerminal: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.RevokeTerminalRequest, _back_office_service_pb2.RevokeTerminalResponse]
     """Revokes a terminal's credential (a stolen or retired till): from then on every call
-    with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas; its offline
-    sync at once everywhere), its open WatchParameters streams end (see UNAUTHENTICATED in
-    errors.proto), and every lock it holds is released with the reason in the card's
-    journal. The terminal stays listed with what it last reported as unsynced.
+    with it is refused with UNAUTHENTICATED and its open WatchParameters streams end with
+    it (see UNAUTHENTICATED in errors.proto), and every lock it holds is released with the
+    reason in the card's journal. The terminal stays listed with what it last reported as
+    unsynced.
     """
     SetTerminalStore: _grpc.UnaryUnaryMultiCallable[_back_office_service_pb2.SetTerminalStoreRequest, _back_office_service_pb2.SetTerminalStoreResponse]
     """Moves a terminal to another store (or to none): it gets that store's parameters. Its
-    open WatchParameters streams end (at once on this replica, at the next parameters change
-    on the others), and it follows the new store's on the next one.
+    open WatchParameters streams end at once, on every HQ replica, and it follows the new
+    store's on the next one.
     """
 
 @_typing.type_check_only
@@ -135,15 +135,15 @@ class BackOfficeServiceAsyncStub(BackOfficeServiceStub):
     """Reads one terminal's offline sync status: last sequence synced and gaps."""
     RevokeTerminal: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.RevokeTerminalRequest, _back_office_service_pb2.RevokeTerminalResponse]  # type: ignore[assignment]
     """Revokes a terminal's credential (a stolen or retired till): from then on every call
-    with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas; its offline
-    sync at once everywhere), its open WatchParameters streams end (see UNAUTHENTICATED in
-    errors.proto), and every lock it holds is released with the reason in the card's
-    journal. The terminal stays listed with what it last reported as unsynced.
+    with it is refused with UNAUTHENTICATED and its open WatchParameters streams end with
+    it (see UNAUTHENTICATED in errors.proto), and every lock it holds is released with the
+    reason in the card's journal. The terminal stays listed with what it last reported as
+    unsynced.
     """
     SetTerminalStore: _aio.UnaryUnaryMultiCallable[_back_office_service_pb2.SetTerminalStoreRequest, _back_office_service_pb2.SetTerminalStoreResponse]  # type: ignore[assignment]
     """Moves a terminal to another store (or to none): it gets that store's parameters. Its
-    open WatchParameters streams end (at once on this replica, at the next parameters change
-    on the others), and it follows the new store's on the next one.
+    open WatchParameters streams end at once, on every HQ replica, and it follows the new
+    store's on the next one.
     """
 
 class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -275,10 +275,10 @@ class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_back_office_service_pb2.RevokeTerminalResponse, _abc.Awaitable[_back_office_service_pb2.RevokeTerminalResponse]]:
         """Revokes a terminal's credential (a stolen or retired till): from then on every call
-        with it is refused with UNAUTHENTICATED (within 2 s on other HQ replicas; its offline
-        sync at once everywhere), its open WatchParameters streams end (see UNAUTHENTICATED in
-        errors.proto), and every lock it holds is released with the reason in the card's
-        journal. The terminal stays listed with what it last reported as unsynced.
+        with it is refused with UNAUTHENTICATED and its open WatchParameters streams end with
+        it (see UNAUTHENTICATED in errors.proto), and every lock it holds is released with the
+        reason in the card's journal. The terminal stays listed with what it last reported as
+        unsynced.
         """
 
     @_abc_1.abstractmethod
@@ -288,8 +288,8 @@ class BackOfficeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_back_office_service_pb2.SetTerminalStoreResponse, _abc.Awaitable[_back_office_service_pb2.SetTerminalStoreResponse]]:
         """Moves a terminal to another store (or to none): it gets that store's parameters. Its
-        open WatchParameters streams end (at once on this replica, at the next parameters change
-        on the others), and it follows the new store's on the next one.
+        open WatchParameters streams end at once, on every HQ replica, and it follows the new
+        store's on the next one.
         """
 
 def add_BackOfficeServiceServicer_to_server(servicer: BackOfficeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

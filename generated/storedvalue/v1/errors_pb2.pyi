@@ -128,9 +128,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 50
     """[UNAUTHENTICATED] No credential, or an unknown, replaced or revoked one. A revoked
-    terminal gets it from the moment of the revocation on the HQ replica that revoked it
-    (its open WatchParameters streams there end with it at once), within 2 s on the others
-    (their streams end with it at the next parameters change).
+    terminal gets it from the moment of the revocation, on every HQ replica (they tell each
+    other; one that missed it while reconnecting to its database within 2 s), and its open
+    WatchParameters streams end with it.
     """
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 51
     """[PERMISSION_DENIED] The credential is valid but may not call this RPC (a terminal
@@ -303,9 +303,9 @@ metadata: expected_version, current_version.
 """
 ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 50
 """[UNAUTHENTICATED] No credential, or an unknown, replaced or revoked one. A revoked
-terminal gets it from the moment of the revocation on the HQ replica that revoked it
-(its open WatchParameters streams there end with it at once), within 2 s on the others
-(their streams end with it at the next parameters change).
+terminal gets it from the moment of the revocation, on every HQ replica (they tell each
+other; one that missed it while reconnecting to its database within 2 s), and its open
+WatchParameters streams end with it.
 """
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 51
 """[PERMISSION_DENIED] The credential is valid but may not call this RPC (a terminal

@@ -106,7 +106,7 @@ class HQApplication:
         self.feed = ParametersFeed(max_watchers=config.max_watchers)
         self.parameters = ParametersService(self._transactions, feed=self.feed)
         admins = {hash_token(config.admin_token): ADMIN_NAME} if config.admin_token else {}
-        authenticator = Authenticator(
+        authenticator = self._authenticator = Authenticator(
             self._transactions, admin_token_hashes=admins,
             bind_client_certificates=config.tls_client_ca_file is not None,
         )
@@ -216,7 +216,11 @@ class HQApplication:
                 with contextlib.suppress(RuntimeError):  # the loop is closing
                     asyncio.run_coroutine_threadsafe(self._refresh_parameters(), loop)
 
-            self._listener = ParameterChangeListener(storage.engine, changed)
+            def terminal_changed(terminal_id: str) -> None:
+                with contextlib.suppress(RuntimeError):
+                    asyncio.run_coroutine_threadsafe(self._terminal_changed(terminal_id), loop)
+
+            self._listener = ParameterChangeListener(storage.engine, changed, terminal_changed)
             self._listener.start()
         else:
             self._followers.append(asyncio.create_task(self._poll_parameters()))
@@ -225,6 +229,17 @@ class HQApplication:
         while True:
             await asyncio.sleep(self.config.parameters_poll_seconds)
             await self._refresh_parameters()
+
+    async def _terminal_changed(self, terminal_id: str) -> None:
+        """Another replica revoked the terminal or moved it: its cached credential and its
+        watch streams here go too."""
+        self._authenticator.forget()
+        try:
+            terminal = await self._transactions.read(lambda uow: uow.terminals.get(terminal_id))
+        except Exception:
+            log.exception("reading a changed terminal failed")
+            return
+        self.feed.end_watches(terminal_id, revoked=terminal is None or terminal.revoked)
 
     async def _refresh_parameters(self) -> None:
         try:

@@ -258,9 +258,10 @@ class BackOfficeService:
         return await self._transactions.write(work)
 
     async def revoke_terminal(self, *, key: RequestKey, admin: str, terminal_id: str, reason: str
-                        ) -> RevokedTerminal:
+                              ) -> RevokedTerminal:
         """Revoke the terminal's credential for good and release every lock it holds, with
-        the reason in each card's journal. What it last reported stays visible."""
+        the reason in each card's journal. What it last reported stays visible. Other HQ
+        replicas are told (`announce`)."""
         key.validate()
         validate_terminal_id(terminal_id)
         validate_free_text(reason, "reason", max_length=MAX_REASON_LENGTH)
@@ -273,6 +274,7 @@ class BackOfficeService:
                 raise TerminalNotFound(terminal_id)
             terminal.revoke(by=admin, reason=reason.strip(), now=now)
             uow.terminals.save(terminal)
+            uow.terminals.announce(terminal_id)
             held = uow.cards.list_locks(now=now, terminal_id=terminal_id, include_expired=True,
                                         after_card_number="", limit=_ALL)
             cards = uow.cards.get_many_for_update({lock.card_number for lock in held})
@@ -305,6 +307,7 @@ class BackOfficeService:
             terminal.refuse_if_revoked()
             terminal.store_id = store_id
             uow.terminals.save(terminal)
+            uow.terminals.announce(terminal_id)
             return _view(uow, terminal, now)
 
         return await run_once(self._transactions, key, TerminalView, self._clock, run)

@@ -17,6 +17,8 @@ from storedvalue.hq.storage.transaction import Transaction
 
 # Listeners (other HQ replicas on PostgreSQL) hear the new version once it commits.
 PARAMETERS_CHANNEL = "storedvalue_parameters"
+# ... and the terminal revoked or moved to another store (its id), once that commits.
+TERMINALS_CHANNEL = "storedvalue_terminals"
 
 _REQUEST = Statement(
     select(request_log).where(
@@ -168,6 +170,9 @@ class SqlTerminalRepository:
         values = rows.terminal_state_values(terminal)
         values["key_terminal_id"] = terminal.terminal_id
         self._tx.write(_SAVE_TERMINAL, [values])
+
+    def announce(self, terminal_id: str) -> None:
+        self._tx.notify(TERMINALS_CHANNEL, terminal_id)
 
     def list(self, *, after_terminal_id: str, limit: int) -> list[Terminal]:
         params = {"after": after_terminal_id, "limit": limit}
