@@ -222,3 +222,31 @@ def test_a_report_on_a_skewed_clock_is_moved_onto_hqs_clock() -> None:
 
     assert link.state is LinkState.ONLINE
     assert link.since == NOW - timedelta(seconds=5)
+
+
+def test_a_retried_change_or_revocation_gets_its_first_result_limits_and_report_included(
+    shop: Shop,
+) -> None:
+    limits = OfflineRiskLimits(max_line_amount=Money(2500, "EUR"),
+                               max_offline_duration=timedelta(hours=6))
+    change = ParametersChange(gift_card_offline_limits=limits)
+    update = key("admin:ops", "UpdateParameters", change)
+    shop.run(shop.reports.report(
+        terminal_id="B-1", report=make_report(reported=NOW, received=NOW, unsynced=700).report))
+    revoke = key("admin:ops", "RevokeTerminal", "B-1")
+
+    first = shop.run(shop.params.update(key=update, updated_by="ops", change=change,
+                                        expected_version=0, store_id="store-B"))
+    again = shop.run(shop.params.update(key=update, updated_by="ops", change=change,
+                                        expected_version=0, store_id="store-B"))
+    revoked = shop.run(shop.back_office.revoke_terminal(key=revoke, admin="ops",
+                                                        terminal_id="B-1", reason="retired"))
+    revoked_again = shop.run(shop.back_office.revoke_terminal(
+        key=revoke, admin="ops", terminal_id="B-1", reason="retired"))
+
+    assert again == first
+    assert first.parameters.gift_card_offline_limits == limits
+    assert revoked_again == revoked
+    assert revoked.terminal.report is not None
+    (held,) = revoked.terminal.report.report.unsynced_amounts
+    assert held.amount == Money(700, "EUR")

@@ -46,6 +46,9 @@ class ParametersFeed:
     def __init__(self, *, max_watchers: int = 0) -> None:
         self._global: ParameterSet | None = None
         self._overrides: dict[str, ParameterSet] = {}
+        # What each store's terminals apply, built on first use after each change: LockCard
+        # reads its store's lease here on every lock.
+        self._applied: dict[str, Parameters] = {}
         self._events: dict[str, asyncio.Event] = {}  # store -> what its watchers wait on
         self._ended: dict[str, tuple[int, bool]] = {}  # terminal -> (how often, revoked)
         self._closed = False
@@ -55,10 +58,15 @@ class ParametersFeed:
     def latest(self, store_id: str = GLOBAL) -> Parameters | None:
         """What the terminals of `store_id` apply now, as this process knows it. Readable
         from any thread (the sets are replaced whole, never changed in place)."""
-        global_set = self._global
-        if global_set is None:
-            return None
-        return effective(global_set, self._overrides.get(store_id), store_id)
+        applied = self._applied  # replaced whole on every change
+        found = applied.get(store_id)
+        if found is None:
+            global_set = self._global
+            if global_set is None:
+                return None
+            found = applied[store_id] = effective(global_set, self._overrides.get(store_id),
+                                                  store_id)
+        return found
 
     @property
     def closed(self) -> bool:
@@ -78,9 +86,11 @@ class ParametersFeed:
                 continue
             if store == GLOBAL:
                 self._global = parameter_set
+                self._applied = {}
                 self._wake_all()
             else:
                 self._overrides = {**self._overrides, store: parameter_set}
+                self._applied = {}
                 self._wake(store)
 
     async def newer_than(self, store_id: str, known_version: int, *, terminal_id: str = "",
