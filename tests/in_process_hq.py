@@ -245,6 +245,16 @@ class InProcessHQ:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def health_port(self) -> int | None:
+        """The plaintext health-only port (`health_listen`), while serving."""
+        return self._server.health_port if self._server is not None else None
+
+    def reload_certificates(self) -> bool:
+        """What SIGHUP does to a `storedvalue serve` process."""
+        assert self._server is not None, "not serving"
+        return self._server.reload_certificates()
+
     def start(self) -> None:
         assert self._server is None, "already serving"
         host = self.config.listen.rpartition(":")[0]

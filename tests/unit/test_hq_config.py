@@ -141,3 +141,52 @@ def test_serve_help_names_every_limit_with_the_default_the_server_uses(
     ]:
         described = options.split(f"{flag} ", 1)[1].split(" --", 1)[0]
         assert f"default {default}" in described, flag
+
+
+def test_tls_files_and_the_health_port_also_come_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "XDG_DATA_HOME": str(tmp_path),
+        "STOREDVALUE_TLS_CERT": "/etc/hq/cert.pem",
+        "STOREDVALUE_TLS_KEY": "/etc/hq/key.pem",
+        "STOREDVALUE_TLS_CLIENT_CA": "/etc/hq/tills-ca.pem",
+        "STOREDVALUE_ADMIN_CLIENT_CA": "/etc/hq/admins-ca.pem",
+        "STOREDVALUE_ADMIN_CERT_NAMES": "ops-1, ops-2",
+        "STOREDVALUE_HEALTH_LISTEN": "127.0.0.1:50052",
+    }
+
+    config = load_config(environ=env, listen="0.0.0.0:443")
+
+    assert config.uses_mutual_tls
+    assert (config.tls_cert_file, config.tls_key_file) == (
+        Path("/etc/hq/cert.pem"), Path("/etc/hq/key.pem"))
+    assert config.tls_client_ca_file == Path("/etc/hq/tills-ca.pem")
+    assert config.admin_client_ca_file == Path("/etc/hq/admins-ca.pem")
+    assert config.admin_certificate_names == ("ops-1", "ops-2")
+    assert config.health_listen == "127.0.0.1:50052"
+    assert config.tls_reload_seconds == 10.0
+
+
+def test_the_back_office_certificate_is_storedvalue_admin_unless_configured() -> None:
+    tills_ca, admins_ca = Path("tills-ca.pem"), Path("admins-ca.pem")
+
+    assert HQConfig(tls_client_ca_file=tills_ca).required_admin_certificate_names == {
+        "storedvalue-admin"}
+    assert HQConfig(admin_certificate_names=("ops",)).required_admin_certificate_names == {"ops"}
+    any_name = HQConfig(tls_client_ca_file=tills_ca, admin_client_ca_file=admins_ca)
+    assert any_name.required_admin_certificate_names == frozenset()
+    assert any_name.admin_certificate_rule() == "issued by admins-ca.pem"
+
+
+def test_admin_certificates_without_mutual_tls_are_refused(tmp_path: Path) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path)}
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+
+    with pytest.raises(ConfigError, match="need mutual TLS"):
+        load_config(environ=env, tls_cert_file=cert, tls_key_file=key,
+                    admin_certificate_names=("ops",))
+
+
+@pytest.mark.parametrize("health", ["0.0.0.0:50052", "10.0.0.5:50052"])
+def test_the_plaintext_health_port_must_be_on_loopback(tmp_path: Path, health: str) -> None:
+    with pytest.raises(ConfigError, match=r"health port .* must be on a loopback address"):
+        load_config(environ={"XDG_DATA_HOME": str(tmp_path)}, health_listen=health)

@@ -12,7 +12,10 @@ Run the HQ server. With no flags it serves plaintext on 127.0.0.1:50051 from a S
 under ${XDG_DATA_HOME:-~/.local/share}/storedvalue and prints where. The admin credential
 is STOREDVALUE_ADMIN_TOKEN, or else the admin token file (created on first start, mode
 0600). SIGTERM or SIGINT: health goes NOT_SERVING, in-flight calls drain within the grace
-period, exit code 0."""
+period, exit code 0. SIGHUP reloads the TLS certificate, key and CA files (as does a change
+of them): new connections get the new ones, open ones keep theirs, nothing stops.
+
+Every flag of a file or address also comes from the environment (named beside it)."""
 
 
 def register(subparsers: Any) -> None:
@@ -80,18 +83,37 @@ def register(subparsers: Any) -> None:
                         help="answers about unknown cards a till may get per minute before "
                              "HQ stops looking up cards it does not hold (default 20)")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",
-                        help="TLS certificate chain; required to listen beyond loopback")
-    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="TLS private key")
+                        help="TLS certificate chain, server certificate first; required to "
+                             "listen beyond loopback (env STOREDVALUE_TLS_CERT)")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM",
+                        help="its private key, unencrypted (env STOREDVALUE_TLS_KEY)")
     parser.add_argument("--tls-client-ca", type=Path, metavar="PEM",
                         help="mutual TLS: CA of the tills' client certificates; a till's "
-                             "certificate common name must be its terminal id")
+                             "certificate common name must be its terminal id "
+                             "(env STOREDVALUE_TLS_CLIENT_CA)")
+    parser.add_argument("--admin-cert-name", action="append", metavar="NAME",
+                        help="mutual TLS: common name of the back office's client "
+                             "certificates, repeatable (env STOREDVALUE_ADMIN_CERT_NAMES, "
+                             "comma-separated; default storedvalue-admin, or any name with "
+                             "--admin-client-ca)")
+    parser.add_argument("--admin-client-ca", type=Path, metavar="PEM",
+                        help="mutual TLS: a separate CA that issues the back office's client "
+                             "certificates (env STOREDVALUE_ADMIN_CLIENT_CA)")
+    parser.add_argument("--tls-reload", type=float, metavar="SECONDS",
+                        help="how often to look for changed TLS files and serve new "
+                             "connections with them; 0: on SIGHUP only "
+                             f"(default {defaults.tls_reload_seconds:g})")
+    parser.add_argument("--health-listen", metavar="HOST:PORT",
+                        help="also serve the health service alone, in plaintext, on this "
+                             "loopback address: probes without a client certificate "
+                             "(env STOREDVALUE_HEALTH_LISTEN)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: other subcommands must not load the HQ's database code.
     from storedvalue.hq.config import ConfigError, load_config
-    from storedvalue.hq.server import serve
+    from storedvalue.hq.process import serve
     from storedvalue.hq.services.offline import SyncLimits
 
     defaults = SyncLimits()
@@ -122,8 +144,12 @@ def run(args: argparse.Namespace) -> int:
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             tls_client_ca_file=args.tls_client_ca,
+            admin_client_ca_file=args.admin_client_ca,
+            admin_certificate_names=tuple(args.admin_cert_name) if args.admin_cert_name else None,
+            tls_reload_seconds=args.tls_reload,
+            health_listen=args.health_listen,
         )
-    except ConfigError as error:
+        return serve(config)
+    except ConfigError as error:  # also a certificate file HQ found wrong as it started
         print(f"storedvalue serve: {error}", file=sys.stderr)
         return 2
-    return serve(config)

@@ -20,7 +20,16 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 ENV_LISTEN = "STOREDVALUE_LISTEN"
 ENV_DATABASE_URL = "STOREDVALUE_DATABASE_URL"
 ENV_ADMIN_TOKEN = "STOREDVALUE_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
+ENV_TLS_CERT = "STOREDVALUE_TLS_CERT"
+ENV_TLS_KEY = "STOREDVALUE_TLS_KEY"
+ENV_TLS_CLIENT_CA = "STOREDVALUE_TLS_CLIENT_CA"
+ENV_ADMIN_CLIENT_CA = "STOREDVALUE_ADMIN_CLIENT_CA"
+ENV_ADMIN_CERT_NAMES = "STOREDVALUE_ADMIN_CERT_NAMES"
+ENV_HEALTH_LISTEN = "STOREDVALUE_HEALTH_LISTEN"
 ADMIN_NAME = "admin"
+DEFAULT_ADMIN_CERTIFICATE_NAME = "storedvalue-admin"
+"""Under mutual TLS, the common name a back-office client certificate has when nothing else
+is configured."""
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
@@ -105,13 +114,57 @@ class HQConfig:
 
     tls_client_ca_file: Path | None = None
     """Mutual TLS: PEM certificates of the CA that signs the tills' client certificates.
-    When set, every connection must present a certificate signed by it, and a terminal's
-    bearer credential only works on a connection whose certificate's common name is that
-    terminal's id. Needs `tls_cert_file` and `tls_key_file`."""
+    When set, every connection must present a certificate signed by it (or by
+    `admin_client_ca_file`), a terminal's bearer credential only works on a connection whose
+    certificate's common name is that terminal's id, and the admin credential only on a
+    connection with an admin certificate (`admin_certificate_names`). Needs `tls_cert_file`
+    and `tls_key_file`."""
+
+    admin_client_ca_file: Path | None = None
+    """Mutual TLS: PEM certificate of a separate CA that issues the back office's client
+    certificates (directly). Connections with its certificates are accepted too, and
+    back-office calls then need one of them (with a name in `admin_certificate_names`, when
+    given). None: admin certificates come from `tls_client_ca_file`, told apart by name."""
+
+    admin_certificate_names: tuple[str, ...] = ()
+    """Mutual TLS: the common names of back-office client certificates. Empty: any name
+    when `admin_client_ca_file` is set, else `storedvalue-admin`."""
+
+    tls_reload_seconds: float = 10.0
+    """How often HQ looks at its certificate, key and CA files for a change, and serves new
+    connections with the new ones (SIGHUP reloads them at once). 0: only on SIGHUP."""
+
+    health_listen: str | None = None
+    """HOST:PORT (a loopback host) of a separate plaintext port serving only the standard
+    health service: load-balancer and orchestrator probes without a client certificate.
+    None: no such port (health is served on `listen` as always)."""
 
     @property
     def uses_tls(self) -> bool:
         return self.tls_cert_file is not None and self.tls_key_file is not None
+
+    @property
+    def uses_mutual_tls(self) -> bool:
+        return self.uses_tls and self.tls_client_ca_file is not None
+
+    @property
+    def required_admin_certificate_names(self) -> frozenset[str]:
+        """Common names a back-office client certificate must have under mutual TLS; empty
+        when any name from `admin_client_ca_file` will do."""
+        if self.admin_certificate_names:
+            return frozenset(self.admin_certificate_names)
+        if self.admin_client_ca_file is not None:
+            return frozenset()
+        return frozenset({DEFAULT_ADMIN_CERTIFICATE_NAME})
+
+    def admin_certificate_rule(self) -> str:
+        """What makes a client certificate the back office's, in words (messages, logs)."""
+        names = sorted(self.required_admin_certificate_names)
+        named = f"common name {' or '.join(names)}" if names else ""
+        if self.admin_client_ca_file is None:
+            return named
+        issued = f"issued by {self.admin_client_ca_file}"
+        return f"{named}, {issued}" if named else issued
 
     @property
     def max_receive_message_bytes(self) -> int:
@@ -199,6 +252,10 @@ def load_config(
     tls_cert_file: Path | None = None,
     tls_key_file: Path | None = None,
     tls_client_ca_file: Path | None = None,
+    admin_client_ca_file: Path | None = None,
+    admin_certificate_names: tuple[str, ...] | None = None,
+    tls_reload_seconds: float | None = None,
+    health_listen: str | None = None,
 ) -> HQConfig:
     """Build the configuration: each argument is a flag (None when not given), falling back
     to the environment, then to the default. Creates the admin token file if needed."""
@@ -206,10 +263,36 @@ def load_config(
     defaults = HQConfig()
     config_listen = listen or env.get(ENV_LISTEN) or DEFAULT_LISTEN
     host, _port = split_listen_address(config_listen)
+    tls_cert_file = tls_cert_file or _path(env, ENV_TLS_CERT)
+    tls_key_file = tls_key_file or _path(env, ENV_TLS_KEY)
+    tls_client_ca_file = tls_client_ca_file or _path(env, ENV_TLS_CLIENT_CA)
+    admin_client_ca_file = admin_client_ca_file or _path(env, ENV_ADMIN_CLIENT_CA)
+    if admin_certificate_names is None:
+        admin_certificate_names = tuple(
+            name.strip() for name in env.get(ENV_ADMIN_CERT_NAMES, "").split(",") if name.strip()
+        )
+    health_listen = health_listen or env.get(ENV_HEALTH_LISTEN) or None
     if (tls_cert_file is None) != (tls_key_file is None):
         raise ConfigError("TLS needs both a certificate file and a key file")
     if tls_client_ca_file is not None and tls_cert_file is None:
         raise ConfigError("mutual TLS (a client CA) needs the server's TLS certificate and key")
+    if (admin_client_ca_file is not None or admin_certificate_names) and (
+        tls_client_ca_file is None
+    ):
+        raise ConfigError("admin client certificates (an admin CA or admin certificate names) "
+                          "need mutual TLS: give the tills' client CA too (--tls-client-ca)")
+    if any(not name or len(name) > 64 for name in admin_certificate_names):
+        raise ConfigError("an admin certificate name must be 1 to 64 characters")
+    if tls_reload_seconds is not None and tls_reload_seconds < 0:
+        raise ConfigError("the certificate reload interval must be 0 (SIGHUP only) or positive")
+    if health_listen is not None:
+        health_host, _ = split_listen_address(health_listen)
+        if not is_loopback(health_host):
+            raise ConfigError(
+                f"the plaintext health port {health_listen} must be on a loopback address "
+                "(127.0.0.1, ::1, localhost); a prober on another host can present a client "
+                "certificate to the main port instead"
+            )
     if tls_cert_file is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve plaintext on {config_listen}: plaintext is for loopback "
@@ -273,7 +356,16 @@ def load_config(
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_key_file,
         tls_client_ca_file=tls_client_ca_file,
+        admin_client_ca_file=admin_client_ca_file,
+        admin_certificate_names=admin_certificate_names,
+        tls_reload_seconds=_given(tls_reload_seconds, defaults.tls_reload_seconds),
+        health_listen=health_listen,
     )
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name, "").strip()
+    return Path(value) if value else None
 
 
 def _given(flag: V | None, default: V) -> V:

@@ -1,9 +1,11 @@
 """The composition root: storage, the transaction executor, services, servicers, the call
-gate, health, reflection and the parameters feed wired into one `grpc.aio` server.
+gate, health, reflection, the parameters feed and the TLS certificates wired into one
+`grpc.aio` server (and, when configured, a plaintext health-only server beside it).
 
-`serve` runs it on an event loop in the main thread until a signal. `create_server` hosts it
-on a background event loop for synchronous code (tests, the demo) and returns a handle with
-the familiar `start()`, `stop(grace).wait(timeout)` and `wait_for_termination()`.
+`storedvalue.hq.process.serve` runs it on an event loop in the main thread until a signal.
+`create_server` hosts it on a background event loop for synchronous code (tests, the demo)
+and returns a handle with the familiar `start()`, `stop(grace).wait(timeout)` and
+`wait_for_termination()`.
 """
 
 from __future__ import annotations
@@ -11,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
 import threading
-from collections.abc import Coroutine, Sequence
-from typing import Any, TextIO, TypeVar, cast
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from storedvalue.hq.config import ADMIN_NAME, HQConfig, redacted_url, split_listen_address
+from storedvalue.hq.certificate_rotation import ServingCertificates
+from storedvalue.hq.config import ADMIN_NAME, HQConfig
 from storedvalue.hq.domain.terminals import hash_token
 from storedvalue.hq.event_loops import loop_factory
 from storedvalue.hq.grpc_api.back_office_servicer import BackOfficeServicer
 from storedvalue.hq.grpc_api.calls import CallGate, MethodTable
+from storedvalue.hq.grpc_api.client_certificates import ClientCertificates
 from storedvalue.hq.grpc_api.method_handlers import add_servicer
 from storedvalue.hq.grpc_api.reflection import add_reflection
 from storedvalue.hq.grpc_api.terminal_servicer import TerminalServicer
@@ -40,7 +42,7 @@ from storedvalue.hq.services.unit_of_work import Storage
 from storedvalue.hq.storage import SqlStorage, upgrade_to_head
 from storedvalue.hq.storage.group_commit import GroupCommitTransactions
 from storedvalue.hq.storage.parameter_changes import ParameterChangeListener
-from storedvalue.hq.structured_logging import configure_logging
+from storedvalue.hq.tls import ServerCertificates, load_certificates
 from storedvalue.v1 import back_office_service_pb2, terminal_service_pb2
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class HQApplication:
     storage (if it opened it)."""
 
     def __init__(self, config: HQConfig, storage: Storage, *, owns_storage: bool,
+                 certificates: ServerCertificates | None = None,
                  interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = ()) -> None:
         self.config = config
         self._storage = storage
@@ -108,8 +111,19 @@ class HQApplication:
         admins = {hash_token(config.admin_token): ADMIN_NAME} if config.admin_token else {}
         authenticator = self._authenticator = Authenticator(
             self._transactions, admin_token_hashes=admins,
-            bind_client_certificates=config.tls_client_ca_file is not None,
+            admin_certificate_rule=config.admin_certificate_rule(),
         )
+        client_certificates: ClientCertificates | None = None
+        self.certificates: ServingCertificates | None = None
+        if certificates is not None:
+            if config.uses_mutual_tls:
+                client_certificates = ClientCertificates(
+                    admin_names=config.required_admin_certificate_names,
+                    admin_issuers=certificates.admin_issuers,
+                )
+            self.certificates = ServingCertificates(
+                config, certificates, on_reload=_follow_admin_issuers(client_certificates)
+            )
         # One unknown-card limit per till, online and offline.
         throttle = UnknownCardThrottle(limit=config.unknown_card_limit)
         offline = OfflineService(self._transactions, limits=config.sync_limits,
@@ -121,6 +135,7 @@ class HQApplication:
                 authenticator,
                 roles={TERMINAL_SERVICE: Role.TERMINAL, BACK_OFFICE_SERVICE: Role.ADMIN},
                 call_deadline_seconds=config.call_deadline_seconds,
+                client_certificates=client_certificates,
             )],
             options=grpc_options(config),
         )
@@ -148,7 +163,17 @@ class HQApplication:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, cast(Any, methods))
         self._server.add_generic_rpc_handlers((methods,))
         add_reflection(self._server, (TERMINAL_SERVICE, BACK_OFFICE_SERVICE, health.SERVICE_NAME))
-        self.port = _bind(self._server, config)
+        self.port = _bind(self._server, config.listen, self.certificates)
+        # Probes that cannot present a client certificate: the health service alone (and
+        # reflection of it, for grpcurl), in plaintext on a loopback port; the same servicer,
+        # so it says what the main port says.
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if config.health_listen is not None:
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            add_reflection(self._health_server, (health.SERVICE_NAME,))
+            self.health_port = _bind(self._health_server, config.health_listen, None)
         self._followers: list[asyncio.Task[None]] = []
         self._listener: ParameterChangeListener | None = None
         self._stopped: asyncio.Future[None] | None = None
@@ -164,10 +189,13 @@ class HQApplication:
         """HQ bound to `config.listen` (port 0: any free port), not yet started. Without
         `storage`, opens (and on stop closes) the configured database. `interceptors` see
         every call before HQ's own call gate."""
+        # The certificate files first: a wrong one stops HQ before it touches the database.
+        certificates = load_certificates(config) if config.uses_tls else None
         owns_storage = storage is None
         store = open_storage(config) if storage is None else storage
         try:
-            app = cls(config, store, owns_storage=owns_storage, interceptors=interceptors)
+            app = cls(config, store, owns_storage=owns_storage, certificates=certificates,
+                      interceptors=interceptors)
         except BaseException:
             if owns_storage:
                 store.close()
@@ -183,7 +211,22 @@ class HQApplication:
         for name in ("", TERMINAL_SERVICE, BACK_OFFICE_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self._server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
+        if self.certificates is not None:
+            for warning in self.certificates.current.warnings:
+                log.warning(warning)
+            self._followers.append(asyncio.create_task(self.certificates.watch()))
         self._follow_other_replicas()
+
+    def reload_certificates(self, trigger: str) -> bool:
+        """Read the TLS files again; new connections get them when they are good (bad ones
+        are logged and the served ones kept). False too when HQ serves plaintext."""
+        if self.certificates is None:
+            log.info("no TLS certificates to reload: HQ serves plaintext",
+                     extra={"trigger": trigger})
+            return False
+        return self.certificates.reload(trigger)
 
     async def stop(self, grace: float | None) -> None:
         if self._stopped is not None:
@@ -195,6 +238,8 @@ class HQApplication:
             await self._health.enter_graceful_shutdown()
             self.feed.close()  # open WatchParameters streams end now, with OK
             await self._server.stop(grace)
+            if self._health_server is not None:  # probes saw NOT_SERVING all along the drain
+                await self._health_server.stop(0)
             await self._release()
         finally:
             stopped.set_result(None)
@@ -259,21 +304,26 @@ class HQApplication:
             self._storage.close()
 
 
-def _bind(server: grpc.aio.Server, config: HQConfig) -> int:
-    if config.uses_tls:
-        assert config.tls_cert_file is not None and config.tls_key_file is not None
-        client_ca = config.tls_client_ca_file
-        credentials = grpc.ssl_server_credentials(
-            [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())],
-            root_certificates=client_ca.read_bytes() if client_ca is not None else None,
-            require_client_auth=client_ca is not None,
-        )
-        port = server.add_secure_port(config.listen, credentials)
+def _bind(server: grpc.aio.Server, listen: str, certificates: ServingCertificates | None
+          ) -> int:
+    if certificates is not None:
+        port = server.add_secure_port(listen, certificates.credentials())
     else:
-        port = server.add_insecure_port(config.listen)
+        port = server.add_insecure_port(listen)
     if port == 0:
-        raise OSError(f"could not listen on {config.listen}")
+        raise OSError(f"could not listen on {listen}")
     return port
+
+
+def _follow_admin_issuers(client_certificates: ClientCertificates | None
+                          ) -> Callable[[ServerCertificates], None]:
+    """What a certificate reload tells the call gate: the admin CA it now trusts."""
+
+    def reloaded(certificates: ServerCertificates) -> None:
+        if client_certificates is not None:
+            client_certificates.use_admin_issuers(certificates.admin_issuers)
+
+    return reloaded
 
 
 # -- embedded: HQ on a background event loop --------------------------------------------------
@@ -331,6 +381,17 @@ class HQServer:
         """True when `timeout` passed first, as grpc.Server's does."""
         return self._run(self._app.wait_for_termination(timeout))
 
+    @property
+    def health_port(self) -> int | None:
+        return self._app.health_port
+
+    def reload_certificates(self) -> bool:
+        """What SIGHUP does to a `storedvalue serve` process."""
+        return self._run(self._reload())
+
+    async def _reload(self) -> bool:
+        return self._app.reload_certificates("reload_certificates")
+
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
@@ -350,51 +411,3 @@ def create_server(
         HQApplication.open(config, storage=storage, interceptors=interceptors), loop
     ).result()
     return HQServer(app, loop), app.port
-
-
-# -- the process ------------------------------------------------------------------------------
-
-
-def serve(config: HQConfig, *, out: TextIO | None = None) -> int:
-    """Run HQ until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
-    configure_logging()
-    with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
-        return runner.run(_serve(config, out or sys.stdout))
-
-
-async def _serve(config: HQConfig, printed: TextIO) -> int:
-    app = await HQApplication.open(config)
-    await app.start()
-    host, _ = split_listen_address(config.listen)
-    address = f"[{host}]:{app.port}" if ":" in host else f"{host}:{app.port}"
-    database = redacted_url(config.database_url)
-    token_source = (
-        str(config.admin_token_file) if config.admin_token_file else "STOREDVALUE_ADMIN_TOKEN"
-    )
-    print(f"storedvalue HQ listening on {address} ({'TLS' if config.uses_tls else 'plaintext'})",
-          file=printed)
-    print(f"database: {database}", file=printed)
-    print(f"admin token: {token_source}", file=printed, flush=True)
-    log.info("serving", extra={"listen": address, "database": database,
-                               "admin_token_source": token_source,
-                               "event_loop": type(asyncio.get_running_loop()).__module__})
-
-    stop_requested = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def request_stop(signum: int) -> None:
-        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
-        stop_requested.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig)
-    try:
-        await stop_requested.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    grace = config.grace_period_seconds
-    log.info("draining", extra={"grace_period_seconds": grace})
-    await app.stop(grace)
-    log.info("stopped")
-    return 0

@@ -1,13 +1,12 @@
-"""What a call carries besides the request: the credential, the client certificate, the
-request key."""
+"""What a call carries besides the request: the credential and the request key (the client
+certificate: `client_certificates`)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import cast
 
-import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -22,13 +21,6 @@ def authorization(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | N
         if key == "authorization":
             return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return None
-
-
-def client_certificate_names(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, ...]:
-    """Common names of the connection's verified client certificate (mutual TLS only)."""
-    # grpcio returns property name -> iterable of bytes (its type stubs say otherwise).
-    properties: Mapping[str, Iterable[bytes]] = cast(Any, context.auth_context()) or {}
-    return tuple(n.decode("utf-8", "replace") for n in properties.get("x509_common_name", ()))
 
 
 def request_key(caller: Caller, request: Message, operation: str) -> RequestKey:

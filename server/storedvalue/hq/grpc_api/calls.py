@@ -28,7 +28,7 @@ import grpc
 
 from storedvalue.hq.domain.errors import CallTooLong, InvalidField, StoredValueError
 from storedvalue.hq.grpc_api.call_context import authorization as _authorization
-from storedvalue.hq.grpc_api.call_context import client_certificate_names
+from storedvalue.hq.grpc_api.client_certificates import ClientCertificates
 from storedvalue.hq.grpc_api.errors import end_with, status_for
 from storedvalue.hq.grpc_api.method_handlers import UndecodableRequest
 from storedvalue.hq.services.auth import Authenticator, Caller, Role
@@ -125,8 +125,11 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         *,
         roles: Mapping[str, Role],
         call_deadline_seconds: float,
+        client_certificates: ClientCertificates | None = None,
     ) -> None:
         self._auth = authenticator
+        # Mutual TLS: whose connection a call came on (checked against its credential).
+        self._certificates = client_certificates
         self._roles = dict(roles)
         self.deadlines = CallDeadlines(call_deadline_seconds)
         # By method: None (not ours to guard), or its role, name, guarded handler and the
@@ -182,6 +185,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _unary(self, behavior: Any, name: str) -> Callable[[object, Context], Awaitable[Any]]:
         deadlines = self.deadlines
         auth = self._auth
+        certificates = self._certificates
         current_task = asyncio.current_task
 
         async def call(_requests: object, context: Context) -> Any:
@@ -194,8 +198,9 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 request = await context.read()
                 if request is _EOF:
                     raise InvalidField("request", "is required")
-                if auth.binds_client_certificates:
-                    auth.check_certificate(caller, client_certificate_names(context))
+                if certificates is not None:
+                    auth.check_certificate(
+                        caller, certificates.of(context, admin=caller.is_admin))
                 response = await behavior(caller, request, context)
                 if isinstance(request, UndecodableRequest):
                     request.refuse()  # a method that never read its request
@@ -216,12 +221,14 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _stream(self, behavior: Any, name: str
                 ) -> Callable[[object, Context], AsyncIterator[Any]]:
         auth = self._auth
+        certificates = self._certificates
 
         async def stream(request: object, context: Context) -> AsyncIterator[Any]:
             caller = _CALLER.get()
             try:
-                if auth.binds_client_certificates:
-                    auth.check_certificate(caller, client_certificate_names(context))
+                if certificates is not None:
+                    auth.check_certificate(
+                        caller, certificates.of(context, admin=caller.is_admin))
                 async for response in behavior(caller, request, context):
                     if isinstance(request, UndecodableRequest):
                         request.refuse()

@@ -38,6 +38,15 @@ class Caller:
         return f"admin:{self.admin_name}" if self.is_admin else self.terminal_id
 
 
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """The verified client certificate of a call's connection (mutual TLS)."""
+
+    common_names: tuple[str, ...]
+    admin: bool = False
+    """Whether it is one of the back office's certificates (told by the transport)."""
+
+
 class Authenticator:
     """Resolves bearer tokens. Terminal lookups are cached for `cache_seconds` (a rotated
     credential stops working on this replica at once, on other replicas within that).
@@ -49,23 +58,15 @@ class Authenticator:
         *,
         admin_token_hashes: Mapping[str, str],
         cache_seconds: float = 2.0,
-        bind_client_certificates: bool = False,
+        admin_certificate_rule: str = "",
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transactions = transactions
-        # With mutual TLS, a terminal's credential only counts on a connection whose client
-        # certificate names that terminal: a stolen token is useless without the till's key.
-        self._bind_certificates = bind_client_certificates
+        self._admin_certificate_rule = admin_certificate_rule
         self._admins = dict(admin_token_hashes)  # token hash -> admin name
         self._cache_seconds = cache_seconds
         self._monotonic = monotonic
         self._cache: dict[str, tuple[float, Caller | None]] = {}
-
-    @property
-    def binds_client_certificates(self) -> bool:
-        """Whether terminal calls must come with the terminal's client certificate (then
-        the transport checks `certificate_matches` once it has the connection's)."""
-        return self._bind_certificates
 
     async def authenticate(self, authorization: str | None, role: Role) -> Caller:
         """The caller behind `authorization` (the metadata value), allowed to act as
@@ -83,14 +84,24 @@ class Authenticator:
             return None
         return _allowed(hit[1], role)
 
-    def check_certificate(self, caller: Caller, certificate_names: Sequence[str]) -> None:
-        """With bound certificates: the connection's verified client certificate (its
-        common names) must be this terminal's."""
-        if self._bind_certificates and not caller.is_admin and (
-            caller.terminal_id not in certificate_names
-        ):
+    def check_certificate(self, caller: Caller, certificate: ClientCertificate) -> None:
+        """Mutual TLS binds credentials to certificates: a terminal's credential only counts
+        on a connection whose client certificate names that terminal (a stolen token is
+        useless without the till's key), and the admin credential only on a connection with
+        an admin certificate (a till's certificate with a leaked admin token gets nowhere in
+        the back office)."""
+        if caller.is_admin:
+            if not certificate.admin:
+                raise PermissionDenied(
+                    "back-office calls under mutual TLS need an admin client certificate "
+                    f"({self._admin_certificate_rule}); this connection's certificate is "
+                    f"{_described(certificate.common_names)}"
+                )
+        elif caller.terminal_id not in certificate.common_names:
             raise Unauthenticated(
-                "the client certificate does not belong to the terminal of this credential"
+                f"the client certificate ({_described(certificate.common_names)}) does not "
+                f"belong to terminal {caller.terminal_id} of this credential: a till's "
+                "certificate has its terminal id as common name"
             )
 
     def forget(self) -> None:
@@ -119,6 +130,10 @@ class Authenticator:
         if terminal is None or terminal.revoked:
             return None
         return Caller(terminal_id=terminal.terminal_id, store_id=terminal.store_id)
+
+
+def _described(common_names: Sequence[str]) -> str:
+    return ", ".join(f"CN={name}" for name in common_names) or "without a common name"
 
 
 def _allowed(caller: Caller | None, role: Role) -> Caller:
