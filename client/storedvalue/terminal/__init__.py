@@ -16,6 +16,7 @@ from ._errors import (
     CardNotFound,
     CardRedeemed,
     CurrencyMismatch,
+    HandshakeFailed,
     HQBusy,
     HQUnavailable,
     InsufficientFunds,
@@ -34,6 +35,7 @@ from ._errors import (
     SaleAlreadyCompleted,
     TenderNotFound,
     TerminalError,
+    TlsProblem,
     Unauthenticated,
     UnexpectedError,
     error_from_rpc,
@@ -68,6 +70,7 @@ from ._model import (
     UnsyncedAmount,
 )
 from ._terminal import Terminal
+from ._tls import TlsFiles, handshake_failure
 
 __all__ = [
     "ERROR_DOMAIN",
@@ -88,6 +91,7 @@ __all__ = [
     "DataDirectoryInUse",
     "HQBusy",
     "HQUnavailable",
+    "HandshakeFailed",
     "InsufficientFunds",
     "InvalidArgument",
     "LimitExceeded",
@@ -125,8 +129,11 @@ __all__ = [
     "Terminal",
     "TerminalConfig",
     "TerminalError",
+    "TlsFiles",
+    "TlsProblem",
     "Unauthenticated",
     "UnexpectedError",
     "UnsyncedAmount",
     "error_from_rpc",
+    "handshake_failure",
 ]

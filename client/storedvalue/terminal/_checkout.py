@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from . import _convert
 from ._connectivity import Connectivity
 from ._errors import (
+    HandshakeFailed,
     HQUnavailable,
     InvalidArgument,
     OfflineNotAllowed,
@@ -38,9 +39,11 @@ from ._sale_book import SaleBook
 from ._sale_state import LineRecord, SaleState, TenderRecord
 from ._tenders import Tenders
 
-_NOT_A_VERDICT = (RateLimited, Unauthenticated, PermissionDenied, UnexpectedError)
+_NOT_A_VERDICT = (RateLimited, Unauthenticated, PermissionDenied, UnexpectedError,
+                  HandshakeFailed)
 """Refusals HQ may give without looking up the request id: they say nothing about whether
-an earlier, lost send of the same Redeem debited the card."""
+an earlier, lost send of the same Redeem debited the card. (A TLS handshake that failed
+means this send never left.)"""
 
 
 @dataclass(frozen=True)

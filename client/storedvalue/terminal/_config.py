@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
+from ._tls import TlsFiles
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,9 +69,11 @@ class TerminalConfig:
     """How long a finished sale stays readable through ``Terminal.sale`` once HQ acknowledged
     whatever it queued (a sale is never forgotten before that). A week by default."""
 
-    channel_credentials: grpc.ChannelCredentials | None = None
-    """TLS credentials for the HQ channel. None means a plaintext channel, for loopback
-    development only."""
+    tls: TlsFiles | None = None
+    """TLS to HQ: the CA of HQ's certificate and, under mutual TLS, this till's certificate
+    (its terminal id as common name) and key. None: plaintext, which HQ only serves on
+    loopback (development). Files that cannot be used make ``Terminal()`` raise
+    ``HandshakeFailed``; files replaced later are read again at the next connection."""
 
     def __post_init__(self) -> None:
         if self.call_timeout_s <= 0:

@@ -4,6 +4,11 @@ A failed call (UNAVAILABLE, deadline) switches to OFFLINE at once; from then on 
 touch the network. Only the probe, a standard gRPC health check repeated with capped
 exponential backoff, switches back to ONLINE. Every switch is kept in the terminal's link
 history before anyone is told of it.
+
+ONLINE means HQ is reachable, not that it accepts this terminal: a TLS handshake HQ refuses
+(or a certificate of HQ's this terminal does not trust) is a configuration problem, and a
+reason to fix it, not to sell offline. The probe counts such an answer as HQ reachable, and
+the calls raise HandshakeFailed, saying what to fix, until it is fixed.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from ._backoff import Backoff
 from ._config import TerminalConfig
+from ._errors import HandshakeFailed
+from ._hq_channel import HQChannel
 from ._link_history import LinkHistory
 from ._model import ConnectivityChange, ConnectivityState
 
@@ -30,12 +37,12 @@ class Connectivity:
     def __init__(
         self,
         *,
-        channel: grpc.Channel,
+        channel: HQChannel,
         metadata: tuple[tuple[str, str], ...],
         config: TerminalConfig,
         history: LinkHistory,
     ) -> None:
-        self._health = health_pb2_grpc.HealthStub(channel)
+        self._channel = channel
         self.history = history
         self._metadata = metadata
         self._config = config
@@ -71,7 +78,7 @@ class Connectivity:
         """Probe once now (so a terminal starts ONLINE when HQ is up), then keep probing in
         the background whenever OFFLINE."""
         if self.probe_once():
-            self._switch(ConnectivityState.ONLINE, "HQ reachable at start")
+            self._switch(ConnectivityState.ONLINE, self._reachable("HQ reachable at start"))
         self._thread.start()
 
     def stop(self) -> None:
@@ -106,16 +113,29 @@ class Connectivity:
             self._changed.notify_all()
 
     def probe_once(self) -> bool:
-        try:
-            response = self._health.Check(
-                health_pb2.HealthCheckRequest(service=self._config.health_service),
-                timeout=self._config.call_timeout_s,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError:
-            return False
-        self.history.note_answer()
-        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+        """Whether HQ is reachable: its health check answers SERVING, or its TLS handshake
+        tells this terminal what to fix (``HQChannel.problem``)."""
+        for _attempt in range(2):
+            wire = self._channel.wire
+            try:
+                response = wire.health.Check(
+                    health_pb2.HealthCheckRequest(service=self._config.health_service),
+                    timeout=self._config.call_timeout_s,
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as failure:
+                error, renewed = self._channel.explain(failure, wire)
+                if renewed:
+                    continue  # once more, on the channel just built
+                return isinstance(error, HandshakeFailed)
+            self._channel.reached()
+            self.history.note_answer()
+            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+        return False
+
+    def _reachable(self, cause: str) -> str:
+        problem = self._channel.problem
+        return cause if problem is None else f"{cause}, but the TLS handshake failed: {problem}"
 
     def note_answer(self) -> None:
         """HQ answered a call just now (the offline duration limit counts from the last)."""
@@ -157,4 +177,5 @@ class Connectivity:
                 return
             if self.probe_once():
                 backoff.reset()
-                self._switch(ConnectivityState.ONLINE, "health check answered SERVING")
+                self._switch(ConnectivityState.ONLINE,
+                             self._reachable("health check answered SERVING"))

@@ -6,6 +6,7 @@ Each class declares the ``ErrorInfo`` reasons it stands for; ``error_from_rpc`` 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -72,6 +73,40 @@ class HQUnavailable(TerminalError):
     def __init__(self, message: str, *, request_sent: bool, code: grpc.StatusCode | None) -> None:
         super().__init__(message, code=code)
         self.request_sent = request_sent
+
+
+class TlsProblem(enum.Enum):
+    """What stands between a client and HQ at the TLS handshake."""
+
+    CLIENT_CERTIFICATE_REFUSED = "CLIENT_CERTIFICATE_REFUSED"
+    """HQ refused this client's certificate: none given, expired, not valid yet, or issued by
+    a CA HQ does not trust for clients."""
+    HQ_NOT_TRUSTED = "HQ_NOT_TRUSTED"
+    """This client does not trust HQ's certificate: another CA, another name, expired."""
+    HQ_NOT_TLS = "HQ_NOT_TLS"
+    """This client speaks TLS and HQ answered in plaintext."""
+    HQ_REQUIRES_TLS = "HQ_REQUIRES_TLS"
+    """This client connects in plaintext and HQ speaks TLS."""
+    CLIENT_FILES_UNUSABLE = "CLIENT_FILES_UNUSABLE"
+    """This client's CA, certificate or key file is missing, unreadable, not PEM, encrypted,
+    or the key does not belong to the certificate."""
+    HANDSHAKE_FAILED = "HANDSHAKE_FAILED"
+    """Another handshake failure (the message has the TLS library's words)."""
+
+
+class HandshakeFailed(TerminalError):
+    """The TLS handshake with HQ failed: a certificate problem on this till or at HQ, not a
+    lost link. The terminal does not go OFFLINE for it (sales do not complete offline for a
+    configuration error; each call raises this instead), and the request never left.
+    ``problem`` says what is wrong and the message what to fix; once it is fixed (at HQ, or
+    new files on the till, read again at the next call) calls go through. ``code`` is None:
+    the call never got as far as a gRPC status."""
+
+    reasons = ("TLS_HANDSHAKE_FAILED",)
+
+    def __init__(self, problem: TlsProblem, message: str) -> None:
+        super().__init__(message, metadata={"problem": problem.value})
+        self.problem = problem
 
 
 class HQBusy(HQUnavailable):

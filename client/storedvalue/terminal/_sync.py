@@ -21,6 +21,7 @@ from ._config import TerminalConfig
 from ._connectivity import Connectivity
 from ._errors import (
     RETRYABLE_SYNC_CODES,
+    HandshakeFailed,
     HQUnavailable,
     LimitExceeded,
     TerminalError,
@@ -140,8 +141,10 @@ class SyncAgent:
             summary = self.sync_now()
             error = summary.error
             if (
+                # A TLS problem is fixed at HQ or in the till's files, both unannounced: the
+                # agent looks again as it would after a transient failure.
                 isinstance(error, TerminalError)
-                and error.code in RETRYABLE_SYNC_CODES
+                and (error.code in RETRYABLE_SYNC_CODES or isinstance(error, HandshakeFailed))
                 and self._connectivity.online
                 and self._stopping.wait(self._config.sync_max_backoff_s) is False
             ):

@@ -9,13 +9,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
-import grpc
-
 from ._checkout import Checkout
 from ._config import TerminalConfig
 from ._connectivity import Connectivity
 from ._database import Database
-from ._errors import TerminalError
+from ._errors import HandshakeFailed, TerminalError
+from ._hq_channel import HQChannel
 from ._hq_client import HQClient
 from ._link_history import LinkHistory
 from ._model import (
@@ -54,6 +53,9 @@ class Terminal:
     (so it starts ONLINE when HQ answers) and starts three background threads: the health
     probe, the parameters stream and the sync agent. ``close()`` (or leaving a ``with``
     block) stops them. Methods are thread-safe.
+
+    With ``TerminalConfig.tls``, files that cannot be used (missing, unreadable, a key that
+    does not match its certificate) raise ``HandshakeFailed`` here, before anything opens.
     """
 
     def __init__(
@@ -68,19 +70,13 @@ class Terminal:
         self._config = config or TerminalConfig()
         self._terminal_id = terminal_id
         self._closed = False
-        self._db = Database(Path(data_dir), terminal_id)
-        reconnect_ms = int(self._config.probe_max_backoff_s * 1000)
-        options = [
-            # Let the channel redial about as often as the probe asks, not gRPC's 2 minutes.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", max(reconnect_ms, 100)),
-        ]
-        if self._config.channel_credentials is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
-            self._channel = grpc.secure_channel(
-                address, self._config.channel_credentials, options=options
-            )
+        # First: TLS files that cannot be used raise HandshakeFailed before anything opens.
+        self._channel = HQChannel(address, self._config)
+        try:
+            self._db = Database(Path(data_dir), terminal_id)
+        except BaseException:
+            self._channel.close()
+            raise
         metadata = (("authorization", f"Bearer {credential}"),)
         self._connectivity = Connectivity(
             channel=self._channel, metadata=metadata, config=self._config,
@@ -185,6 +181,12 @@ class Terminal:
     @property
     def state(self) -> ConnectivityState:
         return self._connectivity.state
+
+    @property
+    def handshake_problem(self) -> HandshakeFailed | None:
+        """What is wrong with TLS between this terminal and HQ, as the last attempt to reach
+        HQ found it (the calls raise it meanwhile); None once a call or probe got through."""
+        return self._channel.problem
 
     @property
     def parameters(self) -> Parameters:
