@@ -4,7 +4,10 @@ journals, terminals), through BackOfficeService.
 ``terminals``, ``locks`` and ``exceptions`` print tables for a person (``--json`` for
 scripts: the messages, with proto field names); the other commands print JSON, lists as one
 JSON array over all pages. A refused call prints its status code, reason and metadata on
-stderr and exits 1.
+stderr and exits 1; a TLS handshake that failed says what to fix, and exits 1 too.
+
+Under mutual TLS the back office needs a client certificate HQ takes as an admin's (by
+default the common name storedvalue-admin; see `storedvalue serve --help`) besides its token.
 """
 
 from __future__ import annotations
@@ -26,15 +29,19 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from storedvalue.terminal import HandshakeFailed, TlsFiles, handshake_failure
 from storedvalue.v1 import back_office_service_pb2 as pb
 from storedvalue.v1 import back_office_service_pb2_grpc as pb_grpc
 from storedvalue.v1 import common_pb2
 
 from . import _back_office_tables as tables
 from ._display import parse_money
+from ._tls_options import add_tls_options, tls_files
 
 ENV_TARGET = "STOREDVALUE_TARGET"
 ENV_ADMIN_TOKEN = "STOREDVALUE_ADMIN_TOKEN"  # noqa: S105 - a variable name
+ENV_CLIENT_CERT = "STOREDVALUE_ADMIN_CLIENT_CERT"
+ENV_CLIENT_KEY = "STOREDVALUE_ADMIN_CLIENT_KEY"
 DEFAULT_TARGET = "127.0.0.1:50051"
 Handler = Callable[[pb_grpc.BackOfficeServiceStub, argparse.Namespace, "Call"], Any]
 
@@ -236,8 +243,8 @@ def register(subparsers: Any) -> None:
                             "file)")
     admin.add_argument("--admin-token-file", type=Path, metavar="PATH",
                        help="where to read the admin token (default: the HQ's default file)")
-    admin.add_argument("--ca-file", type=Path, metavar="PEM",
-                       help="CA certificate: connect with TLS (default plaintext)")
+    add_tls_options(admin, whose="the back office's", cert_env=ENV_CLIENT_CERT,
+                    key_env=ENV_CLIENT_KEY)
     admin.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                        help="deadline of each call (default 10)")
     admin.add_argument("--request-id", metavar="ID",
@@ -363,13 +370,15 @@ def _admin_token(args: argparse.Namespace) -> str:
                          f"or set {ENV_ADMIN_TOKEN}") from None
 
 
-def _channel(args: argparse.Namespace) -> grpc.Channel:
-    target = (args.target or os.environ.get(ENV_TARGET) or os.environ.get("STOREDVALUE_LISTEN")
-              or DEFAULT_TARGET)
-    if args.ca_file is not None:
-        credentials = grpc.ssl_channel_credentials(Path(args.ca_file).read_bytes())
-        return grpc.secure_channel(target, credentials)
-    return grpc.insecure_channel(target)
+def _target(args: argparse.Namespace) -> str:
+    return str(args.target or os.environ.get(ENV_TARGET) or os.environ.get("STOREDVALUE_LISTEN")
+               or DEFAULT_TARGET)
+
+
+def _channel(target: str, tls: TlsFiles | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, tls.channel_credentials(), options=tls.channel_options())
 
 
 def _to_json(result: Any) -> Any:
@@ -386,11 +395,22 @@ class Text(str):
 
 def run(args: argparse.Namespace, handler: Handler) -> int:
     call = Call(_admin_token(args), args.timeout)
-    with _channel(args) as channel:
+    target = _target(args)
+    try:
+        tls = tls_files(args, cert_env=ENV_CLIENT_CERT, key_env=ENV_CLIENT_KEY)
+        channel = _channel(target, tls)
+    except (ValueError, HandshakeFailed) as error:
+        print(f"storedvalue admin: {error}", file=sys.stderr)
+        return 2
+    with channel:
         try:
             result = handler(pb_grpc.BackOfficeServiceStub(channel), args, call)
         except grpc.RpcError as error:
-            print(f"storedvalue admin: {_describe(error)}", file=sys.stderr)
+            tls_problem = handshake_failure(error, address=target, tls=tls,
+                                            timeout_s=args.timeout)
+            text = _describe(error) if tls_problem is None else (
+                f"{tls_problem.message} ({tls_problem.problem.value})")
+            print(f"storedvalue admin: {text}", file=sys.stderr)
             return 1
     if isinstance(result, Text):
         print(result)

@@ -3,7 +3,9 @@
 Each command opens the till's data directory (its open sales, cached parameters and outbox,
 the same files the POS application uses, so stop the POS first), does one thing and exits:
 0 on success, 1 when HQ or the till refused (the message says why), 2 on a usage error.
-The background sync is off: only ``sync`` sends the outbox.
+The background sync is off: only ``sync`` sends the outbox. Against an HQ serving TLS give
+the CA of its certificate (``--ca-file``) and, under mutual TLS, the till's own certificate
+and key (``--client-cert``, ``--client-key``; its common name is the terminal id).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from storedvalue.terminal import (
     CardKind,
     CardLocked,
     ConnectivityState,
+    HandshakeFailed,
     HQUnavailable,
     Money,
     OfflineNotAllowed,
@@ -31,15 +34,19 @@ from storedvalue.terminal import (
     Terminal,
     TerminalConfig,
     TerminalError,
+    TlsProblem,
     Unauthenticated,
 )
 
 from ._display import format_money, mask, parse_money
+from ._tls_options import add_tls_options, tls_files
 
 ENV_TARGET = "STOREDVALUE_TARGET"
 ENV_TERMINAL_ID = "STOREDVALUE_TERMINAL_ID"
 ENV_TOKEN = "STOREDVALUE_TERMINAL_TOKEN"  # noqa: S105 - a variable name
 ENV_DATA_DIR = "STOREDVALUE_TERMINAL_DATA_DIR"
+ENV_CLIENT_CERT = "STOREDVALUE_TERMINAL_CLIENT_CERT"
+ENV_CLIENT_KEY = "STOREDVALUE_TERMINAL_CLIENT_KEY"
 DEFAULT_TARGET = "127.0.0.1:50051"
 Handler = Callable[[Terminal, argparse.Namespace], int]
 
@@ -176,6 +183,8 @@ def status(till: Terminal, args: argparse.Namespace) -> int:
     allowed = {True: "allowed", False: "not allowed"}
     print(f"terminal {till.terminal_id} -> HQ {args.resolved_target}")
     print(f"connectivity: {till.state.value}")
+    if till.handshake_problem is not None:
+        print(f"TLS: {describe(till.handshake_problem, args.resolved_target)}")
     if parameters.version == 0:
         print("parameters: none received yet (nothing may complete offline)")
     else:
@@ -308,6 +317,8 @@ def describe(error: TerminalError, target: str) -> str:
                           for r in error.refusals)
         return (f"HQ is unreachable and the sale cannot complete offline: {lines}. The sale "
                 "stays open; nothing was lost")
+    if isinstance(error, HandshakeFailed):
+        return f"{error.message} ({error.problem.value})"
     if isinstance(error, HQUnavailable):
         return f"HQ at {target} is unreachable ({error.message})"
     if isinstance(error, Unauthenticated):
@@ -336,7 +347,13 @@ def _run(args: argparse.Namespace, handler: Handler) -> int:
         return 2
     data_dir = args.data_dir or os.environ.get(ENV_DATA_DIR) or _default_data_dir(terminal_id)
     args.resolved_target = target
+    try:
+        tls = tls_files(args, cert_env=ENV_CLIENT_CERT, key_env=ENV_CLIENT_KEY)
+    except ValueError as error:
+        print(f"storedvalue terminal: {error}", file=sys.stderr)
+        return 2
     config = TerminalConfig(
+        tls=tls,
         call_timeout_s=args.timeout,
         sync_automatically=False,
         watch_parameters=False,
@@ -350,6 +367,9 @@ def _run(args: argparse.Namespace, handler: Handler) -> int:
     except UsageError as error:
         print(f"storedvalue terminal: {error}", file=sys.stderr)
         return 2
+    except HandshakeFailed as error:  # the given files cannot be used: a usage error
+        print(f"storedvalue terminal: {describe(error, target)}", file=sys.stderr)
+        return 2 if error.problem is TlsProblem.CLIENT_FILES_UNUSABLE else 1
     except TerminalError as error:
         print(f"storedvalue terminal: {describe(error, target)}", file=sys.stderr)
         return 1
@@ -389,6 +409,8 @@ def register(subparsers: Any) -> None:
                              "$XDG_DATA_HOME/storedvalue/terminals/ID)")
     parser.add_argument("--timeout", type=_positive, default=1.0, metavar="SECONDS",
                         help="deadline of each call to HQ (default 1)")
+    add_tls_options(parser, whose="this till's (common name: its terminal id)",
+                    cert_env=ENV_CLIENT_CERT, key_env=ENV_CLIENT_KEY)
     parser.set_defaults(handler=lambda args: _usage(parser))
     commands = parser.add_subparsers(dest="terminal_command", metavar="COMMAND")
 
