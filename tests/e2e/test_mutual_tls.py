@@ -5,6 +5,7 @@ an admin certificate. Probes without a certificate use the plaintext health port
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import grpc
 import pytest
 from certificates import CertificateAuthority
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from in_process_hq import InProcessHQ
+from in_process_hq import InProcessHQ, hq_config
 
 from storedvalue.v1 import back_office_service_pb2 as bo
 from storedvalue.v1 import terminal_service_pb2 as ts
@@ -121,3 +122,33 @@ def test_probes_without_a_certificate_use_the_plaintext_health_port_and_nothing_
     assert status == service == health_pb2.HealthCheckResponse.SERVING
     assert not_here.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
+
+def readme_test_ca_commands() -> str:
+    """The shell block of the README that makes a test CA (section "Deploying with TLS")."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Deploying with TLS", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_openssl_commands_make_a_working_mutual_tls_deployment(
+    tmp_path: Path,
+) -> None:
+    made = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_test_ca_commands()],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    pki = tmp_path / "pki"
+    config = hq_config(tmp_path, admin_token=ADMIN_TOKEN, tls_cert_file=pki / "hq.pem",
+                       tls_key_file=pki / "hq.key", tls_client_ca_file=pki / "ca.pem")
+
+    def channel(client: str) -> grpc.Channel:
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(
+            (pki / "ca.pem").read_bytes(), (pki / f"{client}.key").read_bytes(),
+            (pki / f"{client}.pem").read_bytes()))
+
+    with InProcessHQ(config) as hq:
+        address = hq.address  # 127.0.0.1, a name HQ's certificate carries
+        with channel("storedvalue-admin") as admin, channel("till-1") as till_channel:
+            till = BackOffice(admin).register_till("till-1", till_channel)
+            card = till.issue_gift_card(900)
+
+    assert card.balance.amount_minor == 900
