@@ -117,7 +117,9 @@ class HQ:
         return card.balance_minor
 
     def sync(self, *transactions: OfflineTransaction, till: str = TILL) -> SyncOutcome:
-        return self.run(self.offline.sync(terminal_id=till, transactions=list(transactions)))
+        return self.run(self.offline.sync(
+            key=self.key(till, "SyncOfflineBatch"), terminal_id=till,
+            transactions=list(transactions)))
 
     def open_exceptions(self, card_number: str | None = None) -> list[OfflineException]:
         exceptions, _ = self.run(self.back_office.list_exceptions(

@@ -219,7 +219,8 @@ class StoredValueMachine(RuleBasedStateMachine):
         batch = self.sent[till] if resend else self.sent[till][-3:]
         if not batch:
             return
-        outcome = self.run(self.offline.sync(terminal_id=till, transactions=batch))
+        outcome = self.run(self.offline.sync(
+            key=self.key(till, "SyncOfflineBatch"), terminal_id=till, transactions=batch))
         for result in outcome.results:
             if result.outcome in (OfflineOutcome.APPLIED, OfflineOutcome.APPLIED_WITH_EXCEPTION):
                 self.applied_offline_lines += sum(

@@ -37,7 +37,7 @@ from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.services.back_office import BackOfficeService
 from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.idempotency import RequestKey
-from storedvalue.hq.services.offline import OfflineService, SyncLimits
+from storedvalue.hq.services.offline import OfflineService, SyncLimits, SyncOutcome
 from storedvalue.hq.services.parameters import ParametersService
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 
@@ -78,6 +78,11 @@ class HQ:
         self.counter += 1
         return RequestKey(caller, request_id or f"req-{self.counter}", operation,
                           hashlib.sha256(repr(content).encode()).digest())
+
+    def sync_offline(self, terminal_id: str, transactions: list[OfflineTransaction]
+                     ) -> SyncOutcome:
+        return self.run(self.offline.sync(key=self.key(terminal_id, "SyncOfflineBatch"),
+                                          terminal_id=terminal_id, transactions=transactions))
 
     def allow_offline(self) -> int:
         return self.run(self.params.update(
@@ -201,10 +206,10 @@ def test_the_same_batch_delivered_three_times_changes_nothing_after_the_first(hq
     batch = [offline_txn(n, card, 1_000, params_version=version,
                          token=hq.lock(card, f"off-{n}"))
              for n, card in enumerate(cards, start=1)]
-    first = hq.run(hq.offline.sync(terminal_id="till-1", transactions=batch))
+    first = hq.sync_offline("till-1", batch)
     assert [r.outcome for r in first.results] == [OfflineOutcome.APPLIED] * 3
     for _ in range(2):
-        again = hq.run(hq.offline.sync(terminal_id="till-1", transactions=batch))
+        again = hq.sync_offline("till-1", batch)
         assert [r.outcome for r in again.results] == [OfflineOutcome.ALREADY_APPLIED] * 3
         assert [r.line_results for r in again.results] == [r.line_results for r in first.results]
     for card in cards:
@@ -217,11 +222,11 @@ def test_sequence_gaps_are_reported_until_the_missing_transaction_arrives(hq: HQ
     version = hq.allow_offline()
     card = hq.gift_card(10_000)
     txns = [offline_txn(n, card, 100, params_version=version) for n in range(1, 6)]
-    first = hq.run(hq.offline.sync(terminal_id="till-1", transactions=[txns[0], txns[3], txns[4]]))
+    first = hq.sync_offline("till-1", [txns[0], txns[3], txns[4]])
     assert first.status.gaps == (SequenceGap(2, 3),)
     assert first.status.highest_contiguous_sequence == 1
     assert hq.run(hq.back_office.get_sync_status(terminal_id="till-1")).gaps == (SequenceGap(2, 3),)
-    filled = hq.run(hq.offline.sync(terminal_id="till-1", transactions=[txns[1], txns[2]]))
+    filled = hq.sync_offline("till-1", [txns[1], txns[2]])
     assert filled.status.gaps == ()
     assert filled.status.highest_contiguous_sequence == 5
 
@@ -231,7 +236,7 @@ def test_over_the_batch_limit_nothing_of_the_batch_is_applied(hq: HQ) -> None:
     card = hq.gift_card(10_000)
     batch = [offline_txn(n, card, 1, params_version=version) for n in range(1, 52)]
     with pytest.raises(LimitExceeded):
-        hq.run(hq.offline.sync(terminal_id="till-1", transactions=batch))
+        hq.sync_offline("till-1", batch)
     assert hq.run(hq.cards.get_card(caller="till-1", card_number=card)).balance_minor == 10_000
 
 
@@ -239,8 +244,8 @@ def test_an_offline_overdraft_flags_the_card_until_the_back_office_resolves_it(h
     version = hq.allow_offline()
     card = hq.gift_card(1_000)
     token = hq.lock(card, "off-1")
-    outcome = hq.run(hq.offline.sync(terminal_id="till-1", transactions=[
-               offline_txn(1, card, 3_000, params_version=version, token=token)]))
+    outcome = hq.sync_offline("till-1", [
+        offline_txn(1, card, 3_000, params_version=version, token=token)])
     (result,) = outcome.results
     assert result.outcome is OfflineOutcome.APPLIED_WITH_EXCEPTION
     assert hq.run(hq.cards.get_card(caller="till-1", card_number=card)).status is CardStatus.FLAGGED
@@ -263,7 +268,7 @@ def test_sync_releases_the_terminals_lock_and_applies_queued_unlocks(hq: HQ) -> 
     txn = offline_txn(1, sold, 500, params_version=version, token=lock.fencing_token)
     txn = OfflineTransaction(txn.transaction_id, 1, START, version, txn.redeem_lines,
                              (OfflineUnlock(abandoned, "sale-x", 1),), b"digest")
-    hq.run(hq.offline.sync(terminal_id="till-1", transactions=[txn]))
+    hq.sync_offline("till-1", [txn])
     locks = hq.run(hq.back_office.list_locks(terminal_id="till-1", include_expired=True,
                                              after_card_number="", limit=10))
     assert locks == []
@@ -285,8 +290,7 @@ def test_every_card_journal_sums_to_its_balance_after_a_mixed_day(hq: HQ) -> Non
                                       fencing_token=lock.fencing_token, amount=Money(1_500, "EUR")))
     assert redeemed.remainder_credit_memo is not None
     remainder = redeemed.remainder_credit_memo.card_number
-    hq.run(hq.offline.sync(terminal_id="till-2",
-                           transactions=[offline_txn(1, gift, 2_600, params_version=version)]))
+    hq.sync_offline("till-2", [offline_txn(1, gift, 2_600, params_version=version)])
     hq.run(hq.cards.add_value(
         key=hq.key("till-1", "AddValue"), terminal_id="till-1", card_number=gift,
         amount=Money(900, "EUR"), transaction_id="s3"))

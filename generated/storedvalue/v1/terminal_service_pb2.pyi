@@ -409,8 +409,10 @@ class CompleteOfflineRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TRANSACTION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client-generated id for retries. Required. Idempotency of the transaction itself is by
-    its transaction_id.
+    """Client-generated id for retries. Required. As for every mutating call, a retry with the
+    same id and content gets the first answer again (the sync status as it is now), and the
+    same id with other content, or already used for another call, is REQUEST_ID_REUSED.
+    The transaction itself applies once by its transaction_id, whatever request carries it.
     """
     @_builtins.property
     def transaction(self) -> _offline_pb2.OfflineTransaction:
@@ -469,8 +471,12 @@ class SyncOfflineBatchRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TRANSACTIONS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client-generated id for the batch, for tracing retries. Required. Idempotency is per
-    transaction (by transaction_id), so a resent batch may be regrouped freely.
+    """Client-generated id for the batch. Required. As for every mutating call, a retry with
+    the same id and the same transactions gets the first answer again (the sync status as it
+    is now), and the same id with other content, or already used for another call, is
+    REQUEST_ID_REUSED and applies nothing. Each transaction applies once by its
+    transaction_id, so a batch may be regrouped freely under a new request_id: its
+    transactions already applied come back ALREADY_APPLIED.
     """
     @_builtins.property
     def transactions(self) -> _containers.RepeatedCompositeFieldContainer[_offline_pb2.OfflineTransaction]:

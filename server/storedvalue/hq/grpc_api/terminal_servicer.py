@@ -162,6 +162,7 @@ class TerminalServicer:
         if not request.HasField("transaction"):
             raise InvalidField("transaction", "is required")
         outcome = await self._offline.sync(
+            key=request_key(caller, request, "CompleteOffline"),
             terminal_id=caller.terminal_id,
             transactions=[offline_transaction_from_proto(request.transaction)],
         )
@@ -175,6 +176,7 @@ class TerminalServicer:
     ) -> pb.SyncOfflineBatchResponse:
         self._check_message_size(request.ByteSize())
         outcome = await self._offline.sync(
+            key=request_key(caller, request, "SyncOfflineBatch"),
             terminal_id=caller.terminal_id,
             transactions=[offline_transaction_from_proto(t) for t in request.transactions],
         )

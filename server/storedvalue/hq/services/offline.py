@@ -1,14 +1,23 @@
-"""Applying offline transactions exactly once (CompleteOffline, SyncOfflineBatch)."""
+"""Applying offline transactions exactly once (CompleteOffline, SyncOfflineBatch).
+
+Two keys make a delivery safe to repeat. Each transaction applies once by its
+transaction_id, whatever request carries it (a resent batch may be regrouped freely). And
+each request is AIP-155 idempotent by its request_id, like the online calls: the same id
+with the same content gets the first answer again, the same id with other content (or for
+another RPC) is REQUEST_ID_REUSED and changes nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from storedvalue.hq.domain.cards import generate_card_number
 from storedvalue.hq.domain.errors import LimitExceeded, TerminalNotFound, Unauthenticated
 from storedvalue.hq.domain.offline import (
+    OfflineOutcome,
+    OfflineRecord,
     OfflineTransaction,
     OfflineTransactionResult,
     plan_offline_batch,
@@ -18,6 +27,7 @@ from storedvalue.hq.domain.reversals import cards_a_reversal_touches, reversal_k
 from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
 from storedvalue.hq.services.cards import add_new_cards, flush
 from storedvalue.hq.services.clock import Clock, utc_now
+from storedvalue.hq.services.idempotency import RequestKey, remember, replay
 from storedvalue.hq.services.parameters import parameters_as_used
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import Transactions
@@ -59,6 +69,49 @@ class SyncOutcome:
     status: SyncStatus
 
 
+@dataclass(frozen=True, slots=True)
+class AnsweredBatch:
+    """What an offline request answered, kept under its request_id, compactly: the offline
+    records (never changed once written) hold most of it. `items` has one letter per item:
+    N, the result of the record this request wrote; A, an earlier record's result as a
+    redelivery; K, a result kept here in `kept`, in order (an item rejected without a
+    record: its id and sequence number stay free)."""
+
+    items: str
+    kept: tuple[OfflineTransactionResult, ...] = ()
+
+
+def answered_batch(results: Sequence[OfflineTransactionResult],
+                   new_records: Sequence[OfflineRecord]) -> AnsweredBatch:
+    written = {record.transaction_id: record.result for record in new_records}
+    letters: list[str] = []
+    kept: list[OfflineTransactionResult] = []
+    for result in results:
+        if written.get(result.transaction_id) is result:
+            letters.append("N")
+        elif result.outcome is OfflineOutcome.ALREADY_APPLIED:
+            letters.append("A")
+        else:
+            letters.append("K")
+            kept.append(result)
+    return AnsweredBatch(items="".join(letters), kept=tuple(kept))
+
+
+def replayed_results(answer: AnsweredBatch, transactions: Sequence[OfflineTransaction],
+                     records: Mapping[str, OfflineRecord]) -> tuple[OfflineTransactionResult, ...]:
+    """The results `answer` stands for, rebuilt from the records of these transactions (the
+    same content as when it was given: the request's fingerprint matched)."""
+    kept = iter(answer.kept)
+    results = []
+    for letter, txn in zip(answer.items, transactions, strict=True):
+        if letter == "K":
+            results.append(next(kept))
+        else:
+            result = records[txn.transaction_id].result
+            results.append(result if letter == "N" else result.as_redelivery())
+    return tuple(results)
+
+
 def sync_status(uow: Repositories, terminal: Terminal) -> SyncStatus:
     above = uow.offline.sequences_above(terminal.terminal_id, terminal.highest_contiguous_sequence)
     return _status(terminal, sequence_gaps(terminal.highest_contiguous_sequence, above))
@@ -92,12 +145,15 @@ class OfflineService:
         self._new_card_number = new_card_number
         self._throttle = throttle or UnknownCardThrottle()
 
-    async def sync(self, *, terminal_id: str, transactions: Sequence[OfflineTransaction]
-             ) -> SyncOutcome:
+    async def sync(self, *, key: RequestKey, terminal_id: str,
+                   transactions: Sequence[OfflineTransaction]) -> SyncOutcome:
         """Apply a terminal's offline transactions in order, each all-or-nothing and exactly
         once, in one database transaction; return one result per item and the terminal's
-        sequence status. Only the documented size limits refuse the whole batch; a bad item
-        is rejected and kept for review alone."""
+        sequence status. Only the documented size limits and a reused request id refuse the
+        whole request; a bad item is rejected and kept for review alone. A request already
+        answered (same `key`, same content) gets the same results again, with the sequence
+        status as it is now."""
+        key.validate()
         self._check_limits(transactions)
         batch = list(transactions)
         budget = self._throttle.remaining(terminal_id)
@@ -112,6 +168,13 @@ class OfflineService:
                 raise TerminalNotFound(terminal_id)
             if terminal.revoked:  # revoked since its credential was looked up
                 raise Unauthenticated("unknown or revoked credential")
+            answered = replay(uow, key, AnsweredBatch)  # REQUEST_ID_REUSED for other content
+            if answered is not None:
+                recorded = uow.offline.get_many(
+                    terminal_id, {txn.transaction_id for txn in batch
+                                  if "\x00" not in txn.transaction_id})
+                return SyncOutcome(results=replayed_results(answered, batch, recorded),
+                                   status=sync_status(uow, terminal))
             # No key with a NUL is looked up (PostgreSQL refuses one in a string; the plan
             # rejects those items). A cheap test: the plan checks every field anyway.
             numbers = {line.card_number for txn in batch for line in txn.redeem_lines}
@@ -184,6 +247,7 @@ class OfflineService:
             )
             gaps = terminal.advance_contiguous(above)
             uow.terminals.save(terminal)
+            remember(uow, key, answered_batch(plan.results, plan.records), now)
             lookups = plan.unknown_card_lookups
             return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
 
