@@ -116,12 +116,14 @@ class Outbox:
             ).fetchone()
         return row is not None
 
-    def oldest(self, limit: int) -> list[PendingItem]:
+    def oldest(self, limit: int, *, after: int = 0) -> list[PendingItem]:
+        """The oldest items, up to `limit`, whose sequence numbers are above `after` (the sync
+        agent reads the next batch while the one before it is still unacknowledged)."""
         with self._db.read() as conn:
             rows = conn.execute(
                 "SELECT sequence_number, transaction_id, payload FROM outbox "
-                "ORDER BY sequence_number LIMIT ?",
-                (limit,),
+                "WHERE sequence_number > ? ORDER BY sequence_number LIMIT ?",
+                (after, limit),
             ).fetchall()
         return list(map(PendingItem._make, rows))
 

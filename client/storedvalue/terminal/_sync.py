@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ._backoff import Backoff
@@ -162,44 +163,45 @@ class SyncAgent:
         error: Exception | None = None
         total = len(self._outbox)
         refreshed_limits = False
-        while not self._stopping.is_set():
+        # HQ gets one batch at a time (it applies a till's batches in sequence order, and a
+        # reversal must find the line it reverses), but the till's own work overlaps HQ's:
+        # while HQ applies a batch, the agent records HQ's answer to the one before and reads
+        # the next. An answer recorded late only means a resend if the till dies meanwhile:
+        # HQ answers that ALREADY_APPLIED.
+        answered: tuple[list[PendingItem], list[SyncItemResult]] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="storedvalue-terminal-sync-call") as hq:
             items = self._outbox.oldest(self._batch_size())
-            if not items:
-                break
-            try:
-                results = self._send(items)
-            except LimitExceeded as exceeded:
-                if refreshed_limits:
-                    error = exceeded
-                    break
-                refreshed_limits = True
+            while items and not self._stopping.is_set():
+                call = hq.submit(self._send, items)
+                if answered is not None:
+                    total = self._record(*answered, tally, total, started)
+                    answered = None
+                upcoming = self._outbox.oldest(
+                    self._batch_size(), after=items[-1].sequence_number)
                 try:
-                    self._refresh_parameters()
+                    results = call.result()
+                except LimitExceeded as exceeded:
+                    if refreshed_limits:
+                        error = exceeded
+                        break
+                    refreshed_limits = True
+                    try:
+                        self._refresh_parameters()
+                    except TerminalError as failure:
+                        error = failure
+                        break
+                    items = self._outbox.oldest(self._batch_size())
+                    continue
                 except TerminalError as failure:
                     error = failure
                     break
-                continue
-            except TerminalError as failure:
-                error = failure
-                break
-            acknowledged = items[: len(results)]
-            self._outbox.acknowledge(
-                acknowledged, results, also=functools.partial(SaleBook.record_sync, results=results)
-            )
-            self._book.announce(result.transaction_id for result in results)
-            for outcome, count in Counter([result.outcome for result in results]).items():
-                assert outcome is not None  # results are cut at the first unknown outcome
-                field = _OUTCOME_FIELD[outcome]
-                setattr(tally, field, getattr(tally, field) + count)
-            tally.sent += len(results)
-            if len(results) < len(items):
-                error = UnexpectedError("HQ answered an offline transaction with no outcome")
-                break
-            # Sequence numbers are assigned in order and leave the outbox oldest first: those
-            # above the last acknowledged one are what is left (no COUNT(*) per batch).
-            left = self._outbox.last_sequence_number() - acknowledged[-1].sequence_number
-            total = max(total, tally.sent + left)
-            self._report_progress(tally.sent, total, started)
+                answered = (items, results)
+                if len(results) < len(items):
+                    error = UnexpectedError("HQ answered an offline transaction with no outcome")
+                    break
+                items = upcoming
+        if answered is not None:
+            total = self._record(*answered, tally, total, started)
         if error is None and not self._stopping.is_set():
             error = self._tenders.release_removed_offline()
         self._book.prune()
@@ -215,6 +217,29 @@ class SyncAgent:
             elapsed_s=time.monotonic() - started,
             error=error,
         )
+
+    def _record(self, items: list[PendingItem], results: list[SyncItemResult], tally: _Tally,
+                total: int, started: float) -> int:
+        """Take the items HQ answered out of the outbox, with their results, in one commit;
+        count them and report progress. Returns the run's total, updated."""
+        acknowledged = items[: len(results)]
+        if not acknowledged:
+            return total
+        self._outbox.acknowledge(
+            acknowledged, results, also=functools.partial(SaleBook.record_sync, results=results)
+        )
+        self._book.announce(result.transaction_id for result in results)
+        for outcome, count in Counter([result.outcome for result in results]).items():
+            assert outcome is not None  # results are cut at the first unknown outcome
+            field = _OUTCOME_FIELD[outcome]
+            setattr(tally, field, getattr(tally, field) + count)
+        tally.sent += len(results)
+        # Sequence numbers are assigned in order and leave the outbox oldest first: those
+        # above the last acknowledged one are what is left (no COUNT(*) per batch).
+        left = self._outbox.last_sequence_number() - acknowledged[-1].sequence_number
+        total = max(total, tally.sent + left)
+        self._report_progress(tally.sent, total, started)
+        return total
 
     def _send(self, items: list[PendingItem]) -> list[SyncItemResult]:
         """One batch, resent as is (same request id) after transient failures. Returns the
