@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from datetime import UTC, datetime, timedelta
@@ -52,8 +53,7 @@ def txn(seq: int, *lines: OfflineRedeemLine, unlocks: tuple[OfflineUnlock, ...] 
         parameters_version=params_version, redeem_lines=lines, unlocks=unlocks,
     )
     digest = hashlib.sha256(records.dumps(draft).encode()).digest()
-    return OfflineTransaction(**{**{f: getattr(draft, f) for f in draft.__slots__},
-                                 "fingerprint": digest})
+    return dataclasses.replace(draft, fingerprint=digest)
 
 
 def line(card: Card, amount: int, line_id: str = "l1", token: int = 1) -> OfflineRedeemLine:

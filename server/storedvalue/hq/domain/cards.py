@@ -23,6 +23,7 @@ from storedvalue.hq.domain.errors import (
 )
 from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.money import Money, require_balance_within_limit
+from storedvalue.hq.domain.value_objects import value_object
 
 
 class CardKind(enum.Enum):
@@ -83,7 +84,7 @@ def generate_card_number() -> str:
     return payload + luhn_check_digit(payload)
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class Lock:
     card_number: str
     terminal_id: str

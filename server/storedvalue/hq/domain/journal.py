@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
+
+from storedvalue.hq.domain.value_objects import value_object
 
 
 class JournalEntryKind(enum.Enum):
@@ -18,7 +19,7 @@ class JournalEntryKind(enum.Enum):
     REVERSAL = "REVERSAL"  # a reversed line's debit (and voided remainder) moved back
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class JournalEntry:
     card_number: str
     kind: JournalEntryKind

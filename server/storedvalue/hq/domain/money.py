@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from storedvalue.hq.domain.errors import InvalidAmount, InvalidField, LimitExceeded
+from storedvalue.hq.domain.value_objects import value_object
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 # Far above any real card balance, far below int64 overflow when balances are summed.
@@ -15,7 +15,7 @@ MAX_AMOUNT_MINOR = 10**15
 MAX_BALANCE_MINOR = 10**15
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class Money:
     amount_minor: int
     currency: str

@@ -13,18 +13,18 @@ transaction's own lines.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from storedvalue.hq.domain.cards import CardKind
 from storedvalue.hq.domain.offline_transactions import OfflineRedeemLine, OfflineTransaction
 from storedvalue.hq.domain.parameters import Parameters
+from storedvalue.hq.domain.value_objects import value_object
 
 LINE_LIMIT = "OFFLINE_LINE_LIMIT_EXCEEDED"
 UNSYNCED_LIMIT = "OFFLINE_UNSYNCED_LIMIT_EXCEEDED"
 DURATION_LIMIT = "OFFLINE_DURATION_EXCEEDED"
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class LimitBreach:
     line_id: str
     reason: str

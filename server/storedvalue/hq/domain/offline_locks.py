@@ -13,13 +13,14 @@ but always with a LOCK_NOT_HELD exception for the back office.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 
 from storedvalue.hq.domain.cards import Lock
+from storedvalue.hq.domain.value_objects import value_object
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class LockGrant:
     """One lock HQ handed out, kept for good."""
 

@@ -12,9 +12,10 @@ from datetime import datetime
 
 from storedvalue.hq.domain.cards import Card, CardKind
 from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.value_objects import value_object
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class OfflineRedeemLine:
     line_id: str
     card_number: str
@@ -24,14 +25,14 @@ class OfflineRedeemLine:
     online_redeem_attempted: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class OfflineUnlock:
     card_number: str
     transaction_id: str
     fencing_token: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class OfflineReversal:
     """A tender line the terminal gives up although its Redeem may have reached HQ; the
     rules are in `storedvalue.hq.domain.reversals`."""
@@ -42,7 +43,7 @@ class OfflineReversal:
     fencing_token: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class UnsyncedAmount:
     """What a terminal held unsynced of offline lines of one kind in one currency."""
 
@@ -51,7 +52,7 @@ class UnsyncedAmount:
     line_count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class OfflineTransaction:
     transaction_id: str
     sequence_number: int
@@ -102,7 +103,7 @@ class OfflineExceptionKind(enum.Enum):
     OFFLINE_LIMIT_EXCEEDED = "OFFLINE_LIMIT_EXCEEDED"
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class OfflineLineResult:
     line_id: str
     outcome: OfflineLineOutcome
@@ -111,7 +112,7 @@ class OfflineLineResult:
     remainder_credit_memo_number: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class OfflineReversalResult:
     line_id: str
     outcome: ReversalOutcome
@@ -121,7 +122,7 @@ class OfflineReversalResult:
     remainder_credit_memo_number: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class OfflineTransactionResult:
     transaction_id: str
     sequence_number: int
@@ -175,7 +176,7 @@ class OfflineException:
         return self.resolved_at is None
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class Redemption:
     """What HQ decided for one tender line, keyed by (terminal, transaction, line): the key
     that makes a line apply once. Normally a debit applied online or at sync; with
@@ -200,7 +201,7 @@ class Redemption:
         return (self.terminal_id, self.transaction_id, self.line_id)
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class OfflineRecord:
     """An offline transaction HQ has taken (applied or kept as rejected), with its result."""
 
