@@ -37,7 +37,6 @@ from storedvalue.hq.services.unit_of_work import (
     TerminalReportRepository,
     TerminalRepository,
 )
-from storedvalue.hq.storage.offline_repositories import parse_exception_cursor
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -341,23 +340,20 @@ class FakeOfflineExceptionRepository:
         include_resolved: bool,
         terminal_id: str | None,
         card_number: str | None,
-        after: str,
+        after_position: int,
         limit: int,
-    ) -> tuple[list[OfflineException], str]:
+    ) -> list[tuple[int, OfflineException]]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        start = parse_exception_cursor(after)
         found = sorted(
             (position, exc)
             for position, exc in self._state.exceptions.values()
-            if position > start
+            if position > after_position
             and (include_resolved or exc.is_open)
             and (terminal_id is None or exc.terminal_id == terminal_id)
             and (card_number is None or exc.card_number == card_number)
         )
-        page = found[:limit]
-        cursor = str(page[-1][0]) if len(found) > limit else ""
-        return [replace(exc) for _, exc in page], cursor
+        return [(position, replace(exc)) for position, exc in found[:limit]]
 
 
 class FakeParametersRepository:

@@ -104,7 +104,7 @@ class HQ:
     def lock_holder(self, number: str) -> tuple[str, str, int] | None:
         """Who holds the card's lock (ended leases included): terminal, sale, token."""
         locks = self.run(self.back_office.list_locks(terminal_id=None, include_expired=True,
-                                                     after_card_number="", limit=1_000))
+                                                     after_card_number="", limit=1_000)).items
         for lock in locks:
             if lock.card_number == number:
                 return lock.terminal_id, lock.transaction_id, lock.fencing_token
@@ -121,16 +121,15 @@ class HQ:
             key=self.key(till, "SyncOfflineBatch"), terminal_id=till,
             transactions=list(transactions)))
 
-    def open_exceptions(self, card_number: str | None = None) -> list[OfflineException]:
-        exceptions, _ = self.run(self.back_office.list_exceptions(
-            include_resolved=False, terminal_id=None, card_number=card_number, after="",
-            limit=500))
-        return exceptions
+    def open_exceptions(self, card_number: str | None = None) -> tuple[OfflineException, ...]:
+        return self.run(self.back_office.list_exceptions(
+            include_resolved=False, terminal_id=None, card_number=card_number, after_position=0,
+            limit=500)).items
 
     def assert_conservation(self) -> None:
         for number in self.issued:
             entries = self.run(self.back_office.list_journal(card_number=number, after_entry_id=0,
-                                                             limit=1_000))
+                                                             limit=1_000)).items
             assert journal_balance(entries) == self.balance(number), number
 
 

@@ -248,7 +248,7 @@ class StoredValueMachine(RuleBasedStateMachine):
         for number in self.numbers:
             card = self.card(number)
             entries = self.run(self.back_office.list_journal(card_number=number, after_entry_id=0,
-                                                             limit=10_000))
+                                                             limit=10_000)).items
             assert journal_balance(entries) == card.balance_minor
             offline_debits += sum(
                 1 for e in entries if e.kind is JournalEntryKind.REDEEM and e.offline)
@@ -259,7 +259,7 @@ class StoredValueMachine(RuleBasedStateMachine):
     @invariant()
     def at_most_one_live_lock_per_card(self) -> None:
         locks = self.run(self.back_office.list_locks(terminal_id=None, include_expired=False,
-                                                     after_card_number="", limit=10_000))
+                                                     after_card_number="", limit=10_000)).items
         numbers = [lock.card_number for lock in locks]
         assert len(numbers) == len(set(numbers))
 

@@ -70,8 +70,9 @@ def test_the_same_id_with_other_content_is_kept_for_review_and_not_applied(hq: H
     changed = offline(1, line(card, 9_000, token=token))
     (result,) = hq.sync(changed).results
     assert (result.outcome, result.reason) == (OfflineOutcome.REJECTED, "TRANSACTION_CONFLICT")
-    exceptions, _ = hq.run(hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
-                                                          card_number=None, after="", limit=10))
+    exceptions = hq.run(hq.back_office.list_exceptions(
+        include_resolved=False, terminal_id=TILL, card_number=None, after_position=0,
+        limit=10)).items
     (kept,) = exceptions
     assert kept.kind is OfflineExceptionKind.CONFLICT and kept.transaction == changed
     assert hq.balance(card) == 9_000
@@ -96,8 +97,9 @@ def test_an_overdraft_is_applied_flagged_and_recorded(hq: HQ) -> None:
         OfflineOutcome.APPLIED_WITH_EXCEPTION, "OFFLINE_OVERDRAFT")
     state = hq.run(hq.cards.get_card(caller=TILL, card_number=card))
     assert (state.balance_minor, state.status) == (-2_000, CardStatus.FLAGGED)
-    exceptions, _ = hq.run(hq.back_office.list_exceptions(include_resolved=False, terminal_id=None,
-                                                          card_number=card, after="", limit=10))
+    exceptions = hq.run(hq.back_office.list_exceptions(
+        include_resolved=False, terminal_id=None, card_number=card, after_position=0,
+        limit=10)).items
     assert [e.kind for e in exceptions] == [OfflineExceptionKind.OVERDRAFT]
 
 
@@ -121,8 +123,9 @@ def test_an_unknown_card_or_malformed_line_rejects_and_keeps_the_transaction(hq:
     results = hq.sync(unknown, malformed).results
     assert [(r.outcome, r.reason) for r in results] == [
         (OfflineOutcome.REJECTED, "CARD_NOT_FOUND"), (OfflineOutcome.REJECTED, "INVALID_AMOUNT")]
-    exceptions, _ = hq.run(hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
-                                                          card_number=None, after="", limit=10))
+    exceptions = hq.run(hq.back_office.list_exceptions(
+        include_resolved=False, terminal_id=TILL, card_number=None, after_position=0,
+        limit=10)).items
     assert [e.transaction for e in exceptions] == [unknown, malformed]
     assert hq.balance(card) == 10_000
 
@@ -133,7 +136,7 @@ def test_someone_elses_lock_is_left_alone_and_queued_unlocks_are_applied(hq: HQ)
     hq.lock(abandoned, "sale-0")
     hq.sync(offline(1, line(taken, 100), unlocks=(OfflineUnlock(abandoned, "sale-0", 0),)))
     locks = hq.run(hq.back_office.list_locks(terminal_id=None, include_expired=True,
-                                             after_card_number="", limit=10))
+                                             after_card_number="", limit=10)).items
     assert [(lk.card_number, lk.terminal_id) for lk in locks] == [(taken, "till-2")]
 
 
@@ -189,7 +192,8 @@ def redeem_online(hq: HQ, number: str, sale: str, amount: int, *, line_id: str =
 
 
 def journal_kinds(hq: HQ, number: str) -> list[tuple[JournalEntryKind, int]]:
-    entries = hq.run(hq.back_office.list_journal(card_number=number, after_entry_id=0, limit=100))
+    entries = hq.run(hq.back_office.list_journal(card_number=number, after_entry_id=0,
+                                                 limit=100)).items
     return [(entry.kind, entry.amount_minor) for entry in entries]
 
 
@@ -255,8 +259,9 @@ def test_a_remainder_memo_in_use_stays_valid_and_the_back_office_is_told(hq: HQ)
     assert reversed_line.remainder_credit_memo_number == remainder.card_number
     # Charged once: the memo got the debit back, the remainder memo keeps the rest.
     assert (hq.balance(memo), hq.balance(remainder.card_number)) == (500, 1_500)
-    exceptions, _ = hq.run(hq.back_office.list_exceptions(include_resolved=False, terminal_id=TILL,
-                                                          card_number=memo, after="", limit=10))
+    exceptions = hq.run(hq.back_office.list_exceptions(
+        include_resolved=False, terminal_id=TILL, card_number=memo, after_position=0,
+        limit=10)).items
     assert [(e.kind, e.reason) for e in exceptions] == [
         (OfflineExceptionKind.REVERSAL, "REMAINDER_MEMO_IN_USE")]
     assert list(result.exception_ids) == [e.exception_id for e in exceptions]
@@ -325,8 +330,8 @@ def test_a_sale_completed_offline_without_its_unknown_line_debits_one_and_revers
     assert (hq.balance(memo), hq.balance(remainder.card_number), hq.balance(gift)) == (
         2_000, 0, 4_300)
     locks = hq.run(hq.back_office.list_locks(terminal_id=None, include_expired=True,
-                                             after_card_number="", limit=10))
-    assert locks == []
+                                             after_card_number="", limit=10)).items
+    assert locks == ()
 
 
 def test_a_reversal_naming_another_amount_reverses_what_was_debited_and_says_so(

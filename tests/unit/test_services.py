@@ -103,7 +103,7 @@ class HQ:
 
     def journal_sum(self, card_number: str) -> int:
         entries = self.run(self.back_office.list_journal(card_number=card_number, after_entry_id=0,
-                                                         limit=1000))
+                                                         limit=1000)).items
         return journal_balance(entries)
 
 
@@ -270,8 +270,8 @@ def test_sync_releases_the_terminals_lock_and_applies_queued_unlocks(hq: HQ) -> 
                              (OfflineUnlock(abandoned, "sale-x", 1),), b"digest")
     hq.sync_offline("till-1", [txn])
     locks = hq.run(hq.back_office.list_locks(terminal_id="till-1", include_expired=True,
-                                             after_card_number="", limit=10))
-    assert locks == []
+                                             after_card_number="", limit=10)).items
+    assert locks == ()
     # Another terminal can now use both cards.
     hq.run(hq.cards.lock_card(key=hq.key("till-2", "LockCard"), terminal_id="till-2",
                               card_number=sold, transaction_id="s9"))
@@ -319,7 +319,7 @@ def test_a_display_name_longer_than_its_column_is_refused_before_anything_is_sto
         hq.run(hq.back_office.register_terminal(key=hq.key("admin:test", "RegisterTerminal"),
                                                 terminal_id="till-9", display_name="x" * 201))
     assert [t.terminal.terminal_id for t in hq.run(hq.back_office.list_terminals(
-        after_terminal_id="", limit=10))] == ["till-1", "till-2"]
+        after_terminal_id="", limit=10)).items] == ["till-1", "till-2"]
 
 
 def test_a_registered_terminal_gets_its_token_once_and_a_retry_gets_none(hq: HQ) -> None:

@@ -101,8 +101,8 @@ def test_every_change_records_who_when_which_scope_and_the_old_and_new_values(
     store_only = shop.run(shop.params.list_changes(store_id="store-A", before_version=0,
                                                    limit=10))
 
-    assert [c.version for c in page.changes] == [again, store_version, global_version, 1]
-    cleared, override, made_global, _initial = page.changes
+    assert [c.version for c in page.items] == [again, store_version, global_version, 1]
+    cleared, override, made_global, _initial = page.items
     assert (override.store_id, override.changed_by, override.changed_at) == (
         "store-A", "ops", NOW + timedelta(minutes=5))
     assert override.old_values == NO_VALUES
@@ -111,7 +111,7 @@ def test_every_change_records_who_when_which_scope_and_the_old_and_new_values(
     assert made_global.store_id == ""
     assert made_global.old_values.gift_card_offline_limits == OfflineRiskLimits()
     assert made_global.new_values.gift_card_offline_limits == limits
-    assert [c.version for c in store_only.changes] == [again, store_version]
+    assert [c.version for c in store_only.items] == [again, store_version]
     store_a = shop.run(shop.params.current("store-A"))
     assert store_a.gift_card_offline_completion_allowed
     assert store_a.version == again
@@ -180,7 +180,7 @@ def test_revoking_a_till_refuses_its_credential_and_releases_its_locks_with_the_
     assert revoked.terminal.terminal.revoked_at == NOW
     assert shop.run(shop.cards.get_card(caller="B-1", card_number=card)).lock is None
     entries = shop.run(shop.back_office.list_journal(card_number=card, after_entry_id=0,
-                                                     limit=10))
+                                                     limit=10)).items
     assert (entries[-1].kind, entries[-1].note) == (
         JournalEntryKind.FORCED_UNLOCK, "ops: terminal A-1 revoked: till stolen")
     with pytest.raises(Unauthenticated):
@@ -201,9 +201,10 @@ def test_hq_keeps_each_tills_newest_report_and_judges_its_link_from_it(shop: Sho
 
     shop.run(shop.reports.report(terminal_id="A-1", report=newer))
     shop.run(shop.reports.report(terminal_id="A-1", report=older))  # late: overtaken
-    (listed, never) = shop.run(shop.back_office.list_terminals(after_terminal_id="", limit=10))
+    (listed, never) = shop.run(shop.back_office.list_terminals(after_terminal_id="",
+                                                               limit=10)).items
     shop.now += timedelta(minutes=3)  # the till promised its next report within 2 minutes
-    (silent, _) = shop.run(shop.back_office.list_terminals(after_terminal_id="", limit=10))
+    (silent, _) = shop.run(shop.back_office.list_terminals(after_terminal_id="", limit=10)).items
 
     assert listed.report is not None and listed.report.report == newer
     assert listed.link.state is LinkState.ONLINE

@@ -22,8 +22,7 @@ from storedvalue.hq.grpc_api.convert import (
 from storedvalue.hq.grpc_api.paging import (
     decode_int_token,
     decode_token,
-    encode_token,
-    is_position,
+    next_page_token,
     page_size,
 )
 from storedvalue.hq.grpc_api.parameter_views import (
@@ -96,10 +95,8 @@ class BackOfficeServicer:
             limit=page_size(request.page_size),
         )
         return pb.ListParameterChangesResponse(
-            changes=[change_record_to_proto(change) for change in page.changes],
-            next_page_token=encode_token(
-                "changes", str(page.next_before_version) if page.next_before_version else ""
-            ),
+            changes=[change_record_to_proto(change) for change in page.items],
+            next_page_token=next_page_token("changes", page),
         )
 
     async def ListParameterVersions(
@@ -110,10 +107,8 @@ class BackOfficeServicer:
             limit=page_size(request.page_size),
         )
         return pb.ListParameterVersionsResponse(
-            parameters=[parameters_to_proto(p) for p in page.versions],
-            next_page_token=encode_token(
-                "versions", str(page.next_before_version) if page.next_before_version else ""
-            ),
+            parameters=[parameters_to_proto(p) for p in page.items],
+            next_page_token=next_page_token("versions", page),
         )
 
     # -- locks ----------------------------------------------------------------------------
@@ -121,18 +116,15 @@ class BackOfficeServicer:
     async def ListLocks(
         self, caller: Caller, request: pb.ListLocksRequest, context: Context
     ) -> pb.ListLocksResponse:
-        limit = page_size(request.page_size)
-        locks = await self._back_office.list_locks(
+        page = await self._back_office.list_locks(
             terminal_id=request.terminal_id or None,
             include_expired=request.include_expired,
             after_card_number=decode_token("locks", request.page_token, is_valid_card_number),
-            limit=limit + 1,  # one more tells whether there is a next page
+            limit=page_size(request.page_size),
         )
-        page = locks[:limit]
-        more = len(locks) > limit
         return pb.ListLocksResponse(
-            locks=[lock_to_proto(lock) for lock in page],
-            next_page_token=encode_token("locks", page[-1].card_number if more else ""),
+            locks=[lock_to_proto(lock) for lock in page.items],
+            next_page_token=next_page_token("locks", page),
         )
 
     async def ForceUnlockCard(
@@ -155,16 +147,16 @@ class BackOfficeServicer:
     async def ListOfflineExceptions(
         self, caller: Caller, request: pb.ListOfflineExceptionsRequest, context: Context
     ) -> pb.ListOfflineExceptionsResponse:
-        exceptions, cursor = await self._back_office.list_exceptions(
+        page = await self._back_office.list_exceptions(
             include_resolved=request.include_resolved,
             terminal_id=request.terminal_id or None,
             card_number=request.card_number or None,
-            after=decode_token("exceptions", request.page_token, is_position),
+            after_position=decode_int_token("exceptions", request.page_token),
             limit=page_size(request.page_size),
         )
         return pb.ListOfflineExceptionsResponse(
-            exceptions=[offline_exception_to_proto(exc) for exc in exceptions],
-            next_page_token=encode_token("exceptions", cursor),
+            exceptions=[offline_exception_to_proto(exc) for exc in page.items],
+            next_page_token=next_page_token("exceptions", page),
         )
 
     async def ResolveOfflineException(
@@ -186,17 +178,14 @@ class BackOfficeServicer:
     async def ListJournalEntries(
         self, caller: Caller, request: pb.ListJournalEntriesRequest, context: Context
     ) -> pb.ListJournalEntriesResponse:
-        limit = page_size(request.page_size)
-        entries = await self._back_office.list_journal(
+        page = await self._back_office.list_journal(
             card_number=request.card_number,
             after_entry_id=decode_int_token("journal", request.page_token),
-            limit=limit + 1,
+            limit=page_size(request.page_size),
         )
-        page = entries[:limit]
-        more = len(entries) > limit
         return pb.ListJournalEntriesResponse(
-            entries=[journal_entry_to_proto(entry) for entry in page],
-            next_page_token=encode_token("journal", str(page[-1].entry_id) if more else ""),
+            entries=[journal_entry_to_proto(entry) for entry in page.items],
+            next_page_token=next_page_token("journal", page),
         )
 
     # -- terminals ------------------------------------------------------------------------
@@ -258,19 +247,14 @@ class BackOfficeServicer:
     async def ListTerminals(
         self, caller: Caller, request: pb.ListTerminalsRequest, context: Context
     ) -> pb.ListTerminalsResponse:
-        limit = page_size(request.page_size)
-        views = await self._back_office.list_terminals(
+        page = await self._back_office.list_terminals(
             after_terminal_id=decode_token("terminals", request.page_token,
                                            is_valid_terminal_id),
-            limit=limit + 1,
+            limit=page_size(request.page_size),
         )
-        page = views[:limit]
-        more = len(views) > limit
         return pb.ListTerminalsResponse(
-            terminals=[terminal_to_proto(view) for view in page],
-            next_page_token=encode_token(
-                "terminals", page[-1].terminal.terminal_id if more else ""
-            ),
+            terminals=[terminal_to_proto(view) for view in page.items],
+            next_page_token=next_page_token("terminals", page),
         )
 
     async def GetTerminalSyncStatus(

@@ -1,7 +1,9 @@
-"""AIP-158 paging on the wire: page sizes and opaque page tokens.
+"""AIP-158 paging on the wire: page sizes and opaque page tokens, the one codec for them.
 
 A token is the base64 of "<list name>:<cursor>", so a token handed out by one list is refused
-by another, and callers cannot mistake it for something they may build themselves.
+by another, and callers cannot mistake it for something they may build themselves. The use
+cases below only see cursors (keys) and return a `Page`; a token that is not one this server
+issued is a domain `InvalidField("page_token")`, mapped like any other bad field.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
+from typing import Any
 
 from storedvalue.hq.domain.errors import InvalidField
+from storedvalue.hq.domain.paging import Page
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -29,11 +33,11 @@ def page_size(requested: int) -> int:
     return min(requested, MAX_PAGE_SIZE)
 
 
-def encode_token(list_name: str, cursor: str) -> str:
-    """The next_page_token for `cursor`; empty when there is no next page."""
-    if not cursor:
+def next_page_token(list_name: str, page: Page[Any]) -> str:
+    """The next_page_token of `page`; empty when it is the last one."""
+    if not page.next_cursor:
         return ""
-    return base64.urlsafe_b64encode(f"{list_name}:{cursor}".encode()).decode()
+    return base64.urlsafe_b64encode(f"{list_name}:{page.next_cursor}".encode()).decode()
 
 
 def decode_token(list_name: str, token: str, is_valid_cursor: Callable[[str], bool]) -> str:

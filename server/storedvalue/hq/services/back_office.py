@@ -23,6 +23,7 @@ from storedvalue.hq.domain.errors import (
 )
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException
+from storedvalue.hq.domain.paging import Page, page_of
 from storedvalue.hq.domain.parameters import validate_store_id
 from storedvalue.hq.domain.terminal_reports import (
     NEVER_REPORTED,
@@ -107,16 +108,17 @@ class BackOfficeService:
     # -- locks ----------------------------------------------------------------------------
 
     async def list_locks(self, *, terminal_id: str | None, include_expired: bool,
-                   after_card_number: str, limit: int) -> list[Lock]:
+                         after_card_number: str, limit: int) -> Page[Lock]:
         if terminal_id:
             validate_terminal_id(terminal_id)
         now = self._clock()
-        return await self._transactions.read(
+        found = await self._transactions.read(
             lambda uow: uow.cards.list_locks(
                 now=now, terminal_id=terminal_id or None, include_expired=include_expired,
-                after_card_number=after_card_number, limit=limit,
+                after_card_number=after_card_number, limit=limit + 1,
             ),
         )
+        return page_of(found, limit, lambda lock: lock.card_number)
 
     async def force_unlock(self, *, key: RequestKey, admin: str, card_number: str, reason: str
                      ) -> ForcedUnlock:
@@ -139,18 +141,22 @@ class BackOfficeService:
     # -- offline exceptions -----------------------------------------------------------------
 
     async def list_exceptions(self, *, include_resolved: bool, terminal_id: str | None,
-                        card_number: str | None, after: str, limit: int
-                        ) -> tuple[list[OfflineException], str]:
+                              card_number: str | None, after_position: int, limit: int
+                              ) -> Page[OfflineException]:
+        """Oldest first; the cursor is the last listed exception's insertion position."""
         if terminal_id:
             validate_terminal_id(terminal_id)
         if card_number:
             validate_card_number(card_number)
-        return await self._transactions.read(
+        found = await self._transactions.read(
             lambda uow: uow.exceptions.list(
                 include_resolved=include_resolved, terminal_id=terminal_id or None,
-                card_number=card_number or None, after=after, limit=limit,
+                card_number=card_number or None, after_position=after_position,
+                limit=limit + 1,
             ),
         )
+        page = page_of(found, limit, lambda listed: listed[0])
+        return Page(tuple(exc for _, exc in page.items), page.next_cursor)
 
     async def resolve_exception(self, *, key: RequestKey, admin: str, exception_id: str,
                           resolution: str) -> ResolvedException:
@@ -184,17 +190,18 @@ class BackOfficeService:
     # -- journal ----------------------------------------------------------------------------
 
     async def list_journal(self, *, card_number: str, after_entry_id: int, limit: int
-                     ) -> list[JournalEntry]:
+                           ) -> Page[JournalEntry]:
         validate_card_number(card_number)
 
         def work(uow: Repositories) -> list[JournalEntry]:
             if uow.cards.get(card_number) is None:
                 raise CardNotFound(card_number)
             return uow.journal.list_for_card(
-                card_number, after_entry_id=after_entry_id, limit=limit
+                card_number, after_entry_id=after_entry_id, limit=limit + 1
             )
 
-        return await self._transactions.read(work)
+        found = await self._transactions.read(work)
+        return page_of(found, limit, lambda entry: entry.entry_id)
 
     # -- terminals --------------------------------------------------------------------------
 
@@ -312,15 +319,17 @@ class BackOfficeService:
 
         return await run_once(self._transactions, key, TerminalView, self._clock, run)
 
-    async def list_terminals(self, *, after_terminal_id: str, limit: int) -> list[TerminalView]:
+    async def list_terminals(self, *, after_terminal_id: str, limit: int
+                             ) -> Page[TerminalView]:
         now = self._clock()
 
         def work(uow: Repositories) -> list[TerminalView]:
-            listed = uow.terminals.list(after_terminal_id=after_terminal_id, limit=limit)
+            listed = uow.terminals.list(after_terminal_id=after_terminal_id, limit=limit + 1)
             reports = uow.reports.get_many([t.terminal_id for t in listed])
             return [_view(uow, t, now, reports.get(t.terminal_id)) for t in listed]
 
-        return await self._transactions.read(work)
+        found = await self._transactions.read(work)
+        return page_of(found, limit, lambda view: view.terminal.terminal_id)
 
     async def get_sync_status(self, *, terminal_id: str) -> SyncStatus:
         validate_terminal_id(terminal_id)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from storedvalue.hq.domain.errors import ParametersVersionConflict, TooManyWatchers
+from storedvalue.hq.domain.paging import Page, page_of
 from storedvalue.hq.domain.parameters import (
     GLOBAL,
     NO_VALUES,
@@ -150,18 +151,6 @@ class ParametersFeed:
         events, self._events = self._events, {}
         for event in events.values():
             event.set()
-
-
-@dataclass(frozen=True, slots=True)
-class ParametersPage:
-    versions: tuple[Parameters, ...]
-    next_before_version: int  # 0 when this is the last page
-
-
-@dataclass(frozen=True, slots=True)
-class ChangesPage:
-    changes: tuple[ParametersChangeRecord, ...]
-    next_before_version: int  # 0 when this is the last page
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,18 +300,17 @@ class ParametersService:
         ))
         return done
 
-    async def list_versions(self, *, before_version: int, limit: int) -> ParametersPage:
-        """Versions of the global parameters, newest first."""
+    async def list_versions(self, *, before_version: int, limit: int) -> Page[Parameters]:
+        """Versions of the global parameters, newest first; the cursor is the last listed
+        version (the next page holds those before it)."""
         sets = await self._transactions.read(
             lambda uow: uow.parameters.list(store_id=GLOBAL, before_version=before_version,
                                             limit=limit + 1)
         )
-        more = len(sets) > limit
-        page = tuple(effective(s, None) for s in sets[:limit])
-        return ParametersPage(page, page[-1].version if more and page else 0)
+        return page_of([effective(s, None) for s in sets], limit, lambda p: p.version)
 
     async def list_changes(self, *, store_id: str | None, before_version: int, limit: int
-                           ) -> ChangesPage:
+                           ) -> Page[ParametersChangeRecord]:
         """Changes of every scope (or of one store's override), newest first, each with the
         values its scope had before."""
         if store_id:
@@ -334,9 +322,7 @@ class ParametersService:
             return [_record(uow, made) for made in sets]
 
         records = await self._transactions.read(work)
-        more = len(records) > limit
-        page = tuple(records[:limit])
-        return ChangesPage(page, page[-1].version if more and page else 0)
+        return page_of(records, limit, lambda record: record.version)
 
 
 def _record(uow: Repositories, made: ParameterSet) -> ParametersChangeRecord:

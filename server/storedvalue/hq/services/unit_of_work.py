@@ -139,11 +139,11 @@ class OfflineExceptionRepository(Protocol):
         include_resolved: bool,
         terminal_id: str | None,
         card_number: str | None,
-        after: str,
+        after_position: int,
         limit: int,
-    ) -> tuple[list[OfflineException], str]:
-        """Oldest first; `after` is an opaque cursor ('' for the start). Returns the page and
-        the cursor for the next one ('' when there is none)."""
+    ) -> list[tuple[int, OfflineException]]:
+        """Up to `limit` exceptions, each with its insertion position, oldest first, strictly
+        after `after_position` (0 for the start)."""
         ...
 
 

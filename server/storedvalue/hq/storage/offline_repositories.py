@@ -6,7 +6,6 @@ from collections.abc import Collection, Iterable
 
 from sqlalchemy import bindparam, func, insert, select, update
 
-from storedvalue.hq.domain.errors import InvalidField
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord
 from storedvalue.hq.storage import rows
 from storedvalue.hq.storage.statements import Statement, in_chunks
@@ -75,15 +74,6 @@ _EXCEPTIONS_PAGE = {
 }
 
 
-def parse_exception_cursor(after: str) -> int:
-    """The cursor is the last listed exception's insertion position, in decimal."""
-    if not after:
-        return 0
-    if not after.isascii() or not after.isdigit() or len(after) > 19 or int(after) >= 2**63:
-        raise InvalidField("page_token", "is not a page token this server issued")
-    return int(after)
-
-
 class SqlOfflineRecordRepository:
     def __init__(self, tx: Transaction) -> None:
         self._tx = tx
@@ -142,22 +132,19 @@ class SqlOfflineExceptionRepository:
         include_resolved: bool,
         terminal_id: str | None,
         card_number: str | None,
-        after: str,
+        after_position: int,
         limit: int,
-    ) -> tuple[list[OfflineException], str]:
+    ) -> list[tuple[int, OfflineException]]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         statement = _EXCEPTIONS_PAGE[
             (include_resolved, terminal_id is not None, card_number is not None)
         ]
         params = {
-            "after": parse_exception_cursor(after),
+            "after": after_position,
             "terminal_id": terminal_id,
             "card_number": card_number,
-            # One row past the page tells whether there is a next page.
-            "limit": limit + 1,
+            "limit": limit,
         }
-        found = self._tx.fetch(statement, params)
-        page = found[:limit]
-        cursor = str(page[-1].position) if len(found) > limit else ""
-        return [rows.exception_from_row(row) for row in page], cursor
+        return [(row.position, rows.exception_from_row(row))
+                for row in self._tx.fetch(statement, params)]
