@@ -11,8 +11,8 @@ from google.protobuf import timestamp_pb2
 
 from storedvalue.hq.domain.cards import Card, CardKind, CardStatus, Lock
 from storedvalue.hq.grpc_api.call_context import fingerprint
-from storedvalue.hq.grpc_api.card_views import fill_card, fill_lock
-from storedvalue.hq.grpc_api.convert import request_fingerprint
+from storedvalue.hq.grpc_api.convert.cards import fill_card, fill_lock
+from storedvalue.hq.grpc_api.convert.common import request_fingerprint
 from storedvalue.v1 import common_pb2
 from storedvalue.v1 import terminal_service_pb2 as pb
 

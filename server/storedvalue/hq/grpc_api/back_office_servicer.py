@@ -12,26 +12,28 @@ import grpc
 from storedvalue.hq.domain.cards import is_valid_card_number
 from storedvalue.hq.domain.terminals import is_valid_terminal_id
 from storedvalue.hq.grpc_api.call_context import request_key
-from storedvalue.hq.grpc_api.convert import (
+from storedvalue.hq.grpc_api.convert.cards import (
     card_to_proto,
     journal_entry_to_proto,
     lock_to_proto,
+)
+from storedvalue.hq.grpc_api.convert.offline import (
     offline_exception_to_proto,
     sync_status_to_proto,
 )
+from storedvalue.hq.grpc_api.convert.parameters import (
+    change_record_to_proto,
+    parameters_change_from_proto,
+    parameters_to_proto,
+    values_to_proto,
+)
+from storedvalue.hq.grpc_api.convert.terminals import terminal_to_proto
 from storedvalue.hq.grpc_api.paging import (
     decode_int_token,
     decode_token,
     next_page_token,
     page_size,
 )
-from storedvalue.hq.grpc_api.parameter_views import (
-    change_record_to_proto,
-    parameters_change_from_proto,
-    parameters_to_proto,
-    values_to_proto,
-)
-from storedvalue.hq.grpc_api.terminal_views import terminal_to_proto
 from storedvalue.hq.services.auth import Authenticator, Caller
 from storedvalue.hq.services.back_office import BackOfficeService, IssuedCredential
 from storedvalue.hq.services.parameters import ParametersService

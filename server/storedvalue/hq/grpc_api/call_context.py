@@ -10,7 +10,7 @@ from typing import cast
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from storedvalue.hq.grpc_api.convert import request_fingerprint
+from storedvalue.hq.grpc_api.convert.common import request_fingerprint
 from storedvalue.hq.services.auth import Caller
 from storedvalue.hq.services.idempotency import RequestKey
 

@@ -15,20 +15,21 @@ from storedvalue.hq.domain.client_text import validate_id
 from storedvalue.hq.domain.errors import InvalidField, LimitExceeded, Unauthenticated
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.grpc_api.call_context import request_key
-from storedvalue.hq.grpc_api.card_views import fill_card, fill_lock
-from storedvalue.hq.grpc_api.convert import (
+from storedvalue.hq.grpc_api.convert.cards import card_to_proto, fill_card, fill_lock
+from storedvalue.hq.grpc_api.convert.common import (
     card_kind_from_proto,
-    card_to_proto,
-    fill_offline_result,
     money_from_proto,
+    timestamp,
+)
+from storedvalue.hq.grpc_api.convert.offline import (
+    fill_offline_result,
     offline_result_to_proto,
     offline_transaction_from_proto,
     sync_limits_to_proto,
     sync_status_to_proto,
-    timestamp,
 )
-from storedvalue.hq.grpc_api.parameter_views import parameters_to_proto
-from storedvalue.hq.grpc_api.terminal_views import report_from_proto
+from storedvalue.hq.grpc_api.convert.parameters import parameters_to_proto
+from storedvalue.hq.grpc_api.convert.terminals import report_from_proto
 from storedvalue.hq.services.auth import Caller
 from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.offline import OfflineService

@@ -3,12 +3,13 @@ epoch, UTC; the domain always gets timezone-aware UTC datetimes."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from storedvalue.hq import records
 from storedvalue.hq.domain.cards import Card, CardKind, CardStatus, Lock
 from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
+from storedvalue.hq.domain.moments import EPOCH
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineException,
@@ -27,24 +28,22 @@ from storedvalue.hq.storage import offline_results
 Row = Any  # a sqlalchemy Row: columns as attributes
 Values = dict[str, Any]
 
-# Enum members by stored value, and `member._value_` (the attribute behind `.value`) going
-# the other way: the sync converts tens of thousands of rows a second, and Enum's `value`
-# property and by-value call cost more than the rest of a row's conversion.
+# Enum members by stored value: the sync converts tens of thousands of rows a second, and
+# Enum's by-value call costs more than the rest of a row's conversion.
 _CARD_KINDS = {kind.value: kind for kind in CardKind}
 _CARD_STATUSES = {status.value: status for status in CardStatus}
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
 def to_micros(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ValueError("naive datetime: HQ stores timezone-aware UTC moments only")
-    return (moment - _EPOCH) // _MICROSECOND
+    return (moment - EPOCH) // _MICROSECOND
 
 
 def from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
+    return EPOCH + timedelta(microseconds=micros)
 
 
 def _optional_micros(moment: datetime | None) -> int | None:
@@ -62,7 +61,7 @@ def card_state_values(card: Card) -> Values:
     """What `save` writes back: the mutable part of a card."""
     lock = card.lock
     return {
-        "status": card.status._value_,
+        "status": card.status.value,
         "balance_minor": card.balance_minor,
         "last_fencing_token": card.last_fencing_token,
         "lock_terminal_id": lock.terminal_id if lock else None,
@@ -77,7 +76,7 @@ def card_values(card: Card) -> Values:
     values = card_state_values(card)
     values.update(
         card_number=card.card_number,
-        kind=card.kind._value_,
+        kind=card.kind.value,
         currency=card.currency,
         issued_at=to_micros(card.issued_at),
         remainder_of_card_number=card.remainder_of_card_number,
@@ -125,15 +124,15 @@ def lock_grant_from_row(row: Row) -> LockGrant:
     # Positional, in the table's column order: a sync reads one of these per transaction.
     card_number, token, terminal_id, transaction_id, acquired, released = row
     return LockGrant(card_number, token, terminal_id, transaction_id,
-                     _EPOCH + timedelta(0, 0, acquired),
-                     None if released is None else _EPOCH + timedelta(0, 0, released))
+                     EPOCH + timedelta(0, 0, acquired),
+                     None if released is None else EPOCH + timedelta(0, 0, released))
 
 
 def journal_values(entry: JournalEntry) -> Values:
     # entry_id is left out: the database assigns it.
     return {
         "card_number": entry.card_number,
-        "kind": entry.kind._value_,
+        "kind": entry.kind.value,
         "amount_minor": entry.amount_minor,
         "currency": entry.currency,
         "balance_after_minor": entry.balance_after_minor,
@@ -176,7 +175,7 @@ def redemption_values(redemption: Redemption) -> Values:
         "remainder_card_number": redemption.remainder_card_number,
         "offline": redemption.offline,
         "recorded_at": to_micros(redemption.recorded_at),
-        "reversal": redemption.reversal._value_ if redemption.reversal is not None else None,
+        "reversal": redemption.reversal.value if redemption.reversal is not None else None,
         "reversed_at": _optional_micros(redemption.reversed_at),
     }
 
@@ -187,7 +186,7 @@ def redemption_reversal_values(redemption: Redemption) -> Values:
         "key_terminal_id": redemption.terminal_id,
         "key_transaction_id": redemption.transaction_id,
         "key_line_id": redemption.line_id,
-        "reversal": redemption.reversal._value_ if redemption.reversal is not None else None,
+        "reversal": redemption.reversal.value if redemption.reversal is not None else None,
         "reversed_at": _optional_micros(redemption.reversed_at),
     }
 
@@ -217,7 +216,7 @@ def offline_record_values(record: OfflineRecord) -> Values:
         "transaction_id": record.transaction_id,
         "sequence_number": record.sequence_number,
         "fingerprint": record.fingerprint,
-        "outcome": record.result.outcome._value_,
+        "outcome": record.result.outcome.value,
         "result_json": offline_results.dumps(record.result),
         "received_at": to_micros(record.received_at),
     }

@@ -1,14 +1,10 @@
-"""The proto mapping of terminals as the back office sees them and of the reports tills send
-of themselves (split from `convert` along that business line)."""
+"""Terminals as the back office sees them, and the reports tills send of themselves."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
-from google.protobuf import timestamp_pb2
+from datetime import timedelta
 
 from storedvalue.hq.domain.errors import InvalidField
-from storedvalue.hq.domain.moments import moment_from_epoch
 from storedvalue.hq.domain.terminal_reports import (
     DEFAULT_NEXT_REPORT_WITHIN,
     LinkChange,
@@ -16,21 +12,24 @@ from storedvalue.hq.domain.terminal_reports import (
     TerminalLink,
     TerminalReport,
 )
-from storedvalue.hq.grpc_api.convert import (
+from storedvalue.hq.grpc_api.convert.common import (
+    duration_from_proto,
+    duration_to_proto,
+    enum_to_proto,
+    moment_from_proto,
     optional_timestamp,
-    sync_status_to_proto,
     timestamp,
+)
+from storedvalue.hq.grpc_api.convert.offline import (
+    sync_status_to_proto,
     unsynced_from_proto,
     unsynced_to_proto,
 )
-from storedvalue.hq.grpc_api.parameter_views import duration_from_proto, duration_to_proto
 from storedvalue.hq.services.back_office import TerminalView
 from storedvalue.v1 import back_office_service_pb2 as bo_pb
 from storedvalue.v1 import terminal_status_pb2
 
-_LINK_STATES_TO_PROTO = {
-    state: terminal_status_pb2.LinkState.Value("LINK_STATE_" + state.value) for state in LinkState
-}
+_LINK_STATES_TO_PROTO = enum_to_proto(LinkState, terminal_status_pb2.LinkState, "LINK_STATE_")
 _LINK_STATES_BY_PROTO = {value: state for state, value in _LINK_STATES_TO_PROTO.items()}
 
 
@@ -94,7 +93,7 @@ def report_from_proto(report: terminal_status_pb2.TerminalStatusReport) -> Termi
             raise InvalidField(f"report.link_history[{index}]",
                                "needs a state (ONLINE or OFFLINE) and changed_at")
         history.append(LinkChange(
-            state, _moment(change.changed_at, f"report.link_history[{index}].changed_at"),
+            state, moment_from_proto(change.changed_at, f"report.link_history[{index}].changed_at"),
             change.cause,
         ))
     outbox = report.outbox
@@ -103,12 +102,12 @@ def report_from_proto(report: terminal_status_pb2.TerminalStatusReport) -> Termi
         if report.HasField("next_report_within") else DEFAULT_NEXT_REPORT_WITHIN
     )
     return TerminalReport(
-        reported_at=_moment(report.reported_at, "report.reported_at"),
+        reported_at=moment_from_proto(report.reported_at, "report.reported_at"),
         link_history=tuple(history),
         outbox_transactions=outbox.transaction_count,
         unsynced_amounts=tuple(unsynced_from_proto(held) for held in outbox.unsynced_amounts),
         oldest_completed_at=(
-            _moment(outbox.oldest_completed_at, "report.outbox.oldest_completed_at")
+            moment_from_proto(outbox.oldest_completed_at, "report.outbox.oldest_completed_at")
             if outbox.HasField("oldest_completed_at") else None
         ),
         last_sequence_number=outbox.last_sequence_number,
@@ -116,10 +115,3 @@ def report_from_proto(report: terminal_status_pb2.TerminalStatusReport) -> Termi
         next_report_within=within,
     )
 
-
-def _moment(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
-    found = moment_from_epoch(ts.seconds, ts.nanos)
-    if found is None:
-        raise InvalidField(field, "is not a valid timestamp (out of range, or nanos outside "
-                                  "0..999,999,999)")
-    return found

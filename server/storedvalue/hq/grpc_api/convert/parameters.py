@@ -1,14 +1,7 @@
-"""The proto mapping of the parameters: versions, offline risk limits, per-scope values and
-the change log (split from `convert` along that business line)."""
+"""Parameters: versions, offline risk limits, per-scope values and the change log."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from google.protobuf import duration_pb2
-
-from storedvalue.hq.domain.moments import duration_from_parts
-from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.parameters import (
     OfflineRiskLimits,
     Parameters,
@@ -16,20 +9,15 @@ from storedvalue.hq.domain.parameters import (
     ParametersChangeRecord,
     ParameterValues,
 )
-from storedvalue.hq.grpc_api.convert import money_from_proto, money_to_proto, timestamp
+from storedvalue.hq.grpc_api.convert.common import (
+    duration_from_proto,
+    duration_to_proto,
+    money_from_proto,
+    optional_money_to_proto,
+    timestamp,
+)
 from storedvalue.v1 import back_office_service_pb2 as bo_pb
-from storedvalue.v1 import common_pb2, parameters_pb2
-
-
-def duration_to_proto(value: timedelta) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromTimedelta(value)
-    return duration
-
-
-def duration_from_proto(duration: duration_pb2.Duration, field: str) -> timedelta:
-    """A client's Duration; INVALID_FIELD unless well formed and in range."""
-    return duration_from_parts(duration.seconds, duration.nanos, field)
+from storedvalue.v1 import parameters_pb2
 
 
 def parameters_to_proto(params: Parameters) -> parameters_pb2.Parameters:
@@ -48,8 +36,8 @@ def parameters_to_proto(params: Parameters) -> parameters_pb2.Parameters:
 
 def limits_to_proto(limits: OfflineRiskLimits) -> parameters_pb2.OfflineRiskLimits:
     return parameters_pb2.OfflineRiskLimits(
-        max_line_amount=_optional_money(limits.max_line_amount),
-        max_unsynced_amount=_optional_money(limits.max_unsynced_amount),
+        max_line_amount=optional_money_to_proto(limits.max_line_amount),
+        max_unsynced_amount=optional_money_to_proto(limits.max_unsynced_amount),
         max_offline_duration=(
             None if limits.max_offline_duration is None
             else duration_to_proto(limits.max_offline_duration)
@@ -124,7 +112,3 @@ def parameters_change_from_proto(request: bo_pb.UpdateParametersRequest) -> Para
                                                      "credit_memo_offline_limits"),
         cleared=tuple(request.clear_fields),
     )
-
-
-def _optional_money(money: Money | None) -> common_pb2.Money | None:
-    return None if money is None else money_to_proto(money)
