@@ -33,6 +33,7 @@ from storedvalue.hq.services.unit_of_work import (
     ParametersRepository,
     RedemptionRepository,
     RequestLog,
+    SeenCards,
     StoredResponse,
     TerminalReportRepository,
     TerminalRepository,
@@ -106,29 +107,37 @@ def _taken(what: str) -> ConcurrentUpdate:
 
 
 class FakeCardRepository:
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: _State, seen: SeenCards) -> None:
         self._state = state
+        self._seen = seen
 
     def get(self, card_number: str) -> Card | None:
         card = self._state.cards.get(card_number)
         return None if card is None else _detached(card)
 
     def get_for_update(self, card_number: str) -> Card | None:
-        return self.get(card_number)
+        card = self.get(card_number)
+        if card is not None:
+            self._seen.add(card)
+        return card
 
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
-        return {
+        found = {
             number: _detached(self._state.cards[number])
             for number in sorted(set(card_numbers))
             if number in self._state.cards
         }
+        self._seen.extend(found.values())
+        return found
 
     def add(self, cards: Iterable[Card]) -> None:
+        cards = list(cards)
         new = [_stored(_detached(card)) for card in cards]
         numbers = [card.card_number for card in new]
         if len(set(numbers)) != len(numbers) or any(n in self._state.cards for n in numbers):
             raise _taken("cards.card_number")
         self._state.cards.update((card.card_number, card) for card in new)
+        self._seen.extend(cards)
 
     def save(self, cards: Iterable[Card]) -> None:
         for card in cards:
@@ -479,7 +488,8 @@ class FakeUnitOfWork:
 
     def _begin(self) -> None:
         state = self._state = self._storage.committed.copy()
-        self.cards = FakeCardRepository(state)
+        self._seen = SeenCards()
+        self.cards = FakeCardRepository(state, self._seen)
         self.lock_history = FakeLockHistoryRepository(state)
         self.journal = FakeJournalRepository(state)
         self.redemptions = FakeRedemptionRepository(state)
@@ -502,6 +512,7 @@ class FakeUnitOfWork:
     def commit(self) -> None:
         if self._state is None:
             raise RuntimeError("commit() outside the unit of work's `with` block")
+        self._seen.append_journal(self.journal)
         self._storage.committed = self._state
         self._begin()  # work after a commit goes on in a new transaction
 

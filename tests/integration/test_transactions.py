@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from storage_samples import card_number, make_card
+from storage_samples import NOW, card_number, make_card, read
 
 from storedvalue.hq.config import HQConfig
+from storedvalue.hq.domain.cards import CardKind, issue_card
 from storedvalue.hq.domain.errors import HQBusy, InvalidField
+from storedvalue.hq.domain.journal import JournalEntryKind
+from storedvalue.hq.domain.money import Money
 from storedvalue.hq.server import open_transactions
 from storedvalue.hq.services.transactions import MAX_ATTEMPTS, Transactions, Work
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Repositories, Storage
@@ -139,6 +142,45 @@ def test_a_unit_that_loses_every_race_is_hq_busy_and_changes_nothing(storage: St
         run(storage, alone)
     assert len(attempts) == MAX_ATTEMPTS
     assert known_cards(storage, range(5, 6)) == []
+
+
+def test_a_unit_commits_the_journal_its_cards_recorded_and_a_failed_unit_none(
+    storage: Storage,
+) -> None:
+    attempts = []
+
+    def issues(number: int, *, fails: bool = False, loses_first_race: bool = False
+               ) -> Work[None]:
+        def work(uow: Repositories) -> None:
+            attempts.append(number)
+            uow.cards.add([issue_card(
+                card_number=card_number(number), kind=CardKind.GIFT_CARD,
+                value=Money(500, "EUR"), terminal_id="till-1", transaction_id=f"sale-{number}",
+                now=NOW)])
+            if fails:
+                raise InvalidField("amount", "made up for the test")
+            if loses_first_race and attempts.count(number) == 1:
+                raise ConcurrentUpdate("made up for the test")
+
+        return work
+
+    async def together(transactions: Transactions) -> tuple[object, ...]:
+        return await asyncio.gather(
+            transactions.write(issues(1)),
+            transactions.write(issues(2, fails=True)),
+            transactions.write(issues(3, loses_first_race=True)),
+            return_exceptions=True,
+        )
+
+    first, failed, third = run(storage, together)
+
+    assert first is None and third is None and isinstance(failed, InvalidField)
+    journals = read(storage, lambda uow: [
+        [(e.kind, e.amount_minor) for e in uow.journal.list_for_card(
+            card_number(n), after_entry_id=0, limit=10)]
+        for n in (1, 2, 3)])
+    # No entry of the failed unit, nor of the attempt that lost its race, went with another.
+    assert journals == [[(JournalEntryKind.ISSUE, 500)], [], [(JournalEntryKind.ISSUE, 500)]]
 
 
 def test_units_that_arrive_together_share_one_commit(

@@ -111,8 +111,8 @@ class Card:
     last_fencing_token: int = 0
     lock: Lock | None = None
     remainder_of_card_number: str = ""
-    # Journal entries produced by the rules since the card was loaded; the service layer
-    # appends them in the same database transaction as the card's new state.
+    # Journal entries the rules recorded since the card was loaded (`_record`); the unit of
+    # work appends them as it commits, in the same database transaction as the card's state.
     pending_entries: list[JournalEntry] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -209,21 +209,11 @@ class Card:
     def force_release(self, *, reason: str, by: str, now: datetime) -> Lock | None:
         """Back office: release whoever holds the lock; the journal keeps why and who."""
         released, self.lock = self.lock, None
-        self.pending_entries.append(
-            JournalEntry(
-                card_number=self.card_number,
-                kind=JournalEntryKind.FORCED_UNLOCK,
-                amount_minor=0,
-                currency=self.currency,
-                balance_after_minor=self.balance_minor,
-                terminal_id=released.terminal_id if released else "",
-                transaction_id=released.transaction_id if released else "",
-                line_id="",
-                offline=False,
-                occurred_at=now,
-                recorded_at=now,
-                note=f"{by}: {reason}",
-            )
+        self._record(
+            JournalEntryKind.FORCED_UNLOCK, 0,
+            terminal_id=released.terminal_id if released else "",
+            transaction_id=released.transaction_id if released else "",
+            line_id="", offline=False, occurred_at=now, now=now, note=f"{by}: {reason}",
         )
         return released
 
@@ -357,20 +347,10 @@ class Card:
         now: datetime,
     ) -> int:
         self.balance_minor -= amount_minor
-        self.pending_entries.append(
-            JournalEntry(
-                card_number=self.card_number,
-                kind=JournalEntryKind.REDEEM,
-                amount_minor=-amount_minor,
-                currency=self.currency,
-                balance_after_minor=self.balance_minor,
-                terminal_id=terminal_id,
-                transaction_id=transaction_id,
-                line_id=line_id,
-                offline=offline,
-                occurred_at=occurred_at,
-                recorded_at=now,
-            )
+        self._record(
+            JournalEntryKind.REDEEM, -amount_minor, terminal_id=terminal_id,
+            transaction_id=transaction_id, line_id=line_id, offline=offline,
+            occurred_at=occurred_at, now=now,
         )
         if self.kind is not CardKind.CREDIT_MEMO:
             return 0
@@ -380,20 +360,10 @@ class Card:
             self.status = CardStatus.REDEEMED
         if remainder > 0:
             self.balance_minor = 0
-            self.pending_entries.append(
-                JournalEntry(
-                    card_number=self.card_number,
-                    kind=JournalEntryKind.REMAINDER_OUT,
-                    amount_minor=-remainder,
-                    currency=self.currency,
-                    balance_after_minor=0,
-                    terminal_id=terminal_id,
-                    transaction_id=transaction_id,
-                    line_id=line_id,
-                    offline=offline,
-                    occurred_at=occurred_at,
-                    recorded_at=now,
-                )
+            self._record(
+                JournalEntryKind.REMAINDER_OUT, -remainder, terminal_id=terminal_id,
+                transaction_id=transaction_id, line_id=line_id, offline=offline,
+                occurred_at=occurred_at, now=now,
             )
         return remainder
 
@@ -410,21 +380,41 @@ class Card:
         occurred_at: datetime | None = None,
     ) -> None:
         self.balance_minor += amount_minor
-        self.pending_entries.append(
-            JournalEntry(
-                card_number=self.card_number,
-                kind=kind,
-                amount_minor=amount_minor,
-                currency=self.currency,
-                balance_after_minor=self.balance_minor,
-                terminal_id=terminal_id,
-                transaction_id=transaction_id,
-                line_id=line_id,
-                offline=offline,
-                occurred_at=occurred_at or now,
-                recorded_at=now,
-            )
+        self._record(
+            kind, amount_minor, terminal_id=terminal_id, transaction_id=transaction_id,
+            line_id=line_id, offline=offline, occurred_at=occurred_at or now, now=now,
         )
+
+    def _record(
+        self,
+        kind: JournalEntryKind,
+        amount_minor: int,
+        *,
+        terminal_id: str,
+        transaction_id: str,
+        line_id: str,
+        offline: bool,
+        occurred_at: datetime,
+        now: datetime,
+        note: str = "",
+    ) -> None:
+        """The one place a journal entry is made: a movement of `amount_minor` (signed) that
+        has just been applied, so the card's balance is the entry's balance after. The unit
+        of work appends the recorded entries when it commits."""
+        self.pending_entries.append(JournalEntry(
+            card_number=self.card_number,
+            kind=kind,
+            amount_minor=amount_minor,
+            currency=self.currency,
+            balance_after_minor=self.balance_minor,
+            terminal_id=terminal_id,
+            transaction_id=transaction_id,
+            line_id=line_id,
+            offline=offline,
+            occurred_at=occurred_at,
+            recorded_at=now,
+            note=note,
+        ))
 
 
 def issue_card(

@@ -38,7 +38,6 @@ from storedvalue.hq.domain.terminals import (
     validate_display_name,
     validate_terminal_id,
 )
-from storedvalue.hq.services.cards import flush
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.idempotency import RequestKey, once, run_once
 from storedvalue.hq.services.offline import SyncStatus, sync_status
@@ -133,7 +132,7 @@ class BackOfficeService:
             if card is None:
                 raise CardNotFound(card_number)
             released = card.force_release(reason=reason.strip(), by=admin, now=now)
-            flush(uow, [card])
+            uow.cards.save([card])
             return ForcedUnlock(card=card.snapshot(now), released_lock=released)
 
         return await run_once(self._transactions, key, ForcedUnlock, self._clock, run)
@@ -180,7 +179,7 @@ class BackOfficeService:
             if card is not None:
                 card.clear_flag_if_resolved(uow.exceptions.count_open_for_card(
                     card.card_number))
-                flush(uow, [card])
+                uow.cards.save([card])
             return ResolvedException(
                 exception=exc, card=card.snapshot(now) if card is not None else None
             )
@@ -294,7 +293,7 @@ class BackOfficeService:
                     )
                     assert lock is not None
                     released.append(lock)
-            flush(uow, list(cards.values()))
+            uow.cards.save(cards.values())
             return RevokedTerminal(_view(uow, terminal, now), tuple(released))
 
         return await run_once(self._transactions, key, RevokedTerminal, self._clock, run)

@@ -42,25 +42,6 @@ class RedeemResult:
     remainder_credit_memo: Card | None = None
 
 
-def flush(uow: Repositories, cards: list[Card]) -> None:
-    """Write back loaded cards and the journal entries their rules produced."""
-    uow.cards.save(cards)
-    entries = [entry for card in cards for entry in card.pending_entries]
-    if entries:
-        uow.journal.append(entries)
-    for card in cards:
-        card.pending_entries.clear()
-
-
-def add_new_cards(uow: Repositories, cards: list[Card]) -> None:
-    uow.cards.add(cards)
-    entries = [entry for card in cards for entry in card.pending_entries]
-    if entries:
-        uow.journal.append(entries)
-    for card in cards:
-        card.pending_entries.clear()
-
-
 class CardService:
     def __init__(
         self,
@@ -114,7 +95,7 @@ class CardService:
             lock = card.acquire_lock(
                 terminal_id=terminal_id, transaction_id=transaction_id, now=now, lease=lease
             )
-            flush(uow, [card])
+            uow.cards.save([card])
             if lock.fencing_token > issued:  # a new lock, not a renewal: remember it
                 uow.lock_history.add([LockGrant.of(lock)])
             return LockResult(lock=lock, card=card.snapshot(now))
@@ -142,7 +123,7 @@ class CardService:
                 transaction_id=transaction_id,
                 fencing_token=fencing_token,
             )
-            flush(uow, [card])
+            uow.cards.save([card])
             # Released by its holder: an offline line under it is no longer trusted.
             uow.lock_history.mark_released_by_holder(
                 [(card_number, released.fencing_token)], now)
@@ -200,9 +181,9 @@ class CardService:
                     now=now,
                     remainder_of=card,
                 )
-            flush(uow, [card])
+            uow.cards.save([card])
             if memo is not None:
-                add_new_cards(uow, [memo])
+                uow.cards.add([memo])
             uow.redemptions.add([
                 Redemption(
                     terminal_id=terminal_id,
@@ -269,7 +250,7 @@ class CardService:
                 transaction_id=transaction_id,
                 now=now,
             )
-            add_new_cards(uow, [card])
+            uow.cards.add([card])
             return card.snapshot(now)
 
         with self._throttle.counting(terminal_id):
@@ -295,7 +276,7 @@ class CardService:
             card.add_value(
                 amount=money, terminal_id=terminal_id, transaction_id=transaction_id, now=now
             )
-            flush(uow, [card])
+            uow.cards.save([card])
             return card.snapshot(now)
 
         with self._throttle.counting(terminal_id):

@@ -25,7 +25,6 @@ from storedvalue.hq.domain.offline import (
 from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
 from storedvalue.hq.domain.reversals import cards_a_reversal_touches, reversal_keys
 from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
-from storedvalue.hq.services.cards import add_new_cards, flush
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.idempotency import RequestKey, remember, replay
 from storedvalue.hq.services.parameters import parameters_as_used
@@ -228,11 +227,11 @@ class OfflineService:
                 new_card_number=self._new_card_number,
                 limits=self.limits.per_item,
             )
-            flush(uow, list(cards.values()))
+            uow.cards.save(cards.values())
             if plan.released_by_holder:
                 uow.lock_history.mark_released_by_holder(plan.released_by_holder, now)
             if plan.new_cards:
-                add_new_cards(uow, plan.new_cards)
+                uow.cards.add(plan.new_cards)
             if plan.redemptions:
                 uow.redemptions.add(plan.redemptions)
             if plan.reversed_redemptions:

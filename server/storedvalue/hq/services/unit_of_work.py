@@ -46,7 +46,40 @@ class StoredResponse:
     created_at: datetime
 
 
+class SeenCards:
+    """The cards one unit of work loaded for update or added, in that order. As the unit
+    commits, the journal entries their rules recorded (`Card.pending_entries`) are appended,
+    each once (`append_journal`): no use case has to remember to (cosmicpython's `seen` and
+    `collect_new_events`)."""
+
+    __slots__ = ("_cards",)
+
+    def __init__(self) -> None:
+        self._cards: list[Card] = []
+
+    def add(self, card: Card) -> None:
+        self._cards.append(card)
+
+    def extend(self, cards: Iterable[Card]) -> None:
+        self._cards.extend(cards)
+
+    def clear(self) -> None:
+        """Forget the cards of a unit that did not commit."""
+        self._cards.clear()
+
+    def append_journal(self, journal: JournalRepository) -> None:
+        cards, self._cards = self._cards, []
+        entries = [entry for card in cards for entry in card.pending_entries]
+        if entries:
+            journal.append(entries)
+        for card in cards:
+            card.pending_entries.clear()
+
+
 class CardRepository(Protocol):
+    """Cards handed out for update and cards added are seen by the unit of work, which
+    appends their recorded journal entries as it commits."""
+
     def get(self, card_number: str) -> Card | None: ...
     def get_for_update(self, card_number: str) -> Card | None: ...
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
@@ -219,7 +252,8 @@ class UnitOfWork(Repositories, Protocol):
         """Rolls back whatever was not committed."""
         ...
     def commit(self) -> None:
-        """May raise ConcurrentUpdate."""
+        """Append the journal entries its cards recorded, then commit. May raise
+        ConcurrentUpdate."""
         ...
 
 

@@ -14,6 +14,7 @@ from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.domain.offline_locks import LockGrant
+from storedvalue.hq.services.unit_of_work import SeenCards
 from storedvalue.hq.storage import rows
 from storedvalue.hq.storage.statements import Statement, in_chunks
 from storedvalue.hq.storage.tables import cards, journal, lock_history, redemptions
@@ -104,8 +105,9 @@ _MARK_REVERSED = Statement(
 
 
 class SqlCardRepository:
-    def __init__(self, tx: Transaction) -> None:
+    def __init__(self, tx: Transaction, seen: SeenCards) -> None:
         self._tx = tx
+        self._seen = seen
 
     def get(self, card_number: str) -> Card | None:
         row = self._tx.fetch_first(_CARD, {"card_number": card_number})
@@ -113,17 +115,24 @@ class SqlCardRepository:
 
     def get_for_update(self, card_number: str) -> Card | None:
         row = self._tx.fetch_first(_CARD_FOR_UPDATE, {"card_number": card_number})
-        return None if row is None else rows.card_from_row(row)
+        if row is None:
+            return None
+        card = rows.card_from_row(row)
+        self._seen.add(card)
+        return card
 
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
         found: dict[str, Card] = {}
         for chunk in in_chunks(card_numbers):
             for row in self._tx.fetch(_CARDS_FOR_UPDATE, {"numbers": chunk}):
                 found[row.card_number] = rows.card_from_row(row)
+        self._seen.extend(found.values())
         return found
 
     def add(self, cards: Iterable[Card]) -> None:
+        cards = list(cards)
         self._tx.write(_INSERT_CARDS, [rows.card_values(card) for card in cards])
+        self._seen.extend(cards)
 
     def save(self, cards: Iterable[Card]) -> None:
         # One row per card, the last state wins: a bulk UPDATE on PostgreSQL would apply an

@@ -316,8 +316,10 @@ def _run_unit(tx: Transaction, repositories: SqlRepositories, work: Callable[[An
     """One unit in its own savepoint: (True, result) or (False, exception)."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
+            repositories.start_unit()
             tx.savepoint()
             result = work(repositories)
+            repositories.end_unit()  # the journal its cards recorded, inside the savepoint
             tx.release_savepoint()
         except ConcurrentUpdate as lost:
             if not _undo(tx):
@@ -366,6 +368,7 @@ def _run_reads(tx: Transaction, repositories: SqlRepositories, group: list[_Unit
             break
     if tx.is_open:
         tx.rollback()  # a reader's transaction only pins its snapshot
+    repositories.start_unit()  # reads write nothing: forget any card they loaded
     return outcomes
 
 

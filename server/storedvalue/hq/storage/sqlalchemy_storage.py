@@ -22,6 +22,7 @@ from storedvalue.hq.services.unit_of_work import (
     ParametersRepository,
     RedemptionRepository,
     RequestLog,
+    SeenCards,
     TerminalReportRepository,
     TerminalRepository,
 )
@@ -76,7 +77,8 @@ class SqlStorage:
 
 
 class SqlRepositories:
-    """The repositories over one Transaction."""
+    """The repositories over one Transaction. Group commit runs many units of work on one
+    set, each between `start_unit` and `end_unit`."""
 
     cards: CardRepository
     lock_history: LockHistoryRepository
@@ -90,7 +92,8 @@ class SqlRepositories:
     reports: TerminalReportRepository
 
     def __init__(self, tx: Transaction) -> None:
-        self.cards = SqlCardRepository(tx)
+        self._seen = SeenCards()
+        self.cards = SqlCardRepository(tx, self._seen)
         self.lock_history = SqlLockHistoryRepository(tx)
         self.journal = SqlJournalRepository(tx)
         self.redemptions = SqlRedemptionRepository(tx)
@@ -100,6 +103,15 @@ class SqlRepositories:
         self.parameters = SqlParametersRepository(tx)
         self.terminals = SqlTerminalRepository(tx)
         self.reports = SqlTerminalReportRepository(tx)
+
+    def start_unit(self) -> None:
+        """Forget what a unit that did not commit left seen."""
+        self._seen.clear()
+
+    def end_unit(self) -> None:
+        """The unit is about to commit (or release its savepoint): append the journal
+        entries its cards recorded."""
+        self._seen.append_journal(self.journal)
 
 
 class SqlUnitOfWork(SqlRepositories):
@@ -134,6 +146,7 @@ class SqlUnitOfWork(SqlRepositories):
     def commit(self) -> None:
         if self._tx is None:
             raise RuntimeError("commit() outside the unit of work's `with` block")
+        self.end_unit()
         self._tx.commit()
 
     def _release(self) -> None:
