@@ -26,32 +26,10 @@ from storedvalue.terminal import (
     UnexpectedError,
     error_from_rpc,
 )
+from storedvalue.terminal._errors import _BY_REASON, FALLBACK_REASONS
 from storedvalue.v1 import errors_pb2
 
 from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, card_number
-
-# Reasons a POS application never sees as a typed error: back office, per-item sync, and
-# two the library handles itself (TOO_MANY_WATCHERS ends its WatchParameters stream, which it
-# follows again after a backoff; CALL_TOO_LONG is DEADLINE_EXCEEDED, a lost link to it).
-NOT_FOR_TILLS = {
-    "TOO_MANY_WATCHERS",
-    "CALL_TOO_LONG",
-    "TERMINAL_NOT_FOUND",
-    "TERMINAL_ALREADY_EXISTS",
-    "EXCEPTION_NOT_FOUND",
-    "EXCEPTION_ALREADY_RESOLVED",
-    "PARAMETERS_VERSION_CONFLICT",
-    "OFFLINE_OVERDRAFT",
-    "OFFLINE_NOT_ALLOWED",
-    "TRANSACTION_CONFLICT",
-    "ALREADY_REDEEMED_ONLINE",
-    "REMAINDER_MEMO_IN_USE",
-    "REVERSAL_MISMATCH",
-    "TERMINAL_REVOKED",
-    "OFFLINE_LINE_LIMIT_EXCEEDED",
-    "OFFLINE_UNSYNCED_LIMIT_EXCEEDED",
-    "OFFLINE_DURATION_EXCEEDED",
-}
 
 
 class FailedCall(grpc.RpcError, grpc.Call):
@@ -97,20 +75,53 @@ class FailedCall(grpc.RpcError, grpc.Call):
         return False
 
 
+CONTRACT_REASONS = [
+    name.removeprefix("ERROR_REASON_")
+    for name in errors_pb2.ErrorReason.keys()  # noqa: SIM118 (an enum wrapper, not a dict)
+    if name != "ERROR_REASON_UNSPECIFIED"
+]
+
+
 @pytest.mark.parametrize(
-    "reason",
-    [
-        name.removeprefix("ERROR_REASON_")
-        for name in errors_pb2.ErrorReason.keys()  # noqa: SIM118 (an enum wrapper, not a dict)
-        if name != "ERROR_REASON_UNSPECIFIED"
-        and name.removeprefix("ERROR_REASON_") not in NOT_FOR_TILLS
-    ],
+    "reason", [reason for reason in CONTRACT_REASONS if reason not in FALLBACK_REASONS]
 )
 def test_every_reason_a_till_can_meet_has_its_own_error_class(reason: str) -> None:
     error = error_from_rpc(FailedCall(grpc.StatusCode.FAILED_PRECONDITION, reason))
     assert not isinstance(error, UnexpectedError)
     assert reason in type(error).reasons
     assert error.reason == reason
+
+
+def test_every_reason_of_the_contract_has_a_class_or_a_documented_fallback_not_both() -> None:
+    from_hq = set(_BY_REASON)
+    assert set(CONTRACT_REASONS) == from_hq | FALLBACK_REASONS
+    assert not from_hq & FALLBACK_REASONS
+
+
+@pytest.mark.parametrize("reason", sorted(FALLBACK_REASONS))
+def test_a_fallback_reason_raises_its_status_codes_class_with_the_reason(reason: str) -> None:
+    error = error_from_rpc(FailedCall(grpc.StatusCode.NOT_FOUND, reason, {"k": "v"}))
+    assert type(error) is CardNotFound
+    assert (error.reason, dict(error.metadata)) == (reason, {"k": "v"})
+
+
+def test_an_error_class_registers_itself_and_a_reason_has_one_class() -> None:
+    class MadeUpForTheTest(TerminalError):
+        reasons = ("MADE_UP_FOR_THE_TEST",)
+
+    try:
+        error = error_from_rpc(FailedCall(grpc.StatusCode.ABORTED, "MADE_UP_FOR_THE_TEST"))
+        assert type(error) is MadeUpForTheTest
+        with pytest.raises(TypeError, match="already MadeUpForTheTest's"):
+            class Again(TerminalError):
+                reasons = ("MADE_UP_FOR_THE_TEST",)
+    finally:
+        del _BY_REASON["MADE_UP_FOR_THE_TEST"]
+
+
+def test_an_error_the_library_raises_itself_is_never_built_from_hq() -> None:
+    error = error_from_rpc(FailedCall(grpc.StatusCode.FAILED_PRECONDITION, "TENDER_NOT_FOUND"))
+    assert type(error) is UnexpectedError and error.reason == "TENDER_NOT_FOUND"
 
 
 def test_card_locked_carries_the_holder_and_the_lease_end() -> None:

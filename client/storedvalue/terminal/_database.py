@@ -116,7 +116,7 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
 )
 
 
-class DataDirectoryInUse(TerminalError):
+class DataDirectoryInUse(TerminalError, local=True):
     """Another live process has this terminal's data directory open."""
 
     reasons = ("DATA_DIRECTORY_IN_USE",)

@@ -1,7 +1,10 @@
 """The terminal's one error hierarchy and the one place that maps gRPC failures onto it.
 
-Each class declares the ``ErrorInfo`` reasons it stands for; ``error_from_rpc`` reads the
-``google.rpc.Status`` HQ put in the ``grpc-status-details-bin`` trailer and picks the class.
+Each class declares the ``ErrorInfo`` reasons it stands for and registers itself for them
+when it is defined (``local=True`` for errors the library raises itself, never mapped from
+HQ); ``error_from_rpc`` reads the ``google.rpc.Status`` HQ put in the
+``grpc-status-details-bin`` trailer and picks the class. Every reason of the contract has a
+class or is one of the documented ``FALLBACK_REASONS``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,28 @@ RETRYABLE_SYNC_CODES = TRANSIENT_CODES | {grpc.StatusCode.RESOURCE_EXHAUSTED}
 """Codes a sync batch is resent after (with backoff); anything else is never retried blindly."""
 
 
+FALLBACK_REASONS = frozenset({
+    # The back office's: a till never calls those RPCs.
+    "TERMINAL_NOT_FOUND", "TERMINAL_ALREADY_EXISTS", "EXCEPTION_NOT_FOUND",
+    "EXCEPTION_ALREADY_RESOLVED", "PARAMETERS_VERSION_CONFLICT", "TERMINAL_REVOKED",
+    # Per-item outcomes of offline sync: in SyncResult, never raised.
+    "OFFLINE_OVERDRAFT", "OFFLINE_NOT_ALLOWED", "TRANSACTION_CONFLICT",
+    "ALREADY_REDEEMED_ONLINE", "REMAINDER_MEMO_IN_USE", "REVERSAL_MISMATCH",
+    "OFFLINE_LINE_LIMIT_EXCEEDED", "OFFLINE_UNSYNCED_LIMIT_EXCEEDED",
+    "OFFLINE_DURATION_EXCEEDED",
+    # Handled by the library: TOO_MANY_WATCHERS ends a WatchParameters stream, followed
+    # again after a backoff; CALL_TOO_LONG is DEADLINE_EXCEEDED, a lost link.
+    "TOO_MANY_WATCHERS", "CALL_TOO_LONG",
+})
+"""The contract's reasons with no class of their own. A call failing with one raises the
+class of its status code (``InvalidArgument``, ``CardNotFound``, ``Unauthenticated``,
+``PermissionDenied``, ``RateLimited``, ``HQUnavailable`` for a transient code) or
+``UnexpectedError``, its ``reason`` and ``metadata`` as HQ sent them."""
+
+_BY_REASON: dict[str, type[TerminalError]] = {}
+"""Filled by the classes themselves as they are defined (``TerminalError.__init_subclass__``)."""
+
+
 class TerminalError(Exception):
     """Base of every error the terminal library raises.
 
@@ -35,6 +60,18 @@ class TerminalError(Exception):
     sale stays open and those lines are paid."""
 
     reasons: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, *, local: bool = False, **kwargs: object) -> None:
+        """Register the class for the reasons it declares itself (not those it inherits), so
+        ``error_from_rpc`` builds it, as ``cls(details, reason=, metadata=, code=)``, from
+        an HQ failure with one of them. ``local=True``: the library raises it itself."""
+        super().__init_subclass__(**kwargs)
+        if local:
+            return
+        for reason in cls.__dict__.get("reasons", ()):
+            taken = _BY_REASON.setdefault(reason, cls)
+            if taken is not cls:
+                raise TypeError(f"reason {reason} is already {taken.__name__}'s")
 
     def __init__(
         self,
@@ -94,7 +131,7 @@ class TlsProblem(enum.Enum):
     """Another handshake failure (the message has the TLS library's words)."""
 
 
-class HandshakeFailed(TerminalError):
+class HandshakeFailed(TerminalError, local=True):
     """The TLS handshake with HQ failed: a certificate problem on this till or at HQ, not a
     lost link. The terminal does not go OFFLINE for it (sales do not complete offline for a
     configuration error; each call raises this instead), and the request never left.
@@ -226,13 +263,13 @@ class LineReversed(TerminalError):
     reasons = ("LINE_REVERSED",)
 
 
-class TenderNotFound(TerminalError):
+class TenderNotFound(TerminalError, local=True):
     """Raised locally: the sale has no tender (locked card) for this card number."""
 
     reasons = ("TENDER_NOT_FOUND",)
 
 
-class SaleAlreadyCompleted(TerminalError):
+class SaleAlreadyCompleted(TerminalError, local=True):
     """Raised locally: the sale was already completed on this terminal, and this call is not
     a retry of that completion (``complete_sale`` with the same lines returns ``result``
     instead), or would add to it (a tender, an abandon)."""
@@ -245,14 +282,14 @@ class SaleAlreadyCompleted(TerminalError):
         """How the sale was completed."""
 
 
-class SaleAbandoned(TerminalError):
+class SaleAbandoned(TerminalError, local=True):
     """Raised locally: the sale was abandoned on this terminal; its transaction id cannot be
     used again."""
 
     reasons = ("SALE_ABANDONED",)
 
 
-class RedeemOutcomeUnknown(TerminalError):
+class RedeemOutcomeUnknown(TerminalError, local=True):
     """Raised locally by ``complete_sale``: a line uses the card of another line of the sale
     whose Redeem was sent and never answered (HQ may have debited that card for it). Resend
     that line unchanged, or leave the card out: the unanswered line is then reversed.
@@ -300,7 +337,7 @@ class OfflineRefusal:
         return LIMIT_REFUSALS.get(self.why, "")
 
 
-class OfflineNotAllowed(TerminalError):
+class OfflineNotAllowed(TerminalError, local=True):
     """Raised locally: HQ is unreachable and some lines may not complete offline. The sale is
     still open and nothing of it was lost; ``line_ids`` names the refused lines."""
 
@@ -325,7 +362,7 @@ class OfflineNotAllowed(TerminalError):
         return OfflineNotAllowed(refusals)
 
 
-class OfflineLimitExceeded(OfflineNotAllowed):
+class OfflineLimitExceeded(OfflineNotAllowed, local=True):
     """Raised locally: HQ is unreachable and a line would take the terminal past an offline
     risk limit of HQ's parameters. The sale is still open and nothing of it was lost: the
     cashier takes another tender for what is over the limit, or waits for HQ. ``limit`` names
@@ -361,30 +398,6 @@ class OfflineLimitExceeded(OfflineNotAllowed):
     def time_left(self) -> timedelta | None:
         return self.refusals[0].time_left
 
-
-_BY_REASON: dict[str, type[TerminalError]] = {
-    reason: cls
-    for cls in (
-        HQBusy,
-        InvalidArgument,
-        CurrencyMismatch,
-        RequestIdReused,
-        LimitExceeded,
-        CardNotFound,
-        CardAlreadyExists,
-        CardLocked,
-        LockNotHeld,
-        InsufficientFunds,
-        CardFlagged,
-        CardRedeemed,
-        CardKindNotSupported,
-        LineReversed,
-        Unauthenticated,
-        PermissionDenied,
-        RateLimited,
-    )
-    for reason in cls.reasons
-}
 
 _BY_CODE: dict[grpc.StatusCode, type[TerminalError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
