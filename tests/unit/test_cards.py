@@ -58,6 +58,23 @@ def test_generated_card_numbers_carry_a_valid_check_digit() -> None:
     assert luhn_check_digit("7992739871") == "3"
 
 
+def textbook_luhn(payload: str) -> str:
+    total = 0
+    for index, char in enumerate(reversed(payload)):
+        digit = int(char) * (2 if index % 2 == 0 else 1)
+        total += digit - 9 if digit > 9 else digit
+    return str((10 - total % 10) % 10)
+
+
+def test_the_check_digit_is_luhns_for_every_digit_string_and_refuses_anything_else() -> None:
+    for payload in ["0", "9", "18", "7992739871", "0" * 18, "9" * 18,
+                    *(str(n).zfill(length) for n in range(0, 10**6, 7919) for length in (7, 15))]:
+        assert luhn_check_digit(payload) == textbook_luhn(payload), payload
+    for payload in ["12a4", "\u0661\u0662", "1 2", ""]:
+        with pytest.raises(ValueError, match="ASCII digits"):
+            luhn_check_digit(payload)
+
+
 def test_same_terminal_and_transaction_relocking_renews_the_lease_and_keeps_the_token() -> None:
     card = gift_card()
     first = card.acquire_lock(terminal_id="t1", transaction_id="s1", now=NOW, lease=LEASE)

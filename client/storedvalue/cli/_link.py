@@ -117,10 +117,6 @@ class Link:
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    @property
-    def mode(self) -> LinkMode:
-        return self._mode
-
     # -- faults -------------------------------------------------------------------------
 
     def pass_through(self) -> None:

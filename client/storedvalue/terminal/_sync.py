@@ -31,8 +31,6 @@ from ._errors import (
 from ._hq_client import HQClient
 from ._hq_records import SyncItemResult
 from ._model import (
-    ConnectivityChange,
-    ConnectivityState,
     SyncOutcome,
     SyncProgress,
     SyncSummary,
@@ -113,10 +111,6 @@ class SyncAgent:
     def trigger(self) -> None:
         """Ask the background agent for a sync run (no-op while OFFLINE)."""
         self._trigger.set()
-
-    def on_connectivity(self, change: ConnectivityChange) -> None:
-        if change.state is ConnectivityState.ONLINE:
-            self.trigger()
 
     def sync_now(self) -> SyncSummary:
         """Run a sync in the calling thread (waits for a background run to finish first)."""
