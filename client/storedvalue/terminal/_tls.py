@@ -193,8 +193,10 @@ def _plaintext_meets_tls(sock: socket.socket, address: str) -> HandshakeFailed |
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE  # only asking whether TLS is spoken at all
     try:
-        with probe.wrap_socket(sock):
-            pass
+        # The handshake inside the `with`: one failing in wrap_socket itself would leave
+        # the SSLSocket unclosed (a ResourceWarning, an error under the tests' filters).
+        with probe.wrap_socket(sock, do_handshake_on_connect=False) as tls:
+            tls.do_handshake()
     except (ssl.SSLError, OSError):
         return None
     return HandshakeFailed(
