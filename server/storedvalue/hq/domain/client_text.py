@@ -39,3 +39,12 @@ def validate_free_text(value: str, field_name: str, *, max_length: int) -> str:
     if not value.isprintable() and not all(c.isprintable() or c in _TEXT_BREAKS for c in value):
         raise InvalidField(field_name, "must not contain control characters")
     return value
+
+
+def required_free_text(value: str, field_name: str, *, max_length: int, why: str) -> str:
+    """A note the back office must give (a reason, a resolution), as `validate_free_text`,
+    not blank; `why` says what it is for. Returns it stripped."""
+    validate_free_text(value, field_name, max_length=max_length)
+    if not value.strip():
+        raise InvalidField(field_name, f"is required: {why}")
+    return value.strip()

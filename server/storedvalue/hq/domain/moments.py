@@ -13,6 +13,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_EPOCH_SECONDS, MAX_EPOCH_SECONDS = -62_135_596_800, 253_402_300_799
 # The documented range of a Duration: about +-10,000 years.
 MAX_DURATION_SECONDS = 315_576_000_000
+INVALID_TIMESTAMP = ("is not a valid timestamp (out of range, or nanos outside "
+                     "0..999,999,999)")
+"""What a client is told of a Timestamp `moment_from_epoch` refuses."""
 _NANOS = 1_000_000_000
 
 

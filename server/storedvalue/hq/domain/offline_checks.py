@@ -23,6 +23,7 @@ from storedvalue.hq.domain.errors import (
     RateLimited,
     StoredValueError,
 )
+from storedvalue.hq.domain.moments import INVALID_TIMESTAMP
 from storedvalue.hq.domain.money import (
     MAX_AMOUNT_MINOR,
     positive_money,
@@ -81,8 +82,7 @@ def validate_content(txn: OfflineTransaction, limits: ItemLimits) -> None:
     if lines > limits.max_lines:
         raise LimitExceeded("max_lines_per_transaction", limits.max_lines, lines)
     if txn.unreadable_fields:
-        raise InvalidField(txn.unreadable_fields[0], "is not a valid timestamp (out of range, "
-                                                     "or nanos outside 0..999,999,999)")
+        raise InvalidField(txn.unreadable_fields[0], INVALID_TIMESTAMP)
     if txn.completed_at is None:
         raise InvalidField("completed_at", "is required")
     seen: set[str] = set()

@@ -10,14 +10,13 @@ from storedvalue.hq.domain.cards import Card, Lock, validate_card_number
 from storedvalue.hq.domain.client_text import (
     MAX_REASON_LENGTH,
     MAX_RESOLUTION_LENGTH,
-    validate_free_text,
+    required_free_text,
     validate_id,
 )
 from storedvalue.hq.domain.errors import (
     CardNotFound,
     ExceptionAlreadyResolved,
     ExceptionNotFound,
-    InvalidField,
     TerminalAlreadyExists,
     TerminalNotFound,
 )
@@ -123,15 +122,14 @@ class BackOfficeService:
                      ) -> ForcedUnlock:
         key.validate()
         validate_card_number(card_number)
-        validate_free_text(reason, "reason", max_length=MAX_REASON_LENGTH)
-        if not reason.strip():
-            raise InvalidField("reason", "is required: say why the lock is forced")
+        reason = required_free_text(reason, "reason", max_length=MAX_REASON_LENGTH,
+                                    why="say why the lock is forced")
 
         def run(uow: Repositories, now: datetime) -> ForcedUnlock:
             card = uow.cards.get_for_update(card_number)
             if card is None:
                 raise CardNotFound(card_number)
-            released = card.force_release(reason=reason.strip(), by=admin, now=now)
+            released = card.force_release(reason=reason, by=admin, now=now)
             uow.cards.save([card])
             return ForcedUnlock(card=card.snapshot(now), released_lock=released)
 
@@ -161,9 +159,9 @@ class BackOfficeService:
                           resolution: str) -> ResolvedException:
         key.validate()
         validate_id(exception_id, "exception_id")
-        validate_free_text(resolution, "resolution", max_length=MAX_RESOLUTION_LENGTH)
-        if not resolution.strip():
-            raise InvalidField("resolution", "is required: say what was done")
+        resolution = required_free_text(resolution, "resolution",
+                                        max_length=MAX_RESOLUTION_LENGTH,
+                                        why="say what was done")
 
         def run(uow: Repositories, now: datetime) -> ResolvedException:
             exc = uow.exceptions.get_for_update(exception_id)
@@ -174,7 +172,7 @@ class BackOfficeService:
             card = uow.cards.get_for_update(exc.card_number) if exc.card_number else None
             exc.resolved_at = now
             exc.resolved_by = admin
-            exc.resolution = resolution.strip()
+            exc.resolution = resolution
             uow.exceptions.save(exc)
             if card is not None:
                 card.clear_flag_if_resolved(uow.exceptions.count_open_for_card(
@@ -270,15 +268,14 @@ class BackOfficeService:
         replicas are told (`announce`)."""
         key.validate()
         validate_terminal_id(terminal_id)
-        validate_free_text(reason, "reason", max_length=MAX_REASON_LENGTH)
-        if not reason.strip():
-            raise InvalidField("reason", "is required: say why the terminal is revoked")
+        reason = required_free_text(reason, "reason", max_length=MAX_REASON_LENGTH,
+                                    why="say why the terminal is revoked")
 
         def run(uow: Repositories, now: datetime) -> RevokedTerminal:
             terminal = uow.terminals.get_for_update(terminal_id)
             if terminal is None:
                 raise TerminalNotFound(terminal_id)
-            terminal.revoke(by=admin, reason=reason.strip(), now=now)
+            terminal.revoke(by=admin, reason=reason, now=now)
             uow.terminals.save(terminal)
             uow.terminals.announce(terminal_id)
             held = uow.cards.list_locks(now=now, terminal_id=terminal_id, include_expired=True,
@@ -288,7 +285,7 @@ class BackOfficeService:
             for card in cards.values():  # locked in card-number order
                 if card.lock is not None and card.lock.terminal_id == terminal_id:
                     lock = card.force_release(
-                        reason=f"terminal {terminal_id} revoked: {reason.strip()}", by=admin,
+                        reason=f"terminal {terminal_id} revoked: {reason}", by=admin,
                         now=now,
                     )
                     assert lock is not None

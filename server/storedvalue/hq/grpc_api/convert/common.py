@@ -14,7 +14,12 @@ from google.protobuf.message import Message
 
 from storedvalue.hq.domain.cards import CardKind
 from storedvalue.hq.domain.errors import InvalidField
-from storedvalue.hq.domain.moments import EPOCH, duration_from_parts, moment_from_epoch
+from storedvalue.hq.domain.moments import (
+    EPOCH,
+    INVALID_TIMESTAMP,
+    duration_from_parts,
+    moment_from_epoch,
+)
 from storedvalue.hq.domain.money import Money
 from storedvalue.v1 import common_pb2
 
@@ -76,8 +81,7 @@ def moment_from_proto(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
     """A client's Timestamp; INVALID_FIELD unless well formed and in range."""
     found = moment_from_epoch(ts.seconds, ts.nanos)
     if found is None:
-        raise InvalidField(field, "is not a valid timestamp (out of range, or nanos outside "
-                                  "0..999,999,999)")
+        raise InvalidField(field, INVALID_TIMESTAMP)
     return found
 
 
