@@ -31,9 +31,9 @@ def request_key(caller: Caller, request: Message, operation: str) -> RequestKey:
 
 
 def fingerprint(request: Message) -> bytes:
-    """`convert.request_fingerprint(request)` without copying the request: when request_id is
-    the message's first field, its deterministic serialization is the request_id's record
-    followed by exactly what the request without it serializes to."""
+    """`convert.common.request_fingerprint(request)` without copying the request: when
+    request_id is the message's first field, its deterministic serialization is the
+    request_id's record followed by exactly what the request without it serializes to."""
     tag = _leading_id_tag(cast(Descriptor, request.DESCRIPTOR))
     if tag is None:
         return request_fingerprint(request)
