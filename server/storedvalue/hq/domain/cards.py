@@ -105,7 +105,7 @@ class Card:
     last_fencing_token: int = 0
     lock: Lock | None = None
     remainder_of_card_number: str = ""
-    # Journal entries the rules recorded since the card was loaded (`_record`); the unit of
+    # Journal entries the rules recorded since the card was loaded (`_move`); the unit of
     # work appends them as it commits, in the same database transaction as the card's state.
     pending_entries: list[JournalEntry] = field(default_factory=list, compare=False, repr=False)
 
@@ -203,11 +203,11 @@ class Card:
     def force_release(self, *, reason: str, by: str, now: datetime) -> Lock | None:
         """Back office: release whoever holds the lock; the journal keeps why and who."""
         released, self.lock = self.lock, None
-        self._record(
+        self._move(
             JournalEntryKind.FORCED_UNLOCK, 0,
             terminal_id=released.terminal_id if released else "",
             transaction_id=released.transaction_id if released else "",
-            line_id="", offline=False, occurred_at=now, now=now, note=f"{by}: {reason}",
+            now=now, note=f"{by}: {reason}",
         )
         return released
 
@@ -260,7 +260,7 @@ class Card:
             raise CardKindNotSupported(self.card_number, self.kind.value, "adding value")
         self._require_currency(amount)
         require_balance_within_limit(self.balance_minor + amount.amount_minor)
-        self._credit(
+        self._move(
             JournalEntryKind.ADD_VALUE,
             amount.amount_minor,
             terminal_id=terminal_id,
@@ -303,7 +303,7 @@ class Card:
         """Move value back for a reversed line: positive credits a debit back, negative voids
         a remainder memo. A credit memo that holds value again is usable again (the use was
         undone); one emptied is used up. A flagged card stays flagged for the back office."""
-        self._credit(
+        self._move(
             JournalEntryKind.REVERSAL, amount_minor, terminal_id=terminal_id,
             transaction_id=transaction_id, line_id=line_id, offline=True, now=now,
         )
@@ -340,8 +340,7 @@ class Card:
         occurred_at: datetime,
         now: datetime,
     ) -> int:
-        self.balance_minor -= amount_minor
-        self._record(
+        self._move(
             JournalEntryKind.REDEEM, -amount_minor, terminal_id=terminal_id,
             transaction_id=transaction_id, line_id=line_id, offline=offline,
             occurred_at=occurred_at, now=now,
@@ -353,15 +352,14 @@ class Card:
         if self.status is CardStatus.ACTIVE:
             self.status = CardStatus.REDEEMED
         if remainder > 0:
-            self.balance_minor = 0
-            self._record(
+            self._move(  # to zero: the remainder is the whole balance
                 JournalEntryKind.REMAINDER_OUT, -remainder, terminal_id=terminal_id,
                 transaction_id=transaction_id, line_id=line_id, offline=offline,
                 occurred_at=occurred_at, now=now,
             )
         return remainder
 
-    def _credit(
+    def _move(
         self,
         kind: JournalEntryKind,
         amount_minor: int,
@@ -372,29 +370,12 @@ class Card:
         line_id: str = "",
         offline: bool = False,
         occurred_at: datetime | None = None,
-    ) -> None:
-        self.balance_minor += amount_minor
-        self._record(
-            kind, amount_minor, terminal_id=terminal_id, transaction_id=transaction_id,
-            line_id=line_id, offline=offline, occurred_at=occurred_at or now, now=now,
-        )
-
-    def _record(
-        self,
-        kind: JournalEntryKind,
-        amount_minor: int,
-        *,
-        terminal_id: str,
-        transaction_id: str,
-        line_id: str,
-        offline: bool,
-        occurred_at: datetime,
-        now: datetime,
         note: str = "",
     ) -> None:
-        """The one place a journal entry is made: a movement of `amount_minor` (signed) that
-        has just been applied, so the card's balance is the entry's balance after. The unit
-        of work appends the recorded entries when it commits."""
+        """The one place the balance moves and a journal entry is made: `amount_minor`
+        (signed: positive credits the card) moves, and the entry records it with the new
+        balance. The unit of work appends the recorded entries when it commits."""
+        self.balance_minor += amount_minor
         self.pending_entries.append(JournalEntry(
             card_number=self.card_number,
             kind=kind,
@@ -405,7 +386,7 @@ class Card:
             transaction_id=transaction_id,
             line_id=line_id,
             offline=offline,
-            occurred_at=occurred_at,
+            occurred_at=occurred_at or now,
             recorded_at=now,
             note=note,
         ))
@@ -435,7 +416,7 @@ def issue_card(
         issued_at=now,
         remainder_of_card_number=remainder_of.card_number if remainder_of else "",
     )
-    card._credit(
+    card._move(
         JournalEntryKind.REMAINDER_IN if remainder_of else JournalEntryKind.ISSUE,
         value.amount_minor,
         terminal_id=terminal_id,
