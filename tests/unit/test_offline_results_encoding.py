@@ -1,4 +1,5 @@
-"""The stored form of offline results: every field survives, and the earlier form still reads."""
+"""The stored form of offline results: every field survives, and the array form that
+earlier versions stored still reads."""
 
 from __future__ import annotations
 
@@ -54,11 +55,25 @@ RESULTS = [
 
 @pytest.mark.parametrize("result", RESULTS)
 def test_an_offline_result_reads_back_as_it_was_stored(result: OfflineTransactionResult) -> None:
-    assert offline_results.loads(offline_results.dumps(result)) == result
-
-
-@pytest.mark.parametrize("result", RESULTS)
-def test_an_offline_result_stored_in_the_earlier_json_form_still_reads(
-    result: OfflineTransactionResult,
-) -> None:
     assert offline_results.loads(records.dumps(result)) == result
+
+
+# Written by earlier versions, which stored offline results as JSON arrays.
+EARLIER_ARRAYS = [
+    '["t-1",1,"APPLIED","APPLIED","","",[],[]]',
+    '["t-\\u00e9\\"2",1099511627776,"ALREADY_APPLIED","APPLIED_WITH_EXCEPTION","OVERDRAFT",'
+    '"balance \\"short\\"\\nby 5",[["1","APPLIED","",0,"EUR","7001"],'
+    '["2","REJECTED","CARD_NOT_FOUND",null,null,""],'
+    '["3","APPLIED_WITH_EXCEPTION","OVERDRAFT",-250,"USD",""]],["x-1","x-2"]]',
+    '["t-3",3,"APPLIED_WITH_EXCEPTION","APPLIED_WITH_EXCEPTION","REMAINDER_MEMO_IN_USE","",[],'
+    '["x-3"],[["L0","REVERSED","REMAINDER_MEMO_IN_USE",500,"EUR","","7002"],'
+    '["L1","REVERSED","",2000,"EUR","7003",""],["L2","NEVER_APPLIED","",null,null,"",""],'
+    '["L3","REJECTED","\\"odd\\"\\n",null,null,"",""]]]',
+]
+
+
+@pytest.mark.parametrize(("text", "result"), list(zip(EARLIER_ARRAYS, RESULTS, strict=True)))
+def test_an_offline_result_stored_as_an_array_by_an_earlier_version_still_reads(
+    text: str, result: OfflineTransactionResult,
+) -> None:
+    assert offline_results.loads(text) == result

@@ -217,7 +217,7 @@ def offline_record_values(record: OfflineRecord) -> Values:
         "sequence_number": record.sequence_number,
         "fingerprint": record.fingerprint,
         "outcome": record.result.outcome.value,
-        "result_json": offline_results.dumps(record.result),
+        "result_json": records.dumps(record.result),
         "received_at": to_micros(record.received_at),
     }
 
