@@ -4,6 +4,12 @@ The transaction is begun, committed and rolled back on the driver itself, and st
 (`Statement`) run on the driver's cursor: SQLAlchemy's connection and transaction
 bookkeeping costs more than SQLite's own work for an online call. Every statement runs
 through here, so a lost race surfaces as ConcurrentUpdate wherever it happens.
+
+On PostgreSQL each statement is a round trip to the server, so writes (which return
+nothing) are held back and sent together, in one pipeline, right before the next read or
+with the COMMIT: a Redeem's four writes and its COMMIT are one round trip instead of five.
+A write's failure (a lost race above all) then surfaces at that read or at the commit,
+still inside the unit of work, which rolls back whole as before.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class Transaction:
         self._cursor: Any = driver.cursor()
         self._begin_sql: str | None = None
         self._open = False
+        # PostgreSQL: writes not sent yet (SQL, parameters), in order.
+        self._held: list[tuple[str, Any]] = []
 
     @property
     def dialect(self) -> Dialect:
@@ -57,6 +65,8 @@ class Transaction:
             bound = _bound_with_list(compiled, params, in_list, keys)
         if not self._open:
             self.begin()
+        if self._held:
+            self._send_held()
         try:
             cursor = self._cursor
             cursor.execute(compiled.sql, bound)
@@ -72,6 +82,8 @@ class Transaction:
         bound = compiled.bind(params)
         if not self._open:
             self.begin()
+        if self._held:
+            self._send_held()
         try:
             cursor = self._cursor
             cursor.execute(compiled.sql, bound)
@@ -93,14 +105,18 @@ class Transaction:
         sql = compiled.sql
         if not self._open:
             self.begin()
+        if self._postgresql:
+            if not many:
+                self._held.append((sql, compiled.bind(rows[0])))
+            else:
+                self._held.append(
+                    (sql, {f"c{i}": [row[key] for row in rows] for i, key in enumerate(keys)}))
+            return
         cursor = self._cursor
         params: Any = None
         try:
             if not many:
                 params = compiled.bind(rows[0])
-                cursor.execute(sql, params)
-            elif self._postgresql:
-                params = {f"c{i}": [row[key] for row in rows] for i, key in enumerate(keys)}
                 cursor.execute(sql, params)
             elif compiled.order is not None:
                 order = compiled.order
@@ -144,7 +160,10 @@ class Transaction:
 
     def commit(self) -> None:
         try:
-            self._driver.commit()
+            if self._held:
+                self._send_held(commit=True)
+            else:
+                self._driver.commit()
         except self._error as error:
             raise translated_driver_error("COMMIT", None, error, self._error) from None
         finally:
@@ -153,6 +172,7 @@ class Transaction:
     def rollback(self) -> None:
         """Roll back whatever is open (nothing happens when nothing is)."""
         self._open = False
+        self._held.clear()
         try:
             self._driver.rollback()
         except self._error as error:
@@ -197,9 +217,28 @@ class Transaction:
         finally:
             self._cursor.close()
 
+    def _send_held(self, *, commit: bool = False) -> None:
+        """PostgreSQL: send the writes held back (and the COMMIT) in one pipeline; the first
+        failure among them is raised once the pipeline has synced."""
+        held, self._held = self._held, []
+        cursor = self._cursor
+        try:
+            with self._driver.pipeline():
+                for sql, params in held:
+                    cursor.execute(sql, params)
+                if commit:
+                    self._driver.commit()
+        except self._error as error:
+            if commit:  # the COMMIT was skipped after the failure: end the transaction
+                self._driver.rollback()
+            raise translated_driver_error(
+                "a pipeline of writes", None, error, self._error) from None
+
     def _execute(self, sql: str, params: Any) -> None:
         if not self._open:
             self.begin()
+        if self._held:
+            self._send_held()
         try:
             if params is None:
                 self._cursor.execute(sql)
