@@ -6,12 +6,16 @@ committed."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from storage_samples import NOW, card_number, make_card, read
 
 from storedvalue.hq.config import HQConfig
@@ -256,3 +260,41 @@ def test_a_write_that_finds_the_database_locked_waits_without_blocking_the_loop(
 
     assert waited and read_before is None
     assert written == card_number(1)
+
+
+@pytest.mark.postgres
+def test_units_of_work_go_on_after_postgresql_ended_the_executors_connections(
+    postgres_url: str,
+) -> None:
+    """The executor's threads keep their connections between units of work; when the
+    server ends them (a restart, a terminated backend), the next units connect again
+    instead of failing."""
+    name = f"sv-executor-{secrets.token_hex(4)}"  # this test's connections, and no others
+    url = make_url(postgres_url)
+    storage = SqlStorage.from_url(url.update_query_dict({"application_name": name}))
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        upgrade_to_head(storage.engine)
+
+        async def scenario(transactions: Transactions) -> list[str]:
+            numbers = range(1, 9)
+            await asyncio.gather(*(transactions.write(adds(n)) for n in numbers))
+            with admin.connect() as connection:
+                ended = connection.execute(text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = :name"), {"name": name}).fetchall()
+                assert ended
+                deadline = time.monotonic() + 10
+                while connection.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+                    {"name": name}).scalar():
+                    assert time.monotonic() < deadline, "the backends did not end"
+                    await asyncio.sleep(0.05)
+            more = range(9, 17)
+            return await asyncio.gather(*(transactions.write(adds(n)) for n in more))
+
+        assert run(storage, scenario) == [card_number(n) for n in range(9, 17)]
+        assert known_cards(storage, range(1, 17)) == list(range(1, 17))
+    finally:
+        admin.dispose()
+        storage.close()

@@ -42,6 +42,7 @@ from storedvalue.hq.services.unit_of_work import Storage
 from storedvalue.hq.storage import SqlStorage, upgrade_to_head
 from storedvalue.hq.storage.group_commit import GroupCommitTransactions
 from storedvalue.hq.storage.parameter_changes import ParameterChangeListener
+from storedvalue.hq.storage.sqlalchemy_storage import ThreadSessions
 from storedvalue.hq.tls import ServerCertificates, load_certificates
 from storedvalue.v1 import back_office_service_pb2, terminal_service_pb2
 
@@ -64,9 +65,13 @@ def open_storage(config: HQConfig) -> SqlStorage:
 
 def open_transactions(storage: Storage, config: HQConfig) -> Transactions:
     """The executor sized for the database: SQLite's group-commit writer and its readers,
-    or one thread per pooled connection (PostgreSQL, and any other storage)."""
-    if isinstance(storage, SqlStorage) and storage.engine.dialect.name == "sqlite":
-        return GroupCommitTransactions(storage, readers=config.database_connections - 1)
+    or one thread per pooled connection, each keeping its connection (PostgreSQL; any other
+    storage: a unit of work each time)."""
+    if isinstance(storage, SqlStorage):
+        if storage.engine.dialect.name == "sqlite":
+            return GroupCommitTransactions(storage, readers=config.database_connections - 1)
+        return ThreadedTransactions(ThreadSessions(storage), threads=config.database_connections,
+                                    owns_storage=True)
     return ThreadedTransactions(storage, threads=config.database_connections)
 
 

@@ -78,10 +78,12 @@ class ThreadedTransactions:
     transactions at once as the database has connections for this process (PostgreSQL's
     pool size), however many callers wait."""
 
-    def __init__(self, storage: Storage, *, threads: int) -> None:
+    def __init__(self, storage: Storage, *, threads: int, owns_storage: bool = False) -> None:
+        """`owns_storage`: `close()` closes `storage` too, once the threads are done."""
         if threads < 1:
             raise ValueError("threads must be at least 1")
         self._storage = storage
+        self._owns_storage = owns_storage
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hq-database")
 
     async def write(self, work: Work[T], *, large: bool = False) -> T:
@@ -96,6 +98,8 @@ class ThreadedTransactions:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self._owns_storage:
+            self._storage.close()
 
 
 def _read(storage: Storage, work: Work[T]) -> T:

@@ -6,6 +6,10 @@ method that takes or returns many rows is one bulk statement (or one per IN-list
 
 from __future__ import annotations
 
+import logging
+import select
+import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -44,6 +48,8 @@ from storedvalue.hq.storage.offline_repositories import (
     SqlOfflineRecordRepository,
 )
 from storedvalue.hq.storage.transaction import Transaction
+
+log = logging.getLogger(__name__)
 
 
 class SqlStorage:
@@ -158,3 +164,138 @@ class SqlUnitOfWork(SqlRepositories):
         finally:
             if pooled is not None:
                 pooled.close()
+
+
+class ThreadSessions:
+    """The storage for an executor's threads (PostgreSQL's): each thread keeps one pooled
+    connection, its Transaction and its repositories from one unit of work to the next,
+    instead of a pool checkout (with its liveness ping, a round trip) and new objects for
+    every unit. Before each unit, a look at the connection's socket (no round trip) tells
+    whether the server said something unasked, which an idle connection only hears when it
+    is being ended (the server restarted, the backend was terminated): such a connection is
+    dropped and the thread connects again, as the pool's ping did. A connection that breaks
+    during a unit is dropped after it. `close()` gives the connections back (once the
+    threads are done); the engine stays the storage's."""
+
+    def __init__(self, storage: SqlStorage) -> None:
+        self._storage = storage
+        self._local = threading.local()
+        self._sessions: set[_Session] = set()
+        self._lock = threading.Lock()
+
+    def unit_of_work(self, *, write: bool) -> _HeldUnitOfWork:
+        session: _Session | None = getattr(self._local, "session", None)
+        if session is not None and session.stale():
+            session.drop()
+            session = None
+        if session is None:
+            session = _Session(self._storage, self._forget)
+            self._local.session = session
+            with self._lock:
+                self._sessions.add(session)
+        return session.unit_of_work(write)
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, set()
+        for session in sessions:
+            session.release()
+
+    def _forget(self, session: _Session) -> None:
+        if getattr(self._local, "session", None) is session:
+            self._local.session = None
+        with self._lock:
+            self._sessions.discard(session)
+
+
+class _Session:
+    """One thread's connection and repositories."""
+
+    def __init__(self, storage: SqlStorage, forget: Callable[[_Session], None]) -> None:
+        self._pooled, self._tx = storage.connect()
+        self._repositories = SqlRepositories(self._tx)
+        self._forget = forget
+
+    def unit_of_work(self, write: bool) -> _HeldUnitOfWork:
+        return _HeldUnitOfWork(self, self._tx, self._repositories, write)
+
+    def ended(self) -> None:
+        """After a unit of work: roll back what it left open; a broken connection is
+        given back (invalidated) and the thread connects again next time. Raises nothing:
+        the unit's own outcome (its result, or the error that ended it) is what counts."""
+        try:
+            if self._tx.is_open:
+                self._tx.rollback()
+        except Exception:
+            log.warning("dropping a database connection that failed to roll back",
+                        exc_info=True)
+            self.drop()
+            return
+        if getattr(self._pooled.dbapi_connection, "broken", False):
+            self.drop()
+
+    def stale(self) -> bool:
+        """Whether the connection broke, or the server wrote to it while it was idle."""
+        driver = self._pooled.dbapi_connection
+        if driver is None or getattr(driver, "broken", False) or getattr(driver, "closed", False):
+            return True
+        try:
+            readable, _, _ = select.select([driver.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def release(self) -> None:
+        try:
+            self._tx.close()
+        finally:
+            self._pooled.close()
+
+    def drop(self) -> None:
+        """Give the connection back as unusable; the thread's next unit connects again."""
+        self._forget(self)
+        try:
+            self._pooled.invalidate()
+            self._pooled.close()
+        except Exception:
+            log.warning("releasing a broken database connection failed", exc_info=True)
+
+
+class _HeldUnitOfWork:
+    """A unit of work on a thread's held connection (the UnitOfWork protocol)."""
+
+    def __init__(self, session: _Session, tx: Transaction, repositories: SqlRepositories,
+                 write: bool) -> None:
+        self._session = session
+        self._tx = tx
+        self._write = write
+        r = repositories
+        self.cards = r.cards
+        self.lock_history = r.lock_history
+        self.journal = r.journal
+        self.redemptions = r.redemptions
+        self.requests = r.requests
+        self.offline = r.offline
+        self.exceptions = r.exceptions
+        self.parameters = r.parameters
+        self.terminals = r.terminals
+        self.reports = r.reports
+
+    def __enter__(self) -> Self:
+        try:
+            self._tx.begin(write=self._write)
+        except BaseException:
+            self._session.ended()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._session.ended()
+
+    def commit(self) -> None:
+        self._tx.commit()
