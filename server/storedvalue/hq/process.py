@@ -7,7 +7,6 @@ connections get the new certificates) and never ends the process.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import sys
@@ -52,11 +51,6 @@ async def _serve(config: HQConfig, printed: TextIO) -> int:
     try:
         app = await HQApplication.open(config)
         await app.start()
-        # Everything built so far (modules, tables, compiled statements, descriptors) lives
-        # as long as the process: out of the collector's sight, a full collection under
-        # load walks only what calls allocate.
-        gc.collect()
-        gc.freeze()
         _announce(app, printed)
         await stop_requested.wait()
         grace = config.grace_period_seconds
