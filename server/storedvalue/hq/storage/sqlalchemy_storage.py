@@ -269,7 +269,7 @@ class _HeldUnitOfWork:
         self._session = session
         self._tx = tx
         self._write = write
-        r = repositories
+        self._repositories = r = repositories
         self.cards = r.cards
         self.lock_history = r.lock_history
         self.journal = r.journal
@@ -287,6 +287,7 @@ class _HeldUnitOfWork:
         except BaseException:
             self._session.ended()
             raise
+        self._repositories.start_unit()  # the held repositories outlive units: start clean
         return self
 
     def __exit__(
@@ -298,4 +299,5 @@ class _HeldUnitOfWork:
         self._session.ended()
 
     def commit(self) -> None:
+        self._repositories.end_unit()  # the journal its cards recorded
         self._tx.commit()
