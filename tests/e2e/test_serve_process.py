@@ -116,14 +116,54 @@ def test_get_card_with_an_empty_request_is_invalid_argument_through_grpcurl(
                          hq.address, "storedvalue.v1.TerminalService/GetCard")
 
     assert refused.returncode != 0
-    assert "Code: InvalidArgument" in refused.stdout + refused.stderr
-    assert '"reason":"INVALID_CARD_NUMBER"' in (refused.stdout + refused.stderr).replace(" ", "")
+    said = refused.stdout + refused.stderr
+    assert "Code: InvalidArgument" in said
+    assert "Message: card_number: is required" in said
+    compact = said.replace(" ", "")
+    assert '"reason":"INVALID_CARD_NUMBER"' in compact
+    # grpcurl decodes the BadRequest beside the ErrorInfo (reflection serves its file).
+    assert '"@type":"type.googleapis.com/google.rpc.BadRequest"' in compact
+    assert '"field":"card_number","description":"isrequired"' in compact
     listed = hq.admin("terminals", "list", "--json")
     assert [t["terminal_id"] for t in json.loads(listed.stdout)] == ["till-1"]
     unknown = hq.admin("journal", "4111111111111111")
     assert unknown.returncode == 1
     assert "NOT_FOUND CARD_NOT_FOUND" in unknown.stderr
     assert "4111111111111111" not in unknown.stderr
+
+
+def test_a_lock_refusal_through_grpcurl_writes_its_time_as_the_lock_response_does(
+    serve_process: ServeProcess,
+) -> None:
+    hq = serve_process
+    tokens = []
+    for till in ("till-1", "till-2"):
+        registered = hq.admin("terminals", "register", till)
+        assert registered.returncode == 0, registered.stderr
+        tokens.append(json.loads(registered.stdout)["credential"]["bearer_token"])
+    issued = hq.grpcurl("-H", f"authorization: Bearer {tokens[0]}", "-d", json.dumps({
+        "request_id": "issue-1", "kind": "CARD_KIND_GIFT_CARD",
+        "initial_value": {"amount_minor": 1000, "currency_code": "EUR"}}),
+        hq.address, "storedvalue.v1.TerminalService/IssueCard")
+    assert issued.returncode == 0, issued.stderr
+    card = json.loads(issued.stdout)["card"]["cardNumber"]
+
+    def lock(token: str, request_id: str) -> subprocess.CompletedProcess[str]:
+        return hq.grpcurl("-H", f"authorization: Bearer {token}", "-format-error", "-d",
+                          json.dumps({"request_id": request_id, "card_number": card,
+                                      "transaction_id": request_id}),
+                          hq.address, "storedvalue.v1.TerminalService/LockCard")
+
+    locked, refused = lock(tokens[0], "sale-1"), lock(tokens[1], "sale-2")
+
+    assert locked.returncode == 0, locked.stderr
+    lease_end = json.loads(locked.stdout)["lock"]["leaseExpiresAt"]
+    assert lease_end.endswith("Z")
+    assert refused.returncode != 0
+    status = json.loads(refused.stdout or refused.stderr)
+    (info,) = [d for d in status["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+    assert info["reason"] == "CARD_LOCKED"
+    assert info["metadata"]["lease_expires_at"] == lease_end
 
 
 def test_serve_refuses_plaintext_on_a_non_loopback_address(tmp_path: Path) -> None:

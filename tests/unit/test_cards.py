@@ -91,7 +91,7 @@ def test_second_terminal_cannot_lock_a_locked_card_and_learns_who_holds_it() -> 
         card.acquire_lock(terminal_id="t2", transaction_id="s9", now=NOW, lease=LEASE)
     assert refused.value.metadata["holder_terminal_id"] == "t1"
     assert refused.value.metadata["holder_transaction_id"] == "s1"
-    assert refused.value.metadata["lease_expires_at"] == (NOW + LEASE).isoformat()
+    assert refused.value.metadata["lease_expires_at"] == "2026-11-27T16:00:00Z"  # NOW + LEASE
     assert card.card_number not in refused.value.message  # masked
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf import timestamp_pb2
 
 from storedvalue.hq.domain.errors import InvalidField
-from storedvalue.hq.domain.moments import duration_from_parts, moment_from_epoch
+from storedvalue.hq.domain.moments import duration_from_parts, moment_from_epoch, rfc3339
 
 
 def test_a_timestamp_in_range_is_the_utc_moment_to_the_microsecond() -> None:
@@ -42,3 +43,25 @@ def test_a_duration_out_of_range_or_with_nanos_of_the_wrong_sign_is_refused(
     with pytest.raises(InvalidField) as raised:
         duration_from_parts(seconds, nanos, "lock_lease")
     assert raised.value.metadata == {"field": "lock_lease"}
+
+
+@pytest.mark.parametrize("moment", [
+    datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC),
+    datetime(2026, 12, 2, 3, 4, 5, 120_000, tzinfo=UTC),
+    datetime(2026, 12, 2, 3, 4, 5, 123_456, tzinfo=UTC),
+    datetime(2026, 12, 2, 3, 4, 5, 1, tzinfo=UTC),
+    datetime(2026, 12, 2, 4, 4, 5, 250_000, tzinfo=timezone(timedelta(hours=1))),
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+])
+def test_a_moment_is_written_exactly_as_a_response_timestamp_in_json(moment: datetime) -> None:
+    # The JSON form of google.protobuf.Timestamp (what grpcurl and other languages print for
+    # a response's times) is the reference: ErrorInfo metadata must compare equal to it.
+    as_json = timestamp_pb2.Timestamp()
+    as_json.FromDatetime(moment)
+
+    written = rfc3339(moment)
+
+    assert written == as_json.ToJsonString()
+    assert written.endswith("Z") and "+00:00" not in written
+    assert datetime.fromisoformat(written) == moment

@@ -9,7 +9,16 @@ whose details hold exactly one `google.rpc.ErrorInfo` with:
   reason   = the ErrorReason value name without its "ERROR_REASON_" prefix,
              e.g. ERROR_REASON_CARD_LOCKED -> "CARD_LOCKED"
   metadata = the facts a till needs, listed per reason below (all values are strings;
-             timestamps are RFC 3339 UTC; card numbers are masked to their last 4 digits).
+             timestamps are RFC 3339 in UTC with a "Z", written exactly as the JSON form
+             of a google.protobuf.Timestamp in a response, e.g. "2026-12-02T03:04:05.120Z";
+             card numbers are masked to their last 4 digits).
+The mapping is one to one both ways: every reason HQ sends is a value below, and every
+value below is a reason HQ sends.
+An error about one field of the request (INVALID_FIELD, INVALID_CARD_NUMBER,
+INVALID_AMOUNT) also carries a `google.rpc.BadRequest` with one field violation (field =
+the metadata's `field`, a path such as "amount.currency_code" or
+"redeem_lines[0].card_number"; description = what is wrong). A required field left out
+(empty, zero or unset) says so: the message starts with "<field>: is required".
 The gRPC status code for each reason is fixed and given in brackets. Per-item outcomes of
 offline sync (OfflineTransactionResult.reason) use the same reason names.
 """
@@ -36,7 +45,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
     """Never sent."""
     ERROR_REASON_INVALID_FIELD: _ErrorReason.ValueType  # 1
-    """[INVALID_ARGUMENT] A required field is missing or malformed. metadata: field. Ids
+    """[INVALID_ARGUMENT] A required field is missing or malformed (a missing card number is
+    INVALID_CARD_NUMBER, a missing amount INVALID_AMOUNT). metadata: field. Ids
     (request, transaction, line, exception ids) are 1 to 128 printable characters (no
     control or line-break characters); terminal ids 1 to 64 of [A-Za-z0-9._-]; free text
     (reasons, resolutions, display names) is bounded and has no control characters other
@@ -45,11 +55,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     returned (metadata field: page_token).
     """
     ERROR_REASON_INVALID_CARD_NUMBER: _ErrorReason.ValueType  # 2
-    """[INVALID_ARGUMENT] The card number is not 8-19 digits with a valid Luhn check digit.
-    metadata: field.
+    """[INVALID_ARGUMENT] The card number is missing, or not 8-19 digits with a valid Luhn
+    check digit. metadata: field.
     """
     ERROR_REASON_INVALID_AMOUNT: _ErrorReason.ValueType  # 3
-    """[INVALID_ARGUMENT] An amount is zero, negative or out of range. metadata: field."""
+    """[INVALID_ARGUMENT] An amount is missing, zero, negative or out of range. metadata:
+    field.
+    """
     ERROR_REASON_CURRENCY_MISMATCH: _ErrorReason.ValueType  # 4
     """[INVALID_ARGUMENT] The currency differs from the card's. metadata: card_currency,
     request_currency.
@@ -211,7 +223,8 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 """Never sent."""
 ERROR_REASON_INVALID_FIELD: ErrorReason.ValueType  # 1
-"""[INVALID_ARGUMENT] A required field is missing or malformed. metadata: field. Ids
+"""[INVALID_ARGUMENT] A required field is missing or malformed (a missing card number is
+INVALID_CARD_NUMBER, a missing amount INVALID_AMOUNT). metadata: field. Ids
 (request, transaction, line, exception ids) are 1 to 128 printable characters (no
 control or line-break characters); terminal ids 1 to 64 of [A-Za-z0-9._-]; free text
 (reasons, resolutions, display names) is bounded and has no control characters other
@@ -220,11 +233,13 @@ google.protobuf.Timestamp / Duration values; a page token must be one the same l
 returned (metadata field: page_token).
 """
 ERROR_REASON_INVALID_CARD_NUMBER: ErrorReason.ValueType  # 2
-"""[INVALID_ARGUMENT] The card number is not 8-19 digits with a valid Luhn check digit.
-metadata: field.
+"""[INVALID_ARGUMENT] The card number is missing, or not 8-19 digits with a valid Luhn
+check digit. metadata: field.
 """
 ERROR_REASON_INVALID_AMOUNT: ErrorReason.ValueType  # 3
-"""[INVALID_ARGUMENT] An amount is zero, negative or out of range. metadata: field."""
+"""[INVALID_ARGUMENT] An amount is missing, zero, negative or out of range. metadata:
+field.
+"""
 ERROR_REASON_CURRENCY_MISMATCH: ErrorReason.ValueType  # 4
 """[INVALID_ARGUMENT] The currency differs from the card's. metadata: card_currency,
 request_currency.

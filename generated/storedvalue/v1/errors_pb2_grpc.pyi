@@ -9,7 +9,16 @@ whose details hold exactly one `google.rpc.ErrorInfo` with:
   reason   = the ErrorReason value name without its "ERROR_REASON_" prefix,
              e.g. ERROR_REASON_CARD_LOCKED -> "CARD_LOCKED"
   metadata = the facts a till needs, listed per reason below (all values are strings;
-             timestamps are RFC 3339 UTC; card numbers are masked to their last 4 digits).
+             timestamps are RFC 3339 in UTC with a "Z", written exactly as the JSON form
+             of a google.protobuf.Timestamp in a response, e.g. "2026-12-02T03:04:05.120Z";
+             card numbers are masked to their last 4 digits).
+The mapping is one to one both ways: every reason HQ sends is a value below, and every
+value below is a reason HQ sends.
+An error about one field of the request (INVALID_FIELD, INVALID_CARD_NUMBER,
+INVALID_AMOUNT) also carries a `google.rpc.BadRequest` with one field violation (field =
+the metadata's `field`, a path such as "amount.currency_code" or
+"redeem_lines[0].card_number"; description = what is wrong). A required field left out
+(empty, zero or unset) says so: the message starts with "<field>: is required".
 The gRPC status code for each reason is fixed and given in brackets. Per-item outcomes of
 offline sync (OfflineTransactionResult.reason) use the same reason names.
 """

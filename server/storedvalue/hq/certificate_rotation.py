@@ -22,6 +22,7 @@ from typing import cast
 import grpc
 
 from storedvalue.hq.config import ConfigError, HQConfig
+from storedvalue.hq.domain.moments import rfc3339
 from storedvalue.hq.tls import ServerCertificates, file_signature, load_certificates, tls_files
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class ServingCertificates:
         self._on_reload(fresh)
         log.info("TLS files reloaded: new connections get them", extra={
             "trigger": trigger, "subject": fresh.subject,
-            "not_after": fresh.not_after.isoformat(),
+            "not_after": rfc3339(fresh.not_after),
         })
         for warning in fresh.warnings:
             log.warning(warning)

@@ -13,6 +13,7 @@ import sys
 from typing import TextIO
 
 from storedvalue.hq.config import HQConfig, redacted_url, split_listen_address
+from storedvalue.hq.domain.moments import rfc3339
 from storedvalue.hq.event_loops import loop_factory
 from storedvalue.hq.server import HQApplication
 from storedvalue.hq.structured_logging import configure_logging
@@ -84,7 +85,7 @@ def _announce(app: HQApplication, printed: TextIO) -> None:
     if app.certificates is not None:
         served = app.certificates.current
         lines.append(f"TLS certificate: {served.subject}, valid until "
-                     f"{served.not_after.isoformat()} (SIGHUP or a change of the files "
+                     f"{rfc3339(served.not_after)} (SIGHUP or a change of the files "
                      "reloads it)")
         warnings = served.warnings
     if config.uses_mutual_tls:

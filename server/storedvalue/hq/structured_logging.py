@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from storedvalue.hq.domain.errors import mask_card_number
+from storedvalue.hq.domain.moments import rfc3339
 
 _CARD_LIKE = re.compile(r"(?<!\d)\d{8,19}(?!\d)")
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
@@ -40,7 +41,7 @@ def _masked(value: Any) -> Any:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": rfc3339(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": mask_card_numbers(record.getMessage()),

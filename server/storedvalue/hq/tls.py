@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from storedvalue.hq.config import ConfigError, HQConfig
+from storedvalue.hq.domain.moments import rfc3339
 
 EXPIRY_WARNING = timedelta(days=30)
 """A certificate that expires sooner than this is reported at start, on reload, and daily."""
@@ -185,10 +186,10 @@ def _check_validity(certificate: x509.Certificate, path: Path, what: str, now: d
     subject = certificate.subject.rfc4514_string() or "no subject"
     if certificate.not_valid_after_utc <= now:
         raise ConfigError(f"{what} {path} ({subject}) expired on "
-                          f"{_day(certificate.not_valid_after_utc)}: renew it")
+                          f"{rfc3339(certificate.not_valid_after_utc)}: renew it")
     if certificate.not_valid_before_utc > now:
         raise ConfigError(f"{what} {path} ({subject}) is not valid before "
-                          f"{certificate.not_valid_before_utc.isoformat()}: check this "
+                          f"{rfc3339(certificate.not_valid_before_utc)}: check this "
                           "machine's clock, or wait")
 
 
@@ -211,10 +212,6 @@ def _expiry_warning(subject: str, not_after: datetime, now: datetime) -> str | N
     left = not_after - now
     if left >= EXPIRY_WARNING:
         return None
-    return (f"the TLS certificate ({subject}) expires on {_day(not_after)}, in "
+    return (f"the TLS certificate ({subject}) expires on {rfc3339(not_after)}, in "
             f"{max(left.days, 0)} day(s): put a renewed certificate and key in place; HQ "
             "picks them up on SIGHUP or within its reload interval, without a restart")
-
-
-def _day(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M UTC")

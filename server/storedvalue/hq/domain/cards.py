@@ -22,6 +22,7 @@ from storedvalue.hq.domain.errors import (
     LockNotHeld,
 )
 from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
+from storedvalue.hq.domain.moments import rfc3339
 from storedvalue.hq.domain.money import Money, require_balance_within_limit
 from storedvalue.hq.domain.value_objects import value_object
 
@@ -68,7 +69,7 @@ def is_valid_card_number(card_number: str) -> bool:
 
 def validate_card_number(card_number: str, field_name: str = "card_number") -> str:
     if not is_valid_card_number(card_number):
-        raise InvalidCardNumber(field_name)
+        raise InvalidCardNumber(field_name, missing=not card_number)
     return card_number
 
 
@@ -154,7 +155,7 @@ class Card:
                 self.card_number,
                 holder_terminal_id=current.terminal_id,
                 holder_transaction_id=current.transaction_id,
-                lease_expires_at=current.lease_expires_at.isoformat(),
+                lease_expires_at=rfc3339(current.lease_expires_at),
             )
         # Free, or the lease ended: take it. The new token fences off the old holder.
         self.last_fencing_token += 1

@@ -7,8 +7,55 @@ kept as a string so the domain never imports grpc). The transport maps them in o
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from typing import ClassVar
+
+
+class Reason(enum.StrEnum):
+    """Every ErrorInfo reason HQ sends, in calls' errors and in offline sync results. The one
+    rule (errors.proto, README): a reason is its storedvalue.v1.ErrorReason value's name
+    without the ``ERROR_REASON_`` prefix, so ``CARD_LOCKED`` is ``ERROR_REASON_CARD_LOCKED``;
+    a test checks this list against the enum both ways. Strings, so that the domain never
+    imports protobuf."""
+
+    INVALID_FIELD = "INVALID_FIELD"
+    INVALID_CARD_NUMBER = "INVALID_CARD_NUMBER"
+    INVALID_AMOUNT = "INVALID_AMOUNT"
+    CURRENCY_MISMATCH = "CURRENCY_MISMATCH"
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    CARD_NOT_FOUND = "CARD_NOT_FOUND"
+    TERMINAL_NOT_FOUND = "TERMINAL_NOT_FOUND"
+    EXCEPTION_NOT_FOUND = "EXCEPTION_NOT_FOUND"
+    CARD_ALREADY_EXISTS = "CARD_ALREADY_EXISTS"
+    TERMINAL_ALREADY_EXISTS = "TERMINAL_ALREADY_EXISTS"
+    CARD_LOCKED = "CARD_LOCKED"
+    LOCK_NOT_HELD = "LOCK_NOT_HELD"
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    CARD_FLAGGED = "CARD_FLAGGED"
+    CARD_REDEEMED = "CARD_REDEEMED"
+    CARD_KIND_NOT_SUPPORTED = "CARD_KIND_NOT_SUPPORTED"
+    EXCEPTION_ALREADY_RESOLVED = "EXCEPTION_ALREADY_RESOLVED"
+    LINE_REVERSED = "LINE_REVERSED"
+    TERMINAL_REVOKED = "TERMINAL_REVOKED"
+    PARAMETERS_VERSION_CONFLICT = "PARAMETERS_VERSION_CONFLICT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RATE_LIMITED = "RATE_LIMITED"
+    HQ_BUSY = "HQ_BUSY"
+    TOO_MANY_WATCHERS = "TOO_MANY_WATCHERS"
+    CALL_TOO_LONG = "CALL_TOO_LONG"
+    OFFLINE_OVERDRAFT = "OFFLINE_OVERDRAFT"
+    OFFLINE_NOT_ALLOWED = "OFFLINE_NOT_ALLOWED"
+    TRANSACTION_CONFLICT = "TRANSACTION_CONFLICT"
+    ALREADY_REDEEMED_ONLINE = "ALREADY_REDEEMED_ONLINE"
+    REMAINDER_MEMO_IN_USE = "REMAINDER_MEMO_IN_USE"
+    REVERSAL_MISMATCH = "REVERSAL_MISMATCH"
+    OFFLINE_LINE_LIMIT_EXCEEDED = "OFFLINE_LINE_LIMIT_EXCEEDED"
+    OFFLINE_UNSYNCED_LIMIT_EXCEEDED = "OFFLINE_UNSYNCED_LIMIT_EXCEEDED"
+    OFFLINE_DURATION_EXCEEDED = "OFFLINE_DURATION_EXCEEDED"
 
 
 def mask_card_number(card_number: str) -> str:
@@ -37,18 +84,25 @@ class InvalidArgument(StoredValueError):
     code = "INVALID_ARGUMENT"
 
 
-class InvalidField(InvalidArgument):
-    reason = "INVALID_FIELD"
+class FieldError(InvalidArgument):
+    """One field of the request is missing or wrong. The transport adds a
+    google.rpc.BadRequest detail naming it (`field`, `description`) beside the ErrorInfo
+    (metadata `field`). A missing required field says "is required"."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", {"field": field})
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}", {"field": field})
         self.field = field
+        self.description = description
+
+
+class InvalidField(FieldError):
+    reason = Reason.INVALID_FIELD
 
 
 class MalformedRequest(InvalidArgument):
     """The request's bytes are not a protobuf encoding of the request message."""
 
-    reason = "MALFORMED_REQUEST"
+    reason = Reason.MALFORMED_REQUEST
 
     def __init__(self, request_type: str) -> None:
         super().__init__(
@@ -58,24 +112,24 @@ class MalformedRequest(InvalidArgument):
         )
 
 
-class InvalidCardNumber(InvalidArgument):
-    reason = "INVALID_CARD_NUMBER"
+class InvalidCardNumber(FieldError):
+    reason = Reason.INVALID_CARD_NUMBER
 
-    def __init__(self, field: str = "card_number") -> None:
+    def __init__(self, field: str = "card_number", *, missing: bool = False) -> None:
         super().__init__(
-            f"{field}: not 8 to 19 digits with a valid check digit", {"field": field}
+            field, "is required" if missing else "not 8 to 19 digits with a valid check digit"
         )
 
 
-class InvalidAmount(InvalidArgument):
-    reason = "INVALID_AMOUNT"
+class InvalidAmount(FieldError):
+    reason = Reason.INVALID_AMOUNT
 
-    def __init__(self, field: str, message: str = "must be a positive amount") -> None:
-        super().__init__(f"{field}: {message}", {"field": field})
+    def __init__(self, field: str, description: str = "must be a positive amount") -> None:
+        super().__init__(field, description)
 
 
 class CurrencyMismatch(InvalidArgument):
-    reason = "CURRENCY_MISMATCH"
+    reason = Reason.CURRENCY_MISMATCH
     reveals_card = True
 
     def __init__(self, card_currency: str, request_currency: str) -> None:
@@ -86,7 +140,7 @@ class CurrencyMismatch(InvalidArgument):
 
 
 class RequestIdReused(InvalidArgument):
-    reason = "REQUEST_ID_REUSED"
+    reason = Reason.REQUEST_ID_REUSED
 
     def __init__(self, request_id: str) -> None:
         super().__init__(
@@ -96,7 +150,7 @@ class RequestIdReused(InvalidArgument):
 
 
 class LimitExceeded(InvalidArgument):
-    reason = "LIMIT_EXCEEDED"
+    reason = Reason.LIMIT_EXCEEDED
 
     def __init__(self, limit: str, maximum: int, value: int) -> None:
         super().__init__(
@@ -111,7 +165,7 @@ class NotFound(StoredValueError):
 
 
 class CardNotFound(NotFound):
-    reason = "CARD_NOT_FOUND"
+    reason = Reason.CARD_NOT_FOUND
     reveals_card = True
 
     def __init__(self, card_number: str) -> None:
@@ -120,14 +174,14 @@ class CardNotFound(NotFound):
 
 
 class TerminalNotFound(NotFound):
-    reason = "TERMINAL_NOT_FOUND"
+    reason = Reason.TERMINAL_NOT_FOUND
 
     def __init__(self, terminal_id: str) -> None:
         super().__init__(f"no terminal {terminal_id!r}", {"terminal_id": terminal_id})
 
 
 class ExceptionNotFound(NotFound):
-    reason = "EXCEPTION_NOT_FOUND"
+    reason = Reason.EXCEPTION_NOT_FOUND
 
     def __init__(self, exception_id: str) -> None:
         super().__init__(f"no offline exception {exception_id!r}", {"exception_id": exception_id})
@@ -139,7 +193,7 @@ class AlreadyExists(StoredValueError):
 
 
 class CardAlreadyExists(AlreadyExists):
-    reason = "CARD_ALREADY_EXISTS"
+    reason = Reason.CARD_ALREADY_EXISTS
     reveals_card = True
 
     def __init__(self, card_number: str) -> None:
@@ -148,7 +202,7 @@ class CardAlreadyExists(AlreadyExists):
 
 
 class TerminalAlreadyExists(AlreadyExists):
-    reason = "TERMINAL_ALREADY_EXISTS"
+    reason = Reason.TERMINAL_ALREADY_EXISTS
 
     def __init__(self, terminal_id: str) -> None:
         super().__init__(
@@ -162,7 +216,7 @@ class FailedPrecondition(StoredValueError):
 
 
 class CardLocked(FailedPrecondition):
-    reason = "CARD_LOCKED"
+    reason = Reason.CARD_LOCKED
 
     def __init__(
         self,
@@ -185,7 +239,7 @@ class CardLocked(FailedPrecondition):
 
 
 class LockNotHeld(FailedPrecondition):
-    reason = "LOCK_NOT_HELD"
+    reason = Reason.LOCK_NOT_HELD
 
     def __init__(
         self, card_number: str, *, presented_token: int, current_token: int | None
@@ -201,7 +255,7 @@ class LockNotHeld(FailedPrecondition):
 
 
 class InsufficientFunds(FailedPrecondition):
-    reason = "INSUFFICIENT_FUNDS"
+    reason = Reason.INSUFFICIENT_FUNDS
 
     def __init__(self, card_number: str, *, balance: int, requested: int, currency: str) -> None:
         masked = mask_card_number(card_number)
@@ -217,7 +271,7 @@ class InsufficientFunds(FailedPrecondition):
 
 
 class CardFlagged(FailedPrecondition):
-    reason = "CARD_FLAGGED"
+    reason = Reason.CARD_FLAGGED
 
     def __init__(self, card_number: str) -> None:
         masked = mask_card_number(card_number)
@@ -229,7 +283,7 @@ class CardFlagged(FailedPrecondition):
 
 
 class CardRedeemed(FailedPrecondition):
-    reason = "CARD_REDEEMED"
+    reason = Reason.CARD_REDEEMED
 
     def __init__(self, card_number: str) -> None:
         masked = mask_card_number(card_number)
@@ -237,7 +291,7 @@ class CardRedeemed(FailedPrecondition):
 
 
 class CardKindNotSupported(FailedPrecondition):
-    reason = "CARD_KIND_NOT_SUPPORTED"
+    reason = Reason.CARD_KIND_NOT_SUPPORTED
 
     def __init__(self, card_number: str, kind: str, operation: str) -> None:
         masked = mask_card_number(card_number)
@@ -247,7 +301,7 @@ class CardKindNotSupported(FailedPrecondition):
 
 
 class ExceptionAlreadyResolved(FailedPrecondition):
-    reason = "EXCEPTION_ALREADY_RESOLVED"
+    reason = Reason.EXCEPTION_ALREADY_RESOLVED
 
     def __init__(self, exception_id: str) -> None:
         super().__init__(
@@ -259,7 +313,7 @@ class ExceptionAlreadyResolved(FailedPrecondition):
 class LineReversed(FailedPrecondition):
     """The terminal reversed this tender line: it is never debited (again)."""
 
-    reason = "LINE_REVERSED"
+    reason = Reason.LINE_REVERSED
 
     def __init__(self, transaction_id: str, line_id: str, reversal: str) -> None:
         super().__init__(
@@ -272,14 +326,14 @@ class LineReversed(FailedPrecondition):
 class TerminalRevoked(FailedPrecondition):
     """The terminal's credential was revoked: it gets no new credential nor another store."""
 
-    reason = "TERMINAL_REVOKED"
+    reason = Reason.TERMINAL_REVOKED
 
     def __init__(self, terminal_id: str) -> None:
         super().__init__(f"terminal {terminal_id!r} was revoked", {"terminal_id": terminal_id})
 
 
 class ParametersVersionConflict(StoredValueError):
-    reason = "PARAMETERS_VERSION_CONFLICT"
+    reason = Reason.PARAMETERS_VERSION_CONFLICT
     code = "ABORTED"
 
     def __init__(self, expected: int, current: int) -> None:
@@ -290,17 +344,17 @@ class ParametersVersionConflict(StoredValueError):
 
 
 class Unauthenticated(StoredValueError):
-    reason = "UNAUTHENTICATED"
+    reason = Reason.UNAUTHENTICATED
     code = "UNAUTHENTICATED"
 
 
 class PermissionDenied(StoredValueError):
-    reason = "PERMISSION_DENIED"
+    reason = Reason.PERMISSION_DENIED
     code = "PERMISSION_DENIED"
 
 
 class RateLimited(StoredValueError):
-    reason = "RATE_LIMITED"
+    reason = Reason.RATE_LIMITED
     code = "RESOURCE_EXHAUSTED"
 
     def __init__(self, retry_after_seconds: int | None = None) -> None:
@@ -319,7 +373,7 @@ class RateLimited(StoredValueError):
 class HQBusy(StoredValueError):
     """The database stayed busy through every retry; nothing was applied. Transient."""
 
-    reason = "HQ_BUSY"
+    reason = Reason.HQ_BUSY
     code = "UNAVAILABLE"
 
     def __init__(self) -> None:
@@ -330,7 +384,7 @@ class HQBusy(StoredValueError):
 class TooManyWatchers(StoredValueError):
     """This HQ process already serves its maximum of WatchParameters streams."""
 
-    reason = "TOO_MANY_WATCHERS"
+    reason = Reason.TOO_MANY_WATCHERS
     code = "RESOURCE_EXHAUSTED"
 
     def __init__(self, limit: int) -> None:
@@ -344,7 +398,7 @@ class TooManyWatchers(StoredValueError):
 class CallTooLong(StoredValueError):
     """A unary call ran past HQ's own deadline for calls."""
 
-    reason = "CALL_TOO_LONG"
+    reason = Reason.CALL_TOO_LONG
     code = "DEADLINE_EXCEEDED"
 
     def __init__(self, limit_seconds: float) -> None:

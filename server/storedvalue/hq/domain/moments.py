@@ -1,6 +1,6 @@
 """Moments and durations as clients send them: whole seconds plus nanoseconds (the shape of
 google.protobuf.Timestamp and Duration), turned into aware UTC datetimes and timedeltas only
-when they are well formed and in range."""
+when they are well formed and in range; and the one way HQ writes a moment as text."""
 
 from __future__ import annotations
 
@@ -41,3 +41,19 @@ def duration_from_parts(seconds: int, nanos: int, field: str) -> timedelta:
                                   "nanos within +-999,999,999 and of the same sign)")
     return timedelta(seconds=seconds, microseconds=nanos // 1000 if nanos >= 0
                      else -((-nanos) // 1000))
+
+
+def rfc3339(moment: datetime) -> str:
+    """`moment` as HQ writes every time in text (ErrorInfo metadata, messages, logs): RFC 3339
+    in UTC with a `Z`, 0, 3 or 6 fractional digits as needed, exactly as the JSON form of a
+    google.protobuf.Timestamp in a response (e.g. "2026-12-02T03:04:05.120Z"), so a client
+    compares the two as strings."""
+    utc = moment.astimezone(UTC) if moment.utcoffset() else moment
+    micros = utc.microsecond
+    if micros == 0:
+        fraction = ""
+    elif micros % 1000 == 0:
+        fraction = f".{micros // 1000:03d}"
+    else:
+        fraction = f".{micros:06d}"
+    return f"{utc.replace(tzinfo=None, microsecond=0).isoformat()}{fraction}Z"

@@ -27,6 +27,8 @@ class Money:
 def validate_currency(currency: str, field: str) -> str:
     # fullmatch: `$` would also match before a trailing newline ("EUR\n").
     if not _CURRENCY.fullmatch(currency):
+        if not currency:
+            raise InvalidField(field, "is required")
         raise InvalidField(field, "must be a three-letter upper-case ISO 4217 code")
     return currency
 

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from storedvalue.hq.domain.cards import Card, CardKind, issue_card
 from storedvalue.hq.domain.client_text import is_valid_id
-from storedvalue.hq.domain.errors import StoredValueError
+from storedvalue.hq.domain.errors import Reason, StoredValueError
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline_checks import (
     DEFAULT_ITEM_LIMITS,
@@ -193,7 +193,7 @@ def _apply(
                 OfflineLineResult(
                     line_id=line.line_id,
                     outcome=OfflineLineOutcome.ALREADY_REDEEMED_ONLINE,
-                    reason="ALREADY_REDEEMED_ONLINE",
+                    reason=Reason.ALREADY_REDEEMED_ONLINE,
                     balance_after=card.balance,
                     remainder_credit_memo_number=earlier.remainder_card_number,
                 )
@@ -203,7 +203,7 @@ def _apply(
         reasons: list[str] = []
         if applied_params is None or not applied_params.offline_completion_allowed(card.kind):
             reasons.append(record(
-                OfflineExceptionKind.OFFLINE_NOT_ALLOWED, "OFFLINE_NOT_ALLOWED", line,
+                OfflineExceptionKind.OFFLINE_NOT_ALLOWED, Reason.OFFLINE_NOT_ALLOWED, line,
                 f"parameters version {txn.parameters_version} did not allow completing "
                 f"{card.kind.value} sales offline; applied because the goods left the store",
             ))
@@ -216,7 +216,7 @@ def _apply(
                                                   sale_grants.get(line.card_number, ()))
         if untrusted is not None:
             reasons.append(record(
-                OfflineExceptionKind.LOCK_NOT_HELD, "LOCK_NOT_HELD", line,
+                OfflineExceptionKind.LOCK_NOT_HELD, Reason.LOCK_NOT_HELD, line,
                 f"{untrusted}; applied because the goods left the store",
             ))
         overdrawn, remainder = card.debit_offline(
@@ -225,7 +225,7 @@ def _apply(
         )
         if overdrawn:
             reasons.append(record(
-                OfflineExceptionKind.OVERDRAFT, "OFFLINE_OVERDRAFT", line,
+                OfflineExceptionKind.OVERDRAFT, Reason.OFFLINE_OVERDRAFT, line,
                 f"offline debit of {line.amount} left the card at {card.balance}; "
                 "the card is flagged",
             ))
@@ -309,18 +309,18 @@ def _conflict(
     message: str,
 ) -> OfflineTransactionResult:
     exc = _keep_for_review(plan, OfflineExceptionKind.CONFLICT, terminal_id, txn, now,
-                           "TRANSACTION_CONFLICT", message)
+                           Reason.TRANSACTION_CONFLICT, message)
     return OfflineTransactionResult(
         transaction_id=txn.transaction_id, sequence_number=txn.sequence_number,
         outcome=OfflineOutcome.REJECTED, original_outcome=OfflineOutcome.REJECTED,
-        reason="TRANSACTION_CONFLICT", message=message,
+        reason=Reason.TRANSACTION_CONFLICT, message=message,
         line_results=tuple(
             OfflineLineResult(line_id=line.line_id, outcome=OfflineLineOutcome.REJECTED,
-                              reason="TRANSACTION_CONFLICT")
+                              reason=Reason.TRANSACTION_CONFLICT)
             for line in txn.redeem_lines
         ),
         exception_ids=(exc.exception_id,),
-        reversal_results=rejected_reversals(txn, "TRANSACTION_CONFLICT"),
+        reversal_results=rejected_reversals(txn, Reason.TRANSACTION_CONFLICT),
     )
 
 

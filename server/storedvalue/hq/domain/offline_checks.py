@@ -94,7 +94,7 @@ def validate_content(txn: OfflineTransaction, limits: ItemLimits) -> None:
             raise InvalidField(f"redeem_lines[{i}].line_id", "is repeated in the transaction")
         seen.add(line_id)
         if not is_valid_card_number(line.card_number):
-            raise InvalidCardNumber(f"redeem_lines[{i}].card_number")
+            raise InvalidCardNumber(f"redeem_lines[{i}].card_number", missing=not line.card_number)
         amount = line.amount
         if (
             amount is None
@@ -106,7 +106,7 @@ def validate_content(txn: OfflineTransaction, limits: ItemLimits) -> None:
             positive_money(amount, f"redeem_lines[{i}].amount")
     for i, unlock in enumerate(txn.unlocks):
         if not is_valid_card_number(unlock.card_number):
-            raise InvalidCardNumber(f"unlocks[{i}].card_number")
+            raise InvalidCardNumber(f"unlocks[{i}].card_number", missing=not unlock.card_number)
         validate_id(unlock.transaction_id, f"unlocks[{i}].transaction_id")
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from storedvalue.hq.domain.cards import CardKind
+from storedvalue.hq.domain.errors import Reason
 from storedvalue.hq.domain.offline_transactions import OfflineRedeemLine, OfflineTransaction
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.domain.value_objects import value_object
 
-LINE_LIMIT = "OFFLINE_LINE_LIMIT_EXCEEDED"
-UNSYNCED_LIMIT = "OFFLINE_UNSYNCED_LIMIT_EXCEEDED"
-DURATION_LIMIT = "OFFLINE_DURATION_EXCEEDED"
+LINE_LIMIT = Reason.OFFLINE_LINE_LIMIT_EXCEEDED
+UNSYNCED_LIMIT = Reason.OFFLINE_UNSYNCED_LIMIT_EXCEEDED
+DURATION_LIMIT = Reason.OFFLINE_DURATION_EXCEEDED
 
 
 @value_object

@@ -17,6 +17,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from storedvalue.hq.domain.cards import Lock
+from storedvalue.hq.domain.moments import rfc3339
 from storedvalue.hq.domain.value_objects import value_object
 
 
@@ -67,6 +68,6 @@ def why_offline_line_is_untrusted(fencing_token: int, grants: Iterable[LockGrant
                 "for this sale (another terminal's, or made up)")
     released = latest.released_by_holder_at
     if released is not None:
-        return (f"the terminal released this lock itself at {released.isoformat()}, before "
+        return (f"the terminal released this lock itself at {rfc3339(released)}, before "
                 "completing the line offline")
     return None

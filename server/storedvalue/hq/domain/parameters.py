@@ -36,6 +36,8 @@ _STORE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 def validate_store_id(store_id: str, field: str = "store_id") -> str:
     if _STORE_ID.fullmatch(store_id) is None:
+        if not store_id:
+            raise InvalidField(field, "is required")
         raise InvalidField(field, "must be 1-64 letters, digits, '-', '_' or '.'")
     return store_id
 

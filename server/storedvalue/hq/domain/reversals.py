@@ -26,7 +26,7 @@ from datetime import datetime
 
 from storedvalue.hq.domain.cards import Card, CardStatus, is_valid_card_number
 from storedvalue.hq.domain.client_text import is_valid_id, validate_id
-from storedvalue.hq.domain.errors import InvalidCardNumber, InvalidField, LineReversed
+from storedvalue.hq.domain.errors import InvalidCardNumber, InvalidField, LineReversed, Reason
 from storedvalue.hq.domain.money import Money, positive_money
 from storedvalue.hq.domain.offline_transactions import (
     OfflineBatchPlan,
@@ -62,7 +62,8 @@ def validate_reversals(txn: OfflineTransaction) -> None:
             )
         seen.add(line_id)
         if not is_valid_card_number(reversal.card_number):
-            raise InvalidCardNumber(f"reversals[{i}].card_number")
+            raise InvalidCardNumber(f"reversals[{i}].card_number",
+                                    missing=not reversal.card_number)
         positive_money(reversal.amount, f"reversals[{i}].amount")
 
 
@@ -186,7 +187,7 @@ def _reverse_debit(
     if (reversal.card_number, reversal.amount) != (
         stored.card_number, Money(stored.amount_minor, stored.currency)
     ):
-        exception("REVERSAL_MISMATCH",
+        exception(Reason.REVERSAL_MISMATCH,
                   f"the reversal named {reversal.amount} on card ending "
                   f"{reversal.card_number[-4:]}; HQ reversed what it debited for the line, "
                   f"{Money(stored.amount_minor, stored.currency)} on card ending "
@@ -199,7 +200,7 @@ def _reverse_debit(
             move(memo, -moved_back)
         else:
             kept = memo.card_number
-            exception("REMAINDER_MEMO_IN_USE",
+            exception(Reason.REMAINDER_MEMO_IN_USE,
                       f"remainder memo ending {kept[-4:]} was used or locked since; it stays "
                       f"valid and the memo got only the debit back: the customer's value is "
                       f"split over the two memos")

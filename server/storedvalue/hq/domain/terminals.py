@@ -23,6 +23,8 @@ def is_valid_terminal_id(terminal_id: str) -> bool:
 
 def validate_terminal_id(terminal_id: str, field: str = "terminal_id") -> str:
     if not is_valid_terminal_id(terminal_id):
+        if not terminal_id:
+            raise InvalidField(field, "is required")
         raise InvalidField(field, "must be 1-64 letters, digits, '-', '_' or '.'")
     return terminal_id
 

@@ -2,8 +2,9 @@
 
 A `StoredValueError` becomes a `google.rpc.Status` with exactly one `google.rpc.ErrorInfo`
 (AIP-193): fixed domain, the error's reason and metadata, and the status code the error class
-declares. Anything else is a bug: the caller gets INTERNAL with a generic message and the log
-gets the traceback (the log formatter masks card numbers).
+declares; an error about one field adds a `google.rpc.BadRequest` naming it. Anything else
+is a bug: the caller gets INTERNAL with a generic message and the log gets the traceback (the
+log formatter masks card numbers).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from storedvalue.hq.domain.errors import StoredValueError
+from storedvalue.hq.domain.errors import FieldError, StoredValueError
 
 ERROR_DOMAIN = "storedvalue.dev"
 INTERNAL_MESSAGE = "internal error at HQ; it was logged"
@@ -25,15 +26,22 @@ log = logging.getLogger(__name__)
 
 
 def status_of(error: StoredValueError) -> grpc.Status:
-    """The wire form of a business error."""
+    """The wire form of a business error: its one ErrorInfo, and for a missing or wrong
+    field a google.rpc.BadRequest naming it too (what generic gRPC tooling shows)."""
     code = grpc.StatusCode[error.code]
-    info = error_details_pb2.ErrorInfo(
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(
         reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-    )
-    detail = any_pb2.Any()
-    detail.Pack(info)
+    ))
+    details = [info]
+    if isinstance(error, FieldError):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.description)
+        bad_request = any_pb2.Any()
+        bad_request.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        details.append(bad_request)
     status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+        status_pb2.Status(code=code.value[0], message=error.message, details=details)
     )
     return status
 

@@ -153,6 +153,8 @@ class CardService:
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
         validate_id(line_id, "line_id")
+        if not fencing_token:  # tokens start at 1: 0 is the field left out
+            raise InvalidField("fencing_token", "is required (the live lock's, from LockCard)")
         money = positive_money(amount, "amount")
 
         line_key = (terminal_id, transaction_id, line_id)
