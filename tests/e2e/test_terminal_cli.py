@@ -40,6 +40,9 @@ def test_support_staff_lock_a_card_sell_it_while_hq_is_down_and_sync_it_afterwar
     assert refused.returncode == 1
     assert "locked by terminal T1 for sale S1" in refused.stderr
     assert "CARD_LOCKED" in refused.stderr
+    rfc3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6})?Z"  # as HQ writes times
+    assert re.search(rf"until {rfc3339} \(CARD_LOCKED\)", refused.stderr), refused.stderr
+    assert re.search(rf"last reached HQ: {rfc3339}$", online, re.MULTILINE), online
     assert "connectivity: ONLINE" in online
     assert "version 2 (gift cards offline: allowed" in online
     assert "outbox: 0 offline transaction(s)" in online

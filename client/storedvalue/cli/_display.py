@@ -1,12 +1,17 @@
-"""How the terminal commands show money and card numbers to people, and read money back.
+"""How the terminal commands show money, card numbers and times to people, and read money
+back.
 
 Amounts are typed and shown in major units ("12.50 EUR"); the library only ever sees minor
-units. Card numbers are masked to their last four digits, as on a receipt.
+units. Card numbers are masked to their last four digits, as on a receipt. Times are RFC 3339
+in UTC with a `Z`, as HQ writes them in errors and as a Timestamp reads in JSON.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
+
+from google.protobuf import timestamp_pb2
 
 from storedvalue.terminal import Money
 
@@ -20,6 +25,14 @@ _DECIMALS = {
 
 def decimals(currency_code: str) -> int:
     return _DECIMALS.get(currency_code, 2)
+
+
+def format_moment(moment: datetime) -> str:
+    """"2026-12-02T03:04:05.120Z": protobuf's own JSON form of a Timestamp, the form HQ's
+    error metadata uses too."""
+    timestamp = timestamp_pb2.Timestamp()
+    timestamp.FromDatetime(moment)
+    return timestamp.ToJsonString()
 
 
 def format_money(money: Money) -> str:

@@ -38,7 +38,7 @@ from storedvalue.terminal import (
     Unauthenticated,
 )
 
-from ._display import format_money, mask, parse_money
+from ._display import format_moment, format_money, mask, parse_money
 from ._tls_options import add_tls_options, tls_files
 
 ENV_TARGET = "STOREDVALUE_TARGET"
@@ -74,7 +74,7 @@ class UsageError(Exception):
 
 def lock(till: Terminal, args: argparse.Namespace) -> int:
     tender = till.add_tender(transaction_id=args.transaction, card_number=args.card_number)
-    lease = tender.lease_expires_at.isoformat() if tender.lease_expires_at else "no lease end"
+    lease = format_moment(tender.lease_expires_at) if tender.lease_expires_at else "no lease end"
     print(f"locked card {mask(tender.card_number)} for sale {tender.transaction_id}: "
           f"{_kind(tender.kind)}, balance {format_money(tender.balance)}, "
           f"fencing token {tender.fencing_token}, lease until {lease}")
@@ -161,7 +161,7 @@ def balance(till: Terminal, args: argparse.Namespace) -> int:
     if card.lock is None:
         held = "not locked"
     else:
-        until = card.lock.lease_expires_at.isoformat() if card.lock.lease_expires_at else "-"
+        until = format_moment(card.lock.lease_expires_at) if card.lock.lease_expires_at else "-"
         held = (f"locked by terminal {card.lock.terminal_id} for sale "
                 f"{card.lock.transaction_id} until {until}")
     print(f"card {mask(card.card_number)}: {_kind(card.kind)}, {card.status.value}, "
@@ -201,7 +201,7 @@ def status(till: Terminal, args: argparse.Namespace) -> int:
         print(f"  unsynced {_kind(held.card_kind)} lines: {format_money(held.amount)} "
               f"({held.line_count} line(s))")
     reached = till.last_reached_hq_at
-    print(f"last reached HQ: {reached.isoformat() if reached else 'never'}")
+    print(f"last reached HQ: {format_moment(reached) if reached else 'never'}")
     reports = till.sync_reports()
     if reports:
         print(f"sync reports needing attention: {len(reports)} (see `outbox`)")
@@ -216,7 +216,7 @@ def outbox(till: Terminal, args: argparse.Namespace) -> int:
         print(f"{'SEQ':>6}  {'TRANSACTION':<24} {'COMPLETED AT':<32} LINES  UNLOCKS")
     for entry in entries:
         print(f"{entry.sequence_number:>6}  {entry.transaction_id:<24} "
-              f"{entry.completed_at.isoformat():<32} {entry.redeem_line_count:>5}  "
+              f"{format_moment(entry.completed_at):<32} {entry.redeem_line_count:>5}  "
               f"{entry.unlock_count:>7}")
     for report in till.sync_reports():
         print(f"synced #{report.sequence_number} {report.transaction_id}: "
@@ -308,7 +308,7 @@ def _sale_line(index: int, text: str) -> SaleLine:
 def describe(error: TerminalError, target: str) -> str:
     """One line a person can act on, naming the reason so support can look it up."""
     if isinstance(error, CardLocked):
-        until = error.lease_expires_at.isoformat() if error.lease_expires_at else "-"
+        until = format_moment(error.lease_expires_at) if error.lease_expires_at else "-"
         return (f"the card is locked by terminal {error.holder_terminal_id or '?'} for sale "
                 f"{error.holder_transaction_id or '?'} until {until} (CARD_LOCKED)")
     if isinstance(error, OfflineNotAllowed):
