@@ -154,15 +154,22 @@ def test_other_languages_generate_from_the_protos(
         assert (tmp_path / "dev" / "storedvalue" / "v1" / "LockCardRequest.java").exists()
 
 
-@pytest.mark.slow
-def test_generated_modules_import_from_a_built_wheel(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project built as users get it: one wheel."""
+    dist = tmp_path_factory.mktemp("dist")
     build = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
-         str(tmp_path / "dist"), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
+         str(ROOT)],
         capture_output=True, text=True,
     )
     assert build.returncode == 0, build.stdout + build.stderr
-    (wheel,) = (tmp_path / "dist").glob("storedvalue-*.whl")
+    (built,) = dist.glob("storedvalue-*.whl")
+    return built
+
+
+@pytest.mark.slow
+def test_generated_modules_import_from_a_built_wheel(tmp_path: Path, wheel: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
@@ -186,3 +193,50 @@ def test_generated_modules_import_from_a_built_wheel(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "TerminalServiceStub"
+
+
+HQ_ONLY = ("sqlalchemy", "alembic", "psycopg", "uvloop", "grpc_reflection")
+
+
+@pytest.mark.slow
+def test_a_till_installs_the_wheel_without_hqs_database_stack_and_serve_names_the_extra(
+    tmp_path: Path, wheel: Path
+) -> None:
+    venv = tmp_path / "till-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python, storedvalue = venv / "bin" / "python", venv / "bin" / "storedvalue"
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "XDG_DATA_HOME": str(tmp_path)}
+    env.pop("VIRTUAL_ENV", None)
+    installed = subprocess.run([python, "-m", "pip", "install", "--quiet", str(wheel)],
+                               capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert installed.returncode == 0, installed.stderr
+
+    probe = (
+        "import importlib.util, sys\n"
+        "import storedvalue.terminal, storedvalue.cli\n"
+        "for command in (None, 'terminal', 'admin'):\n"
+        "    storedvalue.cli.build_parser(command)\n"
+        f"absent = [m for m in {HQ_ONLY!r} if importlib.util.find_spec(m) is not None]\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('storedvalue.hq'))\n"
+        "print(absent, loaded, storedvalue.terminal.__file__)\n"
+    )
+    imported = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env,
+                              cwd=tmp_path)
+    terminal_help = subprocess.run([storedvalue, "terminal", "--help"], capture_output=True,
+                                   text=True, env=env, cwd=tmp_path)
+    admin_help = subprocess.run([storedvalue, "admin", "--help"], capture_output=True,
+                                text=True, env=env, cwd=tmp_path)
+    serve = subprocess.run([storedvalue, "serve"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=60)
+
+    assert imported.returncode == 0, imported.stderr
+    # None of HQ's extra is installed, and the terminal library and CLI load no HQ module.
+    assert imported.stdout.startswith("[] [] "), imported.stdout
+    assert imported.stdout.split()[-1].startswith(str(venv)), imported.stdout
+    assert terminal_help.returncode == 0, terminal_help.stderr
+    assert "--terminal-id" in terminal_help.stdout
+    assert admin_help.returncode == 0, admin_help.stderr
+    assert serve.returncode == 2
+    assert "pip install 'storedvalue[hq]'" in serve.stderr, serve.stderr
+    assert "Traceback" not in serve.stderr
+    assert not (tmp_path / "storedvalue").exists()  # nothing created before refusing

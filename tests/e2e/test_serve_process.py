@@ -52,11 +52,12 @@ class ServeProcess:
 def serve_process(tmp_path: Path) -> Iterator[ServeProcess]:
     address = f"127.0.0.1:{free_port()}"
     database = tmp_path / "hq.sqlite3"
-    # The admin token file goes under XDG_DATA_HOME: keep it out of the real home.
-    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "STOREDVALUE_ADMIN_TOKEN": ""}
+    # The admin token file goes beside the database; XDG_DATA_HOME keeps anything else out
+    # of the real home. The admin CLI finds the token from the same environment.
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "STOREDVALUE_ADMIN_TOKEN": "",
+           "STOREDVALUE_DATABASE_URL": f"sqlite:///{database}"}
     process = start_serve(
-        ["--listen", address, "--database-url", f"sqlite:///{database}",
-         "--grace-period", str(GRACE_SECONDS)],
+        ["--listen", address, "--grace-period", str(GRACE_SECONDS)],
         env,
         tmp_path / "logs",
     )
@@ -94,20 +95,40 @@ def test_serve_prints_where_it_listens_and_answers_grpcurl_until_sigterm(
     code, out, err = stop_process(hq.process, timeout=GRACE_SECONDS + 5)
 
     assert code == 0, err
-    token_file = hq.data_home / "storedvalue" / "admin-token"
+    token_file = hq.database.parent / "admin-token"  # beside the database it serves
     assert f"listening on {hq.address}" in out
     assert f"database: sqlite:///{hq.database}" in out
     assert f"admin token: {token_file}" in out
-    for line in err.splitlines():
-        assert isinstance(json.loads(line), dict), line  # structured: one object per line
+    for line in err.splitlines():  # stderr is not a terminal: one JSON object per line
+        assert isinstance(json.loads(line), dict), line
+
+
+def test_serve_logs_plain_lines_for_a_person_with_log_format_text(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    process = start_serve(
+        ["--listen", address, "--database-url", f"sqlite:///{tmp_path / 'hq.sqlite3'}",
+         "--log-format", "text"],
+        {"XDG_DATA_HOME": str(tmp_path / "data"), "STOREDVALUE_ADMIN_TOKEN": "t"},
+        tmp_path / "logs",
+    )
+    try:
+        wait_serving(process, address)
+    finally:
+        code, _out, err = stop_process(process, timeout=GRACE_SECONDS + 10)
+
+    assert code == 0, err
+    lines = err.splitlines()
+    assert any(line.endswith("stopped") and " INFO " in line for line in lines), err
+    assert not any(line.startswith("{") for line in lines), err
 
 
 def test_get_card_with_an_empty_request_is_invalid_argument_through_grpcurl(
     serve_process: ServeProcess,
 ) -> None:
     hq = serve_process
-    token_file = hq.data_home / "storedvalue" / "admin-token"
+    token_file = hq.database.parent / "admin-token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert not (hq.data_home / "storedvalue" / "admin-token").exists()
     registered = hq.admin("terminals", "register", "till-1")
     assert registered.returncode == 0, registered.stderr
     token = json.loads(registered.stdout)["credential"]["bearer_token"]

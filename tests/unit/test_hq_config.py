@@ -3,13 +3,18 @@ and the plaintext-only-on-loopback rule."""
 
 from __future__ import annotations
 
+import argparse
+import re
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from storedvalue.cli import main
+from storedvalue.cli.serve import add_arguments
 from storedvalue.hq.config import ConfigError, HQConfig, load_config, redacted_url
+from storedvalue.hq.services.offline import SyncLimits
 
 
 def test_defaults_serve_loopback_from_a_sqlite_file_under_the_data_directory(
@@ -121,26 +126,64 @@ def test_a_serving_limit_that_cannot_work_is_refused_before_anything_is_created(
     assert not (tmp_path / "storedvalue").exists()
 
 
-def test_serve_help_names_every_limit_with_the_default_the_server_uses(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_serve_help_shows_each_default_of_the_configuration_and_no_number_of_its_own() -> None:
+    # Every value differs from the real default: a number written in the help itself shows.
+    given = replace(
+        HQConfig(), listen="127.0.0.1:6001", log_format="json", grace_period_seconds=12.5,
+        database_connections=7, event_loop="asyncio", call_deadline_seconds=31.5,
+        max_watchers=1234, max_streams_per_connection=77, keepalive_seconds=61.5,
+        keepalive_timeout_seconds=21.5, min_client_ping_seconds=9.5,
+        parameters_poll_seconds=0.75, unknown_card_limit=17, tls_reload_seconds=3.5,
+        sync_limits=SyncLimits(max_transactions_per_batch=999, max_lines_per_transaction=55,
+                               max_message_bytes=4321),
+    )
+    parser = argparse.ArgumentParser(prog="storedvalue serve")
+    add_arguments(parser, given)
+    options = " ".join(parser.format_help().split("options:", 1)[1].split())
+    expected = {
+        "--listen": "127.0.0.1:6001", "--log-format": "json", "--grace-period": "12.5",
+        "--database-connections": "7", "--event-loop": "asyncio", "--call-deadline": "31.5",
+        "--max-watchers": "1234", "--max-streams-per-connection": "77",
+        "--keepalive": "61.5", "--keepalive-timeout": "21.5", "--min-client-ping": "9.5",
+        "--parameters-poll": "0.75", "--max-batch-transactions": "999",
+        "--max-transaction-lines": "55", "--max-message-bytes": "4321",
+        "--unknown-card-limit": "17", "--tls-reload": "3.5",
+    }
+
+    for flag, default in expected.items():
+        described = options.split(f"{flag} ", 1)[1].split(" --", 1)[0]
+        assert f"default {default}" in described, (flag, described)
+    shown = re.findall(r"default ([0-9][^ ),;]*)", options)
+    assert sorted(shown) == sorted(v for v in expected.values() if v[0].isdigit())
+
+
+def test_serve_help_shows_the_real_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     defaults = HQConfig()
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     options = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
 
-    for flag, default in [
-        ("--max-watchers", defaults.max_watchers),
-        ("--max-streams-per-connection", defaults.max_streams_per_connection),
-        ("--call-deadline", f"{defaults.call_deadline_seconds:g}"),
-        ("--keepalive", f"{defaults.keepalive_seconds:g}"),
-        ("--keepalive-timeout", f"{defaults.keepalive_timeout_seconds:g}"),
-        ("--min-client-ping", f"{defaults.min_client_ping_seconds:g}"),
-        ("--database-connections", defaults.database_connections),
-        ("--event-loop", defaults.event_loop),
-    ]:
-        described = options.split(f"{flag} ", 1)[1].split(" --", 1)[0]
-        assert f"default {default}" in described, flag
+    assert f"default {defaults.max_watchers})" in options
+    assert f"default {defaults.sync_limits.max_transactions_per_batch})" in options
+    assert f"default {defaults.listen})" in options
+
+
+def test_the_admin_token_file_lives_beside_a_sqlite_database_and_for_postgresql_in_the_data_dir(
+    tmp_path: Path,
+) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path / "data")}
+
+    first = load_config(environ=env, database_url=f"sqlite:///{tmp_path / 'a' / 'hq.sqlite3'}")
+    second = load_config(environ=env, database_url=f"sqlite:///{tmp_path / 'b' / 'hq.sqlite3'}")
+    postgres = load_config(environ=env, database_url="postgresql+psycopg://u@db/hq")
+    chosen = load_config(environ=env, database_url="postgresql+psycopg://u@db/hq",
+                         admin_token_file=tmp_path / "pg-token")
+
+    assert first.admin_token_file == tmp_path / "a" / "admin-token"
+    assert second.admin_token_file == tmp_path / "b" / "admin-token"
+    assert first.admin_token != second.admin_token  # two HQs, two databases, two tokens
+    assert postgres.admin_token_file == tmp_path / "data" / "storedvalue" / "admin-token"
+    assert chosen.admin_token_file == tmp_path / "pg-token"
 
 
 def test_tls_files_and_the_health_port_also_come_from_the_environment(tmp_path: Path) -> None:

@@ -230,9 +230,9 @@ def terminals_status(stub: pb_grpc.BackOfficeServiceStub, args: argparse.Namespa
 # -- parser ----------------------------------------------------------------------------------
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     admin: argparse.ArgumentParser = subparsers.add_parser(
-        "admin", help="back-office operations against a running HQ",
+        "admin", help=summary,
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     admin.add_argument("--target", metavar="HOST:PORT",
@@ -242,11 +242,13 @@ def register(subparsers: Any) -> None:
                        help=f"admin credential (env {ENV_ADMIN_TOKEN}, else the admin token "
                             "file)")
     admin.add_argument("--admin-token-file", type=Path, metavar="PATH",
-                       help="where to read the admin token (default: the HQ's default file)")
+                       help="where to read the admin token (default: the file "
+                            "`storedvalue serve` uses: beside the SQLite database of "
+                            "STOREDVALUE_DATABASE_URL, else in the data directory)")
     add_tls_options(admin, whose="the back office's", cert_env=ENV_CLIENT_CERT,
                     key_env=ENV_CLIENT_KEY)
     admin.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                       help="deadline of each call (default 10)")
+                       help="deadline of each call (default %(default)g)")
     admin.add_argument("--request-id", metavar="ID",
                        help="request id of a mutating call (to retry one); default a new UUID")
     admin.set_defaults(handler=lambda args: _usage(admin))
@@ -359,10 +361,15 @@ def _admin_token(args: argparse.Namespace) -> str:
     if os.environ.get(ENV_ADMIN_TOKEN):
         return os.environ[ENV_ADMIN_TOKEN].strip()
     path = args.admin_token_file
-    if path is None:
-        from storedvalue.hq.config import default_admin_token_file
+    if path is None:  # the file `storedvalue serve` uses with the same environment
+        from storedvalue.hq.config import ENV_DATABASE_URL, admin_token_file_for
 
-        path = default_admin_token_file(os.environ)
+        try:
+            path = admin_token_file_for(os.environ.get(ENV_DATABASE_URL), os.environ)
+        except ModuleNotFoundError:  # reading a database URL takes HQ's extra
+            raise SystemExit(f"storedvalue admin: give --admin-token-file (or --admin-token): "
+                             f"finding the token file of {ENV_DATABASE_URL} needs "
+                             "storedvalue[hq]") from None
     try:
         return str(Path(path).read_text(encoding="utf-8").strip())
     except OSError as error:

@@ -43,6 +43,7 @@ from storedvalue.v1 import back_office_service_pb2_grpc as bo_grpc
 
 from ._display import format_money, mask
 from ._link import Link
+from .serve import hq_missing
 
 TILL = TerminalConfig(
     call_timeout_s=0.5,
@@ -251,6 +252,9 @@ def story(workdir: Path, hq: str, back_office: BackOffice) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (missing := hq_missing("demo")) is not None:  # the demo runs a real HQ
+        print(missing, file=sys.stderr)
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="storedvalue-demo-"))
     admin_token = "demo-" + secrets.token_urlsafe(24)
     try:
@@ -270,9 +274,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "demo", help="play the offline-switch story with a real HQ and two tills",
+        "demo", help=summary,
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(handler=run)

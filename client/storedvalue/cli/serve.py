@@ -1,43 +1,68 @@
-"""``storedvalue serve``: run the HQ server until SIGTERM/SIGINT."""
+"""``storedvalue serve``: run the HQ server until SIGTERM/SIGINT.
+
+HQ's own modules are imported only when this subcommand runs (its help shows the defaults
+of HQ's configuration); without the ``hq`` extra, ``serve`` says to install it."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storedvalue.hq.config import HQConfig
+
+HQ_EXTRA = "pip install 'storedvalue[hq]'"
 
 DESCRIPTION = """\
-Run the HQ server. With no flags it serves plaintext on 127.0.0.1:50051 from a SQLite file
-under ${XDG_DATA_HOME:-~/.local/share}/storedvalue and prints where. The admin credential
+Run the HQ server. With no flags it serves plaintext on {listen} from a SQLite file
+under ${{XDG_DATA_HOME:-~/.local/share}}/storedvalue and prints where. The admin credential
 is STOREDVALUE_ADMIN_TOKEN, or else the admin token file (created on first start, mode
-0600). SIGTERM or SIGINT: health goes NOT_SERVING, in-flight calls drain within the grace
-period, exit code 0. SIGHUP reloads the TLS certificate, key and CA files (as does a change
-of them): new connections get the new ones, open ones keep theirs, nothing stops.
+0600) beside the SQLite database, or in that data directory for PostgreSQL. SIGTERM or
+SIGINT: health goes NOT_SERVING, in-flight calls drain within the grace period, exit code
+0. SIGHUP reloads the TLS certificate, key and CA files (as does a change of them): new
+connections get the new ones, open ones keep theirs, nothing stops.
 
-Every flag of a file or address also comes from the environment (named beside it)."""
+Every flag of a file or address also comes from the environment (named beside it).
+HQ needs the hq extra: {extra}."""
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
+    # Defaults shown come from the server's own configuration: one source of truth. Its
+    # module needs none of HQ's extra dependencies.
+    from storedvalue.hq.config import HQConfig
+
+    defaults = HQConfig()
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
-        help="run the HQ server",
-        description=DESCRIPTION,
+        help=summary,
+        description=DESCRIPTION.format(listen=defaults.listen, extra=HQ_EXTRA),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_arguments(parser, defaults)
+    parser.set_defaults(handler=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser, defaults: HQConfig) -> None:
+    """The flags of `storedvalue serve`, each default in its help read from `defaults`."""
+    from storedvalue.hq.config import EVENT_LOOPS, LOG_FORMATS
+
+    limits = defaults.sync_limits
     parser.add_argument("--listen", metavar="HOST:PORT",
                         help="address to serve on (env STOREDVALUE_LISTEN; "
-                             "default 127.0.0.1:50051)")
+                             f"default {defaults.listen})")
     parser.add_argument("--database-url", metavar="URL",
                         help="sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
                              "(env STOREDVALUE_DATABASE_URL; default a SQLite file)")
     parser.add_argument("--admin-token-file", type=Path, metavar="PATH",
                         help="where the admin token is kept when STOREDVALUE_ADMIN_TOKEN "
-                             "is unset (default beside the default database)")
-    # Defaults shown come from the server's own configuration: one source of truth.
-    from storedvalue.hq.config import EVENT_LOOPS, HQConfig
-
-    defaults = HQConfig()
+                             "is unset (default: admin-token beside the SQLite database; "
+                             "for PostgreSQL, in the data directory)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        help="logs on stderr: text for a person, json (one object per line) "
+                             "for a collector, auto: text on a terminal, else json "
+                             f"(env STOREDVALUE_LOG_FORMAT; default {defaults.log_format})")
     parser.add_argument("--grace-period", type=float, metavar="SECONDS",
                         help="how long in-flight calls may finish on shutdown "
                              f"(default {defaults.grace_period_seconds:g})")
@@ -73,15 +98,18 @@ def register(subparsers: Any) -> None:
                              "HQ process on the same file (PostgreSQL replicas are notified) "
                              f"(default {defaults.parameters_poll_seconds:g})")
     parser.add_argument("--max-batch-transactions", type=int, metavar="N",
-                        help="sync limit: transactions per SyncOfflineBatch (default 1000)")
+                        help="sync limit: transactions per SyncOfflineBatch "
+                             f"(default {limits.max_transactions_per_batch})")
     parser.add_argument("--max-transaction-lines", type=int, metavar="N",
                         help="sync limit: redeem lines plus unlocks plus reversals per "
-                             "transaction (default 200)")
+                             f"transaction (default {limits.max_lines_per_transaction})")
     parser.add_argument("--max-message-bytes", type=int, metavar="BYTES",
-                        help="sync limit: bytes per sync request (default 8 MiB)")
+                        help="sync limit: bytes per sync request "
+                             f"(default {limits.max_message_bytes})")
     parser.add_argument("--unknown-card-limit", type=int, metavar="N",
                         help="answers about unknown cards a till may get per minute before "
-                             "HQ stops looking up cards it does not hold (default 20)")
+                             "HQ stops looking up cards it does not hold "
+                             f"(default {defaults.unknown_card_limit})")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",
                         help="TLS certificate chain, server certificate first; required to "
                              "listen beyond loopback (env STOREDVALUE_TLS_CERT)")
@@ -107,16 +135,30 @@ def register(subparsers: Any) -> None:
                         help="also serve the health service alone, in plaintext, on this "
                              "loopback address: probes without a client certificate "
                              "(env STOREDVALUE_HEALTH_LISTEN)")
-    parser.set_defaults(handler=run)
+
+
+def hq_missing(command: str) -> str | None:
+    """What to tell a person running `command` where HQ's extra dependencies are not
+    installed (a till's install), or None when HQ can run."""
+    try:
+        import storedvalue.hq.process  # noqa: F401 - the whole server, database stack included
+    except ModuleNotFoundError as missing:
+        if (missing.name or "storedvalue").partition(".")[0] == "storedvalue":
+            raise  # our own code is broken: not a missing extra
+        return (f"storedvalue {command}: HQ needs the hq extra, not installed here (no "
+                f"module {missing.name!r}): {HQ_EXTRA}")
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: other subcommands must not load the HQ's database code.
-    from storedvalue.hq.config import ConfigError, load_config
+    if (missing := hq_missing("serve")) is not None:
+        print(missing, file=sys.stderr)
+        return 2
+    from storedvalue.hq.config import ConfigError, HQConfig, load_config
     from storedvalue.hq.process import serve
     from storedvalue.hq.services.offline import SyncLimits
 
-    defaults = SyncLimits()
+    defaults = HQConfig().sync_limits
     limits = SyncLimits(
         max_transactions_per_batch=(
             args.max_batch_transactions or defaults.max_transactions_per_batch
@@ -148,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             admin_certificate_names=tuple(args.admin_cert_name) if args.admin_cert_name else None,
             tls_reload_seconds=args.tls_reload,
             health_listen=args.health_listen,
+            log_format=args.log_format,
         )
         return serve(config)
     except ConfigError as error:  # also a certificate file HQ found wrong as it started

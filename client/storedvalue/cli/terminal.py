@@ -394,9 +394,9 @@ def _positive(value: str) -> float:
     return number
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "terminal", help="act as one till: lock, sell, check balances, sync the outbox",
+        "terminal", help=summary,
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--hq", metavar="HOST:PORT",
@@ -408,7 +408,7 @@ def register(subparsers: Any) -> None:
                         help=f"this till's files (env {ENV_DATA_DIR}, default "
                              "$XDG_DATA_HOME/storedvalue/terminals/ID)")
     parser.add_argument("--timeout", type=_positive, default=1.0, metavar="SECONDS",
-                        help="deadline of each call to HQ (default 1)")
+                        help="deadline of each call to HQ (default %(default)g)")
     add_tls_options(parser, whose="this till's (common name: its terminal id)",
                     cert_env=ENV_CLIENT_CERT, key_env=ENV_CLIENT_KEY)
     parser.set_defaults(handler=lambda args: _usage(parser))
@@ -453,7 +453,8 @@ def register(subparsers: Any) -> None:
                              default=TerminalConfig().sync_batch_size, metavar="N",
                              help="transactions per batch (default %(default)s)")
     sync_parser.add_argument("--wait", type=_positive, default=5.0, metavar="SECONDS",
-                             help="how long to wait for HQ to answer first (default 5)")
+                             help="how long to wait for HQ to answer first "
+                                  "(default %(default)g)")
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

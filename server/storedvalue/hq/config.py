@@ -26,11 +26,14 @@ ENV_TLS_CLIENT_CA = "STOREDVALUE_TLS_CLIENT_CA"
 ENV_ADMIN_CLIENT_CA = "STOREDVALUE_ADMIN_CLIENT_CA"
 ENV_ADMIN_CERT_NAMES = "STOREDVALUE_ADMIN_CERT_NAMES"
 ENV_HEALTH_LISTEN = "STOREDVALUE_HEALTH_LISTEN"
+ENV_LOG_FORMAT = "STOREDVALUE_LOG_FORMAT"
+ADMIN_TOKEN_FILE_NAME = "admin-token"  # noqa: S105 - a file name, not a secret
 ADMIN_NAME = "admin"
 DEFAULT_ADMIN_CERTIFICATE_NAME = "storedvalue-admin"
 """Under mutual TLS, the common name a back-office client certificate has when nothing else
 is configured."""
 EVENT_LOOPS = ("uvloop", "asyncio")
+LOG_FORMATS = ("auto", "text", "json")
 
 
 class ConfigError(Exception):
@@ -54,7 +57,13 @@ class HQConfig:
 
     admin_token_file: Path | None = None
     """Where `admin_token` was read from (created on first start); None when it came from
-    STOREDVALUE_ADMIN_TOKEN."""
+    STOREDVALUE_ADMIN_TOKEN. Unless given, `admin-token` beside a SQLite database file (so
+    two HQs on two databases have two tokens), else in the data directory (PostgreSQL: the
+    replicas of one user on one machine share it): see `admin_token_file_for`."""
+
+    log_format: str = "auto"
+    """How the process logs on stderr: "text" (a line a person reads), "json" (one object
+    per line, for log collectors) or "auto": text when stderr is a terminal, else JSON."""
 
     grace_period_seconds: float = 10.0
     """On SIGTERM/SIGINT: how long in-flight calls get to finish before they are cancelled."""
@@ -184,8 +193,20 @@ def default_database_url(environ: Mapping[str, str]) -> str:
     return f"sqlite:///{data_dir(environ) / 'hq.sqlite3'}"
 
 
-def default_admin_token_file(environ: Mapping[str, str]) -> Path:
-    return data_dir(environ) / "admin-token"
+def admin_token_file_for(database_url: str | None, environ: Mapping[str, str]) -> Path:
+    """Where the admin token is kept for an HQ on `database_url` (None: the default
+    database): `admin-token` in the directory of a SQLite database file; for PostgreSQL or
+    a SQLite memory database, in the data directory."""
+    if database_url:
+        # SQLAlchemy reads the URL (HQ's extra): the same reading the storage makes.
+        from sqlalchemy.engine import make_url
+
+        from storedvalue.hq.storage.engines import sqlite_file_path
+
+        database_file = sqlite_file_path(make_url(database_url))
+        if database_file is not None:
+            return database_file.parent / ADMIN_TOKEN_FILE_NAME
+    return data_dir(environ) / ADMIN_TOKEN_FILE_NAME
 
 
 def redacted_url(url: str) -> str:
@@ -256,6 +277,7 @@ def load_config(
     admin_certificate_names: tuple[str, ...] | None = None,
     tls_reload_seconds: float | None = None,
     health_listen: str | None = None,
+    log_format: str | None = None,
 ) -> HQConfig:
     """Build the configuration: each argument is a flag (None when not given), falling back
     to the environment, then to the default. Creates the admin token file if needed."""
@@ -305,6 +327,9 @@ def load_config(
                           "reader)")
     if event_loop is not None and event_loop not in EVENT_LOOPS:
         raise ConfigError(f"event loop must be one of {', '.join(EVENT_LOOPS)}")
+    log_format = log_format or env.get(ENV_LOG_FORMAT) or defaults.log_format
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"log format must be one of {', '.join(LOG_FORMATS)}")
     for name, value in (("call deadline", call_deadline_seconds),
                         ("keepalive", keepalive_seconds),
                         ("keepalive timeout", keepalive_timeout_seconds),
@@ -322,7 +347,7 @@ def load_config(
     token = env.get(ENV_ADMIN_TOKEN, "").strip()
     token_file: Path | None = None
     if not token:
-        token_file = admin_token_file or default_admin_token_file(env)
+        token_file = admin_token_file or admin_token_file_for(url, env)
         token = read_or_create_admin_token(token_file)
     return HQConfig(
         listen=config_listen,
@@ -360,6 +385,7 @@ def load_config(
         admin_certificate_names=admin_certificate_names,
         tls_reload_seconds=_given(tls_reload_seconds, defaults.tls_reload_seconds),
         health_listen=health_listen,
+        log_format=log_format,
     )
 
 

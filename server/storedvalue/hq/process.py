@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def serve(config: HQConfig, *, out: TextIO | None = None) -> int:
     """Run HQ until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code;
     a configuration HQ cannot serve with (a bad certificate file) raises ConfigError."""
-    configure_logging()
+    configure_logging(log_format=config.log_format)
     with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
         return runner.run(_serve(config, out or sys.stdout))
 

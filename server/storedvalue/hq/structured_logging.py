@@ -1,8 +1,11 @@
-"""Structured logs for the HQ process: one JSON object per line on stderr.
+"""Logs of the HQ process on stderr: for a person at a terminal, one readable line per event
+("2026-12-02T03:04:05.120Z INFO  stop requested  signal=SIGTERM"); for anything else (a file,
+journald, a log shipper), one JSON object per line. `--log-format` chooses; "auto" picks by
+whether stderr is a terminal.
 
-Card numbers never reach the log: every run of 8 to 19 digits in the message, the extra
-fields and the traceback (database errors quote their parameters) is masked to its last four
-digits, the same form errors use.
+Card numbers never reach the log, in either form: every run of 8 to 19 digits in the
+message, the extra fields and the traceback (database errors quote their parameters) is
+masked to its last four digits, the same form errors use.
 """
 
 from __future__ import annotations
@@ -38,27 +41,53 @@ def _masked(value: Any) -> Any:
     return mask_card_numbers(str(value))
 
 
+def _entry(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, Any]:
+    """A record's fields, masked: time, level, logger, message, its extras, a traceback."""
+    entry: dict[str, Any] = {
+        "time": rfc3339(datetime.fromtimestamp(record.created, UTC)),
+        "level": record.levelname,
+        "logger": record.name,
+        "message": mask_card_numbers(record.getMessage()),
+    }
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD and not key.startswith("_"):
+            entry[key] = _masked(value)
+    if record.exc_info:
+        entry["exception"] = mask_card_numbers(formatter.formatException(record.exc_info))
+    return entry
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: for machines."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": rfc3339(datetime.fromtimestamp(record.created, UTC)),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": mask_card_numbers(record.getMessage()),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = _masked(value)
-        if record.exc_info:
-            entry["exception"] = mask_card_numbers(self.formatException(record.exc_info))
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(_entry(self, record), ensure_ascii=False)
 
 
-def configure_logging(*, level: int = logging.INFO, stream: TextIO | None = None) -> None:
-    """Route every logger of the process to one JSON handler (call once, from the process
-    entry point; libraries and tests leave logging alone)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+class TextFormatter(logging.Formatter):
+    """One line per event for a person: time, level, message, then the extras as key=value
+    (and a traceback below it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = _entry(self, record)
+        exception = entry.pop("exception", None)
+        line = f"{entry.pop('time')} {entry.pop('level'):<7} {entry.pop('message')}"
+        entry.pop("logger")
+        if entry:
+            line += "  " + " ".join(f"{key}={value}" for key, value in entry.items())
+        return f"{line}\n{exception}" if exception else line
+
+
+def configure_logging(*, log_format: str = "auto", level: int = logging.INFO,
+                      stream: TextIO | None = None) -> None:
+    """Route every logger of the process to one handler on `stream` (stderr), text or JSON
+    as `log_format` says (call once, from the process entry point; libraries and tests leave
+    logging alone)."""
+    out = stream or sys.stderr
+    if log_format == "auto":
+        log_format = "text" if out.isatty() else "json"
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter() if log_format == "text" else JsonFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
