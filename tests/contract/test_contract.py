@@ -226,6 +226,8 @@ def test_a_till_installs_the_wheel_without_hqs_database_stack_and_serve_names_th
                                    text=True, env=env, cwd=tmp_path)
     admin_help = subprocess.run([storedvalue, "admin", "--help"], capture_output=True,
                                 text=True, env=env, cwd=tmp_path)
+    serve_help = subprocess.run([storedvalue, "serve", "--help"], capture_output=True,
+                                text=True, env=env, cwd=tmp_path)
     serve = subprocess.run([storedvalue, "serve"], capture_output=True, text=True, env=env,
                            cwd=tmp_path, timeout=60)
 
@@ -236,6 +238,8 @@ def test_a_till_installs_the_wheel_without_hqs_database_stack_and_serve_names_th
     assert terminal_help.returncode == 0, terminal_help.stderr
     assert "--terminal-id" in terminal_help.stdout
     assert admin_help.returncode == 0, admin_help.stderr
+    assert serve_help.returncode == 0, serve_help.stderr  # the help needs no extra
+    assert "storedvalue[hq]" in serve_help.stdout
     assert serve.returncode == 2
     assert "pip install 'storedvalue[hq]'" in serve.stderr, serve.stderr
     assert "Traceback" not in serve.stderr
