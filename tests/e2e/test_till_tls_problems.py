@@ -5,6 +5,9 @@ fixed, on the till (new files) or at HQ, without being restarted."""
 
 from __future__ import annotations
 
+import select
+import socket
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -242,3 +245,25 @@ def test_tls_files_that_cannot_be_used_fail_the_terminal_as_it_is_built(store: S
     assert unusable.value.problem is TlsProblem.CLIENT_FILES_UNUSABLE
     assert "the key does not belong to the certificate" in unusable.value.message
     assert f"{store.root / 'no-such-ca.pem'} does not exist" in missing.value.message
+
+
+
+def test_a_link_already_reset_is_no_tls_problem_and_the_check_leaks_nothing() -> None:
+    """The check meets reset links (a relay or a load balancer dropping connections): here
+    the connection is reset before the check's handshake starts. That is a lost link, not a
+    TLS problem, and the check closes what it opened (the tests turn an unclosed socket's
+    ResourceWarning into an error; `ssl.wrap_socket` leaked one in exactly this case)."""
+    from storedvalue.terminal._tls import _plaintext_meets_tls
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        for _ in range(5):
+            with socket.create_connection(listener.getsockname(), timeout=2.0) as sock:
+                accepted, _ = listener.accept()
+                # A zero linger makes close() send an RST, not a FIN.
+                accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+                accepted.close()
+                readable, _, _ = select.select([sock], [], [], 2.0)
+                assert readable, "the reset never reached the client"
+                assert _plaintext_meets_tls(sock, address) is None

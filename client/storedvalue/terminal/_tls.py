@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from cryptography import x509
@@ -31,6 +31,7 @@ from ._errors import HandshakeFailed, TlsProblem
 _NOT_CONNECTED = "failed to connect to all addresses"
 _TLS_LIKE = ("Socket closed", "andshake", "SSL", "TSI_", "erification", "certificate",
              "Connection reset", "End of TCP stream")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,10 +160,10 @@ def diagnose_handshake(address: str, tls: TlsFiles | None, timeout_s: float
 def _handshake(sock: socket.socket, context: ssl.SSLContext, tls: TlsFiles, host: str,
                address: str) -> HandshakeFailed | None:
     try:
-        with context.wrap_socket(sock, server_hostname=tls.server_name or host) as connection:
-            # Once HQ accepted the certificate it sends its HTTP/2 settings at once; under
-            # TLS 1.3 a refused certificate gets the connection closed instead.
-            answered = connection.recv(1)
+        connection = _Tls(sock, context, server_hostname=tls.server_name or host)
+        # Once HQ accepted the certificate it sends its HTTP/2 settings at once; under
+        # TLS 1.3 a refused certificate gets the connection closed instead.
+        answered = connection.read(1)
     except ssl.SSLCertVerificationError as error:
         return _hq_not_trusted(tls, host, address, error.verify_message or str(error))
     except ssl.SSLError as error:
@@ -193,10 +194,7 @@ def _plaintext_meets_tls(sock: socket.socket, address: str) -> HandshakeFailed |
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE  # only asking whether TLS is spoken at all
     try:
-        # The handshake inside the `with`: one failing in wrap_socket itself would leave
-        # the SSLSocket unclosed (a ResourceWarning, an error under the tests' filters).
-        with probe.wrap_socket(sock, do_handshake_on_connect=False) as tls:
-            tls.do_handshake()
+        _Tls(sock, probe, server_hostname=None)
     except (ssl.SSLError, OSError):
         return None
     return HandshakeFailed(
@@ -204,6 +202,49 @@ def _plaintext_meets_tls(sock: socket.socket, address: str) -> HandshakeFailed |
         f"HQ at {address} speaks TLS and this client connects in plaintext: give it the CA "
         "of HQ's certificate (TerminalConfig(tls=TlsFiles(ca_file=...)); the CLIs' --ca-file), "
         "and under mutual TLS its own certificate and key")
+
+
+class _Tls:
+    """A client TLS session over a connected socket through memory buffers, handshaken on
+    creation. Not `ssl.SSLSocket`: `wrap_socket` leaks the SSLSocket it made when the peer
+    has already reset the connection (CPython 3.11 raises ECONNRESET from inside it before
+    anything can close it), and a reset link is exactly what this check meets. The socket
+    stays the caller's to close; socket errors (timeouts, resets) and `ssl` errors pass."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext,
+                 server_hostname: str | None) -> None:
+        self._sock = sock
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_hostname=server_hostname)
+        self._until_done(self._tls.do_handshake)
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of application data; b"" once the peer closed."""
+        try:
+            return self._until_done(lambda: self._tls.read(size))
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""
+
+    def _until_done(self, step: Callable[[], _T]) -> _T:
+        while True:
+            try:
+                result = step()
+            except ssl.SSLWantReadError:
+                self._send_pending()
+                received = self._sock.recv(16384)
+                if received:
+                    self._incoming.write(received)
+                else:
+                    self._incoming.write_eof()
+                continue
+            self._send_pending()
+            return result
+
+    def _send_pending(self) -> None:
+        pending = self._outgoing.read()
+        if pending:
+            self._sock.sendall(pending)
 
 
 def _hq_not_trusted(tls: TlsFiles, host: str, address: str, why: str) -> HandshakeFailed:
