@@ -8,6 +8,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -267,3 +268,44 @@ def test_a_link_already_reset_is_no_tls_problem_and_the_check_leaks_nothing() ->
                 readable, _, _ = select.select([sock], [], [], 2.0)
                 assert readable, "the reset never reached the client"
                 assert _plaintext_meets_tls(sock, address) is None
+
+
+@pytest.mark.parametrize("ending", ["reset", "close"])
+def test_a_relay_that_drops_connections_before_hq_answers_is_a_lost_link_not_tls(
+    store: Store, ending: str
+) -> None:
+    """A load balancer or relay with no HQ behind it accepts and then resets or closes the
+    connection before any TLS answer: the till is out of reach (HQUnavailable, it may go
+    OFFLINE and sell offline), not told to fix a certificate that is fine."""
+    from storedvalue.terminal._tls import diagnose_handshake
+
+    tls = store.till_files(store.pki.clients["till-1"])
+    dropped = 0
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+
+        def drop_every_connection() -> None:
+            nonlocal dropped
+            while True:
+                try:
+                    accepted, _ = listener.accept()
+                except OSError:
+                    return  # the listener was closed: the test is over
+                if ending == "reset":
+                    accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
+                accepted.close()
+                dropped += 1
+
+        acceptor = threading.Thread(target=drop_every_connection, daemon=True)
+        acceptor.start()
+        seen = [diagnose_handshake(address, tls, timeout_s=2.0) for _ in range(10)]
+        with Terminal(address=address, terminal_id="till-1", credential=store.token,
+                      data_dir=store.root / "till-1",
+                      config=replace(FAST, tls=tls)) as till, pytest.raises(HQUnavailable):
+            till.balance(card_number=store.card())
+        listener.shutdown(socket.SHUT_RDWR)
+    acceptor.join(timeout=5)
+
+    assert seen == [None] * 10
+    assert dropped >= 10

@@ -159,8 +159,12 @@ def diagnose_handshake(address: str, tls: TlsFiles | None, timeout_s: float
 
 def _handshake(sock: socket.socket, context: ssl.SSLContext, tls: TlsFiles, host: str,
                address: str) -> HandshakeFailed | None:
+    connection = _Tls(sock, context, server_hostname=tls.server_name or host)
+    # A TLS server answers every ClientHello (a ServerHello or an alert); a connection reset
+    # or closed before any answer is a lost link (a relay or load balancer with nowhere to
+    # send it), not a TLS matter.
     try:
-        connection = _Tls(sock, context, server_hostname=tls.server_name or host)
+        connection.handshake()
         # Once HQ accepted the certificate it sends its HTTP/2 settings at once; under
         # TLS 1.3 a refused certificate gets the connection closed instead.
         answered = connection.read(1)
@@ -173,12 +177,16 @@ def _handshake(sock: socket.socket, context: ssl.SSLContext, tls: TlsFiles, host
                 f"HQ at {address} answered in plaintext: it serves without TLS (start it with "
                 "--tls-cert and --tls-key) or this is not its TLS port; or connect in plaintext "
                 "(loopback only)")
+        if isinstance(error, ssl.SSLEOFError) and not connection.heard_from_peer:
+            return None
         if isinstance(error, ssl.SSLEOFError) or "ALERT" in (error.reason or ""):
             return _client_certificate_refused(tls, address, f"HQ ended the handshake: "
                                                f"{error.reason or error}")
         return HandshakeFailed(TlsProblem.HANDSHAKE_FAILED,
                                f"the TLS handshake with HQ at {address} failed: {error}")
     except (ConnectionResetError, BrokenPipeError):
+        if not connection.heard_from_peer:
+            return None
         return _client_certificate_refused(tls, address, "HQ reset the connection")
     except OSError:
         return None  # a timeout or a lost link: not a TLS matter
@@ -194,7 +202,7 @@ def _plaintext_meets_tls(sock: socket.socket, address: str) -> HandshakeFailed |
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE  # only asking whether TLS is spoken at all
     try:
-        _Tls(sock, probe, server_hostname=None)
+        _Tls(sock, probe, server_hostname=None).handshake()
     except (ssl.SSLError, OSError):
         return None
     return HandshakeFailed(
@@ -205,9 +213,9 @@ def _plaintext_meets_tls(sock: socket.socket, address: str) -> HandshakeFailed |
 
 
 class _Tls:
-    """A client TLS session over a connected socket through memory buffers, handshaken on
-    creation. Not `ssl.SSLSocket`: `wrap_socket` leaks the SSLSocket it made when the peer
-    has already reset the connection (CPython 3.11 raises ECONNRESET from inside it before
+    """A client TLS session over a connected socket through memory buffers. Not
+    `ssl.SSLSocket`: `wrap_socket` leaks the SSLSocket it made when the peer has already
+    reset the connection (CPython 3.11 raises ECONNRESET from inside it before
     anything can close it), and a reset link is exactly what this check meets. The socket
     stays the caller's to close; socket errors (timeouts, resets) and `ssl` errors pass."""
 
@@ -217,6 +225,10 @@ class _Tls:
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing,
                                      server_hostname=server_hostname)
+        self.heard_from_peer = False
+        """Whether the peer sent anything at all (a TLS server answers every ClientHello)."""
+
+    def handshake(self) -> None:
         self._until_done(self._tls.do_handshake)
 
     def read(self, size: int) -> bytes:
@@ -234,6 +246,7 @@ class _Tls:
                 self._send_pending()
                 received = self._sock.recv(16384)
                 if received:
+                    self.heard_from_peer = True
                     self._incoming.write(received)
                 else:
                     self._incoming.write_eof()
