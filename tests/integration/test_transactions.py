@@ -6,6 +6,7 @@ committed."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sqlite3
 import time
@@ -296,5 +297,45 @@ def test_units_of_work_go_on_after_postgresql_ended_the_executors_connections(
         assert run(storage, scenario) == [card_number(n) for n in range(9, 17)]
         assert known_cards(storage, range(1, 17)) == list(range(1, 17))
     finally:
+        admin.dispose()
+        storage.close()
+
+
+@pytest.mark.postgres
+def test_the_executors_keep_their_connections_past_1024_open_descriptors(
+    postgres_url: str,
+) -> None:
+    """A replica serving thousands of tills holds thousands of sockets, so the executor's
+    database connections get descriptors past 1,024: they are kept from one unit of work to
+    the next there too (not dropped and connected again for every unit)."""
+    name = f"sv-executor-{secrets.token_hex(4)}"  # this test's connections, and no others
+    url = make_url(postgres_url)
+    storage = SqlStorage.from_url(url.update_query_dict({"application_name": name}))
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1_100)]  # the fleet's sockets
+
+    def backends() -> set[int]:
+        with admin.connect() as connection:
+            return {pid for (pid,) in connection.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": name})}
+
+    try:
+        upgrade_to_head(storage.engine)
+
+        async def scenario(transactions: Transactions) -> tuple[set[int], set[int]]:
+            for number in range(1, 9):
+                await transactions.write(adds(number))
+            first = backends()
+            for number in range(9, 41):
+                await transactions.write(adds(number))
+            return first, backends()
+
+        first, later = run(storage, scenario)
+        assert first and later == first
+        assert known_cards(storage, range(1, 41)) == list(range(1, 41))
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
         admin.dispose()
         storage.close()

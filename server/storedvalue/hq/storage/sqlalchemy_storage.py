@@ -239,11 +239,15 @@ class _Session:
         driver = self._pooled.dbapi_connection
         if driver is None or getattr(driver, "broken", False) or getattr(driver, "closed", False):
             return True
+        # poll, not select: a replica serving thousands of tills has its database sockets
+        # past select's 1,024 descriptors, where select fails (and every unit would connect
+        # again).
+        poller = select.poll()
         try:
-            readable, _, _ = select.select([driver.fileno()], [], [], 0)
+            poller.register(driver.fileno(), select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
     def release(self) -> None:
         try:
