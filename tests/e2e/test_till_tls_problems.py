@@ -9,6 +9,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -267,7 +268,7 @@ def test_a_link_already_reset_is_no_tls_problem_and_the_check_leaks_nothing() ->
                 accepted.close()
                 readable, _, _ = select.select([sock], [], [], 2.0)
                 assert readable, "the reset never reached the client"
-                assert _plaintext_meets_tls(sock, address) is None
+                assert _plaintext_meets_tls(sock, address, time.monotonic() + 2.0) is None
 
 
 @pytest.mark.parametrize("ending", ["reset", "close"])
@@ -309,3 +310,36 @@ def test_a_relay_that_drops_connections_before_hq_answers_is_a_lost_link_not_tls
 
     assert seen == [None] * 10
     assert dropped >= 10
+
+
+def test_the_tls_check_keeps_to_its_time_against_a_peer_that_trickles() -> None:
+    """A peer that sends the start of a TLS record a byte at a time never lets one read time
+    out: the check still ends within its own time (the till's call is waiting on it), as a
+    lost link."""
+    from storedvalue.terminal._tls import diagnose_handshake
+
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+
+        def trickle() -> None:
+            accepted, _ = listener.accept()
+            with accepted:
+                for byte in (b"\x16\x03\x03\x40\x00" + b"\x02" * 300):
+                    if stop.wait(0.05):
+                        return
+                    try:
+                        accepted.sendall(bytes([byte]))
+                    except OSError:
+                        return
+
+        server = threading.Thread(target=trickle, daemon=True)
+        server.start()
+        started = time.monotonic()
+        seen = diagnose_handshake(address, None, timeout_s=1.0)
+        took = time.monotonic() - started
+        stop.set()
+        server.join(timeout=5)
+
+    assert seen is None
+    assert took < 5.0, f"the check took {took:.1f} s against its 1 s"  # the peer trickles 15 s

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -137,7 +138,9 @@ def may_be_tls_failure(failure: grpc.RpcError) -> bool:
 def diagnose_handshake(address: str, tls: TlsFiles | None, timeout_s: float
                        ) -> HandshakeFailed | None:
     """Connect to ``address`` and handshake as a client with ``tls`` would (plaintext when
-    None): what is wrong with TLS there, or None when nothing is (or HQ is out of reach)."""
+    None): what is wrong with TLS there, or None when nothing is (or HQ is out of reach).
+    The whole check, connection included, takes at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     try:
@@ -146,20 +149,21 @@ def diagnose_handshake(address: str, tls: TlsFiles | None, timeout_s: float
         return None  # out of reach (or an address this check cannot parse): not TLS
     with sock:
         if tls is None:
-            return _plaintext_meets_tls(sock, address)
+            return _plaintext_meets_tls(sock, address, deadline)
         try:
             context = tls.ssl_context()
         except HandshakeFailed as unusable:
             return unusable
-        return _handshake(sock, context, tls, host, address)
+        return _handshake(sock, context, tls, host, address, deadline)
 
 
 # -- the checks -------------------------------------------------------------------------------
 
 
 def _handshake(sock: socket.socket, context: ssl.SSLContext, tls: TlsFiles, host: str,
-               address: str) -> HandshakeFailed | None:
-    connection = _Tls(sock, context, server_hostname=tls.server_name or host)
+               address: str, deadline: float) -> HandshakeFailed | None:
+    connection = _Tls(sock, context, server_hostname=tls.server_name or host,
+                      deadline=deadline)
     # A TLS server answers every ClientHello (a ServerHello or an alert); a connection reset
     # or closed before any answer is a lost link (a relay or load balancer with nowhere to
     # send it), not a TLS matter.
@@ -196,13 +200,14 @@ def _handshake(sock: socket.socket, context: ssl.SSLContext, tls: TlsFiles, host
                                        "handshake")
 
 
-def _plaintext_meets_tls(sock: socket.socket, address: str) -> HandshakeFailed | None:
+def _plaintext_meets_tls(sock: socket.socket, address: str, deadline: float
+                         ) -> HandshakeFailed | None:
     """A plaintext client whose connections HQ closes: does HQ speak TLS there?"""
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE  # only asking whether TLS is spoken at all
     try:
-        _Tls(sock, probe, server_hostname=None).handshake()
+        _Tls(sock, probe, server_hostname=None, deadline=deadline).handshake()
     except (ssl.SSLError, OSError):
         return None
     return HandshakeFailed(
@@ -220,8 +225,9 @@ class _Tls:
     stays the caller's to close; socket errors (timeouts, resets) and `ssl` errors pass."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext,
-                 server_hostname: str | None) -> None:
+                 server_hostname: str | None, deadline: float) -> None:
         self._sock = sock
+        self._deadline = deadline
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing,
                                      server_hostname=server_hostname)
@@ -244,6 +250,7 @@ class _Tls:
                 result = step()
             except ssl.SSLWantReadError:
                 self._send_pending()
+                self._before_waiting()
                 received = self._sock.recv(16384)
                 if received:
                     self.heard_from_peer = True
@@ -257,7 +264,15 @@ class _Tls:
     def _send_pending(self) -> None:
         pending = self._outgoing.read()
         if pending:
+            self._before_waiting()
             self._sock.sendall(pending)
+
+    def _before_waiting(self) -> None:
+        """What is left of the check's time is what the next socket operation may take."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the TLS check ran out of time")
+        self._sock.settimeout(left)
 
 
 def _hq_not_trusted(tls: TlsFiles, host: str, address: str, why: str) -> HandshakeFailed:
