@@ -195,7 +195,7 @@ def test_generated_modules_import_from_a_built_wheel(tmp_path: Path, wheel: Path
     assert result.stdout.strip() == "TerminalServiceStub"
 
 
-HQ_ONLY = ("sqlalchemy", "alembic", "psycopg", "uvloop", "grpc_reflection", "msgspec")
+HQ_ONLY = ("sqlalchemy", "alembic", "psycopg", "uvloop", "grpc_reflection")
 
 
 @pytest.mark.slow
