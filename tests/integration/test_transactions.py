@@ -323,16 +323,17 @@ def test_the_executors_keep_their_connections_past_1024_open_descriptors(
     try:
         upgrade_to_head(storage.engine)
 
-        async def scenario(transactions: Transactions) -> tuple[set[int], set[int]]:
-            for number in range(1, 9):
+        async def scenario(transactions: Transactions) -> set[int]:
+            seen: set[int] = set()
+            for number in range(1, 41):
                 await transactions.write(adds(number))
-            first = backends()
-            for number in range(9, 41):
-                await transactions.write(adds(number))
-            return first, backends()
+                seen |= backends()
+            return seen
 
-        first, later = run(storage, scenario)
-        assert first and later == first
+        seen = run(storage, scenario)
+        # At most one backend per executor thread (and the migration's, pooled) over 40
+        # units; connecting again for every unit would show about one per unit.
+        assert 1 <= len(seen) <= HQConfig().database_connections + 1 < 40
         assert known_cards(storage, range(1, 41)) == list(range(1, 41))
     finally:
         for descriptor in held:
