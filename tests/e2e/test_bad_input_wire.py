@@ -266,3 +266,36 @@ def test_a_timestamp_sent_in_range_still_round_trips(hq: RunningHQ) -> None:
                                                        nanos=999_999_999))
     (result,) = sync(till, sale).results
     assert result.outcome != offline_pb2.OFFLINE_OUTCOME_REJECTED
+
+
+def test_undecodable_bytes_to_health_and_reflection_are_invalid_argument(hq: RunningHQ) -> None:
+    """The services that are not storedvalue's own (health, reflection) answer bad bytes as
+    ours do, not with gRPC's INTERNAL; a well-formed request still gets its answer."""
+    truncated = b"\x0a\x05ab"  # field 1 with a length running past the end
+    check = hq.channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
+                                   response_deserializer=None)
+    watch = hq.channel.unary_stream("/grpc.health.v1.Health/Watch", request_serializer=None,
+                                    response_deserializer=None)
+    for call in (lambda: check(truncated, timeout=10),
+                 lambda: list(watch(truncated, timeout=10))):
+        try:
+            call()
+        except grpc.RpcError as error:
+            assert_invalid(failure_of(error), "MALFORMED_REQUEST")
+        else:
+            raise AssertionError("health accepted undecodable bytes")
+    assert check(b"", timeout=10) == b"\x08\x01"  # status: SERVING
+
+    for version in ("v1", "v1alpha"):
+        reflect = hq.channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=None, response_deserializer=None)
+        list_services = b"\x3a\x01*"  # list_services: "*"
+        answers = list(reflect(iter([list_services]), timeout=10))
+        assert len(answers) == 1 and b"storedvalue.v1.TerminalService" in answers[0], version
+        try:
+            list(reflect(iter([list_services, truncated]), timeout=10))
+        except grpc.RpcError as error:
+            assert_invalid(failure_of(error), "MALFORMED_REQUEST")
+        else:
+            raise AssertionError(f"reflection {version} accepted undecodable bytes")

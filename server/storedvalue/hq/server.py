@@ -15,10 +15,10 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from storedvalue.hq.certificate_rotation import ServingCertificates
 from storedvalue.hq.config import ADMIN_NAME, HQConfig
@@ -27,7 +27,7 @@ from storedvalue.hq.event_loops import loop_factory
 from storedvalue.hq.grpc_api.back_office_servicer import BackOfficeServicer
 from storedvalue.hq.grpc_api.calls import CallGate, MethodTable
 from storedvalue.hq.grpc_api.client_certificates import ClientCertificates
-from storedvalue.hq.grpc_api.method_handlers import add_servicer
+from storedvalue.hq.grpc_api.method_handlers import add_foreign_servicer, add_servicer
 from storedvalue.hq.grpc_api.reflection import add_reflection
 from storedvalue.hq.grpc_api.terminal_servicer import TerminalServicer
 from storedvalue.hq.services.auth import Authenticator, Role
@@ -53,6 +53,7 @@ TERMINAL_SERVICE_DESCRIPTOR = terminal_service_pb2.DESCRIPTOR.services_by_name["
 BACK_OFFICE_SERVICE_DESCRIPTOR = (
     back_office_service_pb2.DESCRIPTOR.services_by_name["BackOfficeService"]
 )
+HEALTH_SERVICE_DESCRIPTOR = health_pb2.DESCRIPTOR.services_by_name["Health"]
 TERMINAL_SERVICE = TERMINAL_SERVICE_DESCRIPTOR.full_name
 BACK_OFFICE_SERVICE = BACK_OFFICE_SERVICE_DESCRIPTOR.full_name
 
@@ -165,7 +166,7 @@ class HQApplication:
             ),
             BACK_OFFICE_SERVICE_DESCRIPTOR,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, cast(Any, methods))
+        add_foreign_servicer(methods, self._health, HEALTH_SERVICE_DESCRIPTOR)
         self._server.add_generic_rpc_handlers((methods,))
         add_reflection(self._server, (TERMINAL_SERVICE, BACK_OFFICE_SERVICE, health.SERVICE_NAME))
         self.port = _bind(self._server, config.listen, self.certificates)
@@ -176,7 +177,7 @@ class HQApplication:
         self.health_port: int | None = None
         if config.health_listen is not None:
             self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            add_foreign_servicer(self._health_server, self._health, HEALTH_SERVICE_DESCRIPTOR)
             add_reflection(self._health_server, (health.SERVICE_NAME,))
             self.health_port = _bind(self._health_server, config.health_listen, None)
         self._followers: list[asyncio.Task[None]] = []

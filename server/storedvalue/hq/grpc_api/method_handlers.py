@@ -7,11 +7,16 @@ grpcio decodes a request before any handler code runs; bytes that are not a vali
 checked the credential already, the handler's first look at the request raises
 `MalformedRequest` (the gate refuses it too when the handler never looked), and the one
 error mapping (errors.py) answers with INVALID_ARGUMENT and its ErrorInfo.
+
+Services that are not ours (health; reflection has its own handler) get the same decoder,
+and `add_foreign_servicer` ends a call whose bytes do not decode with that same status
+before the servicer sees the request: no service of HQ answers INTERNAL to bad bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -20,6 +25,7 @@ from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from storedvalue.hq.domain.errors import MalformedRequest
+from storedvalue.hq.grpc_api.errors import end_with, status_of
 
 
 class UndecodableRequest:
@@ -51,7 +57,38 @@ def request_decoder(descriptor: Descriptor) -> Callable[[bytes], Message | Undec
     return decode
 
 
-def add_servicer(server: Any, servicer: object, service: ServiceDescriptor) -> None:
+async def refuse_undecodable(request: object, context: grpc.aio.ServicerContext[Any, Any]
+                             ) -> None:
+    """End the call with INVALID_ARGUMENT (MALFORMED_REQUEST) if `request` did not decode."""
+    if isinstance(request, UndecodableRequest):
+        await end_with(context, status_of(MalformedRequest(request.type_name)))
+
+
+def _checking_requests(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    """`behaviour` (a grpc.aio unary-request method) behind `refuse_undecodable`."""
+    if inspect.isasyncgenfunction(behaviour):
+        async def stream(request: object, context: Any) -> AsyncIterator[Any]:
+            await refuse_undecodable(request, context)
+            async for response in behaviour(request, context):
+                yield response
+
+        return stream
+
+    async def call(request: object, context: Any) -> Any:
+        await refuse_undecodable(request, context)
+        return await behaviour(request, context)
+
+    return call
+
+
+def add_foreign_servicer(server: Any, servicer: object, service: ServiceDescriptor) -> None:
+    """`add_servicer` for a grpc.aio servicer that is not ours (health): its methods never
+    see an undecodable request."""
+    add_servicer(server, servicer, service, wrap=_checking_requests)
+
+
+def add_servicer(server: Any, servicer: object, service: ServiceDescriptor, *,
+                 wrap: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda b: b) -> None:
     """Register `servicer`'s methods (named as the service's RPCs) on `server`, as the
     generated `add_XxxServicer_to_server` does, with the decoder above."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -62,7 +99,7 @@ def add_servicer(server: Any, servicer: object, service: ServiceDescriptor) -> N
                 else grpc.unary_unary_rpc_method_handler)
         response_class = message_factory.GetMessageClass(method.output_type)
         handlers[method.name] = make(
-            getattr(servicer, method.name),
+            wrap(getattr(servicer, method.name)),
             request_deserializer=request_decoder(method.input_type),
             response_serializer=response_class.SerializeToString,
         )

@@ -23,6 +23,10 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as pb
 
+from storedvalue.hq.domain.errors import MalformedRequest
+from storedvalue.hq.grpc_api.errors import end_with, status_of
+from storedvalue.hq.grpc_api.method_handlers import UndecodableRequest, request_decoder
+
 REFLECTION_SERVICES = ("grpc.reflection.v1.ServerReflection",
                        "grpc.reflection.v1alpha.ServerReflection")
 _METHOD = "ServerReflectionInfo"
@@ -174,23 +178,28 @@ def add_reflection(server: grpc.Server | grpc.aio.Server, service_names: Iterabl
     catalogue = ContractCatalogue([*service_names, *REFLECTION_SERVICES])
     if isinstance(server, grpc.aio.Server):
         async def answer_async(
-            requests: AsyncIterator[pb.ServerReflectionRequest], _context: Any
+            requests: AsyncIterator[pb.ServerReflectionRequest | UndecodableRequest], context: Any
         ) -> AsyncIterator[pb.ServerReflectionResponse]:
             async for request in requests:
+                if isinstance(request, UndecodableRequest):
+                    await end_with(context, status_of(MalformedRequest(request.type_name)))
                 yield catalogue.answer(request)
 
         behaviour: Any = answer_async
     else:
         def answer(
-            requests: Iterator[pb.ServerReflectionRequest], _context: Any
+            requests: Iterator[pb.ServerReflectionRequest | UndecodableRequest], context: Any
         ) -> Iterator[pb.ServerReflectionResponse]:
             for request in requests:
+                if isinstance(request, UndecodableRequest):
+                    context.abort_with_status(status_of(MalformedRequest(request.type_name)))
+                    raise AssertionError("abort_with_status returned")  # pragma: no cover
                 yield catalogue.answer(request)
 
         behaviour = answer
     handler = grpc.stream_stream_rpc_method_handler(
         behaviour,
-        request_deserializer=pb.ServerReflectionRequest.FromString,
+        request_deserializer=request_decoder(pb.ServerReflectionRequest.DESCRIPTOR),
         response_serializer=pb.ServerReflectionResponse.SerializeToString,
     )
     server.add_generic_rpc_handlers(tuple(
