@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
+from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import ParameterSet
 from storedvalue.hq.domain.terminal_reports import ReceivedReport
@@ -151,6 +152,25 @@ class FakeCardRepository:
                     lock=None if card.lock is None else _stored(card.lock),
                     pending_entries=[],
                 )
+
+    def balances_for_update(self, card_numbers: Collection[str]) -> dict[str, CardBalance]:
+        found = {}
+        for number in sorted(set(card_numbers)):
+            card = self._state.cards.get(number)
+            if card is not None:
+                lock = card.lock
+                found[number] = CardBalance(
+                    number, card.kind, card.currency, card.balance_minor,
+                    lock.terminal_id if lock else None, lock.transaction_id if lock else None)
+        return found
+
+    def set_balances(self, changes: Iterable[BalanceChange]) -> None:
+        for number, balance, release in changes:
+            stored = self._state.cards.get(number)
+            if stored is not None:
+                self._state.cards[number] = replace(
+                    stored, balance_minor=balance, lock=None if release else stored.lock,
+                    pending_entries=[])
 
     def list_locks(
         self,

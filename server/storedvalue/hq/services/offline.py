@@ -23,6 +23,7 @@ from storedvalue.hq.domain.offline import (
     plan_offline_batch,
 )
 from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
+from storedvalue.hq.domain.offline_common import is_common_shape, plan_common_batch
 from storedvalue.hq.domain.reversals import cards_a_reversal_touches, reversal_keys
 from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
 from storedvalue.hq.services.clock import Clock, utc_now
@@ -135,14 +136,18 @@ class OfflineService:
         clock: Clock = utc_now,
         new_card_number: Callable[[], str] = generate_card_number,
         throttle: UnknownCardThrottle | None = None,
+        common_path: bool = True,
     ) -> None:
         """`throttle`: the unknown-card limit, shared with the CardService of the process
-        (one limit per till across online and offline lookups)."""
+        (one limit per till across online and offline lookups). `common_path`: apply a
+        batch of common-case transactions in bulk (`plan_common_batch`); off, every batch
+        goes through `plan_offline_batch` (the same outcome, for the tests comparing both)."""
         self._transactions = transactions
         self.limits = limits or SyncLimits()
         self._clock = clock
         self._new_card_number = new_card_number
         self._throttle = throttle or UnknownCardThrottle()
+        self._common_path = common_path
 
     async def sync(self, *, key: RequestKey, terminal_id: str,
                    transactions: Sequence[OfflineTransaction]) -> SyncOutcome:
@@ -157,6 +162,7 @@ class OfflineService:
         batch = list(transactions)
         budget = self._throttle.remaining(terminal_id)
         lookups = 0
+        common = self._common_path and is_common_shape(batch)
 
         def work(uow: Repositories) -> SyncOutcome:
             nonlocal lookups
@@ -174,6 +180,10 @@ class OfflineService:
                                   if "\x00" not in txn.transaction_id})
                 return SyncOutcome(results=replayed_results(answered, batch, recorded),
                                    status=sync_status(uow, terminal))
+            if common:
+                outcome = self._apply_common(uow, key, terminal, batch, now)
+                if outcome is not None:
+                    return outcome
             # No key with a NUL is looked up (PostgreSQL refuses one in a string; the plan
             # rejects those items). A cheap test: the plan checks every field anyway.
             numbers = {line.card_number for txn in batch for line in txn.redeem_lines}
@@ -254,6 +264,62 @@ class OfflineService:
         outcome = await self._transactions.write(work, large=len(batch) > LARGE_BATCH)
         self._throttle.record_misses(terminal_id, lookups)
         return outcome
+
+    def _apply_common(self, uow: Repositories, key: RequestKey, terminal: Terminal,
+                      batch: list[OfflineTransaction], now: datetime) -> SyncOutcome | None:
+        """Apply a batch in which every transaction is the common case (see
+        `storedvalue.hq.domain.offline_common`) in bulk, or change nothing and return None
+        (as soon as one is not: the general path then plans the whole batch)."""
+        terminal_id = terminal.terminal_id
+        numbers = set()
+        line_keys = set()
+        for txn in batch:
+            (line,) = txn.redeem_lines
+            if "\x00" in txn.transaction_id or "\x00" in line.line_id:
+                return None  # rejected: not the common case (and no key with a NUL is read)
+            numbers.add(line.card_number)
+            line_keys.add((terminal_id, txn.transaction_id, line.line_id))
+        if len(numbers) != len(batch) or any("\x00" in number for number in numbers):
+            return None
+        cards = uow.cards.balances_for_update(numbers)
+        if len(cards) != len(numbers):
+            return None
+        txn_ids = [txn.transaction_id for txn in batch]
+        known = uow.offline.get_many(terminal_id, txn_ids)
+        if known:
+            return None
+        owners = uow.offline.sequence_owners(terminal_id, {txn.sequence_number for txn in batch})
+        if owners:
+            return None
+        redemptions = uow.redemptions.get_many(line_keys)
+        if redemptions:
+            return None
+        plan = plan_common_batch(
+            terminal_id=terminal_id,
+            transactions=batch,
+            cards=cards,
+            known=known,
+            sequence_owners=owners,
+            redemptions=redemptions,
+            parameters=parameters_as_used(
+                uow, terminal.store_id, (txn.parameters_version for txn in batch)),
+            lock_grants=uow.lock_history.for_sales(terminal_id, txn_ids),
+            highest_sequence_seen=terminal.highest_sequence_seen,
+            now=now,
+            limits=self.limits.per_item,
+        )
+        if plan is None:
+            return None
+        uow.cards.set_balances(plan.balances)
+        uow.journal.append(plan.entries)
+        uow.redemptions.add(plan.redemptions)
+        uow.offline.add(plan.records)
+        terminal.record_sequences((r.sequence_number for r in plan.records), now=now)
+        above = uow.offline.sequences_above(terminal_id, terminal.highest_contiguous_sequence)
+        gaps = terminal.advance_contiguous(above)
+        uow.terminals.save(terminal)
+        remember(uow, key, answered_batch(plan.results, plan.records), now)
+        return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
 
     def _check_limits(self, transactions: Sequence[OfflineTransaction]) -> None:
         limits = self.limits

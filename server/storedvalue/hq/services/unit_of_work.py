@@ -24,6 +24,7 @@ from typing import Protocol, Self
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
+from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import ParameterSet
 from storedvalue.hq.domain.terminal_reports import ReceivedReport
@@ -90,6 +91,14 @@ class CardRepository(Protocol):
         ...
     def save(self, cards: Iterable[Card]) -> None:
         """Write back status, balance, fencing counter and lock of loaded cards."""
+        ...
+    def balances_for_update(self, card_numbers: Collection[str]) -> dict[str, CardBalance]:
+        """As `get_many_for_update` (same locks, same order), only balances and lock holders;
+        the cards are not seen by the unit of work (their journal is the caller's)."""
+        ...
+    def set_balances(self, changes: Iterable[BalanceChange]) -> None:
+        """Write the new balances of cards read by `balances_for_update`, releasing the lock
+        of those marked so; nothing else of the card changes."""
         ...
     def list_locks(
         self,

@@ -10,9 +10,10 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, insert, select, update
 
-from storedvalue.hq.domain.cards import Card, Lock
+from storedvalue.hq.domain.cards import Card, CardKind, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import Redemption
+from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.services.unit_of_work import SeenCards
 from storedvalue.hq.storage import rows
@@ -33,6 +34,16 @@ _CARDS_FOR_UPDATE = Statement(
     in_list="numbers",
 )
 _INSERT_CARDS = Statement(insert(cards))
+_BALANCES_FOR_UPDATE = Statement(
+    select(cards.c.card_number, cards.c.kind, cards.c.currency, cards.c.balance_minor,
+           cards.c.lock_terminal_id, cards.c.lock_transaction_id)
+    .where(cards.c.card_number.in_(bindparam("numbers", expanding=True)))
+    .order_by(cards.c.card_number)
+    .with_for_update(),
+    in_list="numbers",
+)
+_NO_LOCK = {"lock_terminal_id": None, "lock_transaction_id": None, "lock_fencing_token": None,
+            "lock_lease_expires_at": None, "lock_acquired_at": None}
 
 
 def _list_locks(by_terminal: bool, include_expired: bool) -> Statement:
@@ -144,6 +155,28 @@ class SqlCardRepository:
             values["key_card_number"] = card.card_number
             params.append(values)
         self._tx.write(_SAVE_CARDS, params)
+
+    def balances_for_update(self, card_numbers: Collection[str]) -> dict[str, CardBalance]:
+        found: dict[str, CardBalance] = {}
+        kinds = rows.CARD_KINDS
+        for chunk in in_chunks(card_numbers):
+            for row in self._tx.fetch(_BALANCES_FOR_UPDATE, {"numbers": chunk}):
+                found[row.card_number] = CardBalance(
+                    row.card_number, kinds.get(row.kind) or CardKind(row.kind), row.currency,
+                    row.balance_minor, row.lock_terminal_id, row.lock_transaction_id)
+        return found
+
+    def set_balances(self, changes: Iterable[BalanceChange]) -> None:
+        kept: list[dict[str, object]] = []
+        released: list[dict[str, object]] = []
+        for number, balance, release in changes:
+            if release:
+                released.append({"balance_minor": balance, **_NO_LOCK,
+                                 "key_card_number": number})
+            else:
+                kept.append({"balance_minor": balance, "key_card_number": number})
+        self._tx.write(_SAVE_CARDS, released)
+        self._tx.write(_SAVE_CARDS, kept)
 
     def list_locks(
         self,

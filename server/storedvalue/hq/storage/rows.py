@@ -30,7 +30,8 @@ Values = dict[str, Any]
 
 # Enum members by stored value: the sync converts tens of thousands of rows a second, and
 # Enum's by-value call costs more than the rest of a row's conversion.
-_CARD_KINDS = {kind.value: kind for kind in CardKind}
+CARD_KINDS = {kind.value: kind for kind in CardKind}
+_CARD_KINDS = CARD_KINDS
 _CARD_STATUSES = {status.value: status for status in CardStatus}
 
 _MICROSECOND = timedelta(microseconds=1)

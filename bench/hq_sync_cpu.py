@@ -1,0 +1,165 @@
+"""HQ's CPU per offline transaction at sync, in one process (no gRPC transport, no till):
+the servicer's own work for SyncOfflineBatch (decoding the request, the unit of work on a
+SQLite file with group commit, the response) timed with process CPU time.
+
+Not a budget of bench/run.py: a tool for working on HQ's side of issue 10. The
+transactions look like the bench's syncing till's: one gift card line per sale, under the
+lock the till holds for that sale, with the till's unsynced total and last contact.
+
+    python bench/hq_sync_cpu.py [--transactions 20000] [--batch 500] [--profile out.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import itertools
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from storedvalue.hq.config import HQConfig
+from storedvalue.hq.domain.cards import CardKind
+from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.parameters import ParametersChange
+from storedvalue.hq.grpc_api.call_context import fingerprint
+from storedvalue.hq.grpc_api.convert.offline import (
+    fill_offline_result,
+    offline_transaction_from_proto,
+    sync_status_to_proto,
+)
+from storedvalue.hq.server import open_transactions
+from storedvalue.hq.services.back_office import BackOfficeService
+from storedvalue.hq.services.cards import CardService
+from storedvalue.hq.services.idempotency import RequestKey
+from storedvalue.hq.services.offline import OfflineService
+from storedvalue.hq.services.parameters import ParametersService
+from storedvalue.hq.storage import SqlStorage, upgrade_to_head
+from storedvalue.v1 import common_pb2, offline_pb2
+from storedvalue.v1 import terminal_service_pb2 as ts
+
+TILL = "till-1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transactions", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--profile", default="")
+    parser.add_argument("--general", action="store_true",
+                        help="every batch through the general planner (no common path)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        run(Path(work), args.transactions, args.batch, args.profile, general=args.general)
+
+
+def run(work: Path, size: int, batch: int, profile: str, *, general: bool) -> None:
+    storage = SqlStorage.from_url(f"sqlite:///{work / 'hq.sqlite3'}")
+    upgrade_to_head(storage.engine)
+    transactions = open_transactions(storage, HQConfig())
+    runner = asyncio.Runner()
+    ids = itertools.count()
+
+    def key(caller: str, operation: str) -> RequestKey:
+        n = next(ids)
+        return RequestKey(caller, f"r{n}", operation, hashlib.sha256(str(n).encode()).digest())
+
+    cards = CardService(transactions)
+    offline = (OfflineService(transactions, common_path=False) if general
+               else OfflineService(transactions))
+    params = ParametersService(transactions)
+    back_office = BackOfficeService(transactions)
+    runner.run(params.ensure_initialized())
+    version = runner.run(params.update(
+        key=key("admin:t", "UpdateParameters"), updated_by="t",
+        change=ParametersChange(True, False), expected_version=0)).version
+    runner.run(back_office.register_terminal(
+        key=key("admin:t", "RegisterTerminal"), terminal_id=TILL, display_name=""))
+
+    async def prepare() -> list[tuple[str, int]]:
+        async def one(i: int) -> tuple[str, int]:
+            number = (await cards.issue_card(
+                key=key(TILL, "IssueCard"), terminal_id=TILL, kind=CardKind.GIFT_CARD,
+                initial_value=Money(10_000, "EUR"), card_number="", transaction_id="")
+            ).card_number
+            token = (await cards.lock_card(
+                key=key(TILL, "LockCard"), terminal_id=TILL, card_number=number,
+                transaction_id=f"offline-{i}")).lock.fencing_token
+            return number, token
+        found: list[tuple[str, int]] = []
+        for start in range(0, size, 200):
+            found += await asyncio.gather(*(one(i) for i in range(start, min(size, start + 200))))
+        return found
+
+    started = time.monotonic()
+    locked = runner.run(prepare())
+    print(f"prepared {size} locked cards in {time.monotonic() - started:.1f} s")
+    now = datetime.now(UTC)
+    reached = now - timedelta(minutes=5)
+    messages = []
+    for index, (number, token) in enumerate(locked):
+        message = offline_pb2.OfflineTransaction(
+            transaction_id=f"offline-{index}", sequence_number=index + 1,
+            parameters_version=version,
+            redeem_lines=[offline_pb2.OfflineRedeemLine(
+                line_id="1", card_number=number, card_kind=common_pb2.CARD_KIND_GIFT_CARD,
+                amount=common_pb2.Money(amount_minor=100, currency_code="EUR"),
+                fencing_token=token)],
+            unsynced_amounts=[offline_pb2.UnsyncedAmount(
+                card_kind=common_pb2.CARD_KIND_GIFT_CARD,
+                amount=common_pb2.Money(amount_minor=100 * (index + 1), currency_code="EUR"),
+                line_count=index + 1)])
+        message.completed_at.FromDatetime(now)
+        message.last_reached_hq_at.FromDatetime(reached)
+        messages.append(message)
+    payloads = [
+        ts.SyncOfflineBatchRequest(request_id=f"sync-{start}",
+                                   transactions=messages[start:start + batch]).SerializeToString()
+        for start in range(0, size, batch)
+    ]
+
+    outcomes: dict[str, int] = {}
+
+    async def serve_one(payload: bytes) -> bytes:
+        # What the servicer does for SyncOfflineBatch (auth and the transport aside).
+        request = ts.SyncOfflineBatchRequest.FromString(payload)
+        outcome = await offline.sync(
+            key=RequestKey(TILL, request.request_id, "SyncOfflineBatch", fingerprint(request)),
+            terminal_id=TILL,
+            transactions=[offline_transaction_from_proto(t) for t in request.transactions])
+        response = ts.SyncOfflineBatchResponse(sync_status=sync_status_to_proto(outcome.status))
+        add = response.results.add
+        for result in outcome.results:
+            fill_offline_result(add(), result)
+        for result in outcome.results:
+            outcomes[result.outcome.value] = outcomes.get(result.outcome.value, 0) + 1
+        return response.SerializeToString()
+
+    async def sync_all() -> None:
+        for payload in payloads:
+            await serve_one(payload)
+
+    profiler = None
+    if profile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
+    cpu, wall = time.process_time(), time.perf_counter()
+    runner.run(sync_all())
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    if profiler is not None:
+        import pstats
+        profiler.disable()
+        with open(profile, "w") as out:
+            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)
+    print(f"{size} transactions in batches of {batch}: {cpu * 1e6 / size:.1f} us CPU/tx, "
+          f"{wall * 1e6 / size:.1f} us wall/tx ({size / wall:,.0f} tx/s); outcomes {outcomes}")
+    transactions.close()
+    runner.close()
+    storage.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The common case of offline sync, decided in bulk: a batch in which every transaction is one
+gift card line under the lock its own till got for that sale, on a card with the balance,
+in its currency, within the offline limits, delivered for the first time.
+
+`plan_common_batch` gives exactly what `plan_offline_batch` would for such a batch (results,
+records, redemptions, journal entries, balances, lock releases), from far less: the cards'
+balances and lock holders rather than whole cards, and with no per-line machinery. For any
+batch with one transaction that is not the common case it answers None, and the caller
+plans the whole batch with `plan_offline_batch` (the rules live there; this module only
+recognises the case in which they all say "applied, nothing to report").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+from storedvalue.hq.domain.cards import CardKind, is_valid_card_number
+from storedvalue.hq.domain.client_text import is_valid_id
+from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
+from storedvalue.hq.domain.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, Money
+from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
+from storedvalue.hq.domain.offline_limits import offline_limit_breaches
+from storedvalue.hq.domain.offline_locks import LockGrant, why_offline_line_is_untrusted
+from storedvalue.hq.domain.offline_transactions import (
+    OfflineLineOutcome,
+    OfflineLineResult,
+    OfflineOutcome,
+    OfflineRecord,
+    OfflineRedeemLine,
+    OfflineTransaction,
+    OfflineTransactionResult,
+    Redemption,
+)
+from storedvalue.hq.domain.parameters import Parameters
+
+
+class CardBalance(NamedTuple):
+    """What the common case needs of a card: its kind, currency and balance, and who holds
+    its lock (terminal and sale; None when free)."""
+
+    card_number: str
+    kind: CardKind
+    currency: str
+    balance_minor: int
+    lock_terminal_id: str | None
+    lock_transaction_id: str | None
+
+
+class BalanceChange(NamedTuple):
+    """A card's new balance, and whether its lock (held by the debiting sale) is released."""
+
+    card_number: str
+    balance_minor: int
+    release_lock: bool
+
+
+@dataclass(slots=True)
+class CommonBatchPlan:
+    """What applying a common batch changes; the same as `OfflineBatchPlan` would hold, plus
+    the cards' new balances and the journal entries (cards loaded whole record those)."""
+
+    results: list[OfflineTransactionResult] = field(default_factory=list)
+    records: list[OfflineRecord] = field(default_factory=list)
+    redemptions: list[Redemption] = field(default_factory=list)
+    balances: list[BalanceChange] = field(default_factory=list)
+    # In card-number order: the order a unit of work appends the entries of cards it
+    # loaded (by number) at commit, so entry ids come out as on the general path.
+    entries: list[JournalEntry] = field(default_factory=list)
+
+
+def is_common_shape(transactions: Sequence[OfflineTransaction]) -> bool:
+    """Whether every transaction has the common case's shape (one line, nothing else), the
+    test worth making before reading anything."""
+    for txn in transactions:
+        if (len(txn.redeem_lines) != 1 or txn.unlocks or txn.reversals
+                or txn.unreadable_fields or txn.completed_at is None):
+            return False
+    return True
+
+
+def plan_common_batch(
+    *,
+    terminal_id: str,
+    transactions: Sequence[OfflineTransaction],
+    cards: Mapping[str, CardBalance],
+    known: Mapping[str, OfflineRecord],
+    sequence_owners: Mapping[int, str],
+    redemptions: Mapping[tuple[str, str, str], Redemption],
+    parameters: Mapping[int, Parameters],
+    lock_grants: Iterable[LockGrant],
+    highest_sequence_seen: int,
+    now: datetime,
+    limits: ItemLimits = DEFAULT_ITEM_LIMITS,
+) -> CommonBatchPlan | None:
+    """The plan of a batch whose every transaction is the common case (the arguments as for
+    `plan_offline_batch`, the cards as balances), or None when one is not."""
+    if known or sequence_owners or redemptions or limits.max_lines < 1:
+        return None
+    grants: dict[tuple[str, str], list[LockGrant]] = {}
+    for grant in lock_grants:
+        grants.setdefault((grant.transaction_id, grant.card_number), []).append(grant)
+    plan = CommonBatchPlan()
+    ids: set[str] = set()
+    sequences: set[int] = set()
+    used: dict[str, tuple[CardBalance, int, bool, OfflineTransaction, OfflineRedeemLine]] = {}
+    highest_seen = highest_sequence_seen
+    jump = limits.max_sequence_jump
+    gift_card = CardKind.GIFT_CARD
+    for txn in transactions:
+        if len(txn.redeem_lines) != 1 or txn.unlocks or txn.reversals or txn.unreadable_fields:
+            return None
+        txn_id = txn.transaction_id
+        sequence = txn.sequence_number
+        completed_at = txn.completed_at
+        if (completed_at is None or not is_valid_id(txn_id) or txn_id in ids
+                or not 1 <= sequence <= highest_seen + jump or sequence in sequences):
+            return None
+        (line,) = txn.redeem_lines
+        number = line.card_number
+        amount = line.amount
+        card = cards.get(number)
+        if (
+            card is None
+            or number in used
+            or amount is None
+            or not is_valid_id(line.line_id)
+            or not 0 < amount.amount_minor <= MAX_AMOUNT_MINOR
+            or amount.currency != card.currency
+            or card.kind is not gift_card
+            or amount.amount_minor > card.balance_minor
+            or card.balance_minor - amount.amount_minor > MAX_BALANCE_MINOR
+            or not is_valid_card_number(number)
+        ):
+            return None
+        applied = parameters.get(txn.parameters_version)
+        if applied is None or not applied.offline_completion_allowed(gift_card):
+            return None
+        sale_grants = grants.get((txn_id, number))
+        if not sale_grants or why_offline_line_is_untrusted(line.fencing_token,
+                                                            sale_grants) is not None:
+            return None
+        risk = applied.offline_limits(gift_card)
+        if (risk.max_line_amount is not None or risk.max_unsynced_amount is not None
+                or risk.max_offline_duration is not None) and offline_limit_breaches(
+                    txn, [line], lambda _line: gift_card, applied):
+            return None
+        ids.add(txn_id)
+        sequences.add(sequence)
+        highest_seen = max(highest_seen, sequence)
+        release = card.lock_terminal_id == terminal_id and card.lock_transaction_id == txn_id
+        used[number] = (card, card.balance_minor - amount.amount_minor, release, txn, line)
+    applied_outcome = OfflineOutcome.APPLIED
+    line_applied = OfflineLineOutcome.APPLIED
+    redeem = JournalEntryKind.REDEEM
+    by_number = {}
+    for number in sorted(used):
+        card, balance, release, txn, line = used[number]
+        assert line.amount is not None and txn.completed_at is not None  # checked above
+        amount_minor = line.amount.amount_minor
+        plan.balances.append(BalanceChange(number, balance, release))
+        plan.entries.append(JournalEntry(
+            card_number=number, kind=redeem, amount_minor=-amount_minor,
+            currency=card.currency, balance_after_minor=balance, terminal_id=terminal_id,
+            transaction_id=txn.transaction_id, line_id=line.line_id, offline=True,
+            occurred_at=txn.completed_at, recorded_at=now,
+        ))
+        by_number[number] = (card.currency, balance)
+    for txn in transactions:
+        (line,) = txn.redeem_lines
+        assert line.amount is not None  # checked above
+        currency, balance = by_number[line.card_number]
+        result = OfflineTransactionResult(
+            transaction_id=txn.transaction_id, sequence_number=txn.sequence_number,
+            outcome=applied_outcome, original_outcome=applied_outcome,
+            line_results=(OfflineLineResult(
+                line_id=line.line_id, outcome=line_applied, reason="",
+                balance_after=Money(balance, currency), remainder_credit_memo_number="",
+            ),),
+        )
+        plan.results.append(result)
+        plan.redemptions.append(Redemption(
+            terminal_id=terminal_id, transaction_id=txn.transaction_id, line_id=line.line_id,
+            card_number=line.card_number, amount_minor=line.amount.amount_minor,
+            currency=currency, remainder_card_number="", offline=True, recorded_at=now,
+        ))
+        plan.records.append(OfflineRecord(
+            terminal_id=terminal_id, transaction_id=txn.transaction_id,
+            sequence_number=txn.sequence_number, fingerprint=txn.fingerprint, result=result,
+            received_at=now,
+        ))
+    return plan
