@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
-from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance
+from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance, SaleLock
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import ParameterSet
 from storedvalue.hq.domain.terminal_reports import ReceivedReport
@@ -217,6 +217,12 @@ class FakeLockHistoryRepository:
             for grant in self._state.lock_history.values()
             if grant.terminal_id == terminal_id and grant.transaction_id in wanted
         ]
+
+    def sale_locks(self, terminal_id: str, transaction_ids: Collection[str]
+                   ) -> list[SaleLock]:
+        return [SaleLock(grant.transaction_id, grant.card_number, grant.fencing_token,
+                         grant.released_by_holder_at is not None)
+                for grant in self.for_sales(terminal_id, transaction_ids)]
 
 
 class FakeJournalRepository:

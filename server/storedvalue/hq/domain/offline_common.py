@@ -23,7 +23,6 @@ from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, Money
 from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
 from storedvalue.hq.domain.offline_limits import offline_limit_breaches
-from storedvalue.hq.domain.offline_locks import LockGrant, why_offline_line_is_untrusted
 from storedvalue.hq.domain.offline_transactions import (
     OfflineLineOutcome,
     OfflineLineResult,
@@ -47,6 +46,16 @@ class CardBalance(NamedTuple):
     balance_minor: int
     lock_terminal_id: str | None
     lock_transaction_id: str | None
+
+
+class SaleLock(NamedTuple):
+    """A lock a terminal got for one of its sales (a `LockGrant`, without its times): which
+    card, which token, and whether the terminal released it itself."""
+
+    transaction_id: str
+    card_number: str
+    fencing_token: int
+    released_by_holder: bool
 
 
 class BalanceChange(NamedTuple):
@@ -90,18 +99,26 @@ def plan_common_batch(
     sequence_owners: Mapping[int, str],
     redemptions: Mapping[tuple[str, str, str], Redemption],
     parameters: Mapping[int, Parameters],
-    lock_grants: Iterable[LockGrant],
+    sale_locks: Iterable[SaleLock],
     highest_sequence_seen: int,
     now: datetime,
     limits: ItemLimits = DEFAULT_ITEM_LIMITS,
 ) -> CommonBatchPlan | None:
     """The plan of a batch whose every transaction is the common case (the arguments as for
-    `plan_offline_batch`, the cards as balances), or None when one is not."""
+    `plan_offline_batch`, the cards as balances and the lock grants as `SaleLock`s), or None
+    when one is not."""
     if known or sequence_owners or redemptions or limits.max_lines < 1:
         return None
-    grants: dict[tuple[str, str], list[LockGrant]] = {}
-    for grant in lock_grants:
-        grants.setdefault((grant.transaction_id, grant.card_number), []).append(grant)
+    # The trusted token of each (sale, card): the rule of `why_offline_line_is_untrusted`,
+    # the latest lock the terminal got for the sale, unless it released it itself (then
+    # None: no line on that card is trusted).
+    trusted: dict[tuple[str, str], int | None] = {}
+    latest: dict[tuple[str, str], int] = {}
+    for sale, card_number, token, released in sale_locks:
+        key = (sale, card_number)
+        if token > latest.get(key, -1):
+            latest[key] = token
+            trusted[key] = None if released else token
     plan = CommonBatchPlan()
     ids: set[str] = set()
     sequences: set[int] = set()
@@ -138,9 +155,8 @@ def plan_common_batch(
         applied = parameters.get(txn.parameters_version)
         if applied is None or not applied.offline_completion_allowed(gift_card):
             return None
-        sale_grants = grants.get((txn_id, number))
-        if not sale_grants or why_offline_line_is_untrusted(line.fencing_token,
-                                                            sale_grants) is not None:
+        token = line.fencing_token
+        if token == 0 or trusted.get((txn_id, number)) != token:
             return None
         risk = applied.offline_limits(gift_card)
         if (risk.max_line_amount is not None or risk.max_unsynced_amount is not None

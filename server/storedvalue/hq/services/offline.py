@@ -303,7 +303,7 @@ class OfflineService:
             redemptions=redemptions,
             parameters=parameters_as_used(
                 uow, terminal.store_id, (txn.parameters_version for txn in batch)),
-            lock_grants=uow.lock_history.for_sales(terminal_id, txn_ids),
+            sale_locks=uow.lock_history.sale_locks(terminal_id, txn_ids),
             highest_sequence_seen=terminal.highest_sequence_seen,
             now=now,
             limits=self.limits.per_item,

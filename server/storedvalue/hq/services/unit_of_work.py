@@ -24,7 +24,7 @@ from typing import Protocol, Self
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
-from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance
+from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance, SaleLock
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import ParameterSet
 from storedvalue.hq.domain.terminal_reports import ReceivedReport
@@ -124,6 +124,10 @@ class LockHistoryRepository(Protocol):
     def for_sales(self, terminal_id: str, transaction_ids: Collection[str]
                   ) -> list[LockGrant]:
         """Every lock this terminal got for these sales, whatever card."""
+        ...
+    def sale_locks(self, terminal_id: str, transaction_ids: Collection[str]
+                   ) -> list[SaleLock]:
+        """The same locks as `for_sales`, without their times."""
         ...
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, insert, select, update
 from storedvalue.hq.domain.cards import Card, CardKind, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import Redemption
-from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance
+from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance, SaleLock
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.services.unit_of_work import SeenCards
 from storedvalue.hq.storage import rows
@@ -76,6 +76,15 @@ _RELEASE_GRANTS = Statement(
 )
 _GRANTS_FOR_SALES = Statement(
     select(lock_history).where(
+        lock_history.c.terminal_id == bindparam("terminal_id"),
+        lock_history.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
+    ),
+    in_list="transaction_ids",
+)
+_SALE_LOCKS = Statement(
+    select(lock_history.c.transaction_id, lock_history.c.card_number,
+           lock_history.c.fencing_token,
+           lock_history.c.released_by_holder_at.is_not(None).label("released")).where(
         lock_history.c.terminal_id == bindparam("terminal_id"),
         lock_history.c.transaction_id.in_(bindparam("transaction_ids", expanding=True)),
     ),
@@ -219,6 +228,16 @@ class SqlLockHistoryRepository:
             params = {"terminal_id": terminal_id, "transaction_ids": chunk}
             found.extend(rows.lock_grant_from_row(row)
                          for row in self._tx.fetch(_GRANTS_FOR_SALES, params))
+        return found
+
+    def sale_locks(self, terminal_id: str, transaction_ids: Collection[str]
+                   ) -> list[SaleLock]:
+        found: list[SaleLock] = []
+        for chunk in in_chunks(transaction_ids):
+            params = {"terminal_id": terminal_id, "transaction_ids": chunk}
+            found.extend(SaleLock(sale, card_number, token, bool(released))
+                         for sale, card_number, token, released
+                         in self._tx.fetch(_SALE_LOCKS, params))
         return found
 
 
