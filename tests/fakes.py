@@ -10,16 +10,21 @@ would: changing a loaded card changes nothing until `save`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from storedvalue.hq.domain.cards import Card, Lock
-from storedvalue.hq.domain.journal import JournalEntry
+from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
-from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance, SaleLock
+from storedvalue.hq.domain.offline_common import (
+    BalanceChange,
+    CardBalance,
+    CommonDebit,
+    SaleLock,
+)
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import ParameterSet
 from storedvalue.hq.domain.terminal_reports import ReceivedReport
@@ -245,6 +250,17 @@ class FakeJournalRepository:
         return found[: max(limit, 0)]
 
 
+    def append_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+                              now: datetime) -> None:
+        self.append(
+            JournalEntry(
+                card_number=d.card_number, kind=JournalEntryKind.REDEEM,
+                amount_minor=-d.amount_minor, currency=d.currency,
+                balance_after_minor=d.balance_after_minor, terminal_id=terminal_id,
+                transaction_id=d.transaction_id, line_id=d.line_id, offline=True,
+                occurred_at=d.occurred_at, recorded_at=now)
+            for d in debits)
+
 class FakeRedemptionRepository:
     def __init__(self, state: _State) -> None:
         self._state = state
@@ -269,6 +285,15 @@ class FakeRedemptionRepository:
                     reversed_at=_stored(line).reversed_at,
                 )
 
+
+    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+                           now: datetime) -> None:
+        self.add(
+            Redemption(
+                terminal_id=terminal_id, transaction_id=d.transaction_id, line_id=d.line_id,
+                card_number=d.card_number, amount_minor=d.amount_minor, currency=d.currency,
+                remainder_card_number="", offline=True, recorded_at=now)
+            for d in debits)
 
 class FakeRequestLog:
     def __init__(self, state: _State) -> None:
@@ -332,6 +357,15 @@ class FakeOfflineRecordRepository:
                 record.transaction_id
             )
 
+
+    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+                           now: datetime) -> None:
+        self.add(
+            OfflineRecord(
+                terminal_id=terminal_id, transaction_id=d.transaction_id,
+                sequence_number=d.sequence_number, fingerprint=d.fingerprint, result=d.result,
+                received_at=now)
+            for d in debits)
 
 class FakeOfflineExceptionRepository:
     def __init__(self, state: _State) -> None:

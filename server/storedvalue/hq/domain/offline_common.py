@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 from storedvalue.hq.domain.cards import CardKind, is_valid_card_number
 from storedvalue.hq.domain.client_text import is_valid_id
-from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, Money
 from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
 from storedvalue.hq.domain.offline_limits import offline_limit_breaches
@@ -28,7 +27,6 @@ from storedvalue.hq.domain.offline_transactions import (
     OfflineLineResult,
     OfflineOutcome,
     OfflineRecord,
-    OfflineRedeemLine,
     OfflineTransaction,
     OfflineTransactionResult,
     Redemption,
@@ -66,18 +64,41 @@ class BalanceChange(NamedTuple):
     release_lock: bool
 
 
+class CommonDebit(NamedTuple):
+    """One common transaction as applied: its line debited from its card. What it writes:
+    the line's redemption, its journal entry (a REDEEM of `amount_minor` that left the card
+    at `balance_after_minor`, at `occurred_at`) and its offline record with `result`."""
+
+    transaction_id: str
+    sequence_number: int
+    fingerprint: bytes
+    line_id: str
+    card_number: str
+    amount_minor: int
+    currency: str
+    balance_after_minor: int
+    occurred_at: datetime
+    result: OfflineTransactionResult
+
+
 @dataclass(slots=True)
 class CommonBatchPlan:
-    """What applying a common batch changes; the same as `OfflineBatchPlan` would hold, plus
-    the cards' new balances and the journal entries (cards loaded whole record those)."""
+    """What applying a common batch changes: the results, one debit per transaction (in
+    batch order) and the cards' new balances (in card-number order)."""
 
     results: list[OfflineTransactionResult] = field(default_factory=list)
-    records: list[OfflineRecord] = field(default_factory=list)
-    redemptions: list[Redemption] = field(default_factory=list)
+    debits: list[CommonDebit] = field(default_factory=list)
     balances: list[BalanceChange] = field(default_factory=list)
-    # In card-number order: the order a unit of work appends the entries of cards it
-    # loaded (by number) at commit, so entry ids come out as on the general path.
-    entries: list[JournalEntry] = field(default_factory=list)
+
+    def debits_by_card(self) -> list[CommonDebit]:
+        """The debits in card-number order: the order a unit of work appends the journal
+        entries of the cards it loaded (by number), so entry ids come out as on the
+        general path."""
+        return sorted(self.debits, key=_card_number)
+
+
+def _card_number(debit: CommonDebit) -> str:
+    return debit.card_number
 
 
 def is_common_shape(transactions: Sequence[OfflineTransaction]) -> bool:
@@ -122,7 +143,7 @@ def plan_common_batch(
     plan = CommonBatchPlan()
     ids: set[str] = set()
     sequences: set[int] = set()
-    used: dict[str, tuple[CardBalance, int, bool, OfflineTransaction, OfflineRedeemLine]] = {}
+    used: dict[str, tuple[CardBalance, int, bool]] = {}
     highest_seen = highest_sequence_seen
     jump = limits.max_sequence_jump
     gift_card = CardKind.GIFT_CARD
@@ -167,44 +188,26 @@ def plan_common_batch(
         sequences.add(sequence)
         highest_seen = max(highest_seen, sequence)
         release = card.lock_terminal_id == terminal_id and card.lock_transaction_id == txn_id
-        used[number] = (card, card.balance_minor - amount.amount_minor, release, txn, line)
+        used[number] = (card, card.balance_minor - amount.amount_minor, release)
     applied_outcome = OfflineOutcome.APPLIED
     line_applied = OfflineLineOutcome.APPLIED
-    redeem = JournalEntryKind.REDEEM
-    by_number = {}
-    for number in sorted(used):
-        card, balance, release, txn, line = used[number]
-        assert line.amount is not None and txn.completed_at is not None  # checked above
-        amount_minor = line.amount.amount_minor
-        plan.balances.append(BalanceChange(number, balance, release))
-        plan.entries.append(JournalEntry(
-            card_number=number, kind=redeem, amount_minor=-amount_minor,
-            currency=card.currency, balance_after_minor=balance, terminal_id=terminal_id,
-            transaction_id=txn.transaction_id, line_id=line.line_id, offline=True,
-            occurred_at=txn.completed_at, recorded_at=now,
-        ))
-        by_number[number] = (card.currency, balance)
+    results = plan.results
+    debits = plan.debits
     for txn in transactions:
         (line,) = txn.redeem_lines
-        assert line.amount is not None  # checked above
-        currency, balance = by_number[line.card_number]
+        card, balance, _ = used[line.card_number]
+        amount = line.amount
+        assert amount is not None and txn.completed_at is not None  # checked above
         result = OfflineTransactionResult(
-            transaction_id=txn.transaction_id, sequence_number=txn.sequence_number,
-            outcome=applied_outcome, original_outcome=applied_outcome,
-            line_results=(OfflineLineResult(
-                line_id=line.line_id, outcome=line_applied, reason="",
-                balance_after=Money(balance, currency), remainder_credit_memo_number="",
-            ),),
+            txn.transaction_id, txn.sequence_number, applied_outcome, applied_outcome, "", "",
+            (OfflineLineResult(line.line_id, line_applied, "", Money(balance, card.currency),
+                               ""),),
         )
-        plan.results.append(result)
-        plan.redemptions.append(Redemption(
-            terminal_id=terminal_id, transaction_id=txn.transaction_id, line_id=line.line_id,
-            card_number=line.card_number, amount_minor=line.amount.amount_minor,
-            currency=currency, remainder_card_number="", offline=True, recorded_at=now,
-        ))
-        plan.records.append(OfflineRecord(
-            terminal_id=terminal_id, transaction_id=txn.transaction_id,
-            sequence_number=txn.sequence_number, fingerprint=txn.fingerprint, result=result,
-            received_at=now,
-        ))
+        results.append(result)
+        debits.append(CommonDebit(
+            txn.transaction_id, txn.sequence_number, txn.fingerprint, line.line_id,
+            line.card_number, amount.amount_minor, card.currency, balance, txn.completed_at,
+            result))
+    plan.balances = [BalanceChange(number, used[number][1], used[number][2])
+                     for number in sorted(used)]
     return plan

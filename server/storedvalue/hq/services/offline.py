@@ -311,14 +311,14 @@ class OfflineService:
         if plan is None:
             return None
         uow.cards.set_balances(plan.balances)
-        uow.journal.append(plan.entries)
-        uow.redemptions.add(plan.redemptions)
-        uow.offline.add(plan.records)
-        terminal.record_sequences((r.sequence_number for r in plan.records), now=now)
+        uow.journal.append_offline_debits(terminal_id, plan.debits_by_card(), now)
+        uow.redemptions.add_offline_debits(terminal_id, plan.debits, now)
+        uow.offline.add_offline_debits(terminal_id, plan.debits, now)
+        terminal.record_sequences((d.sequence_number for d in plan.debits), now=now)
         above = uow.offline.sequences_above(terminal_id, terminal.highest_contiguous_sequence)
         gaps = terminal.advance_contiguous(above)
         uow.terminals.save(terminal)
-        remember(uow, key, answered_batch(plan.results, plan.records), now)
+        remember(uow, key, AnsweredBatch(items="N" * len(plan.results)), now)
         return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
 
     def _check_limits(self, transactions: Sequence[OfflineTransaction]) -> None:

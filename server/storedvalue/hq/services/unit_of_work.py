@@ -15,7 +15,7 @@ service retries the whole unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -24,7 +24,12 @@ from typing import Protocol, Self
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
-from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance, SaleLock
+from storedvalue.hq.domain.offline_common import (
+    BalanceChange,
+    CardBalance,
+    CommonDebit,
+    SaleLock,
+)
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import ParameterSet
 from storedvalue.hq.domain.terminal_reports import ReceivedReport
@@ -133,6 +138,10 @@ class LockHistoryRepository(Protocol):
 
 class JournalRepository(Protocol):
     def append(self, entries: Iterable[JournalEntry]) -> None: ...
+    def append_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+                              now: datetime) -> None:
+        """The REDEEM entry of each debit, in the order given."""
+        ...
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int
     ) -> list[JournalEntry]:
@@ -151,6 +160,10 @@ class RedemptionRepository(Protocol):
         ...
     def mark_reversed(self, redemptions: Iterable[Redemption]) -> None:
         """Write the reversal state (`reversal`, `reversed_at`) of lines already stored."""
+        ...
+    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+                           now: datetime) -> None:
+        """Insert the line of each debit, applied offline at `now` (as `add` would)."""
         ...
 
 
@@ -172,6 +185,10 @@ class OfflineRecordRepository(Protocol):
         """Every sequence number held above `mark`, ascending."""
         ...
     def add(self, records: Iterable[OfflineRecord]) -> None: ...
+    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+                           now: datetime) -> None:
+        """Insert the record of each debit's transaction, received at `now` (as `add`)."""
+        ...
 
 
 class OfflineExceptionRepository(Protocol):

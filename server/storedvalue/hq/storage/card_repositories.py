@@ -5,15 +5,20 @@ these."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import bindparam, insert, select, update
 
 from storedvalue.hq.domain.cards import Card, CardKind, Lock
-from storedvalue.hq.domain.journal import JournalEntry
+from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.offline import Redemption
-from storedvalue.hq.domain.offline_common import BalanceChange, CardBalance, SaleLock
+from storedvalue.hq.domain.offline_common import (
+    BalanceChange,
+    CardBalance,
+    CommonDebit,
+    SaleLock,
+)
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.services.unit_of_work import SeenCards
 from storedvalue.hq.storage import rows
@@ -92,6 +97,9 @@ _SALE_LOCKS = Statement(
 )
 
 _INSERT_ENTRIES = Statement(insert(journal))
+_DEBIT_ENTRY_KEYS = ("card_number", "kind", "amount_minor", "currency", "balance_after_minor",
+                     "terminal_id", "transaction_id", "line_id", "offline", "occurred_at",
+                     "recorded_at", "note")
 _JOURNAL_PAGE = Statement(
     select(journal)
     .where(journal.c.card_number == bindparam("card_number"),
@@ -115,6 +123,9 @@ _REDEMPTION = Statement(
     )
 )
 _INSERT_REDEMPTIONS = Statement(insert(redemptions))
+_DEBIT_REDEMPTION_KEYS = ("terminal_id", "transaction_id", "line_id", "card_number",
+                          "amount_minor", "currency", "remainder_card_number", "offline",
+                          "recorded_at", "reversal", "reversed_at")
 _MARK_REVERSED = Statement(
     update(redemptions).where(
         redemptions.c.terminal_id == bindparam("key_terminal_id"),
@@ -248,6 +259,18 @@ class SqlJournalRepository:
     def append(self, entries: Iterable[JournalEntry]) -> None:
         self._tx.write(_INSERT_ENTRIES, [rows.journal_values(entry) for entry in entries])
 
+    def append_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+                              now: datetime) -> None:
+        recorded = rows.to_micros(now)
+        redeem = JournalEntryKind.REDEEM.value
+        micros = rows.to_micros
+        self._tx.write_tuples(_INSERT_ENTRIES, _DEBIT_ENTRY_KEYS, [
+            (d.card_number, redeem, -d.amount_minor, d.currency, d.balance_after_minor,
+             terminal_id, d.transaction_id, d.line_id, True, micros(d.occurred_at), recorded,
+             "")
+            for d in debits
+        ])
+
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int
     ) -> list[JournalEntry]:
@@ -288,6 +311,15 @@ class SqlRedemptionRepository:
 
     def add(self, redemptions: Iterable[Redemption]) -> None:
         self._tx.write(_INSERT_REDEMPTIONS, [rows.redemption_values(r) for r in redemptions])
+
+    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+                           now: datetime) -> None:
+        recorded = rows.to_micros(now)
+        self._tx.write_tuples(_INSERT_REDEMPTIONS, _DEBIT_REDEMPTION_KEYS, [
+            (terminal_id, d.transaction_id, d.line_id, d.card_number, d.amount_minor,
+             d.currency, "", True, recorded, None, None)
+            for d in debits
+        ])
 
     def mark_reversed(self, redemptions: Iterable[Redemption]) -> None:
         self._tx.write(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
 
 from sqlalchemy import bindparam, func, insert, select, update
 
+from storedvalue.hq import records
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord
+from storedvalue.hq.domain.offline_common import CommonDebit
 from storedvalue.hq.storage import rows
 from storedvalue.hq.storage.statements import Statement, in_chunks
 from storedvalue.hq.storage.tables import offline_exceptions, offline_records
@@ -35,6 +38,8 @@ _SEQUENCES_ABOVE = Statement(
     .order_by(offline_records.c.sequence_number)
 )
 _INSERT_RECORDS = Statement(insert(offline_records))
+_DEBIT_RECORD_KEYS = ("terminal_id", "transaction_id", "sequence_number", "fingerprint",
+                      "outcome", "result_json", "received_at")
 
 _EXCEPTION_FOR_UPDATE = Statement(
     select(offline_exceptions)
@@ -104,6 +109,16 @@ class SqlOfflineRecordRepository:
 
     def add(self, records: Iterable[OfflineRecord]) -> None:
         self._tx.write(_INSERT_RECORDS, [rows.offline_record_values(r) for r in records])
+
+    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+                           now: datetime) -> None:
+        received = rows.to_micros(now)
+        dumps = records.dumps
+        self._tx.write_tuples(_INSERT_RECORDS, _DEBIT_RECORD_KEYS, [
+            (terminal_id, d.transaction_id, d.sequence_number, d.fingerprint,
+             d.result.outcome.value, dumps(d.result), received)
+            for d in debits
+        ])
 
 
 class SqlOfflineExceptionRepository:
