@@ -27,7 +27,7 @@ from storedvalue.hq.domain.parameters import ParametersChange
 from storedvalue.hq.grpc_api.call_context import fingerprint
 from storedvalue.hq.grpc_api.convert.offline import (
     fill_offline_result,
-    offline_transaction_from_proto,
+    offline_transactions_from_proto,
     sync_status_to_proto,
 )
 from storedvalue.hq.server import open_transactions
@@ -128,7 +128,7 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool) -> No
         outcome = await offline.sync(
             key=RequestKey(TILL, request.request_id, "SyncOfflineBatch", fingerprint(request)),
             terminal_id=TILL,
-            transactions=[offline_transaction_from_proto(t) for t in request.transactions])
+            transactions=offline_transactions_from_proto(request.transactions))
         response = ts.SyncOfflineBatchResponse(sync_status=sync_status_to_proto(outcome.status))
         add = response.results.add
         for result in outcome.results:

@@ -25,6 +25,7 @@ from storedvalue.hq.grpc_api.convert.offline import (
     fill_offline_result,
     offline_result_to_proto,
     offline_transaction_from_proto,
+    offline_transactions_from_proto,
     sync_limits_to_proto,
     sync_status_to_proto,
 )
@@ -179,7 +180,7 @@ class TerminalServicer:
         outcome = await self._offline.sync(
             key=request_key(caller, request, "SyncOfflineBatch"),
             terminal_id=caller.terminal_id,
-            transactions=[offline_transaction_from_proto(t) for t in request.transactions],
+            transactions=offline_transactions_from_proto(request.transactions),
         )
         response = pb.SyncOfflineBatchResponse(sync_status=sync_status_to_proto(outcome.status))
         add_result = response.results.add

@@ -117,7 +117,8 @@ def money_from_proto(money: common_pb2.Money) -> Money:
 
 
 CARD_KINDS_TO_PROTO = enum_to_proto(CardKind, common_pb2.CardKind, "CARD_KIND_")
-_CARD_KINDS_BY_PROTO = {value: kind for kind, value in CARD_KINDS_TO_PROTO.items()}
+CARD_KINDS_BY_PROTO = {value: kind for kind, value in CARD_KINDS_TO_PROTO.items()}
+_CARD_KINDS_BY_PROTO = CARD_KINDS_BY_PROTO
 
 
 def card_kind_from_proto(kind: common_pb2.CardKind.ValueType) -> CardKind | None:

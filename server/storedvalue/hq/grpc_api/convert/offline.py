@@ -4,7 +4,12 @@ here build no message they then copy, and no generator per field."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
 from storedvalue.hq.domain.moments import moment_from_epoch
+from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineException,
     OfflineExceptionKind,
@@ -22,6 +27,7 @@ from storedvalue.hq.domain.offline import (
 from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
 from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.grpc_api.convert.common import (
+    CARD_KINDS_BY_PROTO,
     card_kind_from_proto,
     card_kind_to_proto,
     enum_to_proto,
@@ -49,6 +55,9 @@ def sync_limits_to_proto(limits: SyncLimits) -> parameters_pb2.SyncLimits:
 
 
 # -- offline transactions -------------------------------------------------------------------
+
+_UNREAD: Any = object()
+_CARD_KINDS_BY_PROTO = CARD_KINDS_BY_PROTO
 
 
 def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> OfflineTransaction:
@@ -99,6 +108,83 @@ def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> Offli
             if txn.unsynced_amounts else ()
         ),
     )
+
+
+def offline_transactions_from_proto(
+    transactions: Iterable[offline_pb2.OfflineTransaction],
+) -> list[OfflineTransaction]:
+    """`offline_transaction_from_proto` of each, for a batch: equal moments and amounts are
+    read once and shared (values, never changed), and the fields are set positionally."""
+    moments: dict[tuple[int, int], datetime | None] = {}
+    amounts: dict[tuple[int, str], Money] = {}
+    kinds = _CARD_KINDS_BY_PROTO
+    fingerprint = message_fingerprint
+    decoded = []
+    for txn in transactions:
+        completed_at = None
+        unreadable: tuple[str, ...] = ()
+        if txn.HasField("completed_at"):
+            sent = txn.completed_at
+            key = (sent.seconds, sent.nanos)
+            completed_at = moments.get(key, _UNREAD)
+            if completed_at is _UNREAD:
+                completed_at = moments[key] = moment_from_epoch(*key)
+            if completed_at is None:
+                unreadable = ("completed_at",)
+        last_reached_hq_at = None
+        if txn.HasField("last_reached_hq_at"):
+            sent = txn.last_reached_hq_at
+            key = (sent.seconds, sent.nanos)
+            last_reached_hq_at = moments.get(key, _UNREAD)
+            if last_reached_hq_at is _UNREAD:
+                last_reached_hq_at = moments[key] = moment_from_epoch(*key)
+            if last_reached_hq_at is None:
+                unreadable += ("last_reached_hq_at",)
+        lines: tuple[OfflineRedeemLine, ...] = ()
+        if txn.redeem_lines:
+            decoded_lines = []
+            for line in txn.redeem_lines:
+                amount = None
+                if line.HasField("amount"):
+                    sent_amount = line.amount
+                    money_key = (sent_amount.amount_minor, sent_amount.currency_code)
+                    amount = amounts.get(money_key)
+                    if amount is None:
+                        amount = amounts[money_key] = Money(*money_key)
+                decoded_lines.append(OfflineRedeemLine(
+                    line.line_id, line.card_number, kinds.get(line.card_kind), amount,
+                    line.fencing_token, line.online_redeem_attempted))
+            lines = tuple(decoded_lines)
+        unsynced: tuple[UnsyncedAmount, ...] = ()
+        if txn.unsynced_amounts:
+            decoded_unsynced = []
+            for held in txn.unsynced_amounts:
+                amount = None
+                if held.HasField("amount"):
+                    sent_amount = held.amount
+                    money_key = (sent_amount.amount_minor, sent_amount.currency_code)
+                    amount = amounts.get(money_key)
+                    if amount is None:
+                        amount = amounts[money_key] = Money(*money_key)
+                decoded_unsynced.append(
+                    UnsyncedAmount(kinds.get(held.card_kind), amount, held.line_count))
+            unsynced = tuple(decoded_unsynced)
+        decoded.append(OfflineTransaction(
+            txn.transaction_id,
+            txn.sequence_number,
+            completed_at,
+            txn.parameters_version,
+            lines,
+            tuple([OfflineUnlock(unlock.card_number, unlock.transaction_id,
+                                 unlock.fencing_token) for unlock in txn.unlocks])
+            if txn.unlocks else (),
+            fingerprint(txn),
+            tuple([_reversal_from_proto(r) for r in txn.reversals]) if txn.reversals else (),
+            unreadable,
+            last_reached_hq_at,
+            unsynced,
+        ))
+    return decoded
 
 
 def unsynced_from_proto(held: offline_pb2.UnsyncedAmount) -> UnsyncedAmount:
