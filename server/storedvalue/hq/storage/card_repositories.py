@@ -47,8 +47,11 @@ _BALANCES_FOR_UPDATE = Statement(
     .with_for_update(),
     in_list="numbers",
 )
-_NO_LOCK = {"lock_terminal_id": None, "lock_transaction_id": None, "lock_fencing_token": None,
-            "lock_lease_expires_at": None, "lock_acquired_at": None}
+# set_balances: the balance, and with the lock released, the lock's columns cleared.
+_RELEASING_KEYS = ("balance_minor", "lock_terminal_id", "lock_transaction_id",
+                   "lock_fencing_token", "lock_lease_expires_at", "lock_acquired_at",
+                   "key_card_number")
+_BALANCE_KEYS = ("balance_minor", "key_card_number")
 
 
 def _list_locks(by_terminal: bool, include_expired: bool) -> Statement:
@@ -187,16 +190,15 @@ class SqlCardRepository:
         return found
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
-        kept: list[dict[str, object]] = []
-        released: list[dict[str, object]] = []
+        kept: list[tuple[int, str]] = []
+        released: list[tuple[object, ...]] = []
         for number, balance, release in changes:
             if release:
-                released.append({"balance_minor": balance, **_NO_LOCK,
-                                 "key_card_number": number})
+                released.append((balance, None, None, None, None, None, number))
             else:
-                kept.append({"balance_minor": balance, "key_card_number": number})
-        self._tx.write(_SAVE_CARDS, released)
-        self._tx.write(_SAVE_CARDS, kept)
+                kept.append((balance, number))
+        self._tx.write_tuples(_SAVE_CARDS, _RELEASING_KEYS, released)
+        self._tx.write_tuples(_SAVE_CARDS, _BALANCE_KEYS, kept)
 
     def list_locks(
         self,
