@@ -17,7 +17,8 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -39,8 +40,11 @@ from storedvalue.hq.domain.offline import (
     OfflineTransaction,
     OfflineUnlock,
 )
+from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
+from storedvalue.hq.domain.parameters import OfflineRiskLimits, ParametersChange
 from storedvalue.hq.services import offline as offline_service
 from storedvalue.hq.services.offline import OfflineService, SyncOutcome
+from storedvalue.hq.services.parameters import ParametersService
 from storedvalue.hq.storage import SqlStorage, upgrade_to_head
 from storedvalue.hq.storage.tables import METADATA
 
@@ -71,8 +75,8 @@ class Item:
     amount: int
     token: str  # "right", "none", "next", "previous"
     currency: str  # "same" or a code
-    version: str  # "allowed", "unknown"
-    extra: str  # "", "second_line", "unlock"
+    version: str  # "allowed", "limited" (offline risk limits set), "unknown"
+    extra: str  # "", "second_line", "unlock", "bad_line_id", "far_ahead"
 
 
 CARDS = st.builds(
@@ -90,8 +94,8 @@ ITEMS = st.builds(
     amount=st.sampled_from([100, 100, 250, 1_000, 6_000]),
     token=st.sampled_from(["right"] * 8 + ["none", "next", "previous"]),
     currency=st.sampled_from(["same"] * 8 + ["USD", "EUR"]),
-    version=st.sampled_from(["allowed"] * 10 + ["unknown"]),
-    extra=st.sampled_from([""] * 10 + ["second_line", "unlock"]),
+    version=st.sampled_from(["allowed"] * 8 + ["limited", "limited", "unknown"]),
+    extra=st.sampled_from([""] * 10 + ["second_line", "unlock", "bad_line_id", "far_ahead"]),
 )
 
 
@@ -114,8 +118,11 @@ def scenarios(draw: st.DrawFn) -> tuple[list[CardSetup], list[list[Item]]]:
         for _ in range(draw(st.integers(1, 6))):
             index = next(card)
             if index < len(cards) and draw(st.integers(0, rare)):
+                # Under the limits when limited (a line of 100 of at most 500; unsynced
+                # 100 of at most 300), or past them (an unsynced 600).
+                version = draw(st.sampled_from(["allowed"] * 3 + ["limited"]))
                 items.append(Item(index, index, next(sequence), 100, "right", "same",
-                                  "allowed", ""))
+                                  version, ""))
             else:
                 items.append(draw(ITEMS))
         batches.append(items)
@@ -137,6 +144,14 @@ class Twin:
             common_path=common_path)
         self.tokens: dict[int, int] = {}
         self.requests = itertools.count(1)
+        limits = OfflineRiskLimits(max_line_amount=Money(500, "EUR"),
+                                   max_unsynced_amount=Money(300, "EUR"),
+                                   max_offline_duration=timedelta(hours=1))
+        params = ParametersService(self.hq.transactions, clock=self.hq.clock)
+        self.limited_version = self.hq.run(params.update(
+            key=self.hq.key("admin:t", "UpdateParameters"), updated_by="t",
+            change=ParametersChange(gift_card_offline_limits=limits),
+            expected_version=self.hq.version_allowing_gift_cards_only)).version
 
     def set_up(self, cards: list[CardSetup]) -> None:
         hq = self.hq
@@ -185,12 +200,20 @@ class Twin:
                                         token),)
         elif item.extra == "unlock":
             unlocks = (OfflineUnlock(number, f"sale-{item.sale}", token),)
-        version = self.hq.version_allowing_gift_cards_only if item.version == "allowed" else 99
-        draft = OfflineTransaction(f"sale-{item.sale}", item.sequence, NOW, version, lines,
-                                   unlocks)
-        return OfflineTransaction(
-            draft.transaction_id, draft.sequence_number, NOW, version, lines, unlocks,
-            fingerprint=hashlib.sha256(records.dumps(draft).encode()).digest())
+        if item.extra == "bad_line_id":
+            lines = (replace(lines[0], line_id="a\nb"),)
+        version = {"allowed": self.hq.version_allowing_gift_cards_only,
+                   "limited": self.limited_version}.get(item.version, 99)
+        sequence = item.sequence + (20_000 if item.extra == "far_ahead" else 0)
+        # The till's word for its unsynced total and last contact (for the limits).
+        unsynced = (UnsyncedAmount(CardKind.GIFT_CARD, Money(
+            600 if item.amount > 100 else 100, "EUR"), 1),)
+        reached = NOW - timedelta(minutes=30 if item.token == "right" else 90)
+        draft = OfflineTransaction(f"sale-{item.sale}", sequence, NOW, version, lines,
+                                   unlocks, last_reached_hq_at=reached,
+                                   unsynced_amounts=unsynced)
+        return replace(draft,
+                       fingerprint=hashlib.sha256(records.dumps(draft).encode()).digest())
 
 
 def dump(storage: SqlStorage) -> dict[str, list[tuple[Any, ...]]]:
