@@ -10,7 +10,9 @@ channel (its own connection), looping without pause:
 
 After the channels are ready and ``warmup_s`` has passed, calls that complete within the
 next ``measure_s`` seconds are counted and their latencies kept. Prints one JSON line:
-calls, seconds, sorted latencies in microseconds, errors by status code.
+calls, seconds, sorted latencies in microseconds, errors by status code, and ``completed``:
+every call answered while the process ran, warm-up included (what the server's CPU time
+over the whole run is divided by).
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ class Window:
         self.start = start
         self.end = end
         self.latencies_us: list[int] = []
+        self.completed = 0
         self.errors: Counter[str] = Counter()
         self.first_error: str | None = None
 
     def record(self, began: float) -> None:
         ended = time.perf_counter()
+        self.completed += 1
         if self.start <= ended <= self.end:
             self.latencies_us.append(round((ended - began) * 1e6))
 
@@ -165,6 +169,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "latencies_us": sorted(window.latencies_us),
         "errors": dict(window.errors),
         "first_error": window.first_error,
+        "completed": window.completed,
     }
 
 

@@ -3,6 +3,8 @@
 - ``online_cycle_vs_echo`` (and ``_c1``, ``_c64``), ``online_cycle_p99_vs_echo``: at each
   concurrency level, load runs alternate between the echo server and HQ (echo, HQ, HQ, echo,
   ...) so machine noise hits both; calls/s and per-call latencies are pooled per server.
+  Each server's CPU time per call (user + system, from /proc, over its load runs) is in
+  the details: it moves far less than rates when other work shares the machine.
 - ``stalled_300_getcard_p99_ratio``: GetCard runs without and with 300 stalled
   unauthenticated calls, alternated; the stalled calls come from their own process.
 """
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +39,10 @@ class Load:
     errors: dict[str, int] = field(default_factory=dict)
     first_error: str | None = None
     rates: list[float] = field(default_factory=list)
+    completed: int = 0
+    """Calls answered over whole runs, warm-up included."""
+    cpu_s: float | None = 0.0
+    """The server processes' CPU seconds over those runs (None where /proc cannot tell)."""
 
     def add(self, result: dict[str, Any]) -> None:
         self.calls += int(result["calls"])
@@ -45,6 +52,9 @@ class Load:
             self.errors[code] = self.errors.get(code, 0) + int(count)
         self.first_error = self.first_error or result["first_error"]
         self.rates.append(result["calls"] / result["seconds"])
+        self.completed += int(result.get("completed", 0))
+        cpu = result.get("server_cpu_s")
+        self.cpu_s = None if cpu is None or self.cpu_s is None else self.cpu_s + float(cpu)
 
     @property
     def rate(self) -> float:
@@ -66,24 +76,45 @@ class Load:
     def summary(self, prefix: str) -> dict[str, Any]:
         if not self.latencies_us:
             return {f"{prefix}_calls": 0, f"{prefix}_errors": self.errors}
-        return {f"{prefix}_calls_per_s": self.rate, f"{prefix}_p50_ms": self.p_ms(0.50),
-                f"{prefix}_p99_ms": self.p_ms(0.99), f"{prefix}_errors": self.errors}
+        summary = {f"{prefix}_calls_per_s": self.rate, f"{prefix}_p50_ms": self.p_ms(0.50),
+                   f"{prefix}_p99_ms": self.p_ms(0.99), f"{prefix}_errors": self.errors}
+        if self.cpu_s is not None and self.completed:
+            summary[f"{prefix}_cpu_us_per_call"] = round(self.cpu_s / self.completed * 1e6)
+        return summary
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds the processes used so far (None without /proc)."""
+    total = 0.0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_load(session: Session, mode: str, addresses: list[str], tills: list[dict[str, str]],
-             concurrency: int) -> dict[str, Any]:
-    """One load run from its own client process (see load_client.py)."""
+             concurrency: int, server_pids: list[int] | None = None) -> dict[str, Any]:
+    """One load run from its own client process (see load_client.py); with `server_pids`,
+    the result's ``server_cpu_s`` is their CPU time over the run."""
     settings = session.settings
+    before = cpu_seconds(server_pids) if server_pids else None
     child = session.children.start_client("load_client", {
         "mode": mode, "addresses": addresses, "tills": tills, "concurrency": concurrency,
         "warmup_s": settings.warmup_s, "measure_s": settings.measure_s,
         "call_timeout_s": CALL_TIMEOUT_S,
     }, name=f"load client ({mode}, concurrency {concurrency})")
     try:
-        return child.receive(timeout=settings.warmup_s + settings.measure_s
-                             + CALL_TIMEOUT_S + 60)
+        result = child.receive(timeout=settings.warmup_s + settings.measure_s
+                               + CALL_TIMEOUT_S + 60)
     finally:
         session.children.stop(child)
+    after = cpu_seconds(server_pids) if server_pids else None
+    result["server_cpu_s"] = None if before is None or after is None else after - before
+    return result
 
 
 def funded_tills(hq: HQUnderTest, count: int) -> list[dict[str, str]]:
@@ -93,16 +124,23 @@ def funded_tills(hq: HQUnderTest, count: int) -> list[dict[str, str]]:
             for till in tills]
 
 
+class EchoAddresses(list[str]):
+    """The echo servers' addresses, and their process ids."""
+
+    pids: list[int]
+
+
 @contextlib.contextmanager
-def echo_servers(session: Session, count: int) -> Iterator[list[str]]:
+def echo_servers(session: Session, count: int) -> Iterator[EchoAddresses]:
     """``count`` echo server processes, stopped on leaving; yields their addresses."""
     children: list[Child] = []
     try:
-        addresses = []
+        addresses = EchoAddresses()
         for index in range(count):
             child = session.children.start_client("echo_server", {}, name=f"echo server {index}")
             children.append(child)
             addresses.append(f"127.0.0.1:{child.receive(timeout=30)['port']}")
+        addresses.pids = [child.pid for child in children]
         yield addresses
     finally:
         for child in children:
@@ -124,9 +162,11 @@ def online_cycle(session: Session, names: list[str]) -> list[Metric]:
                 for mode in order:
                     progress(f"concurrency {level}, round {round_number + 1}: {mode}")
                     if mode == "echo":
-                        echo[level].add(run_load(session, "echo", echo_addresses, tills, level))
+                        echo[level].add(run_load(session, "echo", echo_addresses, tills, level,
+                                                 echo_addresses.pids))
                     else:
-                        cycle[level].add(run_load(session, "cycle", hq.addresses, tills, level))
+                        cycle[level].add(run_load(session, "cycle", hq.addresses, tills, level,
+                                                  hq.pids()))
                         hq.check_alive()
     results = []
     for name in names:
