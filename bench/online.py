@@ -4,7 +4,9 @@
   concurrency level, load runs alternate between the echo server and HQ (echo, HQ, HQ, echo,
   ...) so machine noise hits both; calls/s and per-call latencies are pooled per server.
   Each server's CPU time per call (user + system, from /proc, over its load runs) is in
-  the details: it moves far less than rates when other work shares the machine.
+  the details, and that of its main thread alone (the event loop: with the GIL, what one
+  process can spend per call is bounded by it): they move far less than rates when other
+  work shares the machine.
 - ``stalled_300_getcard_p99_ratio``: GetCard runs without and with 300 stalled
   unauthenticated calls, alternated; the stalled calls come from their own process.
 """
@@ -43,6 +45,8 @@ class Load:
     """Calls answered over whole runs, warm-up included."""
     cpu_s: float | None = 0.0
     """The server processes' CPU seconds over those runs (None where /proc cannot tell)."""
+    loop_cpu_s: float | None = 0.0
+    """The same for their main threads (the event loops) alone."""
 
     def add(self, result: dict[str, Any]) -> None:
         self.calls += int(result["calls"])
@@ -53,8 +57,10 @@ class Load:
         self.first_error = self.first_error or result["first_error"]
         self.rates.append(result["calls"] / result["seconds"])
         self.completed += int(result.get("completed", 0))
-        cpu = result.get("server_cpu_s")
+        cpu, loop_cpu = result.get("server_cpu_s"), result.get("server_loop_cpu_s")
         self.cpu_s = None if cpu is None or self.cpu_s is None else self.cpu_s + float(cpu)
+        self.loop_cpu_s = (None if loop_cpu is None or self.loop_cpu_s is None
+                           else self.loop_cpu_s + float(loop_cpu))
 
     @property
     def rate(self) -> float:
@@ -80,15 +86,20 @@ class Load:
                    f"{prefix}_p99_ms": self.p_ms(0.99), f"{prefix}_errors": self.errors}
         if self.cpu_s is not None and self.completed:
             summary[f"{prefix}_cpu_us_per_call"] = round(self.cpu_s / self.completed * 1e6)
+        if self.loop_cpu_s is not None and self.completed:
+            summary[f"{prefix}_loop_cpu_us_per_call"] = round(
+                self.loop_cpu_s / self.completed * 1e6)
         return summary
 
 
-def cpu_seconds(pids: list[int]) -> float | None:
-    """User + system CPU seconds the processes used so far (None without /proc)."""
+def cpu_seconds(pids: list[int], *, main_threads: bool = False) -> float | None:
+    """User + system CPU seconds the processes (`main_threads`: their main threads alone)
+    used so far; None without /proc."""
     total = 0.0
     try:
         for pid in pids:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            path = f"/proc/{pid}/task/{pid}/stat" if main_threads else f"/proc/{pid}/stat"
+            with open(path, encoding="ascii", errors="replace") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
     except (OSError, IndexError, ValueError):
@@ -99,9 +110,12 @@ def cpu_seconds(pids: list[int]) -> float | None:
 def run_load(session: Session, mode: str, addresses: list[str], tills: list[dict[str, str]],
              concurrency: int, server_pids: list[int] | None = None) -> dict[str, Any]:
     """One load run from its own client process (see load_client.py); with `server_pids`,
-    the result's ``server_cpu_s`` is their CPU time over the run."""
+    the result's ``server_cpu_s`` is their CPU time over the run (``server_loop_cpu_s``:
+    that of their main threads)."""
     settings = session.settings
-    before = cpu_seconds(server_pids) if server_pids else None
+    pids = server_pids or []
+    before = cpu_seconds(pids) if pids else None
+    loop_before = cpu_seconds(pids, main_threads=True) if pids else None
     child = session.children.start_client("load_client", {
         "mode": mode, "addresses": addresses, "tills": tills, "concurrency": concurrency,
         "warmup_s": settings.warmup_s, "measure_s": settings.measure_s,
@@ -112,8 +126,11 @@ def run_load(session: Session, mode: str, addresses: list[str], tills: list[dict
                                + CALL_TIMEOUT_S + 60)
     finally:
         session.children.stop(child)
-    after = cpu_seconds(server_pids) if server_pids else None
+    after = cpu_seconds(pids) if pids else None
+    loop_after = cpu_seconds(pids, main_threads=True) if pids else None
     result["server_cpu_s"] = None if before is None or after is None else after - before
+    result["server_loop_cpu_s"] = (None if loop_before is None or loop_after is None
+                                   else loop_after - loop_before)
     return result
 
 
