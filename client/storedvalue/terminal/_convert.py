@@ -401,63 +401,58 @@ def sync_batch_request(request_id: str, payloads: Sequence[bytes]
 
 
 def sync_results_from_pb(response: pb.SyncOfflineBatchResponse) -> tuple[SyncItemResult, ...]:
-    return tuple(_sync_result(result) for result in response.results)
+    return tuple(map(_sync_result, response.results))
+
+
+_APPLIED_PB = offline_pb2.OFFLINE_OUTCOME_APPLIED
+_ALREADY_APPLIED_PB = offline_pb2.OFFLINE_OUTCOME_ALREADY_APPLIED
+_LINE_REJECTED_PB = offline_pb2.OFFLINE_LINE_OUTCOME_REJECTED
+_APPLIED_AT_SYNC = LineState.APPLIED_AT_SYNC
+_REJECTED_AT_SYNC = LineState.REJECTED_AT_SYNC
 
 
 def _sync_result(result: offline_pb2.OfflineTransactionResult) -> SyncItemResult:
-    outcome = _OUTCOME_FROM_PB.get(result.outcome)
-    first = (
-        _OUTCOME_FROM_PB.get(result.original_outcome)
-        if outcome is SyncOutcome.ALREADY_APPLIED
-        else outcome
-    )
+    """HQ's answer for one transaction (a sync run reads thousands a second: attribute reads
+    kept few, and the stored form only serialized for the answers kept as reports)."""
+    code = result.outcome
+    outcome = _OUTCOME_FROM_PB.get(code)
+    first_code = result.original_outcome if code == _ALREADY_APPLIED_PB else code
+    first = _OUTCOME_FROM_PB.get(first_code)
     rejected = first is SyncOutcome.REJECTED
+    lines = tuple([
+        LineSyncResult(
+            line.line_id,
+            _REJECTED_AT_SYNC
+            if rejected or line.outcome == _LINE_REJECTED_PB else _APPLIED_AT_SYNC,
+            line.reason,
+            line.balance_after.amount_minor if line.HasField("balance_after") else None,
+            line.remainder_credit_memo_number,
+            "",
+        )
+        for line in result.line_results
+    ])
+    reversals = tuple([
+        LineSyncResult(
+            reversal.line_id,
+            _REJECTED_AT_SYNC
+            if rejected else _REVERSAL_STATE_FROM_PB.get(reversal.outcome, _REJECTED_AT_SYNC),
+            reversal.reason,
+            reversal.balance_after.amount_minor if reversal.HasField("balance_after") else None,
+            reversal.remainder_credit_memo_number,
+            reversal.voided_credit_memo_number,
+        )
+        for reversal in result.reversal_results
+    ])
+    noteworthy = first_code != _APPLIED_PB or any(line[4] for line in lines)
     return SyncItemResult(
-        transaction_id=result.transaction_id,
-        sequence_number=result.sequence_number,
-        outcome=outcome,
-        first_outcome=first,
-        lines=tuple(
-            LineSyncResult(
-                line_id=line.line_id,
-                state=(
-                    LineState.REJECTED_AT_SYNC
-                    if rejected or line.outcome == offline_pb2.OFFLINE_LINE_OUTCOME_REJECTED
-                    else LineState.APPLIED_AT_SYNC
-                ),
-                reason=line.reason,
-                balance_after=(
-                    money_from_pb(line.balance_after) if line.HasField("balance_after") else None
-                ),
-                remainder_credit_memo_number=line.remainder_credit_memo_number,
-                voided_credit_memo_number="",
-            )
-            for line in result.line_results
-        ),
-        reversals=tuple(
-            LineSyncResult(
-                line_id=reversal.line_id,
-                state=(
-                    LineState.REJECTED_AT_SYNC
-                    if rejected
-                    else _REVERSAL_STATE_FROM_PB.get(reversal.outcome, LineState.REJECTED_AT_SYNC)
-                ),
-                reason=reversal.reason,
-                balance_after=(
-                    money_from_pb(reversal.balance_after)
-                    if reversal.HasField("balance_after")
-                    else None
-                ),
-                remainder_credit_memo_number=reversal.remainder_credit_memo_number,
-                voided_credit_memo_number=reversal.voided_credit_memo_number,
-            )
-            for reversal in result.reversal_results
-        ),
-        noteworthy=(
-            first is not SyncOutcome.APPLIED
-            or any(line.remainder_credit_memo_number for line in result.line_results)
-        ),
-        stored=result.SerializeToString(),
+        result.transaction_id,
+        result.sequence_number,
+        outcome,
+        first,
+        lines,
+        reversals,
+        noteworthy,
+        result.SerializeToString() if noteworthy else b"",
     )
 
 

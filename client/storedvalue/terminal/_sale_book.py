@@ -33,6 +33,8 @@ from ._sale_state import LineRecord, insert_lines, select_lines, select_tenders
 
 _log = logging.getLogger(__name__)
 
+_SALES_PER_STATEMENT = 500
+"""Sales named in one statement (SQLite before 3.32 takes at most 999 parameters)."""
 _NO_RESULT = "NO_RESULT_FROM_HQ"
 """Reason recorded for a line HQ acknowledged the transaction of without a result for it (an
 HQ that predates reversals): never left looking queued, never silently dropped."""
@@ -148,19 +150,18 @@ class SaleBook:
     @staticmethod
     def record_sync(conn: sqlite3.Connection, results: Sequence[SyncItemResult]) -> None:
         """What HQ made of these offline transactions, inside the commit that takes them out
-        of the outbox (one statement per kind of change for the whole batch: the sync
-        acknowledges thousands of transactions a second)."""
+        of the outbox (a statement per answered line, and one per few hundred sales for the
+        rest: the sync acknowledges thousands of transactions a second)."""
+        queued, reversal_queued = LineState.QUEUED_OFFLINE.value, LineState.REVERSAL_QUEUED.value
         answered: list[tuple[object, ...]] = []
         for result in results:
-            for queued, answers in ((LineState.QUEUED_OFFLINE, result.lines),
-                                    (LineState.REVERSAL_QUEUED, result.reversals)):
-                answered.extend(
-                    (answer.state.value, answer.reason,
-                     answer.balance_after.amount_minor if answer.balance_after else None,
-                     answer.remainder_credit_memo_number, answer.voided_credit_memo_number,
-                     result.transaction_id, answer.line_id, queued.value)
-                    for answer in answers
-                )
+            transaction_id = result.transaction_id
+            for line_id, state, reason, balance, memo, voided in result.lines:
+                answered.append((state.value, reason, balance, memo, voided, transaction_id,
+                                 line_id, queued))
+            for line_id, state, reason, balance, memo, voided in result.reversals:
+                answered.append((state.value, reason, balance, memo, voided, transaction_id,
+                                 line_id, reversal_queued))
         if answered:
             conn.executemany(
                 "UPDATE sale_lines SET outcome = ?, hq_reason = ?, balance_after_minor = ?, "
@@ -168,17 +169,23 @@ class SaleBook:
                 "WHERE transaction_id = ? AND line_id = ? AND outcome = ?",
                 answered,
             )
-        sales = [(result.transaction_id,) for result in results]
-        unanswered = conn.executemany(
-            "UPDATE sale_lines SET outcome = ?, hq_reason = ? WHERE transaction_id = ? "
-            "AND outcome IN (?, ?)",
-            [(LineState.REJECTED_AT_SYNC.value, _NO_RESULT, txn, LineState.QUEUED_OFFLINE.value,
-              LineState.REVERSAL_QUEUED.value) for (txn,) in sales],
-        ).rowcount
+        sales = [result.transaction_id for result in results]
+        unanswered = 0
+        for start in range(0, len(sales), _SALES_PER_STATEMENT):
+            chunk = sales[start:start + _SALES_PER_STATEMENT]
+            marks = ", ".join("?" * len(chunk))
+            unanswered += conn.execute(
+                "UPDATE sale_lines SET outcome = ?, hq_reason = ? "  # noqa: S608
+                f"WHERE transaction_id IN ({marks}) AND outcome IN (?, ?)",
+                (LineState.REJECTED_AT_SYNC.value, _NO_RESULT, *chunk, queued, reversal_queued),
+            ).rowcount
+            conn.execute(
+                f"UPDATE sales SET synced = 1 WHERE transaction_id IN ({marks})",  # noqa: S608
+                chunk,
+            )
         if unanswered > 0:
             _log.warning("HQ acknowledged offline transactions without a result for %d of "
                          "their lines", unanswered)
-        conn.executemany("UPDATE sales SET synced = 1 WHERE transaction_id = ?", sales)
 
     def announce(self, transaction_ids: Iterable[str]) -> None:
         """Tell listeners how these sales stand now (after their sync)."""
