@@ -391,13 +391,35 @@ def outbox_entry_from_bytes(payload: bytes) -> OutboxEntry:
     )
 
 
-def sync_batch_request(request_id: str, payloads: Sequence[bytes]
-                       ) -> pb.SyncOfflineBatchRequest:
-    request = pb.SyncOfflineBatchRequest(request_id=request_id)
-    add = request.transactions.add
+def sync_batch_request_bytes(request_id: str, payloads: Sequence[bytes]) -> bytes:
+    """A serialized SyncOfflineBatchRequest of outbox payloads, each one already a serialized
+    OfflineTransaction: a length-delimited field is its tag, its length, then its bytes, so the
+    request is these joined (no protobuf object built or parsed per transaction)."""
+    request_id_bytes = request_id.encode()
+    parts = [_REQUEST_ID_TAG, _varint(len(request_id_bytes)), request_id_bytes]
     for payload in payloads:
-        add().MergeFromString(payload)
-    return request
+        parts.append(_TRANSACTIONS_TAG)
+        parts.append(_varint(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+_REQUEST_ID_TAG = b"\x0a"
+"""SyncOfflineBatchRequest.request_id: field 1, length-delimited."""
+_TRANSACTIONS_TAG = b"\x12"
+"""SyncOfflineBatchRequest.transactions: field 2, length-delimited."""
+_SHORT_VARINTS = [bytes([length]) for length in range(128)]
+
+
+def _varint(value: int) -> bytes:
+    if value < 128:
+        return _SHORT_VARINTS[value]
+    out = bytearray()
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def sync_results_from_pb(response: pb.SyncOfflineBatchResponse) -> tuple[SyncItemResult, ...]:

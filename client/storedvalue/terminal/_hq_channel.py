@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from storedvalue.v1 import terminal_service_pb2_grpc
+from storedvalue.v1 import terminal_service_pb2, terminal_service_pb2_grpc
 
 from ._config import TerminalConfig
 from ._errors import HandshakeFailed, HQUnavailable, TerminalError, error_from_rpc
@@ -30,6 +30,10 @@ class Wire:
     generation: int
     terminal: terminal_service_pb2_grpc.TerminalServiceStub
     health: health_pb2_grpc.HealthStub
+    sync_offline_batch: grpc.UnaryUnaryMultiCallable[
+        bytes, terminal_service_pb2.SyncOfflineBatchResponse]
+    """SyncOfflineBatch taking the request already serialized (the sync builds it from the
+    outbox's stored transactions, never as a protobuf object)."""
 
 
 class HQChannel:
@@ -109,6 +113,11 @@ class HQChannel:
             credentials = tls.channel_credentials()
             channel = grpc.secure_channel(self._address, credentials,
                                           options=options + tls.channel_options())
+        sync_offline_batch = channel.unary_unary(
+            "/storedvalue.v1.TerminalService/SyncOfflineBatch",
+            request_serializer=None,  # bytes as they are
+            response_deserializer=terminal_service_pb2.SyncOfflineBatchResponse.FromString,
+        )
         wire = Wire(generation, terminal_service_pb2_grpc.TerminalServiceStub(channel),
-                    health_pb2_grpc.HealthStub(channel))
+                    health_pb2_grpc.HealthStub(channel), sync_offline_batch)
         return channel, wire, signature

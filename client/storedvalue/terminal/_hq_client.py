@@ -14,20 +14,19 @@ from typing import TypeVar
 
 import grpc
 
-from storedvalue.v1 import terminal_service_pb2, terminal_service_pb2_grpc
+from storedvalue.v1 import terminal_service_pb2
 
 from . import _convert
 from ._config import TerminalConfig
 from ._connectivity import Connectivity
 from ._errors import HandshakeFailed, HQUnavailable, TerminalError
-from ._hq_channel import HQChannel
+from ._hq_channel import HQChannel, Wire
 from ._hq_records import OnlineDebit, StatusReport, SyncItemResult
 from ._model import Card, CardKind, Money, Parameters, SaleLine, SyncLimits, Tender
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 pb = terminal_service_pb2
-Stub = terminal_service_pb2_grpc.TerminalServiceStub
 
 
 class ParametersStream:
@@ -72,7 +71,7 @@ class HQClient:
 
     def lock_card(self, *, request_id: str, card_number: str, transaction_id: str) -> Tender:
         response = self._call(
-            lambda stub: stub.LockCard,
+            lambda wire: wire.terminal.LockCard,
             _convert.lock_request(request_id, card_number, transaction_id),
         )
         return _convert.tender_from_pb(transaction_id, card_number, response)
@@ -80,7 +79,7 @@ class HQClient:
     def unlock_card(self, *, request_id: str, card_number: str, transaction_id: str,
                     fencing_token: int) -> Card:
         response = self._call(
-            lambda stub: stub.UnlockCard,
+            lambda wire: wire.terminal.UnlockCard,
             _convert.unlock_request(request_id, card_number, transaction_id, fencing_token),
         )
         return _convert.card_from_pb(response.card)
@@ -88,19 +87,20 @@ class HQClient:
     def redeem(self, *, request_id: str, transaction_id: str, line: SaleLine,
                fencing_token: int) -> OnlineDebit:
         response = self._call(
-            lambda stub: stub.Redeem,
+            lambda wire: wire.terminal.Redeem,
             _convert.redeem_request(request_id, transaction_id, line, fencing_token),
         )
         return _convert.online_debit_from_pb(response)
 
     def get_card(self, *, card_number: str) -> Card:
-        response = self._call(lambda stub: stub.GetCard, _convert.get_card_request(card_number))
+        response = self._call(lambda wire: wire.terminal.GetCard,
+                              _convert.get_card_request(card_number))
         return _convert.card_from_pb(response.card)
 
     def issue_card(self, *, request_id: str, kind: CardKind, initial_value: Money,
                    card_number: str, transaction_id: str) -> Card:
         response = self._call(
-            lambda stub: stub.IssueCard,
+            lambda wire: wire.terminal.IssueCard,
             _convert.issue_request(request_id, kind, initial_value, card_number, transaction_id),
         )
         return _convert.card_from_pb(response.card)
@@ -108,7 +108,7 @@ class HQClient:
     def add_value(self, *, request_id: str, card_number: str, amount: Money,
                   transaction_id: str) -> Card:
         response = self._call(
-            lambda stub: stub.AddValue,
+            lambda wire: wire.terminal.AddValue,
             _convert.add_value_request(request_id, card_number, amount, transaction_id),
         )
         return _convert.card_from_pb(response.card)
@@ -121,8 +121,8 @@ class HQClient:
         terminal OFFLINE: the sync agent retries a batch before it concludes the link is
         down (``report_link_down``)."""
         response = self._call(
-            lambda stub: stub.SyncOfflineBatch,
-            _convert.sync_batch_request(request_id, payloads),
+            lambda wire: wire.sync_offline_batch,
+            _convert.sync_batch_request_bytes(request_id, payloads),
             timeout_s=self._config.sync_call_timeout_s,
             report_transient=False,
         )
@@ -134,7 +134,8 @@ class HQClient:
     # -- parameters -----------------------------------------------------------------------
 
     def get_parameters(self) -> tuple[Parameters, SyncLimits]:
-        response = self._call(lambda stub: stub.GetParameters, _convert.get_parameters_request())
+        response = self._call(lambda wire: wire.terminal.GetParameters,
+                              _convert.get_parameters_request())
         return (
             _convert.parameters_from_pb(response.parameters),
             _convert.sync_limits_from_pb(response.sync_limits),
@@ -160,14 +161,14 @@ class HQClient:
 
     def report_status(self, report: StatusReport) -> None:
         """ReportTerminalStatus: the link history and what the outbox holds."""
-        self._call(lambda stub: stub.ReportTerminalStatus,
+        self._call(lambda wire: wire.terminal.ReportTerminalStatus,
                    _convert.status_report_request(report))
 
     # -- plumbing -------------------------------------------------------------------------
 
     def _call(
         self,
-        rpc: Callable[[Stub], grpc.UnaryUnaryMultiCallable[Request, Response]],
+        rpc: Callable[[Wire], grpc.UnaryUnaryMultiCallable[Request, Response]],
         request: Request,
         *,
         timeout_s: float | None = None,
@@ -187,7 +188,7 @@ class HQClient:
         while True:
             wire = self._channel.wire
             try:
-                response = rpc(wire.terminal)(request, timeout=timeout, metadata=self._metadata)
+                response = rpc(wire)(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as failure:
                 error, renewed = self._channel.explain(failure, wire)
                 if renewed and send_again:
