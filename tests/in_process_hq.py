@@ -51,6 +51,9 @@ BLACK_HOLE = "black hole"
 """The link goes dead: the call hangs until its deadline, HQ never sees it."""
 ANSWER_DROPPED = "answer dropped"
 """HQ handles the call, its answer is lost; the link stays up."""
+NO_REVERSAL_RESULTS = "no reversal results"
+"""HQ handles a SyncOfflineBatch and answers without its reversal results, as an HQ that
+predates reversals does."""
 
 
 def refuse(reason: str) -> str:
@@ -146,7 +149,7 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 script = self._scripts[method]
                 fault = script.pop(0) if script else NORMAL
             recording = _Recording(context, lambda request: self._record(method, request))
-            if fault != NORMAL and fault not in (ANSWER_LOST, ANSWER_DROPPED):
+            if fault != NORMAL and fault not in (ANSWER_LOST, ANSWER_DROPPED, NO_REVERSAL_RESULTS):
                 await recording.read()  # the request crossed before the fault
             if fault == LOST_BEFORE:
                 self.up = False
@@ -161,6 +164,9 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if fault.startswith("fail:"):
                 await context.abort(grpc.StatusCode[fault.removeprefix("fail:")], "injected")
             response = await behavior(requests, recording)
+            if fault == NO_REVERSAL_RESULTS:
+                for result in response.results:
+                    del result.reversal_results[:]
             if fault == ANSWER_LOST:
                 self.up = False
             if fault in (ANSWER_LOST, ANSWER_DROPPED):

@@ -3,9 +3,11 @@ kills the process, and sequence numbers never repeat or skip."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +17,16 @@ import pytest
 from storedvalue.terminal import (
     ConnectivityState,
     DataDirectoryInUse,
+    LineState,
     Money,
     SaleAlreadyCompleted,
     SaleLine,
     Terminal,
     TerminalError,
 )
+from storedvalue.terminal._database import DATABASE_FILE
 
-from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, sell_offline
+from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, eur, sell_offline
 
 SELLER = Path(__file__).with_name("offline_seller.py")
 CARDS_PER_ROUND = 30
@@ -116,6 +120,38 @@ def test_sequence_numbers_continue_after_the_outbox_was_synced_and_the_till_rest
     hq.link.up = False
     again.abandon_sale(transaction_id="later")
     assert [entry.sequence_number for entry in again.outbox()] == [3]
+
+
+def test_an_outbox_queued_by_the_previous_version_syncs_with_every_line_answered(
+    hq: StoreHQ, make_terminal: TerminalFactory, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "till"
+    first = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
+    cards = sell_offline(hq, first, 3)
+    first.close()
+    # Rewind the file to the previous version's: its outbox rows do not say what HQ owes.
+    with contextlib.closing(sqlite3.connect(data_dir / DATABASE_FILE)) as old, old:
+        old.execute("ALTER TABLE outbox DROP COLUMN answers_owed")
+        old.execute("PRAGMA user_version = 2")
+    again = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
+    later = hq.add_card(balance=1000)  # and one sale queued by this version, in the same batch
+    again.add_tender(transaction_id="later", card_number=later)
+    hq.link.up = False
+    assert again.complete_sale(transaction_id="later",
+                               lines=[SaleLine("L1", later, eur(100))]).completed_offline
+    hq.link.up = True
+    assert again.wait_for_state(ConnectivityState.ONLINE, timeout_s=10)
+
+    summary = again.sync_now()
+
+    assert (summary.applied, summary.remaining, hq.synced_through()) == (4, 0, 4)
+    for transaction_id in ("sale-0", "sale-1", "sale-2", "later"):
+        sale = again.sale(transaction_id=transaction_id)
+        assert sale is not None and sale.synced
+        assert [(line.state, line.balance_after) for line in sale.lines] == [
+            (LineState.APPLIED_AT_SYNC, eur(900))]
+    assert [hq.card(number).balance for number in [*cards, later]] == [900] * 4
+    assert again.sync_now().sent == 0
 
 
 def test_a_data_directory_is_used_by_one_terminal_process_at_a_time(

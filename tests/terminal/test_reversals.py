@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from in_process_hq import ANSWER_LOST, LOST_BEFORE, error_reason
+from in_process_hq import ANSWER_LOST, LOST_BEFORE, NO_REVERSAL_RESULTS, error_reason
 
 from storedvalue.terminal import (
     ConnectivityState,
@@ -23,7 +23,7 @@ from storedvalue.terminal import (
 from storedvalue.v1 import common_pb2
 from storedvalue.v1 import terminal_service_pb2 as ts
 
-from .conftest import FAST, StoreHQ, TerminalFactory, eur, wait_until
+from .conftest import FAST, MANUAL_SYNC, StoreHQ, TerminalFactory, eur, wait_until
 
 MEMO = common_pb2.CARD_KIND_CREDIT_MEMO
 
@@ -178,6 +178,27 @@ def test_abandoning_after_a_partial_online_debit_reverses_the_paid_line(
         ("A", LineState.REVERSED)]
     assert (hq.card(rich).balance, hq.card(poor).balance) == (5000, 100)
     assert hq.desk.locks() == []
+
+
+def test_a_reversal_hq_acknowledged_without_its_result_is_not_left_looking_queued(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    terminal = make_terminal(config=MANUAL_SYNC)
+    rich, poor = hq.add_card(balance=5000), hq.add_card(balance=100)
+    for number in (rich, poor):
+        terminal.add_tender(transaction_id="S2", card_number=number)
+    with pytest.raises(InsufficientFunds):
+        terminal.complete_sale(transaction_id="S2", lines=[
+            SaleLine("A", rich, eur(1000)), SaleLine("B", poor, eur(500))])
+    terminal.abandon_sale(transaction_id="S2")
+    assert [line.state for line in sale(terminal, "S2").lines] == [LineState.REVERSAL_QUEUED]
+    hq.link.script("SyncOfflineBatch", NO_REVERSAL_RESULTS)  # an HQ before reversals
+
+    assert terminal.sync_now().remaining == 0
+
+    assert [(line.line_id, line.state, line.hq_reason) for line in sale(terminal, "S2").lines
+            ] == [("A", LineState.REJECTED_AT_SYNC, "NO_RESULT_FROM_HQ")]
+    assert hq.card(rich).balance == 5000, "HQ reversed it; the till was not told how"
 
 
 def test_a_reversal_queued_offline_survives_a_restart_and_is_sent_once(

@@ -113,6 +113,10 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     # 2: the outbox's offline lines by kind and currency (the exposure the offline risk
     # limits bound), for what an outbox written before held.
     lambda conn: _backfill_outbox_exposure(conn),
+    # 3: the answers HQ owes for each queued transaction (its redeem lines and reversals), so
+    # that recording a batch's answers need not look for lines left unanswered when HQ
+    # answered them all. NULL for what an outbox written before holds: looked for.
+    lambda conn: _add_column(conn, "outbox", "answers_owed INTEGER"),
 )
 
 
@@ -213,6 +217,14 @@ def _backfill_outbox_exposure(conn: sqlite3.Connection) -> None:
               held.amount.amount_minor, held.line_count)
              for held in unsynced_lines_from_bytes(payload)],
         )
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str) -> None:
+    """ALTER TABLE ADD COLUMN, unless the table has it (a file rewound to an earlier
+    user_version by hand)."""
+    name = column.split()[0]
+    if all(row[1] != name for row in conn.execute(f"PRAGMA table_info({table})")):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _run(conn: sqlite3.Connection, script: str) -> None:

@@ -35,6 +35,9 @@ class PendingItem(NamedTuple):
     transaction_id: str
     payload: bytes
     """A serialized storedvalue.v1.OfflineTransaction, sequence number included."""
+    answers_owed: int | None
+    """The line and reversal results HQ owes for it; None when written by a version before
+    they were counted."""
 
 
 class Outbox:
@@ -92,10 +95,11 @@ class Outbox:
                     "WHERE id = 1 RETURNING last_sequence_number"
                 ).fetchone()
                 conn.execute(
-                    "INSERT INTO outbox (sequence_number, transaction_id, payload) "
-                    "VALUES (?, ?, ?)",
+                    "INSERT INTO outbox (sequence_number, transaction_id, payload, "
+                    "answers_owed) VALUES (?, ?, ?, ?)",
                     (sequence, sale.transaction_id,
-                     _convert.offline_sale_to_bytes(sale, sequence)),
+                     _convert.offline_sale_to_bytes(sale, sequence),
+                     len(sale.redeem_lines) + len(sale.reversals)),
                 )
                 if lines:
                     conn.executemany(
@@ -121,7 +125,7 @@ class Outbox:
         agent reads the next batch while the one before it is still unacknowledged)."""
         with self._db.read() as conn:
             rows = conn.execute(
-                "SELECT sequence_number, transaction_id, payload FROM outbox "
+                "SELECT sequence_number, transaction_id, payload, answers_owed FROM outbox "
                 "WHERE sequence_number > ? ORDER BY sequence_number LIMIT ?",
                 (after, limit),
             ).fetchall()

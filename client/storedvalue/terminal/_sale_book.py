@@ -148,10 +148,13 @@ class SaleBook:
             self._listeners.append(listener)
 
     @staticmethod
-    def record_sync(conn: sqlite3.Connection, results: Sequence[SyncItemResult]) -> None:
+    def record_sync(conn: sqlite3.Connection, results: Sequence[SyncItemResult],
+                    answers_owed: int | None = None) -> None:
         """What HQ made of these offline transactions, inside the commit that takes them out
         of the outbox (a statement per answered line, and one per few hundred sales for the
-        rest: the sync acknowledges thousands of transactions a second)."""
+        rest: the sync acknowledges thousands of transactions a second). ``answers_owed``:
+        the line and reversal results these transactions were queued with, when known; once
+        that many queued lines took their answer, none is left unanswered to look for."""
         queued, reversal_queued = LineState.QUEUED_OFFLINE.value, LineState.REVERSAL_QUEUED.value
         answered: list[tuple[object, ...]] = []
         for result in results:
@@ -162,23 +165,26 @@ class SaleBook:
             for line_id, state, reason, balance, memo, voided in result.reversals:
                 answered.append((state.value, reason, balance, memo, voided, transaction_id,
                                  line_id, reversal_queued))
-        if answered:
-            conn.executemany(
-                "UPDATE sale_lines SET outcome = ?, hq_reason = ?, balance_after_minor = ?, "
-                "remainder_memo = ?, voided_memo = ? "
-                "WHERE transaction_id = ? AND line_id = ? AND outcome = ?",
-                answered,
-            )
+        took_answer = conn.executemany(
+            "UPDATE sale_lines SET outcome = ?, hq_reason = ?, balance_after_minor = ?, "
+            "remainder_memo = ?, voided_memo = ? "
+            "WHERE transaction_id = ? AND line_id = ? AND outcome = ?",
+            answered,
+        ).rowcount if answered else 0
+        # Each answer moves at most one line (its own) out of the queued states.
+        look_for_unanswered = answers_owed is None or took_answer != answers_owed
         sales = [result.transaction_id for result in results]
         unanswered = 0
         for start in range(0, len(sales), _SALES_PER_STATEMENT):
             chunk = sales[start:start + _SALES_PER_STATEMENT]
             marks = ", ".join("?" * len(chunk))
-            unanswered += conn.execute(
-                "UPDATE sale_lines SET outcome = ?, hq_reason = ? "  # noqa: S608
-                f"WHERE transaction_id IN ({marks}) AND outcome IN (?, ?)",
-                (LineState.REJECTED_AT_SYNC.value, _NO_RESULT, *chunk, queued, reversal_queued),
-            ).rowcount
+            if look_for_unanswered:
+                unanswered += conn.execute(
+                    "UPDATE sale_lines SET outcome = ?, hq_reason = ? "  # noqa: S608
+                    f"WHERE transaction_id IN ({marks}) AND outcome IN (?, ?)",
+                    (LineState.REJECTED_AT_SYNC.value, _NO_RESULT, *chunk, queued,
+                     reversal_queued),
+                ).rowcount
             conn.execute(
                 f"UPDATE sales SET synced = 1 WHERE transaction_id IN ({marks})",  # noqa: S608
                 chunk,

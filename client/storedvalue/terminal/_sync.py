@@ -219,8 +219,11 @@ class SyncAgent:
         acknowledged = items[: len(results)]
         if not acknowledged:
             return total
+        counts = [item.answers_owed for item in acknowledged]
+        owed = None if None in counts else sum(count or 0 for count in counts)
         self._outbox.acknowledge(
-            acknowledged, results, also=functools.partial(SaleBook.record_sync, results=results)
+            acknowledged, results,
+            also=functools.partial(SaleBook.record_sync, results=results, answers_owed=owed),
         )
         self._book.announce(result.transaction_id for result in results)
         for outcome, count in Counter([result.outcome for result in results]).items():
