@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import grpc
+import pytest
 from in_process_hq import ANSWER_DROPPED, fail
 
 from storedvalue.hq.services.offline import SyncLimits
@@ -17,7 +26,7 @@ from storedvalue.terminal import (
 from storedvalue.v1 import offline_pb2
 from storedvalue.v1 import terminal_service_pb2 as ts
 
-from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, sell_offline, wait_until
+from .conftest import MANUAL_SYNC, StoreHQ, TerminalFactory, eur, sell_offline, wait_until
 
 
 def test_sync_sends_oldest_first_in_batches_no_larger_than_hq_allows(
@@ -135,3 +144,74 @@ def test_background_agent_syncs_on_reconnection_without_being_asked(
     wait_until(lambda: terminal.outbox() == ())
     assert all(hq.card(n).balance == 900 for n in numbers)
     assert hq.synced_through("T1") == 3
+
+
+SYNCING_TILL = Path(__file__).with_name("syncing_till.py")
+
+
+def sync_and_kill(hq: StoreHQ, data_dir: Path, batch_size: int, kill_after: int,
+                  extra_s: float) -> None:
+    """Start a till process syncing the outbox in ``data_dir``, SIGKILL it once it recorded
+    ``kill_after`` batches and ``extra_s`` more went by (the kill lands anywhere in a batch:
+    while it is read, at HQ, or being recorded), unless it finished syncing first."""
+    till = subprocess.Popen(
+        [sys.executable, str(SYNCING_TILL), hq.address, hq.tokens["T1"], str(data_dir),
+         str(batch_size)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert till.stdin is not None
+    assert till.stdout is not None
+    try:
+        assert till.stdout.readline().strip() == "SYNCING"
+        recorded, finished = 0, False
+        while recorded < kill_after and not finished:
+            line = till.stdout.readline().strip()
+            assert line, "the syncing till ended before it was killed"
+            assert not line.startswith("FAILED"), line
+            finished = line == "SYNCED"
+            recorded += 1
+        time.sleep(extra_s)  # only moves the moment of the kill; nothing waits on it
+        os.kill(till.pid, signal.SIGKILL)
+        till.wait(timeout=30)
+    finally:
+        if till.poll() is None:
+            till.kill()
+            till.wait(timeout=30)
+        till.stdin.close()
+        till.stdout.close()
+
+
+@pytest.mark.slow
+def test_a_till_killed_mid_sync_loses_and_duplicates_nothing(
+    hq: StoreHQ, make_terminal: TerminalFactory, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "till"
+    filling = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
+    cards = sell_offline(hq, filling, 120)
+    filling.close()
+    chooser = random.Random(14)
+    for _ in range(4):
+        sync_and_kill(hq, data_dir, batch_size=7, kill_after=chooser.randint(1, 3),
+                      extra_s=chooser.uniform(0, 0.02))
+        hq.link.up = False  # what the killed till left: read before HQ is reached again
+        left = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
+        sequences = [entry.sequence_number for entry in left.outbox()]
+        synced = hq.synced_through()
+        assert sequences == list(range(sequences[0], 121)) if sequences else synced == 120
+        assert not sequences or sequences[0] <= synced + 1, "nothing HQ lacks left the outbox"
+        left.close()
+        hq.link.up = True
+
+    terminal = make_terminal(config=MANUAL_SYNC, data_dir=data_dir)
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=10)
+    summary = terminal.sync_now()
+
+    assert (summary.error, summary.remaining, hq.synced_through()) == (None, 0, 120)
+    assert summary.rejected == summary.applied_with_exception == 0
+    assert [hq.card(number).balance for number in cards] == [900] * 120, "each debited once"
+    for index in range(120):
+        sale = terminal.sale(transaction_id=f"sale-{index}")
+        assert sale is not None and sale.synced, f"sale-{index}"
+        assert [(line.state, line.balance_after) for line in sale.lines] == [
+            (LineState.APPLIED_AT_SYNC, eur(900))], f"sale-{index}"
+    assert terminal.sync_now().sent == 0
