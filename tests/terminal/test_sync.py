@@ -136,6 +136,23 @@ def test_lower_hq_limit_is_learned_from_limit_exceeded_and_the_batch_resent_smal
     assert hq.batch_sizes() == [5, 2, 2, 1], "refused whole, then resent in HQ's size"
 
 
+def test_batches_are_cut_to_fit_hq_largest_request(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    terminal = make_terminal(config=MANUAL_SYNC)
+    sell_offline(hq, terminal, 7)
+    hq.restart(sync_limits=SyncLimits(max_message_bytes=450))  # room for about three
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=10)
+
+    summary = terminal.sync_now()
+
+    assert (summary.error, summary.remaining, hq.synced_through()) == (None, 0, 7)
+    refused, *resent = hq.link.requests("SyncOfflineBatch")
+    assert len(refused.transactions) == 7, "sent whole before the till knew the new limit"
+    assert sum(len(request.transactions) for request in resent) == 7
+    assert len(resent) > 1 and all(request.ByteSize() <= 450 for request in resent)
+
+
 def test_background_agent_syncs_on_reconnection_without_being_asked(
     hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:

@@ -50,6 +50,12 @@ _OUTCOME_FIELD = {
 }
 
 
+_ITEM_FRAMING = 6
+"""Bytes a transaction takes in the request beside its own: its tag and length."""
+_REQUEST_ID_ROOM = 64
+"""Bytes the request id takes, with its tag and length (a UUID: 38)."""
+
+
 @dataclass
 class _Tally:
     sent: int = 0
@@ -151,6 +157,20 @@ class SyncAgent:
             return min(self._config.sync_batch_size, limits.max_transactions_per_batch)
         return self._config.sync_batch_size
 
+    def _next_batch(self, after: int = 0) -> list[PendingItem]:
+        """The oldest items above sequence number ``after``: as many as a batch takes, and
+        no more than fit HQ's largest request (one item at least)."""
+        items = self._outbox.oldest(self._batch_size(), after=after)
+        limits = self._parameters.sync_limits
+        if limits is None or limits.max_message_bytes <= 0:
+            return items
+        room = limits.max_message_bytes - _REQUEST_ID_ROOM
+        for index, item in enumerate(items):
+            room -= len(item.payload) + _ITEM_FRAMING
+            if room < 0:
+                return items[:max(index, 1)]
+        return items
+
     def _run(self) -> SyncSummary:
         started = time.monotonic()
         tally = _Tally()
@@ -164,14 +184,13 @@ class SyncAgent:
         # HQ answers that ALREADY_APPLIED.
         answered: tuple[list[PendingItem], list[SyncItemResult]] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="storedvalue-terminal-sync-call") as hq:
-            items = self._outbox.oldest(self._batch_size())
+            items = self._next_batch()
             while items and not self._stopping.is_set():
                 call = hq.submit(self._send, items)
                 if answered is not None:
                     total = self._record(*answered, tally, total, started)
                     answered = None
-                upcoming = self._outbox.oldest(
-                    self._batch_size(), after=items[-1].sequence_number)
+                upcoming = self._next_batch(after=items[-1].sequence_number)
                 try:
                     results = call.result()
                 except LimitExceeded as exceeded:
@@ -184,7 +203,7 @@ class SyncAgent:
                     except TerminalError as failure:
                         error = failure
                         break
-                    items = self._outbox.oldest(self._batch_size())
+                    items = self._next_batch()
                     continue
                 except TerminalError as failure:
                     error = failure
