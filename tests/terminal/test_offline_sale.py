@@ -248,3 +248,29 @@ def test_offline_overdraft_is_recorded_as_a_sync_report(
     assert report.exception_ids
     terminal.dismiss_sync_report(sequence_number=report.sequence_number)
     assert terminal.sync_reports() == ()
+
+
+def test_a_remainder_memo_issued_at_sync_is_kept_as_a_sync_report(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    memo = hq.add_card(balance=1000, kind=common_pb2.CARD_KIND_CREDIT_MEMO)
+    plain = hq.add_card(balance=1000)
+    terminal = make_terminal(config=MANUAL_SYNC)
+    for sale, number in (("sale-1", memo), ("sale-2", plain)):
+        terminal.add_tender(transaction_id=sale, card_number=number)
+    hq.link.up = False
+    terminal.complete_sale(transaction_id="sale-1", lines=[SaleLine("A", memo, eur(300))])
+    terminal.complete_sale(transaction_id="sale-2", lines=[SaleLine("A", plain, eur(300))])
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=5)
+
+    assert (terminal.sync_now().applied, terminal.outbox()) == (2, ())
+
+    (report,) = terminal.sync_reports()  # the clean sale-2 is no report
+    assert (report.transaction_id, report.outcome) == ("sale-1", SyncOutcome.APPLIED)
+    (remainder,) = report.remainder_credit_memo_numbers
+    synced = terminal.sale(transaction_id="sale-1")
+    assert synced is not None
+    assert [(line.state, line.remainder_credit_memo_number) for line in synced.lines] == [
+        (LineState.APPLIED_AT_SYNC, remainder)]
+    assert hq.card(remainder).balance == 700

@@ -465,7 +465,8 @@ def _sync_result(result: offline_pb2.OfflineTransactionResult) -> SyncItemResult
         )
         for reversal in result.reversal_results
     ])
-    noteworthy = first_code != _APPLIED_PB or any(line[4] for line in lines)
+    noteworthy = first_code != _APPLIED_PB or any(
+        line.remainder_credit_memo_number for line in lines)
     return SyncItemResult(
         result.transaction_id,
         result.sequence_number,
