@@ -33,10 +33,9 @@ class TerminalConfig:
     health_service: str = ""
     """Service name asked in the standard gRPC health check (``""`` = the whole server)."""
 
-    sync_batch_size: int = 1000
+    sync_batch_size: int = 500
     """Most offline transactions sent in one SyncOfflineBatch. The agent uses the smaller of
-    this and HQ's ``SyncLimits.max_transactions_per_batch`` (1,000 by default), and cuts a
-    batch to fit HQ's ``max_message_bytes``."""
+    this and HQ's ``SyncLimits.max_transactions_per_batch``."""
 
     sync_initial_backoff_s: float = 0.1
     """First delay before resending a batch after a transient failure (UNAVAILABLE,
