@@ -26,7 +26,7 @@ def offline_sync(session: Session, names: list[str]) -> list[Metric]:
                 "admin_token": hq.admin_token, "terminal_id": till.terminal_id,
                 "token": till.token, "cards": cards[:size],
                 "data_dir": str(session.workdir / f"sync-till-{size}"),
-                "parameters_version": version,
+                "parameters_version": version, "hq_pids": hq.pids(),
             }, name=f"syncing till ({size})")
             try:
                 # Filling the outbox goes at the pace of LockCard: be generous.
@@ -44,6 +44,8 @@ def offline_sync(session: Session, names: list[str]) -> list[Metric]:
             baseline={"what": "the same batches echoed by the grpc.aio echo server: the wire "
                               "alone", "value": large / big["echo_seconds"], "unit": "tx/s"},
             details={"transactions": large, "seconds": big["seconds"], "batch": big["batch"],
+                     "till_cpu_us_per_tx": round(big["till_cpu_s"] / large * 1e6, 1),
+                     "hq_cpu_us_per_tx": round(big["hq_cpu_s"] / large * 1e6, 1),
                      "applied": big["applied"],
                      "applied_with_exception": big["applied_with_exception"],
                      "rejected": big["rejected"], **note}),

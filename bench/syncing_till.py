@@ -7,18 +7,21 @@ is thus under the lock its till holds for that sale, as in a store.
 
 Timed: a fresh Terminal on the same data directory, straight to HQ, ``sync_now()`` until the
 outbox is empty and HQ's GetTerminalSyncStatus reports the till's highest contiguous sequence
-number as the number of sales.
+number as the number of sales. The till's CPU time (all its threads) during ``sync_now()`` is
+reported too, and HQ's (its processes, from /proc): with the till and HQ on one machine, what
+the till spends is taken from HQ.
 
 Baseline, same run: the same number of SyncOfflineBatch-sized requests (same batch size,
 same transactions' content) sent one after another to the echo server: what the wire alone
 costs for those bytes.
 
 Spec: address, echo_address, admin_token, terminal_id, token, cards (one per sale),
-data_dir, parameters_version.
+data_dir, parameters_version, hq_pids.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -78,16 +81,27 @@ def timed_sync(spec: dict[str, Any], data_dir: Path) -> dict[str, Any]:
         limits = terminal.sync_limits
         batch = min(SYNC_CONFIG.sync_batch_size,
                     limits.max_transactions_per_batch if limits else SYNC_CONFIG.sync_batch_size)
-        started = time.perf_counter()
+        hq_pids = [int(pid) for pid in spec.get("hq_pids", [])]
+        hq_started = sum(map(process_cpu_s, hq_pids))
+        started, cpu_started = time.perf_counter(), time.process_time()
         summary = terminal.sync_now()
+        cpu = time.process_time() - cpu_started
+        hq_cpu = sum(map(process_cpu_s, hq_pids)) - hq_started
         highest = sync_status(spec["address"], spec["admin_token"], spec["terminal_id"])
         elapsed = time.perf_counter() - started
         left = len(terminal.outbox())
     if summary.error is not None or left or highest != size:
         raise RuntimeError(f"sync incomplete: {summary}; outbox left {left}, HQ has 1..{highest}")
-    return {"seconds": elapsed, "batch": batch, "applied": summary.applied,
+    return {"seconds": elapsed, "till_cpu_s": cpu, "hq_cpu_s": hq_cpu, "batch": batch,
+            "applied": summary.applied,
             "applied_with_exception": summary.applied_with_exception,
             "rejected": summary.rejected, "already_applied": summary.already_applied}
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system, all threads) of a process on this machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def echo_floor(spec: dict[str, Any], batch: int) -> float:

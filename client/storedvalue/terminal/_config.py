@@ -35,7 +35,8 @@ class TerminalConfig:
 
     sync_batch_size: int = 500
     """Most offline transactions sent in one SyncOfflineBatch. The agent uses the smaller of
-    this and HQ's ``SyncLimits.max_transactions_per_batch``."""
+    this and HQ's ``SyncLimits.max_transactions_per_batch``, and cuts a batch to fit HQ's
+    ``max_message_bytes``."""
 
     sync_initial_backoff_s: float = 0.1
     """First delay before resending a batch after a transient failure (UNAVAILABLE,
