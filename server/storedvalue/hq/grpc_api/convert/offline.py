@@ -40,7 +40,7 @@ from storedvalue.hq.grpc_api.convert.common import (
 )
 from storedvalue.hq.services.offline import SyncLimits, SyncStatus
 from storedvalue.v1 import back_office_service_pb2 as bo_pb
-from storedvalue.v1 import offline_pb2, parameters_pb2
+from storedvalue.v1 import common_pb2, offline_pb2, parameters_pb2
 
 # -- parameters -----------------------------------------------------------------------------
 
@@ -119,6 +119,14 @@ def offline_transactions_from_proto(
     amounts: dict[tuple[int, str], Money] = {}
     kinds = _CARD_KINDS_BY_PROTO
     fingerprint = message_fingerprint
+
+    def money_of(sent: common_pb2.Money) -> Money:
+        key = (sent.amount_minor, sent.currency_code)
+        amount = amounts.get(key)
+        if amount is None:
+            amount = amounts[key] = Money(*key)
+        return amount
+
     decoded = []
     for txn in transactions:
         completed_at = None
@@ -144,30 +152,19 @@ def offline_transactions_from_proto(
         if txn.redeem_lines:
             decoded_lines = []
             for line in txn.redeem_lines:
-                amount = None
-                if line.HasField("amount"):
-                    sent_amount = line.amount
-                    money_key = (sent_amount.amount_minor, sent_amount.currency_code)
-                    amount = amounts.get(money_key)
-                    if amount is None:
-                        amount = amounts[money_key] = Money(*money_key)
                 decoded_lines.append(OfflineRedeemLine(
-                    line.line_id, line.card_number, kinds.get(line.card_kind), amount,
+                    line.line_id, line.card_number, kinds.get(line.card_kind),
+                    money_of(line.amount) if line.HasField("amount") else None,
                     line.fencing_token, line.online_redeem_attempted))
             lines = tuple(decoded_lines)
         unsynced: tuple[UnsyncedAmount, ...] = ()
         if txn.unsynced_amounts:
             decoded_unsynced = []
             for held in txn.unsynced_amounts:
-                amount = None
-                if held.HasField("amount"):
-                    sent_amount = held.amount
-                    money_key = (sent_amount.amount_minor, sent_amount.currency_code)
-                    amount = amounts.get(money_key)
-                    if amount is None:
-                        amount = amounts[money_key] = Money(*money_key)
-                decoded_unsynced.append(
-                    UnsyncedAmount(kinds.get(held.card_kind), amount, held.line_count))
+                decoded_unsynced.append(UnsyncedAmount(
+                    kinds.get(held.card_kind),
+                    money_of(held.amount) if held.HasField("amount") else None,
+                    held.line_count))
             unsynced = tuple(decoded_unsynced)
         decoded.append(OfflineTransaction(
             txn.transaction_id,
