@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from storedvalue.v1 import (
     common_pb2,
@@ -404,10 +405,12 @@ def sync_batch_request_bytes(request_id: str, payloads: Sequence[bytes]) -> byte
     return b"".join(parts)
 
 
-_REQUEST_ID_TAG = b"\x0a"
-"""SyncOfflineBatchRequest.request_id: field 1, length-delimited."""
-_TRANSACTIONS_TAG = b"\x12"
-"""SyncOfflineBatchRequest.transactions: field 2, length-delimited."""
+def _length_delimited_tag(message: type[Message], field: str) -> bytes:
+    """The key of a length-delimited field of `message`, from the contract's descriptor."""
+    number = message.DESCRIPTOR.fields_by_name[field].number
+    return _varint(number << 3 | 2)
+
+
 _SHORT_VARINTS = [bytes([length]) for length in range(128)]
 
 
@@ -420,6 +423,10 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_REQUEST_ID_TAG = _length_delimited_tag(pb.SyncOfflineBatchRequest, "request_id")
+_TRANSACTIONS_TAG = _length_delimited_tag(pb.SyncOfflineBatchRequest, "transactions")
 
 
 def sync_results_from_pb(response: pb.SyncOfflineBatchResponse) -> tuple[SyncItemResult, ...]:
