@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+
+from google.protobuf import timestamp_pb2
 
 from storedvalue.hq.domain.moments import moment_from_epoch
 from storedvalue.hq.domain.money import Money
@@ -56,7 +57,6 @@ def sync_limits_to_proto(limits: SyncLimits) -> parameters_pb2.SyncLimits:
 
 # -- offline transactions -------------------------------------------------------------------
 
-_UNREAD: Any = object()
 _CARD_KINDS_BY_PROTO = CARD_KINDS_BY_PROTO
 
 
@@ -127,25 +127,25 @@ def offline_transactions_from_proto(
             amount = amounts[key] = Money(*key)
         return amount
 
+    def moment_of(sent: timestamp_pb2.Timestamp) -> datetime | None:
+        """The moment, or None when it is out of range (the field is then unreadable)."""
+        key = (sent.seconds, sent.nanos)
+        if key in moments:
+            return moments[key]
+        moment = moments[key] = moment_from_epoch(*key)
+        return moment
+
     decoded = []
     for txn in transactions:
         completed_at = None
         unreadable: tuple[str, ...] = ()
         if txn.HasField("completed_at"):
-            sent = txn.completed_at
-            key = (sent.seconds, sent.nanos)
-            completed_at = moments.get(key, _UNREAD)
-            if completed_at is _UNREAD:
-                completed_at = moments[key] = moment_from_epoch(*key)
+            completed_at = moment_of(txn.completed_at)
             if completed_at is None:
                 unreadable = ("completed_at",)
         last_reached_hq_at = None
         if txn.HasField("last_reached_hq_at"):
-            sent = txn.last_reached_hq_at
-            key = (sent.seconds, sent.nanos)
-            last_reached_hq_at = moments.get(key, _UNREAD)
-            if last_reached_hq_at is _UNREAD:
-                last_reached_hq_at = moments[key] = moment_from_epoch(*key)
+            last_reached_hq_at = moment_of(txn.last_reached_hq_at)
             if last_reached_hq_at is None:
                 unreadable += ("last_reached_hq_at",)
         lines: tuple[OfflineRedeemLine, ...] = ()
