@@ -118,12 +118,11 @@ def money_from_proto(money: common_pb2.Money) -> Money:
 
 CARD_KINDS_TO_PROTO = enum_to_proto(CardKind, common_pb2.CardKind, "CARD_KIND_")
 CARD_KINDS_BY_PROTO = {value: kind for kind, value in CARD_KINDS_TO_PROTO.items()}
-_CARD_KINDS_BY_PROTO = CARD_KINDS_BY_PROTO
 
 
 def card_kind_from_proto(kind: common_pb2.CardKind.ValueType) -> CardKind | None:
     """CARD_KIND_UNSPECIFIED (or a value this HQ does not know) is None."""
-    return _CARD_KINDS_BY_PROTO.get(kind)
+    return CARD_KINDS_BY_PROTO.get(kind)
 
 
 def card_kind_to_proto(kind: CardKind | None) -> common_pb2.CardKind.ValueType:

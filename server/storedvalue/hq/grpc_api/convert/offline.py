@@ -57,67 +57,23 @@ def sync_limits_to_proto(limits: SyncLimits) -> parameters_pb2.SyncLimits:
 
 # -- offline transactions -------------------------------------------------------------------
 
-_CARD_KINDS_BY_PROTO = CARD_KINDS_BY_PROTO
-
-
 def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> OfflineTransaction:
-    # Runs for every item of every batch: no generator per field, no empty tuples built.
-    lines = txn.redeem_lines
-    unlocks = txn.unlocks
-    reversals = txn.reversals
-    completed_at = None
-    unreadable: tuple[str, ...] = ()
-    if txn.HasField("completed_at"):
-        sent = txn.completed_at
-        completed_at = moment_from_epoch(sent.seconds, sent.nanos)
-        if completed_at is None:
-            # The item is rejected for it, not the batch (the domain decides).
-            unreadable = ("completed_at",)
-    last_reached_hq_at = None
-    if txn.HasField("last_reached_hq_at"):
-        sent = txn.last_reached_hq_at
-        last_reached_hq_at = moment_from_epoch(sent.seconds, sent.nanos)
-        if last_reached_hq_at is None:
-            unreadable += ("last_reached_hq_at",)
-    return OfflineTransaction(
-        transaction_id=txn.transaction_id,
-        sequence_number=txn.sequence_number,
-        completed_at=completed_at,
-        parameters_version=txn.parameters_version,
-        redeem_lines=tuple([_redeem_line_from_proto(line) for line in lines]) if lines else (),
-        unlocks=(
-            tuple(
-                [
-                    OfflineUnlock(
-                        card_number=unlock.card_number,
-                        transaction_id=unlock.transaction_id,
-                        fencing_token=unlock.fencing_token,
-                    )
-                    for unlock in unlocks
-                ]
-            )
-            if unlocks
-            else ()
-        ),
-        fingerprint=message_fingerprint(txn),
-        reversals=tuple([_reversal_from_proto(r) for r in reversals]) if reversals else (),
-        unreadable_fields=unreadable,
-        last_reached_hq_at=last_reached_hq_at,
-        unsynced_amounts=(
-            tuple([unsynced_from_proto(held) for held in txn.unsynced_amounts])
-            if txn.unsynced_amounts else ()
-        ),
-    )
+    """One transaction (CompleteOffline): the batch decoder's, for a batch of one."""
+    (decoded,) = offline_transactions_from_proto((txn,))
+    return decoded
 
 
 def offline_transactions_from_proto(
     transactions: Iterable[offline_pb2.OfflineTransaction],
 ) -> list[OfflineTransaction]:
-    """`offline_transaction_from_proto` of each, for a batch: equal moments and amounts are
-    read once and shared (values, never changed), and the fields are set positionally."""
+    """The domain's offline transactions of a batch (SyncOfflineBatch). Runs for every item
+    of every batch: equal moments and amounts are read once and shared (values, never
+    changed), the fields are set positionally, and no generator or empty tuple is built per
+    field. A completion or last-contact time out of range leaves the field unreadable: the
+    domain rejects that item, not the batch."""
     moments: dict[tuple[int, int], datetime | None] = {}
     amounts: dict[tuple[int, str], Money] = {}
-    kinds = _CARD_KINDS_BY_PROTO
+    kinds = CARD_KINDS_BY_PROTO
     fingerprint = message_fingerprint
 
     def money_of(sent: common_pb2.Money) -> Money:
@@ -206,17 +162,6 @@ def _reversal_from_proto(reversal: offline_pb2.OfflineReversal) -> OfflineRevers
         card_number=reversal.card_number,
         amount=money_from_proto(reversal.amount) if reversal.HasField("amount") else None,
         fencing_token=reversal.fencing_token,
-    )
-
-
-def _redeem_line_from_proto(line: offline_pb2.OfflineRedeemLine) -> OfflineRedeemLine:
-    return OfflineRedeemLine(
-        line_id=line.line_id,
-        card_number=line.card_number,
-        card_kind=card_kind_from_proto(line.card_kind),
-        amount=money_from_proto(line.amount) if line.HasField("amount") else None,
-        fencing_token=line.fencing_token,
-        online_redeem_attempted=line.online_redeem_attempted,
     )
 
 
