@@ -99,6 +99,42 @@ def test_non_transient_sync_failure_is_surfaced_and_not_retried(
     assert terminal.last_sync == summary
 
 
+def test_a_batch_sent_with_one_that_failed_is_applied_once_and_synced_later(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    # Two batches are in flight: the first is refused, the second reaches HQ and applies.
+    hq.restart(sync_limits=SyncLimits(max_transactions_per_batch=3))
+    terminal = make_terminal(config=MANUAL_SYNC)
+    numbers = sell_offline(hq, terminal, 6)
+    hq.link.script("SyncOfflineBatch", fail(grpc.StatusCode.PERMISSION_DENIED))
+    summary = terminal.sync_now()
+    assert isinstance(summary.error, PermissionDenied)
+    assert hq.batch_sizes() == [3, 3]
+    # The till records answers in order: the second stays in the outbox, applied at HQ.
+    assert (summary.sent, summary.remaining) == (0, 6)
+    assert [hq.card(n).balance for n in numbers] == [1_000] * 3 + [900] * 3
+    again = terminal.sync_now()
+    assert (again.error, again.applied, again.already_applied, again.remaining) == (
+        None, 3, 3, 0)
+    assert hq.synced_through("T1") == 6
+    assert all(hq.card(n).balance == 900 and hq.card(n).lock is None for n in numbers)
+
+
+def test_one_batch_at_a_time_when_configured(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    hq.restart(sync_limits=SyncLimits(max_transactions_per_batch=3))
+    terminal = make_terminal(config=TerminalConfig(
+        call_timeout_s=0.5, probe_initial_backoff_s=0.02, probe_max_backoff_s=0.2,
+        sync_automatically=False, sync_batches_in_flight=1))
+    sell_offline(hq, terminal, 6)
+    hq.link.script("SyncOfflineBatch", fail(grpc.StatusCode.PERMISSION_DENIED))
+    summary = terminal.sync_now()
+    assert isinstance(summary.error, PermissionDenied)
+    assert hq.batch_sizes() == [3]
+    assert terminal.sync_now().applied == 6
+
+
 def test_rejected_transaction_leaves_the_outbox_and_is_reported(
     hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:

@@ -3,10 +3,12 @@ offline sync with sequence gaps. No database, no network."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fakes import FakeStorage
@@ -329,3 +331,37 @@ def test_a_registered_terminal_gets_its_token_once_and_a_retry_gets_none(hq: HQ)
     assert first.bearer_token.startswith("svt_")
     assert again.bearer_token == ""
     assert again.terminal == first.terminal
+
+
+def test_a_batch_that_arrives_before_the_one_it_follows_waits_for_it(hq: HQ) -> None:
+    # A till keeps two batches in flight; the later one can reach HQ first. Applied first,
+    # it would be judged against a highest sequence number the earlier batch has not raised
+    # yet: with a jump limit of 2, transactions 4 and 5 would be rejected after 1.
+    version = hq.allow_offline()
+    offline = OfflineService(hq.transactions, clock=hq.clock,
+                             limits=SyncLimits(max_sequence_jump=2))
+    cards = [hq.gift_card(10_000) for _ in range(5)]
+    txns = [offline_txn(n, cards[n - 1], 100, params_version=version) for n in range(1, 6)]
+
+    def sync(batch: list[OfflineTransaction]) -> Coroutine[Any, Any, SyncOutcome]:
+        return offline.sync(key=hq.key("till-1", "SyncOfflineBatch", batch),
+                            terminal_id="till-1", transactions=batch)
+
+    hq.run(sync(txns[:1]))
+
+    async def later_first() -> tuple[SyncOutcome, SyncOutcome]:
+        later = asyncio.create_task(sync(txns[3:]))
+        await asyncio.sleep(0)  # the later batch runs up to where it waits
+        earlier = await sync(txns[1:3])
+        return earlier, await later
+
+    earlier, later = hq.run(later_first())
+    outcomes = [r.outcome for r in earlier.results + later.results]
+    assert OfflineOutcome.REJECTED not in outcomes
+    assert later.status.highest_contiguous_sequence == 5
+    entries = {number: hq.run(hq.back_office.list_journal(
+        card_number=number, after_entry_id=0, limit=10)).items[-1].entry_id for number in cards}
+    # In the ledger, the batches in the till's order (within one, in card-number order).
+    assert entries[cards[0]] < min(entries[n] for n in cards[1:3]) < min(
+        entries[n] for n in cards[3:])
+    assert max(entries[n] for n in cards[1:3]) < min(entries[n] for n in cards[3:])

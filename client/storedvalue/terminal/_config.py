@@ -38,6 +38,12 @@ class TerminalConfig:
     this and HQ's ``SyncLimits.max_transactions_per_batch``, and cuts a batch to fit HQ's
     ``max_message_bytes``."""
 
+    sync_batches_in_flight: int = 2
+    """Batches sent to HQ before the first of them is answered, so that HQ reads the next
+    batch while it applies one (HQ applies a till's batches in sequence order whatever the
+    order they arrive in). 1 sends one batch at a time. Two are in flight only when HQ's
+    ``max_sequence_jump`` leaves room for them, and the answers are recorded in order."""
+
     sync_initial_backoff_s: float = 0.1
     """First delay before resending a batch after a transient failure (UNAVAILABLE,
     DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED); doubles each time, with jitter."""
@@ -81,6 +87,8 @@ class TerminalConfig:
             raise ValueError("call_timeout_s must be positive")
         if self.sync_batch_size < 1:
             raise ValueError("sync_batch_size must be at least 1")
+        if self.sync_batches_in_flight < 1:
+            raise ValueError("sync_batches_in_flight must be at least 1")
         if self.finished_sale_retention_s < 0:
             raise ValueError("finished_sale_retention_s must not be negative")
         if self.status_report_interval_s < 0:

@@ -299,6 +299,7 @@ def sync_limits_from_pb(limits: parameters_pb2.SyncLimits) -> SyncLimits:
         max_transactions_per_batch=limits.max_transactions_per_batch,
         max_lines_per_transaction=limits.max_lines_per_transaction,
         max_message_bytes=limits.max_message_bytes,
+        max_sequence_jump=limits.max_sequence_jump,
     )
 
 
@@ -307,6 +308,7 @@ def sync_limits_to_bytes(limits: SyncLimits) -> bytes:
         max_transactions_per_batch=limits.max_transactions_per_batch,
         max_lines_per_transaction=limits.max_lines_per_transaction,
         max_message_bytes=limits.max_message_bytes,
+        max_sequence_jump=limits.max_sequence_jump,
     ).SerializeToString()
 
 

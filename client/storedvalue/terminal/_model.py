@@ -294,6 +294,9 @@ class SyncLimits:
     max_transactions_per_batch: int
     max_lines_per_transaction: int
     max_message_bytes: int
+    max_sequence_jump: int = 0
+    """How far past the highest sequence number HQ received a transaction's may be (0: not
+    told, as from an HQ that predates it)."""
 
 
 class ConnectivityState(enum.Enum):

@@ -7,6 +7,8 @@ retried blindly. An item leaves the outbox only in the commit that records HQ's 
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import logging
 import threading
@@ -14,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ._backoff import Backoff
@@ -171,50 +173,71 @@ class SyncAgent:
                 return items[:max(index, 1)]
         return items
 
+    def _in_flight(self) -> int:
+        """How many batches to keep in flight: the configured number, as long as HQ's
+        ``max_sequence_jump`` covers them all (so that even an HQ that applied a later batch
+        first would accept its sequence numbers); one when HQ did not say."""
+        wanted = self._config.sync_batches_in_flight
+        limits = self._parameters.sync_limits
+        if wanted == 1 or limits is None or limits.max_sequence_jump <= 0:
+            return 1
+        return max(1, min(wanted, limits.max_sequence_jump // self._batch_size()))
+
     def _run(self) -> SyncSummary:
         started = time.monotonic()
         tally = _Tally()
         error: Exception | None = None
         total = len(self._outbox)
         refreshed_limits = False
-        # HQ gets one batch at a time (it applies a till's batches in sequence order, and a
-        # reversal must find the line it reverses), but the till's own work overlaps HQ's:
-        # while HQ applies a batch, the agent records HQ's answer to the one before and reads
-        # the next. An answer recorded late only means a resend if the till dies meanwhile:
-        # HQ answers that ALREADY_APPLIED.
+        depth = self._in_flight()
+        # Up to `depth` batches are in flight: HQ applies a till's batches in sequence order
+        # (a later one that arrives first waits), and reads the next batch while it applies
+        # one. The till's own work overlaps HQ's too: it records the answers, in order, and
+        # reads the next batch while HQ works. An answer recorded late, or dropped after an
+        # error, only means a resend: HQ answers that ALREADY_APPLIED.
+        in_flight: collections.deque[tuple[list[PendingItem], Future[list[SyncItemResult]]]]
+        in_flight = collections.deque()
         answered: tuple[list[PendingItem], list[SyncItemResult]] | None = None
-        with ThreadPoolExecutor(1, thread_name_prefix="storedvalue-terminal-sync-call") as hq:
-            items = self._next_batch()
-            while items and not self._stopping.is_set():
-                call = hq.submit(self._send, items)
+        with ThreadPoolExecutor(self._config.sync_batches_in_flight,
+                                thread_name_prefix="storedvalue-terminal-sync-call") as hq:
+            upcoming = self._next_batch()
+            while True:
+                while (upcoming and len(in_flight) < depth and error is None
+                       and not self._stopping.is_set()):
+                    in_flight.append((upcoming, hq.submit(self._send, upcoming)))
+                    upcoming = self._next_batch(after=upcoming[-1].sequence_number)
                 if answered is not None:
                     total = self._record(*answered, tally, total, started)
                     answered = None
-                upcoming = self._next_batch(after=items[-1].sequence_number)
+                if not in_flight:
+                    break
+                items, call = in_flight.popleft()
                 try:
                     results = call.result()
                 except LimitExceeded as exceeded:
+                    if error is not None:
+                        continue
                     if refreshed_limits:
                         error = exceeded
-                        break
+                        continue
                     refreshed_limits = True
+                    _wait_out(in_flight)  # sent with the old limits: sent again below
                     try:
                         self._refresh_parameters()
                     except TerminalError as failure:
                         error = failure
-                        break
-                    items = self._next_batch()
+                        continue
+                    depth = min(depth, self._in_flight())
+                    upcoming = self._next_batch()
                     continue
                 except TerminalError as failure:
-                    error = failure
-                    break
+                    error = error or failure
+                    continue
+                if error is not None:
+                    continue  # a batch before this one failed: its answer is not recorded
                 answered = (items, results)
                 if len(results) < len(items):
                     error = UnexpectedError("HQ answered an offline transaction with no outcome")
-                    break
-                items = upcoming
-        if answered is not None:
-            total = self._record(*answered, tally, total, started)
         if error is None and not self._stopping.is_set():
             error = self._tenders.release_removed_offline()
         self._book.prune()
@@ -302,3 +325,12 @@ class SyncAgent:
                 listener(progress)
             except Exception:
                 _log.exception("sync progress listener failed")
+
+
+def _wait_out(calls: collections.deque[tuple[list[PendingItem], Future[list[SyncItemResult]]]]
+              ) -> None:
+    """Wait for the calls in flight to end, dropping their answers and errors."""
+    while calls:
+        _items, call = calls.popleft()
+        with contextlib.suppress(TerminalError):
+            call.result()

@@ -167,6 +167,7 @@ class TerminalServicer:
             key=request_key(caller, request, "CompleteOffline"),
             terminal_id=caller.terminal_id,
             transactions=[offline_transaction_from_proto(request.transaction)],
+            in_order=False,
         )
         return pb.CompleteOfflineResponse(
             result=offline_result_to_proto(outcome.results[0]),

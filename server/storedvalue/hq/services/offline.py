@@ -26,6 +26,7 @@ from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
 from storedvalue.hq.domain.offline_common import is_common_shape, plan_common_batch
 from storedvalue.hq.domain.reversals import cards_a_reversal_touches, reversal_keys
 from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
+from storedvalue.hq.services.batch_order import BatchOrder
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.idempotency import RequestKey, remember, replay
 from storedvalue.hq.services.parameters import parameters_as_used
@@ -148,15 +149,19 @@ class OfflineService:
         self._new_card_number = new_card_number
         self._throttle = throttle or UnknownCardThrottle()
         self._common_path = common_path
+        self._order = BatchOrder()
 
     async def sync(self, *, key: RequestKey, terminal_id: str,
-                   transactions: Sequence[OfflineTransaction]) -> SyncOutcome:
+                   transactions: Sequence[OfflineTransaction], in_order: bool = True
+                   ) -> SyncOutcome:
         """Apply a terminal's offline transactions in order, each all-or-nothing and exactly
         once, in one database transaction; return one result per item and the terminal's
         sequence status. Only the documented size limits and a reused request id refuse the
         whole request; a bad item is rejected and kept for review alone. A request already
         answered (same `key`, same content) gets the same results again, with the sequence
-        status as it is now."""
+        status as it is now. `in_order`: wait for the terminal's batches of lower sequence
+        numbers that are on their way (see `batch_order`); CompleteOffline's single
+        transaction does not."""
         key.validate()
         self._check_limits(transactions)
         batch = list(transactions)
@@ -261,7 +266,9 @@ class OfflineService:
             return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
 
         # A batch of more than a few transactions takes milliseconds: off the event loop.
-        outcome = await self._transactions.write(work, large=len(batch) > LARGE_BATCH)
+        numbers = [txn.sequence_number for txn in batch] if in_order else []
+        async with self._order.turn(terminal_id, numbers):
+            outcome = await self._transactions.write(work, large=len(batch) > LARGE_BATCH)
         self._throttle.record_misses(terminal_id, lookups)
         return outcome
 
