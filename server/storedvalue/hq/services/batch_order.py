@@ -85,3 +85,7 @@ class BatchOrder:
             if till.done_through is None or mine[1] > till.done_through:
                 till.done_through = mine[1]
             till.change()
+        if till.here:
+            # A later batch waited for this one: let it reach the database before this
+            # one's answer is built (a yield, so the writer is not idle meanwhile).
+            await asyncio.sleep(0)

@@ -97,6 +97,11 @@ class GroupCommitTransactions:
     async def write(self, work: Work[T], *, large: bool = False) -> T:
         loop = self._loop_of_caller()
         future: asyncio.Future[T] = loop.create_future()
+        if large and not self._writer_busy and not self._pending:
+            # Runs alone whatever else comes: to the writer at once.
+            self._pending.append((work, future, large))
+            self._drain()
+            return await future
         self._pending.append((work, future, large))
         if not self._writer_busy and not self._drain_scheduled:
             # After the callbacks already due: units that arrive together go together.
