@@ -27,6 +27,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 ARRIVAL_WAIT_S = 0.05
+MAX_ORDERED = 16
+"""Batches of one till kept in order at once; more (a till sends two or three at a time)
+go straight on, so that a till sending hundreds at once costs no more than this many."""
 
 
 @dataclass
@@ -49,20 +52,25 @@ class BatchOrder:
         self._tills: dict[str, _Till] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    @asynccontextmanager
-    async def turn(self, terminal_id: str, sequence_numbers: list[int]) -> AsyncIterator[None]:
-        """Wait for this batch's turn (see the module); the batch is done when the block
-        exits, whether it applied or failed."""
-        if not sequence_numbers:
-            yield
-            return
-        mine = (min(sequence_numbers), max(sequence_numbers))
+    def _till(self, terminal_id: str) -> _Till:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # events belong to one event loop
             self._loop, self._tills = loop, {}
         till = self._tills.get(terminal_id)
         if till is None:
             till = self._tills[terminal_id] = _Till()
+        return till
+
+    @asynccontextmanager
+    async def turn(self, terminal_id: str, sequence_numbers: list[int]) -> AsyncIterator[None]:
+        """Wait for this batch's turn (see the module); the batch is done when the block
+        exits, whether it applied or failed."""
+        till = self._till(terminal_id)
+        if not sequence_numbers or len(till.here) >= MAX_ORDERED:
+            yield
+            return
+        mine = (min(sequence_numbers), max(sequence_numbers))
+        loop = asyncio.get_running_loop()
         deadline = loop.time() + self._arrival_wait_s
         till.here.append(mine)
         till.change()
