@@ -3,6 +3,8 @@ earlier versions stored still reads."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from storedvalue.hq import records
@@ -55,7 +57,11 @@ RESULTS = [
 
 @pytest.mark.parametrize("result", RESULTS)
 def test_an_offline_result_reads_back_as_it_was_stored(result: OfflineTransactionResult) -> None:
-    assert offline_results.loads(records.dumps(result)) == result
+    stored = offline_results.dumps(result, result.transaction_id, result.sequence_number)
+    assert offline_results.loads(stored, result.transaction_id, result.sequence_number) == result
+    # As earlier versions wrote every result: a JSON object.
+    assert offline_results.loads(
+        records.dumps(result), result.transaction_id, result.sequence_number) == result
 
 
 # Written by earlier versions, which stored offline results as JSON arrays.
@@ -76,4 +82,59 @@ EARLIER_ARRAYS = [
 def test_an_offline_result_stored_as_an_array_by_an_earlier_version_still_reads(
     text: str, result: OfflineTransactionResult,
 ) -> None:
-    assert offline_results.loads(text) == result
+    assert offline_results.loads(text, result.transaction_id, result.sequence_number) == result
+
+
+def applied(txn_id: str, sequence: int, line_id: str, balance: Money
+            ) -> OfflineTransactionResult:
+    return OfflineTransactionResult(
+        txn_id, sequence, OfflineOutcome.APPLIED, OfflineOutcome.APPLIED,
+        line_results=(OfflineLineResult(line_id, OfflineLineOutcome.APPLIED, "", balance),))
+
+
+COMMON = [
+    applied("sale-1", 1, "1", Money(9_900, "EUR")),
+    applied("sale 2", 2**40, "line two é", Money(0, "USD")),
+    applied("s", 3, " A1 2 ", Money(-5, "EUR")),
+]
+
+
+@pytest.mark.parametrize("result", COMMON)
+def test_the_common_result_is_stored_compactly_and_reads_back_as_it_was(
+    result: OfflineTransactionResult,
+) -> None:
+    stored = offline_results.dumps(result, result.transaction_id, result.sequence_number)
+    balance = result.line_results[0].balance_after
+    assert balance is not None
+    assert stored == (f"A{balance.amount_minor} {balance.currency} "
+                      f"{result.line_results[0].line_id}")
+    assert offline_results.loads(stored, result.transaction_id, result.sequence_number) == result
+    # The JSON object of the same result (as stored before the compact form) reads alike.
+    assert offline_results.loads(
+        records.dumps(result), result.transaction_id, result.sequence_number) == result
+
+
+@pytest.mark.parametrize("result", [
+    replace(COMMON[0], outcome=OfflineOutcome.ALREADY_APPLIED),
+    replace(COMMON[0], message="m"),
+    replace(COMMON[0], exception_ids=("x-1",)),
+    replace(COMMON[0], line_results=()),
+    replace(COMMON[0], line_results=COMMON[0].line_results * 2),
+    replace(COMMON[0], line_results=(replace(COMMON[0].line_results[0], balance_after=None),)),
+    replace(COMMON[0], line_results=(replace(COMMON[0].line_results[0], reason="R"),)),
+    replace(COMMON[0], line_results=(replace(COMMON[0].line_results[0],
+                                             remainder_credit_memo_number="7001"),)),
+    replace(COMMON[0], line_results=(replace(COMMON[0].line_results[0], line_id="a\nb"),)),
+    replace(COMMON[0], line_results=(replace(COMMON[0].line_results[0],
+                                             balance_after=Money(1, "E R")),)),
+])
+def test_any_other_result_is_stored_as_a_json_object(result: OfflineTransactionResult) -> None:
+    stored = offline_results.dumps(result, result.transaction_id, result.sequence_number)
+    assert stored == records.dumps(result)
+    assert offline_results.loads(stored, result.transaction_id, result.sequence_number) == result
+
+
+def test_a_common_result_of_another_record_is_stored_as_a_json_object() -> None:
+    result = COMMON[0]
+    assert offline_results.dumps(result, "other", 1) == records.dumps(result)
+    assert offline_results.dumps(result, result.transaction_id, 2) == records.dumps(result)

@@ -8,9 +8,9 @@ from datetime import datetime
 from sqlalchemy import bindparam, func, insert, select, update
 
 from storedvalue.hq import records
-from storedvalue.hq.domain.offline import OfflineException, OfflineRecord
+from storedvalue.hq.domain.offline import OfflineException, OfflineOutcome, OfflineRecord
 from storedvalue.hq.domain.offline_common import CommonDebit
-from storedvalue.hq.storage import rows
+from storedvalue.hq.storage import offline_results, rows
 from storedvalue.hq.storage.statements import Statement, in_chunks
 from storedvalue.hq.storage.tables import offline_exceptions, offline_records
 from storedvalue.hq.storage.transaction import Transaction
@@ -113,10 +113,12 @@ class SqlOfflineRecordRepository:
     def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                            now: datetime) -> None:
         received = rows.to_micros(now)
-        dumps = records.dumps
+        applied = OfflineOutcome.APPLIED.value
+        text = offline_results.applied_text  # what offline_results.dumps writes for these
         self._tx.write_tuples(_INSERT_RECORDS, _DEBIT_RECORD_KEYS, [
-            (terminal_id, d.transaction_id, d.sequence_number, d.fingerprint,
-             d.result.outcome.value, dumps(d.result), received)
+            (terminal_id, d.transaction_id, d.sequence_number, d.fingerprint, applied,
+             text(d.balance_after_minor, d.currency, d.line_id) or records.dumps(d.result),
+             received)
             for d in debits
         ])
 

@@ -218,7 +218,8 @@ def offline_record_values(record: OfflineRecord) -> Values:
         "sequence_number": record.sequence_number,
         "fingerprint": record.fingerprint,
         "outcome": record.result.outcome.value,
-        "result_json": records.dumps(record.result),
+        "result_json": offline_results.dumps(
+            record.result, record.transaction_id, record.sequence_number),
         "received_at": to_micros(record.received_at),
     }
 
@@ -229,7 +230,7 @@ def offline_record_from_row(row: Row) -> OfflineRecord:
         transaction_id=row.transaction_id,
         sequence_number=row.sequence_number,
         fingerprint=bytes(row.fingerprint),
-        result=offline_results.loads(row.result_json),
+        result=offline_results.loads(row.result_json, row.transaction_id, row.sequence_number),
         received_at=from_micros(row.received_at),
     )
 
