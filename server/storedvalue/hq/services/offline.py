@@ -321,8 +321,14 @@ class OfflineService:
         uow.journal.append_offline_debits(terminal_id, plan.debits_by_card(), now)
         uow.redemptions.add_offline_debits(terminal_id, plan.debits, now)
         uow.offline.add_offline_debits(terminal_id, plan.debits, now)
-        terminal.record_sequences((d.sequence_number for d in plan.debits), now=now)
-        above = uow.offline.sequences_above(terminal_id, terminal.highest_contiguous_sequence)
+        sequences = [d.sequence_number for d in plan.debits]
+        # Without a gap before (every number up to the mark received, none above it: no
+        # record is above the highest number seen), the numbers above the mark are this
+        # batch's: no need to read them back.
+        gapless = terminal.highest_sequence_seen == terminal.highest_contiguous_sequence
+        terminal.record_sequences(sequences, now=now)
+        above = sequences if gapless else uow.offline.sequences_above(
+            terminal_id, terminal.highest_contiguous_sequence)
         gaps = terminal.advance_contiguous(above)
         uow.terminals.save(terminal)
         remember(uow, key, AnsweredBatch(items="N" * len(plan.results)), now)
