@@ -254,3 +254,19 @@ def test_a_postgresql_deadlock_is_reported_as_concurrent_update(postgres_url: st
         assert sorted(type(o).__name__ for o in outcomes) == ["ConcurrentUpdate", "NoneType"]
     finally:
         storage.close()
+
+
+def test_sqlite_binds_none_bools_and_bytes_as_it_always_has() -> None:
+    # The storage registers adapters for these (a faster path in the sqlite3 module): the
+    # same NULL, integers and blob must reach the database.
+    import storedvalue.hq.storage.transaction  # noqa: F401 - registers them
+
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.execute("CREATE TABLE t (a, b, c, d)")
+        connection.execute("INSERT INTO t VALUES (?, ?, ?, ?)", (None, True, False, b"\x00x"))
+        row = connection.execute("SELECT a, b, c, d, typeof(a), typeof(b), typeof(d) FROM t"
+                                 ).fetchone()
+    finally:
+        connection.close()
+    assert row == (None, 1, 0, b"\x00x", "null", "integer", "blob")
