@@ -67,7 +67,7 @@ def offline_transactions_from_proto(
     transactions: Iterable[offline_pb2.OfflineTransaction],
 ) -> list[OfflineTransaction]:
     """The domain's offline transactions of a batch (SyncOfflineBatch). Runs for every item
-    of every batch: equal moments and amounts are read once and shared (values, never
+    of every batch: equal moments and line amounts are read once and shared (values, never
     changed), the fields are set positionally, and no generator or empty tuple is built per
     field. A completion or last-contact time out of range leaves the field unreadable: the
     domain rejects that item, not the batch."""
@@ -104,24 +104,33 @@ def offline_transactions_from_proto(
             last_reached_hq_at = moment_of(txn.last_reached_hq_at)
             if last_reached_hq_at is None:
                 unreadable += ("last_reached_hq_at",)
+        # A repeated field is read through a slice (a list): iterating the container itself
+        # ends on an IndexError that the container formats, dearer than the item's decoding.
         lines: tuple[OfflineRedeemLine, ...] = ()
-        if txn.redeem_lines:
+        sent_lines = txn.redeem_lines
+        if sent_lines:
             decoded_lines = []
-            for line in txn.redeem_lines:
+            for line in sent_lines[:]:
                 decoded_lines.append(OfflineRedeemLine(
                     line.line_id, line.card_number, kinds.get(line.card_kind),
                     money_of(line.amount) if line.HasField("amount") else None,
                     line.fencing_token, line.online_redeem_attempted))
             lines = tuple(decoded_lines)
         unsynced: tuple[UnsyncedAmount, ...] = ()
-        if txn.unsynced_amounts:
+        sent_unsynced = txn.unsynced_amounts
+        if sent_unsynced:
             decoded_unsynced = []
-            for held in txn.unsynced_amounts:
+            for held in sent_unsynced[:]:
+                # Not shared: a till's unsynced total differs from one sale to the next.
+                amount = held.amount if held.HasField("amount") else None
                 decoded_unsynced.append(UnsyncedAmount(
                     kinds.get(held.card_kind),
-                    money_of(held.amount) if held.HasField("amount") else None,
+                    None if amount is None else Money(amount.amount_minor,
+                                                      amount.currency_code),
                     held.line_count))
             unsynced = tuple(decoded_unsynced)
+        unlocks = txn.unlocks
+        reversals = txn.reversals
         decoded.append(OfflineTransaction(
             txn.transaction_id,
             txn.sequence_number,
@@ -129,10 +138,10 @@ def offline_transactions_from_proto(
             txn.parameters_version,
             lines,
             tuple([OfflineUnlock(unlock.card_number, unlock.transaction_id,
-                                 unlock.fencing_token) for unlock in txn.unlocks])
-            if txn.unlocks else (),
+                                 unlock.fencing_token) for unlock in unlocks[:]])
+            if unlocks else (),
             fingerprint(txn),
-            tuple([_reversal_from_proto(r) for r in txn.reversals]) if txn.reversals else (),
+            tuple([_reversal_from_proto(r) for r in reversals[:]]) if reversals else (),
             unreadable,
             last_reached_hq_at,
             unsynced,
