@@ -130,6 +130,7 @@ def plan_common_batch(
     when one is not."""
     if known or sequence_owners or redemptions or limits.max_lines < 1:
         return None
+    gift_card = CardKind.GIFT_CARD
     # The trusted token of each (sale, card): the rule of `why_offline_line_is_untrusted`,
     # the latest lock the terminal got for the sale, unless it released it itself (then
     # None: no line on that card is trusted).
@@ -140,13 +141,21 @@ def plan_common_batch(
         if token > latest.get(key, -1):
             latest[key] = token
             trusted[key] = None if released else token
+    # By parameters version: None when it does not allow gift cards offline, else whether it
+    # sets an offline risk limit on them (asked once a version, not once a transaction).
+    limited: dict[int, bool | None] = {}
+    for version, applied in parameters.items():
+        risk = applied.offline_limits(gift_card)
+        limited[version] = (
+            risk.max_line_amount is not None or risk.max_unsynced_amount is not None
+            or risk.max_offline_duration is not None
+        ) if applied.offline_completion_allowed(gift_card) else None
     plan = CommonBatchPlan()
     ids: set[str] = set()
     sequences: set[int] = set()
     used: dict[str, tuple[CardBalance, int, bool]] = {}
     highest_seen = highest_sequence_seen
     jump = limits.max_sequence_jump
-    gift_card = CardKind.GIFT_CARD
     for txn in transactions:
         if len(txn.redeem_lines) != 1 or txn.unlocks or txn.reversals or txn.unreadable_fields:
             return None
@@ -173,16 +182,14 @@ def plan_common_batch(
             or not is_valid_card_number(number)
         ):
             return None
-        applied = parameters.get(txn.parameters_version)
-        if applied is None or not applied.offline_completion_allowed(gift_card):
+        has_limits = limited.get(txn.parameters_version)
+        if has_limits is None:  # an unknown version, or one not allowing it
             return None
         token = line.fencing_token
         if token == 0 or trusted.get((txn_id, number)) != token:
             return None
-        risk = applied.offline_limits(gift_card)
-        if (risk.max_line_amount is not None or risk.max_unsynced_amount is not None
-                or risk.max_offline_duration is not None) and offline_limit_breaches(
-                    txn, [line], lambda _line: gift_card, applied):
+        if has_limits and offline_limit_breaches(
+                txn, [line], lambda _line: gift_card, parameters[txn.parameters_version]):
             return None
         ids.add(txn_id)
         sequences.add(sequence)
