@@ -183,10 +183,11 @@ class SqlCardRepository:
         found: dict[str, CardBalance] = {}
         kinds = rows.CARD_KINDS
         for chunk in in_chunks(card_numbers):
-            for row in self._tx.fetch(_BALANCES_FOR_UPDATE, {"numbers": chunk}):
-                found[row.card_number] = CardBalance(
-                    row.card_number, kinds.get(row.kind) or CardKind(row.kind), row.currency,
-                    row.balance_minor, row.lock_terminal_id, row.lock_transaction_id)
+            for number, kind, currency, balance, lock_terminal_id, lock_transaction_id in (
+                    self._tx.fetch_tuples(_BALANCES_FOR_UPDATE, {"numbers": chunk})):
+                found[number] = CardBalance(
+                    number, kinds.get(kind) or CardKind(kind), currency, balance,
+                    lock_terminal_id, lock_transaction_id)
         return found
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
@@ -250,7 +251,7 @@ class SqlLockHistoryRepository:
             params = {"terminal_id": terminal_id, "transaction_ids": chunk}
             found.extend(SaleLock(sale, card_number, token, bool(released))
                          for sale, card_number, token, released
-                         in self._tx.fetch(_SALE_LOCKS, params))
+                         in self._tx.fetch_tuples(_SALE_LOCKS, params))
         return found
 
 
