@@ -208,6 +208,54 @@ def test_units_that_arrive_together_share_one_commit(
     assert known_cards(storage, range(1, 9)) == list(range(1, 9))
 
 
+def counted(runs: list[int], number: int, *, fails: str = "") -> Work[str]:
+    """Adds card `number`, noting each run in `runs`; `fails`: "before" raises a business
+    error before writing, "after" after writing."""
+
+    def work(uow: Repositories) -> str:
+        runs.append(number)
+        if fails == "before":
+            raise InvalidField("amount", "made up for the test")
+        uow.cards.add([make_card(card_number(number))])
+        if fails == "after":
+            raise InvalidField("amount", "made up for the test")
+        return card_number(number)
+
+    return work
+
+
+@pytest.mark.parametrize("fails", ["before", "after"])
+def test_a_unit_failing_before_or_after_its_writes_leaves_its_group_committed_once(
+    sqlite_file: tuple[SqlStorage, Path], fails: str,
+) -> None:
+    storage, _path = sqlite_file
+    transactions = GroupCommitTransactions(storage)
+    runs: list[int] = []
+
+    async def together() -> tuple[int, tuple[object, ...]]:
+        before = transactions.commits
+        outcomes = await asyncio.gather(
+            transactions.write(counted(runs, 1)),
+            transactions.write(counted(runs, 2, fails=fails)),
+            transactions.write(counted(runs, 3)),
+            return_exceptions=True,
+        )
+        return transactions.commits - before, outcomes
+
+    try:
+        commits, (first, failed, third) = asyncio.run(together())
+    finally:
+        transactions.close()
+
+    assert commits == 1
+    assert (first, third) == (card_number(1), card_number(3))
+    assert isinstance(failed, InvalidField)
+    assert known_cards(storage, range(1, 4)) == [1, 3]
+    # Nothing to undo before a write; after one, the transaction starts over and the unit
+    # that had succeeded in it runs again (its caller was not answered yet).
+    assert runs == ([1, 2, 3] if fails == "before" else [1, 2, 1, 3])
+
+
 def test_an_answer_comes_only_once_the_change_is_committed(
     sqlite_file: tuple[SqlStorage, Path],
 ) -> None:

@@ -2,10 +2,16 @@
 
 SQLite has one write lock per database, and with `synchronous=FULL` each commit is an fsync.
 So one writer takes the units of work that arrived together and runs them one after another
-in ONE transaction, each inside its own savepoint: a unit that fails (a business error, a
-bug) rolls back to its savepoint alone and the others go on; a unit that loses a race (a
-card number already taken) is retried alone. Then ONE COMMIT, one fsync, and only then are
-the callers answered: nobody hears "done" before their change is durable.
+in ONE transaction: a unit that fails (a business error, a bug) fails alone and the others
+go on; a unit that loses a race (a card number already taken) is retried alone. Then ONE
+COMMIT, one fsync, and only then are the callers answered: nobody hears "done" before their
+change is durable.
+
+No savepoint per unit (two statements each, and SQLite's bookkeeping to go back to one): a
+unit almost always fails, if it does, on a rule checked before its first write, which
+leaves nothing to undo. One that fails after writing takes the transaction back to its
+start, and the units that had succeeded in it run again, in order, before the group goes on
+(`_run_units`).
 
 Where the writer runs: a unit of an online call is a few statements that never wait (the
 transaction already holds the write lock), so the units run on the event loop's own thread,
@@ -282,25 +288,63 @@ class GroupCommitTransactions:
 
 def _run_units(tx: Transaction, repositories: SqlRepositories, group: list[_Unit]
                ) -> tuple[list[_Outcome], list[_Unit] | None]:
-    """Run the units of `group` in the open transaction, each in its own savepoint.
-    Returns their outcomes, and None, or, when SQLite rolled the whole transaction back by
-    itself (disk full, I/O error), the units still to run in a new transaction (the
-    outcomes then fail the units already run: nothing of them is kept, and their callers
-    may retry)."""
-    outcomes: list[_Outcome] = []
-    for index, (work, future, _large) in enumerate(group):
+    """Run the units of `group` one after another in the open transaction, without a
+    savepoint each: most units fail, when they fail, before their first write (a business
+    rule checked on what they read), and then there is nothing to undo. A unit that fails
+    after writing (a lost race, a bug, SQLite ending the transaction by itself on disk full
+    or an I/O error) takes the transaction back to its start: the units that had succeeded
+    in it run again, in the same order (nobody was answered yet), and it is retried (a lost
+    race, up to MAX_ATTEMPTS) or fails alone.
+
+    Returns the outcomes, and None, or, when a new transaction could not be begun here (the
+    database locked by another process), the units still to run in a new transaction
+    (their outcomes are not among those returned)."""
+    outcomes: dict[int, _Outcome] = {}
+    kept: list[int] = []  # the units whose effects the open transaction holds, in order
+    retries: dict[int, int] = {}
+    to_run = collections.deque(range(len(group)))
+    while to_run:
+        index = to_run.popleft()
+        work, future, _large = group[index]
         if future.cancelled():  # the caller is gone (deadline, cancelled): skip it
             continue
-        succeeded, value = _run_unit(tx, repositories, work)
-        if not tx.is_open:
-            log.error("the group's transaction was lost", exc_info=value)
-            lost: list[_Outcome] = [
-                (f, False, HQBusy() if ok else v) for f, ok, v in outcomes
-            ]
-            lost.append((future, False, value if not succeeded else HQBusy()))
-            return lost, group[index + 1:]
-        outcomes.append((future, succeeded, value))
-    return outcomes, None
+        repositories.start_unit()
+        mark = tx.writes
+        try:
+            result = work(repositories)
+            repositories.end_unit()  # the journal its cards recorded
+        except Exception as error:
+            lost = isinstance(error, ConcurrentUpdate)
+            retried = retries.get(index, 0) + 1 if lost else MAX_ATTEMPTS
+            if retried < MAX_ATTEMPTS:
+                retries[index] = retried
+            else:
+                outcomes[index] = (future, False, HQBusy() if lost else error)
+            if tx.writes == mark and tx.is_open:  # nothing of it to undo
+                if retried < MAX_ATTEMPTS:
+                    to_run.appendleft(index)
+                continue
+            # Undo the whole transaction; what it held runs again in a new one.
+            again = kept + ([index] if retried < MAX_ATTEMPTS else [])
+            for done in kept:
+                del outcomes[done]
+            kept = []
+            if not tx.is_open:
+                log.error("the group's transaction was lost", exc_info=error)
+            try:
+                if tx.is_open:
+                    tx.rollback()
+                tx.begin(write=True)
+            except Exception:
+                if tx.is_open:
+                    tx.rollback()
+                rest = [group[i] for i in again] + [group[i] for i in to_run]
+                return list(outcomes.values()), rest
+            to_run.extendleft(reversed(again))
+            continue
+        outcomes[index] = (future, True, result)
+        kept.append(index)
+    return [outcomes[index] for index in sorted(outcomes)], None
 
 
 def _commit(tx: Transaction, outcomes: list[_Outcome]) -> list[_Outcome]:
@@ -314,41 +358,6 @@ def _commit(tx: Transaction, outcomes: list[_Outcome]) -> list[_Outcome]:
         failure = HQBusy() if isinstance(error, ConcurrentUpdate) else error
         return [(future, False, failure if ok else value) for future, ok, value in outcomes]
     return outcomes
-
-
-def _run_unit(tx: Transaction, repositories: SqlRepositories, work: Callable[[Any], Any]
-              ) -> tuple[bool, Any]:
-    """One unit in its own savepoint: (True, result) or (False, exception)."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            repositories.start_unit()
-            tx.savepoint()
-            result = work(repositories)
-            repositories.end_unit()  # the journal its cards recorded, inside the savepoint
-            tx.release_savepoint()
-        except ConcurrentUpdate as lost:
-            if not _undo(tx):
-                return False, lost
-            if attempt == MAX_ATTEMPTS:
-                return False, HQBusy()
-            continue
-        except Exception as error:
-            _undo(tx)
-            return False, error
-        return True, result
-    raise AssertionError("unreachable")
-
-
-def _undo(tx: Transaction) -> bool:
-    """Roll back to the unit's savepoint; False when the transaction itself is gone."""
-    if not tx.is_open:
-        return False
-    try:
-        tx.rollback_to_savepoint()
-    except Exception:
-        log.exception("rolling back to a savepoint failed")
-        return False
-    return tx.is_open
 
 
 def _run_reads(tx: Transaction, repositories: SqlRepositories, group: list[_Unit]

@@ -115,7 +115,7 @@ class SqlRepositories:
         self._seen.clear()
 
     def end_unit(self) -> None:
-        """The unit is about to commit (or release its savepoint): append the journal
+        """The unit is about to commit (or end, in a group): append the journal
         entries its cards recorded."""
         self._seen.append_journal(self.journal)
 

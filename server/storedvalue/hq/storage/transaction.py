@@ -25,7 +25,6 @@ from storedvalue.hq.storage.error_translation import translated_driver_error
 from storedvalue.hq.storage.sqlalchemy_internals import CompiledSql
 from storedvalue.hq.storage.statements import Statement
 
-_SAVEPOINT = "unit_of_work"
 
 # The sqlite3 module binds an int, float, str or bytearray as it is, but any other value
 # (None, a bool, bytes) through its adaptation, which (with no adapter registered for the
@@ -54,6 +53,9 @@ class Transaction:
         self._cursor: Any = driver.cursor()
         self._begin_sql: str | None = None
         self._open = False
+        self.writes = 0
+        """INSERTs and UPDATEs run so far (a write that failed counts too): a unit of work
+        that fails with this unchanged since its start left nothing to undo."""
         # PostgreSQL: writes not sent yet (SQL, parameters), in order.
         self._held: list[tuple[str, Any]] = []
 
@@ -138,6 +140,7 @@ class Transaction:
         `key_<column>` bind each)."""
         if not rows:
             return
+        self.writes += 1
         keys = tuple(rows[0])
         many = len(rows) > 1
         compiled = statement.compiled_write(self._dialect, keys, many=many)
@@ -177,6 +180,7 @@ class Transaction:
         row (the common offline sync path writes four rows per transaction)."""
         if not rows:
             return
+        self.writes += 1
         many = len(rows) > 1
         compiled = statement.compiled_write(self._dialect, keys, many=many)
         sql = compiled.sql
@@ -266,18 +270,6 @@ class Transaction:
             self._cursor.execute(sql)
         except self._error as error:
             raise translated_driver_error(sql, None, error, self._error) from None
-
-    def savepoint(self) -> None:
-        """Mark where `rollback_to_savepoint` returns to (one at a time)."""
-        self._execute(f"SAVEPOINT {_SAVEPOINT}", None)
-
-    def release_savepoint(self) -> None:
-        self._execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", None)
-
-    def rollback_to_savepoint(self) -> None:
-        """Undo everything since `savepoint()`, which is then released."""
-        self._execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", None)
-        self._execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", None)
 
     def close(self) -> None:
         """Roll back what was not committed; the connection stays the caller's."""
