@@ -22,7 +22,7 @@ from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import DEFAULT_LOCK_LEASE
 from storedvalue.hq.domain.reversals import refuse_if_reversed
 from storedvalue.hq.services.clock import Clock, utc_now
-from storedvalue.hq.services.idempotency import RequestKey, once, run_once
+from storedvalue.hq.services.idempotency import Attempts, RequestKey, once, run_once
 from storedvalue.hq.services.parameters import ParametersFeed, current_parameters
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import Transactions
@@ -205,14 +205,18 @@ class CardService:
                 remainder_credit_memo=memo.snapshot(now) if memo else None,
             )
 
+        attempts = Attempts()
+
         def work(uow: Repositories) -> RedeemResult:
+            look_first = attempts.next()
             now = self._clock()
             # The card's row lock first: a sync applying or reversing this line holds it.
             card = self._load_for_update(uow, card_number, caller=terminal_id)
             earlier = uow.redemptions.get_many([line_key]).get(line_key)
             # Before the request id's replay: a reversal outranks a remembered answer.
             refuse_if_reversed(earlier)
-            return once(uow, key, RedeemResult, now, lambda: run(uow, now, card, earlier))
+            return once(uow, key, RedeemResult, now, lambda: run(uow, now, card, earlier),
+                        look_first=look_first)
 
         with self._throttle.counting(terminal_id):
             return await self._transactions.write(work)
