@@ -66,6 +66,8 @@ class Authenticator:
         self._admins = dict(admin_token_hashes)  # token hash -> admin name
         self._cache_seconds = cache_seconds
         self._monotonic = monotonic
+        # By the `authorization` value as the call carried it: a remembered credential is
+        # found without hashing the token again (entries live `cache_seconds`).
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
     async def authenticate(self, authorization: str | None, role: Role) -> Caller:
@@ -78,9 +80,9 @@ class Authenticator:
     def remembered(self, authorization: str | None, role: Role) -> Caller | None:
         """`authenticate` without the database: the caller if this credential was looked up
         lately, None if it must be looked up (a refusal raises as `authenticate` does)."""
-        digest = hash_token(_bearer(authorization))
-        hit = self._cache.get(digest)
+        hit = self._cache.get(authorization) if authorization else None
         if hit is None or hit[0] <= self._monotonic():
+            _bearer(authorization)  # a missing or malformed credential: refused right here
             return None
         return _allowed(hit[1], role)
 
@@ -114,7 +116,8 @@ class Authenticator:
         caller = self._admin(digest) or await self._terminal(digest)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (self._monotonic() + self._cache_seconds, caller)
+        assert authorization is not None  # _bearer refused a missing one
+        self._cache[authorization] = (self._monotonic() + self._cache_seconds, caller)
         return caller
 
     def _admin(self, digest: str) -> Caller | None:
