@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from storedvalue.hq.domain.cards import (
@@ -21,6 +20,7 @@ from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import DEFAULT_LOCK_LEASE
 from storedvalue.hq.domain.reversals import refuse_if_reversed
+from storedvalue.hq.domain.value_objects import value_object
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.idempotency import Attempts, RequestKey, once, run_once
 from storedvalue.hq.services.parameters import ParametersFeed, current_parameters
@@ -29,13 +29,13 @@ from storedvalue.hq.services.transactions import Transactions
 from storedvalue.hq.services.unit_of_work import Repositories
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class LockResult:
     lock: Lock
     card: Card
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class RedeemResult:
     card: Card
     debited: Money

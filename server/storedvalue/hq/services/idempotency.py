@@ -5,13 +5,13 @@ the effect, so a crash cannot separate them."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 from storedvalue.hq import records
 from storedvalue.hq.domain.client_text import validate_id
 from storedvalue.hq.domain.errors import RequestIdReused, StoredValueError
+from storedvalue.hq.domain.value_objects import value_object
 from storedvalue.hq.services.clock import Clock
 from storedvalue.hq.services.transactions import Transactions
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Repositories, StoredResponse
@@ -19,7 +19,7 @@ from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Repositories,
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class RequestKey:
     """Identifies one mutating request. The transport computes `fingerprint` as a digest of
     the request message without its request_id."""

@@ -16,7 +16,6 @@ service retries the whole unit of work.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
@@ -34,13 +33,14 @@ from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import ParameterSet
 from storedvalue.hq.domain.terminal_reports import ReceivedReport
 from storedvalue.hq.domain.terminals import Terminal
+from storedvalue.hq.domain.value_objects import value_object
 
 
 class ConcurrentUpdate(Exception):
     """Another transaction got there first; retrying the unit of work is safe."""
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class StoredResponse:
     """The first result of an idempotent request (AIP-155), kept with its request's digest."""
 
