@@ -25,7 +25,6 @@ from storedvalue.hq.storage.error_translation import translated_driver_error
 from storedvalue.hq.storage.sqlalchemy_internals import CompiledSql
 from storedvalue.hq.storage.statements import Statement
 
-
 # The sqlite3 module binds an int, float, str or bytearray as it is, but any other value
 # (None, a bool, bytes) through its adaptation, which (with no adapter registered for the
 # value's type) first asks the protocol type for `__adapt__` and formats the AttributeError
