@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,54 @@ def test_upgrading_a_database_copies_the_locks_cards_hold_into_the_lock_history(
             "till-1", ["sale-1"]))
         assert [(g.card_number, g.fencing_token, g.released_by_holder_at) for g in grants] == [
             ("7000000000000001", 3, None)]
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_a_database_keeps_its_cards_and_indexes_only_the_locked_ones(
+    database_url: str,
+) -> None:
+    engine = open_engine(database_url)
+    try:
+        with engine.connect() as connection, connection.begin():
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            alembic_command.upgrade(config, "0004_issue11")  # every card in the lock index
+            connection.execute(text(
+                "INSERT INTO cards VALUES "
+                "('7000000000000001', 'GIFT_CARD', 'ACTIVE', 'EUR', 500, 0, 3, '', "
+                "'till-1', 'sale-1', 3, 4102444800000000, 42), "
+                "('7000000000000002', 'GIFT_CARD', 'ACTIVE', 'EUR', 700, 0, 1, '', "
+                "NULL, NULL, NULL, NULL, NULL), "
+                "('7000000000000003', 'GIFT_CARD', 'ACTIVE', 'EUR', 900, 0, 2, '', "
+                "'till-2', 'sale-9', 2, 4102444800000000, 43)"))
+        upgrade_to_head(engine)
+
+        with engine.connect() as connection:
+            balances = connection.execute(text(
+                "SELECT card_number, balance_minor FROM cards ORDER BY card_number")).all()
+            if connection.dialect.name == "sqlite":
+                index = connection.execute(text(
+                    "SELECT sql FROM sqlite_master WHERE name = :name"),
+                    {"name": "ix_cards_lock_terminal_id_card_number"}).scalar_one()
+            else:
+                index = connection.execute(text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = :name "
+                    "AND schemaname = current_schema()"),
+                    {"name": "ix_cards_lock_terminal_id_card_number"}).scalar_one()
+        assert [tuple(row) for row in balances] == [
+            ("7000000000000001", 500), ("7000000000000002", 700), ("7000000000000003", 900)]
+        assert "WHERE" in index.upper() and "IS NOT NULL" in index.upper(), index
+
+        def locks(terminal_id: str | None) -> list[str]:
+            found = read(SqlStorage(engine), lambda uow: uow.cards.list_locks(
+                now=datetime.now(UTC), terminal_id=terminal_id, include_expired=False,
+                after_card_number="", limit=10))
+            return [lock.card_number for lock in found]
+
+        assert locks(None) == ["7000000000000001", "7000000000000003"]
+        assert locks("till-2") == ["7000000000000003"]
+        assert schema_differences(engine) == []
     finally:
         engine.dispose()
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeEngine
 
@@ -65,8 +66,12 @@ cards = Table(
     Column("lock_fencing_token", BigInteger, nullable=True),
     Column("lock_lease_expires_at", BigInteger, nullable=True),
     Column("lock_acquired_at", BigInteger, nullable=True),
-    # The back office lists locks, all or one terminal's, in card-number order.
-    Index(None, "lock_terminal_id", "card_number"),
+    # The back office lists locks, all or one terminal's, in card-number order. Only locked
+    # cards are in it: locking adds an entry and releasing removes it, instead of moving the
+    # entry between the terminal's range and NULL's (two random index pages written each time).
+    Index(None, "lock_terminal_id", "card_number",
+          sqlite_where=text("lock_terminal_id IS NOT NULL"),
+          postgresql_where=text("lock_terminal_id IS NOT NULL")),
 )
 
 # Every lock ever handed out (the fencing token of a card, to which terminal, for which
