@@ -173,7 +173,7 @@ def test_hq_processes_upgrading_postgresql_at_once_all_succeed(postgres_url: str
 # -- SQLite ---------------------------------------------------------------------------------
 
 
-def test_a_sqlite_file_runs_with_wal_full_sync_a_busy_timeout_and_foreign_keys(
+def test_a_sqlite_file_runs_with_wal_full_sync_a_busy_timeout_foreign_keys_and_32_mib_cache(
     tmp_path: Path,
 ) -> None:
     engine = open_engine(f"sqlite:///{tmp_path / 'hq.sqlite3'}")
@@ -186,6 +186,7 @@ def test_a_sqlite_file_runs_with_wal_full_sync_a_busy_timeout_and_foreign_keys(
             assert pragma("synchronous") == 2  # FULL
             assert pragma("busy_timeout") == 30_000
             assert pragma("foreign_keys") == 1
+            assert pragma("cache_size") == -32 * 1024  # KiB: 32 MiB, not 2 MB
     finally:
         engine.dispose()
 
