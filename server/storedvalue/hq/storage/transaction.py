@@ -67,33 +67,21 @@ class Transaction:
     def fetch(self, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
         """Every row of a SELECT (named tuples). With an IN list, `params[statement.in_list]`
         is the list of keys (one chunk: see `in_chunks`)."""
-        in_list = statement.in_list
-        if in_list is None:
-            compiled = statement.compiled_read(self._dialect)
-            bound = compiled.bind(params)
-        else:
-            keys = params[in_list]
-            if not keys:
-                return []
-            compiled = statement.compiled_read(self._dialect, len(keys))
-            bound = _bound_with_list(compiled, params, in_list, keys)
-        if not self._open:
-            self.begin()
-        if self._held:
-            self._send_held()
-        try:
-            cursor = self._cursor
-            cursor.execute(compiled.sql, bound)
-            found = cursor.fetchall()
-        except self._error as error:
-            raise translated_driver_error(compiled.sql, bound, error, self._error) from None
+        compiled, found = self._select(statement, params)
+        if compiled is None:
+            return found
         make = compiled.row_type._make  # type: ignore[union-attr]
         return [make(row) for row in found]
 
     def fetch_tuples(self, statement: Statement, params: Mapping[str, Any]) -> list[Any]:
         """`fetch` with the rows as plain tuples of the selected columns in order: no named
-        tuple made per row, for the bulk reads that unpack each row at once. (Its own copy
-        of `fetch`'s body: a shared helper would add a call to every online read.)"""
+        tuple made per row, for the bulk reads that unpack each row at once."""
+        return self._select(statement, params)[1]
+
+    def _select(self, statement: Statement, params: Mapping[str, Any]
+                ) -> tuple[CompiledSql | None, list[Any]]:
+        """The SELECT's compiled form (None when an empty IN list selects nothing without
+        asking) and its rows as the driver gives them."""
         in_list = statement.in_list
         if in_list is None:
             compiled = statement.compiled_read(self._dialect)
@@ -101,7 +89,7 @@ class Transaction:
         else:
             keys = params[in_list]
             if not keys:
-                return []
+                return None, []
             compiled = statement.compiled_read(self._dialect, len(keys))
             bound = _bound_with_list(compiled, params, in_list, keys)
         if not self._open:
@@ -114,7 +102,7 @@ class Transaction:
             found: list[Any] = cursor.fetchall()
         except self._error as error:
             raise translated_driver_error(compiled.sql, bound, error, self._error) from None
-        return found
+        return compiled, found
 
     def fetch_first(self, statement: Statement, params: Mapping[str, Any]) -> Any:
         """The first row of a SELECT without an IN list (a named tuple), or None."""
