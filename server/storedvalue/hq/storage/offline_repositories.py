@@ -7,7 +7,6 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, func, insert, select, update
 
-from storedvalue.hq import records
 from storedvalue.hq.domain.offline import OfflineException, OfflineOutcome, OfflineRecord
 from storedvalue.hq.domain.offline_common import CommonDebit
 from storedvalue.hq.storage import offline_results, rows
@@ -114,11 +113,10 @@ class SqlOfflineRecordRepository:
                            now: datetime) -> None:
         received = rows.to_micros(now)
         applied = OfflineOutcome.APPLIED.value
-        text = offline_results.applied_text  # what offline_results.dumps writes for these
+        dumps = offline_results.dumps
         self._tx.write_tuples(_INSERT_RECORDS, _DEBIT_RECORD_KEYS, [
             (terminal_id, d.transaction_id, d.sequence_number, d.fingerprint, applied,
-             text(d.balance_after_minor, d.currency, d.line_id) or records.dumps(d.result),
-             received)
+             dumps(d.result, d.transaction_id, d.sequence_number), received)
             for d in debits
         ])
 

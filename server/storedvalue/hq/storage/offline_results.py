@@ -51,13 +51,13 @@ def dumps(result: OfflineTransactionResult, transaction_id: str, sequence_number
         balance = line.balance_after
         if (line.outcome is _LINE_APPLIED and balance is not None and not line.reason
                 and not line.remainder_credit_memo_number):
-            text = applied_text(balance.amount_minor, balance.currency, line.line_id)
+            text = _applied_text(balance.amount_minor, balance.currency, line.line_id)
             if text is not None:
                 return text
     return records.dumps(result)
 
 
-def applied_text(balance_minor: int, currency: str, line_id: str) -> str | None:
+def _applied_text(balance_minor: int, currency: str, line_id: str) -> str | None:
     """The compact form of the common result (its line `line_id` leaving `balance_minor` in
     `currency`), or None when these values do not fit it (the JSON object then)."""
     if currency.isalpha() and line_id.isprintable():
