@@ -65,6 +65,17 @@ def test_a_card_filled_in_place_is_the_card_protobufs_constructors_build(card: C
     )
 
 
+def test_a_cards_lock_copied_from_a_filled_lock_is_the_lock_protobufs_constructors_build(
+) -> None:
+    """LockCard answers with the lock twice: the card's copy is taken from the first."""
+    lock = common_pb2.Lock()
+    fill_lock(lock, LOCK)
+    filled = common_pb2.Card()
+    fill_card(filled, CARDS[0], lock)
+    assert filled == card_to_proto(CARDS[0])
+    assert filled.lock == lock_to_proto(LOCK)
+
+
 def test_a_lock_filled_in_place_is_the_lock_protobufs_constructors_build() -> None:
     filled = common_pb2.Lock()
     fill_lock(filled, LOCK)

@@ -81,8 +81,12 @@ class TerminalServicer:
             store_id=caller.store_id,
         )
         response = pb.LockCardResponse()
-        fill_lock(response.lock, result.lock)
-        fill_card(response.card, result.card)
+        lock = response.lock
+        fill_lock(lock, result.lock)
+        # The card shows the same lock (unless its lease ended at once): copied, not refilled.
+        card_lock = result.card.lock
+        same = card_lock is result.lock or card_lock == result.lock
+        fill_card(response.card, result.card, lock if same else None)
         return response
 
     async def UnlockCard(
