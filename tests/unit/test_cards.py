@@ -75,6 +75,18 @@ def test_the_check_digit_is_luhns_for_every_digit_string_and_refuses_anything_el
             luhn_check_digit(payload)
 
 
+def test_a_card_number_is_8_to_19_ascii_digits_ending_in_luhns_check_digit_of_the_rest(
+) -> None:
+    numbers = ["", "0", "00000000", "79927398713", "79927398710", "1" * 19, "1" * 20,
+               "\u0661" * 10, "7992739871a", " 79927398713", "79927398713\n",
+               *(str(n).zfill(length) for n in range(0, 10**6, 3917) for length in range(6, 22))]
+    for number in numbers:
+        expected = (8 <= len(number) <= 19 and number.isascii() and number.isdigit()
+                    and textbook_luhn(number[:-1]) == number[-1])
+        assert is_valid_card_number(number) is expected, number
+        assert is_valid_card_number(number) is expected, number  # remembered: the same
+
+
 def test_same_terminal_and_transaction_relocking_renews_the_lease_and_keeps_the_token() -> None:
     card = gift_card()
     first = card.acquire_lock(terminal_id="t1", transaction_id="s1", now=NOW, lease=LEASE)

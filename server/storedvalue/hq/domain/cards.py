@@ -7,6 +7,7 @@ its fencing-token counter, which only grows.
 from __future__ import annotations
 
 import enum
+import functools
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -65,13 +66,23 @@ def luhn_check_digit(payload: str) -> str:
     return str(-total % 10)
 
 
+_LUHN_DOUBLED_BYTES = bytes.maketrans(b"0123456789", b"0246813579")
+
+
+@functools.lru_cache(maxsize=1 << 14)
 def is_valid_card_number(card_number: str) -> bool:
-    return (
-        8 <= len(card_number) <= 19
-        and card_number.isascii()
-        and card_number.isdigit()
-        and luhn_check_digit(card_number[:-1]) == card_number[-1]
-    )
+    """8 to 19 ASCII digits whose last is their Luhn check digit. Remembered for the numbers
+    seen lately: a sale asks about its card at LockCard and again at Redeem, and a hit costs
+    a tenth of the check."""
+    if not (8 <= len(card_number) <= 19 and card_number.isascii()
+            and card_number.isdigit()):
+        return False
+    # The check digit holds when Luhn's sum over the whole number is a multiple of ten (from
+    # the right, the second digit and every other one after it doubled).
+    digits = card_number.encode()
+    total = (sum(digits[-2::-2].translate(_LUHN_DOUBLED_BYTES)) + sum(digits[::-2])
+             - 48 * len(digits))
+    return total % 10 == 0
 
 
 def validate_card_number(card_number: str, field_name: str = "card_number") -> str:
