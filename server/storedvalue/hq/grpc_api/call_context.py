@@ -27,35 +27,42 @@ def request_key(caller: Caller, request: Message, operation: str) -> RequestKey:
     """AIP-155 key of a mutating request: its id in the caller's namespace, the RPC, and a
     digest of its content."""
     request_id: str = getattr(request, "request_id")  # noqa: B009 - every mutating request has it
-    return RequestKey(caller.request_scope, request_id, operation, fingerprint(request))
+    return RequestKey(caller.request_scope, request_id, operation,
+                      fingerprint(request, request_id))
 
 
-def fingerprint(request: Message) -> bytes:
+def fingerprint(request: Message, request_id: str | None = None) -> bytes:
     """`convert.common.request_fingerprint(request)` without copying the request: when
     request_id is the message's first field, its deterministic serialization is the
-    request_id's record followed by exactly what the request without it serializes to."""
-    tag = _leading_id_tag(cast(Descriptor, request.DESCRIPTOR))
+    request_id's record followed by exactly what the request without it serializes to.
+    `request_id`: the request's, when the caller read it already."""
+    descriptor = request.DESCRIPTOR
+    tag = _ID_TAGS.get(descriptor, _NOT_SEEN)
+    if tag == _NOT_SEEN:
+        tag = _ID_TAGS[descriptor] = _leading_id_tag(cast(Descriptor, descriptor))
     if tag is None:
         return request_fingerprint(request)
     data = request.SerializeToString(deterministic=True)
-    request_id: str = getattr(request, "request_id")  # noqa: B009 - _leading_id_tag checked
+    if request_id is None:
+        request_id = cast(str, getattr(request, "request_id"))  # noqa: B009 - tag checked
     if request_id:
         encoded = request_id.encode()
-        record = tag + _varint(len(encoded)) + encoded
+        size = len(encoded)
+        record = tag + _varint(size) + encoded
         if not data.startswith(record):
             return request_fingerprint(request)
         data = data[len(record) :]
     return hashlib.sha256(data).digest()
 
 
-_ID_TAGS: dict[Descriptor, bytes | None] = {}
+# By message descriptor: request_id's wire tag, or None (see `_leading_id_tag`).
+_ID_TAGS: dict[object, bytes | None] = {}
+_NOT_SEEN = b""  # no wire tag is empty
 
 
 def _leading_id_tag(descriptor: Descriptor) -> bytes | None:
     """The wire tag of request_id when it is a string without presence numbered below every
     other field; None otherwise."""
-    if descriptor in _ID_TAGS:
-        return _ID_TAGS[descriptor]
     tag = None
     field = descriptor.fields_by_name.get("request_id")
     if (
@@ -66,11 +73,15 @@ def _leading_id_tag(descriptor: Descriptor) -> bytes | None:
         and not descriptor.GetOptions().message_set_wire_format
     ):
         tag = _varint(field.number << 3 | 2)
-    _ID_TAGS[descriptor] = tag
     return tag
 
 
+_ONE_BYTE_VARINTS = [bytes((value,)) for value in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:  # every id up to 127 bytes: no loop
+        return _ONE_BYTE_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
