@@ -7,6 +7,13 @@ transactions look like the bench's syncing till's: one gift card line per sale, 
 lock the till holds for that sale, with the till's unsynced total and last contact.
 
     python bench/hq_sync_cpu.py [--transactions 20000] [--batch 500] [--profile out.txt]
+
+Under `valgrind --tool=callgrind` (instruction counts, noise-free) use
+`--transactions 2000 --callgrind-control lib.so`, a shared library with cg_zero() and
+cg_dump() (callgrind's ZERO_STATS and DUMP_STATS; with `--instr-atstart=no`, cg_zero also
+START_INSTRUMENTATION, and the setup runs at native speed): the first batch warms up, and
+the dump holds the other batches alone. Divide its total by the transactions the line
+reports.
 """
 
 from __future__ import annotations
@@ -58,12 +65,17 @@ def main() -> None:
     parser.add_argument("--profile", default="")
     parser.add_argument("--general", action="store_true",
                         help="every batch through the general planner (no common path)")
+    parser.add_argument("--callgrind-control", default="",
+                        help="a shared library with cg_zero() and cg_dump(): the first batch "
+                             "is then a warm-up, and the dump holds the others alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        run(Path(work), args.transactions, args.batch, args.profile, general=args.general)
+        run(Path(work), args.transactions, args.batch, args.profile, general=args.general,
+            callgrind_control=args.callgrind_control)
 
 
-def run(work: Path, size: int, batch: int, profile: str, *, general: bool) -> None:
+def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
+        callgrind_control: str = "") -> None:
     storage = SqlStorage.from_url(f"sqlite:///{work / 'hq.sqlite3'}")
     upgrade_to_head(storage.engine)
     transactions = open_transactions(storage, HQConfig())
@@ -149,6 +161,14 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool) -> No
         for payload in payloads:
             await serve_one(payload)
 
+    control = None
+    if callgrind_control:
+        import ctypes
+        control = ctypes.CDLL(callgrind_control)
+        runner.run(serve_one(payloads.pop(0)))  # warm-up: caches, first statements
+        size -= batch
+        outcomes.clear()
+        control.cg_zero()
     profiler = None
     if profile:
         import cProfile
@@ -158,6 +178,8 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool) -> No
     runner.run(sync_all())
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     loop = time.thread_time() - loop
+    if control is not None:
+        control.cg_dump()
     if profiler is not None:
         import pstats
         profiler.disable()
