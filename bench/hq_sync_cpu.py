@@ -35,7 +35,6 @@ from storedvalue.hq.domain.offline import OfflineTransaction
 from storedvalue.hq.domain.parameters import ParametersChange
 from storedvalue.hq.grpc_api.call_context import fingerprint
 from storedvalue.hq.grpc_api.convert import offline as convert
-from storedvalue.hq.grpc_api.convert.offline import fill_offline_result, sync_status_to_proto
 from storedvalue.hq.server import open_transactions
 from storedvalue.hq.services.back_office import BackOfficeService
 from storedvalue.hq.services.cards import CardService
@@ -56,6 +55,18 @@ def decode(transactions: Any) -> list[OfflineTransaction]:
     if batch is not None:
         return list(batch(transactions))
     return [convert.offline_transaction_from_proto(txn) for txn in transactions]
+
+
+def encode(results: Any, status: Any) -> bytes:
+    """As the servicer encodes its answer (earlier commits built the message)."""
+    wire = getattr(convert, "sync_response_wire", None)
+    if wire is not None:
+        return bytes(wire(results, status))
+    response = ts.SyncOfflineBatchResponse(sync_status=convert.sync_status_to_proto(status))
+    add = response.results.add
+    for result in results:
+        convert.fill_offline_result(add(), result)  # type: ignore[attr-defined]
+    return response.SerializeToString()
 
 
 def main() -> None:
@@ -149,13 +160,9 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
             key=RequestKey(TILL, request.request_id, "SyncOfflineBatch", fingerprint(request)),
             terminal_id=TILL,
             transactions=decode(request.transactions))
-        response = ts.SyncOfflineBatchResponse(sync_status=sync_status_to_proto(outcome.status))
-        add = response.results.add
-        for result in outcome.results:
-            fill_offline_result(add(), result)
         for result in outcome.results:
             outcomes[result.outcome.value] = outcomes.get(result.outcome.value, 0) + 1
-        return response.SerializeToString()
+        return encode(outcome.results, outcome.status)
 
     async def sync_all() -> None:
         for payload in payloads:

@@ -9,10 +9,28 @@ from storedvalue.hq.domain.offline import (
     OfflineLineOutcome,
     OfflineLineResult,
     OfflineOutcome,
+    OfflineReversalResult,
     OfflineTransactionResult,
+    ReversalOutcome,
 )
-from storedvalue.hq.grpc_api.convert.offline import offline_result_to_proto
+from storedvalue.hq.domain.terminals import SequenceGap
+from storedvalue.hq.grpc_api.convert.offline import (
+    complete_offline_response_wire,
+    offline_result_wire,
+    sync_response_wire,
+)
+from storedvalue.hq.services.offline import SyncStatus
 from storedvalue.v1 import offline_pb2
+from storedvalue.v1 import terminal_service_pb2 as ts
+
+
+def offline_result_to_proto(result: OfflineTransactionResult
+                            ) -> offline_pb2.OfflineTransactionResult:
+    """The result as the till decodes it; its bytes are what protobuf itself would send."""
+    data = offline_result_wire(result)
+    message = offline_pb2.OfflineTransactionResult.FromString(data)
+    assert message.SerializeToString() == data
+    return message
 
 
 @pytest.mark.parametrize("outcome", list(OfflineOutcome))
@@ -35,3 +53,90 @@ def test_every_outcome_reaches_the_till_under_its_contract_name(
             == f"OFFLINE_LINE_OUTCOME_{line_outcome.value}")
     assert (message.transaction_id, message.sequence_number, line.line_id) == ("sale-1", 7, "1")
     assert (line.balance_after.amount_minor, line.balance_after.currency_code) == (-5, "EUR")
+
+
+def test_every_field_of_a_result_reaches_the_till() -> None:
+    result = OfflineTransactionResult(
+        "sale-é 2", 2**40, OfflineOutcome.ALREADY_APPLIED, OfflineOutcome.APPLIED_WITH_EXCEPTION,
+        "OFFLINE_OVERDRAFT", "x" * 300,
+        line_results=(
+            OfflineLineResult("1", OfflineLineOutcome.APPLIED_WITH_EXCEPTION, "OVERDRAFT",
+                              Money(-(2**62), "USD"), "600000000000000001"),
+            OfflineLineResult("", OfflineLineOutcome.REJECTED),
+            OfflineLineResult("3", OfflineLineOutcome.APPLIED, "", Money(0, "")),
+        ),
+        exception_ids=("exc_1", "exc_2"),
+        reversal_results=(
+            OfflineReversalResult("4", ReversalOutcome.REVERSED, "", Money(150, "EUR"),
+                                  "600000000000000002", "600000000000000003"),
+            OfflineReversalResult("5", ReversalOutcome.NEVER_APPLIED, "NOT_APPLIED"),
+        ),
+    )
+
+    message = offline_result_to_proto(result)
+
+    assert (message.transaction_id, message.sequence_number) == ("sale-é 2", 2**40)
+    assert (message.outcome, message.original_outcome) == (
+        offline_pb2.OFFLINE_OUTCOME_ALREADY_APPLIED,
+        offline_pb2.OFFLINE_OUTCOME_APPLIED_WITH_EXCEPTION)
+    assert (message.reason, message.message) == ("OFFLINE_OVERDRAFT", "x" * 300)
+    first, second, third = message.line_results
+    assert (first.line_id, first.reason, first.remainder_credit_memo_number) == (
+        "1", "OVERDRAFT", "600000000000000001")
+    assert (first.balance_after.amount_minor, first.balance_after.currency_code) == (
+        -(2**62), "USD")
+    assert (second.line_id, second.outcome, second.HasField("balance_after")) == (
+        "", offline_pb2.OFFLINE_LINE_OUTCOME_REJECTED, False)
+    assert third.HasField("balance_after")  # a zero balance is still a balance
+    assert list(message.exception_ids) == ["exc_1", "exc_2"]
+    reversed_line, never = message.reversal_results
+    assert (reversed_line.outcome, reversed_line.balance_after.amount_minor,
+            reversed_line.voided_credit_memo_number,
+            reversed_line.remainder_credit_memo_number) == (
+        offline_pb2.OFFLINE_REVERSAL_OUTCOME_REVERSED, 150, "600000000000000002",
+        "600000000000000003")
+    assert (never.line_id, never.reason, never.HasField("balance_after")) == (
+        "5", "NOT_APPLIED", False)
+
+
+def test_a_batch_answer_carries_every_result_in_order_and_the_sync_status() -> None:
+    results = [OfflineTransactionResult(
+        f"sale-{n}", n, OfflineOutcome.APPLIED, OfflineOutcome.APPLIED,
+        line_results=(OfflineLineResult("1", OfflineLineOutcome.APPLIED, "",
+                                        Money(10_000 - n, "EUR")),))
+        for n in range(1, 300)]
+    status = SyncStatus("till-1", 299, 310, (SequenceGap(300, 309),), None)
+
+    data = sync_response_wire(results, status)
+    response = ts.SyncOfflineBatchResponse.FromString(data)
+
+    assert response.SerializeToString() == data
+    assert [(r.transaction_id, r.line_results[0].balance_after.amount_minor)
+            for r in response.results] == [(f"sale-{n}", 10_000 - n) for n in range(1, 300)]
+    assert (response.sync_status.highest_contiguous_sequence,
+            response.sync_status.highest_sequence_seen,
+            [(gap.first_missing, gap.last_missing) for gap in response.sync_status.gaps]) == (
+        299, 310, [(300, 309)])
+    single = ts.CompleteOfflineResponse.FromString(
+        complete_offline_response_wire(results[0], status))
+    assert single.result == response.results[0]
+    assert single.sync_status == response.sync_status
+
+
+@pytest.mark.parametrize("number", [1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**40])
+def test_usual_results_encode_as_protobuf_does_at_every_varint_length(number: int) -> None:
+    results = [OfflineTransactionResult(
+        txn_id, number, OfflineOutcome.APPLIED, OfflineOutcome.APPLIED,
+        line_results=(OfflineLineResult(line_id, OfflineLineOutcome.APPLIED, "",
+                                        Money(balance, "EUR")),))
+        for txn_id, line_id, balance in (("sale-1", "1", number), ("s" * 120, "é", 1),
+                                         ("sale-2", "2", 0))]
+    status = SyncStatus("till-1", 0, 0, (), None)
+
+    data = sync_response_wire(results, status)
+    response = ts.SyncOfflineBatchResponse.FromString(data)
+
+    assert response.SerializeToString() == data
+    assert [(r.transaction_id, r.sequence_number, r.line_results[0].line_id,
+             r.line_results[0].balance_after.amount_minor) for r in response.results] == [
+        ("sale-1", number, "1", number), ("s" * 120, number, "é", 1), ("sale-2", number, "2", 0)]

@@ -8,6 +8,10 @@ checked the credential already, the handler's first look at the request raises
 `MalformedRequest` (the gate refuses it too when the handler never looked), and the one
 error mapping (errors.py) answers with INVALID_ARGUMENT and its ErrorInfo.
 
+A servicer method marked `answers_with_wire_bytes` returns its response already encoded
+(bytes), which gRPC sends as they are: for answers with hundreds of items, written directly
+rather than built as messages (convert/offline.py).
+
 Services that are not ours (health; reflection has its own handler) get the same decoder,
 and `add_foreign_servicer` ends a call whose bytes do not decode with that same status
 before the servicer sees the request: no service of HQ answers INTERNAL to bad bytes.
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -26,6 +30,14 @@ from google.protobuf.message import DecodeError, Message
 
 from storedvalue.hq.domain.errors import MalformedRequest
 from storedvalue.hq.grpc_api.errors import end_with, status_of
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def answers_with_wire_bytes(method: F) -> F:
+    """Mark a servicer method whose response is its message's encoding (bytes)."""
+    method.answers_with_wire_bytes = True  # type: ignore[attr-defined]
+    return method
 
 
 class UndecodableRequest:
@@ -97,11 +109,14 @@ def add_servicer(server: Any, servicer: object, service: ServiceDescriptor, *,
             raise ValueError(f"{method.full_name}: client streaming is not supported")
         make = (grpc.unary_stream_rpc_method_handler if method.server_streaming
                 else grpc.unary_unary_rpc_method_handler)
-        response_class = message_factory.GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        # No serializer: gRPC sends the bytes the method returns.
+        serializer = (None if getattr(behaviour, "answers_with_wire_bytes", False)
+                      else message_factory.GetMessageClass(method.output_type).SerializeToString)
         handlers[method.name] = make(
-            wrap(getattr(servicer, method.name)),
+            wrap(behaviour),
             request_deserializer=request_decoder(method.input_type),
-            response_serializer=response_class.SerializeToString,
+            response_serializer=serializer,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)

@@ -22,15 +22,15 @@ from storedvalue.hq.grpc_api.convert.common import (
     timestamp,
 )
 from storedvalue.hq.grpc_api.convert.offline import (
-    fill_offline_result,
-    offline_result_to_proto,
+    complete_offline_response_wire,
     offline_transaction_from_proto,
     offline_transactions_from_proto,
     sync_limits_to_proto,
-    sync_status_to_proto,
+    sync_response_wire,
 )
 from storedvalue.hq.grpc_api.convert.parameters import parameters_to_proto
 from storedvalue.hq.grpc_api.convert.terminals import report_from_proto
+from storedvalue.hq.grpc_api.method_handlers import answers_with_wire_bytes
 from storedvalue.hq.services.auth import Caller
 from storedvalue.hq.services.cards import CardService
 from storedvalue.hq.services.offline import OfflineService
@@ -161,9 +161,10 @@ class TerminalServicer:
 
     # -- offline sync ---------------------------------------------------------------------
 
+    @answers_with_wire_bytes
     async def CompleteOffline(
         self, caller: Caller, request: pb.CompleteOfflineRequest, context: Context
-    ) -> pb.CompleteOfflineResponse:
+    ) -> bytes:
         self._check_message_size(request.ByteSize())
         if not request.HasField("transaction"):
             raise InvalidField("transaction", "is required")
@@ -173,25 +174,19 @@ class TerminalServicer:
             transactions=[offline_transaction_from_proto(request.transaction)],
             in_order=False,
         )
-        return pb.CompleteOfflineResponse(
-            result=offline_result_to_proto(outcome.results[0]),
-            sync_status=sync_status_to_proto(outcome.status),
-        )
+        return complete_offline_response_wire(outcome.results[0], outcome.status)
 
+    @answers_with_wire_bytes
     async def SyncOfflineBatch(
         self, caller: Caller, request: pb.SyncOfflineBatchRequest, context: Context
-    ) -> pb.SyncOfflineBatchResponse:
+    ) -> bytes:
         self._check_message_size(request.ByteSize())
         outcome = await self._offline.sync(
             key=request_key(caller, request, "SyncOfflineBatch"),
             terminal_id=caller.terminal_id,
             transactions=offline_transactions_from_proto(request.transactions),
         )
-        response = pb.SyncOfflineBatchResponse(sync_status=sync_status_to_proto(outcome.status))
-        add_result = response.results.add
-        for result in outcome.results:
-            fill_offline_result(add_result(), result)
-        return response
+        return sync_response_wire(outcome.results, outcome.status)
 
     def _check_message_size(self, size: int) -> None:
         # The gRPC receive limit is set above this one, so an oversized request reaches us

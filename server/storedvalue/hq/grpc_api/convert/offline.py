@@ -4,8 +4,9 @@ here build no message they then copy, and no generator per field."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -32,7 +33,6 @@ from storedvalue.hq.grpc_api.convert.common import (
     card_kind_from_proto,
     card_kind_to_proto,
     enum_to_proto,
-    fill_money,
     message_fingerprint,
     money_from_proto,
     optional_money_to_proto,
@@ -221,70 +221,167 @@ _REVERSAL_OUTCOMES = enum_to_proto(
 _EXCEPTION_KINDS = enum_to_proto(
     OfflineExceptionKind, bo_pb.OfflineExceptionKind, "OFFLINE_EXCEPTION_KIND_")
 # The usual outcomes, told by identity before any map lookup (an Enum member hashes in
-# Python: three lookups cost more than the rest of a result's filling).
+# Python: three lookups cost more than the rest of a result's encoding).
 _APPLIED = OfflineOutcome.APPLIED
-_APPLIED_PROTO = _OUTCOMES[_APPLIED]
 _LINE_APPLIED = OfflineLineOutcome.APPLIED
-_LINE_APPLIED_PROTO = _LINE_OUTCOMES[_LINE_APPLIED]
 
 
-def offline_result_to_proto(
-    result: OfflineTransactionResult,
-) -> offline_pb2.OfflineTransactionResult:
-    message = offline_pb2.OfflineTransactionResult()
-    fill_offline_result(message, result)
-    return message
+# -- results, as wire bytes ----------------------------------------------------------------
+# A batch's response is written as the protobuf encoding itself: building hundreds of result
+# messages field by field through the protobuf runtime, then serializing them, cost more
+# than the rest of the answer. The bytes are what SerializeToString gives for the same
+# message (fields in number order, proto3 defaults left out): the tests parse them back.
+
+_BYTES = [bytes((value,)) for value in range(0x80)]
 
 
-def fill_offline_result(
-    message: offline_pb2.OfflineTransactionResult, result: OfflineTransactionResult
-) -> None:
-    """Set an empty message (as from ``results.add()``) in place: no message built and copied
-    per result, which matters for a batch's hundreds of results."""
-    message.transaction_id = result.transaction_id
-    message.sequence_number = result.sequence_number
+def _varint(value: int) -> bytes:
+    """A varint (an int64's two's complement when negative, as protobuf encodes it)."""
+    if 0 <= value < 0x80:
+        return _BYTES[value]
+    if 0 < value < 0x4000:  # the usual balances and sequence numbers: no loop
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if 0 < value < 0x200000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, data: bytes) -> bytes:
+    """A length-delimited field: a string's UTF-8 or a message's encoding."""
+    size = len(data)
+    return tag + (_BYTES[size] if size < 0x80 else _varint(size)) + data
+
+
+def _enum_fields(tag: int, numbers: Mapping[Any, int]) -> dict[Any, bytes]:
+    """The field for each value (nothing for 0, a proto3 default)."""
+    return {value: bytes((tag,)) + _varint(number) if number else b""
+            for value, number in numbers.items()}
+
+
+def _money(tag: bytes, money: Money) -> bytes:
+    minor = money.amount_minor
+    currency = money.currency
+    return _field(tag, (b"\x08" + _varint(minor) if minor else b"")
+                  + (_field(b"\x12", currency.encode()) if currency else b""))
+
+
+_OUTCOME_FIELDS = _enum_fields(0x18, _OUTCOMES)
+_ORIGINAL_OUTCOME_FIELDS = _enum_fields(0x20, _OUTCOMES)
+_LINE_OUTCOME_FIELDS = _enum_fields(0x10, _LINE_OUTCOMES)
+_REVERSAL_OUTCOME_FIELDS = _enum_fields(0x10, _REVERSAL_OUTCOMES)
+# The usual result's outcome and original outcome, both APPLIED, told by identity.
+_APPLIED_TWICE = _OUTCOME_FIELDS[_APPLIED] + _ORIGINAL_OUTCOME_FIELDS[_APPLIED]
+_LINE_APPLIED_FIELD = _LINE_OUTCOME_FIELDS[_LINE_APPLIED]
+
+
+def offline_result_wire(result: OfflineTransactionResult) -> bytes:
+    """The encoding of the OfflineTransactionResult message for `result`."""
+    out = _field(b"\x0a", result.transaction_id.encode()) if result.transaction_id else b""
+    sequence = result.sequence_number
+    if sequence:
+        out += b"\x10" + _varint(sequence)
     outcome = result.outcome
-    message.outcome = _APPLIED_PROTO if outcome is _APPLIED else _OUTCOMES[outcome]
-    outcome = result.original_outcome
-    message.original_outcome = _APPLIED_PROTO if outcome is _APPLIED else _OUTCOMES[outcome]
+    original = result.original_outcome
+    if outcome is _APPLIED and original is _APPLIED:
+        out += _APPLIED_TWICE
+    else:
+        out += _OUTCOME_FIELDS[outcome] + _ORIGINAL_OUTCOME_FIELDS[original]
     if result.reason:
-        message.reason = result.reason
+        out += _field(b"\x2a", result.reason.encode())
     if result.message:
-        message.message = result.message
-    if result.line_results:
-        add_line = message.line_results.add
-        for line in result.line_results:
-            _fill_line_result(add_line(), line)
-    if result.exception_ids:
-        message.exception_ids.extend(result.exception_ids)
-    if result.reversal_results:
-        add_reversal = message.reversal_results.add
-        for reversal in result.reversal_results:
-            _fill_reversal_result(add_reversal(), reversal)
+        out += _field(b"\x32", result.message.encode())
+    for line in result.line_results:
+        out += _field(b"\x3a", _line_result_wire(line))
+    for exception_id in result.exception_ids:
+        out += _field(b"\x42", exception_id.encode())
+    for reversal in result.reversal_results:
+        out += _field(b"\x4a", _reversal_result_wire(reversal))
+    return out
 
 
-def _fill_line_result(message: offline_pb2.OfflineLineResult, result: OfflineLineResult) -> None:
-    message.line_id = result.line_id
+def _line_result_wire(result: OfflineLineResult) -> bytes:
+    out = _field(b"\x0a", result.line_id.encode()) if result.line_id else b""
     outcome = result.outcome
-    message.outcome = _LINE_APPLIED_PROTO if outcome is _LINE_APPLIED else _LINE_OUTCOMES[outcome]
+    out += _LINE_APPLIED_FIELD if outcome is _LINE_APPLIED else _LINE_OUTCOME_FIELDS[outcome]
     if result.reason:
-        message.reason = result.reason
+        out += _field(b"\x1a", result.reason.encode())
     if result.balance_after is not None:
-        fill_money(message.balance_after, result.balance_after)
+        out += _money(b"\x22", result.balance_after)
     if result.remainder_credit_memo_number:
-        message.remainder_credit_memo_number = result.remainder_credit_memo_number
+        out += _field(b"\x2a", result.remainder_credit_memo_number.encode())
+    return out
 
 
-def _fill_reversal_result(
-    message: offline_pb2.OfflineReversalResult, result: OfflineReversalResult
-) -> None:
-    message.line_id = result.line_id
-    message.outcome = _REVERSAL_OUTCOMES[result.outcome]
-    message.reason = result.reason
+def _reversal_result_wire(result: OfflineReversalResult) -> bytes:
+    out = _field(b"\x0a", result.line_id.encode()) if result.line_id else b""
+    out += _REVERSAL_OUTCOME_FIELDS[result.outcome]
+    if result.reason:
+        out += _field(b"\x1a", result.reason.encode())
     if result.balance_after is not None:
-        fill_money(message.balance_after, result.balance_after)
-    message.voided_credit_memo_number = result.voided_credit_memo_number
-    message.remainder_credit_memo_number = result.remainder_credit_memo_number
+        out += _money(b"\x22", result.balance_after)
+    if result.voided_credit_memo_number:
+        out += _field(b"\x2a", result.voided_credit_memo_number.encode())
+    if result.remainder_credit_memo_number:
+        out += _field(b"\x32", result.remainder_credit_memo_number.encode())
+    return out
+
+
+def sync_response_wire(results: Iterable[OfflineTransactionResult], status: SyncStatus
+                       ) -> bytes:
+    """The encoding of SyncOfflineBatchResponse (results = 1, sync_status = 2)."""
+    parts = [_result_field(result) for result in results]
+    parts.append(_field(b"\x12", sync_status_to_proto(status).SerializeToString()))
+    return b"".join(parts)
+
+
+def _result_field(result: OfflineTransactionResult) -> bytes:
+    """`result` as field 1 of a response. The usual result (applied as sent: one line
+    applied, leaving a positive balance; nothing else) in one formatting, when it is short
+    enough for every length to be one byte; any other through `offline_result_wire`."""
+    if (result.outcome is _APPLIED and result.original_outcome is _APPLIED
+            and len(result.line_results) == 1 and not result.reason and not result.message
+            and not result.exception_ids and not result.reversal_results):
+        (line,) = result.line_results
+        balance = line.balance_after
+        sequence = result.sequence_number
+        if (line.outcome is _LINE_APPLIED and balance is not None and not line.reason
+                and not line.remainder_credit_memo_number and sequence > 0
+                and balance.amount_minor > 0 and balance.currency and line.line_id
+                and result.transaction_id):
+            txn_id = result.transaction_id.encode()
+            line_id = line.line_id.encode()
+            currency = balance.currency.encode()
+            sequence_varint = _varint(sequence)
+            minor = _varint(balance.amount_minor)
+            money_size = 3 + len(minor) + len(currency)
+            line_size = 6 + len(line_id) + money_size
+            size = 9 + len(txn_id) + len(sequence_varint) + line_size
+            if size < 0x80:  # then every length inside is too
+                return _USUAL_RESULT % (
+                    size, len(txn_id), txn_id, sequence_varint, line_size, len(line_id), line_id,
+                    money_size, minor, len(currency), currency)
+    return _field(b"\x0a", offline_result_wire(result))
+
+
+# Field 1 of a response holding: transaction_id, sequence_number, outcome and original
+# outcome APPLIED, one line result (line_id, APPLIED, balance_after: amount, currency).
+_USUAL_RESULT = (b"\x0a%c\x0a%c%b\x10%b" + _APPLIED_TWICE.replace(b"%", b"%%")
+                 + b"\x3a%c\x0a%c%b" + _LINE_APPLIED_FIELD.replace(b"%", b"%%")
+                 + b"\x22%c\x08%b\x12%c%b")
+
+
+def complete_offline_response_wire(result: OfflineTransactionResult, status: SyncStatus
+                                   ) -> bytes:
+    """The encoding of CompleteOfflineResponse (result = 1, sync_status = 2): the same
+    fields as a batch's response with one result."""
+    return sync_response_wire((result,), status)
 
 
 def gap_to_proto(gap: SequenceGap) -> offline_pb2.SequenceGap:
