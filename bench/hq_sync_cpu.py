@@ -80,6 +80,11 @@ def main() -> None:
                         help="a shared library with cg_zero() and cg_dump(): the first batch "
                              "is then a warm-up, and the dump holds the others alone")
     args = parser.parse_args()
+    try:  # as `storedvalue serve` sets it (earlier commits left Python's default)
+        from storedvalue.hq.process import tune_garbage_collector
+        tune_garbage_collector()
+    except ImportError:
+        pass
     with tempfile.TemporaryDirectory() as work:
         run(Path(work), args.transactions, args.batch, args.profile, general=args.general,
             callgrind_control=args.callgrind_control)

@@ -7,6 +7,7 @@ connections get the new certificates) and never ends the process.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -21,10 +22,28 @@ from storedvalue.hq.structured_logging import configure_logging
 log = logging.getLogger(__name__)
 
 
+# The cyclic garbage collector's young generation: collected after this many more container
+# objects allocated than freed (Python's default: 700). A batch of 500 offline transactions
+# allocates some fifteen per transaction, all alive until the batch is answered: at 700 the
+# collector ran ten times a batch, moving them on to older generations to traverse them
+# again, for nothing (HQ frees nearly everything by reference count): 13K instructions per
+# synced transaction, 4% of HQ's CPU (bench/hq_sync_cpu.py under callgrind). At 10,000 it
+# runs about once a batch; garbage in cycles waits a little longer.
+YOUNG_GENERATION_THRESHOLD = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """HQ's process setting for the cyclic garbage collector (the older generations keep
+    Python's defaults)."""
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, older, oldest)
+
+
 def serve(config: HQConfig, *, out: TextIO | None = None) -> int:
     """Run HQ until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code;
     a configuration HQ cannot serve with (a bad certificate file) raises ConfigError."""
     configure_logging(log_format=config.log_format)
+    tune_garbage_collector()
     with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
         return runner.run(_serve(config, out or sys.stdout))
 
