@@ -48,9 +48,6 @@ _BALANCES_FOR_UPDATE = Statement(
     in_list="numbers",
 )
 # set_balances: the balance, and with the lock released, the lock's columns cleared.
-_RELEASING_KEYS = ("balance_minor", "lock_terminal_id", "lock_transaction_id",
-                   "lock_fencing_token", "lock_lease_expires_at", "lock_acquired_at",
-                   "key_card_number")
 _BALANCE_KEYS = ("balance_minor", "key_card_number")
 
 
@@ -73,6 +70,12 @@ _LIST_LOCKS = {
 }
 _SAVE_CARDS = Statement(
     update(cards).where(cards.c.card_number == bindparam("key_card_number"))
+)
+_SAVE_RELEASING = Statement(
+    update(cards).where(cards.c.card_number == bindparam("key_card_number")),
+    constants={"lock_terminal_id": None, "lock_transaction_id": None,
+               "lock_fencing_token": None, "lock_lease_expires_at": None,
+               "lock_acquired_at": None},
 )
 
 _INSERT_GRANTS = Statement(insert(lock_history))
@@ -100,9 +103,12 @@ _SALE_LOCKS = Statement(
 )
 
 _INSERT_ENTRIES = Statement(insert(journal))
-_DEBIT_ENTRY_KEYS = ("card_number", "kind", "amount_minor", "currency", "balance_after_minor",
-                     "terminal_id", "transaction_id", "line_id", "offline", "occurred_at",
-                     "recorded_at", "note")
+# append_offline_debits: an offline REDEEM without a note.
+_INSERT_DEBIT_ENTRIES = Statement(
+    insert(journal),
+    constants={"kind": JournalEntryKind.REDEEM.value, "offline": True, "note": ""})
+_DEBIT_ENTRY_KEYS = ("card_number", "amount_minor", "currency", "balance_after_minor",
+                     "terminal_id", "transaction_id", "line_id", "occurred_at", "recorded_at")
 _JOURNAL_PAGE = Statement(
     select(journal)
     .where(journal.c.card_number == bindparam("card_number"),
@@ -126,9 +132,13 @@ _REDEMPTION = Statement(
     )
 )
 _INSERT_REDEMPTIONS = Statement(insert(redemptions))
+# add_offline_debits: an offline debit without remainder, not reversed.
+_INSERT_DEBIT_REDEMPTIONS = Statement(
+    insert(redemptions),
+    constants={"remainder_card_number": "", "offline": True, "reversal": None,
+               "reversed_at": None})
 _DEBIT_REDEMPTION_KEYS = ("terminal_id", "transaction_id", "line_id", "card_number",
-                          "amount_minor", "currency", "remainder_card_number", "offline",
-                          "recorded_at", "reversal", "reversed_at")
+                          "amount_minor", "currency", "recorded_at")
 _MARK_REVERSED = Statement(
     update(redemptions).where(
         redemptions.c.terminal_id == bindparam("key_terminal_id"),
@@ -192,13 +202,10 @@ class SqlCardRepository:
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
         kept: list[tuple[int, str]] = []
-        released: list[tuple[object, ...]] = []
+        released: list[tuple[int, str]] = []
         for number, balance, release in changes:
-            if release:
-                released.append((balance, None, None, None, None, None, number))
-            else:
-                kept.append((balance, number))
-        self._tx.write_tuples(_SAVE_CARDS, _RELEASING_KEYS, released)
+            (released if release else kept).append((balance, number))
+        self._tx.write_tuples(_SAVE_RELEASING, _BALANCE_KEYS, released)
         self._tx.write_tuples(_SAVE_CARDS, _BALANCE_KEYS, kept)
 
     def list_locks(
@@ -265,12 +272,10 @@ class SqlJournalRepository:
     def append_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                               now: datetime) -> None:
         recorded = rows.to_micros(now)
-        redeem = JournalEntryKind.REDEEM.value
         micros = rows.to_micros
-        self._tx.write_tuples(_INSERT_ENTRIES, _DEBIT_ENTRY_KEYS, [
-            (d.card_number, redeem, -d.amount_minor, d.currency, d.balance_after_minor,
-             terminal_id, d.transaction_id, d.line_id, True, micros(d.occurred_at), recorded,
-             "")
+        self._tx.write_tuples(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS, [
+            (d.card_number, -d.amount_minor, d.currency, d.balance_after_minor,
+             terminal_id, d.transaction_id, d.line_id, micros(d.occurred_at), recorded)
             for d in debits
         ])
 
@@ -318,9 +323,9 @@ class SqlRedemptionRepository:
     def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                            now: datetime) -> None:
         recorded = rows.to_micros(now)
-        self._tx.write_tuples(_INSERT_REDEMPTIONS, _DEBIT_REDEMPTION_KEYS, [
+        self._tx.write_tuples(_INSERT_DEBIT_REDEMPTIONS, _DEBIT_REDEMPTION_KEYS, [
             (terminal_id, d.transaction_id, d.line_id, d.card_number, d.amount_minor,
-             d.currency, "", True, recorded, None, None)
+             d.currency, recorded)
             for d in debits
         ])
 

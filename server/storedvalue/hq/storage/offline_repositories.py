@@ -37,8 +37,11 @@ _SEQUENCES_ABOVE = Statement(
     .order_by(offline_records.c.sequence_number)
 )
 _INSERT_RECORDS = Statement(insert(offline_records))
+# add_offline_debits: records of transactions applied.
+_INSERT_APPLIED_RECORDS = Statement(
+    insert(offline_records), constants={"outcome": OfflineOutcome.APPLIED.value})
 _DEBIT_RECORD_KEYS = ("terminal_id", "transaction_id", "sequence_number", "fingerprint",
-                      "outcome", "result_json", "received_at")
+                      "result_json", "received_at")
 
 _EXCEPTION_FOR_UPDATE = Statement(
     select(offline_exceptions)
@@ -112,10 +115,9 @@ class SqlOfflineRecordRepository:
     def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                            now: datetime) -> None:
         received = rows.to_micros(now)
-        applied = OfflineOutcome.APPLIED.value
         dumps = offline_results.dumps
-        self._tx.write_tuples(_INSERT_RECORDS, _DEBIT_RECORD_KEYS, [
-            (terminal_id, d.transaction_id, d.sequence_number, d.fingerprint, applied,
+        self._tx.write_tuples(_INSERT_APPLIED_RECORDS, _DEBIT_RECORD_KEYS, [
+            (terminal_id, d.transaction_id, d.sequence_number, d.fingerprint,
              dumps(d.result, d.transaction_id, d.sequence_number), received)
             for d in debits
         ])

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from sqlalchemy import Dialect, Insert, Select, Table, Update
+from sqlalchemy import Dialect, Insert, Select, Table, Update, literal, literal_column
 
 from storedvalue.hq.storage.sqlalchemy_internals import (
     CompiledSql,
@@ -45,14 +45,21 @@ class Statement:
       executemany; PostgreSQL gets ONE statement reading the rows from arrays (`unnest`),
       one round trip instead of one per row. Rows of one UPDATE batch must have distinct
       keys.
+    - An INSERT or UPDATE may write `constants`: values the same in every row, written into
+      the SQL (NULL, a flag, a fixed word) rather than bound for each row (binding costs the
+      driver more than the row's B-tree work in a bulk write). Only our own fixed values,
+      never one a caller sent.
     """
 
-    def __init__(self, statement: Select[Any] | Insert | Update, *, in_list: str | None = None
-                 ) -> None:
+    def __init__(self, statement: Select[Any] | Insert | Update, *, in_list: str | None = None,
+                 constants: dict[str, str | bool | None] | None = None) -> None:
         if in_list is not None and not isinstance(statement, Select):
             raise ValueError("only a SELECT reads by a list of keys")
+        if constants and isinstance(statement, Select):
+            raise ValueError("a SELECT writes no constants")
         self.statement = statement
         self.in_list = in_list
+        self.constants = dict(constants or {})
         self._compiled: dict[tuple[Any, ...], CompiledSql] = {}
 
     def compiled_read(self, dialect: Dialect, count: int = 0) -> CompiledSql:
@@ -84,27 +91,52 @@ class Statement:
             if many and dialect.name == "postgresql":
                 found = CompiledSql(self._from_arrays(dialect, keys), None, {}, None, dict)
             else:
-                found = compile_statement(self.statement, dialect, keys)
+                statement = self.statement
+                if self.constants:
+                    assert isinstance(statement, Insert | Update)
+                    statement = statement.values({
+                        key: literal_column(self._constant_sql(dialect, key))
+                        for key in self.constants})
+                found = compile_statement(statement, dialect, keys)
             self._compiled[cache_key] = found
         return found
 
-    def _from_arrays(self, dialect: Dialect, keys: tuple[str, ...]) -> str:
+    def _table(self) -> Table:
         statement = self.statement
         assert isinstance(statement, Insert | Update)
         table = statement.table
         assert isinstance(table, Table)
+        return table
+
+    def _constant_sql(self, dialect: Dialect, key: str) -> str:
+        """The SQL literal of the constant written to column `key`."""
+        value = self.constants[key]
+        if value is None:
+            return "NULL"
+        rendered = literal(value, self._table().c[key].type).compile(
+            dialect=dialect, compile_kwargs={"literal_binds": True})
+        return str(rendered)
+
+    def _from_arrays(self, dialect: Dialect, keys: tuple[str, ...]) -> str:
+        statement = self.statement
+        table = self._table()
         quote = dialect.identifier_preparer.quote
         arrays = ", ".join(
             f"%(c{i})b::{table.c[key.removeprefix('key_')].type.compile(dialect=dialect)}[]"
             for i, key in enumerate(keys)
         )
+        constants = {key: self._constant_sql(dialect, key) for key in self.constants}
         if isinstance(statement, Insert):
-            columns = ", ".join(quote(key) for key in keys)
-            # Identifiers come from our own tables, quoted; every value is bound.
-            return f"INSERT INTO {quote(table.name)} ({columns}) SELECT * FROM unnest({arrays})"  # noqa: S608
+            columns = ", ".join(quote(key) for key in (*keys, *constants))
+            values = ", ".join(["*", *constants.values()])
+            # Identifiers come from our own tables, quoted; every value is bound or one of
+            # our constants.
+            return (f"INSERT INTO {quote(table.name)} ({columns}) "  # noqa: S608
+                    f"SELECT {values} FROM unnest({arrays})")
         names = ", ".join(quote(key) for key in keys)
         assignments = ", ".join(
-            f"{quote(key)} = v.{quote(key)}" for key in keys if not key.startswith("key_")
+            [f"{quote(key)} = v.{quote(key)}" for key in keys if not key.startswith("key_")]
+            + [f"{quote(key)} = {sql}" for key, sql in constants.items()]
         )
         matches = " AND ".join(
             f"{quote(table.name)}.{quote(key.removeprefix('key_'))} = v.{quote(key)}"
