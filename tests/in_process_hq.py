@@ -165,8 +165,12 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await context.abort(grpc.StatusCode[fault.removeprefix("fail:")], "injected")
             response = await behavior(requests, recording)
             if fault == NO_REVERSAL_RESULTS:
-                for result in response.results:
+                # HQ answers a batch with the response's wire bytes (the answer of an HQ
+                # before reversals is the same without their results).
+                answer = ts.SyncOfflineBatchResponse.FromString(response)
+                for result in answer.results:
                     del result.reversal_results[:]
+                response = answer.SerializeToString()
             if fault == ANSWER_LOST:
                 self.up = False
             if fault in (ANSWER_LOST, ANSWER_DROPPED):
