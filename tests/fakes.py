@@ -127,6 +127,11 @@ class FakeCardRepository:
             self._seen.add(card)
         return card
 
+    def get_for_update_with_line(
+        self, card_number: str, line: LineKey
+    ) -> tuple[Card | None, Redemption | None]:
+        return self.get_for_update(card_number), self._state.redemptions.get(line)
+
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
         found = {
             number: _detached(self._state.cards[number])

@@ -210,9 +210,10 @@ class CardService:
         def work(uow: Repositories) -> RedeemResult:
             look_first = attempts.next()
             now = self._clock()
-            # The card's row lock first: a sync applying or reversing this line holds it.
-            card = self._load_for_update(uow, card_number, caller=terminal_id)
-            earlier = uow.redemptions.get_many([line_key]).get(line_key)
+            # The card's row lock first (a sync applying or reversing this line holds it),
+            # read with the line in one statement.
+            found, earlier = uow.cards.get_for_update_with_line(card_number, line_key)
+            card = self._admitted(found, card_number, terminal_id)
             # Before the request id's replay: a reversal outranks a remembered answer.
             refuse_if_reversed(earlier)
             return once(uow, key, RedeemResult, now, lambda: run(uow, now, card, earlier),

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 
 from storedvalue.hq.domain.cards import Card, CardKind, Lock
 from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
@@ -37,6 +37,19 @@ _CARDS_FOR_UPDATE = Statement(
     .order_by(cards.c.card_number)
     .with_for_update(),
     in_list="numbers",
+)
+# An online Redeem's card (locked, on PostgreSQL) and its line if already stored, in one
+# read: the line's columns are labelled redemption_*.
+_CARD_WITH_LINE_FOR_UPDATE = Statement(
+    select(cards, *(column.label(f"redemption_{column.name}") for column in redemptions.c
+                    if column.name not in ("terminal_id", "transaction_id", "line_id")))
+    .select_from(cards.outerjoin(redemptions, and_(
+        redemptions.c.terminal_id == bindparam("terminal_id"),
+        redemptions.c.transaction_id == bindparam("transaction_id"),
+        redemptions.c.line_id == bindparam("line_id"),
+    )))
+    .where(cards.c.card_number == bindparam("card_number"))
+    .with_for_update(of=cards)
 )
 _INSERT_CARDS = Statement(insert(cards))
 _BALANCES_FOR_UPDATE = Statement(
@@ -164,6 +177,20 @@ class SqlCardRepository:
         card = rows.card_from_row(row)
         self._seen.add(card)
         return card
+
+    def get_for_update_with_line(
+        self, card_number: str, line: tuple[str, str, str]
+    ) -> tuple[Card | None, Redemption | None]:
+        terminal_id, transaction_id, line_id = line
+        row = self._tx.fetch_first(_CARD_WITH_LINE_FOR_UPDATE, {
+            "card_number": card_number, "terminal_id": terminal_id,
+            "transaction_id": transaction_id, "line_id": line_id,
+        })
+        if row is None:
+            return None, None
+        card = rows.card_from_row(row)
+        self._seen.add(card)
+        return card, rows.redemption_from_joined_row(line, row)
 
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
         found: dict[str, Card] = {}

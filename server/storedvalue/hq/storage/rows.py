@@ -193,18 +193,43 @@ def redemption_reversal_values(redemption: Redemption) -> Values:
 
 
 def redemption_from_row(row: Row) -> Redemption:
+    return _redemption(
+        (row.terminal_id, row.transaction_id, row.line_id), row.card_number, row.amount_minor,
+        row.currency, row.remainder_card_number, row.offline, row.recorded_at, row.reversal,
+        row.reversed_at,
+    )
+
+
+def redemption_from_joined_row(line: tuple[str, str, str], row: Row) -> Redemption | None:
+    """The redemption columns (``redemption_*``) of a card row joined with its line, or None
+    where the line is not stored."""
+    if row.redemption_recorded_at is None:
+        return None
+    return _redemption(
+        line, row.redemption_card_number, row.redemption_amount_minor,
+        row.redemption_currency, row.redemption_remainder_card_number,
+        row.redemption_offline, row.redemption_recorded_at, row.redemption_reversal,
+        row.redemption_reversed_at,
+    )
+
+
+def _redemption(line: tuple[str, str, str], card_number: str, amount_minor: int,
+                currency: str, remainder_card_number: str, offline: object,
+                recorded_at: int, reversal: str | None, reversed_at: int | None
+                ) -> Redemption:
+    terminal_id, transaction_id, line_id = line
     return Redemption(
-        terminal_id=row.terminal_id,
-        transaction_id=row.transaction_id,
-        line_id=row.line_id,
-        card_number=row.card_number,
-        amount_minor=row.amount_minor,
-        currency=row.currency,
-        remainder_card_number=row.remainder_card_number,
-        offline=bool(row.offline),
-        recorded_at=from_micros(row.recorded_at),
-        reversal=None if row.reversal is None else ReversalOutcome(row.reversal),
-        reversed_at=_optional_moment(row.reversed_at),
+        terminal_id=terminal_id,
+        transaction_id=transaction_id,
+        line_id=line_id,
+        card_number=card_number,
+        amount_minor=amount_minor,
+        currency=currency,
+        remainder_card_number=remainder_card_number,
+        offline=bool(offline),
+        recorded_at=from_micros(recorded_at),
+        reversal=None if reversal is None else ReversalOutcome(reversal),
+        reversed_at=_optional_moment(reversed_at),
     )
 
 
