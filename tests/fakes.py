@@ -130,7 +130,8 @@ class FakeCardRepository:
     def get_for_update_with_line(
         self, card_number: str, line: LineKey
     ) -> tuple[Card | None, Redemption | None]:
-        return self.get_for_update(card_number), self._state.redemptions.get(line)
+        card = self.get_for_update(card_number)
+        return (None, None) if card is None else (card, self._state.redemptions.get(line))
 
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
         found = {

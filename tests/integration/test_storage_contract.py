@@ -383,6 +383,23 @@ def test_a_reversed_line_and_a_tombstone_round_trip_and_marking_keeps_the_rest(
                      untouched.key: untouched}
 
 
+def test_a_card_is_read_for_update_with_its_line_stored_or_not(storage: Storage) -> None:
+    card = make_card(card_number(1), balance=3_750, token=4,
+                     lock=make_lock(card_number(1), transaction_id="t-1", token=4))
+    reversed_line = replace(make_redemption("till-1", "t-1", "line-1", remainder=card_number(9)),
+                            reversal=ReversalOutcome.REVERSED, reversed_at=NOW)
+    write(storage, lambda uow: uow.cards.add([card]))
+    write(storage, lambda uow: uow.redemptions.add([reversed_line]))
+
+    def both(number: str, line: tuple[str, str, str]) -> object:
+        return read(storage, lambda uow: uow.cards.get_for_update_with_line(number, line))
+
+    assert both(card.card_number, reversed_line.key) == (card, reversed_line)
+    assert both(card.card_number, ("till-1", "t-1", "line-2")) == (card, None)
+    assert both(card.card_number, ("till-2", "t-1", "line-1")) == (card, None)
+    assert both(card_number(404), reversed_line.key) == (None, None)
+
+
 def test_a_line_redeemed_twice_raises_concurrent_update(storage: Storage) -> None:
     write(storage, lambda uow: uow.redemptions.add([make_redemption("till-1", "t-1", "l-1")]))
 

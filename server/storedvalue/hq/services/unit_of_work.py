@@ -92,7 +92,8 @@ class CardRepository(Protocol):
         self, card_number: str, line: tuple[str, str, str]
     ) -> tuple[Card | None, Redemption | None]:
         """`get_for_update`, and the redemption stored under `line` (terminal, transaction
-        and line ids) if any: an online Redeem's two reads in one."""
+        and line ids) if any: an online Redeem's two reads in one. (None, None) for an
+        unknown card."""
         ...
     def get_many_for_update(self, card_numbers: Collection[str]) -> dict[str, Card]:
         """Locks in card-number order; unknown numbers are absent from the result."""
