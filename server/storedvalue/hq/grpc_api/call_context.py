@@ -10,7 +10,7 @@ from typing import cast
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from storedvalue.hq.grpc_api.convert.common import request_fingerprint
+from storedvalue.hq.grpc_api.convert.common import request_fingerprint, varint
 from storedvalue.hq.services.auth import Caller
 from storedvalue.hq.services.idempotency import RequestKey
 
@@ -48,7 +48,7 @@ def fingerprint(request: Message, request_id: str | None = None) -> bytes:
     if request_id:
         encoded = request_id.encode()
         size = len(encoded)
-        record = tag + _varint(size) + encoded
+        record = tag + varint(size) + encoded
         if not data.startswith(record):
             return request_fingerprint(request)
         data = data[len(record) :]
@@ -72,19 +72,5 @@ def _leading_id_tag(descriptor: Descriptor) -> bytes | None:
         and all(field.number < other.number for other in descriptor.fields if other is not field)
         and not descriptor.GetOptions().message_set_wire_format
     ):
-        tag = _varint(field.number << 3 | 2)
+        tag = varint(field.number << 3 | 2)
     return tag
-
-
-_ONE_BYTE_VARINTS = [bytes((value,)) for value in range(0x80)]
-
-
-def _varint(value: int) -> bytes:
-    if value < 0x80:  # every id up to 127 bytes: no loop
-        return _ONE_BYTE_VARINTS[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

@@ -129,3 +129,26 @@ def card_kind_to_proto(kind: CardKind | None) -> common_pb2.CardKind.ValueType:
     if kind is None:
         return common_pb2.CARD_KIND_UNSPECIFIED
     return CARD_KINDS_TO_PROTO[kind]
+
+
+# -- protobuf wire encoding, where HQ writes bytes itself --------------------------------
+
+ONE_BYTE_VARINTS = [bytes((value,)) for value in range(0x80)]
+
+
+def varint(value: int) -> bytes:
+    """A varint (an int64's two's complement when negative, as protobuf encodes it)."""
+    if 0 <= value < 0x80:
+        return ONE_BYTE_VARINTS[value]
+    if 0 < value < 0x4000:  # the usual balances and sequence numbers: no loop
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if 0 < value < 0x200000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

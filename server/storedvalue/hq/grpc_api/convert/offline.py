@@ -30,6 +30,7 @@ from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
 from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.grpc_api.convert.common import (
     CARD_KINDS_BY_PROTO,
+    ONE_BYTE_VARINTS,
     card_kind_from_proto,
     card_kind_to_proto,
     enum_to_proto,
@@ -38,6 +39,7 @@ from storedvalue.hq.grpc_api.convert.common import (
     optional_money_to_proto,
     optional_timestamp,
     timestamp,
+    varint,
 )
 from storedvalue.hq.services.offline import SyncLimits, SyncStatus
 from storedvalue.v1 import back_office_service_pb2 as bo_pb
@@ -232,43 +234,22 @@ _LINE_APPLIED = OfflineLineOutcome.APPLIED
 # than the rest of the answer. The bytes are what SerializeToString gives for the same
 # message (fields in number order, proto3 defaults left out): the tests parse them back.
 
-_BYTES = [bytes((value,)) for value in range(0x80)]
-
-
-def _varint(value: int) -> bytes:
-    """A varint (an int64's two's complement when negative, as protobuf encodes it)."""
-    if 0 <= value < 0x80:
-        return _BYTES[value]
-    if 0 < value < 0x4000:  # the usual balances and sequence numbers: no loop
-        return bytes((value & 0x7F | 0x80, value >> 7))
-    if 0 < value < 0x200000:
-        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
-    if value < 0:
-        value += 1 << 64
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _field(tag: bytes, data: bytes) -> bytes:
     """A length-delimited field: a string's UTF-8 or a message's encoding."""
     size = len(data)
-    return tag + (_BYTES[size] if size < 0x80 else _varint(size)) + data
+    return tag + (ONE_BYTE_VARINTS[size] if size < 0x80 else varint(size)) + data
 
 
 def _enum_fields(tag: int, numbers: Mapping[Any, int]) -> dict[Any, bytes]:
     """The field for each value (nothing for 0, a proto3 default)."""
-    return {value: bytes((tag,)) + _varint(number) if number else b""
+    return {value: bytes((tag,)) + varint(number) if number else b""
             for value, number in numbers.items()}
 
 
 def _money(tag: bytes, money: Money) -> bytes:
     minor = money.amount_minor
     currency = money.currency
-    return _field(tag, (b"\x08" + _varint(minor) if minor else b"")
+    return _field(tag, (b"\x08" + varint(minor) if minor else b"")
                   + (_field(b"\x12", currency.encode()) if currency else b""))
 
 
@@ -286,7 +267,7 @@ def offline_result_wire(result: OfflineTransactionResult) -> bytes:
     out = _field(b"\x0a", result.transaction_id.encode()) if result.transaction_id else b""
     sequence = result.sequence_number
     if sequence:
-        out += b"\x10" + _varint(sequence)
+        out += b"\x10" + varint(sequence)
     outcome = result.outcome
     original = result.original_outcome
     if outcome is _APPLIED and original is _APPLIED:
@@ -358,8 +339,8 @@ def _result_field(result: OfflineTransactionResult) -> bytes:
             txn_id = result.transaction_id.encode()
             line_id = line.line_id.encode()
             currency = balance.currency.encode()
-            sequence_varint = _varint(sequence)
-            minor = _varint(balance.amount_minor)
+            sequence_varint = varint(sequence)
+            minor = varint(balance.amount_minor)
             money_size = 3 + len(minor) + len(currency)
             line_size = 6 + len(line_id) + money_size
             size = 9 + len(txn_id) + len(sequence_varint) + line_size
