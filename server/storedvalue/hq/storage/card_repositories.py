@@ -323,7 +323,7 @@ class SqlRedemptionRepository:
         # By terminal, then the transactions' lines through the primary key's prefix;
         # lines nobody asked for are dropped here.
         wanted = set(keys)
-        if len(wanted) == 1:  # an online Redeem: one line, by its primary key
+        if len(wanted) == 1:  # one line (a one-transaction sync), by its primary key
             ((terminal_id, transaction_id, line_id),) = wanted
             line = {
                 "terminal_id": terminal_id, "transaction_id": transaction_id, "line_id": line_id
