@@ -24,6 +24,13 @@ SIGINT: health goes NOT_SERVING, in-flight calls drain within the grace period, 
 0. SIGHUP reloads the TLS certificate, key and CA files (as does a change of them): new
 connections get the new ones, open ones keep theirs, nothing stops.
 
+--processes N (N > 1) runs N HQ worker processes on the one database and address, the
+kernel spreading new connections over them; this process supervises them: it passes
+SIGTERM, SIGINT and SIGHUP on, exits 0 once all of them stopped cleanly, and non-zero
+(stopping the others) when one of them fails. Limits counted by a process (the watchers,
+the streams per connection, the unknown-card limit per till, the database connections:
+PostgreSQL then has N times --database-connections) are per worker.
+
 Every flag of a file or address also comes from the environment (named beside it).
 HQ needs the hq extra: {extra}."""
 
@@ -66,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: HQConfig) -> None:
     parser.add_argument("--grace-period", type=float, metavar="SECONDS",
                         help="how long in-flight calls may finish on shutdown "
                              f"(default {defaults.grace_period_seconds:g})")
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="HQ worker processes serving the address together (SO_REUSEPORT; "
+                             "the process started supervises them): for SQLite, the "
+                             "machine's cores. The watcher cap, the streams per connection, "
+                             "the unknown-card limit and the database connections are then "
+                             "per worker (env STOREDVALUE_PROCESSES; "
+                             f"default {defaults.processes})")
     parser.add_argument("--database-connections", type=int, metavar="N",
                         help="connections (each with its thread) to the database: "
                              "PostgreSQL's pool; SQLite's group-commit writer plus N-1 "
@@ -191,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             tls_reload_seconds=args.tls_reload,
             health_listen=args.health_listen,
             log_format=args.log_format,
+            processes=args.processes,
         )
         return serve(config)
     except ConfigError as error:  # also a certificate file HQ found wrong as it started

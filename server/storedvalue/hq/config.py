@@ -27,6 +27,7 @@ ENV_ADMIN_CLIENT_CA = "STOREDVALUE_ADMIN_CLIENT_CA"
 ENV_ADMIN_CERT_NAMES = "STOREDVALUE_ADMIN_CERT_NAMES"
 ENV_HEALTH_LISTEN = "STOREDVALUE_HEALTH_LISTEN"
 ENV_LOG_FORMAT = "STOREDVALUE_LOG_FORMAT"
+ENV_PROCESSES = "STOREDVALUE_PROCESSES"
 ADMIN_TOKEN_FILE_NAME = "admin-token"  # noqa: S105 - a file name, not a secret
 ADMIN_NAME = "admin"
 DEFAULT_ADMIN_CERTIFICATE_NAME = "storedvalue-admin"
@@ -142,6 +143,13 @@ class HQConfig:
     tls_reload_seconds: float = 10.0
     """How often HQ looks at its certificate, key and CA files for a change, and serves new
     connections with the new ones (SIGHUP reloads them at once). 0: only on SIGHUP."""
+
+    processes: int = 1
+    """HQ processes serving `listen` together (`storedvalue serve --processes N`): 1 is one
+    process, as always; above 1 the process started is a supervisor and N worker processes
+    each run a whole HQ on the one database, sharing the port (SO_REUSEPORT: the kernel
+    spreads new connections over them). Everything above that is counted or capped (the
+    watchers, the unknown-card limit) is then per worker, as it is per replica."""
 
     health_listen: str | None = None
     """HOST:PORT (a loopback host) of a separate plaintext port serving only the standard
@@ -278,6 +286,7 @@ def load_config(
     tls_reload_seconds: float | None = None,
     health_listen: str | None = None,
     log_format: str | None = None,
+    processes: int | None = None,
 ) -> HQConfig:
     """Build the configuration: each argument is a flag (None when not given), falling back
     to the environment, then to the default. Creates the admin token file if needed."""
@@ -342,8 +351,12 @@ def load_config(
             raise ConfigError(f"{name} must be at least 1")
     if unknown_card_limit is not None and unknown_card_limit < 1:
         raise ConfigError("the unknown-card limit must be at least 1 a minute")
+    processes = _process_count(processes, env)
     # The storage creates a SQLite file and its directory, private to this user.
     url = database_url or env.get(ENV_DATABASE_URL) or default_database_url(env)
+    if processes > 1 and _is_memory_database(url):
+        raise ConfigError("several HQ processes need a database they can share: a SQLite "
+                          "file or PostgreSQL, not a SQLite memory database")
     token = env.get(ENV_ADMIN_TOKEN, "").strip()
     token_file: Path | None = None
     if not token:
@@ -386,7 +399,32 @@ def load_config(
         tls_reload_seconds=_given(tls_reload_seconds, defaults.tls_reload_seconds),
         health_listen=health_listen,
         log_format=log_format,
+        processes=processes,
     )
+
+
+def _process_count(flag: int | None, env: Mapping[str, str]) -> int:
+    """--processes, else STOREDVALUE_PROCESSES, else 1; at least 1."""
+    if flag is None:
+        value = env.get(ENV_PROCESSES, "").strip()
+        if not value:
+            return 1
+        try:
+            flag = int(value)
+        except ValueError:
+            raise ConfigError(f"{ENV_PROCESSES} must be a whole number of processes, not "
+                              f"{value!r}") from None
+    if flag < 1:
+        raise ConfigError("the number of HQ processes must be at least 1")
+    return flag
+
+
+def _is_memory_database(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    from storedvalue.hq.storage.engines import is_sqlite_memory
+
+    return is_sqlite_memory(make_url(url))
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:

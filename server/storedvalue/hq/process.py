@@ -11,7 +11,10 @@ import gc
 import logging
 import signal
 import sys
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TextIO
 
 from storedvalue.hq.config import HQConfig, redacted_url, split_listen_address
 from storedvalue.hq.domain.moments import rfc3339
@@ -41,14 +44,25 @@ def tune_garbage_collector() -> None:
 
 def serve(config: HQConfig, *, out: TextIO | None = None) -> int:
     """Run HQ until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code;
-    a configuration HQ cannot serve with (a bad certificate file) raises ConfigError."""
+    a configuration HQ cannot serve with (a bad certificate file) raises ConfigError.
+    With `config.processes` above 1 this process supervises that many workers, each a whole
+    HQ on the same port (storedvalue.hq.workers)."""
     configure_logging(log_format=config.log_format)
+    printed = out or sys.stdout
+    if config.processes > 1:
+        from storedvalue.hq.workers import supervise
+
+        return supervise(config, printed)
     tune_garbage_collector()
     with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
-        return runner.run(_serve(config, out or sys.stdout))
+        return runner.run(serve_until_stopped(
+            config, lambda app: print_announcement(config, announcement_of(app), printed)))
 
 
-async def _serve(config: HQConfig, printed: TextIO) -> int:
+async def serve_until_stopped(config: HQConfig,
+                              on_serving: Callable[[HQApplication], None]) -> int:
+    """HQ on this event loop from open to a drained stop (SIGTERM or SIGINT); `on_serving`
+    is told once it serves. Returns the exit code (0)."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     app: HQApplication | None = None
@@ -71,7 +85,7 @@ async def _serve(config: HQConfig, printed: TextIO) -> int:
     try:
         app = await HQApplication.open(config)
         await app.start()
-        _announce(app, printed)
+        on_serving(app)
         await stop_requested.wait()
         grace = config.grace_period_seconds
         log.info("draining", extra={"grace_period_seconds": grace})
@@ -83,11 +97,42 @@ async def _serve(config: HQConfig, printed: TextIO) -> int:
     return 0
 
 
-def _announce(app: HQApplication, printed: TextIO) -> None:
-    """Where HQ listens, with what, and what needs attention, on stdout and in the log."""
-    config = app.config
+@dataclass(frozen=True)
+class Announcement:
+    """What a serving HQ tells whoever started it (a worker tells its supervisor, which
+    prints it once for all of them)."""
+
+    port: int
+    health_port: int | None
+    certificate_subject: str | None
+    certificate_not_after: datetime | None
+    warnings: tuple[str, ...]
+    event_loop: str
+
+
+def announcement_of(app: HQApplication) -> Announcement:
+    served = app.certificates.current if app.certificates is not None else None
+    return Announcement(
+        port=app.port,
+        health_port=app.health_port,
+        certificate_subject=None if served is None else served.subject,
+        certificate_not_after=None if served is None else served.not_after,
+        warnings=() if served is None else tuple(served.warnings),
+        event_loop=type(asyncio.get_running_loop()).__module__,
+    )
+
+
+def listen_address(config: HQConfig, port: int) -> str:
+    """HOST:PORT as HQ prints it: the configured host with the port actually bound."""
     host, _ = split_listen_address(config.listen)
-    address = f"[{host}]:{app.port}" if ":" in host else f"{host}:{app.port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def print_announcement(config: HQConfig, served: Announcement, printed: TextIO,
+                       more: Sequence[str] = (), **logged: Any) -> None:
+    """Where HQ listens, with what, and what needs attention, on stdout and in the log
+    (`more`: lines printed after these; `logged`: more fields of the log entry)."""
+    address = listen_address(config, served.port)
     database = redacted_url(config.database_url)
     token_source = (
         str(config.admin_token_file) if config.admin_token_file else "STOREDVALUE_ADMIN_TOKEN"
@@ -100,24 +145,23 @@ def _announce(app: HQApplication, printed: TextIO) -> None:
     lines = [f"storedvalue HQ listening on {address} ({transport})",
              f"database: {database}",
              f"admin token: {token_source}"]
-    warnings: tuple[str, ...] = ()
-    if app.certificates is not None:
-        served = app.certificates.current
-        lines.append(f"TLS certificate: {served.subject}, valid until "
-                     f"{rfc3339(served.not_after)} (SIGHUP or a change of the files "
+    if served.certificate_not_after is not None:
+        lines.append(f"TLS certificate: {served.certificate_subject}, valid until "
+                     f"{rfc3339(served.certificate_not_after)} (SIGHUP or a change of the files "
                      "reloads it)")
-        warnings = served.warnings
     if config.uses_mutual_tls:
         lines.append(f"back office: admin token and a client certificate with "
                      f"{config.admin_certificate_rule()}")
-    if app.health_port is not None:
+    if served.health_port is not None:
         health_host, _ = split_listen_address(config.health_listen or "")
-        lines.append(f"health (plaintext, health service only): {health_host}:{app.health_port}")
+        lines.append(f"health (plaintext, health service only): {health_host}:"
+                     f"{served.health_port}")
+    lines.extend(more)
     for line in lines:
         print(line, file=printed)
-    for warning in warnings:  # logged as HQ started; here for whoever reads the console
+    for warning in served.warnings:  # logged as HQ started; here for whoever reads the console
         print(f"warning: {warning}", file=printed)
     printed.flush()
     log.info("serving", extra={"listen": address, "database": database,
                                "admin_token_source": token_source,
-                               "event_loop": type(asyncio.get_running_loop()).__module__})
+                               "event_loop": served.event_loop, **logged})

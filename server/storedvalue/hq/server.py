@@ -76,13 +76,20 @@ def open_transactions(storage: Storage, config: HQConfig) -> Transactions:
     return ThreadedTransactions(storage, threads=config.database_connections)
 
 
+def reuse_port(config: HQConfig) -> int:
+    """gRPC's SO_REUSEPORT option: 1 for the worker processes of one HQ, else 0."""
+    return 1 if config.processes > 1 else 0
+
+
 def grpc_options(config: HQConfig) -> list[tuple[str, Any]]:
     """The transport limits of a public endpoint."""
     return [
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
         ("grpc.max_send_message_length", config.max_receive_message_bytes),
-        # A second HQ on the same port must fail to start, not share it silently.
-        ("grpc.so_reuseport", 0),
+        # A second HQ on the same port must fail to start, not share it silently. The worker
+        # processes of one `serve --processes N` do share it (the supervisor checked first
+        # that nobody else listens there: storedvalue.hq.workers).
+        ("grpc.so_reuseport", reuse_port(config)),
         ("grpc.max_concurrent_streams", config.max_streams_per_connection),
         ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
@@ -176,7 +183,8 @@ class HQApplication:
         self._health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         if config.health_listen is not None:
-            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            self._health_server = grpc.aio.server(
+                options=[("grpc.so_reuseport", reuse_port(config))])
             add_foreign_servicer(self._health_server, self._health, HEALTH_SERVICE_DESCRIPTOR)
             add_reflection(self._health_server, (health.SERVICE_NAME,))
             self.health_port = _bind(self._health_server, config.health_listen, None)

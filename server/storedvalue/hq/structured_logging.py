@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -79,15 +80,26 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(*, log_format: str = "auto", level: int = logging.INFO,
-                      stream: TextIO | None = None) -> None:
+                      stream: TextIO | None = None,
+                      fields: Mapping[str, Any] | None = None) -> None:
     """Route every logger of the process to one handler on `stream` (stderr), text or JSON
     as `log_format` says (call once, from the process entry point; libraries and tests leave
-    logging alone)."""
+    logging alone). `fields` go on every entry: a worker process of `serve --processes N`
+    says which it is, as its lines mix with its siblings' on one stderr."""
     out = stream or sys.stderr
     if log_format == "auto":
         log_format = "text" if out.isatty() else "json"
     handler = logging.StreamHandler(out)
     handler.setFormatter(TextFormatter() if log_format == "text" else JsonFormatter())
+    if fields:
+        stamped = dict(fields)
+
+        def stamp(record: logging.LogRecord) -> bool:
+            for key, value in stamped.items():
+                setattr(record, key, value)
+            return True
+
+        handler.addFilter(stamp)
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
