@@ -117,6 +117,7 @@ def test_serving_limits_come_from_flags_and_default_to_the_documented_values(
     ("keepalive_seconds", -1.0, "keepalive"),
     ("database_connections", 1, "database connections"),
     ("event_loop", "trio", "event loop"),
+    ("processes", 0, "number of HQ processes"),
 ])
 def test_a_serving_limit_that_cannot_work_is_refused_before_anything_is_created(
     tmp_path: Path, flag: str, value: object, message: str,
@@ -134,6 +135,7 @@ def test_serve_help_shows_each_default_of_the_configuration_and_no_number_of_its
         max_watchers=1234, max_streams_per_connection=77, keepalive_seconds=61.5,
         keepalive_timeout_seconds=21.5, min_client_ping_seconds=9.5,
         parameters_poll_seconds=0.75, unknown_card_limit=17, tls_reload_seconds=3.5,
+        processes=3,
         sync_limits=SyncLimits(max_transactions_per_batch=999, max_lines_per_transaction=55,
                                max_message_bytes=4321),
     )
@@ -147,7 +149,7 @@ def test_serve_help_shows_each_default_of_the_configuration_and_no_number_of_its
         "--keepalive": "61.5", "--keepalive-timeout": "21.5", "--min-client-ping": "9.5",
         "--parameters-poll": "0.75", "--max-batch-transactions": "999",
         "--max-transaction-lines": "55", "--max-message-bytes": "4321",
-        "--unknown-card-limit": "17", "--tls-reload": "3.5",
+        "--unknown-card-limit": "17", "--tls-reload": "3.5", "--processes": "3",
     }
 
     for flag, default in expected.items():
@@ -233,3 +235,36 @@ def test_admin_certificates_without_mutual_tls_are_refused(tmp_path: Path) -> No
 def test_the_plaintext_health_port_must_be_on_loopback(tmp_path: Path, health: str) -> None:
     with pytest.raises(ConfigError, match=r"health port .* must be on a loopback address"):
         load_config(environ={"XDG_DATA_HOME": str(tmp_path)}, health_listen=health)
+
+
+def test_one_hq_process_unless_more_are_asked_for_by_flag_or_environment(tmp_path: Path) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path)}
+
+    assert load_config(environ=env).processes == 1
+    assert load_config(environ={**env, "STOREDVALUE_PROCESSES": "2"}).processes == 2
+    assert load_config(environ={**env, "STOREDVALUE_PROCESSES": "2"}, processes=3).processes == 3
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1"])
+def test_a_process_count_from_the_environment_must_be_a_positive_number(
+    tmp_path: Path, value: str,
+) -> None:
+    with pytest.raises(ConfigError, match=r"STOREDVALUE_PROCESSES|number of HQ processes"):
+        load_config(environ={"XDG_DATA_HOME": str(tmp_path), "STOREDVALUE_PROCESSES": value})
+    assert not (tmp_path / "storedvalue").exists()
+
+
+def test_several_processes_cannot_share_a_sqlite_memory_database(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="memory database"):
+        load_config(environ={"XDG_DATA_HOME": str(tmp_path)}, database_url="sqlite://",
+                    processes=2)
+
+
+def test_only_the_workers_of_one_hq_share_its_port() -> None:
+    from storedvalue.hq.server import grpc_options
+
+    def reuse(config: HQConfig) -> object:
+        return dict(grpc_options(config))["grpc.so_reuseport"]
+
+    assert reuse(HQConfig()) == 0
+    assert reuse(HQConfig(processes=2)) == 1
