@@ -2,11 +2,16 @@
 bench run from another checkout's virtual environment measures that checkout's HQ), on a
 fresh database, listening on a port the OS picked, the admin token in the environment.
 
-- SQLite (the default): one process, the embedded default database in a fresh data
-  directory (XDG_DATA_HOME points into the run's temporary directory).
+- SQLite (the default): one `serve` process on the embedded default database in a fresh
+  data directory (XDG_DATA_HOME points into the run's temporary directory);
+  ``--hq-processes 2`` makes it ``serve --processes 2``: two worker processes on the one
+  file and the one address (the kernel spreads the load's connections over them).
 - PostgreSQL (``--database-url``): a scratch database is created beside the one the URL
-  names and dropped afterwards; ``--hq-processes 2`` starts two HQ processes on it (the
-  second once the first has migrated the schema).
+  names and dropped afterwards; ``--hq-processes 2`` starts two separate HQ processes on it
+  (the second once the first has migrated the schema), each on its own address.
+
+The CPU figures count every HQ process: those started and their children (the workers of
+``serve --processes N``), found in /proc.
 """
 
 from __future__ import annotations
@@ -93,7 +98,12 @@ class HQUnderTest:
         if self._deployment.database_url is not None:
             self._scratch = ScratchDatabase(self._deployment.database_url)
             args += ["--database-url", self._scratch.url]
-        for index in range(self._deployment.hq_processes):
+        separate = self._deployment.hq_processes
+        if self._deployment.database_url is None and separate > 1:
+            # SQLite: one HQ of several worker processes, as a user deploys it on one machine.
+            args += ["--processes", str(separate)]
+            separate = 1
+        for index in range(separate):
             home = self._workdir / f"hq-{index}"
             home.mkdir(exist_ok=True)
             child = self._children.start(
@@ -119,8 +129,15 @@ class HQUnderTest:
                 raise ChildFailed(f"{child.name} exited with code {child.process.returncode}"
                                   f"{child.log_tail()}")
 
+    @property
+    def processes(self) -> int:
+        """HQ processes serving (worker processes included)."""
+        return self._deployment.hq_processes
+
     def pids(self) -> list[int]:
-        return [child.pid for child in self._processes]
+        """Every HQ process: those started and their descendants (the workers of
+        ``serve --processes N``), so that CPU figures include the workers'."""
+        return [pid for child in self._processes for pid in _with_descendants(child.pid)]
 
     def stop(self) -> None:
         for child in self._processes:
@@ -163,3 +180,16 @@ def _wait_serving(child: Child, address: str) -> None:
             if response.status == health_pb2.HealthCheckResponse.SERVING:
                 return
     raise ChildFailed(f"HQ at {address} not SERVING within {START_TIMEOUT_S:.0f} s")
+
+
+def _with_descendants(pid: int) -> list[int]:
+    """`pid` and the processes below it, from /proc/PID/task/TID/children (just `pid`
+    where /proc cannot tell)."""
+    found = [pid]
+    for parent in found:  # grows as children are found
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                found += [int(child) for child in children.read_text().split()]
+            except (OSError, ValueError):  # the thread or the process ended meanwhile
+                continue
+    return found

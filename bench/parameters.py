@@ -72,7 +72,7 @@ def _terminals(session: Session) -> Metric:
                                       what=f"{len(tills)} terminal libraries")
         finally:
             session.children.stop(child)
-    details = {**measured.details, "hq_processes": len(hq.addresses)}
+    details = {**measured.details, "hq_processes": hq.processes}
     if measured.error is not None:
         return failed(name, measured.error, **details)
     return Metric(name, max(measured.durations) * 1000, baseline=baseline, details=details)

@@ -3,7 +3,7 @@
 baseline measured in the same run. One JSON line per metric on stdout, progress on stderr.
 
     python bench/run.py [--quick] [--only METRIC[,METRIC]] [--json-out FILE]
-                        [--database-url postgresql+psycopg://USER@HOST/DB [--hq-processes 2]]
+                        [--database-url postgresql+psycopg://USER@HOST/DB] [--hq-processes N]
 
 See bench/README.md for what each metric measures and its budget.
 """
@@ -55,8 +55,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "server for each measurement and dropped afterwards "
                              "(default: the embedded SQLite default in a fresh data dir)")
     parser.add_argument("--hq-processes", type=int, default=1, metavar="N",
-                        help="HQ processes on the one database, load spread over them "
-                             "(PostgreSQL only; default 1)")
+                        help="HQ processes on the one database, load spread over them: "
+                             "SQLite, one `serve --processes N` on one address; PostgreSQL, "
+                             "N separate `serve` processes (default 1)")
     args = parser.parse_args(argv)
     known = {spec.name for spec in SPECS}
     if args.only:
@@ -68,8 +69,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.only = [spec.name for spec in SPECS]
     if args.hq_processes < 1:
         parser.error("--hq-processes must be at least 1")
-    if args.hq_processes > 1 and not args.database_url:
-        parser.error("several HQ processes need a shared PostgreSQL database (--database-url)")
     return args
 
 
