@@ -328,3 +328,80 @@ def test_port_0_gives_every_worker_the_port_the_first_one_got(tmp_path: Path) ->
         assert all(str(pid) in printed for pid in workers)
     finally:
         fleet.kill()
+
+
+# Loaded by every interpreter started with its directory on PYTHONPATH: the second worker
+# to open the database fails, as a worker whose start goes wrong would.
+FAILING_SECOND_WORKER = """
+import os
+from pathlib import Path
+
+import storedvalue.hq.server as server
+
+opened_before = Path(os.environ["SV_TEST_OPENED_MARKER"])
+open_storage = server.open_storage
+
+
+def open_or_fail(config):
+    try:
+        opened_before.touch(exist_ok=False)
+    except FileExistsError:
+        raise RuntimeError("the disk is on fire") from None
+    return open_storage(config)
+
+
+server.open_storage = open_or_fail
+"""
+
+
+def test_a_worker_failing_at_start_stops_the_others_and_its_error_is_shown(
+    tmp_path: Path,
+) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(FAILING_SECOND_WORKER)
+    fleet = Fleet(tmp_path)
+    fleet.env |= {"PYTHONPATH": os.pathsep.join(
+                      filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
+                  "SV_TEST_OPENED_MARKER": str(tmp_path / "opened")}
+    fleet.process = start_serve(fleet.args, fleet.env, fleet.logs)
+    try:
+        code = fleet.exit_code()
+        started = [int(str(entry["pid"])) for entry in fleet.entries()
+                   if entry.get("message") == "worker process started"]
+    finally:
+        fleet.kill()
+
+    assert code == 1
+    assert "failed to start: RuntimeError: the disk is on fire" in fleet.log()
+    assert len(started) == WORKERS
+    assert all(gone(pid) for pid in started)
+
+
+def test_sighup_reaches_every_worker_and_stops_none(fleet: Fleet) -> None:
+    assert fleet.process is not None
+    workers = fleet.worker_pids()
+
+    fleet.process.send_signal(signal.SIGHUP)
+
+    def reloaded_by() -> set[int] | None:
+        pids = {int(str(entry["pid"])) for entry in fleet.entries()
+                if entry.get("trigger") == "SIGHUP" and "pid" in entry}
+        return pids if pids == set(workers) else None
+
+    wait_until(reloaded_by, timeout=DEADLINE, what="every worker to handle SIGHUP")
+    wait_serving(fleet.process, fleet.address)
+    assert not any(gone(pid) for pid in workers)
+
+
+def test_a_worker_stopped_by_its_own_sigterm_stops_the_others_and_all_is_well(
+    fleet: Fleet,
+) -> None:
+    # What a service manager does, or Ctrl-C in a terminal: every process of the group is
+    # signalled, and a worker may be done before the supervisor passes the signal on.
+    signalled, other = fleet.worker_pids()
+
+    os.kill(signalled, signal.SIGTERM)
+
+    assert fleet.exit_code() == 0, fleet.log()
+    assert gone(other)

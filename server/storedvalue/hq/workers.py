@@ -24,8 +24,10 @@ others then bind that one.
 
 Signals: SIGTERM or SIGINT is passed on to every worker as SIGTERM (each drains as one HQ
 does) and the supervisor exits 0 once all of them exited 0; SIGHUP is passed on (every
-worker reloads its TLS files). A worker that exits on its own stops the others and the
-supervisor exits 1: a service manager restarts the whole, as it would one HQ process. A
+worker reloads its TLS files). A worker that fails (exits non-zero: a crash, killed) stops
+the others and the supervisor exits 1: a service manager restarts the whole, as it would
+one HQ process. A worker that stopped cleanly was signalled itself (a service manager or a
+terminal signals the whole process group): the others are stopped too, and all is well. A
 supervisor killed outright (SIGKILL) takes its workers with it: each asked the kernel to
 kill it when its parent dies (Linux's PR_SET_PDEATHSIG; elsewhere a thread watches the
 parent), so nothing is left serving or holding the port and the database.
@@ -362,6 +364,13 @@ class _Supervisor:
             log.info("worker process exited",
                      extra={"worker": worker.index, "pid": worker.process.pid,
                             "exit_code": worker.exit_code})
+            return
+        if worker.exit_code == 0 and worker.failure is None:
+            # Stopped cleanly, so signalled directly: a service manager or a terminal's
+            # Ctrl-C signals every process of the group, and this one was the quickest.
+            log.info("worker process stopped: stopping the others",
+                     extra={"worker": worker.index, "pid": worker.process.pid})
+            self._stop()
             return
         how = worker.failure or f"exit code {worker.exit_code}"
         if not self._announced:
