@@ -31,6 +31,7 @@ from .harness import (
     eur,
     failure_of,
     free_port,
+    fresh_postgres_database,
     new_id,
     server_log,
     start_serve,
@@ -48,14 +49,15 @@ _ESTABLISHED, _LISTEN = "01", "0A"
 
 
 class Fleet:
-    """One `storedvalue serve --processes 2` on a SQLite file under `tmp_path`."""
+    """One `storedvalue serve --processes 2`, by default on a SQLite file under `tmp_path`."""
 
-    def __init__(self, tmp_path: Path, listen: str | None = None) -> None:
+    def __init__(self, tmp_path: Path, listen: str | None = None,
+                 database_url: str | None = None) -> None:
         self.listen = listen or f"127.0.0.1:{free_port()}"
-        self.database = tmp_path / "hq.sqlite3"
+        self.database_url = database_url or f"sqlite:///{tmp_path / 'hq.sqlite3'}"
         self.logs = tmp_path / "logs"
         self.env = {"XDG_DATA_HOME": str(tmp_path / "data"), "STOREDVALUE_ADMIN_TOKEN": ADMIN_TOKEN}
-        self.args = ["--listen", self.listen, "--database-url", f"sqlite:///{self.database}",
+        self.args = ["--listen", self.listen, "--database-url", self.database_url,
                      "--processes", str(WORKERS), "--grace-period", "5"]
         self.process: subprocess.Popen[str] | None = None
         self.printed: queue.Queue[str] = queue.Queue()
@@ -198,6 +200,26 @@ def test_calls_from_many_connections_are_answered_by_more_than_one_worker(
 def test_concurrent_lock_and_redeem_cycles_on_shared_cards_debit_exactly_what_was_asked(
     fleet: Fleet,
 ) -> None:
+    sell_concurrently_and_check_balances(fleet)
+
+
+def test_workers_on_postgresql_debit_exactly_what_was_asked_and_stop_cleanly(
+    tmp_path: Path,
+) -> None:
+    with fresh_postgres_database("sv_processes") as url:
+        fleet = Fleet(tmp_path, database_url=url)
+        try:
+            fleet.start()
+            sell_concurrently_and_check_balances(fleet)
+            assert fleet.process is not None
+            code, _out, log = stop_process(fleet.process, timeout=DEADLINE)
+        finally:
+            fleet.kill()
+    assert code == 0, log
+
+
+def sell_concurrently_and_check_balances(fleet: Fleet) -> None:
+    """Eight tills, each on its own connection, sell on two shared cards at once."""
     connections = channels(fleet.address, 8)
     try:
         back_office = BackOffice(connections[0])
