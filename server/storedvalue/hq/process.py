@@ -1,7 +1,9 @@
 """`storedvalue serve`: HQ as a process, on an event loop in the main thread.
 
 SIGTERM and SIGINT drain in-flight calls and exit 0. SIGHUP reloads the TLS files (new
-connections get the new certificates) and never ends the process.
+connections get the new certificates) and never ends the process. With `--processes N`
+(N > 1) this process supervises N workers that each run `serve_until_stopped`
+(storedvalue.hq.workers); the lines printed are the same, once.
 """
 
 from __future__ import annotations
