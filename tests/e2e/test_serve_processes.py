@@ -334,22 +334,27 @@ def test_a_worker_that_dies_stops_the_others_and_the_supervisor_exits_non_zero(
                for entry in fleet.entries())  # drained, not killed
 
 
-def test_port_0_gives_every_worker_the_port_the_first_one_got(tmp_path: Path) -> None:
+def test_port_0_gives_every_worker_the_ports_the_first_one_got(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path, listen="127.0.0.1:0")
+    fleet.args += ["--health-listen", "127.0.0.1:0"]
     try:
         fleet.start()
-        listening = sockets_on_port(fleet.port, _LISTEN)
+        rest = [fleet.printed.get(timeout=DEADLINE) for _ in range(4)]
+        health_port = int(rest[2].rpartition(":")[2])
         workers = fleet.worker_pids()
-        printed = fleet.printed.get(timeout=DEADLINE)  # after database and admin token
-        while not printed.startswith("worker processes:"):
-            printed = fleet.printed.get(timeout=DEADLINE)
-
-        assert fleet.port != 0
-        assert [owned(pid, listening) for pid in workers] == [1, 1]
-        assert printed.startswith(f"worker processes: {WORKERS}, sharing the port")
-        assert all(str(pid) in printed for pid in workers)
+        listening = [owned(pid, sockets_on_port(fleet.port, _LISTEN)) for pid in workers]
+        health_listening = [owned(pid, sockets_on_port(health_port, _LISTEN))
+                            for pid in workers]
     finally:
         fleet.kill()
+
+    assert fleet.port != 0
+    assert rest[2].startswith("health (plaintext, health service only): 127.0.0.1:")
+    assert health_port not in (0, fleet.port)
+    assert listening == [1, 1]
+    assert health_listening == [1, 1]
+    assert rest[3] == (f"worker processes: {WORKERS}, sharing the port "
+                       f"(pids {', '.join(str(pid) for pid in workers)})\n")
 
 
 # Loaded by every interpreter started with its directory on PYTHONPATH: the second worker
