@@ -27,9 +27,10 @@ connections get the new ones, open ones keep theirs, nothing stops.
 --processes N (N > 1) runs N HQ worker processes on the one database and address, the
 kernel spreading new connections over them; this process supervises them: it passes
 SIGTERM, SIGINT and SIGHUP on, exits 0 once all of them stopped cleanly, and non-zero
-(stopping the others) when one of them fails. Limits counted by a process (the watchers,
-the streams per connection, the unknown-card limit per till, the database connections:
-PostgreSQL then has N times --database-connections) are per worker.
+(stopping the others) when one of them fails. What a process counts or orders is per
+worker: the watchers, the streams per connection, the unknown-card limit per till, the
+order of a till's sync batches in flight (one connection, one worker), the database
+connections (PostgreSQL then has N times --database-connections).
 
 Every flag of a file or address also comes from the environment (named beside it).
 HQ needs the hq extra: {extra}."""
