@@ -20,6 +20,13 @@ the database locked by another process, and large units (an offline batch), whic
 there whole so the loop keeps serving meanwhile. Running small units on the loop costs far
 less than handing each statement's GIL back and forth between two busy threads.
 
+Several HQ processes may share one SQLite file. Their writers queue on an exclusive `flock`
+of a lock file beside the database (writer_lock), taken right before BEGIN IMMEDIATE and
+released as soon as the transaction ends (COMMIT, ROLLBACK, or SQLite ending it by itself):
+on the loop it is only tried, and when another process holds it the group goes to the
+writer thread, which waits in the kernel and wakes the moment it is released, instead of
+SQLite's busy handler sleeping in steps of up to 100 ms.
+
 Readers (GetCard, GetParameters, the back-office lists) run on reader threads with their
 own connections (WAL: readers never wait for the writer), a batch at a time.
 
@@ -43,9 +50,14 @@ from sqlalchemy.pool import PoolProxiedConnection
 from storedvalue.hq.domain.errors import HQBusy
 from storedvalue.hq.services.transactions import MAX_ATTEMPTS, Work
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
-from storedvalue.hq.storage.engines import SQLITE_BUSY_TIMEOUT_MS, is_sqlite_memory
+from storedvalue.hq.storage.engines import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    is_sqlite_memory,
+    sqlite_file_path,
+)
 from storedvalue.hq.storage.sqlalchemy_storage import SqlRepositories, SqlStorage
 from storedvalue.hq.storage.transaction import Transaction
+from storedvalue.hq.storage.writer_lock import WriterLock, writer_lock_path
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -80,6 +92,12 @@ class GroupCommitTransactions:
         self._writer_busy = False  # a commit, a BEGIN or a whole group is on the thread
         self._held: tuple[PoolProxiedConnection, Transaction] | None = None
         self._repositories: SqlRepositories | None = None
+        # The processes' writer lock (None: a memory database, or a `file:` URI, whose
+        # writers rely on SQLite's busy timeout alone).
+        database_file = None if self._memory else sqlite_file_path(storage.engine.url)
+        self._writer_lock = (
+            None if database_file is None else WriterLock(writer_lock_path(database_file))
+        )
         if not self._memory:
             self._held = storage.connect()
             self._repositories = SqlRepositories(self._held[1])
@@ -132,9 +150,13 @@ class GroupCommitTransactions:
         self._commands.put(_STOP)
         for thread in self._threads:
             thread.join()
-        if self._held is not None:
-            _release(self._held)
-            self._held = None
+        try:
+            if self._held is not None:
+                _release(self._held)
+                self._held = None
+        finally:
+            if self._writer_lock is not None:
+                self._writer_lock.close()
 
     def _loop_of_caller(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -159,7 +181,7 @@ class GroupCommitTransactions:
         tx = self._held[1]
         if not tx.is_open:
             try:
-                tx.begin(write=True)
+                self._begin(tx, wait=False)
             except ConcurrentUpdate:  # another process holds the write lock: wait on the thread
                 self._writer_busy = True
                 self._commands.put(("run", group))
@@ -169,7 +191,11 @@ class GroupCommitTransactions:
                 self._schedule_drain()
                 return
         assert self._repositories is not None
-        outcomes, rest = _run_units(tx, self._repositories, group)
+        try:
+            outcomes, rest = _run_units(tx, self._repositories, group,
+                                        begin=lambda: self._begin(tx, wait=False))
+        finally:
+            self._release_if_ended(tx)
         if rest is not None:  # the transaction was lost: nothing to commit
             self._pending.extendleft(reversed(rest))
             _settle(outcomes)
@@ -197,6 +223,42 @@ class GroupCommitTransactions:
         if self._pending:
             self._drain()
 
+    # -- the processes' writer lock --------------------------------------------------------
+
+    def _begin(self, tx: Transaction, *, wait: bool) -> None:
+        """BEGIN IMMEDIATE, behind the processes' writer lock. Without `wait` (on the loop)
+        neither waits: ConcurrentUpdate when another process holds either lock."""
+        lock = self._writer_lock
+        if lock is not None:
+            if wait:
+                lock.acquire()
+            elif not lock.try_acquire():
+                raise ConcurrentUpdate("another HQ process is writing")
+        try:
+            tx.begin(write=True)
+        except BaseException:
+            self._release_if_ended(tx)
+            raise
+
+    def _release_if_ended(self, tx: Transaction) -> None:
+        """Let the other processes' writers go once no transaction is open on `tx` (it was
+        committed or rolled back, or SQLite ended it by itself)."""
+        lock = self._writer_lock
+        if lock is not None and lock.held and not tx.is_open:
+            lock.release()
+
+    def _abandon(self) -> None:
+        """After an unexpected failure on the writer thread: roll back whatever the held
+        connection still has open, and release the writer lock whatever happens."""
+        try:
+            if self._held is not None and self._held[1].is_open:
+                self._held[1].rollback()
+        except Exception:
+            log.exception("rolling back after a writer failure failed")
+        finally:
+            if self._writer_lock is not None:
+                self._writer_lock.release()
+
     def _schedule_drain(self) -> None:
         if self._pending and not self._drain_scheduled and self._loop is not None:
             self._drain_scheduled = True
@@ -218,6 +280,7 @@ class GroupCommitTransactions:
                     outcomes = self._run_group_here(argument)
             except BaseException as error:  # keep the writer alive; fail what it carried
                 log.exception("the SQLite writer failed")
+                self._abandon()
                 if kind == "commit":
                     outcomes = [(future, False, error) for future, _ok, _value in argument]
                 else:
@@ -231,7 +294,11 @@ class GroupCommitTransactions:
 
     def _commit(self, outcomes: list[_Outcome]) -> list[_Outcome]:
         assert self._held is not None
-        outcomes = _commit(self._held[1], outcomes)
+        tx = self._held[1]
+        try:
+            outcomes = _commit(tx, outcomes)
+        finally:
+            self._release_if_ended(tx)
         self.commits += 1
         return outcomes
 
@@ -242,7 +309,10 @@ class GroupCommitTransactions:
             tx = held[1]
             if self._held is not None:
                 tx.set_busy_timeout(SQLITE_BUSY_TIMEOUT_MS)
-            return self._run_group(tx, SqlRepositories(tx), group)
+            try:
+                return self._run_group(tx, SqlRepositories(tx), group)
+            finally:
+                self._release_if_ended(tx)
         finally:
             if self._held is None:
                 _release(held)
@@ -253,11 +323,15 @@ class GroupCommitTransactions:
                    ) -> list[_Outcome]:
         if not tx.is_open:
             try:
-                tx.begin(write=True)
+                self._begin(tx, wait=True)
             except Exception as error:  # still locked after the busy timeout, or worse
                 failure = HQBusy() if isinstance(error, ConcurrentUpdate) else error
                 return [(future, False, failure) for _work, future, _large in group]
-        outcomes, rest = _run_units(tx, repositories, group)
+
+        def begin() -> None:
+            self._begin(tx, wait=True)
+
+        outcomes, rest = _run_units(tx, repositories, group, begin=begin)
         if rest is not None:
             return outcomes + (self._run_group(tx, repositories, rest) if rest else [])
         outcomes = _commit(tx, outcomes)
@@ -286,8 +360,8 @@ class GroupCommitTransactions:
             _release((pooled, tx))
 
 
-def _run_units(tx: Transaction, repositories: SqlRepositories, group: list[_Unit]
-               ) -> tuple[list[_Outcome], list[_Unit] | None]:
+def _run_units(tx: Transaction, repositories: SqlRepositories, group: list[_Unit], *,
+               begin: Callable[[], None]) -> tuple[list[_Outcome], list[_Unit] | None]:
     """Run the units of `group` one after another in the open transaction, without a
     savepoint each: most units fail, when they fail, before their first write (a business
     rule checked on what they read), and then there is nothing to undo. A unit that fails
@@ -295,6 +369,8 @@ def _run_units(tx: Transaction, repositories: SqlRepositories, group: list[_Unit
     or an I/O error) takes the transaction back to its start: the units that had succeeded
     in it run again, in the same order (nobody was answered yet), and it is retried (a lost
     race, up to MAX_ATTEMPTS) or fails alone.
+
+    `begin` begins a new writing transaction (behind the processes' writer lock).
 
     Returns the outcomes, and None, or, when a new transaction could not be begun here (the
     database locked by another process), the units still to run in a new transaction
@@ -334,7 +410,7 @@ def _run_units(tx: Transaction, repositories: SqlRepositories, group: list[_Unit
             try:
                 if tx.is_open:
                     tx.rollback()
-                tx.begin(write=True)
+                begin()
             except Exception:
                 if tx.is_open:
                     tx.rollback()
