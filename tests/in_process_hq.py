@@ -233,7 +233,7 @@ def hq_config(data_dir: Path, **changes: Any) -> HQConfig:
         listen="127.0.0.1:0",
         database_url=f"sqlite:///{data_dir / 'hq.sqlite3'}",
         admin_token=ADMIN_TOKEN,
-        parameters_poll_seconds=0.2,
+        notifications_poll_seconds=0.2,
     )
     return replace(config, **changes)
 

@@ -14,7 +14,6 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,7 @@ DEBITS_PER_EXECUTOR = 300
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[Path]:
+def database(tmp_path: Path) -> Path:
     path = tmp_path / "hq.sqlite3"
     storage = SqlStorage.from_url(f"sqlite:///{path}")
     try:
@@ -46,7 +45,7 @@ def database(tmp_path: Path) -> Iterator[Path]:
             uow.commit()
     finally:
         storage.close()
-    yield path
+    return path
 
 
 def debits(number: str) -> Work[int]:
@@ -211,7 +210,9 @@ def test_the_writer_lock_is_free_after_failing_units_a_lost_transaction_a_failed
     assert oct(lock.stat().st_mode & 0o777) == oct(0o600)
 
 
-def test_the_writer_lock_is_held_while_a_transaction_is_open_and_free_once_it_ends(database: Path) -> None:
+def test_the_writer_lock_is_held_while_a_transaction_is_open_and_free_once_it_ends(
+    database: Path,
+) -> None:
     storage = SqlStorage.from_url(f"sqlite:///{database}")
     transactions = GroupCommitTransactions(storage)
     lock = writer_lock_path(database)

@@ -25,7 +25,7 @@ def test_defaults_serve_loopback_from_a_sqlite_file_under_the_data_directory(
     assert config.listen == "127.0.0.1:50051"
     assert config.database_url == f"sqlite:///{tmp_path / 'storedvalue' / 'hq.sqlite3'}"
     assert config.admin_token_file == tmp_path / "storedvalue" / "admin-token"
-    assert config.parameters_poll_seconds == 0.5
+    assert config.notifications_poll_seconds == 0.1
     assert not config.uses_tls
 
 
@@ -134,7 +134,7 @@ def test_serve_help_shows_each_default_of_the_configuration_and_no_number_of_its
         database_connections=7, event_loop="asyncio", call_deadline_seconds=31.5,
         max_watchers=1234, max_streams_per_connection=77, keepalive_seconds=61.5,
         keepalive_timeout_seconds=21.5, min_client_ping_seconds=9.5,
-        parameters_poll_seconds=0.75, unknown_card_limit=17, tls_reload_seconds=3.5,
+        notifications_poll_seconds=0.75, unknown_card_limit=17, tls_reload_seconds=3.5,
         processes=3,
         sync_limits=SyncLimits(max_transactions_per_batch=999, max_lines_per_transaction=55,
                                max_message_bytes=4321),
@@ -147,7 +147,7 @@ def test_serve_help_shows_each_default_of_the_configuration_and_no_number_of_its
         "--database-connections": "7", "--event-loop": "asyncio", "--call-deadline": "31.5",
         "--max-watchers": "1234", "--max-streams-per-connection": "77",
         "--keepalive": "61.5", "--keepalive-timeout": "21.5", "--min-client-ping": "9.5",
-        "--parameters-poll": "0.75", "--max-batch-transactions": "999",
+        "--notifications-poll": "0.75", "--max-batch-transactions": "999",
         "--max-transaction-lines": "55", "--max-message-bytes": "4321",
         "--unknown-card-limit": "17", "--tls-reload": "3.5", "--processes": "3",
     }

@@ -102,8 +102,7 @@ def hq_process(workdir: Path, admin_token: str) -> Iterator[str]:
     with log_path.open("w", encoding="utf-8") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "storedvalue.cli", "serve", "--listen", address,
-             "--database-url", f"sqlite:///{database}", "--grace-period", "2",
-             "--parameters-poll", "0.2"],
+             "--database-url", f"sqlite:///{database}", "--grace-period", "2"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     try:

@@ -108,10 +108,15 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: HQConfig) -> None:
     parser.add_argument("--min-client-ping", type=float, metavar="SECONDS",
                         help="keepalive enforcement: clients pinging more often are sent "
                              f"GOAWAY (default {defaults.min_client_ping_seconds:g})")
-    parser.add_argument("--parameters-poll", type=float, metavar="SECONDS",
-                        help="SQLite: how often to pick up parameter changes made by another "
-                             "HQ process on the same file (PostgreSQL replicas are notified) "
-                             f"(default {defaults.parameters_poll_seconds:g})")
+    parser.add_argument("--notifications-poll", type=float, metavar="SECONDS",
+                        help="SQLite file: how often to read the changes (parameters, "
+                             "terminals revoked or moved) other HQ processes on the same file "
+                             "made (PostgreSQL replicas are notified) "
+                             f"(default {defaults.notifications_poll_seconds:g}; formerly "
+                             "--parameters-poll, still accepted)")
+    # The flag's former name, kept working for existing scripts.
+    parser.add_argument("--parameters-poll", type=float, dest="notifications_poll",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--max-batch-transactions", type=int, metavar="N",
                         help="sync limit: transactions per SyncOfflineBatch "
                              f"(default {limits.max_transactions_per_batch})")
@@ -195,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             keepalive_seconds=args.keepalive,
             keepalive_timeout_seconds=args.keepalive_timeout,
             min_client_ping_seconds=args.min_client_ping,
-            parameters_poll_seconds=args.parameters_poll,
+            notifications_poll_seconds=args.notifications_poll,
             sync_limits=limits,
             unknown_card_limit=args.unknown_card_limit,
             tls_cert_file=args.tls_cert,

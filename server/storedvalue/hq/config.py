@@ -103,10 +103,11 @@ class HQConfig:
     """Keepalive enforcement: a client pinging more often than this is sent GOAWAY
     (ENHANCE_YOUR_CALM) after two offences."""
 
-    parameters_poll_seconds: float = 0.5
-    """SQLite only: how often the process reads the current parameters version, to pick up
-    changes made by another HQ process on the same file (changes made here are pushed at
-    once; on PostgreSQL other replicas' changes arrive through LISTEN/NOTIFY)."""
+    notifications_poll_seconds: float = 0.1
+    """SQLite file only: how often the process reads the notifications other HQ processes on
+    the same file wrote (parameter changes, terminals revoked or moved), so that they reach
+    its watch streams and credential cache. Changes made here are pushed at once; on
+    PostgreSQL other replicas' changes arrive through LISTEN/NOTIFY."""
 
     sync_limits: SyncLimits = field(default_factory=SyncLimits)
     """Documented limits on offline sync requests (sent to terminals in GetParameters)."""
@@ -275,7 +276,7 @@ def load_config(
     keepalive_seconds: float | None = None,
     keepalive_timeout_seconds: float | None = None,
     min_client_ping_seconds: float | None = None,
-    parameters_poll_seconds: float | None = None,
+    notifications_poll_seconds: float | None = None,
     sync_limits: SyncLimits | None = None,
     unknown_card_limit: int | None = None,
     tls_cert_file: Path | None = None,
@@ -383,9 +384,9 @@ def load_config(
             keepalive_timeout_seconds, defaults.keepalive_timeout_seconds
         ),
         min_client_ping_seconds=_given(min_client_ping_seconds, defaults.min_client_ping_seconds),
-        parameters_poll_seconds=(
-            defaults.parameters_poll_seconds if parameters_poll_seconds is None
-            else parameters_poll_seconds
+        notifications_poll_seconds=(
+            defaults.notifications_poll_seconds if notifications_poll_seconds is None
+            else notifications_poll_seconds
         ),
         sync_limits=sync_limits or defaults.sync_limits,
         unknown_card_limit=(

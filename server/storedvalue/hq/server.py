@@ -40,8 +40,12 @@ from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import ThreadedTransactions, Transactions
 from storedvalue.hq.services.unit_of_work import Storage
 from storedvalue.hq.storage import SqlStorage, upgrade_to_head
+from storedvalue.hq.storage.engines import is_sqlite_memory
 from storedvalue.hq.storage.group_commit import GroupCommitTransactions
-from storedvalue.hq.storage.parameter_changes import ParameterChangeListener
+from storedvalue.hq.storage.parameter_changes import (
+    NotificationTableFollower,
+    ParameterChangeListener,
+)
 from storedvalue.hq.storage.sqlalchemy_storage import ThreadSessions
 from storedvalue.hq.tls import ServerCertificates, load_certificates
 from storedvalue.v1 import back_office_service_pb2, terminal_service_pb2
@@ -189,7 +193,7 @@ class HQApplication:
             add_reflection(self._health_server, (health.SERVICE_NAME,))
             self.health_port = _bind(self._health_server, config.health_listen, None)
         self._followers: list[asyncio.Task[None]] = []
-        self._listener: ParameterChangeListener | None = None
+        self._listener: ParameterChangeListener | NotificationTableFollower | None = None
         self._stopped: asyncio.Future[None] | None = None
 
     @classmethod
@@ -262,32 +266,35 @@ class HQApplication:
         return await self._server.wait_for_termination(timeout)
 
     def _follow_other_replicas(self) -> None:
-        """Parameter versions made by other HQ processes reach this one's watchers:
-        PostgreSQL tells us (LISTEN/NOTIFY); a SQLite file is polled (rarely needed: one
-        process usually owns it)."""
+        """Parameter versions made and terminals revoked or moved by other HQ processes on
+        the same database reach this one's watchers and credential cache: PostgreSQL tells
+        us (LISTEN/NOTIFY); on a SQLite file we read the notifications table every
+        `notifications_poll_seconds`. A memory database has no other process."""
         storage = self._storage
-        if not isinstance(storage, SqlStorage):
+        if not isinstance(storage, SqlStorage) or is_sqlite_memory(storage.engine.url):
             return
+        loop = asyncio.get_running_loop()
+
+        def changed() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                asyncio.run_coroutine_threadsafe(self._refresh_parameters(), loop)
+
+        def terminal_changed(terminal_id: str) -> None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(self._terminal_changed(terminal_id), loop)
+
+        def missed() -> None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(self._refresh_everything(), loop)
+
         if storage.engine.dialect.name == "postgresql":
-            loop = asyncio.get_running_loop()
-
-            def changed() -> None:
-                with contextlib.suppress(RuntimeError):  # the loop is closing
-                    asyncio.run_coroutine_threadsafe(self._refresh_parameters(), loop)
-
-            def terminal_changed(terminal_id: str) -> None:
-                with contextlib.suppress(RuntimeError):
-                    asyncio.run_coroutine_threadsafe(self._terminal_changed(terminal_id), loop)
-
             self._listener = ParameterChangeListener(storage.engine, changed, terminal_changed)
-            self._listener.start()
         else:
-            self._followers.append(asyncio.create_task(self._poll_parameters()))
-
-    async def _poll_parameters(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.parameters_poll_seconds)
-            await self._refresh_parameters()
+            self._listener = NotificationTableFollower(
+                storage.engine, changed, terminal_changed, missed,
+                poll_seconds=self.config.notifications_poll_seconds,
+            )
+        self._listener.start()
 
     async def _terminal_changed(self, terminal_id: str) -> None:
         """Another replica revoked the terminal or moved it: its cached credential and its
@@ -299,6 +306,12 @@ class HQApplication:
             log.exception("reading a changed terminal failed")
             return
         self.feed.end_watches(terminal_id, revoked=terminal is None or terminal.revoked)
+
+    async def _refresh_everything(self) -> None:
+        """Notifications were missed (pruned before this process read them): what they said
+        is unknown, so every cached credential goes and the parameters are read again."""
+        self._authenticator.forget()
+        await self._refresh_parameters()
 
     async def _refresh_parameters(self) -> None:
         try:

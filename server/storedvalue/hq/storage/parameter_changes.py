@@ -1,9 +1,16 @@
-"""Hearing about parameter versions other HQ replicas made, on PostgreSQL: a dedicated
-connection LISTENs on the channel every new version is NOTIFYed on (in the transaction that
-adds it, so a notification means a committed version). No polling: a change reaches this
-process as soon as the other replica commits it. The same connection hears of terminals
-revoked or moved to another store by other replicas (their own channel, the terminal id as
-payload), so that their credential and their watch streams go here too."""
+"""Hearing about parameter versions other HQ processes made, and terminals they revoked or
+moved to another store (so that the terminal's credential and watch streams go here too).
+
+PostgreSQL: a dedicated connection LISTENs on the channels every change is NOTIFYed on (in
+the transaction that makes it, so a notification means a committed change). No polling: a
+change reaches this process as soon as the other replica commits it.
+
+SQLite file: the same notifications are rows of the notifications table, written in the
+change's transaction; a thread reads the rows above the last id it saw every
+`notifications_poll_seconds` (an indexed range read on its own connection, usually empty)
+and hands them on exactly as the PostgreSQL listener does. Rows it missed (pruned before it
+read them) are noticed by the gap in the ids, and answered with a full refresh.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from storedvalue.hq.storage.configuration_repositories import (
     PARAMETERS_CHANNEL,
     TERMINALS_CHANNEL,
 )
+from storedvalue.hq.storage.engines import is_sqlite_memory
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +103,100 @@ class ParameterChangeListener:
                     self._terminal_changed(notification.payload)
                 else:
                     self._changed()
+
+
+# Rows read at most per query: a burst of changes is read in several, one after another.
+_ROWS_PER_READ = 500
+_HIGHEST_ID = "SELECT coalesce(max(id), 0) FROM notifications"
+_ROWS_ABOVE = (
+    "SELECT id, channel, payload FROM notifications WHERE id > ? ORDER BY id LIMIT ?"
+)
+
+
+class NotificationTableFollower:
+    """SQLite file: reads the notifications other HQ processes on the file (and this one)
+    wrote since `start()`, every `poll_seconds`, from its own thread and connection; calls
+    `changed()` once for any number of new parameters versions, `terminal_changed(id)` for
+    each terminal revoked or moved, and `missed()` when rows were pruned before it read them
+    (whatever they said is unknown: the caller refreshes everything it caches)."""
+
+    def __init__(self, engine: Engine, changed: Callable[[], None],
+                 terminal_changed: Callable[[str], None], missed: Callable[[], None], *,
+                 poll_seconds: float) -> None:
+        if engine.dialect.name != "sqlite" or is_sqlite_memory(engine.url):
+            raise ValueError("the notifications table is followed on a SQLite file")
+        self._engine = engine
+        self._changed = changed
+        self._terminal_changed = terminal_changed
+        self._missed = missed
+        self._poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._connection: Any = None
+        self._last_id = 0
+        self._thread = threading.Thread(
+            target=self._run, name="hq-notifications-follower", daemon=True
+        )
+
+    def start(self) -> None:
+        """Follow from the newest row now: what is written from here on is heard (the
+        highest id is read before this returns)."""
+        self._connection = self._engine.raw_connection()
+        try:
+            cursor = self._connection.cursor()
+            try:
+                self._last_id = int(cursor.execute(_HIGHEST_ID).fetchone()[0])
+            finally:
+                cursor.close()
+        except BaseException:
+            self._connection.close()
+            raise
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        connection = self._connection
+        try:
+            # Whatever was committed between the caller's first read and the start.
+            self._changed()
+            while not self._stop.wait(self._poll_seconds):
+                try:
+                    while self._read_once(connection) and not self._stop.is_set():
+                        pass
+                except Exception:  # a database hiccup must not stop the following
+                    log.warning("reading the notifications failed; trying again",
+                                exc_info=True)
+        finally:
+            connection.close()
+
+    def _read_once(self, connection: Any) -> bool:
+        """Hand on the rows above the last id seen; True when there may be more."""
+        # Autocommit (see engines): the SELECT is a transaction of its own, and pins no
+        # snapshot between reads.
+        cursor = connection.cursor()
+        try:
+            found = cursor.execute(_ROWS_ABOVE, (self._last_id, _ROWS_PER_READ)).fetchall()
+        finally:
+            cursor.close()
+        if not found:
+            return False
+        if found[0][0] != self._last_id + 1:
+            # Ids are given one after another by one writer at a time and never reused, so
+            # a gap is rows pruned before they were read.
+            log.warning("notifications were pruned before this process read them; "
+                        "refreshing everything", extra={"after_id": self._last_id,
+                                                        "next_id": found[0][0]})
+            self._missed()
+        parameters_changed = False
+        for _id, channel, payload in found:
+            if channel == TERMINALS_CHANNEL:
+                self._terminal_changed(payload)
+            elif channel == PARAMETERS_CHANNEL:
+                parameters_changed = True
+        if parameters_changed:
+            self._changed()
+        self._last_id = int(found[-1][0])
+        return len(found) == _ROWS_PER_READ

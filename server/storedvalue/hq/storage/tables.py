@@ -239,3 +239,24 @@ terminal_reports = Table(
     Column("received_at", BigInteger, nullable=False),
     Column("report_json", Text, nullable=False),
 )
+
+# What one HQ process tells the others on the same SQLite file: a parameters version made,
+# a terminal revoked or moved to another store (the channels and payloads of
+# configuration_repositories). A row is written in the transaction that makes the change,
+# so a row means a committed change; every process reads the rows above the last id it saw
+# (parameter_changes.NotificationTableFollower). Ids are never reused (AUTOINCREMENT), so a
+# reader can tell rows it missed (pruned: only the newest NOTIFICATIONS_KEPT are kept) from
+# rows not yet written. PostgreSQL replicas hear the same through LISTEN/NOTIFY and write
+# no rows here: on PostgreSQL this table stays empty.
+NOTIFICATIONS_KEPT = 10_000
+NOTIFICATION_CHANNEL = 64
+
+notifications = Table(
+    "notifications",
+    METADATA,
+    Column("id", _row_id(), primary_key=True, autoincrement=True),
+    Column("channel", String(NOTIFICATION_CHANNEL), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # HQ's clock, for people reading it
+    sqlite_autoincrement=True,
+)

@@ -15,6 +15,7 @@ still inside the unit of work, which rolls back whole as before.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, cast
@@ -24,6 +25,7 @@ from sqlalchemy import Dialect
 from storedvalue.hq.storage.error_translation import translated_driver_error
 from storedvalue.hq.storage.sqlalchemy_internals import CompiledSql
 from storedvalue.hq.storage.statements import Statement
+from storedvalue.hq.storage.tables import NOTIFICATIONS_KEPT
 
 # The sqlite3 module binds an int, float, str or bytearray as it is, but any other value
 # (None, a bool, bytes) through its adaptation, which (with no adapter registered for the
@@ -36,6 +38,17 @@ _NOTHING: dict[None, None] = {}
 sqlite3.register_adapter(type(None), cast(Callable[[None], None], _NOTHING.get))  # None
 sqlite3.register_adapter(bool, int)
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
+
+# SQLite: a notification is a row (tables.notifications), and each one written prunes those
+# older than the newest NOTIFICATIONS_KEPT: one indexed range delete, of one row once the
+# table is full, so the table stays bounded without a sweeper.
+_NOTIFY_SQLITE = (
+    "INSERT INTO notifications (channel, payload, created_at) "
+    "VALUES (:channel, :payload, :created_at)"
+)
+_PRUNE_NOTIFICATIONS_SQLITE = (
+    "DELETE FROM notifications WHERE id <= last_insert_rowid() - :kept"
+)
 
 
 class Transaction:
@@ -194,11 +207,17 @@ class Transaction:
             raise translated_driver_error(sql, None, error, self._error) from None
 
     def notify(self, channel: str, payload: str) -> None:
-        """PostgreSQL: tell the listeners of `channel` once this transaction commits
-        (nothing elsewhere: one SQLite file has one HQ process)."""
+        """Tell the other HQ processes on this database, once this transaction commits:
+        PostgreSQL's NOTIFY on `channel`; on SQLite a row in the notifications table, which
+        every process on the file follows (parameter_changes)."""
         if self._postgresql:
             self._execute("SELECT pg_notify(%(channel)s, %(payload)s)",
                           {"channel": channel, "payload": payload})
+            return
+        self.writes += 1
+        self._execute(_NOTIFY_SQLITE, {"channel": channel, "payload": payload,
+                                       "created_at": time.time_ns() // 1000})
+        self._execute(_PRUNE_NOTIFICATIONS_SQLITE, {"kept": NOTIFICATIONS_KEPT})
 
     # -- the transaction ------------------------------------------------------------------
 
