@@ -62,7 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: HQConfig) -> None:
                              f"default {defaults.listen})")
     parser.add_argument("--database-url", metavar="URL",
                         help="sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
-                             "(env STOREDVALUE_DATABASE_URL; default a SQLite file)")
+                             "(env STOREDVALUE_DATABASE_URL; default a SQLite file); several "
+                             "HQ processes may share either (on a SQLite file their writers "
+                             "queue on PATH-writer.lock and hear each other's changes "
+                             "through its notifications table)")
     parser.add_argument("--admin-token-file", type=Path, metavar="PATH",
                         help="where the admin token is kept when STOREDVALUE_ADMIN_TOKEN "
                              "is unset (default: admin-token beside the SQLite database; "
