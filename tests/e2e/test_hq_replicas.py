@@ -1,8 +1,10 @@
-"""Two real HQ processes on one PostgreSQL database: locks and redemptions stay correct when
-the tills racing for one card talk to different replicas, and a parameter change made through
-one replica reaches the other's watchers at once.
+"""Two real HQ processes on one database, PostgreSQL or a SQLite file: locks and
+redemptions stay correct when the tills racing for one card talk to different replicas, and a
+parameter change or a revocation made through one replica reaches the other at once.
 
-Needs STOREDVALUE_TEST_POSTGRES_URL; each run creates its own database and drops it after.
+PostgreSQL needs STOREDVALUE_TEST_POSTGRES_URL; each run creates its own database and drops
+it after. The SQLite processes share a file in the test's directory (writer lock and
+notifications table: README, "Serving a fleet").
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ from .harness import (
     wait_serving,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 RACERS = 16
 ROUNDS = 50
 
 
-@pytest.fixture
-def database_url() -> Iterator[str]:
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres),
+                        "sqlite-file"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite-file":
+        yield f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+        return
     with fresh_postgres_database("sv_e2e") as url:
         yield url
 
@@ -192,7 +198,8 @@ def test_a_parameter_change_through_one_replica_reaches_the_other_replicas_watch
         follower.join(timeout=10)
 
     assert message.parameters == updated
-    # PostgreSQL notifies the other replica (LISTEN/NOTIFY): no poll interval to wait for.
+    # The other replica is told: PostgreSQL's LISTEN/NOTIFY, or on the SQLite file the
+    # notifications table, read every 0.1 s.
     assert arrived_at - changed_at < 1.0
 
 
@@ -230,7 +237,8 @@ def test_a_till_revoked_through_one_replica_is_cut_off_by_the_other_at_once(
         follower.join(timeout=10)
 
     assert [lock.card_number for lock in revoked.released_locks] == [card]
-    # PostgreSQL tells the other replica (LISTEN/NOTIFY): its stream ends, its cache forgets.
+    # The other replica is told (LISTEN/NOTIFY, or the notifications table): its stream
+    # ends, its cache forgets.
     assert failure_of(error).reason == "UNAUTHENTICATED"
     assert cut_at - revoked_at < 1.0
     assert (refused.code, refused.reason) == (grpc.StatusCode.UNAUTHENTICATED,
