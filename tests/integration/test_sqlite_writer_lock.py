@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from storage_samples import card_number, make_card
 
-from storedvalue.hq.domain.errors import InvalidField
+from storedvalue.hq.domain.errors import HQBusy, InvalidField
 from storedvalue.hq.domain.offline_common import BalanceChange
 from storedvalue.hq.services.transactions import Work
 from storedvalue.hq.services.unit_of_work import Repositories
-from storedvalue.hq.storage import SqlStorage, upgrade_to_head
+from storedvalue.hq.storage import SqlStorage, group_commit, upgrade_to_head
 from storedvalue.hq.storage.group_commit import GroupCommitTransactions
 from storedvalue.hq.storage.transaction import Transaction
 from storedvalue.hq.storage.writer_lock import lock_is_free, writer_lock_path
@@ -241,3 +241,37 @@ def test_the_writer_lock_is_held_while_a_transaction_is_open_and_free_once_it_en
 
     assert held
     assert lock_is_free(lock)
+
+
+def test_a_write_locked_out_past_the_busy_timeout_fails_busy_and_frees_the_writer_lock(
+    database: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A writer that does not take the writer lock (another tool, an older HQ) keeps SQLite's
+    # write lock past the busy timeout (shortened here from 30 s).
+    monkeypatch.setattr(group_commit, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    storage = SqlStorage.from_url(f"sqlite:///{database}")
+    transactions = GroupCommitTransactions(storage)
+    other = sqlite3.connect(database, isolation_level=None, timeout=0)
+
+    async def scenario() -> tuple[BaseException | None, bool, int]:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            await transactions.write(debits(card_number(1)))
+        except HQBusy as busy:
+            failure: BaseException | None = busy
+        else:
+            failure = None
+        free = lock_is_free(writer_lock_path(database))
+        other.execute("ROLLBACK")
+        return failure, free, await transactions.write(debits(card_number(1)))
+
+    try:
+        failure, free, after = asyncio.run(scenario())
+    finally:
+        transactions.close()
+        storage.close()
+        other.close()
+
+    assert isinstance(failure, HQBusy)
+    assert free
+    assert after == INITIAL - 1

@@ -16,16 +16,17 @@ start, and the units that had succeeded in it run again, in order, before the gr
 Where the writer runs: a unit of an online call is a few statements that never wait (the
 transaction already holds the write lock), so the units run on the event loop's own thread,
 and only what waits goes to the writer thread: the COMMIT (the fsync), a BEGIN that finds
-the database locked by another process, and large units (an offline batch), which run
+the database locked by another process (the thread waits and begins; the units then run on
+the loop, with those that arrived meanwhile), and large units (an offline batch), which run
 there whole so the loop keeps serving meanwhile. Running small units on the loop costs far
 less than handing each statement's GIL back and forth between two busy threads.
 
 Several HQ processes may share one SQLite file. Their writers queue on an exclusive `flock`
 of a lock file beside the database (writer_lock), taken right before BEGIN IMMEDIATE and
 released as soon as the transaction ends (COMMIT, ROLLBACK, or SQLite ending it by itself):
-on the loop it is only tried, and when another process holds it the group goes to the
-writer thread, which waits in the kernel and wakes the moment it is released, instead of
-SQLite's busy handler sleeping in steps of up to 100 ms.
+on the loop it is only tried, and when another process holds it the writer thread waits for
+it in the kernel, wakes the moment it is released and begins, instead of SQLite's busy
+handler sleeping in steps of up to 100 ms.
 
 Readers (GetCard, GetParameters, the back-office lists) run on reader threads with their
 own connections (WAL: readers never wait for the writer), a batch at a time.
@@ -170,7 +171,10 @@ class GroupCommitTransactions:
 
     def _drain(self) -> None:
         self._drain_scheduled = False
-        if self._writer_busy or not self._pending:
+        if self._writer_busy:
+            return
+        if not self._pending:
+            self._end_unused()
             return
         group = self._next_group()
         if self._held is None or group[0][2]:
@@ -182,9 +186,12 @@ class GroupCommitTransactions:
         if not tx.is_open:
             try:
                 self._begin(tx, wait=False)
-            except ConcurrentUpdate:  # another process holds the write lock: wait on the thread
+            except ConcurrentUpdate:
+                # Another process is writing: the thread waits for it and begins, and then
+                # these units, and those that arrive meanwhile, run here.
+                self._pending.extendleft(reversed(group))
                 self._writer_busy = True
-                self._commands.put(("run", group))
+                self._commands.put(("begin", None))
                 return
             except Exception as error:
                 _settle([(future, False, error) for _work, future, _large in group])
@@ -222,6 +229,25 @@ class GroupCommitTransactions:
         _settle(outcomes)
         if self._pending:
             self._drain()
+
+    def _begun(self, failure: Exception | None) -> None:
+        """On the loop, once the thread has begun a transaction for the waiting units (or
+        failed to: they fail, HQBusy when the database stayed locked)."""
+        self._writer_busy = False
+        if failure is not None and self._pending:
+            _settle([(future, False, failure) for _work, future, _large in self._next_group()])
+        self._drain()
+
+    def _end_unused(self) -> None:
+        """A transaction begun for callers who have all gone since (a deadline, a cancel):
+        nothing was written in it; end it, and let the other processes' writers go."""
+        if self._held is not None and self._held[1].is_open:
+            try:
+                self._held[1].rollback()
+            except Exception:
+                log.exception("ending an unused transaction failed")
+            finally:
+                self._release_if_ended(self._held[1])
 
     # -- the processes' writer lock --------------------------------------------------------
 
@@ -273,6 +299,9 @@ class GroupCommitTransactions:
                 return
             kind, argument = command
             outcomes: list[_Outcome]
+            if kind == "begin":
+                self._begin_here()
+                continue
             try:
                 if kind == "commit":
                     outcomes = self._commit(argument)
@@ -291,6 +320,28 @@ class GroupCommitTransactions:
                 loop.call_soon_threadsafe(self._writer_done, outcomes)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 log.debug("answers for a closed event loop dropped")
+
+    def _begin_here(self) -> None:
+        """Wait for the other processes' writer (the writer lock; SQLite's busy timeout for
+        writers that do not take it), begin, and hand the transaction back to the loop."""
+        assert self._held is not None
+        tx = self._held[1]
+        failure: Exception | None = None
+        try:
+            tx.set_busy_timeout(SQLITE_BUSY_TIMEOUT_MS)
+            try:
+                self._begin(tx, wait=True)
+            finally:
+                tx.set_busy_timeout(0)
+        except Exception as error:  # still locked after the busy timeout, or worse
+            self._abandon()
+            failure = HQBusy() if isinstance(error, ConcurrentUpdate) else error
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.call_soon_threadsafe(self._begun, failure)
+        except RuntimeError:  # the loop is closed: close() ends the transaction
+            log.debug("a transaction begun for a closed event loop")
 
     def _commit(self, outcomes: list[_Outcome]) -> list[_Outcome]:
         assert self._held is not None
