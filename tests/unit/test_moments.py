@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from storedvalue.hq.domain.errors import InvalidField
 from storedvalue.hq.domain.moments import duration_from_parts, moment_from_epoch, rfc3339
+from storedvalue.hq.storage.rows import from_micros, to_micros
 
 
 def test_a_timestamp_in_range_is_the_utc_moment_to_the_microsecond() -> None:
@@ -65,3 +66,19 @@ def test_a_moment_is_written_exactly_as_a_response_timestamp_in_json(moment: dat
     assert written == as_json.ToJsonString()
     assert written.endswith("Z") and "+00:00" not in written
     assert datetime.fromisoformat(written) == moment
+
+
+def test_stored_moments_read_back_as_the_same_utc_moment_whatever_was_converted_before(
+) -> None:
+    # The storage remembers recent conversions: a moment written with another offset still
+    # reads back in UTC, the same moment twice converts the same, and naive ones are refused.
+    paris = datetime(2026, 12, 2, 15, 0, 0, 250_000, tzinfo=timezone(timedelta(hours=1)))
+    micros = to_micros(paris)
+    assert micros == to_micros(paris) == 1_796_220_000_250_000
+    back = from_micros(micros)
+    assert back == paris and back.tzinfo is UTC
+    utc = datetime(2026, 12, 2, 14, 0, 0, 250_001, tzinfo=UTC)
+    assert from_micros(to_micros(utc)) == utc
+    assert from_micros(-1) == datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    with pytest.raises(ValueError, match="naive"):
+        to_micros(utc.replace(tzinfo=None))
