@@ -71,10 +71,13 @@ def compile_statement(
     compiled = statement.compile(
         dialect=dialect, column_keys=list(column_keys) if column_keys is not None else None
     )
+    # Only binds that carry their value (a LIMIT): the column binds of an INSERT or UPDATE
+    # are `required` and hold a REQUIRED marker, not a value; with them here every write
+    # merged its parameters into a dict of markers first (~5,000 instructions a row).
     defaults = {
         name: bind.effective_value
         for name, bind in compiled.binds.items()
-        if bind.value is not None
+        if bind.value is not None and not bind.required
     }
     order = tuple(compiled.positiontup or ()) if dialect.positional else None
     row_type: type[tuple[Any, ...]] | None = None
