@@ -126,17 +126,31 @@ def lock_from_row(row: Row) -> Lock:
 
 
 def card_from_row(row: Row) -> Card:
+    """A card from the columns of `select(cards)`, in the table's order (positional: no
+    attribute looked up per column; a joined row's further columns are left alone)."""
+    (number, kind, status, currency, balance, issued, token, remainder, lock_terminal_id,
+     lock_transaction_id, lock_token, lease_expires, acquired) = row[:len(CARD_COLUMNS)]
     return Card(
-        card_number=row.card_number,
-        kind=_CARD_KINDS.get(row.kind) or CardKind(row.kind),
-        status=_CARD_STATUSES.get(row.status) or CardStatus(row.status),
-        currency=row.currency,
-        balance_minor=row.balance_minor,
-        issued_at=from_micros(row.issued_at),
-        last_fencing_token=row.last_fencing_token,
-        lock=None if row.lock_terminal_id is None else lock_from_row(row),
-        remainder_of_card_number=row.remainder_of_card_number,
+        number,
+        _CARD_KINDS.get(kind) or CardKind(kind),
+        _CARD_STATUSES.get(status) or CardStatus(status),
+        currency,
+        balance,
+        from_micros(issued),
+        token,
+        None if lock_terminal_id is None else Lock(
+            number, lock_terminal_id, lock_transaction_id, lock_token,
+            from_micros(lease_expires), from_micros(acquired)),
+        remainder,
     )
+
+
+# The cards table's columns in its order, as `card_from_row` reads them (the card repository
+# checks the table against it).
+CARD_COLUMNS = ("card_number", "kind", "status", "currency", "balance_minor", "issued_at",
+                "last_fencing_token", "remainder_of_card_number", "lock_terminal_id",
+                "lock_transaction_id", "lock_fencing_token", "lock_lease_expires_at",
+                "lock_acquired_at")
 
 
 def lock_grant_values(grant: LockGrant) -> Values:
@@ -226,19 +240,6 @@ def redemption_from_row(row: Row) -> Redemption:
         (row.terminal_id, row.transaction_id, row.line_id), row.card_number, row.amount_minor,
         row.currency, row.remainder_card_number, row.offline, row.recorded_at, row.reversal,
         row.reversed_at,
-    )
-
-
-def redemption_from_joined_row(line: tuple[str, str, str], row: Row) -> Redemption | None:
-    """The redemption columns (``redemption_*``) of a card row joined with its line, or None
-    where the line is not stored."""
-    if row.redemption_recorded_at is None:
-        return None
-    return _redemption(
-        line, row.redemption_card_number, row.redemption_amount_minor,
-        row.redemption_currency, row.redemption_remainder_card_number,
-        row.redemption_offline, row.redemption_recorded_at, row.redemption_reversal,
-        row.redemption_reversed_at,
     )
 
 
