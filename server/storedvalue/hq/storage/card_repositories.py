@@ -88,6 +88,7 @@ _LIST_LOCKS = {
 _SAVE_CARDS = Statement(
     update(cards).where(cards.c.card_number == bindparam("key_card_number"))
 )
+_SAVE_KEYS = (*rows.CARD_STATE_KEYS, "key_card_number")
 _SAVE_RELEASING = Statement(
     update(cards).where(cards.c.card_number == bindparam("key_card_number")),
     constants={"lock_terminal_id": None, "lock_transaction_id": None,
@@ -218,12 +219,8 @@ class SqlCardRepository:
         # One row per card, the last state wins: a bulk UPDATE on PostgreSQL would apply an
         # arbitrary one of two rows with the same key (SQLite and the fake keep the last).
         latest = {card.card_number: card for card in cards}
-        params = []
-        for card in latest.values():
-            values = rows.card_state_values(card)
-            values["key_card_number"] = card.card_number
-            params.append(values)
-        self._tx.write(_SAVE_CARDS, params)
+        self._tx.write_tuples(_SAVE_CARDS, _SAVE_KEYS, [
+            (*rows.card_state_row(card), number) for number, card in latest.items()])
 
     def balances_for_update(self, card_numbers: Collection[str]) -> dict[str, CardBalance]:
         found: dict[str, CardBalance] = {}
@@ -268,7 +265,8 @@ class SqlLockHistoryRepository:
         self._tx = tx
 
     def add(self, grants: Iterable[LockGrant]) -> None:
-        self._tx.write(_INSERT_GRANTS, [rows.lock_grant_values(g) for g in grants])
+        self._tx.write_tuples(_INSERT_GRANTS, rows.LOCK_GRANT_KEYS,
+                              [rows.lock_grant_row(g) for g in grants])
 
     def mark_released_by_holder(self, locks: Iterable[tuple[str, int]], at: datetime) -> None:
         when = rows.to_micros(at)
@@ -303,7 +301,8 @@ class SqlJournalRepository:
         self._tx = tx
 
     def append(self, entries: Iterable[JournalEntry]) -> None:
-        self._tx.write(_INSERT_ENTRIES, [rows.journal_values(entry) for entry in entries])
+        self._tx.write_tuples(_INSERT_ENTRIES, rows.JOURNAL_KEYS,
+                              [rows.journal_row(entry) for entry in entries])
 
     def append_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                               now: datetime) -> None:
@@ -354,7 +353,8 @@ class SqlRedemptionRepository:
         return found
 
     def add(self, redemptions: Iterable[Redemption]) -> None:
-        self._tx.write(_INSERT_REDEMPTIONS, [rows.redemption_values(r) for r in redemptions])
+        self._tx.write_tuples(_INSERT_REDEMPTIONS, rows.REDEMPTION_KEYS,
+                              [rows.redemption_row(r) for r in redemptions])
 
     def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                            now: datetime) -> None:

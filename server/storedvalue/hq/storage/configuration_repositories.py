@@ -81,6 +81,11 @@ _SAVE_TERMINAL = Statement(
 )
 
 
+# Rows in the order of the INSERT's parameters (the table's columns): written as tuples.
+_REQUEST_KEYS = ("caller", "request_id", "operation", "fingerprint", "result_json",
+                 "created_at")
+
+
 class SqlRequestLog:
     def __init__(self, tx: Transaction) -> None:
         self._tx = tx
@@ -99,17 +104,10 @@ class SqlRequestLog:
         )
 
     def add(self, response: StoredResponse) -> None:
-        self._tx.write(
-            _INSERT_REQUEST,
-            [{
-                "caller": response.caller,
-                "request_id": response.request_id,
-                "operation": response.operation,
-                "fingerprint": response.fingerprint,
-                "result_json": response.result_json,
-                "created_at": rows.to_micros(response.created_at),
-            }],
-        )
+        self._tx.write_tuples(_INSERT_REQUEST, _REQUEST_KEYS, [(
+            response.caller, response.request_id, response.operation, response.fingerprint,
+            response.result_json, rows.to_micros(response.created_at),
+        )])
 
 
 class SqlParametersRepository:

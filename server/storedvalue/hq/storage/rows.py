@@ -87,23 +87,26 @@ def _optional_moment(micros: int | None) -> datetime | None:
 # -- cards and money movements --------------------------------------------------------------
 
 
-def card_state_values(card: Card) -> Values:
-    """What `save` writes back: the mutable part of a card."""
+# What `save` writes back, the mutable part of a card: its columns, and each row's values in
+# that order. Rows are written as tuples in the order of the statement's parameters (the
+# columns' order in the table): no mapping built and reordered per row.
+CARD_STATE_KEYS = ("status", "balance_minor", "last_fencing_token", "lock_terminal_id",
+                   "lock_transaction_id", "lock_fencing_token", "lock_lease_expires_at",
+                   "lock_acquired_at")
+
+
+def card_state_row(card: Card) -> tuple[Any, ...]:
     lock = card.lock
-    return {
-        "status": card.status._value_,
-        "balance_minor": card.balance_minor,
-        "last_fencing_token": card.last_fencing_token,
-        "lock_terminal_id": lock.terminal_id if lock else None,
-        "lock_transaction_id": lock.transaction_id if lock else None,
-        "lock_fencing_token": lock.fencing_token if lock else None,
-        "lock_lease_expires_at": to_micros(lock.lease_expires_at) if lock else None,
-        "lock_acquired_at": to_micros(lock.acquired_at) if lock else None,
-    }
+    if lock is None:
+        return (card.status._value_, card.balance_minor, card.last_fencing_token,
+                None, None, None, None, None)
+    return (card.status._value_, card.balance_minor, card.last_fencing_token,
+            lock.terminal_id, lock.transaction_id, lock.fencing_token,
+            to_micros(lock.lease_expires_at), to_micros(lock.acquired_at))
 
 
 def card_values(card: Card) -> Values:
-    values = card_state_values(card)
+    values = dict(zip(CARD_STATE_KEYS, card_state_row(card), strict=True))
     values.update(
         card_number=card.card_number,
         kind=card.kind._value_,
@@ -153,15 +156,13 @@ CARD_COLUMNS = ("card_number", "kind", "status", "currency", "balance_minor", "i
                 "lock_acquired_at")
 
 
-def lock_grant_values(grant: LockGrant) -> Values:
-    return {
-        "card_number": grant.card_number,
-        "fencing_token": grant.fencing_token,
-        "terminal_id": grant.terminal_id,
-        "transaction_id": grant.transaction_id,
-        "acquired_at": to_micros(grant.acquired_at),
-        "released_by_holder_at": _optional_micros(grant.released_by_holder_at),
-    }
+LOCK_GRANT_KEYS = ("card_number", "fencing_token", "terminal_id", "transaction_id",
+                   "acquired_at", "released_by_holder_at")
+
+
+def lock_grant_row(grant: LockGrant) -> tuple[Any, ...]:
+    return (grant.card_number, grant.fencing_token, grant.terminal_id, grant.transaction_id,
+            to_micros(grant.acquired_at), _optional_micros(grant.released_by_holder_at))
 
 
 def lock_grant_from_row(row: Row) -> LockGrant:
@@ -172,22 +173,17 @@ def lock_grant_from_row(row: Row) -> LockGrant:
                      None if released is None else EPOCH + timedelta(0, 0, released))
 
 
-def journal_values(entry: JournalEntry) -> Values:
-    # entry_id is left out: the database assigns it.
-    return {
-        "card_number": entry.card_number,
-        "kind": entry.kind._value_,
-        "amount_minor": entry.amount_minor,
-        "currency": entry.currency,
-        "balance_after_minor": entry.balance_after_minor,
-        "terminal_id": entry.terminal_id,
-        "transaction_id": entry.transaction_id,
-        "line_id": entry.line_id,
-        "offline": entry.offline,
-        "occurred_at": to_micros(entry.occurred_at),
-        "recorded_at": to_micros(entry.recorded_at),
-        "note": entry.note,
-    }
+# entry_id is left out: the database assigns it.
+JOURNAL_KEYS = ("card_number", "kind", "amount_minor", "currency", "balance_after_minor",
+                "terminal_id", "transaction_id", "line_id", "offline", "occurred_at",
+                "recorded_at", "note")
+
+
+def journal_row(entry: JournalEntry) -> tuple[Any, ...]:
+    return (entry.card_number, entry.kind._value_, entry.amount_minor, entry.currency,
+            entry.balance_after_minor, entry.terminal_id, entry.transaction_id,
+            entry.line_id, entry.offline, to_micros(entry.occurred_at),
+            to_micros(entry.recorded_at), entry.note)
 
 
 def journal_from_row(row: Row) -> JournalEntry:
@@ -208,20 +204,19 @@ def journal_from_row(row: Row) -> JournalEntry:
     )
 
 
-def redemption_values(redemption: Redemption) -> Values:
-    return {
-        "terminal_id": redemption.terminal_id,
-        "transaction_id": redemption.transaction_id,
-        "line_id": redemption.line_id,
-        "card_number": redemption.card_number,
-        "amount_minor": redemption.amount_minor,
-        "currency": redemption.currency,
-        "remainder_card_number": redemption.remainder_card_number,
-        "offline": redemption.offline,
-        "recorded_at": to_micros(redemption.recorded_at),
-        "reversal": redemption.reversal._value_ if redemption.reversal is not None else None,
-        "reversed_at": _optional_micros(redemption.reversed_at),
-    }
+REDEMPTION_KEYS = ("terminal_id", "transaction_id", "line_id", "card_number", "amount_minor",
+                   "currency", "remainder_card_number", "offline", "recorded_at", "reversal",
+                   "reversed_at")
+
+
+def redemption_row(redemption: Redemption) -> tuple[Any, ...]:
+    reversal = redemption.reversal
+    return (redemption.terminal_id, redemption.transaction_id, redemption.line_id,
+            redemption.card_number, redemption.amount_minor, redemption.currency,
+            redemption.remainder_card_number, redemption.offline,
+            to_micros(redemption.recorded_at),
+            None if reversal is None else reversal._value_,
+            _optional_micros(redemption.reversed_at))
 
 
 def redemption_reversal_values(redemption: Redemption) -> Values:
