@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from storedvalue.cli import main
 from storedvalue.cli.serve import add_arguments
+from storedvalue.hq import addresses
 from storedvalue.hq.config import ConfigError, HQConfig, load_config, redacted_url
 from storedvalue.hq.services.offline import SyncLimits
 
@@ -268,3 +270,29 @@ def test_only_the_workers_of_one_hq_share_its_port() -> None:
 
     assert reuse(HQConfig()) == 0
     assert reuse(HQConfig(processes=2)) == 1
+
+
+def test_serve_checks_its_addresses_before_it_writes_the_admin_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(addresses, "ADDRESS_WAIT_SECONDS", 0.0)
+    env = {"XDG_DATA_HOME": str(tmp_path)}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+
+        with pytest.raises(ConfigError, match=f"^{taken} is already in use by another process"):
+            load_config(environ=env, listen=taken, check_addresses=True)
+        with pytest.raises(ConfigError, match=rf"^{taken} \(--health-listen\) is already in use"):
+            load_config(environ=env, listen="127.0.0.1:0", health_listen=taken,
+                        check_addresses=True)
+
+    assert not list(tmp_path.iterdir()), "no data directory, no admin token file"
+    assert load_config(environ=env, listen=taken, check_addresses=True).listen == taken
+
+
+def test_an_unknown_host_is_named_as_such() -> None:
+    expected = "cannot listen on no-such-host.invalid:50051: unknown host 'no-such-host.invalid'"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        addresses.check_addresses("no-such-host.invalid:50051", None)

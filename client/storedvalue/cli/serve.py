@@ -22,7 +22,9 @@ is STOREDVALUE_ADMIN_TOKEN, or else the admin token file (created on first start
 0600) beside the SQLite database, or in that data directory for PostgreSQL. SIGTERM or
 SIGINT: health goes NOT_SERVING, in-flight calls drain within the grace period, exit code
 0. SIGHUP reloads the TLS certificate, key and CA files (as does a change of them): new
-connections get the new ones, open ones keep theirs, nothing stops.
+connections get the new ones, open ones keep theirs, nothing stops. An address it cannot
+listen on (taken by another process, not this machine's) stops it before it writes
+anything: exit code 2.
 
 --processes N (N > 1) runs N HQ worker processes on the one database and address, the
 kernel spreading new connections over them; this process supervises them: it passes
@@ -215,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
             health_listen=args.health_listen,
             log_format=args.log_format,
             processes=args.processes,
+            check_addresses=True,
         )
         return serve(config)
     except ConfigError as error:  # also a certificate file HQ found wrong as it started

@@ -288,9 +288,12 @@ def load_config(
     health_listen: str | None = None,
     log_format: str | None = None,
     processes: int | None = None,
+    check_addresses: bool = False,
 ) -> HQConfig:
     """Build the configuration: each argument is a flag (None when not given), falling back
-    to the environment, then to the default. Creates the admin token file if needed."""
+    to the environment, then to the default. Creates the admin token file if needed. With
+    `check_addresses` (`storedvalue serve`), first makes sure HQ can listen on the addresses
+    (storedvalue.hq.addresses): a taken one stops HQ before it writes anything."""
     env = os.environ if environ is None else environ
     defaults = HQConfig()
     config_listen = listen or env.get(ENV_LISTEN) or DEFAULT_LISTEN
@@ -358,6 +361,10 @@ def load_config(
     if processes > 1 and _is_memory_database(url):
         raise ConfigError("several HQ processes need a database they can share: a SQLite "
                           "file or PostgreSQL, not a SQLite memory database")
+    if check_addresses:
+        from storedvalue.hq.addresses import check_addresses as check
+
+        check(config_listen, health_listen)
     token = env.get(ENV_ADMIN_TOKEN, "").strip()
     token_file: Path | None = None
     if not token:

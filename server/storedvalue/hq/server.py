@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from storedvalue.hq.addresses import bind_failure
 from storedvalue.hq.certificate_rotation import ServingCertificates
 from storedvalue.hq.config import ADMIN_NAME, HQConfig
 from storedvalue.hq.domain.terminals import hash_token
@@ -180,7 +181,7 @@ class HQApplication:
         add_foreign_servicer(methods, self._health, HEALTH_SERVICE_DESCRIPTOR)
         self._server.add_generic_rpc_handlers((methods,))
         add_reflection(self._server, (TERMINAL_SERVICE, BACK_OFFICE_SERVICE, health.SERVICE_NAME))
-        self.port = _bind(self._server, config.listen, self.certificates)
+        self.port = 0  # bound by `open`
         # Probes that cannot present a client certificate: the health service alone (and
         # reflection of it, for grpcurl), in plaintext on a loopback port; the same servicer,
         # so it says what the main port says.
@@ -191,7 +192,7 @@ class HQApplication:
                 options=[("grpc.so_reuseport", reuse_port(config))])
             add_foreign_servicer(self._health_server, self._health, HEALTH_SERVICE_DESCRIPTOR)
             add_reflection(self._health_server, (health.SERVICE_NAME,))
-            self.health_port = _bind(self._health_server, config.health_listen, None)
+        self._bound: list[grpc.aio.Server] = []
         self._followers: list[asyncio.Task[None]] = []
         self._listener: ParameterChangeListener | NotificationTableFollower | None = None
         self._stopped: asyncio.Future[None] | None = None
@@ -219,11 +220,35 @@ class HQApplication:
                 store.close()
             raise
         try:
+            await app._bind_ports()
             await app.parameters.ensure_initialized()
         except BaseException:
+            await app._let_go_of_ports()
             await app._release()
             raise
         return app
+
+    async def _bind_ports(self) -> None:
+        """The configured addresses bound (listened on from `start`); one gRPC cannot bind
+        is a ConfigError saying why."""
+        self.port = _bind(self._server, self.config.listen, self.certificates, "")
+        self._bound.append(self._server)
+        if self._health_server is not None and self.config.health_listen is not None:
+            self.health_port = _bind(self._health_server, self.config.health_listen, None,
+                                     " (--health-listen)")
+            self._bound.append(self._health_server)
+
+    async def _let_go_of_ports(self) -> None:
+        """HQ failed to open: the ports already bound go too. gRPC keeps a server's ports
+        until the process ends unless it was started, so each is started and stopped at
+        once, health NOT_SERVING (a probe connecting in that instant is not misled)."""
+        bound, self._bound = self._bound, []
+        if not bound:
+            return
+        await self._health.enter_graceful_shutdown()
+        for server in bound:
+            await server.start()
+            await server.stop(None)
 
     async def start(self) -> None:
         for name in ("", TERMINAL_SERVICE, BACK_OFFICE_SERVICE):
@@ -331,14 +356,20 @@ class HQApplication:
             self._storage.close()
 
 
-def _bind(server: grpc.aio.Server, listen: str, certificates: ServingCertificates | None
-          ) -> int:
-    if certificates is not None:
-        port = server.add_secure_port(listen, certificates.credentials())
-    else:
-        port = server.add_insecure_port(listen)
+def _bind(server: grpc.aio.Server, listen: str, certificates: ServingCertificates | None,
+          what: str) -> int:
+    """The port bound at `listen`. gRPC says only that it failed (`storedvalue serve`
+    checked the address before, but another process may have taken it since, and an
+    embedded HQ is not checked): the kernel is asked why (`what`: which address it is)."""
+    try:
+        if certificates is not None:
+            port = server.add_secure_port(listen, certificates.credentials())
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError as error:
+        raise bind_failure(listen, what, str(error)) from None
     if port == 0:
-        raise OSError(f"could not listen on {listen}")
+        raise bind_failure(listen, what, "gRPC bound no port")
     return port
 
 

@@ -7,20 +7,20 @@ connection stays with the worker that accepted it). Everything a process counts 
 (the watchers, the unknown-card limit per till, the streams) is then per worker, as it is
 per replica on PostgreSQL.
 
-The process the user started is the supervisor. It does what must happen once: the TLS
-files are checked (a wrong one stops HQ before anything else, as with one process), the
-address is checked, the schema is migrated (the admin token file was made as the
-configuration was read); then it starts the workers and announces them once they all
-serve. Workers are started with multiprocessing's spawn (a fresh interpreter: gRPC is not
-fork-safe), not fork.
+The process the user started is the supervisor. It does what must happen once: the
+addresses were checked as the configuration was read (as for one process), just before the
+admin token file was made; the TLS files are checked (a wrong one stops HQ before it
+touches the database, as with one process), the addresses held, the schema migrated; then
+it starts the workers and announces them once they all serve. Workers are started with
+multiprocessing's spawn (a fresh interpreter: gRPC is not fork-safe), not fork.
 
 Sharing a port must not become sharing it with a stranger: SO_REUSEPORT lets any process
 of the same user bind the port too. So before any worker starts, the supervisor binds the
 address itself WITHOUT SO_REUSEPORT, which fails while anyone listens there (another HQ, of
 one process or many), and then holds it with a bound, not listening, SO_REUSEPORT socket
-until the workers listen: a second `serve` checking meanwhile finds it taken. Port 0: the
-first worker binds whatever port the system gives it and tells the supervisor, and the
-others then bind that one.
+until the workers listen (storedvalue.hq.addresses): a second `serve` checking meanwhile
+finds it taken. Port 0: the first worker binds whatever port the system gives it and tells
+the supervisor, and the others then bind that one.
 
 Signals: SIGTERM or SIGINT is passed on to every worker as SIGTERM (each drains as one HQ
 does) and the supervisor exits 0 once all of them exited 0; SIGHUP is passed on (every
@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
-import errno
 import logging
 import multiprocessing
 import os
@@ -54,6 +53,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TextIO
 
+from storedvalue.hq.addresses import hold_addresses
 from storedvalue.hq.config import ConfigError, HQConfig, split_listen_address
 from storedvalue.hq.event_loops import loop_factory
 from storedvalue.hq.process import (
@@ -69,10 +69,6 @@ from storedvalue.hq.structured_logging import configure_logging
 from storedvalue.hq.tls import load_certificates
 
 log = logging.getLogger(__name__)
-
-ADDRESS_WAIT_SECONDS = 3.0
-"""How long the supervisor waits for a taken address to come free before it gives up: the
-workers of an HQ killed a moment ago (and restarted on its port) may still be exiting."""
 
 STOP_MARGIN_SECONDS = 30.0
 """Past the grace period, how long workers asked to stop get before they are killed."""
@@ -106,7 +102,7 @@ def supervise(config: HQConfig, printed: TextIO) -> int:
     HQ cannot serve with (a bad certificate file, a taken address) raises ConfigError."""
     if config.uses_tls:  # the files first, as one HQ process reads them
         load_certificates(config)
-    held = hold_addresses(config)
+    held = hold_addresses(config.listen, config.health_listen)
     try:
         upgrade_to_head(config.database_url)
         supervisor = _Supervisor(config, printed, held)
@@ -121,76 +117,6 @@ def supervise(config: HQConfig, printed: TextIO) -> int:
 
 
 # -- the address -------------------------------------------------------------------------------
-
-
-def hold_addresses(config: HQConfig) -> list[socket.socket]:
-    """Check that nobody listens on the configured addresses (the main one, the health
-    one), and hold them for the workers: bound sockets with SO_REUSEPORT, not listening.
-    Port 0 needs neither: the first worker gets a port nobody uses."""
-    held: list[socket.socket] = []
-    try:
-        for listen in (config.listen, config.health_listen):
-            if listen is None:
-                continue
-            host, port = split_listen_address(listen)
-            if port != 0:
-                held += _hold(listen, host, port)
-    except BaseException:
-        for sock in held:
-            sock.close()
-        raise
-    return held
-
-
-def _hold(listen: str, host: str, port: int) -> list[socket.socket]:
-    deadline = time.monotonic() + ADDRESS_WAIT_SECONDS
-    while True:
-        try:
-            return _check_and_hold(host, port)
-        except OSError as error:
-            if error.errno != errno.EADDRINUSE:
-                raise ConfigError(f"cannot listen on {listen}: {error.strerror}") from None
-            if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"{listen} is already in use by another process (another HQ?): stop it "
-                    "or give another address") from None
-        # A kernel resource to poll, no event to wait on: the sockets of processes still
-        # exiting close when they are gone.
-        time.sleep(0.1)
-
-
-def _check_and_hold(host: str, port: int) -> list[socket.socket]:
-    """Each of the host's addresses (localhost: IPv4 and IPv6, as gRPC binds them) bound
-    first without SO_REUSEPORT (EADDRINUSE while anyone listens there), then held with it.
-    An address this machine does not have (no IPv6) is left to gRPC, as it is today."""
-    addresses = {
-        (family, sockaddr[:2])
-        for family, _type, _proto, _name, sockaddr in socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        if family in (socket.AF_INET, socket.AF_INET6)
-    }
-    held: list[socket.socket] = []
-    try:
-        for family, sockaddr in sorted(addresses, key=str):
-            with socket.socket(family, socket.SOCK_STREAM) as check:
-                # SO_REUSEADDR as gRPC sets it: connections of an earlier HQ in TIME_WAIT do
-                # not count, a listening socket does.
-                check.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    check.bind(sockaddr)
-                except OSError as error:
-                    if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                        continue
-                    raise
-            hold = socket.socket(family, socket.SOCK_STREAM)
-            held.append(hold)
-            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            hold.bind(sockaddr)
-    except BaseException:
-        for sock in held:
-            sock.close()
-        raise
-    return held
 
 
 def _with_port(listen: str, port: int) -> str:
