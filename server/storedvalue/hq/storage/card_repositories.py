@@ -18,6 +18,7 @@ from storedvalue.hq.domain.offline_common import (
     CardBalance,
     CommonDebit,
     SaleLock,
+    new_tuple,
 )
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.services.unit_of_work import SeenCards
@@ -228,9 +229,9 @@ class SqlCardRepository:
         for chunk in in_chunks(card_numbers):
             for number, kind, currency, balance, lock_terminal_id, lock_transaction_id in (
                     self._tx.fetch_tuples(_BALANCES_FOR_UPDATE, {"numbers": chunk})):
-                found[number] = CardBalance(
+                found[number] = new_tuple(CardBalance, (
                     number, kinds.get(kind) or CardKind(kind), currency, balance,
-                    lock_terminal_id, lock_transaction_id)
+                    lock_terminal_id, lock_transaction_id))
         return found
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
@@ -290,7 +291,7 @@ class SqlLockHistoryRepository:
         found: list[SaleLock] = []
         for chunk in in_chunks(transaction_ids):
             params = {"terminal_id": terminal_id, "transaction_ids": chunk}
-            found.extend(SaleLock(sale, card_number, token, bool(released))
+            found.extend(new_tuple(SaleLock, (sale, card_number, token, bool(released)))
                          for sale, card_number, token, released
                          in self._tx.fetch_tuples(_SALE_LOCKS, params))
         return found
