@@ -391,10 +391,8 @@ def load_config(
             keepalive_timeout_seconds, defaults.keepalive_timeout_seconds
         ),
         min_client_ping_seconds=_given(min_client_ping_seconds, defaults.min_client_ping_seconds),
-        notifications_poll_seconds=(
-            defaults.notifications_poll_seconds if notifications_poll_seconds is None
-            else notifications_poll_seconds
-        ),
+        notifications_poll_seconds=_given(notifications_poll_seconds,
+                                          defaults.notifications_poll_seconds),
         sync_limits=sync_limits or defaults.sync_limits,
         unknown_card_limit=(
             defaults.unknown_card_limit if unknown_card_limit is None else unknown_card_limit
