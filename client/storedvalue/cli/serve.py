@@ -176,6 +176,12 @@ def hq_missing(command: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # First, while nothing has imported sqlite3 (HQ's modules below do): SQLite takes this
+    # process-wide setting only before it is initialized. Workers of --processes do the same
+    # (storedvalue.hq.worker_entry).
+    from storedvalue.hq.sqlite_memory import disable_memory_statistics
+
+    disable_memory_statistics()
     if (missing := hq_missing("serve")) is not None:
         print(missing, file=sys.stderr)
         return 2

@@ -67,6 +67,7 @@ from storedvalue.hq.server import HQApplication
 from storedvalue.hq.storage import upgrade_to_head
 from storedvalue.hq.structured_logging import configure_logging
 from storedvalue.hq.tls import load_certificates
+from storedvalue.hq.worker_entry import worker_main
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class _Supervisor:
         for index in indexes:
             reports, sent = self._spawn.Pipe(duplex=False)
             process = self._spawn.Process(
-                target=_worker_main, args=(index, config, sent, os.getpid()),
+                target=worker_main, args=(index, config, sent, os.getpid()),
                 name=f"storedvalue-hq-worker-{index}",
             )
             process.start()
@@ -357,9 +358,9 @@ def _clean_exit(worker: _Worker) -> bool:
 # -- a worker ----------------------------------------------------------------------------------
 
 
-def _worker_main(index: int, config: HQConfig, reports: Connection, supervisor: int) -> None:
+def run_worker(index: int, config: HQConfig, reports: Connection, supervisor: int) -> None:
     """A worker process: one HQ, as `storedvalue serve` runs it, that tells the supervisor
-    when it serves (or why it could not)."""
+    when it serves (or why it could not). Started through storedvalue.hq.worker_entry."""
     _die_with(supervisor)
     configure_logging(log_format=config.log_format, fields={"worker": index, "pid": os.getpid()})
     tune_garbage_collector()
