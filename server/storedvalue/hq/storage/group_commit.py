@@ -25,8 +25,10 @@ Several HQ processes may share one SQLite file. Their writers queue on an exclus
 of a lock file beside the database (writer_lock), taken right before BEGIN IMMEDIATE and
 released as soon as the transaction ends (COMMIT, ROLLBACK, or SQLite ending it by itself):
 on the loop it is only tried, and when another process holds it the writer thread waits for
-it in the kernel, wakes the moment it is released and begins, instead of SQLite's busy
-handler sleeping in steps of up to 100 ms.
+it (queued in the kernel), wakes the moment it is released and begins, instead of SQLite's
+busy handler sleeping in steps of up to 100 ms. It waits no longer than SQLite's busy
+timeout: a process that hangs holding the lock (stopped, in a debugger, on a wedged disk)
+makes the others' writes fail with HQBusy after it, as SQLite's own lock would.
 
 Readers (GetCard, GetParameters, the back-office lists) run on reader threads with their
 own connections (WAL: readers never wait for the writer), a batch at a time.
@@ -253,11 +255,14 @@ class GroupCommitTransactions:
 
     def _begin(self, tx: Transaction, *, wait: bool) -> None:
         """BEGIN IMMEDIATE, behind the processes' writer lock. Without `wait` (on the loop)
-        neither waits: ConcurrentUpdate when another process holds either lock."""
+        neither waits: ConcurrentUpdate when another process holds either lock. With it,
+        each waits up to the busy timeout: ConcurrentUpdate when still held after it."""
         lock = self._writer_lock
         if lock is not None:
             if wait:
-                lock.acquire()
+                if not lock.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000):
+                    raise ConcurrentUpdate("another HQ process kept the writer lock past the "
+                                           "busy timeout")
             elif not lock.try_acquire():
                 raise ConcurrentUpdate("another HQ process is writing")
         try:
