@@ -12,8 +12,14 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,11 +32,12 @@ from storedvalue.hq.services.unit_of_work import Repositories
 from storedvalue.hq.storage import SqlStorage, group_commit, upgrade_to_head
 from storedvalue.hq.storage.group_commit import GroupCommitTransactions
 from storedvalue.hq.storage.transaction import Transaction
-from storedvalue.hq.storage.writer_lock import lock_is_free, writer_lock_path
+from storedvalue.hq.storage.writer_lock import WriterLock, lock_is_free, writer_lock_path
 
 CARDS = 4
 INITIAL = 5_000
 DEBITS_PER_EXECUTOR = 300
+DEADLINE = 30.0
 
 
 @pytest.fixture
@@ -275,3 +282,157 @@ def test_a_write_locked_out_past_the_busy_timeout_fails_busy_and_frees_the_write
     assert isinstance(failure, HQBusy)
     assert free
     assert after == INITIAL - 1
+
+
+# Takes the writer lock, says so, and stops itself holding it, as a process stopped by a
+# debugger or stuck on a frozen disk does; once continued (SIGCONT) it exits, which lets go.
+STOPPED_HOLDER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+@contextmanager
+def stopped_holder(lock: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the writer lock, stopped; it is gone when this ends."""
+    holder = subprocess.Popen([sys.executable, "-c", STOPPED_HOLDER, str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.send_signal(signal.SIGCONT)
+        try:
+            holder.wait(timeout=DEADLINE)
+        finally:
+            holder.kill()
+            holder.wait()
+            if holder.stdout is not None:
+                holder.stdout.close()
+
+
+def go_on(holder: subprocess.Popen[str]) -> None:
+    """Continue a stopped holder and wait until it is gone, its lock with it."""
+    holder.send_signal(signal.SIGCONT)
+    assert holder.wait(timeout=DEADLINE) == 0
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["on the loop", "alone on the thread"])
+def test_writes_fail_busy_after_the_busy_timeout_while_a_stopped_process_holds_the_writer_lock(
+    database: Path, monkeypatch: pytest.MonkeyPatch, large: bool,
+) -> None:
+    # Shortened from 30 s; the wait for the writer lock ends with SQLite's busy timeout.
+    monkeypatch.setattr(group_commit, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    storage = SqlStorage.from_url(f"sqlite:///{database}")
+    transactions = GroupCommitTransactions(storage)
+    number = card_number(1)
+
+    async def one() -> BaseException | int:
+        try:
+            return await transactions.write(debits(number), large=large)
+        except Exception as error:
+            return error
+
+    async def scenario() -> tuple[list[BaseException | int], float, BaseException | int, int]:
+        with stopped_holder(writer_lock_path(database)) as holder:
+            started = time.monotonic()
+            # Several callers waiting together (one group on the loop, one after another
+            # on the thread).
+            first = list(await asyncio.gather(*(one() for _ in range(3))))
+            waited = time.monotonic() - started
+            # The next one waits behind the same stopped holder, and fails the same way.
+            again = await one()
+            go_on(holder)
+            # The holder is gone: the next write takes the lock and goes on.
+            after = await asyncio.wait_for(
+                transactions.write(debits(number), large=large), timeout=DEADLINE)
+        return first, waited, again, after
+
+    try:
+        first, waited, again, after = asyncio.run(scenario())
+    finally:
+        transactions.close()
+        storage.close()
+
+    assert [type(outcome) for outcome in first] == [HQBusy] * 3
+    assert waited >= 0.3  # the busy timeout, not a failure at once
+    assert isinstance(again, HQBusy)
+    assert after == INITIAL - 1  # nothing of the failed writes was applied
+    assert balances(database) == [INITIAL - 1] + [INITIAL] * (CARDS - 1)
+    assert lock_is_free(writer_lock_path(database))
+
+
+def waiting_in_the_kernel(lock: Path) -> bool:
+    """Whether some descriptor is queued for the `flock` of `lock` (/proc/locks shows each
+    blocked request as "->" after its number)."""
+    inode = f":{lock.stat().st_ino} "
+    return any("->" in line and inode in line
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_a_writer_waiting_for_the_lock_takes_it_the_moment_the_holder_lets_go(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hq.sqlite3-writer.lock"
+    lock = WriterLock(path)
+    other = os.open(path, os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    taken: list[tuple[bool, float]] = []
+    waiter = threading.Thread(
+        target=lambda: taken.append((lock.acquire(timeout=60), time.monotonic())))
+    try:
+        waiter.start()
+        wait_until(lambda: waiting_in_the_kernel(path), "the writer to queue for the lock")
+        released = time.monotonic()
+        fcntl.flock(other, fcntl.LOCK_UN)
+        waiter.join(timeout=DEADLINE)
+        other_got_it = lock_is_free(path)
+    finally:
+        lock.close()
+        os.close(other)
+
+    [(got, at)] = taken
+    assert got
+    assert at - released < 5  # woken by the release, not by its deadline (60 s)
+    assert not other_got_it
+
+
+def test_closing_a_lock_stuck_behind_a_stopped_holder_returns_at_once_and_leaves_nothing_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hq.sqlite3-writer.lock"
+    path.touch()
+
+    def lock_files_open() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir()
+                   if os.path.realpath(fds / fd.name) == str(path.resolve()))
+
+    with stopped_holder(path) as holder:
+        lock = WriterLock(path)
+        gave_up = not lock.acquire(timeout=0.05)
+        started = time.monotonic()
+        lock.close()  # its waiter is still queued behind the holder
+        closing = time.monotonic() - started
+        go_on(holder)
+
+    def waiter_gone() -> bool:
+        names = {thread.name for thread in threading.enumerate()}
+        return lock_files_open() == 0 and "hq-sqlite-writer-lock" not in names
+
+    wait_until(waiter_gone, "the waiter to close the descriptor and end")
+
+    assert gave_up
+    assert closing < 5
+    assert lock_is_free(path)
