@@ -117,13 +117,13 @@ class HQApplication:
     in-flight calls drain for `grace` seconds, then stops the executor and closes the
     storage (if it opened it)."""
 
-    def __init__(self, config: HQConfig, storage: Storage, *, owns_storage: bool,
-                 certificates: ServerCertificates | None = None,
+    def __init__(self, config: HQConfig, storage: Storage, transactions: Transactions, *,
+                 owns_storage: bool, certificates: ServerCertificates | None = None,
                  interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = ()) -> None:
         self.config = config
         self._storage = storage
         self._owns_storage = owns_storage
-        self._transactions = open_transactions(storage, config)
+        self._transactions = transactions
         self.feed = ParametersFeed(max_watchers=config.max_watchers)
         self.parameters = ParametersService(self._transactions, feed=self.feed)
         admins = {hash_token(config.admin_token): ADMIN_NAME} if config.admin_token else {}
@@ -212,12 +212,20 @@ class HQApplication:
         certificates = load_certificates(config) if config.uses_tls else None
         owns_storage = storage is None
         store = open_storage(config) if storage is None else storage
+        transactions: Transactions | None = None
         try:
-            app = cls(config, store, owns_storage=owns_storage, certificates=certificates,
-                      interceptors=interceptors)
+            # Opened here, not by the constructor, so that whatever fails after it (a bad
+            # interceptor, say) stops its threads too.
+            transactions = open_transactions(store, config)
+            app = cls(config, store, transactions, owns_storage=owns_storage,
+                      certificates=certificates, interceptors=interceptors)
         except BaseException:
-            if owns_storage:
-                store.close()
+            try:
+                if transactions is not None:
+                    transactions.close()
+            finally:
+                if owns_storage:
+                    store.close()
             raise
         try:
             await app._bind_ports()
