@@ -54,6 +54,11 @@ ANSWER_DROPPED = "answer dropped"
 NO_REVERSAL_RESULTS = "no reversal results"
 """HQ handles a SyncOfflineBatch and answers without its reversal results, as an HQ that
 predates reversals does."""
+LARGE_ANSWER = "large answer"
+"""HQ handles a SyncOfflineBatch and answers it with 5 MiB more, in a field the till does
+not know: past gRPC's default receive limit of 4 MiB, as the answer of a batch near HQ's
+max_message_bytes is when its lines carry exceptions (an id for each, about three times the
+size of the request)."""
 
 
 def refuse(reason: str) -> str:
@@ -71,6 +76,17 @@ _REFUSALS: dict[str, Callable[[], StoredValueError]] = {
     "HQ_BUSY": HQBusy,
 }
 
+
+def _varint(value: int) -> bytes:
+    encoded = bytearray()
+    while value > 0x7F:
+        encoded.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(encoded) + bytes([value])
+
+
+# Field 1000, length-delimited, 5 MiB of zeros: parsers keep it as an unknown field.
+_UNKNOWN_FIELD_OF_5_MIB = _varint(1000 << 3 | 2) + _varint(5 << 20) + bytes(5 << 20)
 
 BYPASS = ("x-test-bypasses-link", "1")
 """Metadata of calls that do not cross the link (the desk's): another wire into HQ."""
@@ -149,7 +165,8 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 script = self._scripts[method]
                 fault = script.pop(0) if script else NORMAL
             recording = _Recording(context, lambda request: self._record(method, request))
-            if fault != NORMAL and fault not in (ANSWER_LOST, ANSWER_DROPPED, NO_REVERSAL_RESULTS):
+            if fault != NORMAL and fault not in (ANSWER_LOST, ANSWER_DROPPED, NO_REVERSAL_RESULTS,
+                                                 LARGE_ANSWER):
                 await recording.read()  # the request crossed before the fault
             if fault == LOST_BEFORE:
                 self.up = False
@@ -171,6 +188,8 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 for result in answer.results:
                     del result.reversal_results[:]
                 response = answer.SerializeToString()
+            if fault == LARGE_ANSWER:
+                response += _UNKNOWN_FIELD_OF_5_MIB
             if fault == ANSWER_LOST:
                 self.up = False
             if fault in (ANSWER_LOST, ANSWER_DROPPED):

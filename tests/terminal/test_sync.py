@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from in_process_hq import ANSWER_DROPPED, fail
+from in_process_hq import ANSWER_DROPPED, LARGE_ANSWER, fail
 
 from storedvalue.hq.services.offline import SyncLimits
 from storedvalue.terminal import (
@@ -187,6 +187,22 @@ def test_batches_are_cut_to_fit_hq_largest_request(
     assert len(refused.transactions) == 7, "sent whole before the till knew the new limit"
     assert sum(len(request.transactions) for request in resent) == 7
     assert len(resent) > 1 and all(request.ByteSize() <= 450 for request in resent)
+
+
+def test_an_answer_past_grpc_default_receive_limit_is_read_the_first_time(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    """The till fills a batch up to HQ's max_message_bytes (8 MiB), and HQ's answer can be
+    larger than the request: past gRPC's default 4 MiB receive limit, a batch HQ applied
+    would be RESOURCE_EXHAUSTED, resent, and answered as large again, for ever."""
+    terminal = make_terminal(config=MANUAL_SYNC)
+    sell_offline(hq, terminal, 2)
+    hq.link.script("SyncOfflineBatch", LARGE_ANSWER)
+
+    summary = terminal.sync_now()
+
+    assert (summary.error, summary.remaining, hq.synced_through()) == (None, 0, 2)
+    assert hq.link.calls("SyncOfflineBatch") == 1, "read at once, not resent"
 
 
 def test_background_agent_syncs_on_reconnection_without_being_asked(

@@ -104,6 +104,11 @@ class HQChannel:
             # Let the channel redial about as often as the probe asks, not gRPC's 2 minutes.
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", max(reconnect_ms, 100)),
+            # No cap on what HQ answers: the sync agent fills a batch up to HQ's
+            # max_message_bytes (8 MiB by default), and the answer can be several times the
+            # request (an exception id for each line). Under gRPC's default 4 MiB a batch HQ
+            # applied would fail as RESOURCE_EXHAUSTED, and every resend too.
+            ("grpc.max_receive_message_length", -1),
         ]
         if tls is None:
             channel = grpc.insecure_channel(self._address, options=options)
