@@ -205,6 +205,23 @@ def test_an_answer_past_grpc_default_receive_limit_is_read_the_first_time(
     assert hq.link.calls("SyncOfflineBatch") == 1, "read at once, not resent"
 
 
+def test_hq_sends_an_answer_larger_than_the_requests_it_takes(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    """HQ takes requests up to about twice max_message_bytes (so that a larger one gets
+    LIMIT_EXCEEDED), and answers after its commit: an answer past that, refused by HQ's
+    own transport, would turn an applied batch into an error on every resend."""
+    hq.restart(sync_limits=SyncLimits(max_message_bytes=64 * 1024))  # takes up to 1.1 MiB
+    terminal = make_terminal(config=MANUAL_SYNC)
+    sell_offline(hq, terminal, 2)
+    hq.link.script("SyncOfflineBatch", LARGE_ANSWER)
+
+    summary = terminal.sync_now()
+
+    assert (summary.error, summary.remaining, hq.synced_through()) == (None, 0, 2)
+    assert hq.link.calls("SyncOfflineBatch") == 1, "answered at once, not resent"
+
+
 def test_background_agent_syncs_on_reconnection_without_being_asked(
     hq: StoreHQ, make_terminal: TerminalFactory
 ) -> None:

@@ -90,7 +90,11 @@ def grpc_options(config: HQConfig) -> list[tuple[str, Any]]:
     """The transport limits of a public endpoint."""
     return [
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
-        ("grpc.max_send_message_length", config.max_receive_message_bytes),
+        # No cap on answers: HQ answers after its commit, so an answer its own transport
+        # refused would turn an applied change into an error, and so would every retry.
+        # A sync batch's answer can be several times the request (an exception id for
+        # each line), so past max_receive_message_bytes.
+        ("grpc.max_send_message_length", -1),
         # A second HQ on the same port must fail to start, not share it silently. The worker
         # processes of one `serve --processes N` do share it (the supervisor checked first
         # that nobody else listens there: storedvalue.hq.workers).
