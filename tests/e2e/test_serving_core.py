@@ -142,6 +142,45 @@ def test_authenticated_callers_that_stall_cost_no_service_and_end_at_the_call_de
     assert config.call_deadline_seconds <= took < config.call_deadline_seconds + 20
 
 
+def test_calls_past_the_streams_of_a_connection_wait_for_a_free_one_and_are_answered(
+    config: HQConfig,
+) -> None:
+    """A load generator with more calls in flight on one connection than HQ's
+    max_streams_per_connection: the client holds the extra calls until a stream is free
+    (HTTP/2 MAX_CONCURRENT_STREAMS) and every one is answered; none is refused with a bare
+    UNAVAILABLE (REFUSED_STREAM, no ErrorInfo) because HQ had not yet let go of a finished
+    stream the client already counted as closed."""
+    streams = 4
+    server, port = create_server(replace(config, max_streams_per_connection=streams))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            till = BackOffice(channel).register_till("till-1")
+            card = till.issue_gift_card(1_000).card_number
+
+        async def burst() -> list[Any]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub: Any = ts_grpc.TerminalServiceStub(channel)
+                request = ts.GetCardRequest(card_number=card)
+                # One call first: the client has read HQ's settings (the stream limit).
+                await stub.GetCard(request, metadata=till.metadata, timeout=10)
+
+                async def get_card() -> Any:
+                    try:
+                        return await stub.GetCard(request, metadata=till.metadata, timeout=30)
+                    except grpc.RpcError as error:
+                        return failure_of(error)
+
+                return await asyncio.gather(*(get_card() for _ in range(30 * streams)))
+
+        answers = asyncio.run(burst())
+    finally:
+        assert server.stop(0).wait(timeout=10)
+
+    refused = [answer for answer in answers if not isinstance(answer, ts.GetCardResponse)]
+    assert refused == []
+
+
 def test_a_watcher_over_the_cap_is_refused_with_too_many_watchers_until_one_leaves(
     config: HQConfig,
 ) -> None:
