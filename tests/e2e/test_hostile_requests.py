@@ -9,6 +9,9 @@ for a longer run:
 
     STOREDVALUE_FUZZ_EXAMPLES=2000 STOREDVALUE_FUZZ_SEED=$RANDOM \\
         .venv/bin/pytest tests/e2e/test_hostile_requests.py
+
+STOREDVALUE_FUZZ_PROCESSES=2 fuzzes `storedvalue serve --processes 2` instead (a supervisor
+and two workers on the one port and database).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from .hostile_requests import KnownValues, messages, undecodable_bytes
 
 EXAMPLES = int(os.environ.get("STOREDVALUE_FUZZ_EXAMPLES", "40"))
 SEED = int(os.environ.get("STOREDVALUE_FUZZ_SEED", "20261202"))
+PROCESSES = int(os.environ.get("STOREDVALUE_FUZZ_PROCESSES", "1"))
 CALL_TIMEOUT = 30.0
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -185,7 +189,8 @@ def fuzzed_hq(database: tuple[str, Callable[[], ContextManager[DatabaseProbe]]],
     process = start_serve(
         # A high unknown-card limit: guesses would otherwise end in RATE_LIMITED early and
         # keep the fuzzer away from the rules behind the lookup.
-        ["--listen", address, "--database-url", url, "--unknown-card-limit", "100000"],
+        ["--listen", address, "--database-url", url, "--unknown-card-limit", "100000",
+         "--processes", str(PROCESSES)],
         {"XDG_DATA_HOME": str(home / "data"), "STOREDVALUE_ADMIN_TOKEN": ADMIN_TOKEN},
         home / "logs",
     )
