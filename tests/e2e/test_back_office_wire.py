@@ -19,7 +19,7 @@ from storedvalue.v1 import back_office_service_pb2 as bo
 from storedvalue.v1 import terminal_service_pb2 as ts
 
 from .conftest import RunningHQ
-from .harness import ADMIN_TOKEN, BackOffice, Till, expect_failure, new_id
+from .harness import ADMIN_TOKEN, BackOffice, Till, eur, expect_failure, new_id
 
 
 def test_a_forced_unlock_frees_the_card_and_journals_the_reason(hq: RunningHQ) -> None:
@@ -57,6 +57,29 @@ def test_list_locks_pages_through_every_live_lock(hq: RunningHQ) -> None:
             break
 
     assert seen == numbers
+
+
+def test_a_journal_page_token_is_good_only_for_its_own_card(hq: RunningHQ) -> None:
+    till = hq.till("till-1")
+    first_card, other_card = (till.issue_gift_card(100).card_number for _ in range(2))
+    for i in range(3):
+        lock = till.lock(first_card, f"sale-{i}").lock
+        till.call("Redeem", ts.RedeemRequest(
+            request_id=new_id(), card_number=first_card, transaction_id=f"sale-{i}",
+            line_id="line-1", fencing_token=lock.fencing_token, amount=eur(1)))
+    first = hq.back_office.call("ListJournalEntries", bo.ListJournalEntriesRequest(
+        card_number=first_card, page_size=2))
+    assert first.next_page_token
+
+    failure = expect_failure(lambda: hq.back_office.call(
+        "ListJournalEntries", bo.ListJournalEntriesRequest(
+            card_number=other_card, page_size=2, page_token=first.next_page_token)))
+
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.reason == "INVALID_FIELD"
+    rest = hq.back_office.call("ListJournalEntries", bo.ListJournalEntriesRequest(
+        card_number=first_card, page_size=10, page_token=first.next_page_token))
+    assert len(first.entries) + len(rest.entries) == 4  # the issue and three redemptions
 
 
 def test_a_rotated_credential_replaces_the_old_one_at_once(hq: RunningHQ) -> None:

@@ -33,6 +33,7 @@ from storedvalue.hq.grpc_api.paging import (
     decode_token,
     next_page_token,
     page_size,
+    scoped,
 )
 from storedvalue.hq.services.auth import Authenticator, Caller
 from storedvalue.hq.services.back_office import BackOfficeService, IssuedCredential
@@ -91,14 +92,15 @@ class BackOfficeServicer:
     async def ListParameterChanges(
         self, caller: Caller, request: pb.ListParameterChangesRequest, context: Context
     ) -> pb.ListParameterChangesResponse:
+        changes = scoped("changes", request.store_id)
         page = await self._parameters.list_changes(
             store_id=request.store_id or None,
-            before_version=decode_int_token("changes", request.page_token),
+            before_version=decode_int_token(changes, request.page_token),
             limit=page_size(request.page_size),
         )
         return pb.ListParameterChangesResponse(
             changes=[change_record_to_proto(change) for change in page.items],
-            next_page_token=next_page_token("changes", page),
+            next_page_token=next_page_token(changes, page),
         )
 
     async def ListParameterVersions(
@@ -118,15 +120,16 @@ class BackOfficeServicer:
     async def ListLocks(
         self, caller: Caller, request: pb.ListLocksRequest, context: Context
     ) -> pb.ListLocksResponse:
+        locks = scoped("locks", request.terminal_id, request.include_expired)
         page = await self._back_office.list_locks(
             terminal_id=request.terminal_id or None,
             include_expired=request.include_expired,
-            after_card_number=decode_token("locks", request.page_token, is_valid_card_number),
+            after_card_number=decode_token(locks, request.page_token, is_valid_card_number),
             limit=page_size(request.page_size),
         )
         return pb.ListLocksResponse(
             locks=[lock_to_proto(lock) for lock in page.items],
-            next_page_token=next_page_token("locks", page),
+            next_page_token=next_page_token(locks, page),
         )
 
     async def ForceUnlockCard(
@@ -149,16 +152,18 @@ class BackOfficeServicer:
     async def ListOfflineExceptions(
         self, caller: Caller, request: pb.ListOfflineExceptionsRequest, context: Context
     ) -> pb.ListOfflineExceptionsResponse:
+        exceptions = scoped("exceptions", request.include_resolved, request.terminal_id,
+                            request.card_number)
         page = await self._back_office.list_exceptions(
             include_resolved=request.include_resolved,
             terminal_id=request.terminal_id or None,
             card_number=request.card_number or None,
-            after_position=decode_int_token("exceptions", request.page_token),
+            after_position=decode_int_token(exceptions, request.page_token),
             limit=page_size(request.page_size),
         )
         return pb.ListOfflineExceptionsResponse(
             exceptions=[offline_exception_to_proto(exc) for exc in page.items],
-            next_page_token=next_page_token("exceptions", page),
+            next_page_token=next_page_token(exceptions, page),
         )
 
     async def ResolveOfflineException(
@@ -180,14 +185,15 @@ class BackOfficeServicer:
     async def ListJournalEntries(
         self, caller: Caller, request: pb.ListJournalEntriesRequest, context: Context
     ) -> pb.ListJournalEntriesResponse:
+        journal = scoped("journal", request.card_number)
         page = await self._back_office.list_journal(
             card_number=request.card_number,
-            after_entry_id=decode_int_token("journal", request.page_token),
+            after_entry_id=decode_int_token(journal, request.page_token),
             limit=page_size(request.page_size),
         )
         return pb.ListJournalEntriesResponse(
             entries=[journal_entry_to_proto(entry) for entry in page.items],
-            next_page_token=next_page_token("journal", page),
+            next_page_token=next_page_token(journal, page),
         )
 
     # -- terminals ------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """AIP-158 paging on the wire: page sizes and opaque page tokens, the one codec for them.
 
 A token is the base64 of "<list name>:<cursor>", so a token handed out by one list is refused
-by another, and callers cannot mistake it for something they may build themselves. The use
+by another, and callers cannot mistake it for something they may build themselves. A list
+read with filters (one card's journal, one terminal's locks) is named with them (`scoped`):
+as AIP-158 asks, a token is good only for the request it came from, so card A's journal
+token sent with card B is refused rather than served as a position in B's entries. The use
 cases below only see cursors (keys) and return a `Page`; a token that is not one this server
 issued is a domain `InvalidField("page_token")`, mapped like any other bad field.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +26,13 @@ MAX_PAGE_SIZE = 500
 MAX_TOKEN_LENGTH = 512
 _MAX_POSITION = 2**63 - 1
 _MAX_POSITION_DIGITS = len(str(_MAX_POSITION))
+
+
+def scoped(list_name: str, *filters: object) -> str:
+    """The name of `list_name` read with these filter values: a digest of them, so the name
+    stays short and free of the ':' that ends it whatever a filter holds."""
+    digest = hashlib.sha256(repr(filters).encode()).hexdigest()[:16]
+    return f"{list_name}.{digest}"
 
 
 def page_size(requested: int) -> int:
