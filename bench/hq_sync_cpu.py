@@ -4,7 +4,8 @@ SQLite file with group commit, the response) timed with process CPU time.
 
 Not a budget of bench/run.py: a tool for working on HQ's side of issue 10. The
 transactions look like the bench's syncing till's: one gift card line per sale, under the
-lock the till holds for that sale, with the till's unsynced total and last contact.
+lock the till holds for that sale, each completed at its own time, with the till's unsynced
+total and last contact.
 
     python bench/hq_sync_cpu.py [--transactions 20000] [--batch 500] [--profile out.txt]
 
@@ -133,7 +134,12 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
     locked = runner.run(prepare())
     print(f"prepared {size} locked cards in {time.monotonic() - started:.1f} s")
     now = datetime.now(UTC)
-    reached = now - timedelta(minutes=5)
+    reached = now - timedelta(minutes=10)
+    # A till stamps each sale with its own clock as it completes (to the microsecond): no
+    # two completion times of a batch are equal, as at the bench's syncing till (one sale
+    # every few milliseconds), all since its last contact with HQ, the same for all of them.
+    step = timedelta(microseconds=13_457)
+    first = now - size * step
     messages = []
     for index, (number, token) in enumerate(locked):
         message = offline_pb2.OfflineTransaction(
@@ -147,7 +153,7 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
                 card_kind=common_pb2.CARD_KIND_GIFT_CARD,
                 amount=common_pb2.Money(amount_minor=100 * (index + 1), currency_code="EUR"),
                 line_count=index + 1)])
-        message.completed_at.FromDatetime(now)
+        message.completed_at.FromDatetime(first + index * step)
         message.last_reached_hq_at.FromDatetime(reached)
         messages.append(message)
     payloads = [
