@@ -1,18 +1,22 @@
 """A SyncOfflineBatch's transactions decoded together (`offline_transactions_from_proto`,
-sharing equal moments and amounts) are exactly what decoding each alone gives, whatever the
-transactions hold: missing or out-of-range times, missing amounts, several lines, unlocks,
-reversals, unsynced amounts, kinds HQ does not know."""
+sharing equal moments and amounts, their fingerprints from the request's serialization) are
+exactly what decoding each alone gives, whatever the transactions hold: missing or
+out-of-range times, missing amounts, several lines, unlocks, reversals, unsynced amounts,
+kinds HQ does not know, fields HQ does not know."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from storedvalue.hq.grpc_api.convert.common import message_fingerprint
 from storedvalue.hq.grpc_api.convert.offline import (
     offline_transaction_from_proto,
     offline_transactions_from_proto,
+    transaction_fingerprints,
 )
 from storedvalue.v1 import common_pb2, offline_pb2
+from storedvalue.v1 import terminal_service_pb2 as ts
 
 SECONDS = st.sampled_from([0, 1_795_791_600, 1_795_791_601, -62_135_596_801, 253_402_300_800])
 NANOS = st.sampled_from([0, 999_999_999, 1_000_000_000, -1])
@@ -53,9 +57,15 @@ def transactions(draw: st.DrawFn) -> offline_pb2.OfflineTransaction:
         amount = draw(MONEY)
         if amount is not None:
             held.amount.CopyFrom(amount)
+    # A field of a newer contract (number 99, a string), which the fingerprint covers.
+    txn.MergeFromString(draw(st.sampled_from([b"", b"\x9a\x06\x03new"])))
+    # Long enough for lengths of two and three bytes.
+    txn.transaction_id += draw(st.sampled_from(["", "x" * 200, "y" * 20_000]))
     return txn
 
 
+# No deadline: transactions of 20,000 bytes on a busy shared machine.
+@settings(deadline=None)
 @given(st.lists(transactions(), max_size=6))
 def test_a_batch_decodes_as_its_transactions_one_by_one(
     batch: list[offline_pb2.OfflineTransaction],
@@ -63,3 +73,21 @@ def test_a_batch_decodes_as_its_transactions_one_by_one(
     assert offline_transactions_from_proto(batch) == [
         offline_transaction_from_proto(txn) for txn in batch
     ]
+
+
+@settings(deadline=None)
+@given(st.lists(transactions(), max_size=6), st.sampled_from(["", "batch-1"]),
+       st.sampled_from([b"", b"\x18\x01"]))
+def test_fingerprints_cut_from_the_request_are_each_transactions_own(
+    batch: list[offline_pb2.OfflineTransaction], request_id: str, unknown: bytes,
+) -> None:
+    """Stored fingerprints are compared on redelivery: those taken from the request's
+    serialization are byte for byte each transaction's own (a request with a field HQ does
+    not know, here number 3, falls back to serializing each transaction)."""
+    request = ts.SyncOfflineBatchRequest(request_id=request_id, transactions=batch)
+    request.MergeFromString(unknown)
+    serialized = request.SerializeToString(deterministic=True)
+    decoded = offline_transactions_from_proto(request.transactions, serialized)
+    assert [txn.fingerprint for txn in decoded] == [message_fingerprint(txn) for txn in batch]
+    assert decoded == [offline_transaction_from_proto(txn) for txn in batch]
+    assert (transaction_fingerprints(serialized) is None) == bool(unknown)

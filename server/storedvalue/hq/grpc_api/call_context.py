@@ -23,26 +23,31 @@ def authorization(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | N
     return None
 
 
-def request_key(caller: Caller, request: Message, operation: str) -> RequestKey:
+def request_key(caller: Caller, request: Message, operation: str,
+                serialized: bytes | None = None) -> RequestKey:
     """AIP-155 key of a mutating request: its id in the caller's namespace, the RPC, and a
-    digest of its content."""
+    digest of its content. `serialized`: the request's deterministic serialization, when the
+    caller made it already."""
     request_id: str = getattr(request, "request_id")  # noqa: B009 - every mutating request has it
     return RequestKey(caller.request_scope, request_id, operation,
-                      fingerprint(request, request_id))
+                      fingerprint(request, request_id, serialized))
 
 
-def fingerprint(request: Message, request_id: str | None = None) -> bytes:
+def fingerprint(request: Message, request_id: str | None = None,
+                serialized: bytes | None = None) -> bytes:
     """`convert.common.request_fingerprint(request)` without copying the request: when
     request_id is the message's first field, its deterministic serialization is the
     request_id's record followed by exactly what the request without it serializes to.
-    `request_id`: the request's, when the caller read it already."""
+    `request_id`: the request's, when the caller read it already; `serialized`: its
+    deterministic serialization, likewise."""
     descriptor = request.DESCRIPTOR
     tag = _ID_TAGS.get(descriptor, _NOT_SEEN)
     if tag == _NOT_SEEN:
         tag = _ID_TAGS[descriptor] = _leading_id_tag(cast(Descriptor, descriptor))
     if tag is None:
         return request_fingerprint(request)
-    data = request.SerializeToString(deterministic=True)
+    data = (request.SerializeToString(deterministic=True) if serialized is None
+            else serialized)
     if request_id is None:
         request_id = cast(str, getattr(request, "request_id"))  # noqa: B009 - tag checked
     if request_id:

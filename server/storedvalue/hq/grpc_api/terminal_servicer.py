@@ -181,10 +181,12 @@ class TerminalServicer:
         self, caller: Caller, request: pb.SyncOfflineBatchRequest, context: Context
     ) -> bytes:
         self._check_message_size(request.ByteSize())
+        # One deterministic serialization for the request's fingerprint and its transactions'.
+        serialized = request.SerializeToString(deterministic=True)
         outcome = await self._offline.sync(
-            key=request_key(caller, request, "SyncOfflineBatch"),
+            key=request_key(caller, request, "SyncOfflineBatch", serialized),
             terminal_id=caller.terminal_id,
-            transactions=offline_transactions_from_proto(request.transactions),
+            transactions=offline_transactions_from_proto(request.transactions, serialized),
         )
         return sync_response_wire(outcome.results, outcome.status)
 

@@ -4,6 +4,7 @@ here build no message they then copy, and no generator per field."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,7 @@ from storedvalue.hq.grpc_api.convert.common import (
 from storedvalue.hq.services.offline import SyncLimits, SyncStatus
 from storedvalue.v1 import back_office_service_pb2 as bo_pb
 from storedvalue.v1 import common_pb2, offline_pb2, parameters_pb2
+from storedvalue.v1 import terminal_service_pb2 as ts_pb
 
 # -- parameters -----------------------------------------------------------------------------
 
@@ -67,16 +69,23 @@ def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> Offli
 
 def offline_transactions_from_proto(
     transactions: Iterable[offline_pb2.OfflineTransaction],
+    request_serialized: bytes | None = None,
 ) -> list[OfflineTransaction]:
     """The domain's offline transactions of a batch (SyncOfflineBatch). Runs for every item
     of every batch: equal moments and line amounts are read once and shared (values, never
     changed), the fields are set positionally, and no generator or empty tuple is built per
     field. A completion or last-contact time out of range leaves the field unreadable: the
-    domain rejects that item, not the batch."""
+    domain rejects that item, not the batch. `request_serialized`: the deterministic
+    serialization of the SyncOfflineBatchRequest that holds `transactions`, which already
+    holds each transaction's (see `transaction_fingerprints`)."""
     moments: dict[tuple[int, int], datetime | None] = {}
     amounts: dict[tuple[int, str], Money] = {}
     kinds = CARD_KINDS_BY_PROTO
-    fingerprint = message_fingerprint
+    sent = list(transactions)
+    fingerprints = (None if request_serialized is None
+                    else transaction_fingerprints(request_serialized))
+    if fingerprints is None or len(fingerprints) != len(sent):
+        fingerprints = [message_fingerprint(txn) for txn in sent]
 
     def money_of(sent: common_pb2.Money) -> Money:
         key = (sent.amount_minor, sent.currency_code)
@@ -94,7 +103,7 @@ def offline_transactions_from_proto(
         return moment
 
     decoded = []
-    for txn in transactions:
+    for txn, fingerprint in zip(sent, fingerprints, strict=True):
         completed_at = None
         unreadable: tuple[str, ...] = ()
         if txn.HasField("completed_at"):
@@ -142,13 +151,66 @@ def offline_transactions_from_proto(
             tuple([OfflineUnlock(unlock.card_number, unlock.transaction_id,
                                  unlock.fencing_token) for unlock in unlocks[:]])
             if unlocks else (),
-            fingerprint(txn),
+            fingerprint,
             tuple([_reversal_from_proto(r) for r in reversals[:]]) if reversals else (),
             unreadable,
             last_reached_hq_at,
             unsynced,
         ))
     return decoded
+
+
+def transaction_fingerprints(request_serialized: bytes) -> list[bytes] | None:
+    """Each transaction's fingerprint (`message_fingerprint`), its serialization cut out of
+    the deterministic serialization of its SyncOfflineBatchRequest instead of serializing
+    each transaction again: a message serializes as its fields' records, and a record of a
+    repeated message field is the tag, the length and the item's own serialization, byte for
+    byte what the item alone serializes to. None when the request holds other fields than
+    request_id and transactions, unknown ones included."""
+    fingerprints: list[bytes] = []
+    append = fingerprints.append
+    sha256 = hashlib.sha256
+    data = request_serialized
+    position, end = 0, len(data)
+    while position < end:
+        tag = data[position]
+        size = data[position + 1]
+        if size < 0x80:  # the length's varint in one byte, or two (a transaction's usual)
+            position += 2
+        elif data[position + 2] < 0x80:
+            size = size & 0x7F | data[position + 2] << 7
+            position += 3
+        else:
+            size, position = _long_length(data, position + 1)
+        if tag == _TRANSACTIONS_TAG:
+            append(sha256(data[position:position + size]).digest())
+        elif tag != _REQUEST_ID_TAG:
+            return None
+        position += size
+    return fingerprints
+
+
+def _long_length(data: bytes, position: int) -> tuple[int, int]:
+    """A length's varint of three bytes or more at `position`: the length, and the position
+    after it."""
+    size = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        size |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return size, position
+        shift += 7
+
+
+def _record_tag(field: str) -> int:
+    """The one-byte wire tag of a length-delimited field of SyncOfflineBatchRequest."""
+    number: int = ts_pb.SyncOfflineBatchRequest.DESCRIPTOR.fields_by_name[field].number
+    assert number < 16  # a one-byte tag
+    return number << 3 | 2
+
+
+_REQUEST_ID_TAG, _TRANSACTIONS_TAG = _record_tag("request_id"), _record_tag("transactions")
 
 
 def unsynced_from_proto(held: offline_pb2.UnsyncedAmount) -> UnsyncedAmount:
