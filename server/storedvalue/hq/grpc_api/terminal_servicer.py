@@ -180,9 +180,10 @@ class TerminalServicer:
     async def SyncOfflineBatch(
         self, caller: Caller, request: pb.SyncOfflineBatchRequest, context: Context
     ) -> bytes:
-        self._check_message_size(request.ByteSize())
-        # One deterministic serialization for the request's fingerprint and its transactions'.
+        # One deterministic serialization for the request's size, its fingerprint and its
+        # transactions' (upb's ByteSize serializes the message to measure it).
         serialized = request.SerializeToString(deterministic=True)
+        self._check_message_size(len(serialized))
         outcome = await self._offline.sync(
             key=request_key(caller, request, "SyncOfflineBatch", serialized),
             terminal_id=caller.terminal_id,
