@@ -97,7 +97,13 @@ _SAVE_RELEASING = Statement(
                "lock_acquired_at": None},
 )
 
+# save() of a card without a lock: its state but the lock, whose columns are cleared.
+_SAVE_UNLOCKED_KEYS = ("status", "balance_minor", "last_fencing_token", "key_card_number")
+
 _INSERT_GRANTS = Statement(insert(lock_history))
+# A lock just handed out (not released yet), as LockCard records it.
+_INSERT_NEW_GRANT = Statement(insert(lock_history), constants={"released_by_holder_at": None})
+_NEW_GRANT_KEYS = rows.LOCK_GRANT_KEYS[:-1]
 _RELEASE_GRANTS = Statement(
     update(lock_history).where(
         lock_history.c.card_number == bindparam("key_card_number"),
@@ -122,6 +128,10 @@ _SALE_LOCKS = Statement(
 )
 
 _INSERT_ENTRIES = Statement(insert(journal))
+# Entries all of online calls: `offline` written into the SQL (a bool bound costs the
+# sqlite3 driver an adapter call).
+_INSERT_ONLINE_ENTRIES = Statement(insert(journal), constants={"offline": False})
+_ONLINE_ENTRY_KEYS = tuple(key for key in rows.JOURNAL_KEYS if key != "offline")
 # append_offline_debits: an offline REDEEM without a note.
 _INSERT_DEBIT_ENTRIES = Statement(
     insert(journal),
@@ -151,6 +161,12 @@ _REDEMPTION = Statement(
     )
 )
 _INSERT_REDEMPTIONS = Statement(insert(redemptions))
+# An online Redeem's line: applied online, not reversed (fixed values written into the SQL).
+_INSERT_ONLINE_REDEMPTION = Statement(
+    insert(redemptions),
+    constants={"offline": False, "reversal": None, "reversed_at": None})
+_ONLINE_REDEMPTION_KEYS = ("terminal_id", "transaction_id", "line_id", "card_number",
+                           "amount_minor", "currency", "remainder_card_number", "recorded_at")
 # add_offline_debits: an offline debit without remainder, not reversed.
 _INSERT_DEBIT_REDEMPTIONS = Statement(
     insert(redemptions),
@@ -220,6 +236,13 @@ class SqlCardRepository:
         # One row per card, the last state wins: a bulk UPDATE on PostgreSQL would apply an
         # arbitrary one of two rows with the same key (SQLite and the fake keep the last).
         latest = {card.card_number: card for card in cards}
+        if len(latest) == 1:
+            ((number, card),) = latest.items()
+            if card.lock is None:  # Redeem's: the lock's columns cleared in the SQL
+                self._tx.write_tuples(_SAVE_RELEASING, _SAVE_UNLOCKED_KEYS, [
+                    (card.status._value_, card.balance_minor, card.last_fencing_token,
+                     number)])
+                return
         self._tx.write_tuples(_SAVE_CARDS, _SAVE_KEYS, [
             (*rows.card_state_row(card), number) for number, card in latest.items()])
 
@@ -266,6 +289,13 @@ class SqlLockHistoryRepository:
         self._tx = tx
 
     def add(self, grants: Iterable[LockGrant]) -> None:
+        grants = list(grants)
+        if len(grants) == 1 and grants[0].released_by_holder_at is None:  # LockCard's
+            (grant,) = grants
+            self._tx.write_tuples(_INSERT_NEW_GRANT, _NEW_GRANT_KEYS, [(
+                grant.card_number, grant.fencing_token, grant.terminal_id,
+                grant.transaction_id, rows.to_micros(grant.acquired_at))])
+            return
         self._tx.write_tuples(_INSERT_GRANTS, rows.LOCK_GRANT_KEYS,
                               [rows.lock_grant_row(g) for g in grants])
 
@@ -302,6 +332,11 @@ class SqlJournalRepository:
         self._tx = tx
 
     def append(self, entries: Iterable[JournalEntry]) -> None:
+        entries = list(entries)
+        if len(entries) == 1 and not entries[0].offline:  # an online call's
+            self._tx.write_tuples(_INSERT_ONLINE_ENTRIES, _ONLINE_ENTRY_KEYS,
+                                  [rows.online_journal_row(entries[0])])
+            return
         self._tx.write_tuples(_INSERT_ENTRIES, rows.JOURNAL_KEYS,
                               [rows.journal_row(entry) for entry in entries])
 
@@ -354,6 +389,15 @@ class SqlRedemptionRepository:
         return found
 
     def add(self, redemptions: Iterable[Redemption]) -> None:
+        redemptions = list(redemptions)
+        if len(redemptions) == 1:
+            (line,) = redemptions
+            if not line.offline and line.reversal is None and line.reversed_at is None:
+                self._tx.write_tuples(_INSERT_ONLINE_REDEMPTION, _ONLINE_REDEMPTION_KEYS, [(
+                    line.terminal_id, line.transaction_id, line.line_id, line.card_number,
+                    line.amount_minor, line.currency, line.remainder_card_number,
+                    rows.to_micros(line.recorded_at))])
+                return
         self._tx.write_tuples(_INSERT_REDEMPTIONS, rows.REDEMPTION_KEYS,
                               [rows.redemption_row(r) for r in redemptions])
 

@@ -186,6 +186,14 @@ def journal_row(entry: JournalEntry) -> tuple[Any, ...]:
             to_micros(entry.recorded_at), entry.note)
 
 
+def online_journal_row(entry: JournalEntry) -> tuple[Any, ...]:
+    """`journal_row` of an online entry, without `offline` (written as a constant)."""
+    return (entry.card_number, entry.kind._value_, entry.amount_minor, entry.currency,
+            entry.balance_after_minor, entry.terminal_id, entry.transaction_id,
+            entry.line_id, to_micros(entry.occurred_at), to_micros(entry.recorded_at),
+            entry.note)
+
+
 def journal_from_row(row: Row) -> JournalEntry:
     return JournalEntry(
         card_number=row.card_number,
