@@ -26,7 +26,12 @@ from storedvalue.hq.domain.journal import JournalEntryKind
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.server import open_transactions
 from storedvalue.hq.services.transactions import MAX_ATTEMPTS, Transactions, Work
-from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Repositories, Storage
+from storedvalue.hq.services.unit_of_work import (
+    ConcurrentUpdate,
+    Repositories,
+    Storage,
+    StoredResponse,
+)
 from storedvalue.hq.storage import SqlStorage, upgrade_to_head
 from storedvalue.hq.storage.group_commit import GroupCommitTransactions
 
@@ -254,6 +259,65 @@ def test_a_unit_failing_before_or_after_its_writes_leaves_its_group_committed_on
     # Nothing to undo before a write; after one, the transaction starts over and the unit
     # that had succeeded in it runs again (its caller was not answered yet).
     assert runs == ([1, 2, 3] if fails == "before" else [1, 2, 1, 3])
+
+
+def test_a_unit_whose_held_back_append_fails_fails_alone_and_the_group_commits(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    """On the loop, a group's appends (here requests' results) are sent together at its
+    end: one that fails there (a request id already taken) sends the group back to its
+    start, and its units run again, with appends written at once: the unit at fault then
+    meets the failure itself (here, like `once`, it answers with the first result) while
+    the others commit, once, together."""
+    storage, _path = sqlite_file
+    transactions = GroupCommitTransactions(storage)
+    runs: list[int] = []
+
+    def remembers(number: int, request_id: str) -> Work[str]:
+        def work(uow: Repositories) -> str:
+            runs.append(number)
+            uow.cards.add([make_card(card_number(number))])
+            uow.requests.add(StoredResponse(
+                caller="till-1", request_id=request_id, operation="Test",
+                fingerprint=b"f", result_json="{}", created_at=NOW))
+            return card_number(number)
+
+        return work
+
+    async def scenario() -> tuple[int, list[str]]:
+        await transactions.write(remembers(9, "taken"))
+        before = transactions.commits
+        held: list[str] = []
+
+        def taken_again(uow: Repositories) -> str:
+            """As `once`: no look-up on the first run, one on the next."""
+            runs.append(2)
+            if held and uow.requests.get("till-1", "taken") is not None:
+                return "replayed"
+            held.append("once")
+            uow.cards.add([make_card(card_number(2))])
+            uow.requests.add(StoredResponse(
+                caller="till-1", request_id="taken", operation="Test",
+                fingerprint=b"f", result_json="{}", created_at=NOW))
+            return card_number(2)
+
+        outcomes = await asyncio.gather(
+            transactions.write(remembers(1, "one")),
+            transactions.write(taken_again),
+            transactions.write(remembers(3, "three")),
+        )
+        return transactions.commits - before, list(outcomes)
+
+    try:
+        commits, outcomes = asyncio.run(scenario())
+    finally:
+        transactions.close()
+
+    assert outcomes == [card_number(1), "replayed", card_number(3)]
+    assert commits == 1
+    assert known_cards(storage, range(1, 4)) == [1, 3]
+    # Once with appends held back; once again, unit 2 now looking its id up first.
+    assert runs == [9, 1, 2, 3, 1, 2, 3]
 
 
 def test_an_answer_comes_only_once_the_change_is_committed(

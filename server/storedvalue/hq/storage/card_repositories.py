@@ -292,7 +292,7 @@ class SqlLockHistoryRepository:
         grants = list(grants)
         if len(grants) == 1 and grants[0].released_by_holder_at is None:  # LockCard's
             (grant,) = grants
-            self._tx.write_tuples(_INSERT_NEW_GRANT, _NEW_GRANT_KEYS, [(
+            self._tx.append(_INSERT_NEW_GRANT, _NEW_GRANT_KEYS, [(
                 grant.card_number, grant.fencing_token, grant.terminal_id,
                 grant.transaction_id, rows.to_micros(grant.acquired_at))])
             return
@@ -334,8 +334,8 @@ class SqlJournalRepository:
     def append(self, entries: Iterable[JournalEntry]) -> None:
         entries = list(entries)
         if len(entries) == 1 and not entries[0].offline:  # an online call's
-            self._tx.write_tuples(_INSERT_ONLINE_ENTRIES, _ONLINE_ENTRY_KEYS,
-                                  [rows.online_journal_row(entries[0])])
+            self._tx.append(_INSERT_ONLINE_ENTRIES, _ONLINE_ENTRY_KEYS,
+                            [rows.online_journal_row(entries[0])])
             return
         self._tx.write_tuples(_INSERT_ENTRIES, rows.JOURNAL_KEYS,
                               [rows.journal_row(entry) for entry in entries])

@@ -104,7 +104,8 @@ class SqlRequestLog:
         )
 
     def add(self, response: StoredResponse) -> None:
-        self._tx.write_tuples(_INSERT_REQUEST, _REQUEST_KEYS, [(
+        # A taken id surfaces where the append is sent (Transaction.append).
+        self._tx.append(_INSERT_REQUEST, _REQUEST_KEYS, [(
             response.caller, response.request_id, response.operation, response.fingerprint,
             response.result_json, rows.to_micros(response.created_at),
         )])

@@ -59,7 +59,7 @@ from storedvalue.hq.storage.engines import (
     sqlite_file_path,
 )
 from storedvalue.hq.storage.sqlalchemy_storage import SqlRepositories, SqlStorage
-from storedvalue.hq.storage.transaction import Transaction
+from storedvalue.hq.storage.transaction import HeldAppendsFailed, Transaction
 from storedvalue.hq.storage.writer_lock import WriterLock, writer_lock_path
 
 T = TypeVar("T")
@@ -202,7 +202,8 @@ class GroupCommitTransactions:
         assert self._repositories is not None
         try:
             outcomes, rest = _run_units(tx, self._repositories, group,
-                                        begin=lambda: self._begin(tx, wait=False))
+                                        begin=lambda: self._begin(tx, wait=False),
+                                        hold_appends=True)
         finally:
             self._release_if_ended(tx)
         if rest is not None:  # the transaction was lost: nothing to commit
@@ -417,7 +418,8 @@ class GroupCommitTransactions:
 
 
 def _run_units(tx: Transaction, repositories: SqlRepositories, group: list[_Unit], *,
-               begin: Callable[[], None]) -> tuple[list[_Outcome], list[_Unit] | None]:
+               begin: Callable[[], None], hold_appends: bool = False
+               ) -> tuple[list[_Outcome], list[_Unit] | None]:
     """Run the units of `group` one after another in the open transaction, without a
     savepoint each: most units fail, when they fail, before their first write (a business
     rule checked on what they read), and then there is nothing to undo. A unit that fails
@@ -425,6 +427,13 @@ def _run_units(tx: Transaction, repositories: SqlRepositories, group: list[_Unit
     or an I/O error) takes the transaction back to its start: the units that had succeeded
     in it run again, in the same order (nobody was answered yet), and it is retried (a lost
     race, up to MAX_ATTEMPTS) or fails alone.
+
+    `hold_appends`: the units' appends (journal entries, requests' results, locks handed
+    out: `Transaction.append`) are held back and sent together, one statement per kind for
+    the group, at the end (or before a statement that touches their table). If they fail
+    when sent, the unit at fault is not known: the transaction goes back to its start and
+    its units run again, with appends written at once, so that the one at fault fails
+    alone as above.
 
     `begin` begins a new writing transaction (behind the processes' writer lock).
 
@@ -435,47 +444,79 @@ def _run_units(tx: Transaction, repositories: SqlRepositories, group: list[_Unit
     kept: list[int] = []  # the units whose effects the open transaction holds, in order
     retries: dict[int, int] = {}
     to_run = collections.deque(range(len(group)))
-    while to_run:
-        index = to_run.popleft()
-        work, future, _large = group[index]
-        if future.cancelled():  # the caller is gone (deadline, cancelled): skip it
-            continue
-        repositories.start_unit()
-        mark = tx.writes
+
+    def start_again(again: list[int], error: Exception) -> list[_Unit] | None:
+        """Undo the whole transaction; what it held (`again`) runs again in a new one.
+        Returns the units still to run when no new transaction could be begun here."""
+        nonlocal kept
+        for done in kept:
+            outcomes.pop(done, None)
+        kept = []
+        if not tx.is_open:
+            log.error("the group's transaction was lost", exc_info=error)
         try:
-            result = work(repositories)
-            repositories.end_unit()  # the journal its cards recorded
-        except Exception as error:
-            lost = isinstance(error, ConcurrentUpdate)
-            retried = retries.get(index, 0) + 1 if lost else MAX_ATTEMPTS
-            if retried < MAX_ATTEMPTS:
-                retries[index] = retried
-            else:
-                outcomes[index] = (future, False, HQBusy() if lost else error)
-            if tx.writes == mark and tx.is_open:  # nothing of it to undo
-                if retried < MAX_ATTEMPTS:
-                    to_run.appendleft(index)
-                continue
-            # Undo the whole transaction; what it held runs again in a new one.
-            again = kept + ([index] if retried < MAX_ATTEMPTS else [])
-            for done in kept:
-                del outcomes[done]
-            kept = []
-            if not tx.is_open:
-                log.error("the group's transaction was lost", exc_info=error)
+            if tx.is_open:
+                tx.rollback()
+            begin()
+        except Exception:
+            if tx.is_open:
+                tx.rollback()
+            return [group[i] for i in again] + [group[i] for i in to_run]
+        to_run.extendleft(reversed(again))
+        return None
+
+    tx.hold_appends = hold_appends
+    try:
+        while True:
+            while to_run:
+                index = to_run.popleft()
+                work, future, _large = group[index]
+                if future.cancelled():  # the caller is gone (deadline, cancelled): skip it
+                    continue
+                repositories.start_unit()
+                mark = tx.writes
+                try:
+                    result = work(repositories)
+                    repositories.end_unit()  # the journal its cards recorded
+                except HeldAppendsFailed as error:
+                    # Sent before one of its statements; the unit at fault is unknown.
+                    log.debug("held appends failed; the group runs again", exc_info=error)
+                    tx.hold_appends = False
+                    rest = start_again([*kept, index], error)
+                    if rest is not None:
+                        return list(outcomes.values()), rest
+                    continue
+                except Exception as error:
+                    lost = isinstance(error, ConcurrentUpdate)
+                    retried = retries.get(index, 0) + 1 if lost else MAX_ATTEMPTS
+                    if retried < MAX_ATTEMPTS:
+                        retries[index] = retried
+                    else:
+                        outcomes[index] = (future, False, HQBusy() if lost else error)
+                    if tx.writes == mark and tx.is_open:  # nothing of it to undo
+                        if retried < MAX_ATTEMPTS:
+                            to_run.appendleft(index)
+                        continue
+                    rest = start_again(
+                        kept + ([index] if retried < MAX_ATTEMPTS else []), error)
+                    if rest is not None:
+                        return list(outcomes.values()), rest
+                    continue
+                outcomes[index] = (future, True, result)
+                kept.append(index)
+            if not tx.hold_appends:
+                break
             try:
-                if tx.is_open:
-                    tx.rollback()
-                begin()
-            except Exception:
-                if tx.is_open:
-                    tx.rollback()
-                rest = [group[i] for i in again] + [group[i] for i in to_run]
-                return list(outcomes.values()), rest
-            to_run.extendleft(reversed(again))
-            continue
-        outcomes[index] = (future, True, result)
-        kept.append(index)
+                tx.send_appends()
+                break
+            except HeldAppendsFailed as error:
+                log.debug("held appends failed; the group runs again", exc_info=error)
+                tx.hold_appends = False
+                rest = start_again(list(kept), error)
+                if rest is not None:
+                    return list(outcomes.values()), rest
+    finally:
+        tx.hold_appends = False
     return [outcomes[index] for index in sorted(outcomes)], None
 
 

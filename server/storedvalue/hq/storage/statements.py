@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import Dialect, Insert, Select, Table, Update, literal, literal_column
+from sqlalchemy.sql.util import find_tables
 
 from storedvalue.hq.storage.sqlalchemy_internals import (
     CompiledSql,
@@ -60,6 +61,10 @@ class Statement:
         self.statement = statement
         self.in_list = in_list
         self.constants = dict(constants or {})
+        self.tables = frozenset(
+            table.name for table in find_tables(statement, include_crud=True, include_joins=True)
+            if isinstance(table, Table))
+        """The names of the tables it reads or writes."""
         self._compiled: dict[tuple[Any, ...], CompiledSql] = {}
 
     def compiled_read(self, dialect: Dialect, count: int = 0) -> CompiledSql:

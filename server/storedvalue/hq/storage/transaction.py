@@ -51,6 +51,13 @@ _PRUNE_NOTIFICATIONS_SQLITE = (
 )
 
 
+class HeldAppendsFailed(Exception):
+    """Appends held back (`Transaction.append`) failed when sent: the unit of work that
+    was running then is not the one at fault. The transaction is to be rolled back and its
+    units run again without holding appends back, each then failing alone. (Not a
+    ConcurrentUpdate nor a domain error: no unit of work may take it for its own.)"""
+
+
 class Transaction:
     """Transactions, one after another, on `driver` (a DB-API connection; SQLite ones with
     `isolation_level=None`, so that we begin). `begin(write=True)` takes SQLite's write
@@ -70,6 +77,11 @@ class Transaction:
         that fails with this unchanged since its start left nothing to undo."""
         # PostgreSQL: writes not sent yet (SQL, parameters), in order.
         self._held: list[tuple[str, Any]] = []
+        self.hold_appends = False
+        """SQLite: hold `append`s back (the group commit's units on the event loop)."""
+        # SQLite: appends held back, by SQL (in order), and the tables they go to.
+        self._appends: dict[str, list[Sequence[Any]]] = {}
+        self._append_tables: set[str] = set()
 
     @property
     def dialect(self) -> Dialect:
@@ -109,6 +121,8 @@ class Transaction:
             self.begin()
         if self._held:
             self._send_held()
+        if self._appends and not self._append_tables.isdisjoint(statement.tables):
+            self.send_appends()
         try:
             cursor = self._cursor
             cursor.execute(compiled.sql, bound)
@@ -125,6 +139,8 @@ class Transaction:
             self.begin()
         if self._held:
             self._send_held()
+        if self._appends and not self._append_tables.isdisjoint(statement.tables):
+            self.send_appends()
         try:
             cursor = self._cursor
             cursor.execute(compiled.sql, bound)
@@ -154,6 +170,8 @@ class Transaction:
                 self._held.append(
                     (sql, {f"c{i}": [row[key] for row in rows] for i, key in enumerate(keys)}))
             return
+        if self._appends and not self._append_tables.isdisjoint(statement.tables):
+            self.send_appends()
         cursor = self._cursor
         params: Any = None
         try:
@@ -193,6 +211,8 @@ class Transaction:
                 self._held.append((sql, {f"c{i}": list(column)
                                          for i, column in enumerate(zip(*rows, strict=True))}))
             return
+        if self._appends and not self._append_tables.isdisjoint(statement.tables):
+            self.send_appends()
         order = compiled.order
         params: Any = rows
         if order is None:
@@ -205,6 +225,44 @@ class Transaction:
             self._cursor.executemany(sql, params)
         except self._error as error:
             raise translated_driver_error(sql, None, error, self._error) from None
+
+    def append(self, statement: Statement, keys: tuple[str, ...],
+               rows: Sequence[Sequence[Any]]) -> None:
+        """`write_tuples` of an INSERT of new rows (a journal entry, a request's result, a
+        lock handed out). With `hold_appends` (SQLite), the rows are held back and sent with
+        those of the same statement from the other units of the group, in one executemany,
+        before the next statement that reads or writes the table, or by `send_appends`
+        (before the COMMIT): one statement where a group ran one per unit. A failure then
+        surfaces there, as HeldAppendsFailed."""
+        if not self.hold_appends:
+            self.write_tuples(statement, keys, rows)
+            return
+        if not rows:
+            return
+        compiled = statement.compiled_write(self._dialect, keys, many=False)
+        if compiled.order != keys:
+            self.write_tuples(statement, keys, rows)
+            return
+        self.writes += 1
+        if not self._open:
+            self.begin()
+        held = self._appends.get(compiled.sql)
+        if held is None:
+            held = self._appends[compiled.sql] = []
+            self._append_tables.update(statement.tables)
+        held.extend(rows)
+
+    def send_appends(self) -> None:
+        """Send the appends held back (see `append`); HeldAppendsFailed if they fail."""
+        appends, self._appends = self._appends, {}
+        self._append_tables.clear()
+        cursor = self._cursor
+        for sql, rows in appends.items():
+            try:
+                cursor.executemany(sql, rows)
+            except self._error as error:
+                raise HeldAppendsFailed(
+                    translated_driver_error(sql, None, error, self._error)) from None
 
     def notify(self, channel: str, payload: str) -> None:
         """Tell the other HQ processes on this database, once this transaction commits:
@@ -239,6 +297,8 @@ class Transaction:
                 ) from None
 
     def commit(self) -> None:
+        if self._appends:  # sent by the group commit before; a failure leaves tx open
+            self.send_appends()
         try:
             if self._held:
                 self._send_held(commit=True)
@@ -253,6 +313,8 @@ class Transaction:
         """Roll back whatever is open (nothing happens when nothing is)."""
         self._open = False
         self._held.clear()
+        self._appends.clear()
+        self._append_tables.clear()
         try:
             self._driver.rollback()
         except self._error as error:
@@ -307,6 +369,8 @@ class Transaction:
             self.begin()
         if self._held:
             self._send_held()
+        if self._appends:
+            self.send_appends()
         try:
             if params is None:
                 self._cursor.execute(sql)
