@@ -177,13 +177,15 @@ class Card:
             )
         # Free, or the lease ended: take it. The new token fences off the old holder.
         self.last_fencing_token += 1
+        # Positional, in the fields' order: a value object built by keyword costs a third
+        # more (the keywords go through a dict), and every LockCard builds one.
         self.lock = Lock(
-            card_number=self.card_number,
-            terminal_id=terminal_id,
-            transaction_id=transaction_id,
-            fencing_token=self.last_fencing_token,
-            lease_expires_at=now + lease,
-            acquired_at=now,
+            self.card_number,  # card_number
+            terminal_id,  # terminal_id
+            transaction_id,  # transaction_id
+            self.last_fencing_token,  # fencing_token
+            now + lease,  # lease_expires_at
+            now,  # acquired_at
         )
         return self.lock
 
@@ -395,19 +397,21 @@ class Card:
         (signed: positive credits the card) moves, and the entry records it with the new
         balance. The unit of work appends the recorded entries when it commits."""
         self.balance_minor += amount_minor
+        # Positional, in the fields' order (as in acquire_lock).
         self.pending_entries.append(JournalEntry(
-            card_number=self.card_number,
-            kind=kind,
-            amount_minor=amount_minor,
-            currency=self.currency,
-            balance_after_minor=self.balance_minor,
-            terminal_id=terminal_id,
-            transaction_id=transaction_id,
-            line_id=line_id,
-            offline=offline,
-            occurred_at=occurred_at or now,
-            recorded_at=now,
-            note=note,
+            self.card_number,  # card_number
+            kind,  # kind
+            amount_minor,  # amount_minor
+            self.currency,  # currency
+            self.balance_minor,  # balance_after_minor
+            terminal_id,  # terminal_id
+            transaction_id,  # transaction_id
+            line_id,  # line_id
+            offline,  # offline
+            occurred_at or now,  # occurred_at
+            now,  # recorded_at
+            0,  # entry_id: assigned by storage
+            note,  # note
         ))
 
 
