@@ -233,18 +233,31 @@ class SqlCardRepository:
         self._seen.extend(cards)
 
     def save(self, cards: Iterable[Card]) -> None:
+        if type(cards) is list and len(cards) == 1:  # an online call's one card
+            self._save_one(cards[0])
+            return
         # One row per card, the last state wins: a bulk UPDATE on PostgreSQL would apply an
         # arbitrary one of two rows with the same key (SQLite and the fake keep the last).
         latest = {card.card_number: card for card in cards}
         if len(latest) == 1:
-            ((number, card),) = latest.items()
-            if card.lock is None:  # Redeem's: the lock's columns cleared in the SQL
-                self._tx.write_tuples(_SAVE_RELEASING, _SAVE_UNLOCKED_KEYS, [
-                    (card.status._value_, card.balance_minor, card.last_fencing_token,
-                     number)])
-                return
+            self._save_one(next(iter(latest.values())))
+            return
         self._tx.write_tuples(_SAVE_CARDS, _SAVE_KEYS, [
             (*rows.card_state_row(card), number) for number, card in latest.items()])
+
+    def _save_one(self, card: Card) -> None:
+        lock = card.lock
+        if lock is None:  # Redeem's: the lock's columns cleared in the SQL
+            self._tx.write_tuples(_SAVE_RELEASING, _SAVE_UNLOCKED_KEYS, [
+                (card.status._value_, card.balance_minor, card.last_fencing_token,
+                 card.card_number)])
+            return
+        # As rows.card_state_row, and the key.
+        self._tx.write_tuples(_SAVE_CARDS, _SAVE_KEYS, [(
+            card.status._value_, card.balance_minor, card.last_fencing_token,
+            lock.terminal_id, lock.transaction_id, lock.fencing_token,
+            rows.to_micros(lock.lease_expires_at), rows.to_micros(lock.acquired_at),
+            card.card_number)])
 
     def balances_for_update(self, card_numbers: Collection[str]) -> dict[str, CardBalance]:
         found: dict[str, CardBalance] = {}
