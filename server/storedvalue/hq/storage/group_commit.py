@@ -13,6 +13,13 @@ leaves nothing to undo. One that fails after writing takes the transaction back 
 start, and the units that had succeeded in it run again, in order, before the group goes on
 (`_run_units`).
 
+On the loop, a group's appends (INSERTs of new rows: journal entries, requests' results,
+locks handed out; `Transaction.append`) are held back and sent together, one executemany per
+statement for the whole group, before the first statement that touches their table or at
+the group's end, before its COMMIT. If they fail there, the unit at fault is not known: the
+transaction goes back to its start and the group's units run again with appends written at
+once, so that unit fails alone as above (`_run_units`).
+
 Where the writer runs: a unit of an online call is a few statements that never wait (the
 transaction already holds the write lock), so the units run on the event loop's own thread,
 and only what waits goes to the writer thread: the COMMIT (the fsync), a BEGIN that finds
