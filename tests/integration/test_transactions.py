@@ -320,6 +320,50 @@ def test_a_unit_whose_held_back_append_fails_fails_alone_and_the_group_commits(
     assert runs == [9, 1, 2, 3, 1, 2, 3]
 
 
+def test_held_back_appends_failing_under_another_units_read_leave_that_unit_unharmed(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    """Held-back appends are sent before a statement that reads their table: when they fail
+    there, inside a unit that is not at fault, that unit is not failed for it; the group
+    runs again and every unit gets its own outcome."""
+    storage, _path = sqlite_file
+    transactions = GroupCommitTransactions(storage)
+
+    def remembers(number: int, request_id: str) -> Work[str]:
+        def work(uow: Repositories) -> str:
+            uow.cards.add([make_card(card_number(number))])
+            uow.requests.add(StoredResponse(
+                caller="till-1", request_id=request_id, operation="Test",
+                fingerprint=b"f", result_json="{}", created_at=NOW))
+            return card_number(number)
+
+        return work
+
+    def looks_up(uow: Repositories) -> str:
+        # Reads the request log: the appends of the units before it are sent first.
+        found = uow.requests.get("till-1", "one")
+        return "found" if found is not None else "none"
+
+    async def scenario() -> list[object]:
+        await transactions.write(remembers(9, "taken"))
+        return list(await asyncio.gather(
+            transactions.write(remembers(1, "one")),
+            transactions.write(remembers(2, "taken")),
+            transactions.write(looks_up),
+            return_exceptions=True,
+        ))
+
+    try:
+        first, taken, looked = asyncio.run(scenario())
+    finally:
+        transactions.close()
+
+    assert first == card_number(1)
+    assert isinstance(taken, HQBusy)  # its id stays taken through every retry
+    assert looked == "found"  # unit 1's result, committed with it
+    assert known_cards(storage, range(1, 3)) == [1]
+
+
 def test_an_answer_comes_only_once_the_change_is_committed(
     sqlite_file: tuple[SqlStorage, Path],
 ) -> None:
