@@ -4,11 +4,14 @@ these."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select, update
+import msgspec
+from sqlalchemy import and_, bindparam, func, insert, select, update
 
 from storedvalue.hq.domain.cards import Card, CardKind, Lock
 from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
@@ -53,6 +56,24 @@ _CARD_WITH_LINE_FOR_UPDATE = Statement(
     .where(cards.c.card_number == bindparam("card_number"))
     .with_for_update(of=cards)
 )
+# SQLite: the same two reads, the row as ONE column, a JSON array of its values (decoded
+# into a list, which rows.card_from_row reads by position as a row). The sqlite3 driver
+# costs about 500 instructions a column fetched (it lets go of the GIL for each) and as
+# much again describing it (cursor.description, built on every execute): a card read as
+# one column costs ~6,700 instructions less, json_array and the decoding included.
+_CARD_ARRAY_FOR_UPDATE = Statement(
+    select(func.json_array(*cards.c)).where(cards.c.card_number == bindparam("card_number"))
+)
+_CARD_ARRAY_WITH_LINE_FOR_UPDATE = Statement(
+    select(func.json_array(*cards.c, redemptions.c.recorded_at))
+    .select_from(cards.outerjoin(redemptions, and_(
+        redemptions.c.terminal_id == bindparam("terminal_id"),
+        redemptions.c.transaction_id == bindparam("transaction_id"),
+        redemptions.c.line_id == bindparam("line_id"),
+    )))
+    .where(cards.c.card_number == bindparam("card_number"))
+)
+_decode_array = msgspec.json.Decoder(list[Any]).decode
 # rows.card_from_row reads a card's columns by position.
 if tuple(cards.c.keys()) != rows.CARD_COLUMNS:
     raise RuntimeError("rows.CARD_COLUMNS no longer lists the cards table's columns in order")
@@ -187,12 +208,21 @@ class SqlCardRepository:
     def __init__(self, tx: Transaction, seen: SeenCards) -> None:
         self._tx = tx
         self._seen = seen
+        # A card's row read as a JSON array: SQLite with its JSON functions built in (3.38+).
+        self._arrays = tx.dialect.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 38)
 
     def get(self, card_number: str) -> Card | None:
         found = self._tx.fetch_tuples(_CARD, {"card_number": card_number})
         return rows.card_from_row(found[0]) if found else None
 
     def get_for_update(self, card_number: str) -> Card | None:
+        if self._arrays:
+            found = self._tx.fetch_tuples(_CARD_ARRAY_FOR_UPDATE, {"card_number": card_number})
+            if not found:
+                return None
+            card = rows.card_from_row(_decode_array(found[0][0]))
+            self._seen.add(card)
+            return card
         found = self._tx.fetch_tuples(_CARD_FOR_UPDATE, {"card_number": card_number})
         if not found:
             return None
@@ -204,13 +234,18 @@ class SqlCardRepository:
         self, card_number: str, line: tuple[str, str, str]
     ) -> tuple[Card | None, Redemption | None]:
         terminal_id, transaction_id, line_id = line
-        found = self._tx.fetch_tuples(_CARD_WITH_LINE_FOR_UPDATE, {
-            "card_number": card_number, "terminal_id": terminal_id,
-            "transaction_id": transaction_id, "line_id": line_id,
-        })
-        if not found:
-            return None, None
-        row = found[0]
+        params = {"card_number": card_number, "terminal_id": terminal_id,
+                  "transaction_id": transaction_id, "line_id": line_id}
+        if self._arrays:
+            found = self._tx.fetch_tuples(_CARD_ARRAY_WITH_LINE_FOR_UPDATE, params)
+            if not found:
+                return None, None
+            row: Sequence[Any] = _decode_array(found[0][0])
+        else:
+            found = self._tx.fetch_tuples(_CARD_WITH_LINE_FOR_UPDATE, params)
+            if not found:
+                return None, None
+            row = found[0]
         card = rows.card_from_row(row)
         self._seen.add(card)
         if row[-1] is None:  # line_recorded_at: no such line
