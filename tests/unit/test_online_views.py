@@ -90,6 +90,7 @@ REQUESTS = [
                      amount=common_pb2.Money(amount_minor=5, currency_code="EUR")),
     pb.UnlockCardRequest(request_id="\n", card_number="7", transaction_id="\n"),
     pb.AddValueRequest(request_id="x" * 128),
+    pb.AddValueRequest(request_id="y" * 127, card_number="7"),  # the longest one-byte length
 ]
 
 
