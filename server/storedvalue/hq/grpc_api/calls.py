@@ -86,6 +86,23 @@ class CallDeadlines:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         self._ends[task] = task.get_loop().time() + self.seconds
 
+    def tracker(self) -> Callable[[asyncio.Task[Any]], None]:
+        """`track` for the calls of one event loop: the loop's clock and the tracked calls
+        bound once (every call is tracked), the sweeper started on the first call."""
+        ends = self._ends
+        seconds = self.seconds
+        clock: Callable[[], float] | None = None
+
+        def track(task: asyncio.Task[Any]) -> None:
+            nonlocal clock
+            if clock is None or self._sweeper is None:
+                self.track(task)
+                clock = task.get_loop().time
+                return
+            ends[task] = clock() + seconds
+
+        return track
+
     def untrack(self, task: asyncio.Task[Any]) -> bool:
         """Stop tracking `task`; whether the sweeper had cancelled it for running late."""
         self._ends.pop(task, None)
@@ -184,6 +201,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _unary(self, behavior: Any, name: str) -> Callable[[object, Context], Awaitable[Any]]:
         deadlines = self.deadlines
+        track = deadlines.tracker()
         auth = self._auth
         certificates = self._certificates
         current_task = asyncio.current_task
@@ -192,8 +210,8 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             # Registered as request-streaming, so the request is read here, under the
             # deadline, rather than by gRPC before any of our code runs.
             caller = _CALLER.get()
-            task = cast(asyncio.Task[Any], current_task())
-            deadlines.track(task)
+            task: asyncio.Task[Any] = current_task()  # type: ignore[assignment]  # in a task
+            track(task)
             try:
                 request = await context.read()
                 if request is _EOF:
