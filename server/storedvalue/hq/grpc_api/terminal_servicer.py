@@ -15,7 +15,7 @@ from storedvalue.hq.domain.client_text import validate_id
 from storedvalue.hq.domain.errors import InvalidField, LimitExceeded, Unauthenticated
 from storedvalue.hq.domain.parameters import Parameters
 from storedvalue.hq.grpc_api.call_context import request_key
-from storedvalue.hq.grpc_api.convert.cards import card_to_proto, fill_card, fill_lock
+from storedvalue.hq.grpc_api.convert.cards import fill_card, fill_lock
 from storedvalue.hq.grpc_api.convert.common import (
     card_kind_from_proto,
     money_from_proto,
@@ -99,7 +99,9 @@ class TerminalServicer:
             transaction_id=request.transaction_id,
             fencing_token=request.fencing_token,
         )
-        return pb.UnlockCardResponse(card=card_to_proto(card))
+        response = pb.UnlockCardResponse()
+        fill_card(response.card, card)  # in place: no card message copied in
+        return response
 
     async def Redeem(
         self, caller: Caller, request: pb.RedeemRequest, context: Context
@@ -128,7 +130,9 @@ class TerminalServicer:
         card = await self._cards.get_card(
             caller=caller.terminal_id, card_number=request.card_number
         )
-        return pb.GetCardResponse(card=card_to_proto(card))
+        response = pb.GetCardResponse()
+        fill_card(response.card, card)  # in place: no card message copied in
+        return response
 
     async def IssueCard(
         self, caller: Caller, request: pb.IssueCardRequest, context: Context
@@ -145,7 +149,9 @@ class TerminalServicer:
             card_number=request.card_number,
             transaction_id=request.transaction_id,
         )
-        return pb.IssueCardResponse(card=card_to_proto(card))
+        response = pb.IssueCardResponse()
+        fill_card(response.card, card)  # in place: no card message copied in
+        return response
 
     async def AddValue(
         self, caller: Caller, request: pb.AddValueRequest, context: Context
@@ -157,7 +163,9 @@ class TerminalServicer:
             amount=money_from_proto(request.amount) if request.HasField("amount") else None,
             transaction_id=request.transaction_id,
         )
-        return pb.AddValueResponse(card=card_to_proto(card))
+        response = pb.AddValueResponse()
+        fill_card(response.card, card)  # in place: no card message copied in
+        return response
 
     # -- offline sync ---------------------------------------------------------------------
 
