@@ -6,10 +6,21 @@ kinds HQ does not know, fields HQ does not know."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storedvalue.hq.grpc_api.convert.common import message_fingerprint
+from storedvalue.hq.domain.moments import moment_from_epoch
+from storedvalue.hq.domain.money import Money
+from storedvalue.hq.domain.offline import (
+    OfflineRedeemLine,
+    OfflineReversal,
+    OfflineTransaction,
+    OfflineUnlock,
+)
+from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
+from storedvalue.hq.grpc_api.convert.common import card_kind_from_proto, message_fingerprint
 from storedvalue.hq.grpc_api.convert.offline import (
     offline_transaction_from_proto,
     offline_transactions_from_proto,
@@ -64,6 +75,49 @@ def transactions(draw: st.DrawFn) -> offline_pb2.OfflineTransaction:
     return txn
 
 
+def field_by_field(txn: offline_pb2.OfflineTransaction) -> OfflineTransaction:
+    """The transaction as the contract reads, each field on its own, presence by HasField:
+    what the batch decoder's shortcuts must give."""
+
+    def money(message: offline_pb2.OfflineRedeemLine | offline_pb2.OfflineReversal
+              | offline_pb2.UnsyncedAmount) -> Money | None:
+        if not message.HasField("amount"):
+            return None
+        return Money(message.amount.amount_minor, message.amount.currency_code)
+
+    unreadable: list[str] = []
+    moments: dict[str, datetime | None] = {}
+    for field in ("completed_at", "last_reached_hq_at"):
+        moments[field] = None
+        if txn.HasField(field):
+            sent = getattr(txn, field)
+            moments[field] = moment_from_epoch(sent.seconds, sent.nanos)
+            if moments[field] is None:
+                unreadable.append(field)
+    return OfflineTransaction(
+        transaction_id=txn.transaction_id,
+        sequence_number=txn.sequence_number,
+        completed_at=moments["completed_at"],
+        parameters_version=txn.parameters_version,
+        redeem_lines=tuple(
+            OfflineRedeemLine(line.line_id, line.card_number,
+                              card_kind_from_proto(line.card_kind), money(line),
+                              line.fencing_token, line.online_redeem_attempted)
+            for line in txn.redeem_lines),
+        unlocks=tuple(OfflineUnlock(unlock.card_number, unlock.transaction_id,
+                                    unlock.fencing_token) for unlock in txn.unlocks),
+        fingerprint=message_fingerprint(txn),
+        reversals=tuple(OfflineReversal(reversal.line_id, reversal.card_number,
+                                        money(reversal), reversal.fencing_token)
+                        for reversal in txn.reversals),
+        unreadable_fields=tuple(unreadable),
+        last_reached_hq_at=moments["last_reached_hq_at"],
+        unsynced_amounts=tuple(UnsyncedAmount(card_kind_from_proto(held.card_kind),
+                                              money(held), held.line_count)
+                               for held in txn.unsynced_amounts),
+    )
+
+
 # No deadline: transactions of 20,000 bytes on a busy shared machine.
 @settings(deadline=None)
 @given(st.lists(transactions(), max_size=6))
@@ -72,7 +126,7 @@ def test_a_batch_decodes_as_its_transactions_one_by_one(
 ) -> None:
     assert offline_transactions_from_proto(batch) == [
         offline_transaction_from_proto(txn) for txn in batch
-    ]
+    ] == [field_by_field(txn) for txn in batch]
 
 
 @settings(deadline=None)
@@ -90,4 +144,5 @@ def test_fingerprints_cut_from_the_request_are_each_transactions_own(
     decoded = offline_transactions_from_proto(request.transactions, serialized)
     assert [txn.fingerprint for txn in decoded] == [message_fingerprint(txn) for txn in batch]
     assert decoded == [offline_transaction_from_proto(txn) for txn in batch]
+    assert decoded == [field_by_field(txn) for txn in batch]
     assert (transaction_fingerprints(serialized) is None) == bool(unknown)

@@ -9,8 +9,6 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from storedvalue.hq.domain.moments import moment_from_epoch
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
@@ -44,7 +42,7 @@ from storedvalue.hq.grpc_api.convert.common import (
 )
 from storedvalue.hq.services.offline import SyncLimits, SyncStatus
 from storedvalue.v1 import back_office_service_pb2 as bo_pb
-from storedvalue.v1 import common_pb2, offline_pb2, parameters_pb2
+from storedvalue.v1 import offline_pb2, parameters_pb2
 from storedvalue.v1 import terminal_service_pb2 as ts_pb
 
 # -- parameters -----------------------------------------------------------------------------
@@ -81,38 +79,35 @@ def offline_transactions_from_proto(
     moments: dict[tuple[int, int], datetime | None] = {}
     amounts: dict[tuple[int, str], Money] = {}
     kinds = CARD_KINDS_BY_PROTO
+    unset = _UNSET
     sent = list(transactions)
     fingerprints = (None if request_serialized is None
                     else transaction_fingerprints(request_serialized))
     if fingerprints is None or len(fingerprints) != len(sent):
         fingerprints = [message_fingerprint(txn) for txn in sent]
 
-    def money_of(sent: common_pb2.Money) -> Money:
-        key = (sent.amount_minor, sent.currency_code)
-        amount = amounts.get(key)
-        if amount is None:
-            amount = amounts[key] = Money(*key)
-        return amount
-
-    def moment_of(sent: timestamp_pb2.Timestamp) -> datetime | None:
-        """The moment, or None when it is out of range (the field is then unreadable)."""
-        key = (sent.seconds, sent.nanos)
-        if key in moments:
-            return moments[key]
-        moment = moments[key] = moment_from_epoch(*key)
-        return moment
-
+    # A message field is read as its fields first: a value other than (0, 0) or (0, "")
+    # shows the field is set, and only the default asks HasField (each lookup by name costs
+    # about as much as a field's read). Equal moments and amounts share one value.
     decoded = []
     for txn, fingerprint in zip(sent, fingerprints, strict=True):
         completed_at = None
         unreadable: tuple[str, ...] = ()
-        if txn.HasField("completed_at"):
-            completed_at = moment_of(txn.completed_at)
+        sent_moment = txn.completed_at
+        key = (sent_moment.seconds, sent_moment.nanos)
+        if key != _ZERO_MOMENT or txn.HasField("completed_at"):
+            completed_at = moments.get(key, unset)
+            if completed_at is unset:
+                completed_at = moments[key] = moment_from_epoch(*key)
             if completed_at is None:
                 unreadable = ("completed_at",)
         last_reached_hq_at = None
-        if txn.HasField("last_reached_hq_at"):
-            last_reached_hq_at = moment_of(txn.last_reached_hq_at)
+        sent_moment = txn.last_reached_hq_at
+        key = (sent_moment.seconds, sent_moment.nanos)
+        if key != _ZERO_MOMENT or txn.HasField("last_reached_hq_at"):
+            last_reached_hq_at = moments.get(key, unset)
+            if last_reached_hq_at is unset:
+                last_reached_hq_at = moments[key] = moment_from_epoch(*key)
             if last_reached_hq_at is None:
                 unreadable += ("last_reached_hq_at",)
         # A repeated field is read through a slice (a list): iterating the container itself
@@ -122,9 +117,15 @@ def offline_transactions_from_proto(
         if sent_lines:
             decoded_lines = []
             for line in sent_lines[:]:
+                sent_amount = line.amount
+                money_key = (sent_amount.amount_minor, sent_amount.currency_code)
+                amount = None
+                if money_key != _ZERO_MONEY or line.HasField("amount"):
+                    amount = amounts.get(money_key)
+                    if amount is None:
+                        amount = amounts[money_key] = Money(*money_key)
                 decoded_lines.append(OfflineRedeemLine(
-                    line.line_id, line.card_number, kinds.get(line.card_kind),
-                    money_of(line.amount) if line.HasField("amount") else None,
+                    line.line_id, line.card_number, kinds.get(line.card_kind), amount,
                     line.fencing_token, line.online_redeem_attempted))
             lines = tuple(decoded_lines)
         unsynced: tuple[UnsyncedAmount, ...] = ()
@@ -133,11 +134,12 @@ def offline_transactions_from_proto(
             decoded_unsynced = []
             for held in sent_unsynced[:]:
                 # Not shared: a till's unsynced total differs from one sale to the next.
-                amount = held.amount if held.HasField("amount") else None
+                sent_amount = held.amount
+                minor, currency = sent_amount.amount_minor, sent_amount.currency_code
                 decoded_unsynced.append(UnsyncedAmount(
                     kinds.get(held.card_kind),
-                    None if amount is None else Money(amount.amount_minor,
-                                                      amount.currency_code),
+                    Money(minor, currency) if minor or currency or held.HasField("amount")
+                    else None,
                     held.line_count))
             unsynced = tuple(decoded_unsynced)
         unlocks = txn.unlocks
@@ -158,6 +160,10 @@ def offline_transactions_from_proto(
             unsynced,
         ))
     return decoded
+
+
+_UNSET: Any = object()  # no moment decoded yet (None is one: out of range)
+_ZERO_MOMENT, _ZERO_MONEY = (0, 0), (0, "")
 
 
 def transaction_fingerprints(request_serialized: bytes) -> list[bytes] | None:
