@@ -384,39 +384,47 @@ def _reversal_result_wire(result: OfflineReversalResult) -> bytes:
 
 def sync_response_wire(results: Iterable[OfflineTransactionResult], status: SyncStatus
                        ) -> bytes:
-    """The encoding of SyncOfflineBatchResponse (results = 1, sync_status = 2)."""
-    parts = [_result_field(result) for result in results]
-    parts.append(_field(b"\x12", sync_status_to_proto(status).SerializeToString()))
+    """The encoding of SyncOfflineBatchResponse (results = 1, sync_status = 2). The usual
+    result (applied as sent: one line applied, leaving a positive balance; nothing else) in
+    one formatting, when it is short enough for every length to be one byte, written here
+    for each result without a call; any other through `offline_result_wire`."""
+    parts: list[bytes] = []
+    append = parts.append
+    applied, line_applied = _APPLIED, _LINE_APPLIED
+    usual = _USUAL_RESULT
+    one_byte = ONE_BYTE_VARINTS
+    for result in results:
+        line_results = result.line_results
+        if (result.outcome is applied and result.original_outcome is applied
+                and len(line_results) == 1 and not result.reason and not result.message
+                and not result.exception_ids and not result.reversal_results):
+            line = line_results[0]
+            balance = line.balance_after
+            sequence = result.sequence_number
+            if (line.outcome is line_applied and balance is not None and not line.reason
+                    and not line.remainder_credit_memo_number and 0 < sequence < 0x4000
+                    and 0 < balance.amount_minor < 0x4000 and balance.currency
+                    and line.line_id and result.transaction_id):
+                # Both varints of one or two bytes (the usual sequence numbers and balances).
+                txn_id = result.transaction_id.encode()
+                line_id = line.line_id.encode()
+                currency = balance.currency.encode()
+                minor = balance.amount_minor
+                sequence_varint = (one_byte[sequence] if sequence < 0x80
+                                   else bytes((sequence & 0x7F | 0x80, sequence >> 7)))
+                minor_varint = (one_byte[minor] if minor < 0x80
+                                else bytes((minor & 0x7F | 0x80, minor >> 7)))
+                money_size = 3 + len(minor_varint) + len(currency)
+                line_size = 6 + len(line_id) + money_size
+                size = 9 + len(txn_id) + len(sequence_varint) + line_size
+                if size < 0x80:  # then every length inside is too
+                    append(usual % (
+                        size, len(txn_id), txn_id, sequence_varint, line_size, len(line_id),
+                        line_id, money_size, minor_varint, len(currency), currency))
+                    continue
+        append(_field(b"\x0a", offline_result_wire(result)))
+    append(_field(b"\x12", sync_status_to_proto(status).SerializeToString()))
     return b"".join(parts)
-
-
-def _result_field(result: OfflineTransactionResult) -> bytes:
-    """`result` as field 1 of a response. The usual result (applied as sent: one line
-    applied, leaving a positive balance; nothing else) in one formatting, when it is short
-    enough for every length to be one byte; any other through `offline_result_wire`."""
-    if (result.outcome is _APPLIED and result.original_outcome is _APPLIED
-            and len(result.line_results) == 1 and not result.reason and not result.message
-            and not result.exception_ids and not result.reversal_results):
-        (line,) = result.line_results
-        balance = line.balance_after
-        sequence = result.sequence_number
-        if (line.outcome is _LINE_APPLIED and balance is not None and not line.reason
-                and not line.remainder_credit_memo_number and sequence > 0
-                and balance.amount_minor > 0 and balance.currency and line.line_id
-                and result.transaction_id):
-            txn_id = result.transaction_id.encode()
-            line_id = line.line_id.encode()
-            currency = balance.currency.encode()
-            sequence_varint = varint(sequence)
-            minor = varint(balance.amount_minor)
-            money_size = 3 + len(minor) + len(currency)
-            line_size = 6 + len(line_id) + money_size
-            size = 9 + len(txn_id) + len(sequence_varint) + line_size
-            if size < 0x80:  # then every length inside is too
-                return _USUAL_RESULT % (
-                    size, len(txn_id), txn_id, sequence_varint, line_size, len(line_id), line_id,
-                    money_size, minor, len(currency), currency)
-    return _field(b"\x0a", offline_result_wire(result))
 
 
 # Field 1 of a response holding: transaction_id, sequence_number, outcome and original
