@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
@@ -140,3 +145,74 @@ def test_usual_results_encode_as_protobuf_does_at_every_varint_length(number: in
     assert [(r.transaction_id, r.sequence_number, r.line_results[0].line_id,
              r.line_results[0].balance_after.amount_minor) for r in response.results] == [
         ("sale-1", number, "1", number), ("s" * 120, number, "é", 1), ("sale-2", number, "2", 0)]
+
+
+def field_by_field(results: list[OfflineTransactionResult], status: SyncStatus) -> bytes:
+    """The response as the protobuf runtime builds and serializes it: what the written
+    bytes must equal, byte for byte."""
+    response = ts.SyncOfflineBatchResponse()
+    for result in results:
+        message = response.results.add(
+            transaction_id=result.transaction_id, sequence_number=result.sequence_number,
+            outcome=offline_pb2.OfflineOutcome.Value(f"OFFLINE_OUTCOME_{result.outcome.value}"),
+            original_outcome=offline_pb2.OfflineOutcome.Value(
+                f"OFFLINE_OUTCOME_{result.original_outcome.value}"),
+            reason=result.reason, message=result.message,
+            exception_ids=list(result.exception_ids))
+        for line in result.line_results:
+            sent = message.line_results.add(
+                line_id=line.line_id, reason=line.reason,
+                outcome=offline_pb2.OfflineLineOutcome.Value(
+                    f"OFFLINE_LINE_OUTCOME_{line.outcome.value}"),
+                remainder_credit_memo_number=line.remainder_credit_memo_number)
+            if line.balance_after is not None:
+                sent.balance_after.SetInParent()
+                sent.balance_after.amount_minor = line.balance_after.amount_minor
+                sent.balance_after.currency_code = line.balance_after.currency
+    response.sync_status.terminal_id = status.terminal_id
+    return response.SerializeToString(deterministic=True)
+
+
+NUMBERS = st.sampled_from([-(2**63), -1, 0, 1, 127, 128, 16_383, 16_384, 2**21, 2**63 - 1])
+TEXTS = st.sampled_from(["", "1", "sale-7", "é", "x" * 120, "y" * 200])
+# Mostly what the usual result's formatting takes (varints of one or two bytes, short
+# texts), and its edges.
+USUAL_NUMBERS = st.sampled_from([1, 127, 128, 16_383, 16_384]) | NUMBERS
+USUAL_TEXTS = st.sampled_from(["1", "sale-7", "é", "z" * 90]) | TEXTS.filter(bool)
+
+
+def changes(**values: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """No change, one field of another value (each as likely), or several."""
+    one = [st.fixed_dictionaries({name: strategy}) for name, strategy in values.items()]
+    return st.just({}) | st.one_of(one) | st.fixed_dictionaries({}, optional=values)
+
+
+@st.composite
+def results(draw: st.DrawFn) -> OfflineTransactionResult:
+    """Mostly the usual result (written without a call) at every varint and text length,
+    else one with a field or more of another value."""
+    line = replace(OfflineLineResult(
+        draw(USUAL_TEXTS), OfflineLineOutcome.APPLIED,
+        balance_after=Money(draw(USUAL_NUMBERS), draw(st.sampled_from(["EUR", "é"])))),
+        **draw(changes(line_id=st.just(""),
+                       outcome=st.sampled_from(list(OfflineLineOutcome)),
+                       reason=st.just("OVERDRAFT"),
+                       balance_after=st.none() | st.just(Money(5, "")),
+                       remainder_credit_memo_number=st.just("7001"))))
+    return replace(OfflineTransactionResult(
+        draw(USUAL_TEXTS), draw(USUAL_NUMBERS), OfflineOutcome.APPLIED, OfflineOutcome.APPLIED,
+        line_results=(line,)),
+        **draw(changes(transaction_id=st.just(""),
+                       outcome=st.sampled_from(list(OfflineOutcome)),
+                       original_outcome=st.sampled_from(list(OfflineOutcome)),
+                       reason=st.just("OVERDRAFT"),
+                       message=st.just("m"),
+                       exception_ids=st.just(("exc_1",)),
+                       line_results=st.sampled_from([(), (line, line)]))))
+
+
+@settings(max_examples=300)
+@given(st.lists(results(), max_size=5))
+def test_a_batch_answer_is_what_protobuf_writes(batch: list[OfflineTransactionResult]) -> None:
+    status = SyncStatus("till-1", 0, 0, (), None)
+    assert sync_response_wire(batch, status) == field_by_field(batch, status)
