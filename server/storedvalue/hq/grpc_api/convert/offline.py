@@ -70,12 +70,13 @@ def offline_transactions_from_proto(
     request_serialized: bytes | None = None,
 ) -> list[OfflineTransaction]:
     """The domain's offline transactions of a batch (SyncOfflineBatch). Runs for every item
-    of every batch: equal moments and line amounts are read once and shared (values, never
-    changed), the fields are set positionally, and no generator or empty tuple is built per
-    field. A completion or last-contact time out of range leaves the field unreadable: the
-    domain rejects that item, not the batch. `request_serialized`: the deterministic
-    serialization of the SyncOfflineBatchRequest that holds `transactions`, which already
-    holds each transaction's (see `transaction_fingerprints`)."""
+    of every batch: equal last-contact moments and line amounts are read once and shared
+    (values, never changed), the fields are set positionally, and no generator or empty
+    tuple is built per field. A completion or last-contact time out of range leaves the
+    field unreadable: the domain rejects that item, not the batch. `request_serialized`:
+    the deterministic serialization of the SyncOfflineBatchRequest that holds
+    `transactions`, which already holds each transaction's (see
+    `transaction_fingerprints`)."""
     moments: dict[tuple[int, int], datetime | None] = {}
     amounts: dict[tuple[int, str], Money] = {}
     kinds = CARD_KINDS_BY_PROTO
@@ -88,7 +89,7 @@ def offline_transactions_from_proto(
 
     # A message field is read as its fields first: a value other than (0, 0) or (0, "")
     # shows the field is set, and only the default asks HasField (each lookup by name costs
-    # about as much as a field's read). Equal moments and amounts share one value.
+    # about as much as a field's read).
     decoded = []
     for txn, fingerprint in zip(sent, fingerprints, strict=True):
         completed_at = None
@@ -96,9 +97,8 @@ def offline_transactions_from_proto(
         sent_moment = txn.completed_at
         key = (sent_moment.seconds, sent_moment.nanos)
         if key != _ZERO_MOMENT or txn.HasField("completed_at"):
-            completed_at = moments.get(key, unset)
-            if completed_at is unset:
-                completed_at = moments[key] = moment_from_epoch(*key)
+            # Not shared: a till stamps each sale with its own time.
+            completed_at = moment_from_epoch(*key)
             if completed_at is None:
                 unreadable = ("completed_at",)
         last_reached_hq_at = None
