@@ -274,15 +274,7 @@ def test_a_unit_whose_held_back_append_fails_fails_alone_and_the_group_commits(
     runs: list[int] = []
 
     def remembers(number: int, request_id: str) -> Work[str]:
-        def work(uow: Repositories) -> str:
-            runs.append(number)
-            uow.cards.add([make_card(card_number(number))])
-            uow.requests.add(StoredResponse(
-                caller="till-1", request_id=request_id, operation="Test",
-                fingerprint=b"f", result_json="{}", created_at=NOW))
-            return card_number(number)
-
-        return work
+        return _adds_card_and_request(number, request_id, runs)
 
     async def scenario() -> tuple[int, list[str]]:
         await transactions.write(remembers(9, "taken"))
@@ -330,14 +322,7 @@ def test_held_back_appends_failing_under_another_units_read_leave_that_unit_unha
     transactions = GroupCommitTransactions(storage)
 
     def remembers(number: int, request_id: str) -> Work[str]:
-        def work(uow: Repositories) -> str:
-            uow.cards.add([make_card(card_number(number))])
-            uow.requests.add(StoredResponse(
-                caller="till-1", request_id=request_id, operation="Test",
-                fingerprint=b"f", result_json="{}", created_at=NOW))
-            return card_number(number)
-
-        return work
+        return _adds_card_and_request(number, request_id, [])
 
     def looks_up(uow: Repositories) -> str:
         # Reads the request log: the appends of the units before it are sent first.
@@ -496,3 +481,17 @@ def test_the_executors_keep_their_connections_past_1024_open_descriptors(
             os.close(descriptor)
         admin.dispose()
         storage.close()
+
+
+def _adds_card_and_request(number: int, request_id: str, runs: list[int]) -> Work[str]:
+    """A unit of work that adds card `number` and a request's result under `request_id`
+    (its runs noted in `runs`)."""
+    def work(uow: Repositories) -> str:
+        runs.append(number)
+        uow.cards.add([make_card(card_number(number))])
+        uow.requests.add(StoredResponse(
+            caller="till-1", request_id=request_id, operation="Test",
+            fingerprint=b"f", result_json="{}", created_at=NOW))
+        return card_number(number)
+
+    return work
