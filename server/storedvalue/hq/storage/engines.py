@@ -25,6 +25,7 @@ from storedvalue.hq.storage.sqlalchemy_internals import SerialStaticPool
 WRITE_OPTION = "storedvalue_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 32 * 1024  # per connection; see _on_connect
+WAL_AUTOCHECKPOINT_PAGES = 8192  # see _on_connect (HQ's writer checkpoints apart: checkpoints)
 
 
 def is_sqlite_memory(url: URL) -> bool:
@@ -125,7 +126,7 @@ def _sqlite_engine(url: URL, pool_size: int, busy_timeout_ms: int) -> Engine:
             # Checkpoint every 8192 pages (32 MiB of WAL) rather than 1000: a busy sync rewrites
             # the same journal-index pages often, and fewer, larger checkpoints write each once.
             # Durability is unchanged: every commit is fsynced in the WAL (synchronous=FULL).
-            cursor.execute("PRAGMA wal_autocheckpoint=8192")
+            cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             # A page cache of up to 32 MiB a connection instead of SQLite's 2 MB: a sync
             # updates cards, their lock history and journal index at random places, and with
             # 100,000 cards those B-trees (~27 MB) no longer fit in 2 MB, so most lookups

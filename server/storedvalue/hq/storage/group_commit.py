@@ -60,8 +60,10 @@ from sqlalchemy.pool import PoolProxiedConnection
 from storedvalue.hq.domain.errors import HQBusy
 from storedvalue.hq.services.transactions import MAX_ATTEMPTS, Work
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
+from storedvalue.hq.storage.checkpoints import WalCheckpointer
 from storedvalue.hq.storage.engines import (
     SQLITE_BUSY_TIMEOUT_MS,
+    WAL_AUTOCHECKPOINT_PAGES,
     is_sqlite_memory,
     sqlite_file_path,
 )
@@ -113,6 +115,11 @@ class GroupCommitTransactions:
             self._repositories = SqlRepositories(self._held[1])
             # On the loop a BEGIN must not wait: a locked database is left to the thread.
             self._held[1].set_busy_timeout(0)
+        # WAL checkpoints off the commits (see checkpoints): on a thread of their own.
+        self._checkpoints: WalCheckpointer | None = None
+        if self._held is not None and database_file is not None:
+            self._checkpoints = WalCheckpointer(database_file)
+            _set_wal_autocheckpoint(self._held, 0)
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
@@ -161,7 +168,10 @@ class GroupCommitTransactions:
         for thread in self._threads:
             thread.join()
         try:
+            if self._checkpoints is not None:
+                self._checkpoints.close()
             if self._held is not None:
+                _set_wal_autocheckpoint(self._held, WAL_AUTOCHECKPOINT_PAGES)
                 _release(self._held)
                 self._held = None
         finally:
@@ -364,6 +374,8 @@ class GroupCommitTransactions:
         finally:
             self._release_if_ended(tx)
         self.commits += 1
+        if self._checkpoints is not None:
+            self._checkpoints.committed()
         return outcomes
 
     def _run_group_here(self, group: list[_Unit]) -> list[_Outcome]:
@@ -400,6 +412,8 @@ class GroupCommitTransactions:
             return outcomes + (self._run_group(tx, repositories, rest) if rest else [])
         outcomes = _commit(tx, outcomes)
         self.commits += 1
+        if self._checkpoints is not None:
+            self._checkpoints.committed()
         return outcomes
 
     # -- the readers -------------------------------------------------------------------------
@@ -593,6 +607,15 @@ def _settle(outcomes: list[_Outcome]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
+
+
+def _set_wal_autocheckpoint(held: tuple[PoolProxiedConnection, Transaction], pages: int
+                            ) -> None:
+    """The WAL size (pages) at which a COMMIT on `held` checkpoints (0: never; a setting of
+    the connection, which goes back to the pool with SQLite's usual one)."""
+    driver = held[0].driver_connection
+    assert driver is not None
+    driver.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
 
 
 def _release(held: tuple[PoolProxiedConnection, Transaction]) -> None:

@@ -1,0 +1,157 @@
+"""SQLite WAL checkpoints on a thread of their own, off the writer's commits.
+
+With SQLite's automatic checkpoint, the COMMIT that takes the WAL past `wal_autocheckpoint`
+pages copies them all into the database file before it returns: during a sync one group
+commit in ten or so took ~200 ms instead of ~5, and every caller of that group (online
+calls too) waited for it. HQ's writer turns the automatic checkpoint off
+(`wal_autocheckpoint=0`) and tells a `WalCheckpointer` after each commit; the checkpointer's
+thread, on a connection of its own, runs a PASSIVE checkpoint once the WAL holds
+`CHECKPOINT_PAGES` pages not yet copied, again and again until it has caught up. A PASSIVE
+checkpoint never waits for the writer nor blocks it (SQLite copies what it can), and once it
+has copied the whole WAL the writer's next commit starts the WAL over from its beginning.
+
+Should the checkpoints still not keep up (a reader holding an old snapshot for long, a slow
+disk), the WAL file grows: past `MAX_WAL_BYTES` the checkpointer runs a TRUNCATE checkpoint,
+which waits for the writer's transaction to end, holds writers off while it copies, and
+empties the file: one long pause rather than a WAL without bound.
+
+Durability is unchanged: a commit is durable once its frames are fsynced in the WAL
+(synchronous=FULL), before any checkpoint; a checkpoint syncs the WAL before it writes the
+database file and the file before it lets the WAL start over, as SQLite's own does. After a
+crash SQLite recovers from the WAL as always. Closing the last connection to the database
+checkpoints what is left, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import struct
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Pages (of the WAL) not yet checkpointed that start a checkpoint: what the automatic
+# checkpoint waited for before (see engines: fewer, larger checkpoints write a page once).
+CHECKPOINT_PAGES = 8192
+# A WAL file past this size is emptied by a TRUNCATE checkpoint (which holds writers off).
+MAX_WAL_BYTES = 512 * 1024 * 1024
+# Without a readable WAL index (see _pending_frames), a checkpoint at most this often (s)
+# while commits come.
+FALLBACK_INTERVAL = 1.0
+# Between two looks at the WAL (s): commits come by the thousand a second.
+_PAUSE = 0.005
+
+# The WAL index (the -shm file; https://www.sqlite.org/walformat.html): a header of 48
+# bytes (twice), then the checkpoint information. In the header, at byte 0 its version
+# (3007000), at 12 whether it is initialized, at 16 mxFrame (the last valid frame of the
+# WAL); nBackfill (the frames already copied into the database) at byte 96. In the host's
+# byte order. Read only to decide when to checkpoint: a wrong reading makes a checkpoint
+# early or late, never a wrong one.
+_WAL_INDEX_VERSION = 3007000
+_HEADER = struct.Struct("=I8xB3xI")  # iVersion, isInit, mxFrame
+_BACKFILL = struct.Struct("=I")
+_BACKFILL_AT = 96
+
+
+class WalCheckpointer:
+    """Checkpoints the WAL of the SQLite database `database_file` on its own thread, as
+    commits (`committed()`) fill it. `close()` stops the thread."""
+
+    def __init__(self, database_file: Path, *, pages: int = CHECKPOINT_PAGES,
+                 max_wal_bytes: int = MAX_WAL_BYTES, busy_timeout_ms: int = 30_000) -> None:
+        self._wal = Path(f"{database_file}-wal")
+        self._shm = Path(f"{database_file}-shm")
+        self._pages = pages
+        self._max_wal_bytes = max_wal_bytes
+        self._connection = sqlite3.connect(
+            database_file, isolation_level=None, check_same_thread=False,
+            timeout=busy_timeout_ms / 1000)
+        # A checkpoint syncs the WAL and the database file as the writer's would.
+        self._connection.execute("PRAGMA synchronous=FULL")
+        self._connection.execute("PRAGMA wal_autocheckpoint=0")
+        self._wake = threading.Event()
+        self._stop = False
+        self._last = time.monotonic()
+        self.checkpoints = 0
+        """Checkpoints run so far (PASSIVE and TRUNCATE)."""
+        self._thread = threading.Thread(target=self._run, name="hq-sqlite-checkpoints",
+                                        daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """The writer committed: the WAL may need a checkpoint (any thread; cheap)."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop the thread (after a checkpoint it is running) and close its connection."""
+        if self._stop:
+            return
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        self._connection.close()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            try:
+                self._check()
+            except Exception:  # keep checkpointing later; SQLite's WAL stays valid meanwhile
+                log.exception("a WAL checkpoint failed")
+            # Commits meanwhile wake it once: at most one look at the WAL index per pause.
+            time.sleep(_PAUSE)
+
+    def _check(self) -> None:
+        pending = self._pending_frames()
+        if pending is None:  # no readable WAL index: by time
+            if time.monotonic() - self._last < FALLBACK_INTERVAL:
+                return
+        elif pending < self._pages:
+            return
+        if self._wal_bytes() > self._max_wal_bytes:
+            self._checkpoint("TRUNCATE")
+            return
+        # Until it has caught up (the writer may commit while one runs), or makes no more
+        # progress (a reader's snapshot holds the rest back, another process checkpoints).
+        before = -1
+        while not self._stop:
+            _busy, frames, copied = self._checkpoint("PASSIVE")
+            if copied >= frames or copied <= before:
+                return
+            before = copied
+
+    def _checkpoint(self, mode: str) -> tuple[int, int, int]:
+        row = self._connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        self._last = time.monotonic()
+        self.checkpoints += 1
+        busy, frames, copied = (int(value) for value in row)
+        return busy, frames, copied
+
+    def _pending_frames(self) -> int | None:
+        """Frames of the WAL not yet copied into the database, from the WAL index; None
+        when it cannot be read as documented."""
+        try:
+            with open(self._shm, "rb") as shm:
+                head = shm.read(_BACKFILL_AT + _BACKFILL.size)
+        except OSError:
+            return None
+        if len(head) < _BACKFILL_AT + _BACKFILL.size:
+            return None
+        version, initialized, frames = _HEADER.unpack_from(head)
+        if version != _WAL_INDEX_VERSION or initialized != 1:
+            return None
+        copied: int = _BACKFILL.unpack_from(head, _BACKFILL_AT)[0]
+        return max(0, int(frames) - copied)
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(self._wal).st_size
+        except OSError:
+            return 0
