@@ -10,7 +10,7 @@ would: changing a loaded card changes nothing until `save`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 LineKey = tuple[str, str, str]
 T = TypeVar("T", bound="DataclassInstance")
+R = TypeVar("R")
 
 
 @dataclass
@@ -363,6 +364,14 @@ class FakeOfflineRecordRepository:
                 record.transaction_id
             )
 
+
+    def if_first_delivery(self, terminal_id: str, transaction_ids: Collection[str],
+                          line_keys: Collection[LineKey],
+                          apply: Callable[[], R | None]) -> R | None:
+        if self.get_many(terminal_id, transaction_ids) or any(
+                key in self._state.redemptions for key in line_keys):
+            return None
+        return apply()
 
     def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                            now: datetime) -> None:

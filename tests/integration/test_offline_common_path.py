@@ -385,3 +385,32 @@ def test_a_batch_of_common_transactions_skips_the_general_planner(
     columns = [column.name for column in METADATA.tables["cards"].columns]
     assert [dict(zip(columns, row, strict=True))["lock_terminal_id"]
             for row in state["cards"]] == [None] * 3
+
+
+def test_a_common_batch_with_a_transaction_stored_already_changes_nothing_twice(
+    storages: SqliteFiles | PostgresSchemas,
+) -> None:
+    # The second request delivers sale-1 for the first time and sale-0 again under a new
+    # sequence number (above the highest seen: no owner to look up). On SQLite the common
+    # path writes before it finds sale-0 stored (its record's and its line's keys are
+    # taken), and must then leave nothing of its writes behind.
+    cards = [CardSetup(CardKind.GIFT_CARD, 1_000, "EUR", "mine") for _ in range(2)]
+    first = Item(0, 0, 1, 100, "right", "same", "allowed", "")
+    second = Item(1, 1, 2, 100, "right", "same", "allowed", "")
+    first_again = Item(0, 0, 3, 100, "right", "same", "allowed", "")
+    batches = [[first], [second, first_again], [second]]
+    with deterministic_exception_ids() as reset:
+        fast = run_twin(storages.fresh(), cards, batches, common_path=True, reset_ids=reset)
+        general = run_twin(storages.fresh(), cards, batches, common_path=False,
+                           reset_ids=reset)
+    assert fast == general
+    answers = [answer for answer in fast[0] if isinstance(answer, SyncOutcome)]
+    assert len(answers) == len(batches) + 1
+    assert [r.outcome for r in answers[0].results] == [OfflineOutcome.APPLIED]
+    assert answers[1].results[0].outcome is OfflineOutcome.APPLIED
+    assert answers[1].results[1].outcome is not OfflineOutcome.APPLIED
+    assert [r.outcome for r in answers[2].results] == [OfflineOutcome.ALREADY_APPLIED]
+    # Each card debited once.
+    assert [r.line_results[0].balance_after for r in (answers[0].results[0],
+                                                      answers[1].results[0])] == [
+        Money(900, "EUR")] * 2

@@ -23,7 +23,11 @@ from storedvalue.hq.domain.offline import (
     plan_offline_batch,
 )
 from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
-from storedvalue.hq.domain.offline_common import is_common_shape, plan_common_batch
+from storedvalue.hq.domain.offline_common import (
+    CommonBatchPlan,
+    is_common_shape,
+    plan_common_batch,
+)
 from storedvalue.hq.domain.reversals import cards_a_reversal_touches, reversal_keys
 from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
 from storedvalue.hq.services.batch_order import BatchOrder
@@ -292,40 +296,46 @@ class OfflineService:
         if len(cards) != len(numbers):
             return None
         txn_ids = [txn.transaction_id for txn in batch]
-        known = uow.offline.get_many(terminal_id, txn_ids)
-        if known:
+        # No record holds a sequence number above the highest seen (a record is written
+        # with its number seen): a batch above it needs no lookup of their owners.
+        seen = terminal.highest_sequence_seen
+        if min(txn.sequence_number for txn in batch) <= seen and uow.offline.sequence_owners(
+                terminal_id, {txn.sequence_number for txn in batch}):
             return None
-        owners = uow.offline.sequence_owners(terminal_id, {txn.sequence_number for txn in batch})
-        if owners:
-            return None
-        redemptions = uow.redemptions.get_many(line_keys)
-        if redemptions:
-            return None
-        plan = plan_common_batch(
-            terminal_id=terminal_id,
-            transactions=batch,
-            cards=cards,
-            known=known,
-            sequence_owners=owners,
-            redemptions=redemptions,
-            parameters=parameters_as_used(
-                uow, terminal.store_id, (txn.parameters_version for txn in batch)),
-            sale_locks=uow.lock_history.sale_locks(terminal_id, txn_ids),
-            highest_sequence_seen=terminal.highest_sequence_seen,
-            now=now,
-            limits=self.limits.per_item,
-        )
+
+        def apply() -> CommonBatchPlan | None:
+            plan = plan_common_batch(
+                terminal_id=terminal_id,
+                transactions=batch,
+                cards=cards,
+                known={},
+                sequence_owners={},
+                redemptions={},
+                parameters=parameters_as_used(
+                    uow, terminal.store_id, (txn.parameters_version for txn in batch)),
+                sale_locks=uow.lock_history.sale_locks(terminal_id, txn_ids),
+                highest_sequence_seen=seen,
+                now=now,
+                limits=self.limits.per_item,
+            )
+            if plan is None:
+                return None
+            uow.cards.set_balances(plan.balances)
+            uow.journal.append_offline_debits(terminal_id, plan.debits_by_card(), now)
+            uow.redemptions.add_offline_debits(terminal_id, plan.debits, now)
+            uow.offline.add_offline_debits(terminal_id, plan.debits, now)
+            return plan
+
+        # Only for transactions and lines not stored yet (a redelivery, or a sale's id HQ
+        # knows from an online call, goes the general way).
+        plan = uow.offline.if_first_delivery(terminal_id, txn_ids, line_keys, apply)
         if plan is None:
             return None
-        uow.cards.set_balances(plan.balances)
-        uow.journal.append_offline_debits(terminal_id, plan.debits_by_card(), now)
-        uow.redemptions.add_offline_debits(terminal_id, plan.debits, now)
-        uow.offline.add_offline_debits(terminal_id, plan.debits, now)
         sequences = [d.sequence_number for d in plan.debits]
         # Without a gap before (every number up to the mark received, none above it: no
         # record is above the highest number seen), the numbers above the mark are this
         # batch's: no need to read them back.
-        gapless = terminal.highest_sequence_seen == terminal.highest_contiguous_sequence
+        gapless = seen == terminal.highest_contiguous_sequence
         terminal.record_sequences(sequences, now=now)
         above = sequences if gapless else uow.offline.sequences_above(
             terminal_id, terminal.highest_contiguous_sequence)

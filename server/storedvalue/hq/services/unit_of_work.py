@@ -15,10 +15,10 @@ service retries the whole unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry
@@ -34,6 +34,8 @@ from storedvalue.hq.domain.parameters import ParameterSet
 from storedvalue.hq.domain.terminal_reports import ReceivedReport
 from storedvalue.hq.domain.terminals import Terminal
 from storedvalue.hq.domain.value_objects import value_object
+
+T = TypeVar("T")
 
 
 class ConcurrentUpdate(Exception):
@@ -195,6 +197,14 @@ class OfflineRecordRepository(Protocol):
     def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                            now: datetime) -> None:
         """Insert the record of each debit's transaction, received at `now` (as `add`)."""
+        ...
+    def if_first_delivery(self, terminal_id: str, transaction_ids: Collection[str],
+                          line_keys: Collection[tuple[str, str, str]],
+                          apply: Callable[[], T | None]) -> T | None:
+        """`apply()`, which writes the records of these transactions and these lines'
+        redemptions, when none of them is stored yet; else None, with nothing of it
+        written (whether it ran or not). None from `apply` also leaves nothing of it
+        written."""
         ...
 
 

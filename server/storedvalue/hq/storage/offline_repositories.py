@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import bindparam, func, insert, select, update
 
 from storedvalue.hq.domain.offline import OfflineException, OfflineOutcome, OfflineRecord
 from storedvalue.hq.domain.offline_common import CommonDebit
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
 from storedvalue.hq.storage import offline_results, rows
+from storedvalue.hq.storage.card_repositories import SqlRedemptionRepository
 from storedvalue.hq.storage.statements import Statement, in_chunks
 from storedvalue.hq.storage.tables import offline_exceptions, offline_records
 from storedvalue.hq.storage.transaction import Transaction
+
+T = TypeVar("T")
 
 _RECORDS = Statement(
     select(offline_records).where(
@@ -108,6 +113,38 @@ class SqlOfflineRecordRepository:
     def sequences_above(self, terminal_id: str, mark: int) -> list[int]:
         params = {"terminal_id": terminal_id, "mark": mark}
         return [row.sequence_number for row in self._tx.fetch(_SEQUENCES_ABOVE, params)]
+
+    def if_first_delivery(self, terminal_id: str, transaction_ids: Collection[str],
+                          line_keys: Collection[tuple[str, str, str]],
+                          apply: Callable[[], T | None]) -> T | None:
+        # SQLite: no lookup first. The records' and the redemptions' primary keys refuse a
+        # transaction or a line stored already (as they would a race): then everything
+        # `apply` wrote is undone, back to the savepoint. The lookups cost more than the
+        # inserts' own checks of the same keys (each a few thousand instructions a
+        # transaction), and a batch is nearly always delivered for the first time.
+        # PostgreSQL: the failed insert would only surface at the next read or the commit
+        # (the writes are pipelined): the lookups first.
+        tx = self._tx
+        if not tx.is_sqlite:
+            if self.get_many(terminal_id, transaction_ids) or (
+                    SqlRedemptionRepository(tx).get_many(line_keys)):
+                return None
+            return apply()
+        writes = tx.savepoint("first_delivery")
+        try:
+            result = apply()
+        except ConcurrentUpdate:  # a key taken: delivered before (in part)
+            tx.rollback_to("first_delivery", writes)
+            return None
+        except BaseException:
+            if tx.is_open:
+                tx.rollback_to("first_delivery", writes)
+            raise
+        if result is None:
+            tx.rollback_to("first_delivery", writes)
+        else:
+            tx.release("first_delivery")
+        return result
 
     def add(self, records: Iterable[OfflineRecord]) -> None:
         self._tx.write(_INSERT_RECORDS, [rows.offline_record_values(r) for r in records])

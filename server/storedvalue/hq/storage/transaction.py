@@ -347,6 +347,29 @@ class Transaction:
         finally:
             self._cursor.close()
 
+    # -- a savepoint (SQLite: storage.offline_repositories' first deliveries) -------------
+
+    @property
+    def is_sqlite(self) -> bool:
+        return not self._postgresql
+
+    def savepoint(self, name: str) -> int:
+        """SAVEPOINT `name` (an identifier of ours); returns the writes so far, for
+        `rollback_to`."""
+        self._execute(f"SAVEPOINT {name}", None)
+        return self.writes
+
+    def release(self, name: str) -> None:
+        """RELEASE `name`: what was written since it stays in the transaction."""
+        self._execute(f"RELEASE {name}", None)
+
+    def rollback_to(self, name: str, writes: int) -> None:
+        """Undo what was written since SAVEPOINT `name` (which `savepoint` gave `writes`),
+        and release it: the transaction goes on as it was then."""
+        self._execute(f"ROLLBACK TO {name}", None)
+        self._execute(f"RELEASE {name}", None)
+        self.writes = writes
+
     def _send_held(self, *, commit: bool = False) -> None:
         """PostgreSQL: send the writes held back (and the COMMIT) in one pipeline; the first
         failure among them is raised once the pipeline has synced."""
