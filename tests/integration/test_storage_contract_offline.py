@@ -21,10 +21,13 @@ from storage_samples import (
     write,
 )
 
+from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.money import Money
-from storedvalue.hq.domain.offline import OfflineException
+from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
+from storedvalue.hq.domain.offline_common import CommonDebit
 from storedvalue.hq.domain.parameters import OfflineRiskLimits
-from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, UnitOfWork
+from storedvalue.hq.storage.offline_results import applied
 
 # -- offline records ------------------------------------------------------------------------
 
@@ -333,3 +336,43 @@ def test_a_terminal_report_round_trips_and_an_older_one_does_not_replace_it(
     newest = make_report(reported=at(60), received=at(61), unsynced=0)
     assert write(storage, lambda uow: uow.reports.save("till-1", newest))
     assert read(storage, lambda uow: uow.reports.get_many(["till-1"])) == {"till-1": newest}
+
+
+def test_many_offline_debits_are_stored_as_written(storage: Storage) -> None:
+    # 237 debits: on SQLite, INSERTs of 100 and of 10 rows, then the 7 left one by one.
+    debits = [
+        CommonDebit(f"t-{n:05d}", n, bytes([n % 256]) * 32, f"line {n % 3}",
+                    card_number(n % 50), 100 + n, "EUR", 10_000 - n, at(n),
+                    applied(f"t-{n:05d}", n, f"line {n % 3}", Money(10_000 - n, "EUR")))
+        for n in range(1, 238)
+    ]
+    later = at(1_000)
+
+    def add(uow: UnitOfWork) -> None:
+        uow.journal.append_offline_debits("till-1", debits, later)
+        uow.redemptions.add_offline_debits("till-1", debits, later)
+        uow.offline.add_offline_debits("till-1", debits, later)
+
+    write(storage, add)
+
+    ids = [d.transaction_id for d in debits]
+    records = read(storage, lambda uow: uow.offline.get_many("till-1", ids))
+    assert records == {d.transaction_id: OfflineRecord(
+        "till-1", d.transaction_id, d.sequence_number, d.fingerprint, d.result, later)
+        for d in debits}
+    lines = read(storage, lambda uow: uow.redemptions.get_many(
+        [("till-1", d.transaction_id, d.line_id) for d in debits]))
+    assert sorted(lines.values(), key=lambda r: r.transaction_id) == [Redemption(
+        "till-1", d.transaction_id, d.line_id, d.card_number, d.amount_minor, "EUR", "",
+        True, later) for d in debits]
+
+    def journal(uow: UnitOfWork) -> list[JournalEntry]:
+        return [entry for n in range(50) for entry in uow.journal.list_for_card(
+            card_number(n), after_entry_id=0, limit=100)]
+
+    entries = read(storage, journal)
+    assert sorted((e.transaction_id, e.card_number, e.amount_minor, e.balance_after_minor,
+                   e.occurred_at, e.recorded_at, e.line_id, e.offline, e.kind)
+                  for e in entries) == [
+        (d.transaction_id, d.card_number, -d.amount_minor, d.balance_after_minor,
+         d.occurred_at, later, d.line_id, True, JournalEntryKind.REDEEM) for d in debits]

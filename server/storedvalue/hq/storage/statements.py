@@ -106,6 +106,25 @@ class Statement:
             self._compiled[cache_key] = found
         return found
 
+    def compiled_insert_rows(self, dialect: Dialect, keys: tuple[str, ...], rows: int
+                             ) -> CompiledSql:
+        """SQLite: the INSERT writing `keys` for `rows` rows in one statement, its VALUES
+        list repeated `rows` times (parameters: each row's in `order`, row after row)."""
+        cache_key = (dialect.name, keys, "rows", rows)
+        found = self._compiled.get(cache_key)
+        if found is None:
+            if not isinstance(self.statement, Insert):
+                raise TypeError("not an INSERT")
+            single = self.compiled_write(dialect, keys, many=False)
+            head, separator, values = single.sql.partition(" VALUES ")
+            if not separator or " VALUES " in values or not (
+                    values.startswith("(") and values.endswith(")")):
+                raise ValueError(f"not a single-row INSERT: {single.sql}")
+            found = CompiledSql(f"{head} VALUES {', '.join([values] * rows)}", single.order,
+                                single.defaults, None, single.bind)
+            self._compiled[cache_key] = found
+        return found
+
     def _table(self) -> Table:
         statement = self.statement
         assert isinstance(statement, Insert | Update)

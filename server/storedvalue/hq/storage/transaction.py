@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from operator import itemgetter
 from typing import Any, cast
 
@@ -38,6 +39,11 @@ _NOTHING: dict[None, None] = {}
 sqlite3.register_adapter(type(None), cast(Callable[[None], None], _NOTHING.get))  # None
 sqlite3.register_adapter(bool, int)
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
+
+# SQLite: rows per INSERT of `insert_tuples`, largest first (a few statement texts per table,
+# kept in the driver's statement cache; 100 rows of up to 9 values are far under SQLite's
+# 999 bound values of old).
+_ROWS_PER_INSERT = (100, 10)
 
 # SQLite: a notification is a row (tables.notifications), and each one written prunes those
 # older than the newest NOTIFICATIONS_KEPT: one indexed range delete, of one row once the
@@ -263,6 +269,41 @@ class Transaction:
             except self._error as error:
                 raise HeldAppendsFailed(
                     translated_driver_error(sql, None, error, self._error)) from None
+
+    def insert_tuples(self, statement: Statement, keys: tuple[str, ...],
+                      rows: Sequence[Sequence[Any]]) -> None:
+        """`write_tuples` for an INSERT of many rows (the common offline sync's). On SQLite
+        as INSERTs of `_ROWS_PER_INSERT` rows each (one VALUES list): one execution of a
+        statement rather than one per row, a quarter less work a row; the rows left over
+        as `write_tuples` does. Elsewhere `write_tuples` itself."""
+        if self._postgresql or len(rows) < _ROWS_PER_INSERT[-1]:
+            self.write_tuples(statement, keys, rows)
+            return
+        self.writes += 1
+        single = statement.compiled_write(self._dialect, keys, many=True)
+        order = single.order
+        if order is not None and order != keys:
+            pick = itemgetter(*(keys.index(key) for key in order))
+            rows = [pick(row) for row in rows] if len(order) > 1 else [
+                (row[keys.index(order[0])],) for row in rows]
+        if not self._open:
+            self.begin()
+        cursor = self._cursor
+        start, count = 0, len(rows)
+        sql = single.sql
+        try:
+            for size in _ROWS_PER_INSERT:
+                if count - start < size:
+                    continue
+                sql = statement.compiled_insert_rows(self._dialect, keys, size).sql
+                while count - start >= size:
+                    cursor.execute(sql, list(chain.from_iterable(rows[start:start + size])))
+                    start += size
+            if start < count:
+                sql = single.sql
+                cursor.executemany(sql, rows[start:])
+        except self._error as error:
+            raise translated_driver_error(sql, None, error, self._error) from None
 
     def notify(self, channel: str, payload: str) -> None:
         """Tell the other HQ processes on this database, once this transaction commits:
