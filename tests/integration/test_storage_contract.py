@@ -25,8 +25,14 @@ from storage_samples import (
 from storedvalue.hq.domain.cards import CardKind, CardStatus
 from storedvalue.hq.domain.journal import JournalEntryKind
 from storedvalue.hq.domain.offline import ReversalOutcome
+from storedvalue.hq.domain.offline_common import BalanceChange
 from storedvalue.hq.domain.offline_locks import LockGrant
-from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, StoredResponse
+from storedvalue.hq.services.unit_of_work import (
+    ConcurrentUpdate,
+    Storage,
+    StoredResponse,
+    UnitOfWork,
+)
 
 # -- units of work --------------------------------------------------------------------------
 
@@ -424,3 +430,27 @@ def test_a_stored_response_round_trips_and_its_request_id_cannot_be_taken_again(
     assert read(storage, lambda uow: uow.requests.get("till-1", "req-2")) is None
     with pytest.raises(ConcurrentUpdate):
         write(storage, lambda uow: uow.requests.add(replace(response, operation="LockCard")))
+
+
+def test_new_balances_are_set_and_released_locks_cleared_for_many_cards(
+    storage: Storage,
+) -> None:
+    # 123 cards: on SQLite, UPDATEs of 100 and of 10 rows, then the 3 left one by one; the
+    # cards whose lock is released and those that keep theirs in two such runs.
+    numbers = [card_number(n) for n in range(123)]
+    locks = {number: make_lock(number, transaction_id=f"sale-{n}", token=n + 1)
+             for n, number in enumerate(numbers)}
+    write(storage, lambda uow: uow.cards.add(
+        [make_card(number, balance=5_000, lock=locks[number]) for number in numbers]))
+    changes = [BalanceChange(number, 5_000 - n, n % 5 != 0) for n, number in enumerate(numbers)]
+
+    def debit(uow: UnitOfWork) -> None:
+        assert len(uow.cards.balances_for_update(numbers)) == len(numbers)
+        uow.cards.set_balances(changes)
+
+    write(storage, debit)
+
+    cards = read(storage, lambda uow: [uow.cards.get(number) for number in numbers])
+    assert [(card.balance_minor, card.lock) for card in cards if card is not None] == [
+        (change.balance_minor, None if change.release_lock else locks[change.card_number])
+        for change in changes]

@@ -310,8 +310,8 @@ class SqlCardRepository:
         released: list[tuple[int, str]] = []
         for number, balance, release in changes:
             (released if release else kept).append((balance, number))
-        self._tx.write_tuples(_SAVE_RELEASING, _BALANCE_KEYS, released)
-        self._tx.write_tuples(_SAVE_CARDS, _BALANCE_KEYS, kept)
+        self._tx.write_rows(_SAVE_RELEASING, _BALANCE_KEYS, released)
+        self._tx.write_rows(_SAVE_CARDS, _BALANCE_KEYS, kept)
 
     def list_locks(
         self,
@@ -392,7 +392,7 @@ class SqlJournalRepository:
                               now: datetime) -> None:
         recorded = rows.to_micros(now)
         micros = rows.to_micros
-        self._tx.insert_tuples(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS, [
+        self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS, [
             (d.card_number, -d.amount_minor, d.currency, d.balance_after_minor,
              terminal_id, d.transaction_id, d.line_id, micros(d.occurred_at), recorded)
             for d in debits
@@ -452,7 +452,7 @@ class SqlRedemptionRepository:
     def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                            now: datetime) -> None:
         recorded = rows.to_micros(now)
-        self._tx.insert_tuples(_INSERT_DEBIT_REDEMPTIONS, _DEBIT_REDEMPTION_KEYS, [
+        self._tx.write_rows(_INSERT_DEBIT_REDEMPTIONS, _DEBIT_REDEMPTION_KEYS, [
             (terminal_id, d.transaction_id, d.line_id, d.card_number, d.amount_minor,
              d.currency, recorded)
             for d in debits

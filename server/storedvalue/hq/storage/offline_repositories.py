@@ -153,7 +153,7 @@ class SqlOfflineRecordRepository:
                            now: datetime) -> None:
         received = rows.to_micros(now)
         dumps = offline_results.dumps
-        self._tx.insert_tuples(_INSERT_APPLIED_RECORDS, _DEBIT_RECORD_KEYS, [
+        self._tx.write_rows(_INSERT_APPLIED_RECORDS, _DEBIT_RECORD_KEYS, [
             (terminal_id, d.transaction_id, d.sequence_number, d.fingerprint,
              dumps(d.result, d.transaction_id, d.sequence_number), received)
             for d in debits

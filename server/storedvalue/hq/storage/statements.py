@@ -106,22 +106,39 @@ class Statement:
             self._compiled[cache_key] = found
         return found
 
-    def compiled_insert_rows(self, dialect: Dialect, keys: tuple[str, ...], rows: int
-                             ) -> CompiledSql:
-        """SQLite: the INSERT writing `keys` for `rows` rows in one statement, its VALUES
-        list repeated `rows` times (parameters: each row's in `order`, row after row)."""
+    def compiled_rows(self, dialect: Dialect, keys: tuple[str, ...], rows: int) -> CompiledSql:
+        """SQLite: the INSERT or UPDATE writing `keys` for `rows` rows in one statement
+        (parameters: each row's in `order`, row after row). An INSERT's VALUES list is
+        repeated `rows` times; an UPDATE reads its rows from a VALUES list
+        (`UPDATE ... FROM (VALUES ...) AS v`, each bound value of the one-row UPDATE
+        becoming a column of v). Rows of one UPDATE must have distinct keys."""
         cache_key = (dialect.name, keys, "rows", rows)
         found = self._compiled.get(cache_key)
         if found is None:
-            if not isinstance(self.statement, Insert):
-                raise TypeError("not an INSERT")
             single = self.compiled_write(dialect, keys, many=False)
-            head, separator, values = single.sql.partition(" VALUES ")
-            if not separator or " VALUES " in values or not (
-                    values.startswith("(") and values.endswith(")")):
-                raise ValueError(f"not a single-row INSERT: {single.sql}")
-            found = CompiledSql(f"{head} VALUES {', '.join([values] * rows)}", single.order,
-                                single.defaults, None, single.bind)
+            if isinstance(self.statement, Insert):
+                head, separator, values = single.sql.partition(" VALUES ")
+                if not separator or " VALUES " in values or not (
+                        values.startswith("(") and values.endswith(")")):
+                    raise ValueError(f"not a single-row INSERT: {single.sql}")
+                sql = f"{head} VALUES {', '.join([values] * rows)}"
+            elif isinstance(self.statement, Update):
+                pieces = single.sql.split("?")
+                count = len(pieces) - 1
+                head, separator, _where = single.sql.partition(" WHERE ")
+                if (not separator or " WHERE " in _where or " FROM " in single.sql
+                        or count != len(single.order or ())):
+                    raise ValueError(f"not a one-row UPDATE of ours: {single.sql}")
+                columns = "".join(
+                    f"{piece}v.column{i + 1}" for i, piece in enumerate(pieces[:-1]))
+                columns += pieces[-1]
+                head, _, where = columns.partition(" WHERE ")
+                values = "(" + ", ".join(["?"] * count) + ")"
+                sql = (f"{head} FROM (VALUES {', '.join([values] * rows)}) AS v "
+                       f"WHERE {where}")
+            else:
+                raise TypeError("a SELECT writes nothing")
+            found = CompiledSql(sql, single.order, single.defaults, None, single.bind)
             self._compiled[cache_key] = found
         return found
 

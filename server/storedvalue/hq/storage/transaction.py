@@ -21,7 +21,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import Dialect
+from sqlalchemy import Dialect, Update
 
 from storedvalue.hq.storage.error_translation import translated_driver_error
 from storedvalue.hq.storage.sqlalchemy_internals import CompiledSql
@@ -40,10 +40,12 @@ sqlite3.register_adapter(type(None), cast(Callable[[None], None], _NOTHING.get))
 sqlite3.register_adapter(bool, int)
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
 
-# SQLite: rows per INSERT of `insert_tuples`, largest first (a few statement texts per table,
+# SQLite: rows per statement of `write_rows`, largest first (a few statement texts per table,
 # kept in the driver's statement cache; 100 rows of up to 9 values are far under SQLite's
 # 999 bound values of old).
 _ROWS_PER_INSERT = (100, 10)
+# UPDATE ... FROM: SQLite 3.33 and later.
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 
 # SQLite: a notification is a row (tables.notifications), and each one written prunes those
 # older than the newest NOTIFICATIONS_KEPT: one indexed range delete, of one row once the
@@ -270,13 +272,15 @@ class Transaction:
                 raise HeldAppendsFailed(
                     translated_driver_error(sql, None, error, self._error)) from None
 
-    def insert_tuples(self, statement: Statement, keys: tuple[str, ...],
-                      rows: Sequence[Sequence[Any]]) -> None:
-        """`write_tuples` for an INSERT of many rows (the common offline sync's). On SQLite
-        as INSERTs of `_ROWS_PER_INSERT` rows each (one VALUES list): one execution of a
-        statement rather than one per row, a quarter less work a row; the rows left over
-        as `write_tuples` does. Elsewhere `write_tuples` itself."""
-        if self._postgresql or len(rows) < _ROWS_PER_INSERT[-1]:
+    def write_rows(self, statement: Statement, keys: tuple[str, ...],
+                   rows: Sequence[Sequence[Any]]) -> None:
+        """`write_tuples` for an INSERT or UPDATE of many rows (the common offline sync's).
+        On SQLite as statements of `_ROWS_PER_INSERT` rows each (`Statement.compiled_rows`:
+        one VALUES list): one execution of a statement rather than one per row, a quarter
+        less work a row; the rows left over as `write_tuples` does. Elsewhere
+        `write_tuples` itself."""
+        if (self._postgresql or len(rows) < _ROWS_PER_INSERT[-1]
+                or (not _UPDATE_FROM and isinstance(statement.statement, Update))):
             self.write_tuples(statement, keys, rows)
             return
         self.writes += 1
@@ -295,7 +299,7 @@ class Transaction:
             for size in _ROWS_PER_INSERT:
                 if count - start < size:
                     continue
-                sql = statement.compiled_insert_rows(self._dialect, keys, size).sql
+                sql = statement.compiled_rows(self._dialect, keys, size).sql
                 while count - start >= size:
                     cursor.execute(sql, list(chain.from_iterable(rows[start:start + size])))
                     start += size
