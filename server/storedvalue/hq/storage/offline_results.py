@@ -57,6 +57,16 @@ def dumps(result: OfflineTransactionResult, transaction_id: str, sequence_number
     return records.dumps(result)
 
 
+def dumps_applied(result: OfflineTransactionResult, balance_minor: int, currency: str,
+                  line_id: str) -> str:
+    """`dumps(result, ...)` for a common result known to be one (a `CommonDebit`'s: its
+    line `line_id` applied, leaving `balance_minor` in `currency`), without looking at it
+    again field by field."""
+    if currency.isalpha() and line_id.isprintable():
+        return f"A{balance_minor} {currency} {line_id}"
+    return records.dumps(result)
+
+
 def _applied_text(balance_minor: int, currency: str, line_id: str) -> str | None:
     """The compact form of the common result (its line `line_id` leaving `balance_minor` in
     `currency`), or None when these values do not fit it (the JSON object then)."""
