@@ -157,8 +157,9 @@ _ONLINE_ENTRY_KEYS = tuple(key for key in rows.JOURNAL_KEYS if key != "offline")
 _INSERT_DEBIT_ENTRIES = Statement(
     insert(journal),
     constants={"kind": JournalEntryKind.REDEEM.value, "offline": True, "note": ""})
+# (terminal_id and recorded_at are the same in every row: bound once.)
 _DEBIT_ENTRY_KEYS = ("card_number", "amount_minor", "currency", "balance_after_minor",
-                     "terminal_id", "transaction_id", "line_id", "occurred_at", "recorded_at")
+                     "transaction_id", "line_id", "occurred_at")
 _JOURNAL_PAGE = Statement(
     select(journal)
     .where(journal.c.card_number == bindparam("card_number"),
@@ -193,8 +194,9 @@ _INSERT_DEBIT_REDEMPTIONS = Statement(
     insert(redemptions),
     constants={"remainder_card_number": "", "offline": True, "reversal": None,
                "reversed_at": None})
-_DEBIT_REDEMPTION_KEYS = ("terminal_id", "transaction_id", "line_id", "card_number",
-                          "amount_minor", "currency", "recorded_at")
+# (terminal_id and recorded_at are the same in every row: bound once.)
+_DEBIT_REDEMPTION_KEYS = ("transaction_id", "line_id", "card_number", "amount_minor",
+                          "currency")
 _MARK_REVERSED = Statement(
     update(redemptions).where(
         redemptions.c.terminal_id == bindparam("key_terminal_id"),
@@ -394,9 +396,9 @@ class SqlJournalRepository:
         micros = rows.to_micros
         self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS, [
             (d.card_number, -d.amount_minor, d.currency, d.balance_after_minor,
-             terminal_id, d.transaction_id, d.line_id, micros(d.occurred_at), recorded)
+             d.transaction_id, d.line_id, micros(d.occurred_at))
             for d in debits
-        ])
+        ], {"terminal_id": terminal_id, "recorded_at": recorded})
 
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int
@@ -453,10 +455,9 @@ class SqlRedemptionRepository:
                            now: datetime) -> None:
         recorded = rows.to_micros(now)
         self._tx.write_rows(_INSERT_DEBIT_REDEMPTIONS, _DEBIT_REDEMPTION_KEYS, [
-            (terminal_id, d.transaction_id, d.line_id, d.card_number, d.amount_minor,
-             d.currency, recorded)
+            (d.transaction_id, d.line_id, d.card_number, d.amount_minor, d.currency)
             for d in debits
-        ])
+        ], {"terminal_id": terminal_id, "recorded_at": recorded})
 
     def mark_reversed(self, redemptions: Iterable[Redemption]) -> None:
         self._tx.write(

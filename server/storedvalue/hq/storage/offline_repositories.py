@@ -45,8 +45,8 @@ _INSERT_RECORDS = Statement(insert(offline_records))
 # add_offline_debits: records of transactions applied.
 _INSERT_APPLIED_RECORDS = Statement(
     insert(offline_records), constants={"outcome": OfflineOutcome.APPLIED.value})
-_DEBIT_RECORD_KEYS = ("terminal_id", "transaction_id", "sequence_number", "fingerprint",
-                      "result_json", "received_at")
+# (terminal_id and received_at are the same in every row: bound once.)
+_DEBIT_RECORD_KEYS = ("transaction_id", "sequence_number", "fingerprint", "result_json")
 
 _EXCEPTION_FOR_UPDATE = Statement(
     select(offline_exceptions)
@@ -157,10 +157,10 @@ class SqlOfflineRecordRepository:
         # through its adapters (~1,800 instructions a value); the same BLOB either way.
         blob = bytes if self._tx.dialect.name == "postgresql" else bytearray
         self._tx.write_rows(_INSERT_APPLIED_RECORDS, _DEBIT_RECORD_KEYS, [
-            (terminal_id, d.transaction_id, d.sequence_number, blob(d.fingerprint),
-             dumps(d.result, d.balance_after_minor, d.currency, d.line_id), received)
+            (d.transaction_id, d.sequence_number, blob(d.fingerprint),
+             dumps(d.result, d.balance_after_minor, d.currency, d.line_id))
             for d in debits
-        ])
+        ], {"terminal_id": terminal_id, "received_at": received})
 
 
 class SqlOfflineExceptionRepository:

@@ -106,22 +106,40 @@ class Statement:
             self._compiled[cache_key] = found
         return found
 
-    def compiled_rows(self, dialect: Dialect, keys: tuple[str, ...], rows: int) -> CompiledSql:
-        """SQLite: the INSERT or UPDATE writing `keys` for `rows` rows in one statement
-        (parameters: each row's in `order`, row after row). An INSERT's VALUES list is
-        repeated `rows` times; an UPDATE reads its rows from a VALUES list
-        (`UPDATE ... FROM (VALUES ...) AS v`, each bound value of the one-row UPDATE
-        becoming a column of v). Rows of one UPDATE must have distinct keys."""
-        cache_key = (dialect.name, keys, "rows", rows)
+    def compiled_rows(self, dialect: Dialect, keys: tuple[str, ...], rows: int,
+                      shared: tuple[str, ...] = ()) -> CompiledSql:
+        """SQLite: the INSERT or UPDATE writing `keys` for `rows` rows in one statement.
+        An INSERT's VALUES list is repeated `rows` times; an UPDATE reads its rows from a
+        VALUES list (`UPDATE ... FROM (VALUES ...) AS v`, each bound value of the one-row
+        UPDATE becoming a column of v). Rows of one UPDATE must have distinct keys.
+
+        An INSERT may have `shared` keys, the same in every row, bound once for all
+        (numbered parameters: the shared values first, in `shared` order, then each row's
+        in the returned `order`, row after row)."""
+        cache_key = (dialect.name, keys, "rows", rows, shared)
         found = self._compiled.get(cache_key)
         if found is None:
-            single = self.compiled_write(dialect, keys, many=False)
+            single = self.compiled_write(dialect, (*keys, *shared), many=False)
+            order = single.order or ()
             if isinstance(self.statement, Insert):
                 head, separator, values = single.sql.partition(" VALUES ")
-                if not separator or " VALUES " in values or not (
-                        values.startswith("(") and values.endswith(")")):
+                pieces = values.split("?")
+                if (not separator or " VALUES " in values or len(pieces) - 1 != len(order)
+                        or not (values.startswith("(") and values.endswith(")"))):
                     raise ValueError(f"not a single-row INSERT: {single.sql}")
-                sql = f"{head} VALUES {', '.join([values] * rows)}"
+                row_order = tuple(key for key in order if key not in shared)
+                numbers = [len(shared) + row_order.index(key) + 1 if key not in shared
+                           else shared.index(key) + 1 for key in order]
+                width = len(row_order)
+                sql = f"{head} VALUES " + ", ".join(
+                    "".join(f"{piece}?{number + row * width}" if key not in shared
+                            else f"{piece}?{number}"
+                            for piece, key, number in zip(pieces[:-1], order, numbers, strict=True))
+                    + pieces[-1]
+                    for row in range(rows))
+                order = row_order
+            elif shared:
+                raise ValueError("only an INSERT binds shared values once")
             elif isinstance(self.statement, Update):
                 pieces = single.sql.split("?")
                 count = len(pieces) - 1
@@ -138,7 +156,7 @@ class Statement:
                        f"WHERE {where}")
             else:
                 raise TypeError("a SELECT writes nothing")
-            found = CompiledSql(sql, single.order, single.defaults, None, single.bind)
+            found = CompiledSql(sql, order, single.defaults, None, single.bind)
             self._compiled[cache_key] = found
         return found
 

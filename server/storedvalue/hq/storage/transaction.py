@@ -273,19 +273,27 @@ class Transaction:
                     translated_driver_error(sql, None, error, self._error)) from None
 
     def write_rows(self, statement: Statement, keys: tuple[str, ...],
-                   rows: Sequence[Sequence[Any]]) -> None:
-        """`write_tuples` for an INSERT or UPDATE of many rows (the common offline sync's).
+                   rows: Sequence[Sequence[Any]], shared: Mapping[str, Any] | None = None
+                   ) -> None:
+        """`write_tuples` for an INSERT or UPDATE of many rows (the common offline sync's),
+        plus, for an INSERT, `shared` values of further columns, the same in every row.
         On SQLite as statements of `_ROWS_PER_INSERT` rows each (`Statement.compiled_rows`:
-        one VALUES list): one execution of a statement rather than one per row, a quarter
-        less work a row; the rows left over as `write_tuples` does. Elsewhere
-        `write_tuples` itself."""
+        one VALUES list, the shared values bound once): one execution of a statement
+        rather than one per row, a quarter less work a row; the rows left over one by one.
+        Elsewhere `write_tuples` itself."""
+        fixed = tuple(shared or ())
         if (self._postgresql or len(rows) < _ROWS_PER_INSERT[-1]
                 or (not _UPDATE_FROM and isinstance(statement.statement, Update))):
+            if shared:
+                values = tuple(shared.values())
+                keys, rows = (*keys, *fixed), [(*row, *values) for row in rows]
             self.write_tuples(statement, keys, rows)
             return
         self.writes += 1
-        single = statement.compiled_write(self._dialect, keys, many=True)
-        order = single.order
+        dialect = self._dialect
+        first = [] if shared is None else list(shared.values())
+        one = statement.compiled_rows(dialect, keys, 1, fixed)
+        order = one.order
         if order is not None and order != keys:
             pick = itemgetter(*(keys.index(key) for key in order))
             rows = [pick(row) for row in rows] if len(order) > 1 else [
@@ -294,18 +302,22 @@ class Transaction:
             self.begin()
         cursor = self._cursor
         start, count = 0, len(rows)
-        sql = single.sql
+        sql = one.sql
         try:
             for size in _ROWS_PER_INSERT:
                 if count - start < size:
                     continue
-                sql = statement.compiled_rows(self._dialect, keys, size).sql
+                sql = statement.compiled_rows(dialect, keys, size, fixed).sql
                 while count - start >= size:
-                    cursor.execute(sql, list(chain.from_iterable(rows[start:start + size])))
+                    cursor.execute(sql, [*first, *chain.from_iterable(rows[start:start + size])])
                     start += size
             if start < count:
-                sql = single.sql
-                cursor.executemany(sql, rows[start:])
+                if fixed:
+                    sql = one.sql
+                    cursor.executemany(sql, [(*first, *row) for row in rows[start:]])
+                else:
+                    sql = statement.compiled_write(dialect, keys, many=True).sql
+                    cursor.executemany(sql, rows[start:])
         except self._error as error:
             raise translated_driver_error(sql, None, error, self._error) from None
 
