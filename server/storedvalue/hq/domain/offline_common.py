@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import NamedTuple
 
 from storedvalue.hq.domain.cards import CardKind, is_valid_card_number
@@ -104,8 +105,8 @@ class CommonBatchPlan:
         return sorted(self.debits, key=_card_number)
 
 
-def _card_number(debit: CommonDebit) -> str:
-    return debit.card_number
+# A debit's card number (a C-level key: no Python call per debit).
+_card_number = itemgetter(CommonDebit._fields.index("card_number"))
 
 
 def is_common_shape(transactions: Sequence[OfflineTransaction]) -> bool:
@@ -158,6 +159,11 @@ def plan_common_batch(
             or risk.max_offline_duration is not None
         ) if applied.offline_completion_allowed(gift_card) else None
     plan = CommonBatchPlan()
+    applied_outcome = OfflineOutcome.APPLIED
+    line_applied = OfflineLineOutcome.APPLIED
+    new_result = OfflineTransactionResult
+    results_append = plan.results.append
+    debits_append = plan.debits.append
     ids: set[str] = set()
     sequences: set[int] = set()
     used: dict[str, tuple[CardBalance, int, bool]] = {}
@@ -200,28 +206,21 @@ def plan_common_batch(
             return None
         ids.add(txn_id)
         sequences.add(sequence)
-        highest_seen = max(highest_seen, sequence)
+        if sequence > highest_seen:
+            highest_seen = sequence
         release = card.lock_terminal_id == terminal_id and card.lock_transaction_id == txn_id
-        used[number] = (card, card.balance_minor - amount.amount_minor, release)
-    applied_outcome = OfflineOutcome.APPLIED
-    line_applied = OfflineLineOutcome.APPLIED
-    results = plan.results
-    debits = plan.debits
-    for txn in transactions:
-        (line,) = txn.redeem_lines
-        card, balance, _ = used[line.card_number]
-        amount = line.amount
-        assert amount is not None and txn.completed_at is not None  # checked above
-        result = OfflineTransactionResult(
-            txn.transaction_id, txn.sequence_number, applied_outcome, applied_outcome, "", "",
-            (OfflineLineResult(line.line_id, line_applied, "", Money(balance, card.currency),
-                               ""),),
-        )
-        results.append(result)
-        debits.append(new_tuple(CommonDebit, (
-            txn.transaction_id, txn.sequence_number, txn.fingerprint, line.line_id,
-            line.card_number, amount.amount_minor, card.currency, balance, txn.completed_at,
-            result)))
+        balance = card.balance_minor - amount.amount_minor
+        used[number] = (card, balance, release)
+        # Its result and debit now (all thrown away should a later transaction not be the
+        # common case: rare, and cheaper than a second pass over the batch).
+        currency = card.currency
+        line_id = line.line_id
+        result = new_result(txn_id, sequence, applied_outcome, applied_outcome, "", "", (
+            OfflineLineResult(line_id, line_applied, "", Money(balance, currency), ""),))
+        results_append(result)
+        debits_append(new_tuple(CommonDebit, (
+            txn_id, sequence, txn.fingerprint, line_id, number, amount.amount_minor, currency,
+            balance, completed_at, result)))
     plan.balances = [new_tuple(BalanceChange, (number, used[number][1], used[number][2]))
                      for number in sorted(used)]
     return plan
