@@ -173,7 +173,8 @@ class FakeCardRepository:
                 lock = card.lock
                 found[number] = CardBalance(
                     number, card.kind, card.currency, card.balance_minor,
-                    lock.terminal_id if lock else None, lock.transaction_id if lock else None)
+                    lock.terminal_id if lock else None, lock.transaction_id if lock else None,
+                    lock.fencing_token if lock else None)
         return found
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:

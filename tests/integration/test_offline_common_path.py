@@ -414,3 +414,25 @@ def test_a_common_batch_with_a_transaction_stored_already_changes_nothing_twice(
     assert [r.line_results[0].balance_after for r in (answers[0].results[0],
                                                       answers[1].results[0])] == [
         Money(900, "EUR")] * 2
+
+
+def test_a_line_under_another_token_of_its_own_sales_lock_is_not_trusted_from_the_card(
+    storages: SqliteFiles | PostgresSchemas,
+) -> None:
+    # Each card is still locked by the till for the sale, but the line carries another
+    # token: a later one never handed out, or the sale's first lock, released and taken
+    # again since. The card's lock is not the line's: the lock history decides, as on the
+    # general path (an exception for each line).
+    cards = [CardSetup(CardKind.GIFT_CARD, 1_000, "EUR", "mine"),
+             CardSetup(CardKind.GIFT_CARD, 1_000, "EUR", "twice")]
+    batches = [[Item(0, 0, 1, 100, "next", "same", "allowed", "")],
+               [Item(1, 1, 2, 100, "previous", "same", "allowed", "")],
+               [Item(0, 0, 3, 100, "right", "same", "allowed", "")]]
+    with deterministic_exception_ids() as reset:
+        fast = run_twin(storages.fresh(), cards, batches, common_path=True, reset_ids=reset)
+        general = run_twin(storages.fresh(), cards, batches, common_path=False,
+                           reset_ids=reset)
+    assert fast == general
+    outcomes = [[r.outcome for r in answer.results] for answer in fast[0][:3]
+                if isinstance(answer, SyncOutcome)]
+    assert outcomes[:2] == [[OfflineOutcome.APPLIED_WITH_EXCEPTION]] * 2

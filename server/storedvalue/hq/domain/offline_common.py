@@ -44,7 +44,7 @@ new_tuple = tuple.__new__
 
 class CardBalance(NamedTuple):
     """What the common case needs of a card: its kind, currency and balance, and who holds
-    its lock (terminal and sale; None when free)."""
+    its lock (terminal, sale and fencing token; None when free)."""
 
     card_number: str
     kind: CardKind
@@ -52,6 +52,7 @@ class CardBalance(NamedTuple):
     balance_minor: int
     lock_terminal_id: str | None
     lock_transaction_id: str | None
+    lock_fencing_token: int | None
 
 
 class SaleLock(NamedTuple):
@@ -109,6 +110,23 @@ class CommonBatchPlan:
 _card_number = itemgetter(CommonDebit._fields.index("card_number"))
 
 
+def sales_to_look_up(terminal_id: str, transactions: Sequence[OfflineTransaction],
+                     cards: Mapping[str, CardBalance]) -> list[str]:
+    """The sales whose lock grants `plan_common_batch` needs: those whose line's card is not
+    locked by the terminal for that sale under the line's token (usually none: a till
+    syncs the sales it completed under their cards' locks, which the sync releases)."""
+    wanted = []
+    for txn in transactions:
+        txn_id = txn.transaction_id
+        lines = txn.redeem_lines
+        card = cards.get(lines[0].card_number) if len(lines) == 1 else None
+        if (card is None or card.lock_transaction_id != txn_id
+                or card.lock_terminal_id != terminal_id
+                or card.lock_fencing_token != lines[0].fencing_token):
+            wanted.append(txn_id)
+    return wanted
+
+
 def is_common_shape(transactions: Sequence[OfflineTransaction]) -> bool:
     """Whether every transaction has the common case's shape (one line, nothing else), the
     test worth making before reading anything."""
@@ -135,7 +153,13 @@ def plan_common_batch(
 ) -> CommonBatchPlan | None:
     """The plan of a batch whose every transaction is the common case (the arguments as for
     `plan_offline_batch`, the cards as balances and the lock grants as `SaleLock`s), or None
-    when one is not."""
+    when one is not.
+
+    `sale_locks` may leave out the grants of a sale whose line's card is still locked by the
+    terminal for that sale under the line's fencing token (`sales_to_look_up`): that lock is
+    the latest the terminal got for the sale (a card's tokens only grow, and every lock
+    handed out is in the lock history), and not one it released (it would be free). Such a
+    line is trusted from the card alone, as `why_offline_line_is_untrusted` would."""
     if known or sequence_owners or redemptions or limits.max_lines < 1:
         return None
     gift_card = CardKind.GIFT_CARD
@@ -199,7 +223,11 @@ def plan_common_batch(
         if has_limits is None:  # an unknown version, or one not allowing it
             return None
         token = line.fencing_token
-        if token == 0 or trusted.get((txn_id, number)) != token:
+        if token == 0:
+            return None
+        held = card.lock_terminal_id == terminal_id and card.lock_transaction_id == txn_id
+        if not (held and card.lock_fencing_token == token) and (
+                trusted.get((txn_id, number)) != token):
             return None
         if has_limits and offline_limit_breaches(
                 txn, [line], lambda _line: gift_card, parameters[txn.parameters_version]):
@@ -208,7 +236,7 @@ def plan_common_batch(
         sequences.add(sequence)
         if sequence > highest_seen:
             highest_seen = sequence
-        release = card.lock_terminal_id == terminal_id and card.lock_transaction_id == txn_id
+        release = held
         balance = card.balance_minor - amount.amount_minor
         used[number] = (card, balance, release)
         # Its result and debit now (all thrown away should a later transaction not be the

@@ -27,6 +27,7 @@ from storedvalue.hq.domain.offline_common import (
     CommonBatchPlan,
     is_common_shape,
     plan_common_batch,
+    sales_to_look_up,
 )
 from storedvalue.hq.domain.reversals import cards_a_reversal_touches, reversal_keys
 from storedvalue.hq.domain.terminals import SequenceGap, Terminal, sequence_gaps
@@ -313,7 +314,8 @@ class OfflineService:
                 redemptions={},
                 parameters=parameters_as_used(
                     uow, terminal.store_id, (txn.parameters_version for txn in batch)),
-                sale_locks=uow.lock_history.sale_locks(terminal_id, txn_ids),
+                sale_locks=uow.lock_history.sale_locks(
+                    terminal_id, sales_to_look_up(terminal_id, batch, cards)),
                 highest_sequence_seen=seen,
                 now=now,
                 limits=self.limits.per_item,

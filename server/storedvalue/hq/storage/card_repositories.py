@@ -80,7 +80,7 @@ if tuple(cards.c.keys()) != rows.CARD_COLUMNS:
 _INSERT_CARDS = Statement(insert(cards))
 _BALANCES_FOR_UPDATE = Statement(
     select(cards.c.card_number, cards.c.kind, cards.c.currency, cards.c.balance_minor,
-           cards.c.lock_terminal_id, cards.c.lock_transaction_id)
+           cards.c.lock_terminal_id, cards.c.lock_transaction_id, cards.c.lock_fencing_token)
     .where(cards.c.card_number.in_(bindparam("numbers", expanding=True)))
     .order_by(cards.c.card_number)
     .with_for_update(),
@@ -300,11 +300,10 @@ class SqlCardRepository:
         found: dict[str, CardBalance] = {}
         kinds = rows.CARD_KINDS
         for chunk in in_chunks(card_numbers):
-            for number, kind, currency, balance, lock_terminal_id, lock_transaction_id in (
-                    self._tx.fetch_tuples(_BALANCES_FOR_UPDATE, {"numbers": chunk})):
+            for number, kind, *rest in self._tx.fetch_tuples(
+                    _BALANCES_FOR_UPDATE, {"numbers": chunk}):
                 found[number] = new_tuple(CardBalance, (
-                    number, kinds.get(kind) or CardKind(kind), currency, balance,
-                    lock_terminal_id, lock_transaction_id))
+                    number, kinds.get(kind) or CardKind(kind), *rest))
         return found
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
