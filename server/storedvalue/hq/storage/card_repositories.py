@@ -300,10 +300,11 @@ class SqlCardRepository:
         found: dict[str, CardBalance] = {}
         kinds = rows.CARD_KINDS
         for chunk in in_chunks(card_numbers):
-            for number, kind, *rest in self._tx.fetch_tuples(
-                    _BALANCES_FOR_UPDATE, {"numbers": chunk}):
+            for number, kind, currency, balance, terminal_id, transaction_id, token in (
+                    self._tx.fetch_tuples(_BALANCES_FOR_UPDATE, {"numbers": chunk})):
                 found[number] = new_tuple(CardBalance, (
-                    number, kinds.get(kind) or CardKind(kind), *rest))
+                    number, kinds.get(kind) or CardKind(kind), currency, balance,
+                    terminal_id, transaction_id, token))
         return found
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
