@@ -43,7 +43,7 @@ sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
 # SQLite: rows per statement of `write_rows`, largest first (a few statement texts per table,
 # kept in the driver's statement cache; 100 rows of up to 9 values are far under SQLite's
 # 999 bound values of old).
-_ROWS_PER_INSERT = (100, 10)
+_ROWS_PER_STATEMENT = (100, 10)
 # UPDATE ... FROM: SQLite 3.33 and later.
 _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 
@@ -277,12 +277,12 @@ class Transaction:
                    ) -> None:
         """`write_tuples` for an INSERT or UPDATE of many rows (the common offline sync's),
         plus, for an INSERT, `shared` values of further columns, the same in every row.
-        On SQLite as statements of `_ROWS_PER_INSERT` rows each (`Statement.compiled_rows`:
+        On SQLite as statements of `_ROWS_PER_STATEMENT` rows each (`Statement.compiled_rows`:
         one VALUES list, the shared values bound once): one execution of a statement
         rather than one per row, a quarter less work a row; the rows left over one by one.
         Elsewhere `write_tuples` itself."""
         fixed = tuple(shared or ())
-        if (self._postgresql or len(rows) < _ROWS_PER_INSERT[-1]
+        if (self._postgresql or len(rows) < _ROWS_PER_STATEMENT[-1]
                 or (not _UPDATE_FROM and isinstance(statement.statement, Update))):
             if shared:
                 values = tuple(shared.values())
@@ -304,7 +304,7 @@ class Transaction:
         start, count = 0, len(rows)
         sql = one.sql
         try:
-            for size in _ROWS_PER_INSERT:
+            for size in _ROWS_PER_STATEMENT:
                 if count - start < size:
                     continue
                 sql = statement.compiled_rows(dialect, keys, size, fixed).sql
