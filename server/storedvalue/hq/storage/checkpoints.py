@@ -76,6 +76,8 @@ class WalCheckpointer:
         self._wake = threading.Event()
         self._stop = False
         self._last = time.monotonic()
+        # A long WAL is being copied here: the writer is to finish it (writer_should_finish).
+        self._armed = False
         self.checkpoints = 0
         """Checkpoints run so far (PASSIVE and TRUNCATE)."""
         self._thread = threading.Thread(target=self._run, name="hq-sqlite-checkpoints",
@@ -85,6 +87,28 @@ class WalCheckpointer:
     def committed(self) -> None:
         """The writer committed: the WAL may need a checkpoint (any thread; cheap)."""
         self._wake.set()
+
+    def writer_should_finish(self) -> bool:
+        """Whether the writer, between two transactions, should copy what is left of a long
+        WAL itself: this thread copies the bulk while the writer goes on, but the WAL
+        starts over only at a write transaction begun with every frame copied, and a busy
+        writer begins its next one right after each commit. So once this thread has
+        copied all but a little of a WAL of `pages` frames or more, the writer copies the
+        rest (a few milliseconds, its own commit's pages): its next transaction restarts
+        the WAL instead of it growing without end."""
+        if not self._armed:  # no long WAL being copied: nothing to read (each commit asks)
+            return False
+        state = self._wal_index()
+        if state is None:
+            return False
+        frames, copied = state
+        if frames < self._pages:  # started over meanwhile
+            self._armed = False
+            return False
+        if copied > 0 and frames - copied <= self._pages // 4:
+            self._armed = False
+            return True
+        return False
 
     def close(self) -> None:
         """Stop the thread (after a checkpoint it is running) and close its connection."""
@@ -115,6 +139,7 @@ class WalCheckpointer:
                 return
         elif pending < self._pages:
             return
+        self._armed = True
         if self._wal_bytes() > self._max_wal_bytes:
             self._checkpoint("TRUNCATE")
             return
@@ -137,6 +162,12 @@ class WalCheckpointer:
     def _pending_frames(self) -> int | None:
         """Frames of the WAL not yet copied into the database, from the WAL index; None
         when it cannot be read as documented."""
+        state = self._wal_index()
+        return None if state is None else max(0, state[0] - state[1])
+
+    def _wal_index(self) -> tuple[int, int] | None:
+        """(frames in the WAL, frames copied into the database) from the WAL index; None
+        when it cannot be read as documented."""
         try:
             with open(self._shm, "rb") as shm:
                 head = shm.read(_BACKFILL_AT + _BACKFILL.size)
@@ -148,7 +179,7 @@ class WalCheckpointer:
         if version != _WAL_INDEX_VERSION or initialized != 1:
             return None
         copied: int = _BACKFILL.unpack_from(head, _BACKFILL_AT)[0]
-        return max(0, int(frames) - copied)
+        return int(frames), copied
 
     def _wal_bytes(self) -> int:
         try:

@@ -340,9 +340,26 @@ class GroupCommitTransactions:
             loop = self._loop
             assert loop is not None
             try:
+                if self._checkpoints is not None and self._checkpoints.writer_should_finish():
+                    # Answered first; the loop keeps the connection's turn till done.
+                    loop.call_soon_threadsafe(_settle, outcomes)
+                    outcomes = []
+                    self._finish_checkpoint()
                 loop.call_soon_threadsafe(self._writer_done, outcomes)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 log.debug("answers for a closed event loop dropped")
+
+    def _finish_checkpoint(self) -> None:
+        """Copy the few WAL pages the checkpointer has not (see checkpoints), with no
+        transaction open: the writer's next transaction then starts the WAL over."""
+        assert self._held is not None
+        try:
+            if not self._held[1].is_open:
+                driver = self._held[0].driver_connection
+                assert driver is not None
+                driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception:
+            log.exception("a WAL checkpoint failed")
 
     def _begin_here(self) -> None:
         """Wait for the other processes' writer (the writer lock; SQLite's busy timeout for
