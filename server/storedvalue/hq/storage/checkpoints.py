@@ -7,8 +7,12 @@ calls too) waited for it. HQ's writer turns the automatic checkpoint off
 (`wal_autocheckpoint=0`) and tells a `WalCheckpointer` after each commit; the checkpointer's
 thread, on a connection of its own, runs a PASSIVE checkpoint once the WAL holds
 `CHECKPOINT_PAGES` pages not yet copied, again and again until it has caught up. A PASSIVE
-checkpoint never waits for the writer nor blocks it (SQLite copies what it can), and once it
-has copied the whole WAL the writer's next commit starts the WAL over from its beginning.
+checkpoint never waits for the writer nor blocks it (SQLite copies what it can). SQLite
+starts the WAL over only in a write transaction begun with every frame copied, and a busy
+writer begins its next transaction right after each commit: so once this thread has copied
+all but a little of a long WAL, the writer copies the rest itself between two transactions,
+after answering its callers (`writer_should_finish`: a few milliseconds, about its last
+commit's pages), and its next transaction starts the WAL over.
 
 Should the checkpoints still not keep up (a reader holding an old snapshot for long, a slow
 disk), the WAL file grows: past `MAX_WAL_BYTES` the checkpointer runs a TRUNCATE checkpoint,
