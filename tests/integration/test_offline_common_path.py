@@ -436,3 +436,16 @@ def test_a_line_under_another_token_of_its_own_sales_lock_is_not_trusted_from_th
     outcomes = [[r.outcome for r in answer.results] for answer in fast[0][:3]
                 if isinstance(answer, SyncOutcome)]
     assert outcomes[:2] == [[OfflineOutcome.APPLIED_WITH_EXCEPTION]] * 2
+
+
+def test_an_empty_batch_is_answered_as_by_the_planner(
+    storages: SqliteFiles | PostgresSchemas,
+) -> None:
+    cards = [CardSetup(CardKind.GIFT_CARD, 1_000, "EUR", "mine")]
+    with deterministic_exception_ids() as reset:
+        fast = run_twin(storages.fresh(), cards, [[]], common_path=True, reset_ids=reset)
+        general = run_twin(storages.fresh(), cards, [[]], common_path=False,
+                           reset_ids=reset)
+    assert fast == general
+    assert all(isinstance(answer, SyncOutcome) and answer.results == ()
+               for answer in fast[0])

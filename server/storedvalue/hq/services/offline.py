@@ -300,8 +300,9 @@ class OfflineService:
         # No record holds a sequence number above the highest seen (a record is written
         # with its number seen): a batch above it needs no lookup of their owners.
         seen = terminal.highest_sequence_seen
-        if min(txn.sequence_number for txn in batch) <= seen and uow.offline.sequence_owners(
-                terminal_id, {txn.sequence_number for txn in batch}):
+        if min((txn.sequence_number for txn in batch), default=seen + 1) <= seen and (
+                uow.offline.sequence_owners(
+                    terminal_id, {txn.sequence_number for txn in batch})):
             return None
 
         def apply() -> CommonBatchPlan | None:
