@@ -289,6 +289,8 @@ class Transaction:
                 keys, rows = (*keys, *fixed), [(*row, *values) for row in rows]
             self.write_tuples(statement, keys, rows)
             return
+        if self._appends and not self._append_tables.isdisjoint(statement.tables):
+            self.send_appends()  # the rows of the units before, in their order
         self.writes += 1
         dialect = self._dialect
         first = [] if shared is None else list(shared.values())
