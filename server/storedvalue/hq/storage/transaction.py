@@ -129,8 +129,7 @@ class Transaction:
             self.begin()
         if self._held:
             self._send_held()
-        if self._appends and not self._append_tables.isdisjoint(statement.tables):
-            self.send_appends()
+        self._send_appends_touching(statement)
         try:
             cursor = self._cursor
             cursor.execute(compiled.sql, bound)
@@ -147,8 +146,7 @@ class Transaction:
             self.begin()
         if self._held:
             self._send_held()
-        if self._appends and not self._append_tables.isdisjoint(statement.tables):
-            self.send_appends()
+        self._send_appends_touching(statement)
         try:
             cursor = self._cursor
             cursor.execute(compiled.sql, bound)
@@ -178,8 +176,7 @@ class Transaction:
                 self._held.append(
                     (sql, {f"c{i}": [row[key] for row in rows] for i, key in enumerate(keys)}))
             return
-        if self._appends and not self._append_tables.isdisjoint(statement.tables):
-            self.send_appends()
+        self._send_appends_touching(statement)
         cursor = self._cursor
         params: Any = None
         try:
@@ -219,8 +216,7 @@ class Transaction:
                 self._held.append((sql, {f"c{i}": list(column)
                                          for i, column in enumerate(zip(*rows, strict=True))}))
             return
-        if self._appends and not self._append_tables.isdisjoint(statement.tables):
-            self.send_appends()
+        self._send_appends_touching(statement)
         order = compiled.order
         params: Any = rows
         if order is None:
@@ -260,6 +256,11 @@ class Transaction:
             self._append_tables.update(statement.tables)
         held.extend(rows)
 
+    def _send_appends_touching(self, statement: Statement) -> None:
+        """Send the appends held back if `statement` reads or writes one of their tables."""
+        if self._appends and not self._append_tables.isdisjoint(statement.tables):
+            self.send_appends()
+
     def send_appends(self) -> None:
         """Send the appends held back (see `append`); HeldAppendsFailed if they fail."""
         appends, self._appends = self._appends, {}
@@ -289,8 +290,7 @@ class Transaction:
                 keys, rows = (*keys, *fixed), [(*row, *values) for row in rows]
             self.write_tuples(statement, keys, rows)
             return
-        if self._appends and not self._append_tables.isdisjoint(statement.tables):
-            self.send_appends()  # the rows of the units before, in their order
+        self._send_appends_touching(statement)  # the rows of the units before, in order
         self.writes += 1
         dialect = self._dialect
         first = [] if shared is None else list(shared.values())
