@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from storedvalue.hq.domain.moments import moment_from_epoch
+from storedvalue.hq.domain.moments import moment_from_epoch, moment_in_second
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineException,
@@ -78,6 +78,7 @@ def offline_transactions_from_proto(
     `transactions`, which already holds each transaction's (see
     `transaction_fingerprints`)."""
     moments: dict[tuple[int, int], datetime | None] = {}
+    seconds_read: dict[int, datetime | None] = {}
     amounts: dict[tuple[int, str], Money] = {}
     kinds = CARD_KINDS_BY_PROTO
     unset = _UNSET
@@ -97,8 +98,14 @@ def offline_transactions_from_proto(
         sent_moment = txn.completed_at
         key = (sent_moment.seconds, sent_moment.nanos)
         if key != _ZERO_MOMENT or txn.HasField("completed_at"):
-            # Not shared: a till stamps each sale with its own time.
-            completed_at = moment_from_epoch(*key)
+            # Not shared: a till stamps each sale with its own time, but many of a batch's
+            # in the same second, which is decoded once.
+            seconds = key[0]
+            second = seconds_read.get(seconds, unset)
+            if second is unset:
+                second = seconds_read[seconds] = moment_from_epoch(seconds, 0)
+            if second is not None:
+                completed_at = moment_in_second(second, key[1])
             if completed_at is None:
                 unreadable = ("completed_at",)
         last_reached_hq_at = None
