@@ -91,6 +91,10 @@ REQUESTS = [
     pb.UnlockCardRequest(request_id="\n", card_number="7", transaction_id="\n"),
     pb.AddValueRequest(request_id="x" * 128),
     pb.AddValueRequest(request_id="y" * 127, card_number="7"),  # the longest one-byte length
+    # Past 1,024 bytes, digested by OpenSSL's rather than CPython's own: the same digest.
+    pb.AddValueRequest(request_id="z", card_number="7" * 1_020),
+    pb.AddValueRequest(request_id="z", card_number="7" * 1_021),
+    pb.AddValueRequest(card_number="7" * 5_000),
 ]
 
 
