@@ -394,12 +394,15 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
     """The encoding of SyncOfflineBatchResponse (results = 1, sync_status = 2). The usual
     result (applied as sent: one line applied, leaving a positive balance; nothing else) in
     one formatting, when it is short enough for every length to be one byte, written here
-    for each result without a call; any other through `offline_result_wire`."""
+    for each result without a call; any other through `offline_result_wire`. The line
+    result's bytes around its balance's varint depend only on the line id, the currency
+    and that varint's length: made once a batch for each."""
     parts: list[bytes] = []
     append = parts.append
     applied, line_applied = _APPLIED, _LINE_APPLIED
     usual = _USUAL_RESULT
     short = _SHORT_VARINTS
+    line_parts: dict[tuple[str, str, int], tuple[bytes, bytes, int]] = {}
     for result in results:
         line_results = result.line_results
         if (result.outcome is applied and result.original_outcome is applied
@@ -410,26 +413,45 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
             sequence = result.sequence_number
             if (line.outcome is line_applied and balance is not None and not line.reason
                     and not line.remainder_credit_memo_number and 0 < sequence < 0x4000
-                    and 0 < balance.amount_minor < 0x4000 and balance.currency
+                    and 0 < (minor := balance.amount_minor) < 0x4000 and balance.currency
                     and line.line_id and result.transaction_id):
                 # Both varints of one or two bytes (the usual sequence numbers and balances).
-                txn_id = result.transaction_id.encode()
-                line_id = line.line_id.encode()
-                currency = balance.currency.encode()
-                minor = balance.amount_minor
-                sequence_varint = short[sequence]
                 minor_varint = short[minor]
-                money_size = 3 + len(minor_varint) + len(currency)
-                line_size = 6 + len(line_id) + money_size
-                size = 9 + len(txn_id) + len(sequence_varint) + line_size
+                line_key = (line.line_id, balance.currency, len(minor_varint))
+                found = line_parts.get(line_key)
+                if found is None:
+                    found = line_parts[line_key] = _usual_line_parts(*line_key)
+                head, tail, line_field_size = found
+                txn_id = result.transaction_id.encode()
+                sequence_varint = short[sequence]
+                size = 7 + len(txn_id) + len(sequence_varint) + line_field_size
                 if size < 0x80:  # then every length inside is too
-                    append(usual % (
-                        size, len(txn_id), txn_id, sequence_varint, line_size, len(line_id),
-                        line_id, money_size, minor_varint, len(currency), currency))
+                    append(usual % (size, len(txn_id), txn_id, sequence_varint, head,
+                                    minor_varint, tail))
                     continue
         append(_field(b"\x0a", offline_result_wire(result)))
     append(_field(b"\x12", sync_status_to_proto(status).SerializeToString()))
     return b"".join(parts)
+
+
+def _usual_line_parts(line_id: str, currency: str, minor_size: int) -> tuple[bytes, bytes, int]:
+    """The usual result's line result field (line_id, APPLIED, balance_after) around its
+    balance's varint of `minor_size` bytes: the bytes before it, those after it, and the
+    size of the field (its tag and length included)."""
+    line_bytes = line_id.encode()
+    currency_bytes = currency.encode()
+    money = (b"\x08", b"\x12" + _byte(len(currency_bytes)) + currency_bytes)
+    money_size = len(money[0]) + minor_size + len(money[1])
+    line = (b"\x0a" + _byte(len(line_bytes)) + line_bytes + _LINE_APPLIED_FIELD + b"\x22"
+            + _byte(money_size) + money[0])
+    line_size = len(line) + minor_size + len(money[1])
+    return b"\x3a" + _byte(line_size) + line, money[1], 2 + line_size
+
+
+def _byte(size: int) -> bytes:
+    """A length's varint, one byte when below 128 (anything longer is not the usual result:
+    the caller then writes the result the general way)."""
+    return ONE_BYTE_VARINTS[size] if size < 0x80 else varint(size)
 
 
 # The varint of each number below 2^14 (one or two bytes), by number: about 16,000 bytes
@@ -438,10 +460,8 @@ _SHORT_VARINTS = [varint(number) for number in range(0x4000)]
 
 
 # Field 1 of a response holding: transaction_id, sequence_number, outcome and original
-# outcome APPLIED, one line result (line_id, APPLIED, balance_after: amount, currency).
-_USUAL_RESULT = (b"\x0a%c\x0a%c%b\x10%b" + _APPLIED_TWICE.replace(b"%", b"%%")
-                 + b"\x3a%c\x0a%c%b" + _LINE_APPLIED_FIELD.replace(b"%", b"%%")
-                 + b"\x22%c\x08%b\x12%c%b")
+# outcome APPLIED, and the line result (`_usual_line_parts`) around its balance's varint.
+_USUAL_RESULT = b"\x0a%c\x0a%c%b\x10%b" + _APPLIED_TWICE.replace(b"%", b"%%") + b"%b%b%b"
 
 
 def complete_offline_response_wire(result: OfflineTransactionResult, status: SyncStatus
