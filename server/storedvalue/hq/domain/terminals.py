@@ -91,19 +91,27 @@ class Terminal:
         as the unbroken run allows and return the gaps that remain."""
         mark = self.highest_contiguous_sequence
         above = sorted({seq for seq in received_above_mark if seq > mark})
+        run = 0  # how many of `above` extend the mark
         for seq in above:
             if seq != mark + 1:
                 break
             mark = seq
+            run += 1
         self.highest_contiguous_sequence = mark
-        return sequence_gaps(mark, above)
+        # Past the run, in order and unique already (none when the batch left no gap).
+        return _gaps_after(mark, above[run:]) if run < len(above) else []
 
 
 def sequence_gaps(contiguous_mark: int, received_above_mark: Iterable[int]) -> list[SequenceGap]:
     """Missing runs between the contiguous mark and the highest number received."""
+    return _gaps_after(contiguous_mark, sorted(set(received_above_mark)))
+
+
+def _gaps_after(contiguous_mark: int, received_in_order: Iterable[int]) -> list[SequenceGap]:
+    """`sequence_gaps` of numbers already in increasing order, each once."""
     gaps: list[SequenceGap] = []
     expected = contiguous_mark + 1
-    for seq in sorted(set(received_above_mark)):
+    for seq in received_in_order:
         if seq < expected:
             continue
         if seq > expected:

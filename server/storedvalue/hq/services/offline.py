@@ -285,18 +285,22 @@ class OfflineService:
         terminal_id = terminal.terminal_id
         numbers = set()
         line_keys = set()
+        txn_ids = []
         for txn in batch:
             (line,) = txn.redeem_lines
-            if "\x00" in txn.transaction_id or "\x00" in line.line_id:
+            txn_id = txn.transaction_id
+            line_id = line.line_id
+            number = line.card_number
+            if "\x00" in txn_id or "\x00" in line_id or "\x00" in number:
                 return None  # rejected: not the common case (and no key with a NUL is read)
-            numbers.add(line.card_number)
-            line_keys.add((terminal_id, txn.transaction_id, line.line_id))
-        if len(numbers) != len(batch) or any("\x00" in number for number in numbers):
+            numbers.add(number)
+            line_keys.add((terminal_id, txn_id, line_id))
+            txn_ids.append(txn_id)
+        if len(numbers) != len(batch):
             return None
         cards = uow.cards.balances_for_update(numbers)
         if len(cards) != len(numbers):
             return None
-        txn_ids = [txn.transaction_id for txn in batch]
         # No record holds a sequence number above the highest seen (a record is written
         # with its number seen): a batch above it needs no lookup of their owners.
         seen = terminal.highest_sequence_seen
