@@ -38,11 +38,13 @@ def moment_in_second(second: datetime, nanos: int) -> datetime | None:
     if not 0 <= nanos < _NANOS:
         return None
     micros = nanos // 1000
-    return second + _MILLISECONDS[micros // 1000] + _MICROSECONDS[micros % 1000]
+    return second + MILLISECONDS[micros // 1000] + MICROSECONDS[micros % 1000]
 
 
-_MILLISECONDS = tuple(timedelta(0, 0, millis * 1000) for millis in range(1000))
-_MICROSECONDS = tuple(timedelta(0, 0, micros) for micros in range(1000))
+# 0 to 999 milliseconds, and 0 to 999 microseconds, by number (the batch decoder inlines
+# `moment_in_second`).
+MILLISECONDS = tuple(timedelta(0, 0, millis * 1000) for millis in range(1000))
+MICROSECONDS = tuple(timedelta(0, 0, micros) for micros in range(1000))
 
 
 def duration_from_parts(seconds: int, nanos: int, field: str) -> timedelta:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from storedvalue.hq.domain.moments import moment_from_epoch, moment_in_second
+from storedvalue.hq.domain.moments import MICROSECONDS, MILLISECONDS, moment_from_epoch
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineException,
@@ -79,6 +79,7 @@ def offline_transactions_from_proto(
     `transaction_fingerprints`)."""
     moments: dict[tuple[int, int], datetime | None] = {}
     seconds_read: dict[int, datetime | None] = {}
+    millis, micros_ = MILLISECONDS, MICROSECONDS
     amounts: dict[tuple[int, str], Money] = {}
     kinds = CARD_KINDS_BY_PROTO
     unset = _UNSET
@@ -96,22 +97,25 @@ def offline_transactions_from_proto(
         completed_at = None
         unreadable: tuple[str, ...] = ()
         sent_moment = txn.completed_at
-        key = (sent_moment.seconds, sent_moment.nanos)
-        if key != _ZERO_MOMENT or txn.HasField("completed_at"):
+        seconds = sent_moment.seconds
+        nanos = sent_moment.nanos
+        if seconds or nanos or txn.HasField("completed_at"):
             # Not shared: a till stamps each sale with its own time, but many of a batch's
-            # in the same second, which is decoded once.
-            seconds = key[0]
+            # in the same second, which is decoded once (`moment_in_second`, inline).
             second = seconds_read.get(seconds, unset)
             if second is unset:
                 second = seconds_read[seconds] = moment_from_epoch(seconds, 0)
-            if second is not None:
-                completed_at = moment_in_second(second, key[1])
-            if completed_at is None:
+            if second is not None and 0 <= nanos < _NANOS:
+                micros = nanos // 1000
+                completed_at = second + millis[micros // 1000] + micros_[micros % 1000]
+            else:
                 unreadable = ("completed_at",)
         last_reached_hq_at = None
         sent_moment = txn.last_reached_hq_at
-        key = (sent_moment.seconds, sent_moment.nanos)
-        if key != _ZERO_MOMENT or txn.HasField("last_reached_hq_at"):
+        seconds = sent_moment.seconds
+        nanos = sent_moment.nanos
+        if seconds or nanos or txn.HasField("last_reached_hq_at"):
+            key = (seconds, nanos)
             last_reached_hq_at = moments.get(key, unset)
             if last_reached_hq_at is unset:
                 last_reached_hq_at = moments[key] = moment_from_epoch(*key)
@@ -125,12 +129,14 @@ def offline_transactions_from_proto(
             decoded_lines = []
             for line in sent_lines[:]:
                 sent_amount = line.amount
-                money_key = (sent_amount.amount_minor, sent_amount.currency_code)
+                minor = sent_amount.amount_minor
+                currency = sent_amount.currency_code
                 amount = None
-                if money_key != _ZERO_MONEY or line.HasField("amount"):
+                if minor or currency or line.HasField("amount"):
+                    money_key = (minor, currency)
                     amount = amounts.get(money_key)
                     if amount is None:
-                        amount = amounts[money_key] = Money(*money_key)
+                        amount = amounts[money_key] = Money(minor, currency)
                 decoded_lines.append(OfflineRedeemLine(
                     line.line_id, line.card_number, kinds.get(line.card_kind), amount,
                     line.fencing_token, line.online_redeem_attempted))
@@ -170,7 +176,7 @@ def offline_transactions_from_proto(
 
 
 _UNSET: Any = object()  # no moment decoded yet (None is one: out of range)
-_ZERO_MOMENT, _ZERO_MONEY = (0, 0), (0, "")
+_NANOS = 1_000_000_000
 
 
 def transaction_fingerprints(request_serialized: bytes) -> list[bytes] | None:
