@@ -6,16 +6,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.protobuf import timestamp_pb2
-from hypothesis import given
-from hypothesis import strategies as st
 
 from storedvalue.hq.domain.errors import InvalidField
-from storedvalue.hq.domain.moments import (
-    duration_from_parts,
-    moment_from_epoch,
-    moment_in_second,
-    rfc3339,
-)
+from storedvalue.hq.domain.moments import duration_from_parts, moment_from_epoch, rfc3339
 from storedvalue.hq.storage.rows import from_micros, to_micros
 
 
@@ -90,12 +83,3 @@ def test_stored_moments_read_back_as_the_same_utc_moment_whatever_was_converted_
     with pytest.raises(ValueError, match="naive"):
         to_micros(utc.replace(tzinfo=None))
 
-
-@given(st.sampled_from([-62_135_596_800, -1, 0, 1_795_791_600, 253_402_300_799]),
-       st.integers(-2, 10**9 + 1) | st.sampled_from([0, 999, 1_000, 999_999_999]))
-def test_a_moment_from_its_second_is_the_moment_from_the_epoch(seconds: int, nanos: int) -> None:
-    """The batch decoder's shortcut: a moment made from its whole second (decoded once for
-    many moments) is exactly the moment made from the epoch, and unreadable alike."""
-    second = moment_from_epoch(seconds, 0)
-    assert second is not None
-    assert moment_in_second(second, nanos) == moment_from_epoch(seconds, nanos)

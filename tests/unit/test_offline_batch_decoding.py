@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from google.protobuf import timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -146,3 +147,21 @@ def test_fingerprints_cut_from_the_request_are_each_transactions_own(
     assert decoded == [offline_transaction_from_proto(txn) for txn in batch]
     assert decoded == [field_by_field(txn) for txn in batch]
     assert (transaction_fingerprints(serialized) is None) == bool(unknown)
+
+
+@given(st.sampled_from([-62_135_596_800, -1, 0, 1_795_791_600, 253_402_300_799]),
+       st.lists(st.integers(-2, 10**9 + 1) | st.sampled_from([0, 999, 1_000, 999_999_999]),
+                min_size=1, max_size=5))
+def test_completion_times_in_one_second_are_the_moments_from_the_epoch(
+        seconds: int, nanos: list[int]) -> None:
+    """The batch decoder makes the moments of one second from that second (decoded once)
+    plus prebuilt milliseconds and microseconds: exactly the moment made from the epoch,
+    and unreadable alike."""
+    batch = [offline_pb2.OfflineTransaction(
+        transaction_id=f"t{index}",
+        completed_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=nano))
+        for index, nano in enumerate(nanos)]
+    for decoded, nano in zip(offline_transactions_from_proto(batch), nanos, strict=True):
+        expected = moment_from_epoch(seconds, nano)
+        assert decoded.completed_at == expected
+        assert decoded.unreadable_fields == (() if expected is not None else ("completed_at",))

@@ -29,20 +29,9 @@ def moment_from_epoch(seconds: int, nanos: int) -> datetime | None:
     return EPOCH + timedelta(0, seconds, nanos // 1000)
 
 
-def moment_in_second(second: datetime, nanos: int) -> datetime | None:
-    """`moment_from_epoch(seconds, nanos)` from `second`, `moment_from_epoch(seconds, 0)`
-    (for a batch that has many moments in the same second): the same datetime, made by
-    adding two timedeltas made once (milliseconds, then microseconds) rather than a new
-    one, which costs several times more (keyword parsing, arithmetic on Python ints).
-    None when nanos is outside 0..999,999,999."""
-    if not 0 <= nanos < _NANOS:
-        return None
-    micros = nanos // 1000
-    return second + MILLISECONDS[micros // 1000] + MICROSECONDS[micros % 1000]
-
-
-# 0 to 999 milliseconds, and 0 to 999 microseconds, by number (the batch decoder inlines
-# `moment_in_second`).
+# 0 to 999 milliseconds, and 0 to 999 microseconds, by number: the batch decoder makes a
+# moment from its whole second (decoded once for the batch's many moments in that second)
+# plus two of these, rather than a new timedelta per moment.
 MILLISECONDS = tuple(timedelta(0, 0, millis * 1000) for millis in range(1000))
 MICROSECONDS = tuple(timedelta(0, 0, micros) for micros in range(1000))
 

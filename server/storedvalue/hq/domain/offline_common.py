@@ -19,7 +19,7 @@ from operator import itemgetter
 from typing import NamedTuple
 
 from storedvalue.hq.domain.cards import CardKind, is_valid_card_number
-from storedvalue.hq.domain.client_text import MAX_ID_LENGTH
+from storedvalue.hq.domain.client_text import is_valid_id
 from storedvalue.hq.domain.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, Money
 from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
 from storedvalue.hq.domain.offline_limits import offline_limit_breaches
@@ -193,17 +193,14 @@ def plan_common_batch(
     used: dict[str, BalanceChange] = {}  # by card number
     highest_seen = highest_sequence_seen
     jump = limits.max_sequence_jump
-    max_id = MAX_ID_LENGTH
     for txn in transactions:
         if len(txn.redeem_lines) != 1 or txn.unlocks or txn.reversals or txn.unreadable_fields:
             return None
         txn_id = txn.transaction_id
         sequence = txn.sequence_number
         completed_at = txn.completed_at
-        # `is_valid_id` inline (here and for the line's id): a call costs more than the test.
-        if (completed_at is None or not 0 < len(txn_id) <= max_id or not txn_id.isprintable()
-                or txn_id in ids or not 1 <= sequence <= highest_seen + jump
-                or sequence in sequences):
+        if (completed_at is None or not is_valid_id(txn_id) or txn_id in ids
+                or not 1 <= sequence <= highest_seen + jump or sequence in sequences):
             return None
         (line,) = txn.redeem_lines
         number = line.card_number
@@ -213,7 +210,7 @@ def plan_common_batch(
             card is None
             or number in used
             or amount is None
-            or not 0 < len(line_id := line.line_id) <= max_id or not line_id.isprintable()
+            or not is_valid_id(line_id := line.line_id)
             or not 0 < amount.amount_minor <= MAX_AMOUNT_MINOR
             or amount.currency != card.currency
             or card.kind is not gift_card

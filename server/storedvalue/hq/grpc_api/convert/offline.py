@@ -101,7 +101,7 @@ def offline_transactions_from_proto(
         nanos = sent_moment.nanos
         if seconds or nanos or txn.HasField("completed_at"):
             # Not shared: a till stamps each sale with its own time, but many of a batch's
-            # in the same second, which is decoded once (`moment_in_second`, inline).
+            # in the same second, which is decoded once (see moments.MILLISECONDS).
             second = seconds_read.get(seconds, unset)
             if second is unset:
                 second = seconds_read[seconds] = moment_from_epoch(seconds, 0)
