@@ -26,6 +26,7 @@ import inspect
 import itertools
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,19 @@ from storedvalue.v1 import terminal_service_pb2 as ts
 TILL = "till-1"
 
 
-def decode(transactions: Any, serialized: bytes | None) -> list[OfflineTransaction]:
+def decode(transactions: Any, serialized: bytes | None
+           ) -> tuple[Sequence[OfflineTransaction], dict[str, Any]]:
     """As the servicer decodes a batch (one by one before there was a batch decoder: this
-    tool also measures earlier commits)."""
+    tool also measures earlier commits), with the further arguments of the service's sync
+    (the common case's columns since there are)."""
+    columns = getattr(convert, "offline_batch_from_proto", None)
+    if columns is not None:
+        transactions, sales = columns(transactions, serialized)
+        return transactions, {"sales": sales}
+    return _decode(transactions, serialized), {}
+
+
+def _decode(transactions: Any, serialized: bytes | None) -> list[OfflineTransaction]:
     batch = getattr(convert, "offline_transactions_from_proto", None)
     if batch is None:
         return [convert.offline_transaction_from_proto(txn) for txn in transactions]
@@ -181,10 +192,10 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
             digest = fingerprint(request, None, serialized)
         else:
             digest = fingerprint(request)
+        transactions, further = decode(request.transactions, serialized)
         outcome = await offline.sync(
             key=RequestKey(TILL, request.request_id, "SyncOfflineBatch", digest),
-            terminal_id=TILL,
-            transactions=decode(request.transactions, serialized))
+            terminal_id=TILL, transactions=transactions, **further)
         for result in outcome.results:
             outcomes[result.outcome.value] = outcomes.get(result.outcome.value, 0) + 1
         return encode(outcome.results, outcome.status)

@@ -2,14 +2,15 @@
 sharing equal moments and amounts, their fingerprints from the request's serialization) are
 exactly what decoding each alone gives, whatever the transactions hold: missing or
 out-of-range times, missing amounts, several lines, unlocks, reversals, unsynced amounts,
-kinds HQ does not know, fields HQ does not know."""
+kinds HQ does not know, fields HQ does not know. And the common case's columns read straight
+from the messages (`offline_batch_from_proto`) are those of the decoded transactions."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from storedvalue.hq.domain.moments import moment_from_epoch
@@ -20,9 +21,11 @@ from storedvalue.hq.domain.offline import (
     OfflineTransaction,
     OfflineUnlock,
 )
+from storedvalue.hq.domain.offline_common import common_sales
 from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
 from storedvalue.hq.grpc_api.convert.common import card_kind_from_proto, message_fingerprint
 from storedvalue.hq.grpc_api.convert.offline import (
+    offline_batch_from_proto,
     offline_transaction_from_proto,
     offline_transactions_from_proto,
     transaction_fingerprints,
@@ -165,3 +168,54 @@ def test_completion_times_in_one_second_are_the_moments_from_the_epoch(
         expected = moment_from_epoch(seconds, nano)
         assert decoded.completed_at == expected
         assert decoded.unreadable_fields == (() if expected is not None else ("completed_at",))
+
+
+@st.composite
+def common_shaped(draw: st.DrawFn) -> offline_pb2.OfflineTransaction:
+    """A transaction of `transactions`, most of the time cut to the common case's shape (one
+    line with an amount, no unlocks, no reversals, a completion time): its times, amount and
+    other fields may still be anything."""
+    txn = draw(transactions())
+    if draw(st.integers(0, 4)):
+        del txn.redeem_lines[1:]
+        del txn.unlocks[:]
+        del txn.reversals[:]
+        if not txn.redeem_lines:
+            txn.redeem_lines.add(line_id="1", card_number="6011000000000004", fencing_token=1)
+        if draw(st.integers(0, 7)):
+            txn.redeem_lines[0].amount.CopyFrom(common_pb2.Money(amount_minor=100,
+                                                                 currency_code="EUR"))
+        if draw(st.integers(0, 7)):
+            txn.completed_at.seconds = 1_795_791_600
+            txn.completed_at.nanos = draw(st.sampled_from([0, 999_999_999, 123_456_789]))
+        if draw(st.integers(0, 3)):
+            txn.ClearField("last_reached_hq_at")
+    return txn
+
+
+@settings(deadline=None)
+@given(st.lists(common_shaped(), max_size=5), st.sampled_from([b"", b"\x18\x01"]))
+def test_the_common_cases_columns_are_those_of_the_decoded_transactions(
+    batch: list[offline_pb2.OfflineTransaction], unknown: bytes,
+) -> None:
+    """The columns hold what the decoded transactions do; a batch told not the common case
+    has a transaction not of its shape, or one whose amount the common path refuses
+    anyway (not positive, or no currency). The transactions read are the decoded ones."""
+    request = ts.SyncOfflineBatchRequest(request_id="batch-1", transactions=batch)
+    request.MergeFromString(unknown)
+    serialized = request.SerializeToString(deterministic=True)
+    transactions, sales = offline_batch_from_proto(request.transactions, serialized)
+    decoded = [field_by_field(txn) for txn in batch]
+    expected = common_sales(decoded)
+    event(f"common case: {sales is not False}")
+    if sales is False:
+        assert expected is None or any(
+            minor <= 0 or not currency
+            for minor, currency in zip(expected.amounts_minor, expected.currencies,
+                                       strict=True))
+    else:
+        assert sales == expected
+    assert len(transactions) == len(batch)
+    assert list(transactions) == decoded
+    assert [txn.sequence_number for txn in transactions] == [
+        txn.sequence_number for txn in batch]

@@ -110,36 +110,72 @@ class CommonBatchPlan:
 _card_number = itemgetter(CommonDebit._fields.index("card_number"))
 
 
-def sales_to_look_up(terminal_id: str, transactions: Sequence[OfflineTransaction],
+@dataclass(slots=True)
+class CommonSales:
+    """A batch's transactions in the common case's shape (one redeem line with an amount, a
+    completion time, nothing else, every field readable), as one column per field the common
+    path reads, in batch order. The batch decoder fills these straight from the request's
+    messages (`storedvalue.hq.grpc_api.convert.offline`), without an object per transaction
+    or reading the fields the common case does not need; `common_sales` makes them from
+    decoded transactions."""
+
+    transaction_ids: list[str] = field(default_factory=list)
+    sequence_numbers: list[int] = field(default_factory=list)
+    completed_at: list[datetime] = field(default_factory=list)
+    parameters_versions: list[int] = field(default_factory=list)
+    fingerprints: list[bytes] = field(default_factory=list)
+    line_ids: list[str] = field(default_factory=list)
+    card_numbers: list[str] = field(default_factory=list)
+    amounts_minor: list[int] = field(default_factory=list)
+    currencies: list[str] = field(default_factory=list)
+    fencing_tokens: list[int] = field(default_factory=list)
+
+
+def common_sales(transactions: Sequence[OfflineTransaction]) -> CommonSales | None:
+    """The batch as `CommonSales`, or None when a transaction has not the common case's
+    shape (the test worth making before reading anything)."""
+    sales = CommonSales()
+    for txn in transactions:
+        lines = txn.redeem_lines
+        if (len(lines) != 1 or txn.unlocks or txn.reversals or txn.unreadable_fields
+                or txn.completed_at is None or lines[0].amount is None):
+            return None
+        (line,) = lines
+        amount = line.amount
+        assert amount is not None
+        sales.transaction_ids.append(txn.transaction_id)
+        sales.sequence_numbers.append(txn.sequence_number)
+        sales.completed_at.append(txn.completed_at)
+        sales.parameters_versions.append(txn.parameters_version)
+        sales.fingerprints.append(txn.fingerprint)
+        sales.line_ids.append(line.line_id)
+        sales.card_numbers.append(line.card_number)
+        sales.amounts_minor.append(amount.amount_minor)
+        sales.currencies.append(amount.currency)
+        sales.fencing_tokens.append(line.fencing_token)
+    return sales
+
+
+def sales_to_look_up(terminal_id: str, sales: CommonSales,
                      cards: Mapping[str, CardBalance]) -> list[str]:
     """The sales whose lock grants `plan_common_batch` needs: those whose line's card is not
     locked by the terminal for that sale under the line's token (usually none: a till
     syncs the sales it completed under their cards' locks, which the sync releases)."""
     wanted = []
-    for txn in transactions:
-        txn_id = txn.transaction_id
-        lines = txn.redeem_lines
-        card = cards.get(lines[0].card_number) if len(lines) == 1 else None
+    for txn_id, number, token in zip(sales.transaction_ids, sales.card_numbers,
+                                     sales.fencing_tokens, strict=True):
+        card = cards.get(number)
         if (card is None or card.lock_transaction_id != txn_id
                 or card.lock_terminal_id != terminal_id
-                or card.lock_fencing_token != lines[0].fencing_token):
+                or card.lock_fencing_token != token):
             wanted.append(txn_id)
     return wanted
-
-
-def is_common_shape(transactions: Sequence[OfflineTransaction]) -> bool:
-    """Whether every transaction has the common case's shape (one line, nothing else), the
-    test worth making before reading anything."""
-    for txn in transactions:
-        if (len(txn.redeem_lines) != 1 or txn.unlocks or txn.reversals
-                or txn.unreadable_fields or txn.completed_at is None):
-            return False
-    return True
 
 
 def plan_common_batch(
     *,
     terminal_id: str,
+    sales: CommonSales,
     transactions: Sequence[OfflineTransaction],
     cards: Mapping[str, CardBalance],
     known: Mapping[str, OfflineRecord],
@@ -152,8 +188,9 @@ def plan_common_batch(
     limits: ItemLimits = DEFAULT_ITEM_LIMITS,
 ) -> CommonBatchPlan | None:
     """The plan of a batch whose every transaction is the common case (the arguments as for
-    `plan_offline_batch`, the cards as balances and the lock grants as `SaleLock`s), or None
-    when one is not.
+    `plan_offline_batch`, the transactions as `sales`, the cards as balances and the lock
+    grants as `SaleLock`s), or None when one is not. `transactions`: the same batch as
+    decoded transactions, read only for those whose parameters set offline risk limits.
 
     `sale_locks` may leave out the grants of a sale whose line's card is still locked by the
     terminal for that sale under the line's fencing token (`sales_to_look_up`): that lock is
@@ -193,60 +230,54 @@ def plan_common_batch(
     used: dict[str, BalanceChange] = {}  # by card number
     highest_seen = highest_sequence_seen
     jump = limits.max_sequence_jump
-    for txn in transactions:
-        if len(txn.redeem_lines) != 1 or txn.unlocks or txn.reversals or txn.unreadable_fields:
-            return None
-        txn_id = txn.transaction_id
-        sequence = txn.sequence_number
-        completed_at = txn.completed_at
-        if (completed_at is None or not is_valid_id(txn_id) or txn_id in ids
+    for index, (txn_id, sequence, completed_at, version, fingerprint, line_id, number,
+                amount_minor, currency, token) in enumerate(zip(
+            sales.transaction_ids, sales.sequence_numbers, sales.completed_at,
+            sales.parameters_versions, sales.fingerprints, sales.line_ids, sales.card_numbers,
+            sales.amounts_minor, sales.currencies, sales.fencing_tokens, strict=True)):
+        if (not is_valid_id(txn_id) or txn_id in ids
                 or not 1 <= sequence <= highest_seen + jump or sequence in sequences):
             return None
-        (line,) = txn.redeem_lines
-        number = line.card_number
-        amount = line.amount
         card = cards.get(number)
         if (
             card is None
             or number in used
-            or amount is None
-            or not is_valid_id(line_id := line.line_id)
-            or not 0 < amount.amount_minor <= MAX_AMOUNT_MINOR
-            or amount.currency != card.currency
+            or not is_valid_id(line_id)
+            or not 0 < amount_minor <= MAX_AMOUNT_MINOR
+            or currency != card.currency
             or card.kind is not gift_card
-            or amount.amount_minor > card.balance_minor
-            or card.balance_minor - amount.amount_minor > MAX_BALANCE_MINOR
+            or amount_minor > card.balance_minor
+            or card.balance_minor - amount_minor > MAX_BALANCE_MINOR
             or not is_valid_card_number(number)
         ):
             return None
-        has_limits = limited.get(txn.parameters_version)
+        has_limits = limited.get(version)
         if has_limits is None:  # an unknown version, or one not allowing it
             return None
-        token = line.fencing_token
         if token == 0:
             return None
         held = card.lock_terminal_id == terminal_id and card.lock_transaction_id == txn_id
         if not (held and card.lock_fencing_token == token) and (
                 trusted.get((txn_id, number)) != token):
             return None
-        if has_limits and offline_limit_breaches(
-                txn, [line], lambda _line: gift_card, parameters[txn.parameters_version]):
-            return None
+        if has_limits:
+            txn = transactions[index]
+            if offline_limit_breaches(
+                    txn, list(txn.redeem_lines), lambda _line: gift_card, parameters[version]):
+                return None
         ids.add(txn_id)
         sequences.add(sequence)
         if sequence > highest_seen:
             highest_seen = sequence
-        release = held
-        balance = card.balance_minor - amount.amount_minor
-        used[number] = new_tuple(BalanceChange, (number, balance, release))
+        balance = card.balance_minor - amount_minor
+        used[number] = new_tuple(BalanceChange, (number, balance, held))
         # Its result and debit now (all thrown away should a later transaction not be the
         # common case: rare, and cheaper than a second pass over the batch).
-        currency = card.currency
         result = new_result(txn_id, sequence, applied_outcome, applied_outcome, "", "", (
             OfflineLineResult(line_id, line_applied, "", Money(balance, currency), ""),))
         results_append(result)
         debits_append(new_tuple(CommonDebit, (
-            txn_id, sequence, txn.fingerprint, line_id, number, amount.amount_minor, currency,
+            txn_id, sequence, fingerprint, line_id, number, amount_minor, currency,
             balance, completed_at, result)))
     plan.balances = [used[number] for number in sorted(used)]
     return plan

@@ -23,8 +23,8 @@ from storedvalue.hq.grpc_api.convert.common import (
 )
 from storedvalue.hq.grpc_api.convert.offline import (
     complete_offline_response_wire,
+    offline_batch_from_proto,
     offline_transaction_from_proto,
-    offline_transactions_from_proto,
     sync_limits_to_proto,
     sync_response_wire,
 )
@@ -192,10 +192,12 @@ class TerminalServicer:
         # transactions' (upb's ByteSize serializes the message to measure it).
         serialized = request.SerializeToString(deterministic=True)
         self._check_message_size(len(serialized))
+        transactions, sales = offline_batch_from_proto(request.transactions, serialized)
         outcome = await self._offline.sync(
             key=request_key(caller, request, "SyncOfflineBatch", serialized),
             terminal_id=caller.terminal_id,
-            transactions=offline_transactions_from_proto(request.transactions, serialized),
+            transactions=transactions,
+            sales=sales,
         )
         return sync_response_wire(outcome.results, outcome.status)
 

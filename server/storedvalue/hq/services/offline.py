@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from storedvalue.hq.domain.cards import generate_card_number
 from storedvalue.hq.domain.errors import LimitExceeded, TerminalNotFound, Unauthenticated
@@ -25,7 +26,8 @@ from storedvalue.hq.domain.offline import (
 from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
 from storedvalue.hq.domain.offline_common import (
     CommonBatchPlan,
-    is_common_shape,
+    CommonSales,
+    common_sales,
     plan_common_batch,
     sales_to_look_up,
 )
@@ -157,8 +159,8 @@ class OfflineService:
         self._order = BatchOrder()
 
     async def sync(self, *, key: RequestKey, terminal_id: str,
-                   transactions: Sequence[OfflineTransaction], in_order: bool = True
-                   ) -> SyncOutcome:
+                   transactions: Sequence[OfflineTransaction], in_order: bool = True,
+                   sales: CommonSales | Literal[False] | None = None) -> SyncOutcome:
         """Apply a terminal's offline transactions in order, each all-or-nothing and exactly
         once, in one database transaction; return one result per item and the terminal's
         sequence status. Only the documented size limits and a reused request id refuse the
@@ -166,13 +168,18 @@ class OfflineService:
         answered (same `key`, same content) gets the same results again, with the sequence
         status as it is now. `in_order`: wait for the terminal's batches of lower sequence
         numbers that are on their way (see `batch_order`); CompleteOffline's single
-        transaction does not."""
+        transaction does not. `sales`: the same transactions as `CommonSales` when they
+        have the common case's shape, False when they have not, as the batch decoder tells
+        (then `transactions` is read only when the common path does not take the batch, and
+        may decode them only then); None: found here from `transactions`."""
         key.validate()
         self._check_limits(transactions)
-        batch = list(transactions)
         budget = self._throttle.remaining(terminal_id)
         lookups = 0
-        common = self._common_path and is_common_shape(batch)
+        if not self._common_path or sales is False:
+            sales = None
+        elif sales is None:
+            sales = common_sales(transactions)
 
         def work(uow: Repositories) -> SyncOutcome:
             nonlocal lookups
@@ -185,15 +192,17 @@ class OfflineService:
                 raise Unauthenticated("unknown or revoked credential")
             answered = replay(uow, key, AnsweredBatch)  # REQUEST_ID_REUSED for other content
             if answered is not None:
+                batch = list(transactions)
                 recorded = uow.offline.get_many(
                     terminal_id, {txn.transaction_id for txn in batch
                                   if "\x00" not in txn.transaction_id})
                 return SyncOutcome(results=replayed_results(answered, batch, recorded),
                                    status=sync_status(uow, terminal))
-            if common:
-                outcome = self._apply_common(uow, key, terminal, batch, now)
+            if sales is not None:
+                outcome = self._apply_common(uow, key, terminal, sales, transactions, now)
                 if outcome is not None:
                     return outcome
+            batch = list(transactions)
             # No key with a NUL is looked up (PostgreSQL refuses one in a string; the plan
             # rejects those items). A cheap test: the plan checks every field anyway.
             numbers = {line.card_number for txn in batch for line in txn.redeem_lines}
@@ -271,32 +280,30 @@ class OfflineService:
             return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
 
         # A batch of more than a few transactions takes milliseconds: off the event loop.
-        numbers = [txn.sequence_number for txn in batch] if in_order else []
+        numbers = ([] if not in_order else sales.sequence_numbers if sales is not None
+                   else [txn.sequence_number for txn in transactions])
         async with self._order.turn(terminal_id, numbers):
-            outcome = await self._transactions.write(work, large=len(batch) > LARGE_BATCH)
+            outcome = await self._transactions.write(
+                work, large=len(transactions) > LARGE_BATCH)
         self._throttle.record_misses(terminal_id, lookups)
         return outcome
 
     def _apply_common(self, uow: Repositories, key: RequestKey, terminal: Terminal,
-                      batch: list[OfflineTransaction], now: datetime) -> SyncOutcome | None:
+                      sales: CommonSales, transactions: Sequence[OfflineTransaction],
+                      now: datetime) -> SyncOutcome | None:
         """Apply a batch in which every transaction is the common case (see
         `storedvalue.hq.domain.offline_common`) in bulk, or change nothing and return None
         (as soon as one is not: the general path then plans the whole batch)."""
         terminal_id = terminal.terminal_id
-        numbers = set()
+        txn_ids = sales.transaction_ids
+        numbers = set(sales.card_numbers)
         line_keys = set()
-        txn_ids = []
-        for txn in batch:
-            (line,) = txn.redeem_lines
-            txn_id = txn.transaction_id
-            line_id = line.line_id
-            number = line.card_number
+        for txn_id, line_id, number in zip(txn_ids, sales.line_ids, sales.card_numbers,
+                                           strict=True):
             if "\x00" in txn_id or "\x00" in line_id or "\x00" in number:
                 return None  # rejected: not the common case (and no key with a NUL is read)
-            numbers.add(number)
             line_keys.add((terminal_id, txn_id, line_id))
-            txn_ids.append(txn_id)
-        if len(numbers) != len(batch):
+        if len(numbers) != len(txn_ids):
             return None
         cards = uow.cards.balances_for_update(numbers)
         if len(cards) != len(numbers):
@@ -304,23 +311,23 @@ class OfflineService:
         # No record holds a sequence number above the highest seen (a record is written
         # with its number seen): a batch above it needs no lookup of their owners.
         seen = terminal.highest_sequence_seen
-        if min((txn.sequence_number for txn in batch), default=seen + 1) <= seen and (
-                uow.offline.sequence_owners(
-                    terminal_id, {txn.sequence_number for txn in batch})):
+        if min(sales.sequence_numbers, default=seen + 1) <= seen and (
+                uow.offline.sequence_owners(terminal_id, set(sales.sequence_numbers))):
             return None
 
         def apply() -> CommonBatchPlan | None:
             plan = plan_common_batch(
                 terminal_id=terminal_id,
-                transactions=batch,
+                sales=sales,
+                transactions=transactions,
                 cards=cards,
                 known={},
                 sequence_owners={},
                 redemptions={},
                 parameters=parameters_as_used(
-                    uow, terminal.store_id, (txn.parameters_version for txn in batch)),
+                    uow, terminal.store_id, sales.parameters_versions),
                 sale_locks=uow.lock_history.sale_locks(
-                    terminal_id, sales_to_look_up(terminal_id, batch, cards)),
+                    terminal_id, sales_to_look_up(terminal_id, sales, cards)),
                 highest_sequence_seen=seen,
                 now=now,
                 limits=self.limits.per_item,

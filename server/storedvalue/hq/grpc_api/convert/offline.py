@@ -5,11 +5,17 @@ here build no message they then copy, and no generator per field."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
-from storedvalue.hq.domain.moments import MICROSECONDS, MILLISECONDS, moment_from_epoch
+from storedvalue.hq.domain.moments import (
+    MAX_EPOCH_SECONDS,
+    MICROSECONDS,
+    MILLISECONDS,
+    MIN_EPOCH_SECONDS,
+    moment_from_epoch,
+)
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
     OfflineException,
@@ -25,6 +31,7 @@ from storedvalue.hq.domain.offline import (
     OfflineUnlock,
     ReversalOutcome,
 )
+from storedvalue.hq.domain.offline_common import CommonSales
 from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
 from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.grpc_api.convert.common import (
@@ -65,6 +72,114 @@ def offline_transaction_from_proto(txn: offline_pb2.OfflineTransaction) -> Offli
     return decoded
 
 
+def offline_batch_from_proto(
+    transactions: Iterable[offline_pb2.OfflineTransaction],
+    request_serialized: bytes | None = None,
+) -> tuple[Sequence[OfflineTransaction], CommonSales | Literal[False]]:
+    """A batch's transactions (SyncOfflineBatch), and when they have the common case's shape
+    the same as `CommonSales` (else False), read from the messages field by field once, only
+    the fields the common path reads. Then the transactions themselves are decoded only if they are
+    read (`OfflineService.sync` reads them when the common path does not take the batch, or
+    for offline risk limits), from the same messages. `request_serialized` as for
+    `offline_transactions_from_proto`."""
+    sent = list(transactions)
+    fingerprints = _fingerprints(sent, request_serialized)
+    sales = _common_sales(sent, fingerprints)
+    if sales is None:
+        return _decoded(sent, fingerprints), False
+    return _DecodedWhenRead(sent, fingerprints), sales
+
+
+class _DecodedWhenRead(Sequence[OfflineTransaction]):
+    """A batch's transactions, decoded (`offline_transactions_from_proto`) when first read;
+    its length known before."""
+
+    __slots__ = ("_decoded", "_fingerprints", "_sent")
+
+    def __init__(self, sent: list[offline_pb2.OfflineTransaction],
+                 fingerprints: list[bytes]) -> None:
+        self._sent = sent
+        self._fingerprints = fingerprints
+        self._decoded: list[OfflineTransaction] | None = None
+
+    def _all(self) -> list[OfflineTransaction]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = _decoded(self._sent, self._fingerprints)
+        return decoded
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    @overload
+    def __getitem__(self, index: int) -> OfflineTransaction: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[OfflineTransaction]: ...
+
+    def __getitem__(self, index: int | slice
+                    ) -> OfflineTransaction | Sequence[OfflineTransaction]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[OfflineTransaction]:
+        return iter(self._all())
+
+
+def _common_sales(sent: list[offline_pb2.OfflineTransaction], fingerprints: list[bytes]
+                  ) -> CommonSales | None:
+    """`common_sales` of the transactions `sent` would decode to, straight from the
+    messages, or None as soon as one has not the common case's shape (one redeem line with
+    an amount, a readable completion time, a readable or no last contact, no unlocks, no
+    reversals). Fields the common path does not read (a line's card kind and online
+    attempt, the unsynced amounts) are not read; the last contact only checked."""
+    seconds_read: dict[int, datetime | None] = {}
+    millis, micros_ = MILLISECONDS, MICROSECONDS
+    unset = _UNSET
+    sales = CommonSales()
+    sales.fingerprints = fingerprints
+    txn_ids, sequences = sales.transaction_ids, sales.sequence_numbers
+    completions, versions = sales.completed_at, sales.parameters_versions
+    line_ids, numbers = sales.line_ids, sales.card_numbers
+    minors, currencies, tokens = sales.amounts_minor, sales.currencies, sales.fencing_tokens
+    lowest, highest = MIN_EPOCH_SECONDS, MAX_EPOCH_SECONDS
+    for txn in sent:
+        lines = txn.redeem_lines
+        if len(lines) != 1 or txn.unlocks or txn.reversals:
+            return None
+        sent_moment = txn.completed_at
+        seconds = sent_moment.seconds
+        nanos = sent_moment.nanos
+        if not (seconds or nanos or txn.HasField("completed_at")):
+            return None
+        second = seconds_read.get(seconds, unset)
+        if second is unset:
+            second = seconds_read[seconds] = moment_from_epoch(seconds, 0)
+        if second is None or not 0 <= nanos < _NANOS:
+            return None
+        micros = nanos // 1000
+        # A last contact of (0, 0) is the epoch or unset: readable either way.
+        sent_moment = txn.last_reached_hq_at
+        seconds = sent_moment.seconds
+        nanos = sent_moment.nanos
+        if (seconds or nanos) and not (lowest <= seconds <= highest and 0 <= nanos < _NANOS):
+            return None
+        line = lines[0]
+        sent_amount = line.amount
+        minor = sent_amount.amount_minor
+        currency = sent_amount.currency_code
+        if minor <= 0 or not currency:  # unset, or never the common case
+            return None
+        completions.append(second + millis[micros // 1000] + micros_[micros % 1000])
+        txn_ids.append(txn.transaction_id)
+        sequences.append(txn.sequence_number)
+        versions.append(txn.parameters_version)
+        line_ids.append(line.line_id)
+        numbers.append(line.card_number)
+        minors.append(minor)
+        currencies.append(currency)
+        tokens.append(line.fencing_token)
+    return sales
+
+
 def offline_transactions_from_proto(
     transactions: Iterable[offline_pb2.OfflineTransaction],
     request_serialized: bytes | None = None,
@@ -77,17 +192,29 @@ def offline_transactions_from_proto(
     the deterministic serialization of the SyncOfflineBatchRequest that holds
     `transactions`, which already holds each transaction's (see
     `transaction_fingerprints`)."""
+    sent = list(transactions)
+    return _decoded(sent, _fingerprints(sent, request_serialized))
+
+
+def _fingerprints(sent: list[offline_pb2.OfflineTransaction], request_serialized: bytes | None
+                  ) -> list[bytes]:
+    """Each transaction's fingerprint, from the request's serialization when it has one."""
+    fingerprints = (None if request_serialized is None
+                    else transaction_fingerprints(request_serialized))
+    if fingerprints is None or len(fingerprints) != len(sent):
+        fingerprints = [message_fingerprint(txn) for txn in sent]
+    return fingerprints
+
+
+def _decoded(sent: list[offline_pb2.OfflineTransaction], fingerprints: list[bytes]
+             ) -> list[OfflineTransaction]:
+    """`offline_transactions_from_proto` of `sent`, their fingerprints known."""
     moments: dict[tuple[int, int], datetime | None] = {}
     seconds_read: dict[int, datetime | None] = {}
     millis, micros_ = MILLISECONDS, MICROSECONDS
     amounts: dict[tuple[int, str], Money] = {}
     kinds = CARD_KINDS_BY_PROTO
     unset = _UNSET
-    sent = list(transactions)
-    fingerprints = (None if request_serialized is None
-                    else transaction_fingerprints(request_serialized))
-    if fingerprints is None or len(fingerprints) != len(sent):
-        fingerprints = [message_fingerprint(txn) for txn in sent]
 
     # A message field is read as its fields first: a value other than (0, 0) or (0, "")
     # shows the field is set, and only the default asks HasField (each lookup by name costs
