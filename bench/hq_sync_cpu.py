@@ -181,7 +181,7 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
         for start in range(0, size, batch)
     ]
 
-    outcomes: dict[str, int] = {}
+    answers: list[bytes] = []
 
     async def serve_one(payload: bytes) -> bytes:
         # What the servicer does for SyncOfflineBatch (auth and the transport aside).
@@ -196,9 +196,9 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
         outcome = await offline.sync(
             key=RequestKey(TILL, request.request_id, "SyncOfflineBatch", digest),
             terminal_id=TILL, transactions=transactions, **further)
-        for result in outcome.results:
-            outcomes[result.outcome.value] = outcomes.get(result.outcome.value, 0) + 1
-        return encode(outcome.results, outcome.status)
+        answer = encode(outcome.results, outcome.status)
+        answers.append(answer)  # its outcomes counted after the measurement
+        return answer
 
     async def sync_all() -> None:
         for payload in payloads:
@@ -210,7 +210,7 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
         control = ctypes.CDLL(callgrind_control)
         runner.run(serve_one(payloads.pop(0)))  # warm-up: caches, first statements
         size -= batch
-        outcomes.clear()
+        answers.clear()
         control.cg_zero()
     profiler = None
     if profile:
@@ -228,6 +228,11 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
         profiler.disable()
         with open(profile, "w") as out:
             pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)
+    outcomes: dict[str, int] = {}
+    for answer in answers:
+        for result in ts.SyncOfflineBatchResponse.FromString(answer).results:
+            name = offline_pb2.OfflineOutcome.Name(result.outcome).removeprefix("OFFLINE_OUTCOME_")
+            outcomes[name] = outcomes.get(name, 0) + 1
     print(f"{size} transactions in batches of {batch}: {cpu * 1e6 / size:.1f} us CPU/tx, "
           f"{wall * 1e6 / size:.1f} us wall/tx ({size / wall:,.0f} tx/s), of the CPU "
           f"{loop * 1e6 / size:.1f} us on the event loop's thread; outcomes {outcomes}")

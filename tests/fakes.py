@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 from storedvalue.hq.domain.cards import Card, Lock
 from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
+from storedvalue.hq.domain.moments import moment_from_epoch
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
 from storedvalue.hq.domain.offline_common import (
     BalanceChange,
     CardBalance,
     CommonDebit,
     SaleLock,
+    applied_result,
 )
 from storedvalue.hq.domain.offline_locks import LockGrant
 from storedvalue.hq.domain.parameters import ParameterSet
@@ -266,8 +268,14 @@ class FakeJournalRepository:
                 amount_minor=-d.amount_minor, currency=d.currency,
                 balance_after_minor=d.balance_after_minor, terminal_id=terminal_id,
                 transaction_id=d.transaction_id, line_id=d.line_id, offline=True,
-                occurred_at=d.occurred_at, recorded_at=now)
+                occurred_at=_moment(d.occurred_at_micros), recorded_at=now)
             for d in debits)
+
+def _moment(micros: int) -> datetime:
+    moment = moment_from_epoch(micros // 1_000_000, micros % 1_000_000 * 1000)
+    assert moment is not None
+    return moment
+
 
 class FakeRedemptionRepository:
     def __init__(self, state: _State) -> None:
@@ -379,7 +387,8 @@ class FakeOfflineRecordRepository:
         self.add(
             OfflineRecord(
                 terminal_id=terminal_id, transaction_id=d.transaction_id,
-                sequence_number=d.sequence_number, fingerprint=d.fingerprint, result=d.result,
+                sequence_number=d.sequence_number, fingerprint=d.fingerprint,
+                result=applied_result(d),
                 received_at=now)
             for d in debits)
 

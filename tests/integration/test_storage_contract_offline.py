@@ -22,6 +22,7 @@ from storage_samples import (
 )
 
 from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
+from storedvalue.hq.domain.moments import micros_from_epoch
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
 from storedvalue.hq.domain.offline_common import CommonDebit
@@ -342,8 +343,7 @@ def test_many_offline_debits_are_stored_as_written(storage: Storage) -> None:
     # 237 debits: on SQLite, INSERTs of 100 and of 10 rows, then the 7 left one by one.
     debits = [
         CommonDebit(f"t-{n:05d}", n, bytes([n % 256]) * 32, f"line {n % 3}",
-                    card_number(n % 50), 100 + n, "EUR", 10_000 - n, at(n),
-                    applied(f"t-{n:05d}", n, f"line {n % 3}", Money(10_000 - n, "EUR")))
+                    card_number(n % 50), 100 + n, "EUR", 10_000 - n, micros_from_epoch(at(n)))
         for n in range(1, 238)
     ]
     later = at(1_000)
@@ -358,7 +358,9 @@ def test_many_offline_debits_are_stored_as_written(storage: Storage) -> None:
     ids = [d.transaction_id for d in debits]
     records = read(storage, lambda uow: uow.offline.get_many("till-1", ids))
     assert records == {d.transaction_id: OfflineRecord(
-        "till-1", d.transaction_id, d.sequence_number, d.fingerprint, d.result, later)
+        "till-1", d.transaction_id, d.sequence_number, d.fingerprint,
+        applied(d.transaction_id, d.sequence_number, d.line_id,
+                Money(d.balance_after_minor, "EUR")), later)
         for d in debits}
     lines = read(storage, lambda uow: uow.redemptions.get_many(
         [("till-1", d.transaction_id, d.line_id) for d in debits]))
@@ -375,4 +377,5 @@ def test_many_offline_debits_are_stored_as_written(storage: Storage) -> None:
                    e.occurred_at, e.recorded_at, e.line_id, e.offline, e.kind)
                   for e in entries) == [
         (d.transaction_id, d.card_number, -d.amount_minor, d.balance_after_minor,
-         d.occurred_at, later, d.line_id, True, JournalEntryKind.REDEEM) for d in debits]
+         at(int(d.transaction_id[2:])), later, d.line_id, True, JournalEntryKind.REDEEM)
+        for d in debits]

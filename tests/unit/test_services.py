@@ -356,7 +356,7 @@ def test_a_batch_that_arrives_before_the_one_it_follows_waits_for_it(hq: HQ) -> 
         return earlier, await later
 
     earlier, later = hq.run(later_first())
-    outcomes = [r.outcome for r in earlier.results + later.results]
+    outcomes = [r.outcome for r in [*earlier.results, *later.results]]
     assert OfflineOutcome.REJECTED not in outcomes
     assert later.status.highest_contiguous_sequence == 5
     entries = {number: hq.run(hq.back_office.list_journal(

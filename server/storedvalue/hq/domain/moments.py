@@ -29,6 +29,17 @@ def moment_from_epoch(seconds: int, nanos: int) -> datetime | None:
     return EPOCH + timedelta(0, seconds, nanos // 1000)
 
 
+def micros_from_epoch(moment: datetime) -> int:
+    """An aware moment as microseconds since the epoch (`moment_from_epoch`'s inverse, to
+    the microsecond: `seconds * 1_000_000 + nanos // 1000`)."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: HQ keeps timezone-aware UTC moments only")
+    return (moment - EPOCH) // _MICROSECOND
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
 # 0 to 999 milliseconds, and 0 to 999 microseconds, by number: the batch decoder makes a
 # moment from its whole second (decoded once for the batch's many moments in that second)
 # plus two of these, rather than a new timedelta per moment.

@@ -12,14 +12,15 @@ recognises the case in which they all say "applied, nothing to report").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from storedvalue.hq.domain.cards import CardKind, is_valid_card_number
 from storedvalue.hq.domain.client_text import is_valid_id
+from storedvalue.hq.domain.moments import micros_from_epoch
 from storedvalue.hq.domain.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, Money
 from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
 from storedvalue.hq.domain.offline_limits import offline_limit_breaches
@@ -76,7 +77,8 @@ class BalanceChange(NamedTuple):
 class CommonDebit(NamedTuple):
     """One common transaction as applied: its line debited from its card. What it writes:
     the line's redemption, its journal entry (a REDEEM of `amount_minor` that left the card
-    at `balance_after_minor`, at `occurred_at`) and its offline record with `result`."""
+    at `balance_after_minor`, at `occurred_at_micros`, microseconds since the epoch in UTC)
+    and its offline record with its result (`applied_result`)."""
 
     transaction_id: str
     sequence_number: int
@@ -86,18 +88,79 @@ class CommonDebit(NamedTuple):
     amount_minor: int
     currency: str
     balance_after_minor: int
-    occurred_at: datetime
-    result: OfflineTransactionResult
+    occurred_at_micros: int
+
+
+def applied_result(debit: CommonDebit) -> OfflineTransactionResult:
+    """The result of a common transaction: it and its one line APPLIED, leaving the card's
+    balance."""
+    return OfflineTransactionResult(
+        debit.transaction_id, debit.sequence_number, _APPLIED, _APPLIED, "", "",
+        (OfflineLineResult(debit.line_id, _LINE_APPLIED, "",
+                           Money(debit.balance_after_minor, debit.currency), ""),))
+
+
+_APPLIED, _LINE_APPLIED = OfflineOutcome.APPLIED, OfflineLineOutcome.APPLIED
+
+
+class AppliedResults(Sequence[OfflineTransactionResult]):
+    """The results of a batch the common path applied, one per debit (`applied_result`),
+    made only when read: the answer is written from the debits themselves (see
+    `storedvalue.hq.grpc_api.convert.offline.sync_response_wire`). Equal to the tuple of
+    the same results, and hashed alike."""
+
+    __slots__ = ("_made", "debits")
+
+    def __init__(self, debits: Sequence[CommonDebit]) -> None:
+        self.debits = debits
+        self._made: tuple[OfflineTransactionResult, ...] | None = None
+
+    def _all(self) -> tuple[OfflineTransactionResult, ...]:
+        made = self._made
+        if made is None:
+            made = self._made = tuple([applied_result(debit) for debit in self.debits])
+        return made
+
+    def __len__(self) -> int:
+        return len(self.debits)
+
+    @overload
+    def __getitem__(self, index: int) -> OfflineTransactionResult: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[OfflineTransactionResult]: ...
+
+    def __getitem__(self, index: int | slice
+                    ) -> OfflineTransactionResult | Sequence[OfflineTransactionResult]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[OfflineTransactionResult]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AppliedResults):
+            other = other._all()
+        if isinstance(other, tuple):
+            return self._all() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
 
 
 @dataclass(slots=True)
 class CommonBatchPlan:
-    """What applying a common batch changes: the results, one debit per transaction (in
-    batch order) and the cards' new balances (in card-number order)."""
+    """What applying a common batch changes: one debit per transaction (in batch order),
+    whose results `results` are, and the cards' new balances (in card-number order)."""
 
-    results: list[OfflineTransactionResult] = field(default_factory=list)
     debits: list[CommonDebit] = field(default_factory=list)
     balances: list[BalanceChange] = field(default_factory=list)
+
+    @property
+    def results(self) -> AppliedResults:
+        return AppliedResults(self.debits)
 
     def debits_by_card(self) -> list[CommonDebit]:
         """The debits in card-number order: the order a unit of work appends the journal
@@ -121,7 +184,8 @@ class CommonSales:
 
     transaction_ids: list[str] = field(default_factory=list)
     sequence_numbers: list[int] = field(default_factory=list)
-    completed_at: list[datetime] = field(default_factory=list)
+    # Microseconds since the epoch, UTC (`micros_from_epoch`).
+    completed_micros: list[int] = field(default_factory=list)
     parameters_versions: list[int] = field(default_factory=list)
     fingerprints: list[bytes] = field(default_factory=list)
     line_ids: list[str] = field(default_factory=list)
@@ -145,7 +209,7 @@ def common_sales(transactions: Sequence[OfflineTransaction]) -> CommonSales | No
         assert amount is not None
         sales.transaction_ids.append(txn.transaction_id)
         sales.sequence_numbers.append(txn.sequence_number)
-        sales.completed_at.append(txn.completed_at)
+        sales.completed_micros.append(micros_from_epoch(txn.completed_at))
         sales.parameters_versions.append(txn.parameters_version)
         sales.fingerprints.append(txn.fingerprint)
         sales.line_ids.append(line.line_id)
@@ -220,19 +284,15 @@ def plan_common_batch(
             or risk.max_offline_duration is not None
         ) if applied.offline_completion_allowed(gift_card) else None
     plan = CommonBatchPlan()
-    applied_outcome = OfflineOutcome.APPLIED
-    line_applied = OfflineLineOutcome.APPLIED
-    new_result = OfflineTransactionResult
-    results_append = plan.results.append
     debits_append = plan.debits.append
     ids: set[str] = set()
     sequences: set[int] = set()
     used: dict[str, BalanceChange] = {}  # by card number
     highest_seen = highest_sequence_seen
     jump = limits.max_sequence_jump
-    for index, (txn_id, sequence, completed_at, version, fingerprint, line_id, number,
+    for index, (txn_id, sequence, completed_micros, version, fingerprint, line_id, number,
                 amount_minor, currency, token) in enumerate(zip(
-            sales.transaction_ids, sales.sequence_numbers, sales.completed_at,
+            sales.transaction_ids, sales.sequence_numbers, sales.completed_micros,
             sales.parameters_versions, sales.fingerprints, sales.line_ids, sales.card_numbers,
             sales.amounts_minor, sales.currencies, sales.fencing_tokens, strict=True)):
         if (not is_valid_id(txn_id) or txn_id in ids
@@ -271,13 +331,10 @@ def plan_common_batch(
             highest_seen = sequence
         balance = card.balance_minor - amount_minor
         used[number] = new_tuple(BalanceChange, (number, balance, held))
-        # Its result and debit now (all thrown away should a later transaction not be the
-        # common case: rare, and cheaper than a second pass over the batch).
-        result = new_result(txn_id, sequence, applied_outcome, applied_outcome, "", "", (
-            OfflineLineResult(line_id, line_applied, "", Money(balance, currency), ""),))
-        results_append(result)
+        # Its debit now (all thrown away should a later transaction not be the common case:
+        # rare, and cheaper than a second pass over the batch).
         debits_append(new_tuple(CommonDebit, (
             txn_id, sequence, fingerprint, line_id, number, amount_minor, currency,
-            balance, completed_at, result)))
+            balance, completed_micros)))
     plan.balances = [used[number] for number in sorted(used)]
     return plan

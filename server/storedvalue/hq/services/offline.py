@@ -73,7 +73,8 @@ class SyncStatus:
 
 @dataclass(frozen=True, slots=True)
 class SyncOutcome:
-    results: tuple[OfflineTransactionResult, ...]
+    # A tuple, or the common path's `AppliedResults` (equal to the tuple of its results).
+    results: Sequence[OfflineTransactionResult]
     status: SyncStatus
 
 
@@ -355,8 +356,8 @@ class OfflineService:
             terminal_id, terminal.highest_contiguous_sequence)
         gaps = terminal.advance_contiguous(above)
         uow.terminals.save(terminal)
-        remember(uow, key, AnsweredBatch(items="N" * len(plan.results)), now)
-        return SyncOutcome(results=tuple(plan.results), status=_status(terminal, gaps))
+        remember(uow, key, AnsweredBatch(items="N" * len(plan.debits)), now)
+        return SyncOutcome(results=plan.results, status=_status(terminal, gaps))
 
     def _check_limits(self, transactions: Sequence[OfflineTransaction]) -> None:
         limits = self.limits

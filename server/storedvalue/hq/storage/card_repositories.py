@@ -393,10 +393,9 @@ class SqlJournalRepository:
     def append_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
                               now: datetime) -> None:
         recorded = rows.to_micros(now)
-        micros = rows.to_micros
         self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS, [
             (d.card_number, -d.amount_minor, d.currency, d.balance_after_minor,
-             d.transaction_id, d.line_id, micros(d.occurred_at))
+             d.transaction_id, d.line_id, d.occurred_at_micros)
             for d in debits
         ], {"terminal_id": terminal_id, "recorded_at": recorded})
 

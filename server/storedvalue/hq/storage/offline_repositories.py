@@ -158,7 +158,7 @@ class SqlOfflineRecordRepository:
         blob = bytes if self._tx.dialect.name == "postgresql" else bytearray
         self._tx.write_rows(_INSERT_APPLIED_RECORDS, _DEBIT_RECORD_KEYS, [
             (d.transaction_id, d.sequence_number, blob(d.fingerprint),
-             dumps(d.result, d.balance_after_minor, d.currency, d.line_id))
+             dumps(d, d.balance_after_minor, d.currency, d.line_id))
             for d in debits
         ], {"terminal_id": terminal_id, "received_at": received})
 

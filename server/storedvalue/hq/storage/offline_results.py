@@ -35,6 +35,7 @@ from storedvalue.hq.domain.offline import (
     OfflineTransactionResult,
     ReversalOutcome,
 )
+from storedvalue.hq.domain.offline_common import CommonDebit, applied_result
 
 _APPLIED = OfflineOutcome.APPLIED
 _LINE_APPLIED = OfflineLineOutcome.APPLIED
@@ -57,14 +58,13 @@ def dumps(result: OfflineTransactionResult, transaction_id: str, sequence_number
     return records.dumps(result)
 
 
-def dumps_applied(result: OfflineTransactionResult, balance_minor: int, currency: str,
-                  line_id: str) -> str:
-    """`dumps(result, ...)` for a common result known to be one (a `CommonDebit`'s: its
-    line `line_id` applied, leaving `balance_minor` in `currency`), without looking at it
-    again field by field."""
+def dumps_applied(debit: CommonDebit, balance_minor: int, currency: str, line_id: str) -> str:
+    """`dumps` of a common debit's result (`applied_result`: its line `line_id` applied,
+    leaving `balance_minor` in `currency`), made only when it does not fit the compact
+    form."""
     if currency.isalpha() and line_id.isprintable():
         return f"A{balance_minor} {currency} {line_id}"
-    return records.dumps(result)
+    return records.dumps(applied_result(debit))
 
 
 def _applied_text(balance_minor: int, currency: str, line_id: str) -> str | None:

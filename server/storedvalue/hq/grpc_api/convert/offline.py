@@ -31,7 +31,7 @@ from storedvalue.hq.domain.offline import (
     OfflineUnlock,
     ReversalOutcome,
 )
-from storedvalue.hq.domain.offline_common import CommonSales
+from storedvalue.hq.domain.offline_common import AppliedResults, CommonSales, applied_result
 from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
 from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.grpc_api.convert.common import (
@@ -131,13 +131,10 @@ def _common_sales(sent: list[offline_pb2.OfflineTransaction], fingerprints: list
     an amount, a readable completion time, a readable or no last contact, no unlocks, no
     reversals). Fields the common path does not read (a line's card kind and online
     attempt, the unsynced amounts) are not read; the last contact only checked."""
-    seconds_read: dict[int, datetime | None] = {}
-    millis, micros_ = MILLISECONDS, MICROSECONDS
-    unset = _UNSET
     sales = CommonSales()
     sales.fingerprints = fingerprints
     txn_ids, sequences = sales.transaction_ids, sales.sequence_numbers
-    completions, versions = sales.completed_at, sales.parameters_versions
+    completions, versions = sales.completed_micros, sales.parameters_versions
     line_ids, numbers = sales.line_ids, sales.card_numbers
     minors, currencies, tokens = sales.amounts_minor, sales.currencies, sales.fencing_tokens
     lowest, highest = MIN_EPOCH_SECONDS, MAX_EPOCH_SECONDS
@@ -150,12 +147,10 @@ def _common_sales(sent: list[offline_pb2.OfflineTransaction], fingerprints: list
         nanos = sent_moment.nanos
         if not (seconds or nanos or txn.HasField("completed_at")):
             return None
-        second = seconds_read.get(seconds, unset)
-        if second is unset:
-            second = seconds_read[seconds] = moment_from_epoch(seconds, 0)
-        if second is None or not 0 <= nanos < _NANOS:
+        if not (lowest <= seconds <= highest and 0 <= nanos < _NANOS):
             return None
-        micros = nanos // 1000
+        # As `micros_from_epoch(moment_from_epoch(seconds, nanos))`.
+        completions.append(seconds * 1_000_000 + nanos // 1000)
         # A last contact of (0, 0) is the epoch or unset: readable either way.
         sent_moment = txn.last_reached_hq_at
         seconds = sent_moment.seconds
@@ -168,7 +163,6 @@ def _common_sales(sent: list[offline_pb2.OfflineTransaction], fingerprints: list
         currency = sent_amount.currency_code
         if minor <= 0 or not currency:  # unset, or never the common case
             return None
-        completions.append(second + millis[micros // 1000] + micros_[micros % 1000])
         txn_ids.append(txn.transaction_id)
         sequences.append(txn.sequence_number)
         versions.append(txn.parameters_version)
@@ -529,13 +523,34 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
     one formatting, when it is short enough for every length to be one byte, written here
     for each result without a call; any other through `offline_result_wire`. The line
     result's bytes around its balance's varint depend only on the line id, the currency
-    and that varint's length: made once a batch for each."""
+    and that varint's length: made once a batch for each. The common path's results
+    (`AppliedResults`) are written from its debits, without making the results."""
     parts: list[bytes] = []
     append = parts.append
     applied, line_applied = _APPLIED, _LINE_APPLIED
     usual = _USUAL_RESULT
     short = _SHORT_VARINTS
     line_parts: dict[tuple[str, str, int], tuple[bytes, bytes, int]] = {}
+    if isinstance(results, AppliedResults):
+        for debit in results.debits:
+            sale_id, sequence, _, line_id, _, _, currency, minor, _ = debit
+            if (0 < sequence < 0x4000 and 0 < minor < 0x4000 and currency and line_id
+                    and sale_id):
+                minor_varint = short[minor]
+                line_key = (line_id, currency, len(minor_varint))
+                found = line_parts.get(line_key)
+                if found is None:
+                    found = line_parts[line_key] = _usual_line_parts(*line_key)
+                head, tail, line_field_size = found
+                txn_bytes = sale_id.encode()
+                sequence_varint = short[sequence]
+                size = 7 + len(txn_bytes) + len(sequence_varint) + line_field_size
+                if size < 0x80:
+                    append(usual % (size, len(txn_bytes), txn_bytes, sequence_varint, head,
+                                    minor_varint, tail))
+                    continue
+            append(_field(b"\x0a", offline_result_wire(applied_result(debit))))
+        results = ()
     for result in results:
         line_results = result.line_results
         if (result.outcome is applied and result.original_outcome is applied
