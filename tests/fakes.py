@@ -10,7 +10,7 @@ would: changing a loaded card changes nothing until `save`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -23,7 +23,7 @@ from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redem
 from storedvalue.hq.domain.offline_common import (
     BalanceChange,
     CardBalance,
-    CommonDebit,
+    CommonDebits,
     SaleLock,
     applied_result,
 )
@@ -260,7 +260,7 @@ class FakeJournalRepository:
         return found[: max(limit, 0)]
 
 
-    def append_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+    def append_offline_debits(self, terminal_id: str, debits: CommonDebits,
                               now: datetime) -> None:
         self.append(
             JournalEntry(
@@ -269,7 +269,7 @@ class FakeJournalRepository:
                 balance_after_minor=d.balance_after_minor, terminal_id=terminal_id,
                 transaction_id=d.transaction_id, line_id=d.line_id, offline=True,
                 occurred_at=_moment(d.occurred_at_micros), recorded_at=now)
-            for d in debits)
+            for d in sorted(debits, key=lambda d: d.card_number))
 
 def _moment(micros: int) -> datetime:
     moment = moment_from_epoch(micros // 1_000_000, micros % 1_000_000 * 1000)
@@ -302,7 +302,7 @@ class FakeRedemptionRepository:
                 )
 
 
-    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+    def add_offline_debits(self, terminal_id: str, debits: CommonDebits,
                            now: datetime) -> None:
         self.add(
             Redemption(
@@ -382,7 +382,7 @@ class FakeOfflineRecordRepository:
             return None
         return apply()
 
-    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+    def add_offline_debits(self, terminal_id: str, debits: CommonDebits,
                            now: datetime) -> None:
         self.add(
             OfflineRecord(

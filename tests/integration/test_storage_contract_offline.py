@@ -25,7 +25,7 @@ from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.moments import micros_from_epoch
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
-from storedvalue.hq.domain.offline_common import CommonDebit
+from storedvalue.hq.domain.offline_common import CommonDebit, CommonDebits
 from storedvalue.hq.domain.parameters import OfflineRiskLimits
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, UnitOfWork
 from storedvalue.hq.storage.offline_results import applied
@@ -349,9 +349,10 @@ def test_many_offline_debits_are_stored_as_written(storage: Storage) -> None:
     later = at(1_000)
 
     def add(uow: UnitOfWork) -> None:
-        uow.journal.append_offline_debits("till-1", debits, later)
-        uow.redemptions.add_offline_debits("till-1", debits, later)
-        uow.offline.add_offline_debits("till-1", debits, later)
+        columns = CommonDebits.of(debits)
+        uow.journal.append_offline_debits("till-1", columns, later)
+        uow.redemptions.add_offline_debits("till-1", columns, later)
+        uow.offline.add_offline_debits("till-1", columns, later)
 
     write(storage, add)
 

@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from storedvalue.hq.domain.client_text import are_valid_ids, is_valid_id
 from storedvalue.hq.domain.moments import moment_from_epoch
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import (
@@ -219,3 +220,10 @@ def test_the_common_cases_columns_are_those_of_the_decoded_transactions(
     assert list(transactions) == decoded
     assert [txn.sequence_number for txn in transactions] == [
         txn.sequence_number for txn in batch]
+
+
+@given(st.lists(st.sampled_from(["sale-1", "", "x" * 128, "x" * 129, "a\nb", "é", "\u200b", " "]),
+                max_size=4))
+def test_ids_checked_together_as_one_by_one(values: list[str]) -> None:
+    """The common planner checks a column of ids at once (`are_valid_ids`): as each alone."""
+    assert are_valid_ids(values) == all(is_valid_id(value) for value in values)

@@ -7,6 +7,8 @@ break in an id forges log lines and splits CSV exports).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from storedvalue.hq.domain.errors import InvalidField
 
 MAX_ID_LENGTH = 128
@@ -17,6 +19,14 @@ _TEXT_BREAKS = frozenset("\n\t")
 
 def is_valid_id(value: str, *, max_length: int = MAX_ID_LENGTH) -> bool:
     return 0 < len(value) <= max_length and value.isprintable()
+
+
+def are_valid_ids(values: Collection[str], *, max_length: int = MAX_ID_LENGTH) -> bool:
+    """Whether every one of `values` `is_valid_id`, checked a column at a time (a string is
+    printable when each of its characters is, so the values are when they are together)."""
+    return not values or (
+        min(map(len, values)) > 0 and max(map(len, values)) <= max_length
+        and "".join(values).isprintable())
 
 
 def validate_id(value: str, field_name: str, *, max_length: int = MAX_ID_LENGTH) -> str:

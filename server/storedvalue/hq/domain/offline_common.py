@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from operator import itemgetter
 from typing import NamedTuple, overload
 
 from storedvalue.hq.domain.cards import CardKind, is_valid_card_number
-from storedvalue.hq.domain.client_text import is_valid_id
+from storedvalue.hq.domain.client_text import are_valid_ids
 from storedvalue.hq.domain.moments import micros_from_epoch
 from storedvalue.hq.domain.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, Money
 from storedvalue.hq.domain.offline_checks import DEFAULT_ITEM_LIMITS, ItemLimits
@@ -103,6 +102,55 @@ def applied_result(debit: CommonDebit) -> OfflineTransactionResult:
 _APPLIED, _LINE_APPLIED = OfflineOutcome.APPLIED, OfflineLineOutcome.APPLIED
 
 
+class CommonDebits:
+    """The debits of a common batch, as columns: its sales (`CommonSales`, in batch order),
+    each one's line debited from its card, leaving `balances_after_minor`; iterated, one
+    `CommonDebit` each. Stored as written from the columns themselves."""
+
+    __slots__ = ("balances_after_minor", "sales")
+
+    def __init__(self, sales: CommonSales, balances_after_minor: list[int]) -> None:
+        self.sales = sales
+        self.balances_after_minor = balances_after_minor
+
+    @classmethod
+    def of(cls, debits: Iterable[CommonDebit]) -> CommonDebits:
+        sales = CommonSales()
+        balances: list[int] = []
+        for debit in debits:
+            sales.transaction_ids.append(debit.transaction_id)
+            sales.sequence_numbers.append(debit.sequence_number)
+            sales.completed_micros.append(debit.occurred_at_micros)
+            sales.parameters_versions.append(0)  # not a debit's: never read from here
+            sales.fingerprints.append(debit.fingerprint)
+            sales.line_ids.append(debit.line_id)
+            sales.card_numbers.append(debit.card_number)
+            sales.amounts_minor.append(debit.amount_minor)
+            sales.currencies.append(debit.currency)
+            sales.fencing_tokens.append(0)  # idem
+            balances.append(debit.balance_after_minor)
+        return cls(sales, balances)
+
+    def __len__(self) -> int:
+        return len(self.balances_after_minor)
+
+    def debit(self, index: int) -> CommonDebit:
+        sales = self.sales
+        return CommonDebit(
+            sales.transaction_ids[index], sales.sequence_numbers[index],
+            sales.fingerprints[index], sales.line_ids[index], sales.card_numbers[index],
+            sales.amounts_minor[index], sales.currencies[index],
+            self.balances_after_minor[index], sales.completed_micros[index])
+
+    def __iter__(self) -> Iterator[CommonDebit]:
+        sales = self.sales
+        for row in zip(sales.transaction_ids, sales.sequence_numbers, sales.fingerprints,
+                       sales.line_ids, sales.card_numbers, sales.amounts_minor,
+                       sales.currencies, self.balances_after_minor, sales.completed_micros,
+                       strict=True):
+            yield new_tuple(CommonDebit, row)
+
+
 class AppliedResults(Sequence[OfflineTransactionResult]):
     """The results of a batch the common path applied, one per debit (`applied_result`),
     made only when read: the answer is written from the debits themselves (see
@@ -111,7 +159,7 @@ class AppliedResults(Sequence[OfflineTransactionResult]):
 
     __slots__ = ("_made", "debits")
 
-    def __init__(self, debits: Sequence[CommonDebit]) -> None:
+    def __init__(self, debits: CommonDebits) -> None:
         self.debits = debits
         self._made: tuple[OfflineTransactionResult, ...] | None = None
 
@@ -152,25 +200,15 @@ class AppliedResults(Sequence[OfflineTransactionResult]):
 
 @dataclass(slots=True)
 class CommonBatchPlan:
-    """What applying a common batch changes: one debit per transaction (in batch order),
-    whose results `results` are, and the cards' new balances (in card-number order)."""
+    """What applying a common batch changes: its debits, whose results `results` are, and
+    the cards' new balances (in card-number order)."""
 
-    debits: list[CommonDebit] = field(default_factory=list)
+    debits: CommonDebits
     balances: list[BalanceChange] = field(default_factory=list)
 
     @property
     def results(self) -> AppliedResults:
         return AppliedResults(self.debits)
-
-    def debits_by_card(self) -> list[CommonDebit]:
-        """The debits in card-number order: the order a unit of work appends the journal
-        entries of the cards it loaded (by number), so entry ids come out as on the
-        general path."""
-        return sorted(self.debits, key=_card_number)
-
-
-# A debit's card number (a C-level key: no Python call per debit).
-_card_number = itemgetter(CommonDebit._fields.index("card_number"))
 
 
 @dataclass(slots=True)
@@ -283,27 +321,39 @@ def plan_common_batch(
             risk.max_line_amount is not None or risk.max_unsynced_amount is not None
             or risk.max_offline_duration is not None
         ) if applied.offline_completion_allowed(gift_card) else None
-    plan = CommonBatchPlan()
-    debits_append = plan.debits.append
-    ids: set[str] = set()
-    sequences: set[int] = set()
-    used: dict[str, BalanceChange] = {}  # by card number
+    txn_ids, numbers = sales.transaction_ids, sales.card_numbers
+    amounts, tokens = sales.amounts_minor, sales.fencing_tokens
+    count = len(txn_ids)
+    versions = set(sales.parameters_versions)
+    # The rules that hold for each sale alone, or for the batch as a whole (no sale, line or
+    # card twice), checked a column at a time.
+    if count and (
+        not are_valid_ids(txn_ids) or not are_valid_ids(sales.line_ids)
+        or len(set(txn_ids)) != count or len(set(sales.sequence_numbers)) != count
+        or len(set(numbers)) != count or 0 in tokens
+        or not min(amounts) > 0 or max(amounts) > MAX_AMOUNT_MINOR
+        # an unknown version, or one not allowing it
+        or any(limited.get(version) is None for version in versions)
+    ):
+        return None
+    # Whether any sale's version sets offline risk limits (then checked sale by sale).
+    any_limited = any(limited[version] for version in versions)
+    balances_after: list[int] = []
+    balances_append = balances_after.append
+    changes: list[BalanceChange] = []
+    changes_append = changes.append
     highest_seen = highest_sequence_seen
     jump = limits.max_sequence_jump
-    for index, (txn_id, sequence, completed_micros, version, fingerprint, line_id, number,
-                amount_minor, currency, token) in enumerate(zip(
-            sales.transaction_ids, sales.sequence_numbers, sales.completed_micros,
-            sales.parameters_versions, sales.fingerprints, sales.line_ids, sales.card_numbers,
-            sales.amounts_minor, sales.currencies, sales.fencing_tokens, strict=True)):
-        if (not is_valid_id(txn_id) or txn_id in ids
-                or not 1 <= sequence <= highest_seen + jump or sequence in sequences):
+    for index, (txn_id, sequence, number, amount_minor, currency, token) in enumerate(zip(
+            txn_ids, sales.sequence_numbers, numbers, amounts, sales.currencies, tokens,
+            strict=True)):
+        if not 1 <= sequence <= highest_seen + jump:
             return None
+        if sequence > highest_seen:
+            highest_seen = sequence
         card = cards.get(number)
         if (
             card is None
-            or number in used
-            or not is_valid_id(line_id)
-            or not 0 < amount_minor <= MAX_AMOUNT_MINOR
             or currency != card.currency
             or card.kind is not gift_card
             or amount_minor > card.balance_minor
@@ -311,30 +361,20 @@ def plan_common_batch(
             or not is_valid_card_number(number)
         ):
             return None
-        has_limits = limited.get(version)
-        if has_limits is None:  # an unknown version, or one not allowing it
-            return None
-        if token == 0:
-            return None
         held = card.lock_terminal_id == terminal_id and card.lock_transaction_id == txn_id
         if not (held and card.lock_fencing_token == token) and (
                 trusted.get((txn_id, number)) != token):
             return None
-        if has_limits:
+        if any_limited and limited[sales.parameters_versions[index]]:
             txn = transactions[index]
-            if offline_limit_breaches(
-                    txn, list(txn.redeem_lines), lambda _line: gift_card, parameters[version]):
+            if offline_limit_breaches(txn, list(txn.redeem_lines), lambda _line: gift_card,
+                                      parameters[txn.parameters_version]):
                 return None
-        ids.add(txn_id)
-        sequences.add(sequence)
-        if sequence > highest_seen:
-            highest_seen = sequence
         balance = card.balance_minor - amount_minor
-        used[number] = new_tuple(BalanceChange, (number, balance, held))
-        # Its debit now (all thrown away should a later transaction not be the common case:
-        # rare, and cheaper than a second pass over the batch).
-        debits_append(new_tuple(CommonDebit, (
-            txn_id, sequence, fingerprint, line_id, number, amount_minor, currency,
-            balance, completed_micros)))
-    plan.balances = [used[number] for number in sorted(used)]
-    return plan
+        balances_append(balance)
+        # (All thrown away should a later sale not be the common case: rare, and cheaper
+        # than a second pass over the batch.)
+        changes_append(new_tuple(BalanceChange, (number, balance, held)))
+    # Each card once (checked above): sorted by number alone.
+    changes.sort()
+    return CommonBatchPlan(CommonDebits(sales, balances_after), changes)

@@ -336,7 +336,7 @@ class OfflineService:
             if plan is None:
                 return None
             uow.cards.set_balances(plan.balances)
-            uow.journal.append_offline_debits(terminal_id, plan.debits_by_card(), now)
+            uow.journal.append_offline_debits(terminal_id, plan.debits, now)
             uow.redemptions.add_offline_debits(terminal_id, plan.debits, now)
             uow.offline.add_offline_debits(terminal_id, plan.debits, now)
             return plan
@@ -346,7 +346,7 @@ class OfflineService:
         plan = uow.offline.if_first_delivery(terminal_id, txn_ids, line_keys, apply)
         if plan is None:
             return None
-        sequences = [d.sequence_number for d in plan.debits]
+        sequences = sales.sequence_numbers
         # Without a gap before (every number up to the mark received, none above it: no
         # record is above the highest number seen), the numbers above the mark are this
         # batch's: no need to read them back.

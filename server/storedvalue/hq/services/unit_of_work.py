@@ -15,7 +15,7 @@ service retries the whole unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
@@ -26,7 +26,7 @@ from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redem
 from storedvalue.hq.domain.offline_common import (
     BalanceChange,
     CardBalance,
-    CommonDebit,
+    CommonDebits,
     SaleLock,
 )
 from storedvalue.hq.domain.offline_locks import LockGrant
@@ -147,9 +147,11 @@ class LockHistoryRepository(Protocol):
 
 class JournalRepository(Protocol):
     def append(self, entries: Iterable[JournalEntry]) -> None: ...
-    def append_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+    def append_offline_debits(self, terminal_id: str, debits: CommonDebits,
                               now: datetime) -> None:
-        """The REDEEM entry of each debit, in the order given."""
+        """The REDEEM entry of each debit, in card-number order: the order a unit of work
+        appends the entries of the cards it loaded (by number), so that entry ids come out
+        as on the general path."""
         ...
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int
@@ -170,7 +172,7 @@ class RedemptionRepository(Protocol):
     def mark_reversed(self, redemptions: Iterable[Redemption]) -> None:
         """Write the reversal state (`reversal`, `reversed_at`) of lines already stored."""
         ...
-    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+    def add_offline_debits(self, terminal_id: str, debits: CommonDebits,
                            now: datetime) -> None:
         """Insert the line of each debit, applied offline at `now` (as `add` would)."""
         ...
@@ -194,7 +196,7 @@ class OfflineRecordRepository(Protocol):
         """Every sequence number held above `mark`, ascending."""
         ...
     def add(self, records: Iterable[OfflineRecord]) -> None: ...
-    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+    def add_offline_debits(self, terminal_id: str, debits: CommonDebits,
                            now: datetime) -> None:
         """Insert the record of each debit's transaction, received at `now` (as `add`)."""
         ...

@@ -8,6 +8,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
+from operator import neg
 from typing import Any
 
 import msgspec
@@ -19,7 +20,7 @@ from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.domain.offline_common import (
     BalanceChange,
     CardBalance,
-    CommonDebit,
+    CommonDebits,
     SaleLock,
     new_tuple,
 )
@@ -160,6 +161,7 @@ _INSERT_DEBIT_ENTRIES = Statement(
 # (terminal_id and recorded_at are the same in every row: bound once.)
 _DEBIT_ENTRY_KEYS = ("card_number", "amount_minor", "currency", "balance_after_minor",
                      "transaction_id", "line_id", "occurred_at")
+_DEBIT_ENTRY_KEYS_ONE_CURRENCY = tuple(key for key in _DEBIT_ENTRY_KEYS if key != "currency")
 _JOURNAL_PAGE = Statement(
     select(journal)
     .where(journal.c.card_number == bindparam("card_number"),
@@ -197,6 +199,13 @@ _INSERT_DEBIT_REDEMPTIONS = Statement(
 # (terminal_id and recorded_at are the same in every row: bound once.)
 _DEBIT_REDEMPTION_KEYS = ("transaction_id", "line_id", "card_number", "amount_minor",
                           "currency")
+_DEBIT_REDEMPTION_KEYS_ONE_CURRENCY = _DEBIT_REDEMPTION_KEYS[:-1]
+
+
+def _one_currency(currencies: list[str]) -> str | None:
+    """The currency of every one of a batch's debits when they have one, else None."""
+    first = currencies[0] if currencies else None
+    return first if first is not None and currencies.count(first) == len(currencies) else None
 _MARK_REVERSED = Statement(
     update(redemptions).where(
         redemptions.c.terminal_id == bindparam("key_terminal_id"),
@@ -390,14 +399,24 @@ class SqlJournalRepository:
         self._tx.write_tuples(_INSERT_ENTRIES, rows.JOURNAL_KEYS,
                               [rows.journal_row(entry) for entry in entries])
 
-    def append_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+    def append_offline_debits(self, terminal_id: str, debits: CommonDebits,
                               now: datetime) -> None:
-        recorded = rows.to_micros(now)
-        self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS, [
-            (d.card_number, -d.amount_minor, d.currency, d.balance_after_minor,
-             d.transaction_id, d.line_id, d.occurred_at_micros)
-            for d in debits
-        ], {"terminal_id": terminal_id, "recorded_at": recorded})
+        # The rows zipped from the columns (no Python code a row), sorted by card number (the
+        # first column: each card once, so nothing else is compared).
+        sales = debits.sales
+        shared = {"terminal_id": terminal_id, "recorded_at": rows.to_micros(now)}
+        currency = _one_currency(sales.currencies)
+        if currency is None:
+            self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS, sorted(zip(
+                sales.card_numbers, map(neg, sales.amounts_minor), sales.currencies,
+                debits.balances_after_minor, sales.transaction_ids, sales.line_ids,
+                sales.completed_micros, strict=True)), shared)
+            return
+        # The usual batch, in one currency: bound once a statement.
+        self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS_ONE_CURRENCY, sorted(zip(
+            sales.card_numbers, map(neg, sales.amounts_minor), debits.balances_after_minor,
+            sales.transaction_ids, sales.line_ids, sales.completed_micros, strict=True)),
+            {**shared, "currency": currency})
 
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int
@@ -450,13 +469,21 @@ class SqlRedemptionRepository:
         self._tx.write_tuples(_INSERT_REDEMPTIONS, rows.REDEMPTION_KEYS,
                               [rows.redemption_row(r) for r in redemptions])
 
-    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+    def add_offline_debits(self, terminal_id: str, debits: CommonDebits,
                            now: datetime) -> None:
-        recorded = rows.to_micros(now)
-        self._tx.write_rows(_INSERT_DEBIT_REDEMPTIONS, _DEBIT_REDEMPTION_KEYS, [
-            (d.transaction_id, d.line_id, d.card_number, d.amount_minor, d.currency)
-            for d in debits
-        ], {"terminal_id": terminal_id, "recorded_at": recorded})
+        sales = debits.sales
+        shared = {"terminal_id": terminal_id, "recorded_at": rows.to_micros(now)}
+        currency = _one_currency(sales.currencies)
+        if currency is None:
+            self._tx.write_rows(_INSERT_DEBIT_REDEMPTIONS, _DEBIT_REDEMPTION_KEYS, list(zip(
+                sales.transaction_ids, sales.line_ids, sales.card_numbers, sales.amounts_minor,
+                sales.currencies, strict=True)), shared)
+            return
+        self._tx.write_rows(
+            _INSERT_DEBIT_REDEMPTIONS, _DEBIT_REDEMPTION_KEYS_ONE_CURRENCY, list(zip(
+                sales.transaction_ids, sales.line_ids, sales.card_numbers, sales.amounts_minor,
+                strict=True)),
+            {**shared, "currency": currency})
 
     def mark_reversed(self, redemptions: Iterable[Redemption]) -> None:
         self._tx.write(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import bindparam, func, insert, select, update
 
 from storedvalue.hq.domain.offline import OfflineException, OfflineOutcome, OfflineRecord
-from storedvalue.hq.domain.offline_common import CommonDebit
+from storedvalue.hq.domain.offline_common import CommonDebits
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
 from storedvalue.hq.storage import offline_results, rows
 from storedvalue.hq.storage.card_repositories import SqlRedemptionRepository
@@ -149,18 +149,18 @@ class SqlOfflineRecordRepository:
     def add(self, records: Iterable[OfflineRecord]) -> None:
         self._tx.write(_INSERT_RECORDS, [rows.offline_record_values(r) for r in records])
 
-    def add_offline_debits(self, terminal_id: str, debits: Sequence[CommonDebit],
+    def add_offline_debits(self, terminal_id: str, debits: CommonDebits,
                            now: datetime) -> None:
         received = rows.to_micros(now)
-        dumps = offline_results.dumps_applied
+        sales = debits.sales
         # The fingerprint as a bytearray: the sqlite3 module binds one as it is, but bytes
         # through its adapters (~1,800 instructions a value); the same BLOB either way.
-        blob = bytes if self._tx.dialect.name == "postgresql" else bytearray
-        self._tx.write_rows(_INSERT_APPLIED_RECORDS, _DEBIT_RECORD_KEYS, [
-            (d.transaction_id, d.sequence_number, blob(d.fingerprint),
-             dumps(d, d.balance_after_minor, d.currency, d.line_id))
-            for d in debits
-        ], {"terminal_id": terminal_id, "received_at": received})
+        fingerprints = (sales.fingerprints if self._tx.dialect.name == "postgresql"
+                        else map(bytearray, sales.fingerprints))
+        self._tx.write_rows(_INSERT_APPLIED_RECORDS, _DEBIT_RECORD_KEYS, list(zip(
+            sales.transaction_ids, sales.sequence_numbers, fingerprints,
+            offline_results.dumps_applied(debits), strict=True)),
+            {"terminal_id": terminal_id, "received_at": received})
 
 
 class SqlOfflineExceptionRepository:

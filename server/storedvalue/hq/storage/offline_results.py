@@ -35,7 +35,7 @@ from storedvalue.hq.domain.offline import (
     OfflineTransactionResult,
     ReversalOutcome,
 )
-from storedvalue.hq.domain.offline_common import CommonDebit, applied_result
+from storedvalue.hq.domain.offline_common import CommonDebits, applied_result
 
 _APPLIED = OfflineOutcome.APPLIED
 _LINE_APPLIED = OfflineLineOutcome.APPLIED
@@ -58,13 +58,22 @@ def dumps(result: OfflineTransactionResult, transaction_id: str, sequence_number
     return records.dumps(result)
 
 
-def dumps_applied(debit: CommonDebit, balance_minor: int, currency: str, line_id: str) -> str:
-    """`dumps` of a common debit's result (`applied_result`: its line `line_id` applied,
-    leaving `balance_minor` in `currency`), made only when it does not fit the compact
-    form."""
-    if currency.isalpha() and line_id.isprintable():
-        return f"A{balance_minor} {currency} {line_id}"
-    return records.dumps(applied_result(debit))
+def dumps_applied(debits: CommonDebits) -> list[str]:
+    """`dumps` of each common debit's result (`applied_result`: its line applied, leaving
+    its balance after), the result made only for one that does not fit the compact form."""
+    sales = debits.sales
+    currencies, line_ids = sales.currencies, sales.line_ids
+    # (Each currency alphabetic, each line id printable: so are they all together, but an
+    # empty currency is not alphabetic alone.)
+    if (not currencies or min(map(len, currencies))) and "".join(currencies).isalpha() and (
+            "".join(line_ids).isprintable()):
+        return list(map(_APPLIED_TEXT.format, debits.balances_after_minor, currencies,
+                        line_ids))
+    return [_applied_text(debit.balance_after_minor, debit.currency, debit.line_id)
+            or records.dumps(applied_result(debit)) for debit in debits]
+
+
+_APPLIED_TEXT = "A{} {} {}"  # as _applied_text's
 
 
 def _applied_text(balance_minor: int, currency: str, line_id: str) -> str | None:

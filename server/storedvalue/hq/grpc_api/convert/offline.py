@@ -532,8 +532,11 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
     short = _SHORT_VARINTS
     line_parts: dict[tuple[str, str, int], tuple[bytes, bytes, int]] = {}
     if isinstance(results, AppliedResults):
-        for debit in results.debits:
-            sale_id, sequence, _, line_id, _, _, currency, minor, _ = debit
+        debits = results.debits
+        sales = debits.sales
+        for index, (sale_id, sequence, line_id, currency, minor) in enumerate(zip(
+                sales.transaction_ids, sales.sequence_numbers, sales.line_ids, sales.currencies,
+                debits.balances_after_minor, strict=True)):
             if (0 < sequence < 0x4000 and 0 < minor < 0x4000 and currency and line_id
                     and sale_id):
                 minor_varint = short[minor]
@@ -549,7 +552,7 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
                     append(usual % (size, len(txn_bytes), txn_bytes, sequence_varint, head,
                                     minor_varint, tail))
                     continue
-            append(_field(b"\x0a", offline_result_wire(applied_result(debit))))
+            append(_field(b"\x0a", offline_result_wire(applied_result(debits.debit(index)))))
         results = ()
     for result in results:
         line_results = result.line_results
