@@ -10,7 +10,7 @@ would: changing a loaded card changes nothing until `save`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -374,11 +374,12 @@ class FakeOfflineRecordRepository:
             )
 
 
-    def if_first_delivery(self, terminal_id: str, transaction_ids: Collection[str],
-                          line_keys: Collection[LineKey],
-                          apply: Callable[[], R | None]) -> R | None:
+    def if_first_delivery(self, terminal_id: str, transaction_ids: Sequence[str],
+                          line_ids: Sequence[str], apply: Callable[[], R | None]
+                          ) -> R | None:
         if self.get_many(terminal_id, transaction_ids) or any(
-                key in self._state.redemptions for key in line_keys):
+                (terminal_id, txn_id, line_id) in self._state.redemptions
+                for txn_id, line_id in zip(transaction_ids, line_ids, strict=True)):
             return None
         return apply()
 

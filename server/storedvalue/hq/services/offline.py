@@ -297,13 +297,10 @@ class OfflineService:
         (as soon as one is not: the general path then plans the whole batch)."""
         terminal_id = terminal.terminal_id
         txn_ids = sales.transaction_ids
+        if ("\x00" in "".join(txn_ids) or "\x00" in "".join(sales.line_ids)
+                or "\x00" in "".join(sales.card_numbers)):
+            return None  # rejected: not the common case (and no key with a NUL is read)
         numbers = set(sales.card_numbers)
-        line_keys = set()
-        for txn_id, line_id, number in zip(txn_ids, sales.line_ids, sales.card_numbers,
-                                           strict=True):
-            if "\x00" in txn_id or "\x00" in line_id or "\x00" in number:
-                return None  # rejected: not the common case (and no key with a NUL is read)
-            line_keys.add((terminal_id, txn_id, line_id))
         if len(numbers) != len(txn_ids):
             return None
         cards = uow.cards.balances_for_update(numbers)
@@ -343,7 +340,7 @@ class OfflineService:
 
         # Only for transactions and lines not stored yet (a redelivery, or a sale's id HQ
         # knows from an online call, goes the general way).
-        plan = uow.offline.if_first_delivery(terminal_id, txn_ids, line_keys, apply)
+        plan = uow.offline.if_first_delivery(terminal_id, txn_ids, sales.line_ids, apply)
         if plan is None:
             return None
         sequences = sales.sequence_numbers

@@ -15,7 +15,7 @@ service retries the whole unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
@@ -200,11 +200,12 @@ class OfflineRecordRepository(Protocol):
                            now: datetime) -> None:
         """Insert the record of each debit's transaction, received at `now` (as `add`)."""
         ...
-    def if_first_delivery(self, terminal_id: str, transaction_ids: Collection[str],
-                          line_keys: Collection[tuple[str, str, str]],
-                          apply: Callable[[], T | None]) -> T | None:
-        """`apply()`, which writes the records of these transactions and these lines'
-        redemptions, when none of them is stored yet; else None, with nothing of it
+    def if_first_delivery(self, terminal_id: str, transaction_ids: Sequence[str],
+                          line_ids: Sequence[str], apply: Callable[[], T | None]
+                          ) -> T | None:
+        """`apply()`, which writes the records of these transactions and the redemptions of
+        these lines (the line `line_ids[i]` of the transaction `transaction_ids[i]`), when
+        none of them is stored yet; else None, with nothing of it
         written (whether it ran or not). None from `apply` also leaves nothing of it
         written."""
         ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -114,9 +114,9 @@ class SqlOfflineRecordRepository:
         params = {"terminal_id": terminal_id, "mark": mark}
         return [row.sequence_number for row in self._tx.fetch(_SEQUENCES_ABOVE, params)]
 
-    def if_first_delivery(self, terminal_id: str, transaction_ids: Collection[str],
-                          line_keys: Collection[tuple[str, str, str]],
-                          apply: Callable[[], T | None]) -> T | None:
+    def if_first_delivery(self, terminal_id: str, transaction_ids: Sequence[str],
+                          line_ids: Sequence[str], apply: Callable[[], T | None]
+                          ) -> T | None:
         # SQLite: no lookup first. The records' and the redemptions' primary keys refuse a
         # transaction or a line stored already (as they would a race): then everything
         # `apply` wrote is undone, back to the savepoint. The lookups cost more than the
@@ -127,7 +127,9 @@ class SqlOfflineRecordRepository:
         tx = self._tx
         if not tx.is_sqlite:
             if self.get_many(terminal_id, transaction_ids) or (
-                    SqlRedemptionRepository(tx).get_many(line_keys)):
+                    SqlRedemptionRepository(tx).get_many(
+                        {(terminal_id, txn_id, line_id)
+                         for txn_id, line_id in zip(transaction_ids, line_ids, strict=True)})):
                 return None
             return apply()
         writes = tx.savepoint("first_delivery")
