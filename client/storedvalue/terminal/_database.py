@@ -2,7 +2,8 @@
 
 WAL with ``synchronous=FULL``: a committed write survives power loss and SIGKILL. Writes run
 in ``BEGIN IMMEDIATE`` transactions; one connection is shared by the terminal's threads under
-a lock (each write is short, and SQLite serialises writers anyway).
+a lock (each write is short, and SQLite serialises writers anyway). WAL checkpoints run on a
+thread of their own (``_checkpoints``), never inside a sale's commit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ._checkpoints import Checkpointer
 from ._errors import TerminalError
 
 DATABASE_FILE = "terminal.sqlite3"
@@ -139,6 +141,7 @@ class Database:
             os.close(self._lock_fd)
             raise DataDirectoryInUse(f"{data_dir} is used by another terminal process") from None
         self._mutex = threading.RLock()
+        self._checkpoints: Checkpointer | None = None
         try:
             self._conn = sqlite3.connect(
                 data_dir / DATABASE_FILE, isolation_level=None, check_same_thread=False, timeout=30
@@ -149,6 +152,8 @@ class Database:
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
+            # Checkpoints on their own thread (below), not in the commit that fills the WAL.
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
             with self.write() as conn:
                 _run(conn, _SCHEMA)
                 (applied,) = conn.execute("PRAGMA user_version").fetchone()
@@ -159,6 +164,7 @@ class Database:
                         migration(conn)
                     conn.execute(f"PRAGMA user_version = {number}")
             self._claim(terminal_id)
+            self._checkpoints = Checkpointer(data_dir / DATABASE_FILE, self._mutex)
         except BaseException:
             # Nobody gets this object to close: release the file and the directory lock now.
             self.close()
@@ -186,6 +192,8 @@ class Database:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            if self._checkpoints is not None:
+                self._checkpoints.committed()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -200,8 +208,10 @@ class Database:
             yield self._conn
 
     def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.close()
         with self._mutex:
-            self._conn.close()
+            self._conn.close()  # the last connection: checkpoints what the WAL still holds
         os.close(self._lock_fd)
 
 
