@@ -17,6 +17,7 @@ total by the sales the line reports (threads included unless callgrind separates
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -45,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sales", type=int, default=300)
     parser.add_argument("--profile", default="", help="write cProfile's top functions here")
+    parser.add_argument("--profile-sort", default="cumulative", help="cumulative, tottime, ...")
     parser.add_argument("--callgrind-control", default="")
     parser.add_argument("--statements", action="store_true",
                         help="count the SQL statements per sale (a trace callback: not with "
@@ -100,6 +102,7 @@ def measure(terminal: object, cards: list[str], args: argparse.Namespace) -> Non
     first = WARMUP + 1
     sales = range(first, first + args.sales)
     durations = []
+    threads_before = _thread_cpu()
     cpu_started, wall_started = time.process_time(), time.perf_counter()
     thread_cpu = 0.0
     for index in sales:
@@ -116,6 +119,7 @@ def measure(terminal: object, cards: list[str], args: argparse.Namespace) -> Non
         if profile is not None:
             profile.disable()
     cpu = time.process_time() - cpu_started
+    threads_after = _thread_cpu()
     wall = time.perf_counter() - wall_started
     if control is not None:
         control.cg_dump()
@@ -136,11 +140,27 @@ def measure(terminal: object, cards: list[str], args: argparse.Namespace) -> Non
         "wal_frames_per_sale": round(sum(frames) / len(frames), 2) if frames else None,
         "pid": os.getpid(),
     }))
+    for name, ticks in sorted(threads_after.items()):
+        spent = ticks - threads_before.get(name, 0)
+        if spent:
+            print(f"thread {name}: {spent / os.sysconf('SC_CLK_TCK') / n * 1e6:.0f} us a sale")
     for key, count in sorted(counted.items(), key=lambda kv: -kv[1]):
         print(f"{count / n:6.2f}  {key}")
     if profile is not None:
         with open(args.profile, "w") as out:
-            pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(60)
+            pstats.Stats(profile, stream=out).sort_stats(args.profile_sort).print_stats(60)
+
+
+def _thread_cpu() -> dict[str, int]:
+    """CPU ticks (user, system) of each thread of this process, by name and id."""
+    spent = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+            spent[f"{name} ({task.name}) user"] = int(fields[11])
+            spent[f"{name} ({task.name}) system"] = int(fields[12])
+    return spent
 
 
 def _wal_frames(shm: Path) -> int:

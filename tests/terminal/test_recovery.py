@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from in_process_hq import ANSWER_LOST, NORMAL
+from in_process_hq import ANSWER_LOST, LOST_BEFORE, NORMAL
 
 from storedvalue.terminal import (
     ConnectivityState,
@@ -91,6 +91,26 @@ def test_completing_a_completed_sale_again_returns_the_same_result(
     assert (view.status, view.synced, view.result) == (
         SaleStatus.COMPLETED_OFFLINE, True, first_offline)
     assert [line.state for line in view.lines] == [LineState.APPLIED_AT_SYNC]
+
+
+def test_a_sale_the_link_dropped_in_the_middle_of_returns_as_stored_when_asked_again(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    terminal = make_terminal(config=MANUAL_SYNC)
+    first_card, second_card = hq.add_card(balance=1000), hq.add_card(balance=1000)
+    for number in (first_card, second_card):
+        terminal.add_tender(transaction_id="S1", card_number=number)
+    lines = [SaleLine("L1", first_card, eur(250)), SaleLine("L2", second_card, eur(300))]
+    hq.link.script("Redeem", NORMAL, LOST_BEFORE)  # L1 debited online, then the link drops
+
+    result = terminal.complete_sale(transaction_id="S1", lines=lines)
+
+    assert result.completed_offline
+    assert [(line.line_id, line.completed_offline, line.balance_after)
+            for line in result.lines] == [("L1", False, eur(750)), ("L2", True, None)]
+    view = terminal.sale(transaction_id="S1")
+    assert view is not None and view.result == result
+    assert terminal.complete_sale(transaction_id="S1", lines=lines) == result
 
 
 def test_a_finished_sale_is_forgotten_after_the_retention_once_synced(

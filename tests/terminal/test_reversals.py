@@ -86,6 +86,8 @@ def test_the_issue_checkout_charges_the_customer_once_when_the_sale_completes_of
     assert result.completed_offline
     assert [line.line_id for line in result.lines] == ["L1"]
     assert result.reversed_lines == (checkout.l0,), "the receipt can say L0 was reversed"
+    assert sale(terminal).result == result, "as stored: a retry gets this same result"
+    assert terminal.complete_sale(transaction_id="S1", lines=[checkout.l1]) == result
     (entry,) = terminal.outbox()
     assert (entry.redeem_line_count, entry.reversal_count) == (1, 1)
     assert [line.state for line in sale(terminal).lines] == [

@@ -83,3 +83,19 @@ def test_stored_moments_read_back_as_the_same_utc_moment_whatever_was_converted_
     with pytest.raises(ValueError, match="naive"):
         to_micros(utc.replace(tzinfo=None))
 
+
+
+@pytest.mark.parametrize("moment", [
+    datetime(2026, 12, 4, 16, 45, 1, 123_456, tzinfo=UTC),
+    datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),  # before the epoch: nanos stay >= 0
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(2026, 1, 1, 3, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(2026, 6, 1, 12, 30),  # naive: local time, as Timestamp.FromDatetime takes it
+])
+def test_the_terminal_writes_a_moment_as_protobuf_s_own_conversion_does(moment: datetime
+                                                                          ) -> None:
+    from storedvalue.terminal._convert import timestamp_to_pb
+
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(moment.astimezone(UTC))
+    assert timestamp_to_pb(moment) == expected

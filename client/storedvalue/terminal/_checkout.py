@@ -7,6 +7,7 @@ sale's offline transaction, which HQ applies exactly once (credit back, or never
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ._model import CardKind, LineResult, SaleLine, SaleResult, SaleStatus
 from ._offline_eligibility import offline_refusals
 from ._outbox import Outbox
 from ._parameters import ParametersCache
-from ._sale_book import SaleBook
+from ._sale_book import SaleBook, line_result
 from ._sale_state import LineRecord, SaleState, TenderRecord
 from ._tenders import Tenders
 
@@ -128,10 +129,9 @@ class Checkout:
             )
         except TerminalError as refusal:
             raise refusal._refusing(refusal.line_id, _debited(stored, lines)) from None
+        all_tenders = self._state.tenders(transaction_id)
         tenders = {
-            record.card_number: record
-            for record in self._state.tenders(transaction_id)
-            if not record.removed_offline
+            record.card_number: record for record in all_tenders if not record.removed_offline
         }
         if online:
             debited = {r.line.line_id for r in stored if r.redeem_response is not None}
@@ -157,7 +157,9 @@ class Checkout:
                 fresh = {r.line.line_id: r for r in self._state.lines(transaction_id)}
                 pending = [fresh[r.line.line_id] for r in pending]
         if pending:
-            return self._complete_offline(transaction_id, sale, pending, tenders, done)
+            # Redeems change no tender: what was read above is what the sale holds.
+            return self._complete_offline(transaction_id, sale, pending, all_tenders, tenders,
+                                          done)
         return self._complete_online(transaction_id, sale)
 
     def _redeem_online(
@@ -200,6 +202,7 @@ class Checkout:
         transaction_id: str,
         sale: _SaleLines,
         pending: list[LineRecord],
+        all_tenders: list[TenderRecord],
         tenders: dict[str, TenderRecord],
         done: dict[str, LineResult],
     ) -> SaleResult:
@@ -219,7 +222,6 @@ class Checkout:
         # Once now, so that only eligible lines are built; again under the outbox's lock,
         # where what it holds cannot change before this sale is in.
         admit(self._outbox.unsynced_minor())
-        all_tenders = self._state.tenders(transaction_id)
         redeem_lines = []
         for record in pending:
             held = locks[record.line.card_number]
@@ -238,14 +240,31 @@ class Checkout:
             reversals=_reversals(sale.dropped, all_tenders),
             last_reached_hq_at=last_reached,
         )
-        finished: list[SaleResult | None] = []
-        self._outbox.append(offline, admit=admit, also=lambda conn, sequence: finished.append(
+        paid = sale.result_lines
+
+        def close_sale(conn: sqlite3.Connection, sequence: int) -> None:
             SaleBook.finish(
-            conn, transaction_id, SaleStatus.COMPLETED_OFFLINE, sequence_number=sequence,
-            paid=sale.result_lines, offline=[r.line.line_id for r in pending],
-            reversed_ids=[r.line.line_id for r in sale.dropped],
-        )))
-        return _completed(finished[0])
+                conn, transaction_id, SaleStatus.COMPLETED_OFFLINE, sequence_number=sequence,
+                paid=paid, offline=[r.line.line_id for r in pending],
+                reversed_ids=[r.line.line_id for r in sale.dropped], read_result=False,
+            )
+
+        sequence = self._outbox.append(offline, admit=admit, also=close_sale)
+        # What SaleBook.result reads back from the lines just stored (a retry returns it), put
+        # together from them rather than read: the lines debited online with HQ's answers,
+        # the others offline (with their attempted flags as stored), the dropped reversed.
+        offline_lines = {r.line.line_id: r for r in pending}
+        return SaleResult(
+            transaction_id=transaction_id,
+            completed_offline=True,
+            lines=tuple(
+                done[line.line_id] if line.line_id in done
+                else line_result(offline_lines[line.line_id])
+                for line in paid
+            ),
+            sequence_number=sequence,
+            reversed_lines=tuple(r.line for r in sale.dropped),
+        )
 
     def _complete_online(self, transaction_id: str, sale: _SaleLines) -> SaleResult:
         all_tenders = self._state.tenders(transaction_id)

@@ -69,6 +69,8 @@ _REVERSAL_STATE_FROM_PB = {
     offline_pb2.OFFLINE_REVERSAL_OUTCOME_NEVER_APPLIED: LineState.NEVER_APPLIED,
 }
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 # -- scalars and cards ---------------------------------------------------------------------
 
 
@@ -92,9 +94,13 @@ def timestamp_from_pb(ts: timestamp_pb2.Timestamp) -> datetime:
 
 
 def timestamp_to_pb(moment: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(moment.astimezone(UTC))
-    return ts
+    """As ``Timestamp.FromDatetime`` (a naive datetime is local time), in integer arithmetic:
+    a third of its cost, and each offline sale stores two."""
+    if moment.tzinfo is None:
+        moment = moment.astimezone(UTC)
+    since = moment - _EPOCH
+    return timestamp_pb2.Timestamp(seconds=since.days * 86_400 + since.seconds,
+                                   nanos=since.microseconds * 1000)
 
 
 def lock_from_pb(lock: common_pb2.Lock) -> Lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +30,7 @@ from ._model import (
     SaleStatus,
     SaleTender,
 )
-from ._sale_state import LineRecord, insert_lines, select_lines, select_tenders
+from ._sale_state import LineRecord, select_lines, select_tenders
 
 _log = logging.getLogger(__name__)
 
@@ -59,12 +60,14 @@ class SaleBook:
         paid: Sequence[SaleLine],
         offline: Iterable[str] = (),
         reversed_ids: Iterable[str] = (),
+        read_result: bool = True,
     ) -> SaleResult | None:
         """Close the sale inside the caller's write transaction (the one that queues its
         offline transaction, if any): ``paid`` are the result's lines in order, ``offline``
         the ids of those completed offline, ``reversed_ids`` the lines given up after their
         Redeem was sent. Every other line is dropped (never sent), and so are the tenders
-        (released, or their release queued). Returns the completed sale's result."""
+        (released, or their release queued). Returns the completed sale's result, read back
+        as ``result`` reads it, unless ``read_result`` is False (the caller has it: None)."""
         now = datetime.now(UTC).isoformat()
         conn.execute(
             "INSERT INTO sales (transaction_id, status, sequence_number, synced, opened_at, "
@@ -74,27 +77,37 @@ class SaleBook:
             (transaction_id, status.value, sequence_number, int(sequence_number is None),
              now, now),
         )
-        insert_lines(conn, transaction_id, paid)
         offline_ids = set(offline)
+        # A paid line not stored yet (never sent) is stored with its place, with a request id
+        # of its own; a stored one keeps its request id and flags and takes its place.
         conn.executemany(
-            "UPDATE sale_lines SET position = ?, outcome = ? "
-            "WHERE transaction_id = ? AND line_id = ?",
+            "INSERT INTO sale_lines (transaction_id, line_id, card_number, amount_minor, "
+            "currency_code, request_id, position, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (transaction_id, line_id) DO UPDATE SET "
+            "position = excluded.position, outcome = excluded.outcome",
             [
-                (index, LineState.QUEUED_OFFLINE.value if line.line_id in offline_ids else "",
-                 transaction_id, line.line_id)
+                (transaction_id, line.line_id, line.card_number, line.amount.amount_minor,
+                 line.amount.currency_code, str(uuid.uuid4()), index,
+                 LineState.QUEUED_OFFLINE.value if line.line_id in offline_ids else "")
                 for index, line in enumerate(paid)
-            ] + [
-                (None, LineState.REVERSAL_QUEUED.value, transaction_id, line_id)
-                for line_id in reversed_ids
             ],
         )
+        reversed_ids = list(reversed_ids)
+        if reversed_ids:
+            conn.executemany(
+                "UPDATE sale_lines SET position = NULL, outcome = ? "
+                "WHERE transaction_id = ? AND line_id = ?",
+                [(LineState.REVERSAL_QUEUED.value, transaction_id, line_id)
+                 for line_id in reversed_ids],
+            )
         conn.execute(
             "DELETE FROM sale_lines WHERE transaction_id = ? AND position IS NULL "
             "AND outcome = ''",
             (transaction_id,),
         )
         conn.execute("DELETE FROM tenders WHERE transaction_id = ?", (transaction_id,))
-        if status not in (SaleStatus.COMPLETED_ONLINE, SaleStatus.COMPLETED_OFFLINE):
+        if not read_result or status not in (SaleStatus.COMPLETED_ONLINE,
+                                             SaleStatus.COMPLETED_OFFLINE):
             return None
         return _result(transaction_id, status, sequence_number, select_lines(conn, transaction_id))
 
@@ -251,13 +264,14 @@ def _result(transaction_id: str, status: SaleStatus, sequence_number: int | None
     return SaleResult(
         transaction_id=transaction_id,
         completed_offline=status is SaleStatus.COMPLETED_OFFLINE,
-        lines=tuple(_line_result(r) for r in paid),
+        lines=tuple(line_result(r) for r in paid),
         sequence_number=sequence_number,
         reversed_lines=tuple(r.line for r in records if r.position is None),
     )
 
 
-def _line_result(record: LineRecord) -> LineResult:
+def line_result(record: LineRecord) -> LineResult:
+    """The result of a paid line: HQ's answer when debited online, else completed offline."""
     if record.redeem_response is not None:
         return _convert.online_result(record.line, record.redeem_response)
     line = record.line
@@ -274,7 +288,7 @@ def _line_result(record: LineRecord) -> LineResult:
 
 def _line_status(record: LineRecord) -> LineStatus:
     state = record.state
-    result = _line_result(record) if state.paid else None
+    result = line_result(record) if state.paid else None
     balance = result.balance_after if result is not None else None
     if record.balance_after_minor is not None:
         balance = Money(record.balance_after_minor, record.line.amount.currency_code)
