@@ -41,7 +41,8 @@ def offline_completion(session: Session, names: list[str]) -> list[Metric]:
             baseline={"what": "one durable SQLite commit on the till's filesystem, p99, "
                               "interleaved with the sales",
                       "value": percentile(commit_ms, 0.99), "unit": "ms"},
-            details=_spread("sale", offline_ms) | {"sales": len(offline_ms)}),
+            details=_spread("sale", offline_ms) | _spread("commit", commit_ms)
+            | {"sales": len(offline_ms)}),
         "first_offline_over_deadline_ms": Metric(
             "first_offline_over_deadline_ms", max(over),
             baseline={"what": "the terminal's configured call deadline", "value": deadline_ms,
