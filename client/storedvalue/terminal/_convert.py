@@ -450,24 +450,29 @@ _REJECTED_AT_SYNC = LineState.REJECTED_AT_SYNC
 
 def _sync_result(result: offline_pb2.OfflineTransactionResult) -> SyncItemResult:
     """HQ's answer for one transaction (a sync run reads thousands a second: attribute reads
-    kept few, and the stored form only serialized for the answers kept as reports)."""
+    kept few, a balance's presence asked only when it reads 0, no reversal list built when
+    there is none, and the stored form only serialized for the answers kept as reports)."""
     code = result.outcome
     outcome = _OUTCOME_FROM_PB.get(code)
     first_code = result.original_outcome if code == _ALREADY_APPLIED_PB else code
     first = _OUTCOME_FROM_PB.get(first_code)
     rejected = first is SyncOutcome.REJECTED
-    lines = tuple([
-        LineSyncResult(
+    noteworthy = first_code != _APPLIED_PB
+    lines = []
+    for line in result.line_results:
+        balance = line.balance_after.amount_minor
+        memo = line.remainder_credit_memo_number
+        if memo:
+            noteworthy = True
+        lines.append(LineSyncResult(
             line.line_id,
             _REJECTED_AT_SYNC
             if rejected or line.outcome == _LINE_REJECTED_PB else _APPLIED_AT_SYNC,
             line.reason,
-            line.balance_after.amount_minor if line.HasField("balance_after") else None,
-            line.remainder_credit_memo_number,
+            balance if balance or line.HasField("balance_after") else None,
+            memo,
             "",
-        )
-        for line in result.line_results
-    ])
+        ))
     reversals = tuple([
         LineSyncResult(
             reversal.line_id,
@@ -479,15 +484,13 @@ def _sync_result(result: offline_pb2.OfflineTransactionResult) -> SyncItemResult
             reversal.voided_credit_memo_number,
         )
         for reversal in result.reversal_results
-    ])
-    noteworthy = first_code != _APPLIED_PB or any(
-        line.remainder_credit_memo_number for line in lines)
+    ]) if len(result.reversal_results) else ()
     return SyncItemResult(
         result.transaction_id,
         result.sequence_number,
         outcome,
         first,
-        lines,
+        tuple(lines),
         reversals,
         noteworthy,
         result.SerializeToString() if noteworthy else b"",
