@@ -19,6 +19,7 @@ from storedvalue.terminal import (
     ConnectivityState,
     LineState,
     PermissionDenied,
+    SaleLine,
     SyncOutcome,
     SyncProgress,
     TerminalConfig,
@@ -158,6 +159,32 @@ def test_rejected_transaction_leaves_the_outbox_and_is_reported(
         (LineState.REJECTED_AT_SYNC, "TRANSACTION_CONFLICT")
     ]
     assert hq.card(number).balance == 1000, "kept for review at HQ, not debited"
+
+
+def test_a_card_spent_to_zero_offline_shows_a_zero_balance_after_sync(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    terminal = make_terminal(config=MANUAL_SYNC)
+    emptied, kept = hq.add_card(balance=250), hq.add_card(balance=1000)
+    for transaction_id, number in (("sale-0", emptied), ("sale-1", kept)):
+        terminal.add_tender(transaction_id=transaction_id, card_number=number)
+    hq.link.up = False
+    for transaction_id, number in (("sale-0", emptied), ("sale-1", kept)):
+        assert terminal.complete_sale(transaction_id=transaction_id, lines=[
+            SaleLine("L1", number, eur(250))]).completed_offline
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=10)
+
+    assert terminal.sync_now().applied == 2
+
+    balances = {}
+    for transaction_id in ("sale-0", "sale-1"):
+        sale = terminal.sale(transaction_id=transaction_id)
+        assert sale is not None and sale.synced
+        (line,) = sale.lines
+        assert line.state is LineState.APPLIED_AT_SYNC
+        balances[transaction_id] = line.balance_after
+    assert balances == {"sale-0": eur(0), "sale-1": eur(750)}, "a zero balance is a balance"
 
 
 def test_lower_hq_limit_is_learned_from_limit_exceeded_and_the_batch_resent_smaller(
