@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from datetime import datetime
 from typing import NamedTuple, overload
 
@@ -40,6 +41,8 @@ from storedvalue.hq.domain.parameters import Parameters
 # twice as much. The common sync makes a few of these for every transaction (its cards, lock
 # grants, debits and balance changes).
 new_tuple = tuple.__new__
+# A row's first column, as a sort key.
+first_column = itemgetter(0)
 
 
 class CardBalance(NamedTuple):
@@ -375,6 +378,7 @@ def plan_common_batch(
         # (All thrown away should a later sale not be the common case: rare, and cheaper
         # than a second pass over the batch.)
         changes_append(new_tuple(BalanceChange, (number, balance, held)))
-    # Each card once (checked above): sorted by number alone.
-    changes.sort()
+    # Each card once (checked above): sorted by number alone (a key: strings compared as
+    # such, not tuples element by element).
+    changes.sort(key=first_column)
     return CommonBatchPlan(CommonDebits(sales, balances_after), changes)

@@ -22,6 +22,7 @@ from storedvalue.hq.domain.offline_common import (
     CardBalance,
     CommonDebits,
     SaleLock,
+    first_column,
     new_tuple,
 )
 from storedvalue.hq.domain.offline_locks import LockGrant
@@ -410,13 +411,13 @@ class SqlJournalRepository:
             self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS, sorted(zip(
                 sales.card_numbers, map(neg, sales.amounts_minor), sales.currencies,
                 debits.balances_after_minor, sales.transaction_ids, sales.line_ids,
-                sales.completed_micros, strict=True)), shared)
+                sales.completed_micros, strict=True), key=first_column), shared)
             return
         # The usual batch, in one currency: bound once a statement.
         self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS_ONE_CURRENCY, sorted(zip(
             sales.card_numbers, map(neg, sales.amounts_minor), debits.balances_after_minor,
-            sales.transaction_ids, sales.line_ids, sales.completed_micros, strict=True)),
-            {**shared, "currency": currency})
+            sales.transaction_ids, sales.line_ids, sales.completed_micros, strict=True),
+            key=first_column), {**shared, "currency": currency})
 
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int
