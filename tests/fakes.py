@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
-from storedvalue.hq.domain.cards import Card, Lock
+from storedvalue.hq.domain.cards import Card, CardKind, Lock
 from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.moments import moment_from_epoch
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
@@ -167,15 +167,17 @@ class FakeCardRepository:
                     pending_entries=[],
                 )
 
-    def balances_for_update(self, card_numbers: Collection[str]) -> dict[str, CardBalance]:
+    def balances_for_update(self, card_numbers: Collection[str], terminal_id: str
+                            ) -> dict[str, CardBalance]:
         found = {}
         for number in sorted(set(card_numbers)):
             card = self._state.cards.get(number)
             if card is not None:
                 lock = card.lock
                 found[number] = CardBalance(
-                    number, card.kind, card.currency, card.balance_minor,
-                    lock.terminal_id if lock else None, lock.transaction_id if lock else None,
+                    number, card.currency,
+                    card.balance_minor if card.kind is CardKind.GIFT_CARD else -1,
+                    lock.transaction_id if lock and lock.terminal_id == terminal_id else None,
                     lock.fencing_token if lock else None)
         return found
 

@@ -60,7 +60,7 @@ def debits(number: str) -> Work[int]:
     update or a write applied twice shows in the balance."""
 
     def work(uow: Repositories) -> int:
-        balance = uow.cards.balances_for_update([number])[number].balance_minor
+        balance = uow.cards.balances_for_update([number], "till-1")[number].balance_minor
         uow.cards.set_balances([BalanceChange(number, balance - 1, False)])
         return balance - 1
 

@@ -445,7 +445,7 @@ def test_new_balances_are_set_and_released_locks_cleared_for_many_cards(
     changes = [BalanceChange(number, 5_000 - n, n % 5 != 0) for n, number in enumerate(numbers)]
 
     def debit(uow: UnitOfWork) -> None:
-        assert len(uow.cards.balances_for_update(numbers)) == len(numbers)
+        assert len(uow.cards.balances_for_update(numbers, "till-1")) == len(numbers)
         uow.cards.set_balances(changes)
 
     write(storage, debit)

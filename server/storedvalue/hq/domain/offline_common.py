@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from datetime import datetime
+from operator import itemgetter
 from typing import NamedTuple, overload
 
 from storedvalue.hq.domain.cards import CardKind, is_valid_card_number
@@ -46,14 +46,14 @@ first_column = itemgetter(0)
 
 
 class CardBalance(NamedTuple):
-    """What the common case needs of a card: its kind, currency and balance, and who holds
-    its lock (terminal, sale and fencing token; None when free)."""
+    """What the common case needs of a card, as read for one terminal: its currency, its
+    balance when it is a gift card (-1 for any other kind: the common case debits gift cards
+    only, and no amount it debits fits in -1), and which of that terminal's sales holds its
+    lock under which fencing token (None when the card is free or another terminal's)."""
 
     card_number: str
-    kind: CardKind
     currency: str
     balance_minor: int
-    lock_terminal_id: str | None
     lock_transaction_id: str | None
     lock_fencing_token: int | None
 
@@ -261,17 +261,16 @@ def common_sales(transactions: Sequence[OfflineTransaction]) -> CommonSales | No
     return sales
 
 
-def sales_to_look_up(terminal_id: str, sales: CommonSales,
-                     cards: Mapping[str, CardBalance]) -> list[str]:
+def sales_to_look_up(sales: CommonSales, cards: Mapping[str, CardBalance]) -> list[str]:
     """The sales whose lock grants `plan_common_batch` needs: those whose line's card is not
-    locked by the terminal for that sale under the line's token (usually none: a till
-    syncs the sales it completed under their cards' locks, which the sync releases)."""
+    locked by the terminal (the one `cards` were read for) for that sale under the line's
+    token (usually none: a till syncs the sales it completed under their cards' locks,
+    which the sync releases)."""
     wanted = []
     for txn_id, number, token in zip(sales.transaction_ids, sales.card_numbers,
                                      sales.fencing_tokens, strict=True):
         card = cards.get(number)
         if (card is None or card.lock_transaction_id != txn_id
-                or card.lock_terminal_id != terminal_id
                 or card.lock_fencing_token != token):
             wanted.append(txn_id)
     return wanted
@@ -293,9 +292,10 @@ def plan_common_batch(
     limits: ItemLimits = DEFAULT_ITEM_LIMITS,
 ) -> CommonBatchPlan | None:
     """The plan of a batch whose every transaction is the common case (the arguments as for
-    `plan_offline_batch`, the transactions as `sales`, the cards as balances and the lock
-    grants as `SaleLock`s), or None when one is not. `transactions`: the same batch as
-    decoded transactions, read only for those whose parameters set offline risk limits.
+    `plan_offline_batch`, the transactions as `sales`, the cards as balances read for
+    `terminal_id` and the lock grants as `SaleLock`s), or None when one is not.
+    `transactions`: the same batch as decoded transactions, read only for those whose
+    parameters set offline risk limits.
 
     `sale_locks` may leave out the grants of a sale whose line's card is still locked by the
     terminal for that sale under the line's fencing token (`sales_to_look_up`): that lock is
@@ -358,13 +358,13 @@ def plan_common_batch(
         if (
             card is None
             or currency != card.currency
-            or card.kind is not gift_card
+            # (also a card of another kind: its balance is read as -1, every amount > 0)
             or amount_minor > card.balance_minor
             or card.balance_minor - amount_minor > MAX_BALANCE_MINOR
             or not is_valid_card_number(number)
         ):
             return None
-        held = card.lock_terminal_id == terminal_id and card.lock_transaction_id == txn_id
+        held = card.lock_transaction_id == txn_id  # (by this terminal: see CardBalance)
         if not (held and card.lock_fencing_token == token) and (
                 trusted.get((txn_id, number)) != token):
             return None

@@ -303,7 +303,7 @@ class OfflineService:
         numbers = set(sales.card_numbers)
         if len(numbers) != len(txn_ids):
             return None
-        cards = uow.cards.balances_for_update(numbers)
+        cards = uow.cards.balances_for_update(numbers, terminal_id)
         if len(cards) != len(numbers):
             return None
         # No record holds a sequence number above the highest seen (a record is written
@@ -325,7 +325,7 @@ class OfflineService:
                 parameters=parameters_as_used(
                     uow, terminal.store_id, sales.parameters_versions),
                 sale_locks=uow.lock_history.sale_locks(
-                    terminal_id, sales_to_look_up(terminal_id, sales, cards)),
+                    terminal_id, sales_to_look_up(sales, cards)),
                 highest_sequence_seen=seen,
                 now=now,
                 limits=self.limits.per_item,

@@ -106,9 +106,11 @@ class CardRepository(Protocol):
     def save(self, cards: Iterable[Card]) -> None:
         """Write back status, balance, fencing counter and lock of loaded cards."""
         ...
-    def balances_for_update(self, card_numbers: Collection[str]) -> dict[str, CardBalance]:
-        """As `get_many_for_update` (same locks, same order), only balances and lock holders;
-        the cards are not seen by the unit of work (their journal is the caller's)."""
+    def balances_for_update(self, card_numbers: Collection[str], terminal_id: str
+                            ) -> dict[str, CardBalance]:
+        """As `get_many_for_update` (same locks, same order), only balances and which of
+        `terminal_id`'s sales holds each lock (see CardBalance); the cards are not seen by
+        the unit of work (their journal is the caller's)."""
         ...
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
         """Write the new balances of cards read by `balances_for_update`, releasing the lock
