@@ -25,7 +25,7 @@ def are_valid_ids(values: Collection[str], *, max_length: int = MAX_ID_LENGTH) -
     """Whether every one of `values` `is_valid_id`, checked a column at a time (a string is
     printable when each of its characters is, so the values are when they are together)."""
     return not values or (
-        min(map(len, values)) > 0 and max(map(len, values)) <= max_length
+        "" not in values and max(map(len, values)) <= max_length
         and "".join(values).isprintable())
 
 

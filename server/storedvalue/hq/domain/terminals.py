@@ -90,7 +90,12 @@ class Terminal:
         """Given the sequence numbers HQ holds above the contiguous mark, move the mark as far
         as the unbroken run allows and return the gaps that remain."""
         mark = self.highest_contiguous_sequence
-        above = sorted({seq for seq in received_above_mark if seq > mark})
+        above = sorted(filter(mark.__lt__, set(received_above_mark)))
+        if not above or above[-1] - mark == len(above):
+            # Each number once, all above the mark: they run on from it without a gap (a
+            # synced batch's usual case), no need to walk them.
+            self.highest_contiguous_sequence = above[-1] if above else mark
+            return []
         run = 0  # how many of `above` extend the mark
         for seq in above:
             if seq != mark + 1:
