@@ -175,7 +175,7 @@ class FakeCardRepository:
             if card is not None:
                 lock = card.lock
                 found[number] = CardBalance(
-                    number, card.currency,
+                    card.currency,
                     card.balance_minor if card.kind is CardKind.GIFT_CARD else -1,
                     lock.transaction_id if lock and lock.terminal_id == terminal_id else None,
                     lock.fencing_token if lock else None)

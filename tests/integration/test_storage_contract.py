@@ -432,6 +432,36 @@ def test_a_stored_response_round_trips_and_its_request_id_cannot_be_taken_again(
         write(storage, lambda uow: uow.requests.add(replace(response, operation="LockCard")))
 
 
+def test_balances_are_read_for_a_terminal_by_card_number_with_unknown_cards_left_out(
+    storage: Storage,
+) -> None:
+    # A gift card's balance (-1 for a credit memo), the lock's sale when the terminal asking
+    # holds it; unknown numbers (sorting between the known ones) absent, the rest each
+    # under its own number whether all or only some are found.
+    a, b, c, d, unknown = (card_number(n) for n in (5, 1, 9, 3, 7))
+    write(storage, lambda uow: uow.cards.add([
+        make_card(a, balance=100, lock=make_lock(a, transaction_id="sale-a", token=4)),
+        make_card(b, balance=200, currency="USD"),
+        make_card(c, balance=300, kind=CardKind.CREDIT_MEMO),
+        make_card(d, balance=400, lock=make_lock(d, terminal_id="till-2",
+                                                 transaction_id="sale-d", token=6)),
+    ]))
+    expected = {
+        a: ("EUR", 100, "sale-a", 4),
+        b: ("USD", 200, None, None),
+        c: ("EUR", -1, None, None),
+        d: ("EUR", 400, None, 6),
+    }
+
+    def balances(numbers: list[str]) -> dict[str, tuple[object, ...]]:
+        found = write(storage, lambda uow: uow.cards.balances_for_update(numbers, "till-1"))
+        return {number: tuple(balance) for number, balance in found.items()}
+
+    assert balances([a, b, c, d]) == expected
+    assert balances([d, unknown, c, b, a, a]) == expected
+    assert balances([unknown, b]) == {b: expected[b]}
+
+
 def test_new_balances_are_set_and_released_locks_cleared_for_many_cards(
     storage: Storage,
 ) -> None:

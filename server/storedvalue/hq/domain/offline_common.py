@@ -46,12 +46,12 @@ first_column = itemgetter(0)
 
 
 class CardBalance(NamedTuple):
-    """What the common case needs of a card, as read for one terminal: its currency, its
-    balance when it is a gift card (-1 for any other kind: the common case debits gift cards
-    only, and no amount it debits fits in -1), and which of that terminal's sales holds its
-    lock under which fencing token (None when the card is free or another terminal's)."""
+    """What the common case needs of a card (by its number), as read for one terminal: its
+    currency, its balance when it is a gift card (-1 for any other kind: the common case
+    debits gift cards only, and no amount it debits fits in -1), and which of that
+    terminal's sales holds its lock under which fencing token (None when the card is free
+    or another terminal's)."""
 
-    card_number: str
     currency: str
     balance_minor: int
     lock_transaction_id: str | None

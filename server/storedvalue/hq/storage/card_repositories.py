@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from functools import partial
-from operator import neg
+from operator import itemgetter, neg
 from typing import Any
 
 import msgspec
@@ -82,20 +82,35 @@ if tuple(cards.c.keys()) != rows.CARD_COLUMNS:
     raise RuntimeError("rows.CARD_COLUMNS no longer lists the cards table's columns in order")
 _INSERT_CARDS = Statement(insert(cards))
 # A CardBalance's columns in order, read for one terminal: a gift card's balance (-1 for
-# another kind) and its lock's sale when that terminal holds it. Five columns, not seven:
-# the sqlite3 driver costs about 1,000 instructions a column of a row, holding the GIL.
+# another kind) and its lock's sale when that terminal holds it. Four columns and the card
+# number, not seven: the sqlite3 driver costs about 1,000 instructions a column of a row,
+# holding the GIL.
+_BALANCE_COLUMNS = (
+    cards.c.currency,
+    case((cards.c.kind == literal_column(f"'{CardKind.GIFT_CARD.value}'"),
+          cards.c.balance_minor), else_=literal_column("-1")).label("balance_minor"),
+    case((cards.c.lock_terminal_id == bindparam("terminal_id"),
+          cards.c.lock_transaction_id)).label("lock_transaction_id"),
+    cards.c.lock_fencing_token,
+)
 _BALANCES_FOR_UPDATE = Statement(
-    select(cards.c.card_number, cards.c.currency,
-           case((cards.c.kind == literal_column(f"'{CardKind.GIFT_CARD.value}'"),
-                 cards.c.balance_minor), else_=literal_column("-1")).label("balance_minor"),
-           case((cards.c.lock_terminal_id == bindparam("terminal_id"),
-                 cards.c.lock_transaction_id)).label("lock_transaction_id"),
-           cards.c.lock_fencing_token)
+    select(cards.c.card_number, *_BALANCE_COLUMNS)
     .where(cards.c.card_number.in_(bindparam("numbers", expanding=True)))
     .order_by(cards.c.card_number)
     .with_for_update(),
     in_list="numbers",
 )
+# SQLite: without the card number. The rows come in the order of the numbers asked for,
+# sorted (SQLite's BINARY collation orders text as its UTF-8 bytes, which is the order of
+# Python's str): when every card is found, row i is that of the i-th number. PostgreSQL
+# orders by its database's collation, which may differ: it reads the numbers.
+_BALANCES_BY_POSITION = Statement(
+    select(*_BALANCE_COLUMNS)
+    .where(cards.c.card_number.in_(bindparam("numbers", expanding=True)))
+    .order_by(cards.c.card_number),
+    in_list="numbers",
+)
+_rest = itemgetter(slice(1, None))
 _card_balance = partial(new_tuple, CardBalance)
 # set_balances: the balance, and with the lock released, the lock's columns cleared.
 _BALANCE_KEYS = ("balance_minor", "key_card_number")
@@ -318,12 +333,19 @@ class SqlCardRepository:
     def balances_for_update(self, card_numbers: Collection[str], terminal_id: str
                             ) -> dict[str, CardBalance]:
         found: dict[str, CardBalance] = {}
+        tx = self._tx
         for chunk in in_chunks(card_numbers):
-            fetched = self._tx.fetch_tuples(
-                _BALANCES_FOR_UPDATE, {"numbers": chunk, "terminal_id": terminal_id})
-            # Each row holds a CardBalance's fields in order: made in C, no Python a row.
-            found.update(zip(map(first_column, fetched), map(_card_balance, fetched),
-                             strict=True))
+            params = {"numbers": chunk, "terminal_id": terminal_id}
+            if tx.is_sqlite:
+                fetched = tx.fetch_tuples(_BALANCES_BY_POSITION, params)
+                if len(fetched) == len(chunk):  # every card found: row i is chunk[i]'s
+                    # Each row holds a CardBalance's fields in order: made in C, no Python
+                    # code a row.
+                    found.update(zip(chunk, map(_card_balance, fetched), strict=True))
+                    continue
+            fetched = tx.fetch_tuples(_BALANCES_FOR_UPDATE, params)
+            found.update(zip(map(first_column, fetched),
+                             map(_card_balance, map(_rest, fetched)), strict=True))
         return found
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
