@@ -65,15 +65,14 @@ def dumps_applied(debits: CommonDebits) -> list[str]:
     currencies, line_ids = sales.currencies, sales.line_ids
     # (Each currency alphabetic, each line id printable: so are they all together, but an
     # empty currency is not alphabetic alone.)
-    if (not currencies or min(map(len, currencies))) and "".join(currencies).isalpha() and (
+    if (not currencies or "" not in currencies) and "".join(currencies).isalpha() and (
             "".join(line_ids).isprintable()):
-        return list(map(_APPLIED_TEXT.format, debits.balances_after_minor, currencies,
-                        line_ids))
+        # As _applied_text's (an f-string in a comprehension: half the cost of mapping
+        # str.format over the columns).
+        return [f"A{balance} {currency} {line_id}" for balance, currency, line_id
+                in zip(debits.balances_after_minor, currencies, line_ids, strict=True)]
     return [_applied_text(debit.balance_after_minor, debit.currency, debit.line_id)
             or records.dumps(applied_result(debit)) for debit in debits]
-
-
-_APPLIED_TEXT = "A{} {} {}"  # as _applied_text's
 
 
 def _applied_text(balance_minor: int, currency: str, line_id: str) -> str | None:
