@@ -111,6 +111,8 @@ _BALANCES_BY_POSITION = Statement(
     in_list="numbers",
 )
 _rest = itemgetter(slice(1, None))
+# A BalanceChange's release flag, and its (balance, number) as set_balances binds them.
+_release_of, _balance_and_number = itemgetter(2), itemgetter(1, 0)
 _card_balance = partial(new_tuple, CardBalance)
 # set_balances: the balance, and with the lock released, the lock's columns cleared.
 _BALANCE_KEYS = ("balance_minor", "key_card_number")
@@ -349,10 +351,15 @@ class SqlCardRepository:
         return found
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
+        changes = list(changes)
         kept: list[tuple[int, str]] = []
-        released: list[tuple[int, str]] = []
-        for number, balance, release in changes:
-            (released if release else kept).append((balance, number))
+        released: list[tuple[int, str]]
+        if all(map(_release_of, changes)):  # a synced batch's: every sale held its card's lock
+            released = list(map(_balance_and_number, changes))
+        else:
+            released = []
+            for number, balance, release in changes:
+                (released if release else kept).append((balance, number))
         self._tx.write_rows(_SAVE_RELEASING, _BALANCE_KEYS, released)
         self._tx.write_rows(_SAVE_CARDS, _BALANCE_KEYS, kept)
 
