@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import struct
 import threading
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
+
+from storedvalue.sqlite_wal import wal_frames, wal_index_path
 
 _log = logging.getLogger(__name__)
 
@@ -40,16 +41,6 @@ _LOOK_INTERVAL = 0.05
 _FALLBACK_INTERVAL = 1.0
 """Without a readable WAL index, a checkpoint at most this often (s) while commits come."""
 
-# The WAL index (the -shm file; https://www.sqlite.org/walformat.html): its header holds at
-# byte 0 its version (3007000), at 12 whether it is initialized, at 16 mxFrame (the last
-# valid frame of the WAL); nBackfill (frames already copied) is at byte 96. In the host's
-# byte order. Read only to decide when to checkpoint: a wrong reading makes a checkpoint
-# early or late, never a wrong one.
-_WAL_INDEX_VERSION = 3007000
-_HEADER = struct.Struct("=I8xB3xI")
-_BACKFILL = struct.Struct("=I")
-_BACKFILL_AT = 96
-
 
 class Checkpointer:
     """Checkpoints the WAL of ``database_file`` on its own thread as commits
@@ -59,7 +50,7 @@ class Checkpointer:
     def __init__(self, database_file: Path, writers: AbstractContextManager[object], *,
                  pages: int = CHECKPOINT_PAGES) -> None:
         self._writers = writers
-        self._shm = Path(f"{database_file}-shm")
+        self._shm = wal_index_path(database_file)
         self._pages = pages
         self._conn = sqlite3.connect(database_file, isolation_level=None,
                                      check_same_thread=False, timeout=30)
@@ -132,15 +123,5 @@ class Checkpointer:
     def _pending_frames(self) -> int | None:
         """Frames of the WAL not yet copied into the database file, from the WAL index;
         None when it cannot be read as documented."""
-        try:
-            with open(self._shm, "rb") as shm:
-                head = shm.read(_BACKFILL_AT + _BACKFILL.size)
-        except OSError:
-            return None
-        if len(head) < _BACKFILL_AT + _BACKFILL.size:
-            return None
-        version, initialized, frames = _HEADER.unpack_from(head)
-        if version != _WAL_INDEX_VERSION or initialized != 1:
-            return None
-        copied: int = _BACKFILL.unpack_from(head, _BACKFILL_AT)[0]
-        return max(0, int(frames) - copied)
+        state = wal_frames(self._shm)
+        return None if state is None else max(0, state[0] - state[1])

@@ -31,10 +31,11 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import struct
 import threading
 import time
 from pathlib import Path
+
+from storedvalue.sqlite_wal import wal_frames, wal_index_path
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PAGES = 8192
 # A WAL file past this size is emptied by a TRUNCATE checkpoint (which holds writers off).
 MAX_WAL_BYTES = 512 * 1024 * 1024
-# Without a readable WAL index (see _pending_frames), a checkpoint at most this often (s)
+# Without a readable WAL index (storedvalue.sqlite_wal), a checkpoint at most this often (s)
 # while commits come.
 FALLBACK_INTERVAL = 1.0
 # Between two looks at the WAL (s): commits come by the thousand a second.
@@ -51,17 +52,6 @@ _PAUSE = 0.005
 # The writer wakes the thread at most this often (s): a wake per commit cost the online
 # calls ~7% of HQ's CPU (the thread taking the GIL from the event loop for each look).
 _LOOK_INTERVAL = 0.05
-
-# The WAL index (the -shm file; https://www.sqlite.org/walformat.html): a header of 48
-# bytes (twice), then the checkpoint information. In the header, at byte 0 its version
-# (3007000), at 12 whether it is initialized, at 16 mxFrame (the last valid frame of the
-# WAL); nBackfill (the frames already copied into the database) at byte 96. In the host's
-# byte order. Read only to decide when to checkpoint: a wrong reading makes a checkpoint
-# early or late, never a wrong one.
-_WAL_INDEX_VERSION = 3007000
-_HEADER = struct.Struct("=I8xB3xI")  # iVersion, isInit, mxFrame
-_BACKFILL = struct.Struct("=I")
-_BACKFILL_AT = 96
 
 
 class WalCheckpointer:
@@ -71,7 +61,7 @@ class WalCheckpointer:
     def __init__(self, database_file: Path, *, pages: int = CHECKPOINT_PAGES,
                  max_wal_bytes: int = MAX_WAL_BYTES, busy_timeout_ms: int = 30_000) -> None:
         self._wal = Path(f"{database_file}-wal")
-        self._shm = Path(f"{database_file}-shm")
+        self._shm = wal_index_path(database_file)
         self._pages = pages
         self._max_wal_bytes = max_wal_bytes
         self._connection = sqlite3.connect(
@@ -180,18 +170,7 @@ class WalCheckpointer:
     def _wal_index(self) -> tuple[int, int] | None:
         """(frames in the WAL, frames copied into the database) from the WAL index; None
         when it cannot be read as documented."""
-        try:
-            with open(self._shm, "rb") as shm:
-                head = shm.read(_BACKFILL_AT + _BACKFILL.size)
-        except OSError:
-            return None
-        if len(head) < _BACKFILL_AT + _BACKFILL.size:
-            return None
-        version, initialized, frames = _HEADER.unpack_from(head)
-        if version != _WAL_INDEX_VERSION or initialized != 1:
-            return None
-        copied: int = _BACKFILL.unpack_from(head, _BACKFILL_AT)[0]
-        return int(frames), copied
+        return wal_frames(self._shm)
 
     def _wal_bytes(self) -> int:
         try:
