@@ -12,11 +12,11 @@ recognises the case in which they all say "applied, nothing to report").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
-from typing import NamedTuple, overload
+from typing import NamedTuple, TypeVar, overload
 
 from storedvalue.hq.domain.cards import CardKind, is_valid_card_number
 from storedvalue.hq.domain.client_text import are_valid_ids
@@ -34,6 +34,8 @@ from storedvalue.hq.domain.offline_transactions import (
     Redemption,
 )
 from storedvalue.hq.domain.parameters import Parameters
+
+T = TypeVar("T")
 
 # `new_tuple(SomeNamedTuple, values)` (tuple.__new__) makes a named tuple from a tuple of its
 # fields in one call into C; calling the class instead runs its generated __new__, a Python
@@ -154,51 +156,64 @@ class CommonDebits:
             yield new_tuple(CommonDebit, row)
 
 
-class AppliedResults(Sequence[OfflineTransactionResult]):
+class MadeWhenRead(Sequence[T]):
+    """A sequence of `length` items that `make()` makes the first time one is read (the
+    common path's results, a batch's decoded transactions: most batches never read them)."""
+
+    __slots__ = ("_length", "_made", "_make")
+
+    def __init__(self, length: int, make: Callable[[], Sequence[T]]) -> None:
+        self._length = length
+        self._make: Callable[[], Sequence[T]] | None = make
+        self._made: Sequence[T] = ()
+
+    def made(self) -> Sequence[T]:
+        """The items, made now if they were not yet."""
+        make = self._make
+        if make is not None:
+            self._made = make()
+            self._make = None
+        return self._made
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | Sequence[T]:
+        return self.made()[index]
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.made())
+
+
+class AppliedResults(MadeWhenRead[OfflineTransactionResult]):
     """The results of a batch the common path applied, one per debit (`applied_result`),
     made only when read: the answer is written from the debits themselves (see
     `storedvalue.hq.grpc_api.convert.offline.sync_response_wire`). Equal to the tuple of
     the same results, and hashed alike."""
 
-    __slots__ = ("_made", "debits")
+    __slots__ = ("debits",)
 
     def __init__(self, debits: CommonDebits) -> None:
+        super().__init__(len(debits), lambda: tuple([applied_result(d) for d in debits]))
         self.debits = debits
-        self._made: tuple[OfflineTransactionResult, ...] | None = None
-
-    def _all(self) -> tuple[OfflineTransactionResult, ...]:
-        made = self._made
-        if made is None:
-            made = self._made = tuple([applied_result(debit) for debit in self.debits])
-        return made
-
-    def __len__(self) -> int:
-        return len(self.debits)
-
-    @overload
-    def __getitem__(self, index: int) -> OfflineTransactionResult: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[OfflineTransactionResult]: ...
-
-    def __getitem__(self, index: int | slice
-                    ) -> OfflineTransactionResult | Sequence[OfflineTransactionResult]:
-        return self._all()[index]
-
-    def __iter__(self) -> Iterator[OfflineTransactionResult]:
-        return iter(self._all())
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, AppliedResults):
-            other = other._all()
+            other = other.made()
         if isinstance(other, tuple):
-            return self._all() == other
+            return self.made() == other
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._all())
+        return hash(self.made())
 
     def __repr__(self) -> str:
-        return repr(self._all())
+        return repr(self.made())
 
 
 @dataclass(slots=True)

@@ -5,9 +5,9 @@ here build no message they then copy, and no generator per field."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 from storedvalue.hq.domain.moments import (
     MAX_EPOCH_SECONDS,
@@ -31,7 +31,12 @@ from storedvalue.hq.domain.offline import (
     OfflineUnlock,
     ReversalOutcome,
 )
-from storedvalue.hq.domain.offline_common import AppliedResults, CommonSales, applied_result
+from storedvalue.hq.domain.offline_common import (
+    AppliedResults,
+    CommonSales,
+    MadeWhenRead,
+    applied_result,
+)
 from storedvalue.hq.domain.offline_transactions import UnsyncedAmount
 from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.grpc_api.convert.common import (
@@ -87,41 +92,7 @@ def offline_batch_from_proto(
     sales = _common_sales(sent, fingerprints)
     if sales is None:
         return _decoded(sent, fingerprints), False
-    return _DecodedWhenRead(sent, fingerprints), sales
-
-
-class _DecodedWhenRead(Sequence[OfflineTransaction]):
-    """A batch's transactions, decoded (`offline_transactions_from_proto`) when first read;
-    its length known before."""
-
-    __slots__ = ("_decoded", "_fingerprints", "_sent")
-
-    def __init__(self, sent: list[offline_pb2.OfflineTransaction],
-                 fingerprints: list[bytes]) -> None:
-        self._sent = sent
-        self._fingerprints = fingerprints
-        self._decoded: list[OfflineTransaction] | None = None
-
-    def _all(self) -> list[OfflineTransaction]:
-        decoded = self._decoded
-        if decoded is None:
-            decoded = self._decoded = _decoded(self._sent, self._fingerprints)
-        return decoded
-
-    def __len__(self) -> int:
-        return len(self._sent)
-
-    @overload
-    def __getitem__(self, index: int) -> OfflineTransaction: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[OfflineTransaction]: ...
-
-    def __getitem__(self, index: int | slice
-                    ) -> OfflineTransaction | Sequence[OfflineTransaction]:
-        return self._all()[index]
-
-    def __iter__(self) -> Iterator[OfflineTransaction]:
-        return iter(self._all())
+    return MadeWhenRead(len(sent), lambda: _decoded(sent, fingerprints)), sales
 
 
 def _common_sales(sent: list[offline_pb2.OfflineTransaction], fingerprints: list[bytes]
