@@ -25,7 +25,7 @@ from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.moments import micros_from_epoch
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.offline import OfflineException, OfflineRecord, Redemption
-from storedvalue.hq.domain.offline_common import CommonDebit, CommonDebits
+from storedvalue.hq.domain.offline_common import CommonDebit, CommonDebits, CommonSales
 from storedvalue.hq.domain.parameters import OfflineRiskLimits
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, Storage, UnitOfWork
 from storedvalue.hq.storage.offline_results import applied
@@ -339,6 +339,24 @@ def test_a_terminal_report_round_trips_and_an_older_one_does_not_replace_it(
     assert read(storage, lambda uow: uow.reports.get_many(["till-1"])) == {"till-1": newest}
 
 
+def as_columns(debits: list[CommonDebit]) -> CommonDebits:
+    """The debits as the common path's columns (what the storage writes from); the sales'
+    parameter versions and fencing tokens, which no write reads, are 0."""
+    sales = CommonSales(
+        transaction_ids=[d.transaction_id for d in debits],
+        sequence_numbers=[d.sequence_number for d in debits],
+        completed_micros=[d.occurred_at_micros for d in debits],
+        parameters_versions=[0] * len(debits),
+        fingerprints=[d.fingerprint for d in debits],
+        line_ids=[d.line_id for d in debits],
+        card_numbers=[d.card_number for d in debits],
+        amounts_minor=[d.amount_minor for d in debits],
+        currencies=[d.currency for d in debits],
+        fencing_tokens=[0] * len(debits),
+    )
+    return CommonDebits(sales, [d.balance_after_minor for d in debits])
+
+
 def test_many_offline_debits_are_stored_as_written(storage: Storage) -> None:
     # 237 debits: on SQLite, INSERTs of 100 and of 10 rows, then the 7 left one by one.
     debits = [
@@ -349,7 +367,7 @@ def test_many_offline_debits_are_stored_as_written(storage: Storage) -> None:
     later = at(1_000)
 
     def add(uow: UnitOfWork) -> None:
-        columns = CommonDebits.of(debits)
+        columns = as_columns(debits)
         uow.journal.append_offline_debits("till-1", columns, later)
         uow.redemptions.add_offline_debits("till-1", columns, later)
         uow.offline.add_offline_debits("till-1", columns, later)

@@ -118,24 +118,6 @@ class CommonDebits:
         self.sales = sales
         self.balances_after_minor = balances_after_minor
 
-    @classmethod
-    def of(cls, debits: Iterable[CommonDebit]) -> CommonDebits:
-        sales = CommonSales()
-        balances: list[int] = []
-        for debit in debits:
-            sales.transaction_ids.append(debit.transaction_id)
-            sales.sequence_numbers.append(debit.sequence_number)
-            sales.completed_micros.append(debit.occurred_at_micros)
-            sales.parameters_versions.append(0)  # not a debit's: never read from here
-            sales.fingerprints.append(debit.fingerprint)
-            sales.line_ids.append(debit.line_id)
-            sales.card_numbers.append(debit.card_number)
-            sales.amounts_minor.append(debit.amount_minor)
-            sales.currencies.append(debit.currency)
-            sales.fencing_tokens.append(0)  # idem
-            balances.append(debit.balance_after_minor)
-        return cls(sales, balances)
-
     def __len__(self) -> int:
         return len(self.balances_after_minor)
 
