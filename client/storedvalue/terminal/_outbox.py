@@ -9,6 +9,7 @@ The outbox also knows what it holds unsynced of offline lines, per tender kind a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -38,6 +39,10 @@ class PendingItem(NamedTuple):
     answers_owed: int | None
     """The line and reversal results HQ owes for it; None when written by a version before
     they were counted."""
+
+
+# A row as a PendingItem without a Python call per row (`PendingItem._make` is one).
+_pending_item = functools.partial(tuple.__new__, PendingItem)
 
 
 class Outbox:
@@ -129,7 +134,7 @@ class Outbox:
                 "WHERE sequence_number > ? ORDER BY sequence_number LIMIT ?",
                 (after, limit),
             ).fetchall()
-        return list(map(PendingItem._make, rows))
+        return list(map(_pending_item, rows))
 
     def __len__(self) -> int:
         with self._db.read() as conn:
