@@ -490,16 +490,17 @@ def _reversal_result_wire(result: OfflineReversalResult) -> bytes:
 def sync_response_wire(results: Iterable[OfflineTransactionResult], status: SyncStatus
                        ) -> bytes:
     """The encoding of SyncOfflineBatchResponse (results = 1, sync_status = 2). The usual
-    result (applied as sent: one line applied, leaving a positive balance; nothing else) in
-    one formatting, when it is short enough for every length to be one byte, written here
-    for each result without a call; any other through `offline_result_wire`. The line
+    result (applied as sent: one line applied, leaving a positive balance; nothing else), when
+    it is short enough for every length to be one byte, is eight parts of the answer's join,
+    written here without a call (no formatting: `bytes % ...` parses its format each time);
+    any other through `offline_result_wire`. The line
     result's bytes around its balance's varint depend only on the line id, the currency
     and that varint's length: made once a batch for each. The common path's results
     (`AppliedResults`) are written from its debits, without making the results."""
     parts: list[bytes] = []
-    append = parts.append
+    append, extend = parts.append, parts.extend
     applied, line_applied = _APPLIED, _LINE_APPLIED
-    usual = _USUAL_RESULT
+    opening, one_byte = _USUAL_OPENINGS, ONE_BYTE_VARINTS
     short = _SHORT_VARINTS
     line_parts: dict[tuple[str, str, int], tuple[bytes, bytes, int]] = {}
     if isinstance(results, AppliedResults):
@@ -520,8 +521,8 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
                 sequence_varint = short[sequence]
                 size = 7 + len(txn_bytes) + len(sequence_varint) + line_field_size
                 if size < 0x80:
-                    append(usual % (size, len(txn_bytes), txn_bytes, sequence_varint, head,
-                                    minor_varint, tail))
+                    extend((opening[size], one_byte[len(txn_bytes)], txn_bytes, b"\x10",
+                            sequence_varint, head, minor_varint, tail))
                     continue
             append(_field(b"\x0a", offline_result_wire(applied_result(debits.debit(index)))))
         results = ()
@@ -548,8 +549,8 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
                 sequence_varint = short[sequence]
                 size = 7 + len(txn_id) + len(sequence_varint) + line_field_size
                 if size < 0x80:  # then every length inside is too
-                    append(usual % (size, len(txn_id), txn_id, sequence_varint, head,
-                                    minor_varint, tail))
+                    extend((opening[size], one_byte[len(txn_id)], txn_id, b"\x10",
+                            sequence_varint, head, minor_varint, tail))
                     continue
         append(_field(b"\x0a", offline_result_wire(result)))
     append(_field(b"\x12", sync_status_to_proto(status).SerializeToString()))
@@ -557,9 +558,10 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
 
 
 def _usual_line_parts(line_id: str, currency: str, minor_size: int) -> tuple[bytes, bytes, int]:
-    """The usual result's line result field (line_id, APPLIED, balance_after) around its
+    """The usual result's fields after its sequence number, the outcome and original outcome
+    (APPLIED) then the line result field (line_id, APPLIED, balance_after), around its
     balance's varint of `minor_size` bytes: the bytes before it, those after it, and the
-    size of the field (its tag and length included)."""
+    size of the line result field (its tag and length included)."""
     line_bytes = line_id.encode()
     currency_bytes = currency.encode()
     money = (b"\x08", b"\x12" + _byte(len(currency_bytes)) + currency_bytes)
@@ -567,7 +569,7 @@ def _usual_line_parts(line_id: str, currency: str, minor_size: int) -> tuple[byt
     line = (b"\x0a" + _byte(len(line_bytes)) + line_bytes + _LINE_APPLIED_FIELD + b"\x22"
             + _byte(money_size) + money[0])
     line_size = len(line) + minor_size + len(money[1])
-    return b"\x3a" + _byte(line_size) + line, money[1], 2 + line_size
+    return _APPLIED_TWICE + b"\x3a" + _byte(line_size) + line, money[1], 2 + line_size
 
 
 def _byte(size: int) -> bytes:
@@ -581,9 +583,11 @@ def _byte(size: int) -> bytes:
 _SHORT_VARINTS = [varint(number) for number in range(0x4000)]
 
 
-# Field 1 of a response holding: transaction_id, sequence_number, outcome and original
-# outcome APPLIED, and the line result (`_usual_line_parts`) around its balance's varint.
-_USUAL_RESULT = b"\x0a%c\x0a%c%b\x10%b" + _APPLIED_TWICE.replace(b"%", b"%%") + b"%b%b%b"
+# The usual result is field 1 of a response, of `size` bytes below 128: these bytes, its tag
+# and length and the tag of its transaction_id, then that id's length and bytes, the tag of
+# its sequence_number and that number, then its other fields (`_usual_line_parts`) around
+# its balance's varint. Written as those parts, joined once for the whole answer.
+_USUAL_OPENINGS = [b"\x0a" + ONE_BYTE_VARINTS[size] + b"\x0a" for size in range(0x80)]
 
 
 def complete_offline_response_wire(result: OfflineTransactionResult, status: SyncStatus
