@@ -102,12 +102,12 @@ def test_upgrading_a_database_keeps_its_cards_and_indexes_only_the_locked_ones(
             if connection.dialect.name == "sqlite":
                 index = connection.execute(text(
                     "SELECT sql FROM sqlite_master WHERE name = :name"),
-                    {"name": "ix_cards_lock_terminal_id_card_number"}).scalar_one()
+                    {"name": "ix_cards_lock_terminal_id_lock_acquired_at_card_number"}).scalar_one()
             else:
                 index = connection.execute(text(
                     "SELECT indexdef FROM pg_indexes WHERE indexname = :name "
                     "AND schemaname = current_schema()"),
-                    {"name": "ix_cards_lock_terminal_id_card_number"}).scalar_one()
+                    {"name": "ix_cards_lock_terminal_id_lock_acquired_at_card_number"}).scalar_one()
         assert [tuple(row) for row in balances] == [
             ("7000000000000001", 500), ("7000000000000002", 700), ("7000000000000003", 900)]
         assert "WHERE" in index.upper() and "IS NOT NULL" in index.upper(), index

@@ -66,10 +66,13 @@ cards = Table(
     Column("lock_fencing_token", BigInteger, nullable=True),
     Column("lock_lease_expires_at", BigInteger, nullable=True),
     Column("lock_acquired_at", BigInteger, nullable=True),
-    # The back office lists locks, all or one terminal's, in card-number order. Only locked
+    # The back office lists locks, all or one terminal's (sorted by card number). Only locked
     # cards are in it: locking adds an entry and releasing removes it, instead of moving the
     # entry between the terminal's range and NULL's (two random index pages written each time).
-    Index(None, "lock_terminal_id", "card_number",
+    # By the time a lock was taken within a terminal's range, not by card number: a terminal
+    # releases its locks in about the order it took them, so the entries come and go on the
+    # range's newest and oldest pages instead of random ones (see migration 0007).
+    Index(None, "lock_terminal_id", "lock_acquired_at", "card_number",
           sqlite_where=text("lock_terminal_id IS NOT NULL"),
           postgresql_where=text("lock_terminal_id IS NOT NULL")),
 )
