@@ -31,6 +31,7 @@ from storedvalue.hq.services.unit_of_work import (
     TerminalRepository,
 )
 from storedvalue.hq.storage.card_repositories import (
+    JournaledDebits,
     SqlCardRepository,
     SqlJournalRepository,
     SqlLockHistoryRepository,
@@ -99,10 +100,11 @@ class SqlRepositories:
 
     def __init__(self, tx: Transaction) -> None:
         self._seen = SeenCards()
+        journaled = JournaledDebits()
         self.cards = SqlCardRepository(tx, self._seen)
         self.lock_history = SqlLockHistoryRepository(tx)
-        self.journal = SqlJournalRepository(tx)
-        self.redemptions = SqlRedemptionRepository(tx)
+        self.journal = SqlJournalRepository(tx, journaled)
+        self.redemptions = SqlRedemptionRepository(tx, journaled)
         self.requests = SqlRequestLog(tx)
         self.offline = SqlOfflineRecordRepository(tx)
         self.exceptions = SqlOfflineExceptionRepository(tx)

@@ -323,6 +323,24 @@ class Transaction:
         except self._error as error:
             raise translated_driver_error(sql, None, error, self._error) from None
 
+    def insert_selected(self, statement: Statement, params: Mapping[str, Any]) -> int:
+        """SQLite: an INSERT ... SELECT (of rows this transaction wrote already), run now;
+        the number of rows it inserted."""
+        if self._postgresql:
+            raise TypeError("insert_selected is SQLite's (PostgreSQL's writes are held back)")
+        self.writes += 1
+        compiled = statement.compiled_write(self._dialect, (), many=False)
+        bound = compiled.bind(params)
+        if not self._open:
+            self.begin()
+        self._send_appends_touching(statement)
+        cursor = self._cursor
+        try:
+            cursor.execute(compiled.sql, bound)
+        except self._error as error:
+            raise translated_driver_error(compiled.sql, bound, error, self._error) from None
+        return int(cursor.rowcount)
+
     def notify(self, channel: str, payload: str) -> None:
         """Tell the other HQ processes on this database, once this transaction commits:
         PostgreSQL's NOTIFY on `channel`; on SQLite a row in the notifications table, which
