@@ -22,6 +22,10 @@ from storedvalue.v1 import back_office_service_pb2 as bo_pb
 from storedvalue.v1 import common_pb2
 
 _STATUSES = enum_to_proto(CardStatus, common_pb2.CardStatus, "CARD_STATUS_")
+# The same, by the members' values: an Enum member's hash is a Python-level method
+# (`Enum.__hash__`) in 3.11, a str's is cached; every LockCard and Redeem fills a card.
+_STATUSES_BY_VALUE = {member._value_: value for member, value in _STATUSES.items()}
+_KINDS_BY_VALUE = {member._value_: value for member, value in CARD_KINDS_TO_PROTO.items()}
 _JOURNAL_KINDS = enum_to_proto(JournalEntryKind, bo_pb.JournalEntryKind, "JOURNAL_ENTRY_KIND_")
 _KIND_UNSPECIFIED = common_pb2.CARD_KIND_UNSPECIFIED
 
@@ -42,8 +46,8 @@ def fill_card(target: common_pb2.Card, card: Card,
     `filled_lock`: the card's lock, already filled into another message of the response
     (LockCard's `lock`): copied, which costs a third of filling it again."""
     target.card_number = card.card_number
-    target.kind = CARD_KINDS_TO_PROTO.get(card.kind, _KIND_UNSPECIFIED)
-    target.status = _STATUSES[card.status]
+    target.kind = _KINDS_BY_VALUE.get(card.kind._value_, _KIND_UNSPECIFIED)
+    target.status = _STATUSES_BY_VALUE[card.status._value_]
     balance = target.balance
     balance.amount_minor = card.balance_minor  # the card keeps no Money: no object built
     balance.currency_code = card.currency
