@@ -45,16 +45,16 @@ def replay(uow: Repositories, key: RequestKey, result_type: type[T]) -> T | None
 
 
 def remember(uow: Repositories, key: RequestKey, result: object, now: datetime) -> None:
-    uow.requests.add(
-        StoredResponse(
-            caller=key.caller,
-            request_id=key.request_id,
-            operation=key.operation,
-            fingerprint=key.fingerprint,
-            result_json=records.dumps(result),
-            created_at=now,
-        )
-    )
+    # Positional, in the fields' order: every mutating call remembers its result, and a value
+    # object built by keyword costs a third more.
+    uow.requests.add(StoredResponse(
+        key.caller,  # caller
+        key.request_id,  # request_id
+        key.operation,  # operation
+        key.fingerprint,  # fingerprint
+        records.dumps(result),  # result_json
+        now,  # created_at
+    ))
 
 
 def once(
