@@ -293,6 +293,27 @@ def test_locks_are_listed_in_card_number_order_after_the_given_number(
     assert locks == [make_lock(card_number(1), token=1)]
 
 
+def test_a_terminals_locks_are_listed_in_card_number_order_whatever_order_it_took_them(
+    storage: Storage,
+) -> None:
+    # The lock index is in the order locks were taken (migration 0007): the list sorts.
+    taken = [5, 2, 4, 1, 3]  # card numbers' order when the till took their locks
+    cards = [make_card(card_number(n), lock=replace(
+        make_lock(card_number(n), token=n), acquired_at=NOW - timedelta(seconds=10 - turn)))
+        for turn, n in enumerate(taken)]
+    cards.append(make_card(card_number(6), lock=make_lock(card_number(6), terminal_id="till-2")))
+    write(storage, lambda uow: uow.cards.add(cards))
+
+    def page(after: str, limit: int) -> list[str]:
+        return [lock.card_number for lock in read(storage, lambda uow: uow.cards.list_locks(
+            now=NOW, terminal_id="till-1", include_expired=False, after_card_number=after,
+            limit=limit))]
+
+    assert page("", 2) == [card_number(1), card_number(2)]
+    assert page(card_number(2), 2) == [card_number(3), card_number(4)]
+    assert page(card_number(4), 2) == [card_number(5)]
+
+
 def test_locks_are_filtered_by_terminal_and_ended_leases_are_hidden_unless_asked(
     storage: Storage,
 ) -> None:
