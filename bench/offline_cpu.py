@@ -23,7 +23,6 @@ import json
 import os
 import pstats
 import re
-import struct
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from fleet import issue_gift_cards, register_tills, update_parameters
 from hq_under_test import Deployment, HQUnderTest
 from offline_sales import Link, open_terminal, sell_offline
 
+from storedvalue.sqlite_wal import wal_frames
 from storedvalue.terminal import ConnectivityState, TerminalConfig
 
 WARMUP = 20
@@ -164,9 +164,12 @@ def _thread_cpu() -> dict[str, int]:
 
 
 def _wal_frames(shm: Path) -> int:
-    """mxFrame of the WAL index's header (https://www.sqlite.org/walformat.html)."""
-    with open(shm, "rb") as index:
-        return int(struct.unpack_from("=I", index.read(20), 16)[0])
+    """Frames in the WAL, from its index (read without closing a descriptor of it, which
+    would drop the terminal's SQLite locks on it: storedvalue.sqlite_wal)."""
+    state = wal_frames(shm)
+    if state is None:
+        raise SystemExit(f"{shm}: no readable WAL index")
+    return state[0]
 
 
 if __name__ == "__main__":
