@@ -61,6 +61,7 @@ class Fleet:
                      "--processes", str(WORKERS), "--grace-period", "5"]
         self.process: subprocess.Popen[str] | None = None
         self.printed: queue.Queue[str] = queue.Queue()
+        self.reader: threading.Thread | None = None
         self.address = ""
 
     def start(self) -> None:
@@ -72,7 +73,8 @@ class Fleet:
             for line in process.stdout:
                 printed.put(line)
 
-        threading.Thread(target=read, daemon=True).start()
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
         self.address = self.announced_address()
         wait_serving(process, self.address)
 
@@ -117,9 +119,18 @@ class Fleet:
         return process.returncode
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.communicate()
+        """Kill the supervisor if it runs, and close its stdout once read to the end (also
+        when it exited on its own: an unclosed pipe is reported in a later test)."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if self.reader is not None:  # the end of stdout: its workers die with it
+            self.reader.join(timeout=DEADLINE)
+        if process.stdout is not None and (self.reader is None or not self.reader.is_alive()):
+            process.stdout.close()
 
 
 @pytest.fixture
