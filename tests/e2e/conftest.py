@@ -15,7 +15,7 @@ from in_process_hq import InProcessHQ, hq_config
 from storedvalue.hq.config import HQConfig
 from storedvalue.hq.services.offline import SyncLimits
 
-from .harness import ADMIN_TOKEN, BackOffice, Till
+from .harness import ADMIN_TOKEN, BackOffice, Till, reap_started
 
 # Small limits, so the tests can cross them cheaply.
 E2E_SYNC_LIMITS = SyncLimits(
@@ -43,3 +43,11 @@ def hq(tmp_path: Path) -> Iterator[RunningHQ]:
             yield RunningHQ(server.address, channel, BackOffice(channel), config)
         finally:
             channel.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def serve_processes_reaped() -> Iterator[None]:
+    """Whatever `storedvalue serve` a test left behind is killed and its pipe closed once
+    the session ends (harness._STARTED keeps them referenced until then)."""
+    yield
+    reap_started()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -185,10 +184,32 @@ def start_serve(args: Sequence[str], env: Mapping[str, str], log_dir: Path
             text=True,
         )
     _LOGS[process.pid] = Path(log.name)
+    _STARTED.append(process)
     return process
 
 
 _LOGS: dict[int, Path] = {}
+_STARTED: list[subprocess.Popen[str]] = []
+"""Every `serve` that `start_serve` started, referenced until the session ends: a test or
+fixture that failed before it stopped its process, or did not close the stdout of one that
+died on its own, would otherwise leave the pipe to the garbage collector, whose
+ResourceWarning then fails whichever test runs at that moment (an unraisable exception)."""
+
+
+def reap(process: subprocess.Popen[str]) -> None:
+    """Kill ``process`` if it still runs, wait for it, and close its stdout (also when it
+    exited on its own)."""
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def reap_started() -> None:
+    """`reap` every `serve` that `start_serve` started (the end of the session)."""
+    while _STARTED:
+        reap(_STARTED.pop())
 
 
 def server_log(process: subprocess.Popen[str]) -> str:
@@ -202,7 +223,7 @@ def wait_serving(process: subprocess.Popen[str], address: str, timeout: float = 
 
         def serving() -> bool:
             if process.poll() is not None:
-                process.communicate()
+                reap(process)
                 pytest.fail(f"storedvalue serve exited with {process.returncode}: "
                             f"{server_log(process)}")
             try:
@@ -233,13 +254,11 @@ class HQProcess:
 
     def kill(self) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.communicate(timeout=30)
+        reap(self.process)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.communicate(timeout=30)
+        if self.process is not None:
+            reap(self.process)
 
 
 def stop_process(process: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
@@ -249,8 +268,7 @@ def stop_process(process: subprocess.Popen[str], timeout: float) -> tuple[int, s
     try:
         out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
+        reap(process)
         pytest.fail(f"storedvalue serve did not exit within {timeout} s of SIGTERM: "
                     f"{server_log(process)}")
     return process.returncode, out, server_log(process)

@@ -25,6 +25,7 @@ from .harness import (
     BackOffice,
     Till,
     free_port,
+    reap,
     server_log,
     start_serve,
     stop_process,
@@ -133,9 +134,7 @@ def served(tmp_path: Path) -> Iterator[ServedHQ]:
         wait_serving(process, health)
         yield ServedHQ(process, address, health, pki, files)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        reap(process)
 
 
 def test_a_rotation_on_sighup_during_traffic_fails_no_call(served: ServedHQ) -> None:

@@ -20,6 +20,7 @@ from .harness import (
     eur,
     free_port,
     new_id,
+    reap,
     start_serve,
     wait_serving,
     wait_until,
@@ -81,9 +82,7 @@ def test_every_answered_change_survives_a_kill_at_any_moment(tmp_path: Path) -> 
             worker.join(timeout=60)
     finally:
         stop.set()
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=30)
+        reap(process)
         for channel in channels:
             channel.close()
 

@@ -36,6 +36,7 @@ from .harness import (
     free_port,
     fresh_postgres_database,
     new_id,
+    reap,
     start_serve,
     stop_process,
     wait_serving,
@@ -87,8 +88,17 @@ def replicas(database_url: str, tmp_path: Path) -> Iterator[Replicas]:
     finally:
         for channel in channels:
             channel.close()
+        # Each stopped before any exit is judged: a failed one must not leave the other
+        # running.
+        exits = []
         for process in processes:
-            code, _out, err = stop_process(process, timeout=15)
+            try:
+                exits.append(stop_process(process, timeout=15))
+            except BaseException:
+                for rest in processes:
+                    reap(rest)
+                raise
+        for code, _out, err in exits:
             assert code == 0, err
 
 

@@ -25,6 +25,7 @@ from .harness import (
     expect_failure,
     free_port,
     new_id,
+    reap,
     start_serve,
     stop_process,
     wait_serving,
@@ -128,7 +129,14 @@ def test_a_process_stopped_mid_commit_makes_the_others_writes_fail_busy_until_it
                 process.send_signal(signal.SIGCONT)
         for channel in channels:
             channel.close()
-        exits = [stop_process(process, timeout=15) for process in processes]
+        exits = []
+        for process in processes:
+            try:
+                exits.append(stop_process(process, timeout=15))
+            except BaseException:  # the other one is not left running
+                for rest in processes:
+                    reap(rest)
+                raise
 
     assert (busy.code, busy.reason) == (grpc.StatusCode.UNAVAILABLE, "HQ_BUSY")
     assert waited >= BUSY_TIMEOUT_MS / 1000

@@ -21,6 +21,7 @@ from .harness import (
     ADMIN_TOKEN,
     HQProcess,
     free_port,
+    reap,
     server_log,
     start_serve,
     wait_serving,
@@ -52,9 +53,7 @@ def serve_fails(tmp_path: Path, *args: str) -> tuple[int, str]:
     try:
         process.communicate(timeout=DEADLINE)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        reap(process)
     return process.returncode, server_log(process)
 
 

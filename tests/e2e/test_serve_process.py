@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import free_port, server_log, start_serve, stop_process, wait_serving
+from .harness import free_port, reap, server_log, start_serve, stop_process, wait_serving
 
 GRACE_SECONDS = 5.0
 
@@ -65,9 +65,7 @@ def serve_process(tmp_path: Path) -> Iterator[ServeProcess]:
         wait_serving(process, address)
         yield ServeProcess(process, address, tmp_path / "data", database, env)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        reap(process)
 
 
 def test_serve_prints_where_it_listens_and_answers_grpcurl_until_sigterm(
@@ -197,9 +195,7 @@ def test_serve_refuses_plaintext_on_a_non_loopback_address(tmp_path: Path) -> No
     try:
         process.communicate(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        reap(process)
 
     assert process.returncode == 2
     message = server_log(process)

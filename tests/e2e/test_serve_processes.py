@@ -33,6 +33,7 @@ from .harness import (
     free_port,
     fresh_postgres_database,
     new_id,
+    reap,
     server_log,
     start_serve,
     stop_process,
@@ -321,9 +322,7 @@ def test_a_second_serve_on_the_same_port_fails_clearly_and_the_first_keeps_servi
     try:
         second.communicate(timeout=DEADLINE)
     finally:
-        if second.poll() is None:
-            second.kill()
-            second.communicate()
+        reap(second)
 
     assert second.returncode == 2
     assert f"{fleet.listen} is already in use by another process" in server_log(second)

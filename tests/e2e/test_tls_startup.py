@@ -81,8 +81,10 @@ def test_a_certificate_expiring_within_30_days_starts_with_a_warning(tmp_path: P
         {"STOREDVALUE_ADMIN_TOKEN": ADMIN_TOKEN, "XDG_DATA_HOME": str(tmp_path / "xdg")},
         tmp_path / "logs",
     )
-    wait_serving(process, health)
-    code, out, log = stop_process(process, timeout=30)
+    try:
+        wait_serving(process, health)
+    finally:
+        code, out, log = stop_process(process, timeout=30)
 
     assert code == 0
     assert f"storedvalue HQ listening on {address} (TLS)" in out

@@ -160,7 +160,16 @@ def test_hq_processes_upgrading_postgresql_at_once_all_succeed(postgres_url: str
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(4)
     ]
-    outcomes = [(process.wait(60), process.communicate()[1]) for process in processes]
+    try:
+        # communicate, not wait: a process blocked writing to a full pipe would never end.
+        errors = [process.communicate(timeout=60)[1] for process in processes]
+        outcomes = list(zip([process.returncode for process in processes], errors,
+                            strict=True))
+    finally:
+        for process in processes:  # none left running, every pipe closed
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
 
     assert [code for code, _ in outcomes] == [0, 0, 0, 0], [err for _, err in outcomes]
     engine = open_engine(postgres_url, pool_size=1)
