@@ -27,7 +27,9 @@ from storedvalue.terminal import (
 )
 
 CONFIG = TerminalConfig(
-    call_timeout_s=0.75,
+    # Long enough for HQ to commit on a loaded machine: the lost-answer case needs the
+    # Redeem committed before the till gives up (gRPC cancels it at HQ at the deadline).
+    call_timeout_s=2.0,
     probe_initial_backoff_s=0.05,
     probe_max_backoff_s=0.25,
     sync_initial_backoff_s=0.05,
