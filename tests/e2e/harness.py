@@ -216,9 +216,17 @@ def server_log(process: subprocess.Popen[str]) -> str:
     return _LOGS[process.pid].read_text(encoding="utf-8")
 
 
+PROBE_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
+                         ("grpc.max_reconnect_backoff_ms", 250)]
+"""For a channel that polls a server still starting: gRPC waits 1 s, then 1.6 times longer
+after each refused connection (with jitter), during which every call fails at once. A server
+that took 6 s to start under load (4 s of it importing) was seen serving 4.2 s later; one up
+at 9.5 s could be seen only at about 16 s. Redialling every 250 ms at most, 0.13 s later."""
+
+
 def wait_serving(process: subprocess.Popen[str], address: str, timeout: float = 30.0) -> None:
     """Wait until the process's health check says SERVING (or fail if it exited)."""
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(address, options=PROBE_CHANNEL_OPTIONS) as channel:
         health = health_pb2_grpc.HealthStub(channel)
 
         def serving() -> bool:
