@@ -44,9 +44,15 @@ class PosProcess:
         self.start()
 
     def start(self) -> None:
-        self._process = subprocess.Popen(self._argv, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True)
-        assert self._read() == {"ok": True, "ready": True}
+        self._process = process = subprocess.Popen(self._argv, stdin=subprocess.PIPE,
+                                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert self._read() == {"ok": True, "ready": True}
+        except BaseException:  # no PosProcess to close: its pipes are closed here
+            process.kill()
+            process.communicate()
+            self._process = None
+            raise
 
     def ask(self, op: str, **arguments: Any) -> dict[str, Any]:
         process = self._process
