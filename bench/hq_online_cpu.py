@@ -141,7 +141,8 @@ def run(work: Path, cycles: int, concurrency: int, warmup: int, profile: str,
         handler: Any = await gate.intercept_service(continuation, cast(Any, details))
         request = handler.request_deserializer(payload)
         response = await handler.stream_unary(None, _Context(request))
-        encoded: bytes = handler.response_serializer(response)
+        serializer = handler.response_serializer  # None: the handler answers with bytes
+        encoded: bytes = response if serializer is None else serializer(response)
         return encoded
 
     amount = common_pb2.Money(amount_minor=1, currency_code="EUR")

@@ -16,8 +16,10 @@ from offline_scenarios import HQ, TILL
 from storedvalue.hq.domain.cards import generate_card_number
 from storedvalue.hq.domain.errors import CardNotFound, RequestIdReused
 from storedvalue.hq.domain.money import Money
+from storedvalue.hq.grpc_api.terminal_servicer import lock_card_answer, redeem_answer
 from storedvalue.hq.services.idempotency import RequestKey
 from storedvalue.hq.services.unit_of_work import Storage
+from storedvalue.v1 import terminal_service_pb2 as pb
 
 
 @pytest.fixture
@@ -96,3 +98,69 @@ def test_a_request_id_reused_with_content_that_would_fail_is_request_id_reused(h
         hq.run(hq.cards.lock_card(key=request("r-1", "LockCard", unknown), terminal_id=TILL,
                                   card_number=unknown, transaction_id="s"))
     assert hq.balance(card) == 10_100
+
+
+# -- answered by the transport: LockCard and Redeem remember their encoded response ----------
+
+
+def test_a_retried_answered_lock_gets_the_same_bytes_after_another_till_took_the_card(
+    hq: HQ,
+) -> None:
+    card = hq.issue(10_000)
+    key = request("lock-1", "LockCard", card)
+
+    def lock() -> bytes:
+        return hq.run(hq.cards.lock_card(key=key, terminal_id=TILL, card_number=card,
+                                         transaction_id="sale-1", answer=lock_card_answer))
+
+    first = lock()
+    answered = pb.LockCardResponse.FromString(first)
+    assert (answered.lock.terminal_id, answered.card.lock.transaction_id) == (TILL, "sale-1")
+    hq.clock.advance(timedelta(hours=5))
+    hq.lock(card, "sale-2", till="till-2")
+    assert lock() == first
+    with pytest.raises(RequestIdReused):  # the same id, another card
+        hq.run(hq.cards.lock_card(key=request("lock-1", "LockCard", "other"), terminal_id=TILL,
+                                  card_number=card, transaction_id="sale-1",
+                                  answer=lock_card_answer))
+
+
+def test_a_retried_answered_redeem_gets_the_same_bytes_and_debits_once(hq: HQ) -> None:
+    card = hq.issue(10_000)
+    token = hq.lock(card, "sale-1")
+    key = request("redeem-1", "Redeem", (card, 2_500))
+
+    def redeem() -> bytes:
+        return hq.run(hq.cards.redeem(
+            key=key, terminal_id=TILL, card_number=card, transaction_id="sale-1", line_id="1",
+            fencing_token=token, amount=Money(2_500, "EUR"), answer=redeem_answer))
+
+    first = redeem()
+    assert pb.RedeemResponse.FromString(first).card.balance.amount_minor == 7_500
+    assert redeem() == first
+    assert hq.balance(card) == 7_500
+
+
+def test_results_remembered_before_answers_were_are_answered_as_they_were_then(hq: HQ) -> None:
+    """An HQ upgraded in place: its request log holds results as JSON objects (`records`:
+    what `lock_card` and `redeem` without `answer` still store), and a retry of such a
+    request made before the upgrade gets the answer the first call got."""
+    card = hq.issue(10_000)
+    lock_key = request("lock-1", "LockCard", card)
+    locked = hq.run(hq.cards.lock_card(key=lock_key, terminal_id=TILL, card_number=card,
+                                       transaction_id="sale-1"))
+    redeem_key = request("redeem-1", "Redeem", (card, 2_500))
+    redeemed = hq.run(hq.cards.redeem(
+        key=redeem_key, terminal_id=TILL, card_number=card, transaction_id="sale-1",
+        line_id="1", fencing_token=locked.lock.fencing_token, amount=Money(2_500, "EUR")))
+    hq.clock.advance(timedelta(hours=5))
+    hq.lock(card, "sale-2", till="till-2")
+
+    assert hq.run(hq.cards.lock_card(
+        key=lock_key, terminal_id=TILL, card_number=card, transaction_id="sale-1",
+        answer=lock_card_answer)) == lock_card_answer(locked)
+    assert hq.run(hq.cards.redeem(
+        key=redeem_key, terminal_id=TILL, card_number=card, transaction_id="sale-1",
+        line_id="1", fencing_token=locked.lock.fencing_token, amount=Money(2_500, "EUR"),
+        answer=redeem_answer)) == redeem_answer(redeemed)
+    assert hq.balance(card) == 7_500

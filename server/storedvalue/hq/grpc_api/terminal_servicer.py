@@ -32,13 +32,39 @@ from storedvalue.hq.grpc_api.convert.parameters import parameters_to_proto
 from storedvalue.hq.grpc_api.convert.terminals import report_from_proto
 from storedvalue.hq.grpc_api.method_handlers import answers_with_wire_bytes
 from storedvalue.hq.services.auth import Caller
-from storedvalue.hq.services.cards import CardService
+from storedvalue.hq.services.cards import CardService, LockResult, RedeemResult
 from storedvalue.hq.services.offline import OfflineService
 from storedvalue.hq.services.parameters import ParametersService
 from storedvalue.hq.services.terminal_reports import TerminalReportService
 from storedvalue.v1 import terminal_service_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def lock_card_answer(result: LockResult) -> bytes:
+    """LockCard's response to `result`, encoded."""
+    response = pb.LockCardResponse()
+    lock = response.lock
+    fill_lock(lock, result.lock)
+    # The card shows the same lock (unless its lease ended at once): copied, not refilled.
+    card_lock = result.card.lock
+    same = card_lock is result.lock or card_lock == result.lock
+    fill_card(response.card, result.card, lock if same else None)
+    encoded: bytes = response.SerializeToString()
+    return encoded
+
+
+def redeem_answer(result: RedeemResult) -> bytes:
+    """Redeem's response to `result`, encoded."""
+    response = pb.RedeemResponse()
+    fill_card(response.card, result.card)
+    debited = response.debited
+    debited.amount_minor = result.debited.amount_minor
+    debited.currency_code = result.debited.currency
+    if result.remainder_credit_memo is not None:
+        fill_card(response.remainder_credit_memo, result.remainder_credit_memo)
+    encoded: bytes = response.SerializeToString()
+    return encoded
 
 
 class TerminalServicer:
@@ -70,24 +96,20 @@ class TerminalServicer:
 
     # -- online card use ------------------------------------------------------------------
 
+    @answers_with_wire_bytes
     async def LockCard(
         self, caller: Caller, request: pb.LockCardRequest, context: Context
-    ) -> pb.LockCardResponse:
-        result = await self._cards.lock_card(
+    ) -> bytes:
+        # Answered with the response's encoding, made inside the unit of work: that encoding
+        # is what the request log remembers for a retry (see idempotency.once_answered).
+        return await self._cards.lock_card(
             key=request_key(caller, request, "LockCard"),
             terminal_id=caller.terminal_id,
             card_number=request.card_number,
             transaction_id=request.transaction_id,
             store_id=caller.store_id,
+            answer=lock_card_answer,
         )
-        response = pb.LockCardResponse()
-        lock = response.lock
-        fill_lock(lock, result.lock)
-        # The card shows the same lock (unless its lease ended at once): copied, not refilled.
-        card_lock = result.card.lock
-        same = card_lock is result.lock or card_lock == result.lock
-        fill_card(response.card, result.card, lock if same else None)
-        return response
 
     async def UnlockCard(
         self, caller: Caller, request: pb.UnlockCardRequest, context: Context
@@ -103,10 +125,11 @@ class TerminalServicer:
         fill_card(response.card, card)  # in place: no card message copied in
         return response
 
+    @answers_with_wire_bytes
     async def Redeem(
         self, caller: Caller, request: pb.RedeemRequest, context: Context
-    ) -> pb.RedeemResponse:
-        result = await self._cards.redeem(
+    ) -> bytes:
+        return await self._cards.redeem(  # answered as LockCard is
             key=request_key(caller, request, "Redeem"),
             terminal_id=caller.terminal_id,
             card_number=request.card_number,
@@ -114,15 +137,8 @@ class TerminalServicer:
             line_id=request.line_id,
             fencing_token=request.fencing_token,
             amount=money_from_proto(request.amount) if request.HasField("amount") else None,
+            answer=redeem_answer,
         )
-        response = pb.RedeemResponse()
-        fill_card(response.card, result.card)
-        debited = response.debited
-        debited.amount_minor = result.debited.amount_minor
-        debited.currency_code = result.debited.currency
-        if result.remainder_credit_memo is not None:
-            fill_card(response.remainder_credit_memo, result.remainder_credit_memo)
-        return response
 
     async def GetCard(
         self, caller: Caller, request: pb.GetCardRequest, context: Context

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import overload
 
 from storedvalue.hq.domain.cards import (
     Card,
@@ -22,7 +23,15 @@ from storedvalue.hq.domain.parameters import DEFAULT_LOCK_LEASE
 from storedvalue.hq.domain.reversals import refuse_if_reversed
 from storedvalue.hq.domain.value_objects import value_object
 from storedvalue.hq.services.clock import Clock, utc_now
-from storedvalue.hq.services.idempotency import Attempts, RequestKey, once, run_once
+from storedvalue.hq.services.idempotency import (
+    Answer,
+    Attempts,
+    RequestKey,
+    once,
+    once_answered,
+    run_once,
+    run_once_answered,
+)
 from storedvalue.hq.services.parameters import ParametersFeed, current_parameters
 from storedvalue.hq.services.throttle import UnknownCardThrottle
 from storedvalue.hq.services.transactions import Transactions
@@ -75,11 +84,24 @@ class CardService:
 
     # -- locks ----------------------------------------------------------------------------
 
+    @overload
     async def lock_card(
         self, *, key: RequestKey, terminal_id: str, card_number: str, transaction_id: str,
-        store_id: str = "",
-    ) -> LockResult:
-        """`store_id`: the terminal's store, whose parameters give the lease."""
+        store_id: str = "", answer: None = None,
+    ) -> LockResult: ...
+    @overload
+    async def lock_card(
+        self, *, key: RequestKey, terminal_id: str, card_number: str, transaction_id: str,
+        store_id: str = "", answer: Answer[LockResult],
+    ) -> bytes: ...
+
+    async def lock_card(
+        self, *, key: RequestKey, terminal_id: str, card_number: str, transaction_id: str,
+        store_id: str = "", answer: Answer[LockResult] | None = None,
+    ) -> LockResult | bytes:
+        """`store_id`: the terminal's store, whose parameters give the lease. `answer`: the
+        transport's answer to the result, which is then what this returns and remembers
+        (see `idempotency.once_answered`)."""
         key.validate()
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
@@ -101,6 +123,9 @@ class CardService:
             return LockResult(lock, card.snapshot(now))  # positional: cheaper by a third
 
         with self._throttle.counting(terminal_id):
+            if answer is not None:
+                return await run_once_answered(self._transactions, key, LockResult,
+                                               self._clock, run, answer)
             return await run_once(self._transactions, key, LockResult, self._clock, run)
 
     async def unlock_card(
@@ -134,6 +159,17 @@ class CardService:
 
     # -- money ----------------------------------------------------------------------------
 
+    @overload
+    async def redeem(
+        self, *, key: RequestKey, terminal_id: str, card_number: str, transaction_id: str,
+        line_id: str, fencing_token: int, amount: Money | None, answer: None = None,
+    ) -> RedeemResult: ...
+    @overload
+    async def redeem(
+        self, *, key: RequestKey, terminal_id: str, card_number: str, transaction_id: str,
+        line_id: str, fencing_token: int, amount: Money | None, answer: Answer[RedeemResult],
+    ) -> bytes: ...
+
     async def redeem(
         self,
         *,
@@ -144,11 +180,12 @@ class CardService:
         line_id: str,
         fencing_token: int,
         amount: Money | None,
-    ) -> RedeemResult:
+        answer: Answer[RedeemResult] | None = None,
+    ) -> RedeemResult | bytes:
         """Debit, journal and release the lock in one transaction. A line HQ already applied
         (same terminal, transaction and line ids, e.g. at sync) is not applied again; a line
         the terminal reversed is refused (LINE_REVERSED), even when this request id once
-        debited it: that debit was credited back."""
+        debited it: that debit was credited back. `answer`: as for `lock_card`."""
         key.validate()
         validate_card_number(card_number)
         validate_id(transaction_id, "transaction_id")
@@ -209,7 +246,7 @@ class CardService:
 
         attempts = Attempts()
 
-        def work(uow: Repositories) -> RedeemResult:
+        def work(uow: Repositories) -> RedeemResult | bytes:
             look_first = attempts.next()
             now = self._clock()
             # The card's row lock first (a sync applying or reversing this line holds it),
@@ -218,6 +255,10 @@ class CardService:
             card = self._admitted(found, card_number, terminal_id)
             # Before the request id's replay: a reversal outranks a remembered answer.
             refuse_if_reversed(earlier)
+            if answer is not None:
+                return once_answered(uow, key, RedeemResult, now,
+                                     lambda: run(uow, now, card, earlier), answer,
+                                     look_first=look_first)
             return once(uow, key, RedeemResult, now, lambda: run(uow, now, card, earlier),
                         look_first=look_first)
 
