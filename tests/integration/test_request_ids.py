@@ -164,3 +164,20 @@ def test_results_remembered_before_answers_were_are_answered_as_they_were_then(h
         line_id="1", fencing_token=locked.lock.fencing_token, amount=Money(2_500, "EUR"),
         answer=redeem_answer)) == redeem_answer(redeemed)
     assert hq.balance(card) == 7_500
+
+
+def test_a_request_remembered_by_its_digest_is_replayed_for_its_content(hq: HQ) -> None:
+    """An HQ upgraded in place: requests it remembered before contents were kept as their
+    fingerprint carry their digest; the retry's fingerprint is its content."""
+    card = hq.issue(10_000)
+    content = b"\x12\x10" + card.encode() + b"\x1a\x06sale-1"
+    before = RequestKey(TILL, "lock-1", "LockCard", hashlib.sha256(content).digest())
+    first = hq.run(hq.cards.lock_card(key=before, terminal_id=TILL, card_number=card,
+                                      transaction_id="sale-1", answer=lock_card_answer))
+    after = RequestKey(TILL, "lock-1", "LockCard", content)
+    assert hq.run(hq.cards.lock_card(key=after, terminal_id=TILL, card_number=card,
+                                     transaction_id="sale-1", answer=lock_card_answer)) == first
+    other = RequestKey(TILL, "lock-1", "LockCard", content.replace(b"sale-1", b"sale-2"))
+    with pytest.raises(RequestIdReused):
+        hq.run(hq.cards.lock_card(key=other, terminal_id=TILL, card_number=card,
+                                  transaction_id="sale-2", answer=lock_card_answer))

@@ -13,6 +13,7 @@ from storedvalue.hq.domain.cards import Card, CardKind, CardStatus, Lock
 from storedvalue.hq.grpc_api.call_context import fingerprint
 from storedvalue.hq.grpc_api.convert.cards import fill_card, fill_lock
 from storedvalue.hq.grpc_api.convert.common import request_fingerprint
+from storedvalue.hq.services.idempotency import content_kept, same_content
 from storedvalue.v1 import common_pb2
 from storedvalue.v1 import terminal_service_pb2 as pb
 
@@ -95,11 +96,39 @@ REQUESTS = [
     pb.AddValueRequest(request_id="z", card_number="7" * 1_020),
     pb.AddValueRequest(request_id="z", card_number="7" * 1_021),
     pb.AddValueRequest(card_number="7" * 5_000),
+    # Contents around the sizes kept as they are: 125 to 129 bytes, and 30 to 34.
+    *(pb.AddValueRequest(request_id="w", card_number="7" * size) for size in range(123, 128)),
+    *(pb.AddValueRequest(request_id="w", card_number="7" * size) for size in range(28, 33)),
 ]
 
 
+def _without_id(request: pb.LockCardRequest) -> bytes:
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")
+    return copy.SerializeToString(deterministic=True)
+
+
 @pytest.mark.parametrize("request_message", REQUESTS)
-def test_a_fingerprint_without_a_copy_is_the_fingerprint_of_the_request_without_its_id(
+def test_a_fingerprint_without_a_copy_is_the_request_without_its_id_or_its_digest(
     request_message: pb.LockCardRequest,
 ) -> None:
-    assert fingerprint(request_message) == request_fingerprint(request_message)
+    found = fingerprint(request_message)
+    content = _without_id(request_message)
+    if content_kept(len(content)):
+        assert found == content
+        assert len(found) != 32  # told from a digest by its size
+    else:
+        assert found == request_fingerprint(request_message)
+    # Either way, it matches the digest an HQ before kept contents stored, and itself.
+    assert same_content(request_fingerprint(request_message), found)
+    assert same_content(found, found)
+
+
+def test_contents_of_other_requests_do_not_match() -> None:
+    """Neither two kept contents nor a kept content and another request's digest."""
+    one, other = REQUESTS[0], REQUESTS[3]
+    assert not same_content(fingerprint(one), fingerprint(other))
+    assert not same_content(request_fingerprint(one), fingerprint(other))
+    assert not same_content(fingerprint(one), request_fingerprint(other))
+

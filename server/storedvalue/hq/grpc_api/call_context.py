@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from storedvalue.hq.grpc_api.convert.common import request_fingerprint, varint
 from storedvalue.hq.services.auth import Caller
-from storedvalue.hq.services.idempotency import RequestKey
+from storedvalue.hq.services.idempotency import RequestKey, content_kept
 
 try:  # CPython's own SHA-256 (`_sha2` from 3.12): the same digest as hashlib's
     from _sha2 import sha256 as _sha256  # type: ignore[import-not-found, unused-ignore]
@@ -43,14 +43,15 @@ def request_key(caller: Caller, request: Message, operation: str,
 
 def fingerprint(request: Message, request_id: str | None = None,
                 serialized: bytes | None = None) -> bytes:
-    """`convert.common.request_fingerprint(request)` without copying the request: when
+    """The request's fingerprint (see `RequestKey`): its content when `content_kept`, else
+    `convert.common.request_fingerprint(request)`, without copying the request: when
     request_id is the message's first field, its deterministic serialization is the
     request_id's record followed by exactly what the request without it serializes to.
     `request_id`: the request's, when the caller read it already; `serialized`: its
-    deterministic serialization, likewise. (Every online call digests its request: the
-    message class's tag is found with one dict look-up, and the digest is made by
-    `_sha256`, which costs a quarter less than OpenSSL's through `hashlib` for a request
-    of a few hundred bytes.)"""
+    deterministic serialization, likewise. (Every online call fingerprints its request: the
+    message class's tag is found with one dict look-up, and a digest is made by `_sha256`,
+    which costs a quarter less than OpenSSL's through `hashlib` for a request of a few
+    hundred bytes.)"""
     tag = _ID_TAGS.get(type(request), _NOT_SEEN)
     if tag is _NOT_SEEN:
         tag = _ID_TAGS[type(request)] = _leading_id_tag(cast(Descriptor, request.DESCRIPTOR))
@@ -73,6 +74,8 @@ def fingerprint(request: Message, request_id: str | None = None,
             if not data.startswith(record):
                 return request_fingerprint(request)
             data = data[len(record) :]
+    if content_kept(len(data)):
+        return data
     # A large request (an offline batch) is digested by OpenSSL's, several times faster a
     # byte (SHA instructions) once past its dearer start.
     digest: bytes = (_sha256(data) if len(data) < _OPENSSL_FROM_BYTES

@@ -49,7 +49,7 @@ class StoredResponse:
     caller: str  # terminal id, or "admin:<name>"
     request_id: str
     operation: str  # the RPC name, so one id cannot be replayed against another RPC
-    fingerprint: bytes  # digest of the request without its request_id
+    fingerprint: bytes  # the request's without its request_id (idempotency.RequestKey)
     result_json: str  # the service's result, as encoded by storedvalue.hq.records
     created_at: datetime
 
