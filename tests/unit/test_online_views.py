@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from storedvalue.hq.domain.cards import Card, CardKind, CardStatus, Lock
-from storedvalue.hq.grpc_api.call_context import fingerprint
+from storedvalue.hq.grpc_api.call_context import _has_maps, fingerprint
 from storedvalue.hq.grpc_api.convert.cards import fill_card, fill_lock
 from storedvalue.hq.grpc_api.convert.common import request_fingerprint
 from storedvalue.hq.services.idempotency import content_kept, same_content
@@ -132,3 +132,10 @@ def test_contents_of_other_requests_do_not_match() -> None:
     assert not same_content(request_fingerprint(one), fingerprint(other))
     assert not same_content(fingerprint(one), request_fingerprint(other))
 
+
+def test_only_messages_with_a_map_at_some_depth_are_serialized_deterministically() -> None:
+    """Deterministic serialization differs from the plain one in maps alone."""
+    assert _has_maps(struct_pb2.Struct.DESCRIPTOR, set())
+    assert _has_maps(struct_pb2.ListValue.DESCRIPTOR, set())  # its values hold structs
+    assert not _has_maps(pb.RedeemRequest.DESCRIPTOR, set())
+    assert not _has_maps(pb.SyncOfflineBatchRequest.DESCRIPTOR, set())

@@ -3,8 +3,9 @@ certificate: `client_certificates`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -52,13 +53,14 @@ def fingerprint(request: Message, request_id: str | None = None,
     message class's tag is found with one dict look-up, and a digest is made by `_sha256`,
     which costs a quarter less than OpenSSL's through `hashlib` for a request of a few
     hundred bytes.)"""
-    tag = _ID_TAGS.get(type(request), _NOT_SEEN)
-    if tag is _NOT_SEEN:
-        tag = _ID_TAGS[type(request)] = _leading_id_tag(cast(Descriptor, request.DESCRIPTOR))
-    if tag is None:
+    known = _ID_TAGS.get(type(request), _NOT_SEEN)
+    if known is _NOT_SEEN:
+        known = _ID_TAGS[type(request)] = _leading_id_tag(
+            type(request), cast(Descriptor, request.DESCRIPTOR))
+    if known is None:
         return request_fingerprint(request)
-    data = (request.SerializeToString(deterministic=True) if serialized is None
-            else serialized)
+    tag, serialize = known
+    data = serialize(request) if serialized is None else serialized
     if request_id is None:
         request_id = cast(str, getattr(request, "request_id"))  # noqa: B009 - tag checked
     if request_id:
@@ -86,15 +88,21 @@ def fingerprint(request: Message, request_id: str | None = None,
 _OPENSSL_FROM_BYTES = 1024
 
 
-# By message class: request_id's wire tag, or None (see `_leading_id_tag`).
-_ID_TAGS: dict[type[Message], bytes | None] = {}
-_NOT_SEEN = b"-"  # no wire tag: compared by identity
+Serializer = Callable[[Message], bytes]
+
+# By message class: request_id's wire tag and the class's deterministic serialization, or
+# None (see `_leading_id_tag`).
+_ID_TAGS: dict[type[Message], tuple[bytes, Serializer] | None] = {}
+_NOT_SEEN: tuple[bytes, Serializer] = (b"-", Message.SerializeToString)  # by identity
 
 
-def _leading_id_tag(descriptor: Descriptor) -> bytes | None:
+def _leading_id_tag(message_class: type[Message], descriptor: Descriptor
+                    ) -> tuple[bytes, Serializer] | None:
     """The wire tag of request_id when it is a string without presence numbered below every
-    other field; None otherwise."""
-    tag = None
+    other field, with the deterministic serialization of `message_class`; None otherwise.
+    Deterministic serialization only orders maps' entries: a message without any map, at
+    any depth, is serialized without asking (the keyword costs 1.3K instructions of the
+    4.3K of a Redeem request's serialization, callgrind)."""
     field = descriptor.fields_by_name.get("request_id")
     if (
         field is not None
@@ -103,5 +111,21 @@ def _leading_id_tag(descriptor: Descriptor) -> bytes | None:
         and all(field.number < other.number for other in descriptor.fields if other is not field)
         and not descriptor.GetOptions().message_set_wire_format
     ):
-        tag = varint(field.number << 3 | 2)
-    return tag
+        serialize: Serializer = message_class.SerializeToString
+        if _has_maps(descriptor, set()):
+            serialize = functools.partial(message_class.SerializeToString, deterministic=True)
+        return varint(field.number << 3 | 2), serialize
+    return None
+
+
+def _has_maps(descriptor: Descriptor, seen: set[str]) -> bool:
+    seen.add(descriptor.full_name)
+    for field in descriptor.fields:
+        nested = field.message_type
+        if nested is None:
+            continue
+        if nested.GetOptions().map_entry:
+            return True
+        if nested.full_name not in seen and _has_maps(nested, seen):
+            return True
+    return False
