@@ -18,6 +18,7 @@ from storedvalue.hq.domain.offline import (
     OfflineTransactionResult,
     ReversalOutcome,
 )
+from storedvalue.hq.domain.offline_common import AppliedResults, CommonDebits, CommonSales
 from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.grpc_api.convert.offline import (
     complete_offline_response_wire,
@@ -145,6 +146,25 @@ def test_usual_results_encode_as_protobuf_does_at_every_varint_length(number: in
     assert [(r.transaction_id, r.sequence_number, r.line_results[0].line_id,
              r.line_results[0].balance_after.amount_minor) for r in response.results] == [
         ("sale-1", number, "1", number), ("s" * 120, number, "é", 1), ("sale-2", number, "2", 0)]
+
+
+@pytest.mark.parametrize("number", [1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**40])
+def test_the_common_paths_results_encode_as_protobuf_does_at_every_varint_length(
+        number: int) -> None:
+    sales = CommonSales(
+        transaction_ids=["sale-1", "s" * 120, "sale-2"], sequence_numbers=[number] * 3,
+        completed_micros=[0] * 3, parameters_versions=[1] * 3, fingerprints=[b""] * 3,
+        line_ids=["1", "é", "2"], card_numbers=["c1", "c2", "c3"], amounts_minor=[5] * 3,
+        currencies=["EUR"] * 3, fencing_tokens=[1] * 3)
+    written = AppliedResults(CommonDebits(sales, [number, 1, 0]))
+    status = SyncStatus("till-1", 0, 0, (), None)
+
+    data = sync_response_wire(written, status)
+
+    assert data == field_by_field(list(written), status)
+    assert [(r.sequence_number, r.line_results[0].balance_after.amount_minor)
+            for r in ts.SyncOfflineBatchResponse.FromString(data).results] == [
+        (number, number), (number, 1), (number, 0)]
 
 
 def field_by_field(results: list[OfflineTransactionResult], status: SyncStatus) -> bytes:

@@ -509,16 +509,15 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
         for index, (sale_id, sequence, line_id, currency, minor) in enumerate(zip(
                 sales.transaction_ids, sales.sequence_numbers, sales.line_ids, sales.currencies,
                 debits.balances_after_minor, strict=True)):
-            if (0 < sequence < 0x4000 and 0 < minor < 0x4000 and currency and line_id
-                    and sale_id):
-                minor_varint = short[minor]
+            if sequence > 0 and minor > 0 and currency and line_id and sale_id:
+                minor_varint = short[minor] if minor < 0x4000 else varint(minor)
                 line_key = (line_id, currency, len(minor_varint))
                 found = line_parts.get(line_key)
                 if found is None:
                     found = line_parts[line_key] = _usual_line_parts(*line_key)
                 head, tail, line_field_size = found
                 txn_bytes = sale_id.encode()
-                sequence_varint = short[sequence]
+                sequence_varint = short[sequence] if sequence < 0x4000 else varint(sequence)
                 size = 7 + len(txn_bytes) + len(sequence_varint) + line_field_size
                 if size < 0x80:
                     extend((opening[size], one_byte[len(txn_bytes)], txn_bytes, b"\x10",
@@ -535,18 +534,17 @@ def sync_response_wire(results: Iterable[OfflineTransactionResult], status: Sync
             balance = line.balance_after
             sequence = result.sequence_number
             if (line.outcome is line_applied and balance is not None and not line.reason
-                    and not line.remainder_credit_memo_number and 0 < sequence < 0x4000
-                    and 0 < (minor := balance.amount_minor) < 0x4000 and balance.currency
+                    and not line.remainder_credit_memo_number and sequence > 0
+                    and (minor := balance.amount_minor) > 0 and balance.currency
                     and line.line_id and result.transaction_id):
-                # Both varints of one or two bytes (the usual sequence numbers and balances).
-                minor_varint = short[minor]
+                minor_varint = short[minor] if minor < 0x4000 else varint(minor)
                 line_key = (line.line_id, balance.currency, len(minor_varint))
                 found = line_parts.get(line_key)
                 if found is None:
                     found = line_parts[line_key] = _usual_line_parts(*line_key)
                 head, tail, line_field_size = found
                 txn_id = result.transaction_id.encode()
-                sequence_varint = short[sequence]
+                sequence_varint = short[sequence] if sequence < 0x4000 else varint(sequence)
                 size = 7 + len(txn_id) + len(sequence_varint) + line_field_size
                 if size < 0x80:  # then every length inside is too
                     extend((opening[size], one_byte[len(txn_id)], txn_id, b"\x10",
@@ -579,7 +577,10 @@ def _byte(size: int) -> bytes:
 
 
 # The varint of each number below 2^14 (one or two bytes), by number: about 16,000 bytes
-# objects, shared by every answer.
+# objects, shared by every answer. A larger sequence number or balance (a till's 16,384th
+# sale, a balance above 163.84) is encoded by `varint`, in the same usual result: written
+# the general way instead, such a result cost 37.9K instructions against 5.5K (callgrind,
+# 500 results).
 _SHORT_VARINTS = [varint(number) for number in range(0x4000)]
 
 
