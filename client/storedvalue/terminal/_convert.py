@@ -438,7 +438,7 @@ _TRANSACTIONS_TAG = _length_delimited_tag(pb.SyncOfflineBatchRequest, "transacti
 
 
 def sync_results_from_pb(response: pb.SyncOfflineBatchResponse) -> tuple[SyncItemResult, ...]:
-    return tuple(map(_sync_result, response.results))
+    return tuple(map(_sync_result, response.results[:]))
 
 
 _APPLIED_PB = offline_pb2.OFFLINE_OUTCOME_APPLIED
@@ -455,11 +455,11 @@ def _sync_result(result: offline_pb2.OfflineTransactionResult) -> SyncItemResult
     code = result.outcome
     outcome = _OUTCOME_FROM_PB.get(code)
     first_code = result.original_outcome if code == _ALREADY_APPLIED_PB else code
-    first = _OUTCOME_FROM_PB.get(first_code)
+    first = outcome if first_code == code else _OUTCOME_FROM_PB.get(first_code)
     rejected = first is SyncOutcome.REJECTED
     noteworthy = first_code != _APPLIED_PB
     lines = []
-    for line in result.line_results:
+    for line in result.line_results[:]:
         balance = line.balance_after.amount_minor
         memo = line.remainder_credit_memo_number
         if memo:
@@ -473,6 +473,7 @@ def _sync_result(result: offline_pb2.OfflineTransactionResult) -> SyncItemResult
             memo,
             "",
         ))
+    sent_reversals = result.reversal_results
     reversals = tuple([
         LineSyncResult(
             reversal.line_id,
@@ -483,8 +484,8 @@ def _sync_result(result: offline_pb2.OfflineTransactionResult) -> SyncItemResult
             reversal.remainder_credit_memo_number,
             reversal.voided_credit_memo_number,
         )
-        for reversal in result.reversal_results
-    ]) if len(result.reversal_results) else ()
+        for reversal in sent_reversals[:]
+    ]) if sent_reversals else ()
     return SyncItemResult(
         result.transaction_id,
         result.sequence_number,
