@@ -350,6 +350,7 @@ def test_journal_entries_come_back_oldest_first_with_increasing_entry_ids(
         make_entry(card_number(1), 0, balance_after=-2_000, kind=JournalEntryKind.FORCED_UNLOCK,
                    note="admin:alice: till stolen"),
     ]
+    write(storage, lambda uow: uow.cards.add([make_card(card_number(n)) for n in (1, 2)]))
     write(storage, lambda uow: uow.journal.append(entries[:2]))
     write(storage, lambda uow: uow.journal.append(entries[2:]))
 
@@ -362,6 +363,7 @@ def test_journal_entries_come_back_oldest_first_with_increasing_entry_ids(
 
 
 def test_journal_pages_continue_after_the_last_entry_id(storage: Storage) -> None:
+    write(storage, lambda uow: uow.cards.add([make_card(card_number(n)) for n in (1, 2)]))
     write(storage, lambda uow: uow.journal.append(
         [make_entry(card_number(1 + n % 2), -n) for n in range(1, 8)]))
 

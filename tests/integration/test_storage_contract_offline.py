@@ -11,6 +11,7 @@ from storage_samples import (
     NOW,
     at,
     card_number,
+    make_card,
     make_exception,
     make_parameters,
     make_record,
@@ -365,6 +366,8 @@ def test_many_offline_debits_are_stored_as_written(storage: Storage) -> None:
         for n in range(1, 238)
     ]
     later = at(1_000)
+
+    write(storage, lambda uow: uow.cards.add([make_card(card_number(n)) for n in range(50)]))
 
     def add(uow: UnitOfWork) -> None:
         columns = as_columns(debits)

@@ -148,6 +148,9 @@ class LockHistoryRepository(Protocol):
 
 
 class JournalRepository(Protocol):
+    """Entries of stored cards only (added before, in this unit of work or an earlier one):
+    a card's entries are chained from its row (SQL storage: see tables.journal)."""
+
     def append(self, entries: Iterable[JournalEntry]) -> None: ...
     def append_offline_debits(self, terminal_id: str, debits: CommonDebits,
                               now: datetime) -> None:
