@@ -8,6 +8,13 @@ lock the till holds for that sale, each completed at its own time, with the till
 total and last contact.
 
     python bench/hq_sync_cpu.py [--transactions 20000] [--batch 500] [--profile out.txt]
+                                [--random-order]
+
+With `--wal-frames` the checkpoints are off (the WAL only grows) and the line also tells
+the WAL frames (pages) written a transaction, all B-trees together (`dbstat` tells them
+apart). With `--random-order` the till's sales visit the cards in a shuffled order
+(seeded: the same every run) rather than the order they were issued in, as a store's
+customers do: each sale's card then lies at a random place of every per-card B-tree.
 
 Under `valgrind --tool=callgrind` (instruction counts, noise-free) use
 `--transactions 2000 --callgrind-control lib.so`, a shared library with cg_zero() and
@@ -24,6 +31,7 @@ import asyncio
 import hashlib
 import inspect
 import itertools
+import random
 import tempfile
 import time
 from collections.abc import Sequence
@@ -96,6 +104,11 @@ def main() -> None:
     parser.add_argument("--profile", default="")
     parser.add_argument("--general", action="store_true",
                         help="every batch through the general planner (no common path)")
+    parser.add_argument("--wal-frames", action="store_true",
+                        help="checkpoints off; report the WAL frames written a transaction")
+    parser.add_argument("--random-order", action="store_true",
+                        help="the sales visit the cards in a shuffled order (seeded), not the "
+                             "order they were issued in")
     parser.add_argument("--callgrind-control", default="",
                         help="a shared library with cg_zero() and cg_dump(): the first batch "
                              "is then a warm-up, and the dump holds the others alone")
@@ -107,13 +120,26 @@ def main() -> None:
         pass
     with tempfile.TemporaryDirectory() as work:
         run(Path(work), args.transactions, args.batch, args.profile, general=args.general,
-            callgrind_control=args.callgrind_control)
+            callgrind_control=args.callgrind_control, random_order=args.random_order,
+            wal_frames=args.wal_frames)
 
 
 def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
-        callgrind_control: str = "") -> None:
-    storage = SqlStorage.from_url(f"sqlite:///{work / 'hq.sqlite3'}")
+        callgrind_control: str = "", random_order: bool = False,
+        wal_frames: bool = False) -> None:
+    database = work / "hq.sqlite3"
+    wal = work / "hq.sqlite3-wal"
+    if wal_frames:
+        from storedvalue.hq.storage.checkpoints import WalCheckpointer
+        WalCheckpointer._check = lambda self: None  # type: ignore[method-assign]
+
+    def frames() -> int:  # a WAL without checkpoints: its 32-byte header, then the frames
+        return (wal.stat().st_size - 32) // (page_size + 24) if wal.exists() else 0
+
+    storage = SqlStorage.from_url(f"sqlite:///{database}")
     upgrade_to_head(storage.engine)
+    with storage.engine.connect() as connection:
+        page_size = int(connection.exec_driver_sql("PRAGMA page_size").scalar_one())
     transactions = open_transactions(storage, HQConfig())
     runner = asyncio.Runner()
     ids = itertools.count()
@@ -160,9 +186,14 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
     step = timedelta(microseconds=13_457)
     first = now - size * step
     messages = []
-    for index, (number, token) in enumerate(locked):
+    # Card i is locked for sale offline-i: the sales (their ids with their cards) are
+    # shuffled, numbered and timed in their new order.
+    sales = list(enumerate(locked))
+    if random_order:
+        random.Random(20_000).shuffle(sales)
+    for index, (sale, (number, token)) in enumerate(sales):
         message = offline_pb2.OfflineTransaction(
-            transaction_id=f"offline-{index}", sequence_number=index + 1,
+            transaction_id=f"offline-{sale}", sequence_number=index + 1,
             parameters_version=version,
             redeem_lines=[offline_pb2.OfflineRedeemLine(
                 line_id="1", card_number=number, card_kind=common_pb2.CARD_KIND_GIFT_CARD,
@@ -184,7 +215,7 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
     # The messages and cards are in the payloads now: kept alive, a 20,000-transaction run's
     # garbage collections traversed them all (64 against 48 us a transaction, in-process),
     # which a server, holding one batch at a time, never pays.
-    del messages, locked
+    del messages, locked, sales
     answers: list[bytes] = []
 
     async def serve_one(payload: bytes) -> bytes:
@@ -221,9 +252,11 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
         import cProfile
         profiler = cProfile.Profile()
         profiler.enable()
+    before = frames()
     cpu, wall, loop = time.process_time(), time.perf_counter(), time.thread_time()
     runner.run(sync_all())
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    written = frames() - before
     loop = time.thread_time() - loop
     if control is not None:
         control.cg_dump()
@@ -239,7 +272,8 @@ def run(work: Path, size: int, batch: int, profile: str, *, general: bool,
             outcomes[name] = outcomes.get(name, 0) + 1
     print(f"{size} transactions in batches of {batch}: {cpu * 1e6 / size:.1f} us CPU/tx, "
           f"{wall * 1e6 / size:.1f} us wall/tx ({size / wall:,.0f} tx/s), of the CPU "
-          f"{loop * 1e6 / size:.1f} us on the event loop's thread; outcomes {outcomes}")
+          f"{loop * 1e6 / size:.1f} us on the event loop's thread; outcomes {outcomes}"
+          + (f"; {written / size:.3f} WAL frames/tx" if wal_frames else ""))
     transactions.close()
     runner.close()
     storage.close()
