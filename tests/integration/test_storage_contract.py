@@ -5,6 +5,7 @@ parameters and terminals: test_storage_contract_offline.py."""
 
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -23,7 +24,7 @@ from storage_samples import (
 )
 
 from storedvalue.hq.domain.cards import CardKind, CardStatus
-from storedvalue.hq.domain.journal import JournalEntryKind
+from storedvalue.hq.domain.journal import JournalEntry, JournalEntryKind
 from storedvalue.hq.domain.offline import ReversalOutcome
 from storedvalue.hq.domain.offline_common import BalanceChange
 from storedvalue.hq.domain.offline_locks import LockGrant
@@ -375,6 +376,49 @@ def test_journal_pages_continue_after_the_last_entry_id(storage: Storage) -> Non
     assert [e.amount_minor for e in first + rest] == [-1, -3, -5, -7]
     assert read(storage, lambda uow: uow.journal.list_for_card(
         card_number(404), after_entry_id=0, limit=10)) == []
+
+
+def test_a_cards_history_pages_in_order_among_many_interleaved_entries(
+    storage: Storage,
+) -> None:
+    # Entries of five cards, interleaved at random across units of work, several of a card
+    # in one unit: each card's history, page after page, is its entries in the order they
+    # were appended, and a cursor may be any id (another card's, or none of them).
+    shuffled = random.Random(8)
+    write(storage, lambda uow: uow.cards.add([make_card(card_number(n)) for n in range(5)]))
+    appended: dict[str, list[int]] = {card_number(n): [] for n in range(5)}
+    amount = 0
+
+    def append(entries: list[JournalEntry]) -> None:
+        write(storage, lambda uow: uow.journal.append(entries))
+
+    def page(number: str, after: int, limit: int) -> list[JournalEntry]:
+        return read(storage, lambda uow: uow.journal.list_for_card(
+            number, after_entry_id=after, limit=limit))
+
+    for _unit in range(12):
+        entries = []
+        for _entry in range(shuffled.randint(1, 9)):
+            amount += 1
+            number = card_number(shuffled.randrange(5))
+            appended[number].append(amount)
+            entries.append(make_entry(number, amount, line_id=f"line-{amount}"))
+        append(entries)
+
+    every_id = []
+    for number, amounts in appended.items():
+        history: list[JournalEntry] = []
+        while found := page(number, history[-1].entry_id if history else 0, 3):
+            assert len(found) <= 3
+            history += found
+        assert [entry.amount_minor for entry in history] == amounts
+        assert all(entry.card_number == number for entry in history)
+        every_id += [entry.entry_id for entry in history]
+        # From a cursor between two of its entries (not one of its ids): the later ones.
+        middle = history[len(history) // 2].entry_id
+        assert [e.entry_id for e in page(number, middle - 1, 100)] == [
+            e.entry_id for e in history if e.entry_id > middle - 1]
+    assert len(set(every_id)) == amount
 
 
 def test_redemptions_round_trip_and_unknown_keys_are_absent(storage: Storage) -> None:

@@ -4,6 +4,7 @@ upgrades, SQLite's configuration, and database races reported as ConcurrentUpdat
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import stat
 import subprocess
@@ -17,10 +18,11 @@ import pytest
 from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, text
-from storage_samples import card_number, make_card, read, write
+from sqlalchemy import Connection, Engine, inspect, text
+from storage_samples import card_number, make_card, make_entry, read, write
 
-from storedvalue.hq.services.unit_of_work import ConcurrentUpdate
+from storedvalue.hq.domain.journal import JournalEntry
+from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, UnitOfWork
 from storedvalue.hq.storage import SqlStorage, open_engine, upgrade_to_head
 from storedvalue.hq.storage.schema import alembic_config, current_revision, head_revision
 from storedvalue.hq.storage.tables import METADATA
@@ -123,6 +125,142 @@ def test_upgrading_a_database_keeps_its_cards_and_indexes_only_the_locked_ones(
         assert schema_differences(engine) == []
     finally:
         engine.dispose()
+
+
+def _journal_at(connection: Connection, number: str) -> list[tuple[object, ...]]:
+    return [tuple(row) for row in connection.execute(text(
+        "SELECT entry_id, kind, amount_minor, balance_after_minor, line_id, note FROM journal "
+        "WHERE card_number = :number ORDER BY entry_id"), {"number": number})]
+
+
+def _page(storage: SqlStorage, number: str, after: int, limit: int) -> list[JournalEntry]:
+    return read(storage, lambda uow: uow.journal.list_for_card(
+        number, after_entry_id=after, limit=limit))
+
+
+def _history(engine: Engine, number: str, *, limit: int) -> list[tuple[object, ...]]:
+    """The card's history through the storage, page after page of `limit`."""
+    history: list[tuple[object, ...]] = []
+    after = 0
+    while page := _page(SqlStorage(engine), number, after, limit):
+        history += [(e.entry_id, e.kind.value, e.amount_minor, e.balance_after_minor,
+                     e.line_id, e.note) for e in page]
+        after = page[-1].entry_id
+    return history
+
+
+def test_upgrading_a_database_chains_the_journal_and_keeps_every_cards_history(
+    database_url: str,
+) -> None:
+    # At 0007 the journal is indexed by (card_number, entry_id); 0008 chains each card's
+    # entries from its row instead, backfilled: the same histories, and new entries go on
+    # the same chains. A card without entries has no chain.
+    engine = open_engine(database_url)
+    numbers = [card_number(n) for n in range(1, 5)]
+    try:
+        with engine.connect() as connection, connection.begin():
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            alembic_command.upgrade(config, "0007_local_lock_index")
+            for number in numbers:
+                connection.execute(text(
+                    "INSERT INTO cards VALUES (:number, 'GIFT_CARD', 'ACTIVE', 'EUR', 500, 0, "
+                    "0, '', NULL, NULL, NULL, NULL, NULL)"), {"number": number})
+            shuffled = random.Random(7)
+            for n in range(40):
+                connection.execute(text(
+                    "INSERT INTO journal (card_number, kind, amount_minor, currency, "
+                    "balance_after_minor, terminal_id, transaction_id, line_id, offline, "
+                    "occurred_at, recorded_at, note) VALUES (:number, 'REDEEM', :amount, "
+                    "'EUR', :n, 'till-1', :txn, '1', :offline, 0, 0, '')"),
+                    {"number": numbers[shuffled.randrange(3)], "amount": -n, "n": n,
+                     "txn": f"sale-{n}", "offline": n % 2 == 0})
+            before = {number: _journal_at(connection, number) for number in numbers}
+        assert before[numbers[3]] == []
+
+        upgrade_to_head(engine)
+        assert schema_differences(engine) == []
+        for number in numbers:
+            assert _history(engine, number, limit=3) == before[number]
+        write(SqlStorage(engine), lambda uow: uow.journal.append(
+            [make_entry(numbers[0], 7, line_id="after"), make_entry(numbers[3], 9)]))
+        assert [entry[2] for entry in _history(engine, numbers[0], limit=5)] == [
+            entry[2] for entry in before[numbers[0]]] + [7]
+        assert [entry[2] for entry in _history(engine, numbers[3], limit=5)] == [9]
+
+        # Down again: the index is back, the chain's columns are gone, the journal is whole.
+        with engine.connect() as connection, connection.begin():
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            alembic_command.downgrade(config, "0007_local_lock_index")
+            columns = {column["name"] for column in inspect(connection).get_columns("cards")}
+            indexes = {index["name"] for index in inspect(connection).get_indexes("journal")}
+            after_down = _journal_at(connection, numbers[0])
+        assert "last_entry_id" not in columns
+        assert "ix_journal_card_number_entry_id" in indexes
+        assert [entry[2] for entry in after_down] == [entry[2] for entry in before[numbers[0]]
+                                                      ] + [7]
+        upgrade_to_head(engine)
+        assert [entry[2] for entry in _history(engine, numbers[0], limit=2)] == [
+            entry[2] for entry in after_down]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite-file", pytest.param("postgresql",
+                                                                marks=pytest.mark.postgres)])
+def test_two_hq_processes_appending_to_one_card_keep_one_chain_of_every_entry(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Two storages on one database (as two HQ processes), each appending entries to the
+    # same card from its own thread: half under the card's row lock (as every use case
+    # appends), half without it (the chain's trigger locks the card itself). Every entry
+    # is in the card's history once, in id order, whichever process wrote it.
+    url = (f"sqlite:///{tmp_path / 'hq.sqlite3'}" if backend == "sqlite-file"
+           else str(request.getfixturevalue("postgres_url")))
+    upgrade_to_head(url)
+    storages = [SqlStorage.from_url(url) for _ in range(2)]
+    number = card_number(1)
+    write(storages[0], lambda uow: uow.cards.add([make_card(number)]))
+    per_thread = 25
+    failures: list[BaseException] = []
+
+    def append(storage: SqlStorage, name: str) -> None:
+        try:
+            for n in range(per_thread):
+                def unit(uow: UnitOfWork, n: int = n) -> None:
+                    if n % 2:
+                        uow.cards.get_for_update(number)
+                    uow.journal.append([make_entry(number, -1, line_id=f"{name}-{n}")])
+                while True:
+                    try:
+                        write(storage, unit)
+                        break
+                    except ConcurrentUpdate:  # SQLite: the other's write lock, too long
+                        continue
+        except BaseException as error:
+            failures.append(error)
+
+    try:
+        threads = [threading.Thread(target=append, args=(storage, f"hq-{i}"))
+                   for i, storage in enumerate(storages)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert failures == []
+        history = []
+        after = 0
+        while page := _page(storages[1], number, after, 7):
+            history += page
+            after = page[-1].entry_id
+        ids = [entry.entry_id for entry in history]
+        assert ids == sorted(set(ids))
+        assert sorted(entry.line_id for entry in history) == sorted(
+            f"hq-{i}-{n}" for i in range(2) for n in range(per_thread))
+    finally:
+        for storage in storages:
+            storage.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
