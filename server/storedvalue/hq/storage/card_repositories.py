@@ -116,14 +116,16 @@ _BALANCES_FOR_UPDATE = Statement(
 # SQLite: without the card number. The rows come in the order of the numbers asked for,
 # sorted (SQLite's BINARY collation orders text as its UTF-8 bytes, which is the order of
 # Python's str): when every card is found, row i is that of the i-th number. PostgreSQL
-# orders by its database's collation, which may differ: it reads the numbers.
+# orders by its database's collation, which may differ: it reads the numbers. And the
+# card's last journal entry, which the batch's entries then chain to (JournaledDebits).
 _BALANCES_BY_POSITION = Statement(
-    select(*_BALANCE_COLUMNS)
+    select(*_BALANCE_COLUMNS, cards.c.last_entry_id)
     .where(cards.c.card_number.in_(bindparam("numbers", expanding=True)))
     .order_by(cards.c.card_number),
     in_list="numbers",
 )
 _rest = itemgetter(slice(1, None))
+_balance_part, _last_entry_of = itemgetter(slice(0, 4)), itemgetter(4)
 # A BalanceChange's release flag, and its (balance, number) as set_balances binds them.
 _release_of, _balance_and_number = itemgetter(2), itemgetter(1, 0)
 _card_balance = partial(new_tuple, CardBalance)
@@ -202,6 +204,13 @@ _INSERT_DEBIT_ENTRIES = Statement(
 _DEBIT_ENTRY_KEYS = ("card_number", "amount_minor", "currency", "balance_after_minor",
                      "transaction_id", "line_id", "occurred_at")
 _DEBIT_ENTRY_KEYS_ONE_CURRENCY = tuple(key for key in _DEBIT_ENTRY_KEYS if key != "currency")
+# SQLite, a batch chained by itself (see JournaledDebits): each entry's previous one bound.
+_CHAINED_ENTRY_KEYS = (*_DEBIT_ENTRY_KEYS, "previous_entry_id")
+_CHAINED_ENTRY_KEYS_ONE_CURRENCY = (*_DEBIT_ENTRY_KEYS_ONE_CURRENCY, "previous_entry_id")
+# ... and each card's new last entry.
+_SET_LAST_ENTRIES = Statement(
+    update(cards).where(cards.c.card_number == bindparam("key_card_number")))
+_LAST_ENTRY_KEYS = ("last_entry_id", "key_card_number")
 # SQLite: the journal's last entry id before a common batch's entries (the next ones are
 # numbered after the largest: an INTEGER PRIMARY KEY without AUTOINCREMENT).
 _LAST_ENTRY = Statement(select(func.coalesce(func.max(journal.c.entry_id), 0).label("last")))
@@ -292,15 +301,23 @@ class JournaledDebits:
     has just written in the journal, and where: `SqlRedemptionRepository.add_offline_debits`
     then selects their redemptions from those entries, in the same transaction, rather than
     binding the same values again (each text value bound costs the sqlite3 driver ~800
-    instructions, holding the GIL). Shared by a unit's repositories."""
+    instructions, holding the GIL). Shared by a unit's repositories.
 
-    __slots__ = ("_after", "_debits", "_recorded_at", "_terminal_id")
+    And the last journal entry of each card `SqlCardRepository.balances_for_update` read
+    (`last_entries`), so that the batch's entries chain themselves: each entry bound with
+    its previous one, then each card's last set in one UPDATE, rather than the journal's
+    trigger doing both row by row (two statements, three B-tree lookups and two row
+    rewrites an entry: ~17K instructions a synced sale in `bench/hq_sync_cpu.py`). Any
+    other journal entry appended meanwhile forgets them (they would no longer be last)."""
+
+    __slots__ = ("_after", "_debits", "_recorded_at", "_terminal_id", "last_entries")
 
     def __init__(self) -> None:
         self._debits: CommonDebits | None = None
         self._terminal_id = ""
         self._recorded_at = 0
         self._after = 0
+        self.last_entries: dict[str, int | None] | None = None
 
     def note(self, debits: CommonDebits, terminal_id: str, recorded_at: int,
              after: int) -> None:
@@ -319,9 +336,11 @@ class JournaledDebits:
 
 
 class SqlCardRepository:
-    def __init__(self, tx: Transaction, seen: SeenCards) -> None:
+    def __init__(self, tx: Transaction, seen: SeenCards,
+                 journaled: JournaledDebits | None = None) -> None:
         self._tx = tx
         self._seen = seen
+        self._journaled = journaled
         # A card's row read as a JSON array: SQLite with its JSON functions built in (3.38+).
         self._arrays = tx.dialect.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 38)
 
@@ -412,18 +431,27 @@ class SqlCardRepository:
                             ) -> dict[str, CardBalance]:
         found: dict[str, CardBalance] = {}
         tx = self._tx
+        journaled = self._journaled
+        last_entries: dict[str, int | None] | None = (
+            {} if journaled is not None and tx.is_sqlite else None)
         for chunk in in_chunks(card_numbers):
             params = {"numbers": chunk, "terminal_id": terminal_id}
             if tx.is_sqlite:
                 fetched = tx.fetch_tuples(_BALANCES_BY_POSITION, params)
                 if len(fetched) == len(chunk):  # every card found: row i is chunk[i]'s
-                    # Each row holds a CardBalance's fields in order: made in C, no Python
-                    # code a row.
-                    found.update(zip(chunk, map(_card_balance, fetched), strict=True))
+                    # Each row holds a CardBalance's fields in order, then the card's last
+                    # entry: made in C, no Python code a row.
+                    found.update(zip(chunk, map(_card_balance, map(_balance_part, fetched)),
+                                     strict=True))
+                    if last_entries is not None:
+                        last_entries.update(zip(chunk, map(_last_entry_of, fetched), strict=True))
                     continue
+                last_entries = None
             fetched = tx.fetch_tuples(_BALANCES_FOR_UPDATE, params)
             found.update(zip(map(first_column, fetched),
                              map(_card_balance, map(_rest, fetched)), strict=True))
+        if journaled is not None:
+            journaled.last_entries = last_entries
         return found
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
@@ -508,6 +536,8 @@ class SqlJournalRepository:
 
     def append(self, entries: Iterable[JournalEntry]) -> None:
         entries = list(entries)
+        if self._journaled is not None:
+            self._journaled.last_entries = None  # (no longer last, perhaps)
         if len(entries) == 1 and not entries[0].offline:  # an online call's
             self._tx.append(_INSERT_ONLINE_ENTRIES, _ONLINE_ENTRY_KEYS,
                             [rows.online_journal_row(entries[0])])
@@ -524,8 +554,12 @@ class SqlJournalRepository:
         shared = {"terminal_id": terminal_id, "recorded_at": recorded_at}
         journaled = self._journaled
         if journaled is not None and self._tx.is_sqlite:  # (nothing inserts in between)
-            journaled.note(debits, terminal_id, recorded_at,
-                           self._tx.fetch_tuples(_LAST_ENTRY, {})[0][0])
+            after = self._tx.fetch_tuples(_LAST_ENTRY, {})[0][0]
+            journaled.note(debits, terminal_id, recorded_at, after)
+            last_entries, journaled.last_entries = journaled.last_entries, None
+            if last_entries is not None and last_entries.keys() >= set(sales.card_numbers):
+                self._append_chained(debits, shared, after, last_entries)
+                return
         currency = _one_currency(sales.currencies)
         if currency is None:
             self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _DEBIT_ENTRY_KEYS, sorted(zip(
@@ -538,6 +572,31 @@ class SqlJournalRepository:
             sales.card_numbers, map(neg, sales.amounts_minor), debits.balances_after_minor,
             sales.transaction_ids, sales.line_ids, sales.completed_micros, strict=True),
             key=first_column), {**shared, "currency": currency})
+
+    def _append_chained(self, debits: CommonDebits, shared: dict[str, Any], after: int,
+                        last_entries: dict[str, int | None]) -> None:
+        """SQLite: `append_offline_debits`' entries, numbered after `after` in card-number
+        order (each card once), each bound with its card's last entry as its previous one
+        (the trigger skips an entry that has one), then each card's last entry set."""
+        sales = debits.sales
+        numbers = sales.card_numbers
+        previous = map(last_entries.__getitem__, numbers)
+        currency = _one_currency(sales.currencies)
+        if currency is None:
+            rows = sorted(zip(
+                numbers, map(neg, sales.amounts_minor), sales.currencies,
+                debits.balances_after_minor, sales.transaction_ids, sales.line_ids,
+                sales.completed_micros, previous, strict=True), key=first_column)
+            self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _CHAINED_ENTRY_KEYS, rows, shared)
+        else:
+            rows = sorted(zip(
+                numbers, map(neg, sales.amounts_minor), debits.balances_after_minor,
+                sales.transaction_ids, sales.line_ids, sales.completed_micros, previous,
+                strict=True), key=first_column)
+            self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _CHAINED_ENTRY_KEYS_ONE_CURRENCY, rows,
+                                {**shared, "currency": currency})
+        self._tx.write_rows(_SET_LAST_ENTRIES, _LAST_ENTRY_KEYS, list(zip(
+            range(after + 1, after + 1 + len(rows)), map(first_column, rows), strict=True)))
 
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int

@@ -100,8 +100,8 @@ class SqlRepositories:
 
     def __init__(self, tx: Transaction) -> None:
         self._seen = SeenCards()
-        journaled = JournaledDebits()
-        self.cards = SqlCardRepository(tx, self._seen)
+        self._journaled = journaled = JournaledDebits()
+        self.cards = SqlCardRepository(tx, self._seen, journaled)
         self.lock_history = SqlLockHistoryRepository(tx)
         self.journal = SqlJournalRepository(tx, journaled)
         self.redemptions = SqlRedemptionRepository(tx, journaled)
@@ -113,8 +113,10 @@ class SqlRepositories:
         self.reports = SqlTerminalReportRepository(tx)
 
     def start_unit(self) -> None:
-        """Forget what a unit that did not commit left seen."""
+        """Forget what a unit that did not commit left seen (and the cards' last journal
+        entries it read)."""
         self._seen.clear()
+        self._journaled.last_entries = None
 
     def end_unit(self) -> None:
         """The unit is about to commit (or end, in a group): append the journal

@@ -13,6 +13,8 @@ transaction less without it. Each entry now names the card's previous entry
 key. Both are kept by a trigger on the journal (every writer keeps the chain, whatever its
 INSERT), which reads and updates the card's row: a row the writer has locked and written in
 the same transaction already (its balance, its lock), so no page is written that was not.
+On SQLite an entry written with its previous one (a common batch's, which chains itself:
+card_repositories.JournaledDebits) skips the trigger; the writer sets the card's last.
 
 On PostgreSQL the trigger locks the card's row (FOR UPDATE) before reading its last entry:
 two HQ processes appending to one card take turns, and the chain cannot fork. An entry
@@ -34,7 +36,8 @@ depends_on = None
 _INDEX = "ix_journal_card_number_entry_id"
 
 _SQLITE_TRIGGER = """
-CREATE TRIGGER journal_chain AFTER INSERT ON journal FOR EACH ROW BEGIN
+CREATE TRIGGER journal_chain AFTER INSERT ON journal FOR EACH ROW
+WHEN NEW.previous_entry_id IS NULL BEGIN
     UPDATE journal SET previous_entry_id = (
         SELECT last_entry_id FROM cards WHERE card_number = NEW.card_number)
     WHERE entry_id = NEW.entry_id;
