@@ -332,8 +332,10 @@ class OfflineService:
             )
             if plan is None:
                 return None
-            uow.cards.set_balances(plan.balances)
+            # The entries first: on SQLite the balances' UPDATE then also sets each card's
+            # last entry, the batch's (storage.card_repositories.JournaledDebits).
             uow.journal.append_offline_debits(terminal_id, plan.debits, now)
+            uow.cards.set_balances(plan.balances)
             uow.redemptions.add_offline_debits(terminal_id, plan.debits, now)
             uow.offline.add_offline_debits(terminal_id, plan.debits, now)
             return plan

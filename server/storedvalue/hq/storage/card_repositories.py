@@ -131,6 +131,8 @@ _release_of, _balance_and_number = itemgetter(2), itemgetter(1, 0)
 _card_balance = partial(new_tuple, CardBalance)
 # set_balances: the balance, and with the lock released, the lock's columns cleared.
 _BALANCE_KEYS = ("balance_minor", "key_card_number")
+# ... and the card's last journal entry, that of the batch (JournaledDebits).
+_CHAINED_BALANCE_KEYS = ("balance_minor", "last_entry_id", "key_card_number")
 
 
 def _list_locks(by_terminal: bool, include_expired: bool) -> Statement:
@@ -305,19 +307,32 @@ class JournaledDebits:
 
     And the last journal entry of each card `SqlCardRepository.balances_for_update` read
     (`last_entries`), so that the batch's entries chain themselves: each entry bound with
-    its previous one, then each card's last set in one UPDATE, rather than the journal's
-    trigger doing both row by row (two statements, three B-tree lookups and two row
-    rewrites an entry: ~17K instructions a synced sale in `bench/hq_sync_cpu.py`). Any
-    other journal entry appended meanwhile forgets them (they would no longer be last)."""
+    its previous one, and each card's new last entry (`new_last_entries`) written by
+    `SqlCardRepository.set_balances`, in the UPDATE of its balance, rather than the
+    journal's trigger doing both row by row (two statements, three B-tree lookups and two
+    row rewrites an entry: ~17K instructions a synced sale in `bench/hq_sync_cpu.py`; in
+    an UPDATE of their own, ~13K). Any other journal entry appended meanwhile forgets
+    `last_entries` (they would no longer be last); new last entries that no set_balances
+    took are written as the unit ends (`write_new_last_entries`)."""
 
-    __slots__ = ("_after", "_debits", "_recorded_at", "_terminal_id", "last_entries")
+    __slots__ = ("_after", "_debits", "_recorded_at", "_terminal_id", "_tx", "last_entries",
+                 "new_last_entries")
 
-    def __init__(self) -> None:
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
         self._debits: CommonDebits | None = None
         self._terminal_id = ""
         self._recorded_at = 0
         self._after = 0
         self.last_entries: dict[str, int | None] | None = None
+        self.new_last_entries: dict[str, int] | None = None
+
+    def write_new_last_entries(self) -> None:
+        """Write the cards' new last entries no set_balances took (the unit ends)."""
+        new, self.new_last_entries = self.new_last_entries, None
+        if new:
+            self._tx.write_rows(_SET_LAST_ENTRIES, _LAST_ENTRY_KEYS,
+                          [(entry_id, number) for number, entry_id in new.items()])
 
     def note(self, debits: CommonDebits, terminal_id: str, recorded_at: int,
              after: int) -> None:
@@ -456,6 +471,14 @@ class SqlCardRepository:
 
     def set_balances(self, changes: Iterable[BalanceChange]) -> None:
         changes = list(changes)
+        journaled = self._journaled
+        if journaled is not None and journaled.new_last_entries is not None:
+            new = journaled.new_last_entries
+            if len(new) == len(changes) and all(number in new for number, _b, _r in changes):
+                journaled.new_last_entries = None
+                self._set_balances_chained(changes, new)
+                return
+            journaled.write_new_last_entries()
         kept: list[tuple[int, str]] = []
         released: list[tuple[int, str]]
         if all(map(_release_of, changes)):  # a synced batch's: every sale held its card's lock
@@ -466,6 +489,17 @@ class SqlCardRepository:
                 (released if release else kept).append((balance, number))
         self._tx.write_rows(_SAVE_RELEASING, _BALANCE_KEYS, released)
         self._tx.write_rows(_SAVE_CARDS, _BALANCE_KEYS, kept)
+
+    def _set_balances_chained(self, changes: list[BalanceChange], new: dict[str, int]
+                              ) -> None:
+        """`set_balances` of the cards of a common batch whose journal entries were just
+        appended: each card's new last entry in the same UPDATE (see JournaledDebits)."""
+        kept: list[tuple[int, int, str]] = []
+        released: list[tuple[int, int, str]] = []
+        for number, balance, release in changes:
+            (released if release else kept).append((balance, new[number], number))
+        self._tx.write_rows(_SAVE_RELEASING, _CHAINED_BALANCE_KEYS, released)
+        self._tx.write_rows(_SAVE_CARDS, _CHAINED_BALANCE_KEYS, kept)
 
     def list_locks(
         self,
@@ -577,7 +611,8 @@ class SqlJournalRepository:
                         last_entries: dict[str, int | None]) -> None:
         """SQLite: `append_offline_debits`' entries, numbered after `after` in card-number
         order (each card once), each bound with its card's last entry as its previous one
-        (the trigger skips an entry that has one), then each card's last entry set."""
+        (the trigger skips an entry that has one); each card's new last entry is left to
+        `SqlCardRepository.set_balances` (or the unit's end)."""
         sales = debits.sales
         numbers = sales.card_numbers
         previous = map(last_entries.__getitem__, numbers)
@@ -595,8 +630,9 @@ class SqlJournalRepository:
                 strict=True), key=first_column)
             self._tx.write_rows(_INSERT_DEBIT_ENTRIES, _CHAINED_ENTRY_KEYS_ONE_CURRENCY, rows,
                                 {**shared, "currency": currency})
-        self._tx.write_rows(_SET_LAST_ENTRIES, _LAST_ENTRY_KEYS, list(zip(
-            range(after + 1, after + 1 + len(rows)), map(first_column, rows), strict=True)))
+        assert self._journaled is not None
+        self._journaled.new_last_entries = dict(zip(
+            map(first_column, rows), range(after + 1, after + 1 + len(rows)), strict=True))
 
     def list_for_card(
         self, card_number: str, *, after_entry_id: int, limit: int

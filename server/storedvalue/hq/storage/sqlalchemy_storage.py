@@ -100,7 +100,7 @@ class SqlRepositories:
 
     def __init__(self, tx: Transaction) -> None:
         self._seen = SeenCards()
-        self._journaled = journaled = JournaledDebits()
+        self._journaled = journaled = JournaledDebits(tx)
         self.cards = SqlCardRepository(tx, self._seen, journaled)
         self.lock_history = SqlLockHistoryRepository(tx)
         self.journal = SqlJournalRepository(tx, journaled)
@@ -116,11 +116,12 @@ class SqlRepositories:
         """Forget what a unit that did not commit left seen (and the cards' last journal
         entries it read)."""
         self._seen.clear()
-        self._journaled.last_entries = None
+        self._journaled.last_entries = self._journaled.new_last_entries = None
 
     def end_unit(self) -> None:
         """The unit is about to commit (or end, in a group): append the journal
-        entries its cards recorded."""
+        entries its cards recorded (and the cards' last entries a common batch left)."""
+        self._journaled.write_new_last_entries()
         self._seen.append_journal(self.journal)
 
 
