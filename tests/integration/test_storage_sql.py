@@ -338,6 +338,43 @@ def test_a_sqlite_file_runs_with_wal_full_sync_a_busy_timeout_foreign_keys_and_3
         engine.dispose()
 
 
+# Opens the database files in argv[3:] one after the other, each at its own moment (argv[1]
+# plus argv[2] seconds per file before it), and prints each one's journal mode.
+_OPEN_NEW_FILES = """
+import sys, time
+from storedvalue.hq.storage import open_engine
+first, step, paths = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+for index, path in enumerate(paths):
+    time.sleep(max(0.0, first + index * step - time.time()))
+    engine = open_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as connection:
+            print(connection.exec_driver_sql("PRAGMA journal_mode").scalar_one(), flush=True)
+    finally:
+        engine.dispose()
+"""
+
+
+def test_hq_processes_opening_a_new_sqlite_file_at_once_all_get_it_in_wal(
+    tmp_path: Path,
+) -> None:
+    """Switching a new file to WAL takes a lock SQLite does not wait for: of two HQ processes
+    started on a new file at once, one failed at its first connection ("database is
+    locked") about one time in three. Two processes open 20 new files, each at the same
+    moment."""
+    paths = [str(tmp_path / f"new-{index}.sqlite3") for index in range(20)]
+    first = time.time() + 3.0  # once both have imported HQ's storage
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_NEW_FILES, str(first), "0.15", *paths],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    answers = [process.communicate(timeout=120) for process in processes]
+    for process, (out, err) in zip(processes, answers, strict=True):
+        assert process.returncode == 0, err[-2000:]
+        assert out.split() == ["wal"] * len(paths)
+
+
 def test_a_new_sqlite_database_and_its_new_directory_are_private_to_the_user(
     tmp_path: Path,
 ) -> None:

@@ -12,7 +12,9 @@ PostgreSQL (`postgresql+psycopg://...`): READ COMMITTED plus row locks
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +121,17 @@ def _sqlite_engine(url: URL, pool_size: int, busy_timeout_ms: int) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             if not memory:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _use_wal(cursor, busy_timeout_ms)
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             # Checkpoint every 8192 pages (32 MiB of WAL) rather than 1000: a busy sync rewrites
-            # the same journal-index pages often, and fewer, larger checkpoints write each once.
+            # the same card and lock pages often, and fewer, larger checkpoints write each once.
             # Durability is unchanged: every commit is fsynced in the WAL (synchronous=FULL).
             cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             # A page cache of up to 32 MiB a connection instead of SQLite's 2 MB: a sync
-            # updates cards, their lock history and journal index at random places, and with
+            # updates cards and their lock history at random places (and, before 0008, the
+            # journal's index by card), and with
             # 100,000 cards those B-trees (~27 MB) no longer fit in 2 MB, so most lookups
             # re-read a page from the file (a pread each). The cache grows only as pages are
             # touched; the writer keeps its pages across transactions, while a reader's cache
@@ -150,3 +153,25 @@ def _sqlite_engine(url: URL, pool_size: int, busy_timeout_ms: int) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+# Between two tries at switching a new database file to WAL (s).
+_WAL_RETRY_PAUSE = 0.01
+
+
+def _use_wal(cursor: Any, busy_timeout_ms: int) -> None:
+    """PRAGMA journal_mode=WAL, waiting for the database as long as the busy timeout: the
+    switch of a new file to WAL takes a lock SQLite does not wait for (no busy handler), so
+    two HQ processes opening a new file at once had one fail with "database is locked" as
+    it started (4 tries in 12). Once the file is in WAL, the pragma finds it so at once."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            busy = getattr(error, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY,
+                                                                 sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(_WAL_RETRY_PAUSE)
