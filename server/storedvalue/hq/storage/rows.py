@@ -125,8 +125,8 @@ def lock_from_row(row: Row) -> Lock:
 
 
 def card_from_row(row: Row) -> Card:
-    """A card from the columns of `select(cards)`, in the table's order (positional: no
-    attribute looked up per column; a joined row's further columns are left alone)."""
+    """A card from the columns `CARD_COLUMNS` names, in that order (positional: no attribute
+    looked up per column; a joined row's further columns are left alone)."""
     (number, kind, status, currency, balance, issued, token, remainder, lock_terminal_id,
      lock_transaction_id, lock_token, lease_expires, acquired) = row[:len(CARD_COLUMNS)]
     return Card(
