@@ -12,7 +12,7 @@ one gift card locked online per sale, every sale completed offline), keeps a cop
 till's data directory, then syncs it for real and keeps HQ's serialized answers. ``replay``
 opens a till on a fresh copy of the kept directory (a fresh HQ in this process answers its
 handshake and status report) and times ``sync_now()`` with each SyncOfflineBatch answered
-from the kept answers (parsed as gRPC would, in the calling thread). Under
+from the kept answers (their bytes, as gRPC gives them: the library reads them itself). Under
 ``valgrind --tool=callgrind --instr-atstart=no`` pass ``--callgrind-control`` (a library with
 cg_zero() and cg_dump()): the dump holds ``sync_now()`` alone; divide by the transactions.
 """
@@ -35,7 +35,6 @@ from in_process_hq import HQDesk, InProcessHQ, Link, hq_config
 
 from storedvalue.terminal import Money, SaleLine, Terminal, TerminalConfig
 from storedvalue.terminal._hq_client import HQClient
-from storedvalue.v1 import terminal_service_pb2 as ts
 
 CONFIG = TerminalConfig(sync_automatically=False, watch_parameters=False, call_timeout_s=10.0)
 _REQUEST_ID = 38  # tag, length and a UUID's 36 characters
@@ -111,7 +110,7 @@ def replay_once(work: Path, control: str) -> None:
 
             def answering(rpc: Any, request: Any, **kw: Any) -> Any:
                 if isinstance(request, bytes):
-                    return ts.SyncOfflineBatchResponse.FromString(answers[request[_REQUEST_ID:]])
+                    return answers[request[_REQUEST_ID:]]  # gRPC gives the library bytes
                 return call(rpc, request, **kw)
 
             hq._call = answering  # type: ignore[method-assign]

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from storedvalue.v1 import terminal_service_pb2, terminal_service_pb2_grpc
+from storedvalue.v1 import terminal_service_pb2_grpc
 
 from ._config import TerminalConfig
 from ._errors import HandshakeFailed, HQUnavailable, TerminalError, error_from_rpc
@@ -30,10 +30,10 @@ class Wire:
     generation: int
     terminal: terminal_service_pb2_grpc.TerminalServiceStub
     health: health_pb2_grpc.HealthStub
-    sync_offline_batch: grpc.UnaryUnaryMultiCallable[
-        bytes, terminal_service_pb2.SyncOfflineBatchResponse]
+    sync_offline_batch: grpc.UnaryUnaryMultiCallable[bytes, bytes]
     """SyncOfflineBatch taking the request already serialized (the sync builds it from the
-    outbox's stored transactions, never as a protobuf object)."""
+    outbox's stored transactions, never as a protobuf object) and giving the answer's bytes
+    (``_convert.sync_results_from_wire`` reads the usual answer without protobuf objects)."""
 
 
 class HQChannel:
@@ -121,7 +121,7 @@ class HQChannel:
         sync_offline_batch = channel.unary_unary(
             "/storedvalue.v1.TerminalService/SyncOfflineBatch",
             request_serializer=None,  # bytes as they are
-            response_deserializer=terminal_service_pb2.SyncOfflineBatchResponse.FromString,
+            response_deserializer=None,  # bytes as they are
         )
         wire = Wire(generation, terminal_service_pb2_grpc.TerminalServiceStub(channel),
                     health_pb2_grpc.HealthStub(channel), sync_offline_batch)

@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from storedvalue.v1 import terminal_service_pb2
 
 from . import _convert
 from ._config import TerminalConfig
 from ._connectivity import Connectivity
-from ._errors import HandshakeFailed, HQUnavailable, TerminalError
+from ._errors import HandshakeFailed, HQUnavailable, TerminalError, UnexpectedError
 from ._hq_channel import HQChannel, Wire
 from ._hq_records import OnlineDebit, StatusReport, SyncItemResult
 from ._model import Card, CardKind, Money, Parameters, SaleLine, SyncLimits, Tender
@@ -116,7 +117,7 @@ class HQClient:
     # -- offline sync ---------------------------------------------------------------------
 
     def sync_batch(self, *, request_id: str, payloads: Sequence[bytes]
-                   ) -> tuple[SyncItemResult, ...]:
+                   ) -> Sequence[SyncItemResult]:
         """One SyncOfflineBatch of outbox payloads. A transient failure does not switch the
         terminal OFFLINE: the sync agent retries a batch before it concludes the link is
         down (``report_link_down``)."""
@@ -126,7 +127,11 @@ class HQClient:
             timeout_s=self._config.sync_call_timeout_s,
             report_transient=False,
         )
-        return _convert.sync_results_from_pb(response)
+        try:
+            return _convert.sync_results_from_wire(response)
+        except DecodeError:
+            raise UnexpectedError("HQ's SyncOfflineBatch answer is no SyncOfflineBatchResponse",
+                                  code=grpc.StatusCode.INTERNAL) from None
 
     def report_link_down(self, cause: str) -> None:
         self._connectivity.report_failure(cause)

@@ -4,9 +4,10 @@ stored forms are built and read in ``_convert`` only."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from ._model import (
     Card,
@@ -110,6 +111,43 @@ class SyncItemResult(NamedTuple):
     stored: bytes
     """The whole answer as kept in a sync report (read back by ``_convert``); empty unless
     ``noteworthy`` (only those are kept)."""
+
+
+class UsualResults(Sequence[SyncItemResult]):
+    """A batch's answer when every result is the usual one (applied as sent, first delivery:
+    one line applied, a balance, no reason, memo or reversal), as columns: the sync records
+    them with no object made per transaction. Read as a sequence, it makes each result on
+    demand (as the general path's ``SyncItemResult``)."""
+
+    __slots__ = ("balances", "line_ids", "sequence_numbers", "transaction_ids")
+
+    def __init__(self, transaction_ids: list[str], sequence_numbers: list[int],
+                 line_ids: list[str], balances: list[int]) -> None:
+        self.transaction_ids = transaction_ids
+        self.sequence_numbers = sequence_numbers
+        self.line_ids = line_ids
+        self.balances = balances
+        """Each line's card balance right after, in minor units of the line's currency."""
+
+    def __len__(self) -> int:
+        return len(self.transaction_ids)
+
+    @overload
+    def __getitem__(self, index: int) -> SyncItemResult: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> UsualResults: ...
+
+    def __getitem__(self, index: int | slice) -> SyncItemResult | UsualResults:
+        if isinstance(index, slice):
+            return UsualResults(self.transaction_ids[index], self.sequence_numbers[index],
+                                self.line_ids[index], self.balances[index])
+        return SyncItemResult(
+            self.transaction_ids[index], self.sequence_numbers[index], SyncOutcome.APPLIED,
+            SyncOutcome.APPLIED,
+            (LineSyncResult(self.line_ids[index], LineState.APPLIED_AT_SYNC, "",
+                            self.balances[index], "", ""),),
+            (), False, b"")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from . import _convert
 from ._database import Database
 from ._errors import SaleAlreadyCompleted
-from ._hq_records import OfflineSale, SyncItemResult
+from ._hq_records import OfflineSale, SyncItemResult, UsualResults
 from ._model import CardKind, Money, OutboxEntry, SyncReport, UnsyncedAmount
 
 ExposureKey = tuple[CardKind, str]
@@ -171,7 +171,7 @@ class Outbox:
         """HQ durably took these items: drop them and keep the results worth a human's eye;
         ``also`` runs in the same commit (recording the results on the sales)."""
         now = datetime.now(UTC).isoformat()
-        reports = [
+        reports = [] if isinstance(results, UsualResults) else [
             (item.sequence_number, item.transaction_id, result.stored, now)
             for item, result in zip(items, results, strict=True)
             if result.noteworthy

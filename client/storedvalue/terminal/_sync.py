@@ -15,7 +15,7 @@ import operator
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
@@ -32,7 +32,7 @@ from ._errors import (
     UnexpectedError,
 )
 from ._hq_client import HQClient
-from ._hq_records import SyncItemResult
+from ._hq_records import SyncItemResult, UsualResults
 from ._model import (
     SyncOutcome,
     SyncProgress,
@@ -58,6 +58,7 @@ _ITEM_FRAMING = 6
 _REQUEST_ID_ROOM = 64
 """Bytes the request id takes, with its tag and length (a UUID: 38)."""
 _payload = operator.attrgetter("payload")
+_transaction_id = operator.attrgetter("transaction_id")
 
 
 @dataclass
@@ -200,9 +201,9 @@ class SyncAgent:
         # one. The till's own work overlaps HQ's too: it records the answers, in order, and
         # reads the next batch while HQ works. An answer recorded late, or dropped after an
         # error, only means a resend: HQ answers that ALREADY_APPLIED.
-        in_flight: collections.deque[tuple[list[PendingItem], Future[list[SyncItemResult]]]]
+        in_flight: collections.deque[tuple[list[PendingItem], Future[Sequence[SyncItemResult]]]]
         in_flight = collections.deque()
-        answered: tuple[list[PendingItem], list[SyncItemResult]] | None = None
+        answered: tuple[list[PendingItem], Sequence[SyncItemResult]] | None = None
         with ThreadPoolExecutor(self._config.sync_batches_in_flight,
                                 thread_name_prefix="storedvalue-terminal-sync-call") as hq:
             upcoming = self._next_batch()
@@ -259,7 +260,7 @@ class SyncAgent:
             error=error,
         )
 
-    def _record(self, items: list[PendingItem], results: list[SyncItemResult], tally: _Tally,
+    def _record(self, items: list[PendingItem], results: Sequence[SyncItemResult], tally: _Tally,
                 total: int, started: float) -> int:
         """Take the items HQ answered out of the outbox, with their results, in one commit;
         count them and report progress. Returns the run's total, updated."""
@@ -272,13 +273,17 @@ class SyncAgent:
             acknowledged, results,
             also=functools.partial(SaleBook.record_sync, results=results, answers_owed=owed),
         )
-        self._book.announce(result.transaction_id for result in results)
-        # Counted by identity (list.count): an Enum member hashes in Python, once a result.
-        outcomes = [result.outcome for result in results]
-        for outcome, field in _OUTCOME_FIELD.items():
-            count = outcomes.count(outcome)
-            if count:
-                setattr(tally, field, getattr(tally, field) + count)
+        if isinstance(results, UsualResults):
+            self._book.announce(results.transaction_ids)
+            tally.applied += len(results)
+        else:
+            self._book.announce(result.transaction_id for result in results)
+            # Counted by identity (list.count): an Enum member hashes in Python, once a result.
+            outcomes = [result.outcome for result in results]
+            for outcome, field in _OUTCOME_FIELD.items():
+                count = outcomes.count(outcome)
+                if count:
+                    setattr(tally, field, getattr(tally, field) + count)
         tally.sent += len(results)
         # Sequence numbers are assigned in order and leave the outbox oldest first: those
         # above the last acknowledged one are what is left (no COUNT(*) per batch).
@@ -287,7 +292,7 @@ class SyncAgent:
         self._report_progress(tally.sent, total, started)
         return total
 
-    def _send(self, items: list[PendingItem]) -> list[SyncItemResult]:
+    def _send(self, items: list[PendingItem]) -> Sequence[SyncItemResult]:
         """One batch, resent as is (same request id) after transient failures. Returns the
         results HQ gave, cut at the first one whose outcome this library does not know."""
         request_id = str(uuid.uuid4())
@@ -300,7 +305,7 @@ class SyncAgent:
         while True:
             attempt += 1
             try:
-                results = list(self._hq.sync_batch(request_id=request_id, payloads=payloads))
+                results = self._hq.sync_batch(request_id=request_id, payloads=payloads)
                 break
             except TerminalError as failure:
                 if failure.code not in RETRYABLE_SYNC_CODES:
@@ -311,6 +316,11 @@ class SyncAgent:
                     raise
                 if self._stopping.wait(backoff.next_delay()):
                     raise
+        if isinstance(results, UsualResults):
+            # Each the usual APPLIED: compared as one list (in C) while all are for their item.
+            answered = results[: len(items)]
+            if answered.transaction_ids == list(map(_transaction_id, items[: len(answered)])):
+                return answered
         for index, result in enumerate(results[: len(items)]):
             if (
                 result.transaction_id != items[index].transaction_id
@@ -334,7 +344,7 @@ class SyncAgent:
                 _log.exception("sync progress listener failed")
 
 
-def _wait_out(calls: collections.deque[tuple[list[PendingItem], Future[list[SyncItemResult]]]]
+def _wait_out(calls: collections.deque[tuple[list[PendingItem], Future[Sequence[SyncItemResult]]]]
               ) -> None:
     """Wait for the calls in flight to end, dropping their answers and errors."""
     while calls:
