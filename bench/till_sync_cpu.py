@@ -4,7 +4,7 @@ in the till's SQLite) against HQ's answers replayed, so that HQ's own work is no
 
 Not a budget of bench/run.py: a tool for working on the till's side of issue 10.
 
-    python bench/till_sync_cpu.py prepare WORKDIR [--transactions 2000]
+    python bench/till_sync_cpu.py prepare WORKDIR [--transactions 2000] [--uuid-ids]
     python bench/till_sync_cpu.py replay WORKDIR [--callgrind-control lib.so]
 
 ``prepare`` fills a till's outbox through the real HQ (in this process, tests/in_process_hq.py:
@@ -26,6 +26,7 @@ import pickle
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ CONFIG = TerminalConfig(sync_automatically=False, watch_parameters=False, call_t
 _REQUEST_ID = 38  # tag, length and a UUID's 36 characters
 
 
-def prepare(work: Path, size: int) -> None:
+def prepare(work: Path, size: int, uuid_ids: bool = False) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     link = Link()
@@ -51,15 +52,17 @@ def prepare(work: Path, size: int) -> None:
         token = desk.register("T1")
         desk.set_parameters(gift_card=True, credit_memo=True)
         cards = [desk.add_card(balance=1000) for _ in range(size)]
+        sale_ids = ([str(uuid.uuid4()) for _ in range(size)] if uuid_ids
+                    else [f"sale-{index}" for index in range(size)])
         till_dir = work / "till"
         with Terminal(address=server.address, terminal_id="T1", credential=token,
                       data_dir=till_dir, config=CONFIG) as terminal:
             for index, card in enumerate(cards):
-                terminal.add_tender(transaction_id=f"sale-{index}", card_number=card)
+                terminal.add_tender(transaction_id=sale_ids[index], card_number=card)
             link.up = False
             for index, card in enumerate(cards):
                 result = terminal.complete_sale(
-                    transaction_id=f"sale-{index}",
+                    transaction_id=sale_ids[index],
                     lines=[SaleLine("L1", card, Money(100, "EUR"))])
                 assert result.completed_offline
         shutil.copytree(till_dir, work / "till-kept")
@@ -140,9 +143,11 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=2000)
     parser.add_argument("--callgrind-control", default="")
     parser.add_argument("--repeat", type=int, default=1, help="replay this many times")
+    parser.add_argument("--uuid-ids", action="store_true",
+                        help="prepare: sales with UUIDs for ids (payloads of 128 bytes or more)")
     args = parser.parse_args()
     if args.phase == "prepare":
-        prepare(args.workdir, args.transactions)
+        prepare(args.workdir, args.transactions, args.uuid_ids)
     else:
         replay(args.workdir, args.callgrind_control, args.repeat)
 

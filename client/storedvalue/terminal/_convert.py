@@ -411,9 +411,11 @@ def sync_batch_request_bytes(request_id: str, payloads: Sequence[bytes]) -> byte
     request is these joined (no protobuf object built or parsed per transaction)."""
     request_id_bytes = request_id.encode()
     parts = [_REQUEST_ID_TAG, _varint(len(request_id_bytes)), request_id_bytes]
+    encoded = _VARINT_BYTES
     for payload in payloads:
+        size = len(payload)
         parts.append(_TRANSACTIONS_TAG)
-        parts.append(_varint(len(payload)))
+        parts.append(encoded[size] if size < 0x4000 else _varint(size))
         parts.append(payload)
     return b"".join(parts)
 
@@ -494,6 +496,9 @@ _VARINTS.update(zip(
     map(struct.Struct("<H").pack, itertools.chain.from_iterable(
         range(high << 8 | 0x80, (high + 1) << 8) for high in range(1, 0x80))),
     range(0x80, 0x4000)))
+_VARINT_BYTES = list(_VARINTS)
+"""The varint of each number below 2^14, by number (a payload's length: a sale with a UUID
+for its id takes two bytes, which `_varint` makes in a loop)."""
 
 
 def _usual_results(response: bytes) -> UsualResults | None:
