@@ -488,14 +488,14 @@ _USUAL_ANSWER = re.compile(
 _LENGTH_COLUMNS = (0, 2, 5, 7, 9, 12)
 _MEASURED_COLUMNS = (1, 3, 6, 8, 10, 13)
 _TRANSACTION_ID, _SEQUENCE, _LINE_ID, _BALANCE, _STATUS, _OTHER = 3, 4, 8, 11, 14, 15
-_VARINTS = dict(zip(_SHORT_VARINTS, range(0x80)))
+_VARINTS = dict(zip(_SHORT_VARINTS, range(0x80), strict=True))
 """Each varint of one or two bytes to its number (below 2^14: the usual sequence numbers and
 balances). A two-byte varint is (number & 0x7F | 0x80, number >> 7): as a little-endian
 uint16, `high << 8 | 0x80 | low`, a range for each high byte (made in C: ~2 ms at import)."""
 _VARINTS.update(zip(
     map(struct.Struct("<H").pack, itertools.chain.from_iterable(
         range(high << 8 | 0x80, (high + 1) << 8) for high in range(1, 0x80))),
-    range(0x80, 0x4000)))
+    range(0x80, 0x4000), strict=True))
 _VARINT_BYTES = list(_VARINTS)
 """The varint of each number below 2^14, by number (a payload's length: a sale with a UUID
 for its id takes two bytes, which `_varint` makes in a loop)."""
