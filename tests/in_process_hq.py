@@ -104,6 +104,7 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self.up = True
         self._mutex = threading.Lock()
         self._scripts: dict[str, list[str]] = defaultdict(list)
+        self._chosen: dict[str, list[tuple[Callable[[Any], bool], str]]] = defaultdict(list)
         self._calls: Counter[str] = Counter()
         self._requests: dict[str, list[Any]] = defaultdict(list)
 
@@ -112,10 +113,17 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         with self._mutex:
             self._scripts[method].extend(faults)
 
+    def script_call(self, method: str, which: Callable[[Any], bool], fault: str) -> None:
+        """What happens to the first call of `method` whose request is `which`, whenever it
+        comes: calls in flight together (a till's batches) cross in either order."""
+        with self._mutex:
+            self._chosen[method].append((which, fault))
+
     def heal(self) -> None:
         """Up again, and nothing more scripted."""
         with self._mutex:
             self._scripts.clear()
+            self._chosen.clear()
         self.up = True
 
     def calls(self, method: str) -> int:
@@ -165,6 +173,8 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 script = self._scripts[method]
                 fault = script.pop(0) if script else NORMAL
             recording = _Recording(context, lambda request: self._record(method, request))
+            if fault == NORMAL and self._chosen[method]:
+                fault = self._chosen_fault(method, await recording.peek())
             if fault != NORMAL and fault not in (ANSWER_LOST, ANSWER_DROPPED, NO_REVERSAL_RESULTS,
                                                  LARGE_ANSWER):
                 await recording.read()  # the request crossed before the fault
@@ -220,6 +230,15 @@ class Link(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return crossing
 
+    def _chosen_fault(self, method: str, request: Any) -> str:
+        with self._mutex:
+            chosen = self._chosen[method]
+            for index, (which, fault) in enumerate(chosen):
+                if which(request):
+                    del chosen[index]
+                    return fault
+        return NORMAL
+
     def _record(self, method: str, request: Any) -> None:
         with self._mutex:
             self._requests[method].append(request)
@@ -232,8 +251,18 @@ class _Recording:
     def __init__(self, context: Any, record: Callable[[Any], None]) -> None:
         self._context = context
         self._record = record
+        self._peeked: Any = None
+
+    async def peek(self) -> Any:
+        """The call's (first) request, read now: its next `read()` returns it."""
+        if self._peeked is None:
+            self._peeked = await self.read()
+        return self._peeked
 
     async def read(self) -> Any:
+        if self._peeked is not None:
+            request, self._peeked = self._peeked, None
+            return request
         request = await self._context.read()
         if request is not grpc.aio.EOF:  # type: ignore[attr-defined]
             self._record(request)
