@@ -9,6 +9,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+
 from storedvalue.hq.domain.moments import (
     MAX_EPOCH_SECONDS,
     MICROSECONDS,
@@ -89,7 +92,12 @@ def offline_batch_from_proto(
     `offline_transactions_from_proto`."""
     sent = list(transactions)
     fingerprints = _fingerprints(sent, request_serialized)
-    sales = _common_sales(sent, fingerprints)
+    sales = (None if request_serialized is None
+             else usual_sales(request_serialized, len(sent)))
+    if sales is not None:
+        sales.fingerprints = fingerprints
+    else:
+        sales = _common_sales(sent, fingerprints)
     if sales is None:
         return _decoded(sent, fingerprints), False
     return MadeWhenRead(len(sent), lambda: _decoded(sent, fingerprints)), sales
@@ -142,6 +150,151 @@ def _common_sales(sent: list[offline_pb2.OfflineTransaction], fingerprints: list
         minors.append(minor)
         currencies.append(currency)
         tokens.append(line.fencing_token)
+    return sales
+
+
+# -- the usual batch, read as columns by protobuf ----------------------------------------------
+#
+# Messages with the field numbers of a batch's (SyncOfflineBatchRequest, OfflineTransaction,
+# OfflineRedeemLine, Money, Timestamp) whose fields are all repeated, a sub-message's as its
+# bytes: parsed from many messages' bytes joined, each gives a column per field, in order,
+# decoded in C by protobuf itself (its varints, its UTF-8 check), with no Python object a
+# message. The bytes are protobuf's deterministic serialization of messages it parsed: each
+# field is there once when set and not at all when it is its default, so a column of one
+# value a message is exactly a field set in every message. The one record the serialization
+# may hold besides (an unknown field, kept) that a probe would read and the message not is a
+# number's field written length-delimited ("packed"): the real message's singular field
+# does not read it, a repeated probe does; each level's `_NUMBERS` probe reads those records
+# as bytes, and there must be none.
+_F = descriptor_pb2.FieldDescriptorProto
+_I64, _I32, _BYTES, _STRING = _F.TYPE_INT64, _F.TYPE_INT32, _F.TYPE_BYTES, _F.TYPE_STRING
+
+
+def _probe_classes() -> dict[str, Any]:
+    file = descriptor_pb2.FileDescriptorProto(
+        name="storedvalue/hq/offline_probe.proto", package="storedvalue.hq.probe",
+        syntax="proto3")
+    shapes = {
+        "Batch": ((2, "transactions", _BYTES),),
+        "Transaction": ((1, "transaction_id", _STRING), (2, "sequence_number", _I64),
+                        (3, "completed_at", _BYTES), (4, "parameters_version", _I64),
+                        (5, "redeem_lines", _BYTES), (6, "unlocks", _BYTES),
+                        (7, "reversals", _BYTES), (8, "last_reached_hq_at", _BYTES)),
+        "TransactionNumbers": ((2, "sequence_number", _BYTES),
+                               (4, "parameters_version", _BYTES)),
+        "Line": ((1, "line_id", _STRING), (2, "card_number", _STRING), (4, "amount", _BYTES),
+                 (5, "fencing_token", _I64)),
+        "LineNumbers": ((5, "fencing_token", _BYTES),),
+        "Money": ((1, "amount_minor", _I64), (2, "currency_code", _STRING)),
+        "MoneyNumbers": ((1, "amount_minor", _BYTES),),
+        "Moment": ((1, "seconds", _I64), (2, "nanos", _I32)),
+        "MomentNumbers": ((1, "seconds", _BYTES), (2, "nanos", _BYTES)),
+    }
+    for name, fields in shapes.items():
+        message = file.message_type.add(name=name)
+        for number, field_name, field_type in fields:
+            field = message.field.add(name=field_name, number=number,
+                                      label=_F.LABEL_REPEATED, type=field_type)
+            if field_type not in (_STRING, _BYTES):
+                field.options.packed = False
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {name: message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"storedvalue.hq.probe.{name}")).FromString
+        for name in shapes}
+
+
+_PROBES = _probe_classes()
+
+
+def _probe(level: str, data: bytes) -> Any:
+    """`data` parsed by the `level` probe, when it holds no number's field written
+    length-delimited (see above); else None."""
+    try:
+        numbers = _PROBES[level + "Numbers"](data)
+        if any(numbers.ListFields()):
+            return None
+        return _PROBES[level](data)
+    except DecodeError:
+        return None
+
+
+def _one_each(column: Any, count: int) -> list[Any] | None:
+    """The values of `column`, when there are `count` (one a message: see above)."""
+    values: list[Any] = column[:]
+    return values if len(values) == count else None
+
+
+def usual_sales(request_serialized: bytes, count: int) -> CommonSales | None:
+    """`_common_sales` of a batch's `count` transactions (fingerprints aside), read as columns
+    by the probes above from `request_serialized`, protobuf's deterministic serialization of
+    the request it parsed (the servicer's: never the bytes received), when each transaction
+    is the usual one: every field `_common_sales` reads set (completed_at and
+    last_reached_hq_at with seconds and nanos), one redeem line, no unlocks, no reversals.
+    Else None, and `_common_sales` reads the messages (~20.8K instructions a transaction,
+    callgrind: a sub-message's or repeated field's read ~1.8K)."""
+    if not count:
+        return None
+    try:
+        transactions = _PROBES["Batch"](request_serialized).transactions[:]
+    except DecodeError:
+        return None
+    if len(transactions) != count:
+        return None
+    probe = _probe("Transaction", b"".join(transactions))
+    if probe is None or probe.unlocks or probe.reversals:
+        return None
+    transaction_ids = _one_each(probe.transaction_id, count)
+    sequences = _one_each(probe.sequence_number, count)
+    completions = _one_each(probe.completed_at, count)
+    versions = _one_each(probe.parameters_version, count)
+    lines = _one_each(probe.redeem_lines, count)
+    contacts = _one_each(probe.last_reached_hq_at, count)
+    if (transaction_ids is None or sequences is None or completions is None
+            or versions is None or lines is None or contacts is None):
+        return None
+    completed = _probe("Moment", b"".join(completions))
+    reached = _probe("Moment", b"".join(contacts))
+    line = _probe("Line", b"".join(lines))
+    if completed is None or reached is None or line is None:
+        return None
+    seconds = _one_each(completed.seconds, count)
+    nanos = _one_each(completed.nanos, count)
+    reached_seconds = _one_each(reached.seconds, count)
+    reached_nanos = _one_each(reached.nanos, count)
+    line_ids = _one_each(line.line_id, count)
+    numbers = _one_each(line.card_number, count)
+    amounts = _one_each(line.amount, count)
+    tokens = _one_each(line.fencing_token, count)
+    if (seconds is None or nanos is None or reached_seconds is None or reached_nanos is None
+            or line_ids is None or numbers is None or amounts is None or tokens is None):
+        return None
+    money = _probe("Money", b"".join(amounts))
+    if money is None:
+        return None
+    minors = _one_each(money.amount_minor, count)
+    currencies = _one_each(money.currency_code, count)
+    if minors is None or currencies is None:
+        return None
+    lowest, highest = MIN_EPOCH_SECONDS, MAX_EPOCH_SECONDS
+    if not (lowest <= min(seconds) and max(seconds) <= highest
+            and min(nanos) >= 0 and max(nanos) < _NANOS
+            and lowest <= min(reached_seconds) and max(reached_seconds) <= highest
+            and min(reached_nanos) >= 0 and max(reached_nanos) < _NANOS
+            and min(minors) > 0):
+        return None
+    sales = CommonSales()
+    sales.transaction_ids = transaction_ids
+    sales.sequence_numbers = sequences
+    # As `micros_from_epoch(moment_from_epoch(seconds, nanos))`.
+    sales.completed_micros = [second * 1_000_000 + nano // 1000
+                              for second, nano in zip(seconds, nanos, strict=True)]
+    sales.parameters_versions = versions
+    sales.line_ids = line_ids
+    sales.card_numbers = numbers
+    sales.amounts_minor = minors
+    sales.currencies = currencies
+    sales.fencing_tokens = tokens
     return sales
 
 
