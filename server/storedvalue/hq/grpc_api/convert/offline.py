@@ -85,11 +85,12 @@ def offline_batch_from_proto(
     request_serialized: bytes | None = None,
 ) -> tuple[Sequence[OfflineTransaction], CommonSales | Literal[False]]:
     """A batch's transactions (SyncOfflineBatch), and when they have the common case's shape
-    the same as `CommonSales` (else False), read from the messages field by field once, only
-    the fields the common path reads. Then the transactions themselves are decoded only if they are
-    read (`OfflineService.sync` reads them when the common path does not take the batch, or
-    for offline risk limits), from the same messages. `request_serialized` as for
-    `offline_transactions_from_proto`."""
+    the same as `CommonSales` (else False): read as columns from `request_serialized` when
+    every transaction is the usual one (`usual_sales`), else from the messages field by
+    field once, only the fields the common path reads. Then the transactions themselves are
+    decoded only if they are read (`OfflineService.sync` reads them when the common path
+    does not take the batch, or for offline risk limits), from the same messages.
+    `request_serialized` as for `offline_transactions_from_proto`."""
     sent = list(transactions)
     fingerprints = _fingerprints(sent, request_serialized)
     sales = (None if request_serialized is None
@@ -164,8 +165,8 @@ def _common_sales(sent: list[offline_pb2.OfflineTransaction], fingerprints: list
 # value a message is exactly a field set in every message. The one record the serialization
 # may hold besides (an unknown field, kept) that a probe would read and the message not is a
 # number's field written length-delimited ("packed"): the real message's singular field
-# does not read it, a repeated probe does; each level's `_NUMBERS` probe reads those records
-# as bytes, and there must be none.
+# does not read it, a repeated probe does; each level's "...Numbers" probe reads those
+# records as bytes, and there must be none.
 _F = descriptor_pb2.FieldDescriptorProto
 _I64, _I32, _BYTES, _STRING = _F.TYPE_INT64, _F.TYPE_INT32, _F.TYPE_BYTES, _F.TYPE_STRING
 
