@@ -113,6 +113,14 @@ def _is_answer(text: str) -> bool:
 
 
 def remember(uow: Repositories, key: RequestKey, result: object, now: datetime) -> None:
+    _remember(uow, key, records.dumps(result), now)
+
+
+def remember_answer(uow: Repositories, key: RequestKey, answer: bytes, now: datetime) -> None:
+    _remember(uow, key, _ANSWER_ENCODER.encode(answer).decode(), now)
+
+
+def _remember(uow: Repositories, key: RequestKey, result_json: str, now: datetime) -> None:
     # Positional, in the fields' order: every mutating call remembers its result, and a value
     # object built by keyword costs a third more.
     uow.requests.add(StoredResponse(
@@ -120,18 +128,7 @@ def remember(uow: Repositories, key: RequestKey, result: object, now: datetime) 
         key.request_id,  # request_id
         key.operation,  # operation
         key.fingerprint,  # fingerprint
-        records.dumps(result),  # result_json
-        now,  # created_at
-    ))
-
-
-def remember_answer(uow: Repositories, key: RequestKey, answer: bytes, now: datetime) -> None:
-    uow.requests.add(StoredResponse(
-        key.caller,  # caller
-        key.request_id,  # request_id
-        key.operation,  # operation
-        key.fingerprint,  # fingerprint
-        _ANSWER_ENCODER.encode(answer).decode(),  # result_json
+        result_json,  # result_json
         now,  # created_at
     ))
 
