@@ -9,6 +9,12 @@ bench's load client, `--concurrency` workers each run sales on a card of their o
 then Redeem of 0.01 EUR under the lock.
 
     python bench/hq_online_cpu.py [--cycles 4000] [--concurrency 16] [--profile out.txt]
+                                  [--warmup 400] [--wal-frames]
+
+`--warmup` cycles run first, unmeasured: with a large one the measured calls find the tables
+as large as a long bench run leaves them (each cycle adds two request-log rows, a journal
+entry, a lock). With `--wal-frames` the checkpoints are off (the WAL only grows) and the line
+also tells the WAL frames (pages) the measured calls wrote, a call and a commit.
 
 Under `valgrind --tool=callgrind` (instruction counts, noise-free) use small sizes and
 `--warmup 50`; the figures printed are then meaningless, the instruction counts are not.
@@ -80,16 +86,28 @@ def main() -> None:
                         help="a shared library with cg_zero() and cg_dump() (callgrind's "
                              "ZERO_STATS and DUMP_STATS): the dump then holds the measured "
                              "cycles alone")
+    parser.add_argument("--wal-frames", action="store_true",
+                        help="checkpoints off; report the WAL frames written a call")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         run(Path(work), args.cycles, args.concurrency, args.warmup, args.profile,
-            args.callgrind_control)
+            args.callgrind_control, wal_frames=args.wal_frames)
 
 
 def run(work: Path, cycles: int, concurrency: int, warmup: int, profile: str,
-        callgrind_control: str = "") -> None:
+        callgrind_control: str = "", *, wal_frames: bool = False) -> None:
+    wal = work / "hq.sqlite3-wal"
+    if wal_frames:
+        from storedvalue.hq.storage.checkpoints import WalCheckpointer
+        WalCheckpointer._check = lambda self: None  # type: ignore[method-assign]
     storage = SqlStorage.from_url(f"sqlite:///{work / 'hq.sqlite3'}")
     upgrade_to_head(storage.engine)
+    with storage.engine.connect() as connection:
+        page_size = int(connection.exec_driver_sql("PRAGMA page_size").scalar_one())
+
+    def frames() -> int:  # a WAL without checkpoints: its 32-byte header, then the frames
+        return (wal.stat().st_size - 32) // (page_size + 24) if wal.exists() else 0
+
     config = HQConfig()
     transactions = open_transactions(storage, config)
     runner = asyncio.Runner()
@@ -171,6 +189,7 @@ def run(work: Path, cycles: int, concurrency: int, warmup: int, profile: str,
         import cProfile
         profiler = cProfile.Profile()
         profiler.enable()
+    frames_before = frames()
     control = None
     if callgrind_control:
         import ctypes
@@ -187,11 +206,14 @@ def run(work: Path, cycles: int, concurrency: int, warmup: int, profile: str,
         profiler.disable()
         with open(profile, "w") as out:
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(80)
+    written = frames() - frames_before
     calls = 2 * (cycles // concurrency) * concurrency
     groups = (transactions.commits if hasattr(transactions, "commits") else 0) - commits
     print(f"{calls} calls at concurrency {concurrency}: {cpu * 1e6 / calls:.1f} us CPU/call, "
           f"{loop * 1e6 / calls:.1f} us of it on the event loop's thread, "
-          f"{wall * 1e6 / calls:.1f} us wall/call; {calls / max(groups, 1):.1f} calls/commit")
+          f"{wall * 1e6 / calls:.1f} us wall/call; {calls / max(groups, 1):.1f} calls/commit"
+          + (f"; {written / calls:.2f} WAL frames/call, {written / max(groups, 1):.1f}/commit"
+             if wal_frames else ""))
     transactions.close()
     runner.close()
     storage.close()

@@ -68,8 +68,11 @@ class ScratchDatabase:
 class HQUnderTest:
     """The HQ processes of one measurement, on one fresh database."""
 
-    def __init__(self, children: Children, deployment: Deployment, workdir: Path) -> None:
+    def __init__(self, children: Children, deployment: Deployment, workdir: Path,
+                 launcher: list[str] | None = None) -> None:
         self._children = children
+        # What `serve ...` follows on the command line (bench/hq_timeline.py puts its probe).
+        self._launcher = launcher or [sys.executable, "-m", "storedvalue.cli"]
         self._deployment = deployment
         self._workdir = workdir
         self.admin_token = "bench-admin-" + secrets.token_urlsafe(16)
@@ -108,7 +111,7 @@ class HQUnderTest:
             home.mkdir(exist_ok=True)
             child = self._children.start(
                 f"HQ {index}",
-                [sys.executable, "-m", "storedvalue.cli", "serve", *args],
+                [*self._launcher, "serve", *args],
                 # The caller's own STOREDVALUE_* settings (a database URL above all) must not
                 # reach the HQ under test.
                 env={"XDG_DATA_HOME": str(home), "STOREDVALUE_ADMIN_TOKEN": self.admin_token},
