@@ -144,6 +144,11 @@ def report_forever(path: str) -> None:
     # HQ_PROBE_COLLECT_EVERY=S: a full collection (gc.collect()) every S seconds, timed as
     # any other: what the collector's oldest generation costs the loop when it comes.
     collect_every = float(os.environ.get("HQ_PROBE_COLLECT_EVERY", "0"))
+    # HQ_PROBE_GARBAGE=1: what the collector frees (kept by DEBUG_SAVEALL, counted by type in
+    # each line's "garbage", then dropped): the objects HQ leaves in reference cycles.
+    garbage = bool(os.environ.get("HQ_PROBE_GARBAGE"))
+    if garbage:
+        gc.set_debug(gc.DEBUG_SAVEALL)
     with open(path, "a", encoding="utf-8") as out:
         previous = thread_cpu()
         origin = time.monotonic()
@@ -178,6 +183,13 @@ def report_forever(path: str) -> None:
                 "writer_checkpoint_ms": [round(seconds * 1e3, 2)
                                          for seconds in events.writer_checkpoints],
             }
+            if garbage:
+                kinds: dict[str, int] = {}
+                for found in gc.garbage:
+                    name = type(found).__qualname__
+                    kinds[name] = kinds.get(name, 0) + 1
+                gc.garbage.clear()
+                line["garbage"] = dict(sorted(kinds.items(), key=lambda item: -item[1])[:12])
             previous = cpu
             out.write(json.dumps(line) + "\n")
             out.flush()
