@@ -144,12 +144,16 @@ def once(
     new. A request that did run is then caught either way: its result's insert finds the
     id taken, or `run` ends in a business error and the look-up, made then, finds it; the
     unit of work then fails with ConcurrentUpdate, its effects are undone, and its next run
-    (`look_first=True`) answers with the first result (or REQUEST_ID_REUSED)."""
+    (`look_first=True`) answers with the first result (or REQUEST_ID_REUSED).
+
+    The look-up does not close the race: a copy of the request delivered at the same time
+    (a retry, another replica) may commit between it and `run` (PostgreSQL, READ
+    COMMITTED), and `run` then fails on that copy's effect (TERMINAL_ALREADY_EXISTS): that
+    error is checked the same way, so the caller gets the first result."""
     if look_first:
         earlier = replay(uow, key, result_type)
         if earlier is not None:
             return earlier
-        return _run_and_remember(uow, key, now, run)
     try:
         return _run_and_remember(uow, key, now, run)
     except StoredValueError:
@@ -175,7 +179,6 @@ def once_answered(
         earlier = replay_answer(uow, key, result_type, answer)
         if earlier is not None:
             return earlier
-        return _run_and_remember_answer(uow, key, now, run, answer)
     try:
         return _run_and_remember_answer(uow, key, now, run, answer)
     except StoredValueError:
