@@ -153,3 +153,30 @@ def test_a_data_directory_from_before_sale_history_keeps_its_open_sales(
 
     (sale,) = terminal.open_sales()
     assert [(line.line_id, line.state) for line in sale.lines] == [("L1", LineState.ATTEMPTED)]
+
+
+def test_a_card_added_again_after_its_redeem_answer_was_lost_is_still_debited_once(
+    hq: StoreHQ, make_terminal: TerminalFactory
+) -> None:
+    # Found by SIGKILLing a POS process during complete_sale: on restart the POS scanned the
+    # card again, HQ (whose Redeem had committed and released the lock) locked it anew, and
+    # every later complete_sale resent the line's Redeem, same request id, with the new
+    # lock's token: REQUEST_ID_REUSED forever, the sale stuck open, the card locked.
+    terminal = make_terminal(config=MANUAL_SYNC)
+    number = hq.add_card(balance=1000)
+    terminal.add_tender(transaction_id="S1", card_number=number)
+    version = hq.set_parameters(gift_card=False, credit_memo=False)
+    assert terminal.wait_for_parameters(version=version, timeout_s=5)
+    hq.link.script("Redeem", ANSWER_LOST)
+    line = SaleLine("L1", number, eur(250))
+    with pytest.raises(OfflineNotAllowed):
+        terminal.complete_sale(transaction_id="S1", lines=[line])
+    hq.link.up = True
+    assert terminal.wait_for_state(ConnectivityState.ONLINE, timeout_s=10)
+
+    terminal.add_tender(transaction_id="S1", card_number=number)  # the cashier scans it again
+    result = terminal.complete_sale(transaction_id="S1", lines=[line])
+
+    assert [(item.line_id, item.balance_after) for item in result.lines] == [("L1", eur(750))]
+    assert hq.card(number).balance == 750
+    assert hq.desk.locks() == []

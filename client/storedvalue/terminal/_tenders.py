@@ -41,6 +41,9 @@ class Tenders:
         refuse_if_finished(self._book, transaction_id)
         if not self._connectivity.online:
             raise HQUnavailable("terminal is OFFLINE; HQ not called", request_sent=False, code=None)
+        kept = self._kept_for_an_unanswered_redeem(transaction_id, card_number)
+        if kept is not None:
+            return kept
         added_pending = self._state.save_pending_tender(transaction_id, card_number)
         try:
             tender = self._hq.lock_card(
@@ -59,6 +62,21 @@ class Tenders:
             raise
         self._state.save_tender(tender)
         return tender
+
+    def _kept_for_an_unanswered_redeem(self, transaction_id: str, card_number: str
+                                       ) -> Tender | None:
+        """The sale's tender for this card when a Redeem sent with its token is unanswered.
+        That Redeem is resent with its request id, so with the same token: locking again
+        would get a new token if the lost Redeem had released the lock, HQ would refuse the
+        resend (REQUEST_ID_REUSED) every time, and the card would stay locked."""
+        record = self._state.tender(transaction_id, card_number)
+        if record is None or record.tender is None or record.removed_offline:
+            return None
+        for line in self._state.lines(transaction_id):
+            if (line.line.card_number == card_number and line.attempted
+                    and line.redeem_response is None):
+                return record.tender
+        return None
 
     def remove(self, transaction_id: str, card_number: str) -> bool:
         """Release the card; True when HQ released it now, False when the unlock is queued."""
