@@ -15,7 +15,12 @@ from storedvalue.hq.domain.cards import (
     validate_card_number,
 )
 from storedvalue.hq.domain.client_text import validate_id
-from storedvalue.hq.domain.errors import CardAlreadyExists, CardNotFound, InvalidField
+from storedvalue.hq.domain.errors import (
+    CardAlreadyExists,
+    CardNotFound,
+    InvalidField,
+    StoredValueError,
+)
 from storedvalue.hq.domain.money import Money, positive_money
 from storedvalue.hq.domain.offline import Redemption
 from storedvalue.hq.domain.offline_locks import LockGrant
@@ -79,8 +84,11 @@ class CardService:
             card = self._admitted(uow.cards.get(card_number), card_number, caller)
             return card.snapshot(self._clock())
 
-        with self._throttle.counting(caller):
+        try:
             return await self._transactions.read(work)
+        except StoredValueError as error:
+            self._throttle.count(error, caller)
+            raise
 
     # -- locks ----------------------------------------------------------------------------
 
@@ -122,11 +130,14 @@ class CardService:
                 uow.lock_history.add([LockGrant.of(lock)])
             return LockResult(lock, card.snapshot(now))  # positional: cheaper by a third
 
-        with self._throttle.counting(terminal_id):
+        try:
             if answer is not None:
                 return await run_once_answered(self._transactions, key, LockResult,
                                                self._clock, run, answer)
             return await run_once(self._transactions, key, LockResult, self._clock, run)
+        except StoredValueError as error:
+            self._throttle.count(error, terminal_id)
+            raise
 
     async def unlock_card(
         self,
@@ -154,8 +165,11 @@ class CardService:
                 [(card_number, released.fencing_token)], now)
             return card.snapshot(now)
 
-        with self._throttle.counting(terminal_id):
+        try:
             return await run_once(self._transactions, key, Card, self._clock, run)
+        except StoredValueError as error:
+            self._throttle.count(error, terminal_id)
+            raise
 
     # -- money ----------------------------------------------------------------------------
 
@@ -262,8 +276,11 @@ class CardService:
             return once(uow, key, RedeemResult, now, lambda: run(uow, now, card, earlier),
                         look_first=look_first)
 
-        with self._throttle.counting(terminal_id):
+        try:
             return await self._transactions.write(work)
+        except StoredValueError as error:
+            self._throttle.count(error, terminal_id)
+            raise
 
     async def issue_card(
         self,
@@ -303,8 +320,11 @@ class CardService:
             uow.cards.add([card])
             return card.snapshot(now)
 
-        with self._throttle.counting(terminal_id):
+        try:
             return await run_once(self._transactions, key, Card, self._clock, run)
+        except StoredValueError as error:
+            self._throttle.count(error, terminal_id)
+            raise
 
     async def add_value(
         self,
@@ -329,8 +349,11 @@ class CardService:
             uow.cards.save([card])
             return card.snapshot(now)
 
-        with self._throttle.counting(terminal_id):
+        try:
             return await run_once(self._transactions, key, Card, self._clock, run)
+        except StoredValueError as error:
+            self._throttle.count(error, terminal_id)
+            raise
 
     # -- internals ------------------------------------------------------------------------
 
