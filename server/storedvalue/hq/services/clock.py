@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 Clock = Callable[[], datetime]
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+utc_now: Clock = functools.partial(datetime.now, UTC)
+"""The current moment, timezone-aware UTC. A partial of the C method rather than a function
+that calls it: every mutating call reads the clock, and a Python frame around it cost 1.2K
+of its 3.2K instructions (callgrind)."""
