@@ -143,7 +143,10 @@ class Card:
     def snapshot(self, now: datetime) -> Card:
         """A detached copy to hand out of a unit of work; a lock whose lease has ended is
         not shown (anyone may take the card). (Built field by field: `dataclasses.replace`
-        costs several times more, and every online call hands out a snapshot.)"""
+        costs several times more, and every online call hands out a snapshot; the lock's
+        lease is compared here rather than through `live_lock` and `Lock.is_live`, two
+        Python calls of the 5.5K instructions a snapshot cost, callgrind.)"""
+        lock = self.lock
         return Card(
             self.card_number,
             self.kind,
@@ -152,7 +155,7 @@ class Card:
             self.balance_minor,
             self.issued_at,
             self.last_fencing_token,
-            self.live_lock(now),
+            lock if lock is not None and now < lock.lease_expires_at else None,
             self.remainder_of_card_number,
         )
 
