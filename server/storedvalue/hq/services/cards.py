@@ -30,7 +30,6 @@ from storedvalue.hq.domain.value_objects import value_object
 from storedvalue.hq.services.clock import Clock, utc_now
 from storedvalue.hq.services.idempotency import (
     Answer,
-    Attempts,
     RequestKey,
     once,
     once_answered,
@@ -258,10 +257,12 @@ class CardService:
                 memo.snapshot(now) if memo else None,  # remainder_credit_memo
             )
 
-        attempts = Attempts()
+        runs = 0  # a unit's first run need not look its request id up first (`once`)
 
         def work(uow: Repositories) -> RedeemResult | bytes:
-            look_first = attempts.next()
+            nonlocal runs
+            runs += 1
+            look_first = runs > 1
             now = self._clock()
             # The card's row lock first (a sync applying or reversing this line holds it),
             # read with the line in one statement.

@@ -194,21 +194,6 @@ def _run_and_remember_answer(uow: Repositories, key: RequestKey, now: datetime,
     return encoded
 
 
-class Attempts:
-    """How often a unit of work ran: its first run need not look its request id up first
-    (`once`), a later one does."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def next(self) -> bool:
-        """Count a run; whether it must look the request id up first."""
-        self.count += 1
-        return self.count > 1
-
-
 async def run_once(
     transactions: Transactions,
     key: RequestKey,
@@ -218,10 +203,12 @@ async def run_once(
 ) -> T:
     """A mutating use case: `run(uow, now)` in one database transaction (retried on a lost
     race), exactly once per request id; its effect and its remembered result commit together."""
-    attempts = Attempts()
+    runs = 0  # a unit's first run need not look its request id up first (`once`)
 
     def work(uow: Repositories) -> T:
-        look_first = attempts.next()
+        nonlocal runs
+        runs += 1
+        look_first = runs > 1
         now = clock()
         return once(uow, key, result_type, now, lambda: run(uow, now), look_first=look_first)
 
@@ -237,10 +224,12 @@ async def run_once_answered(
     answer: Answer[T],
 ) -> bytes:
     """`run_once`, answered as `once_answered` answers."""
-    attempts = Attempts()
+    runs = 0  # as in run_once
 
     def work(uow: Repositories) -> bytes:
-        look_first = attempts.next()
+        nonlocal runs
+        runs += 1
+        look_first = runs > 1
         now = clock()
         return once_answered(uow, key, result_type, now, lambda: run(uow, now), answer,
                              look_first=look_first)
