@@ -6,7 +6,7 @@ import enum
 import hmac
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from storedvalue.hq.domain.errors import PermissionDenied, Unauthenticated
 from storedvalue.hq.domain.terminals import hash_token
@@ -27,15 +27,18 @@ class Caller:
     terminal_id: str = ""
     admin_name: str = ""
     store_id: str = ""  # the terminal's store, as of the credential lookup
+    request_scope: str = field(init=False, repr=False, compare=False)
+    """The namespace of this caller's request ids (made once: the authenticator remembers
+    its callers, and every mutating call reads it; a property cost 0.8K instructions a
+    call, callgrind)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "request_scope",
+                           f"admin:{self.admin_name}" if self.admin_name else self.terminal_id)
 
     @property
     def is_admin(self) -> bool:
         return bool(self.admin_name)
-
-    @property
-    def request_scope(self) -> str:
-        """The namespace of this caller's request ids."""
-        return f"admin:{self.admin_name}" if self.admin_name else self.terminal_id
 
 
 @dataclass(frozen=True, slots=True)
