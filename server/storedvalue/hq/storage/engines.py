@@ -48,24 +48,19 @@ def open_engine(
     if backend == "sqlite":
         return _sqlite_engine(parsed, pool_size, sqlite_busy_timeout_ms)
     if backend == "postgresql":
-        engine = create_engine(
+        # psycopg prepares a statement after a few runs, and PostgreSQL then soon settles on
+        # a generic plan: right for a lookup by key, but one costed when our tables were
+        # small could seq-scan a big IN list. The storage sends those reads, and its writes
+        # of many rows, unprepared (transaction._Bulk), planned at every run; the others
+        # keep their generic plans (`plan_cache_mode = force_custom_plan` for the whole
+        # session, as before, planned an online call's every statement at every run).
+        return create_engine(
             parsed,
             isolation_level="READ COMMITTED",
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=True,
         )
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # psycopg prepares a statement after a few runs; PostgreSQL then soon settles on
-            # a generic plan, costed when our tables were small, which seq-scans a big IN
-            # list. Planning every run with its real parameters keeps the index lookups.
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute("SET plan_cache_mode = force_custom_plan")
-            dbapi_connection.commit()
-
-        return engine
     raise ValueError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
 
 
