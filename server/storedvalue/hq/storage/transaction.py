@@ -145,7 +145,7 @@ class Transaction:
         try:
             cursor = self._cursor
             if in_list is not None and self._postgresql:
-                cursor.execute(compiled.sql, bound, prepare=False)  # see _BULK
+                cursor.execute(compiled.sql, bound, prepare=False)  # see _Bulk
             else:
                 cursor.execute(compiled.sql, bound)
             found: list[Any] = cursor.fetchall()
