@@ -394,8 +394,13 @@ class Transaction:
         try:
             if self._held:
                 self._send_held(commit=True)
-            else:
+            elif self._postgresql:
                 self._driver.commit()
+            else:
+                # On the cursor, whose statement cache keeps it prepared: the sqlite3
+                # module's own commit() prepares "COMMIT" anew each time (SQLite's parser,
+                # ~3K instructions a commit).
+                self._cursor.execute("COMMIT")
         except self._error as error:
             raise translated_driver_error("COMMIT", None, error, self._error) from None
         finally:
