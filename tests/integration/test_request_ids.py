@@ -6,9 +6,11 @@ before its work: these are the paths that catch the ones that ran before.)"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from offline_scenarios import HQ, TILL
@@ -181,3 +183,30 @@ def test_a_request_remembered_by_its_digest_is_replayed_for_its_content(hq: HQ) 
     with pytest.raises(RequestIdReused):
         hq.run(hq.cards.lock_card(key=other, terminal_id=TILL, card_number=card,
                                   transaction_id="sale-2", answer=lock_card_answer))
+
+
+# -- at once: two requests that do the same thing under two ids ----------------------------
+# On PostgreSQL the second waits for the card's row lock held by the first, then reads what
+# the first committed (READ COMMITTED); on SQLite the group commit runs the units one by one.
+
+
+def test_one_line_redeemed_twice_at_once_under_two_request_ids_debits_once(hq: HQ) -> None:
+    """A till's two sends of one sale line (same line id, lock and amount) under two request
+    ids arrive together: the line is applied once and both get its result, on PostgreSQL
+    too (not LOCK_NOT_HELD for the one that waited for the card: its line was debited)."""
+    card = hq.issue(10_000)
+    token = hq.lock(card, "sale-1")
+
+    def redeem(n: int) -> Coroutine[Any, Any, object]:
+        return hq.cards.redeem(
+            key=request(f"redeem-{n}", "Redeem", (card, 2_500, n)), terminal_id=TILL,
+            card_number=card, transaction_id="sale-1", line_id="1", fencing_token=token,
+            amount=Money(2_500, "EUR"))
+
+    async def both() -> list[object]:
+        return list(await asyncio.gather(redeem(1), redeem(2)))
+
+    first, second = hq.run(both())
+    assert first == second
+    assert hq.balance(card) == 7_500
+    assert hq.lock_holder(card) is None

@@ -406,6 +406,22 @@ class SqlCardRepository:
             if not found:
                 return None, None
             row = found[0]
+            if row[-1] is None and not self._tx.is_sqlite:
+                card = rows.card_from_row(row)
+                self._seen.add(card)
+                lock = card.lock
+                if lock is not None and lock.is_held_by(terminal_id, transaction_id):
+                    return card, None
+                # PostgreSQL, the card's lock gone (or another sale's): perhaps released by
+                # a Redeem or sync of this very line that committed while this statement
+                # waited for the card's row lock. READ COMMITTED then rechecks the locked
+                # row at its latest version but keeps the outer-joined line as the
+                # statement's snapshot had it (none): the line is read again in a statement
+                # of its own (a new snapshot), taken after the row lock.
+                stored = self._tx.fetch_first(_REDEMPTION, {
+                    "terminal_id": terminal_id, "transaction_id": transaction_id,
+                    "line_id": line_id})
+                return card, None if stored is None else rows.redemption_from_row(stored)
         card = rows.card_from_row(row)
         self._seen.add(card)
         if row[-1] is None:  # line_recorded_at: no such line
