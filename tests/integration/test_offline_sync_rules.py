@@ -4,11 +4,13 @@ by checking conservation: every card's journal sums to its balance."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from held_row import Held, card_row_held
 from offline_scenarios import HQ, NOW, TILL, line, offline
 
 from storedvalue.hq import records
@@ -28,6 +30,7 @@ from storedvalue.hq.domain.offline import (
 )
 from storedvalue.hq.domain.terminals import SequenceGap
 from storedvalue.hq.services.cards import RedeemResult
+from storedvalue.hq.services.offline import SyncOutcome
 from storedvalue.hq.services.unit_of_work import Storage
 
 
@@ -87,6 +90,45 @@ def test_a_line_already_redeemed_online_is_not_debited_again(hq: HQ) -> None:
     (result,) = hq.sync(offline(1, line(card, 2_500, token=token))).results
     assert result.line_results[0].outcome is OfflineLineOutcome.ALREADY_REDEEMED_ONLINE
     assert hq.balance(card) == 7_500
+
+
+@pytest.mark.parametrize("sync_first", [False, True], ids=["redeem-first", "sync-first"])
+def test_a_line_redeemed_online_and_synced_at_once_is_debited_once(
+    hq: HQ, storage: Storage, sync_first: bool
+) -> None:
+    """The till's online Redeem of a line and its sync of the same sale completed offline
+    arrive together (the Redeem's answer was late): whichever applies the line first, it is
+    debited once, the Redeem gets its result and the sync says how the line was applied.
+    (PostgreSQL: the later one waits for the card's row lock, then reads the line the first
+    committed; the Redeem was LOCK_NOT_HELD there once.)"""
+    card = hq.issue(10_000)
+    token = hq.lock(card, "sale-1")
+    redeem = hq.cards.redeem(key=hq.key(TILL, "Redeem"), terminal_id=TILL, card_number=card,
+                             transaction_id="sale-1", line_id="1", fencing_token=token,
+                             amount=Money(2_500, "EUR"))
+    sync = hq.offline.sync(key=hq.key(TILL, "SyncOfflineBatch"), terminal_id=TILL,
+                           transactions=[offline(1, line(card, 2_500, token=token))])
+
+    async def both(held: Held) -> tuple[RedeemResult, SyncOutcome]:
+        # The first queues for the card's row before the second is sent (PostgreSQL).
+        if sync_first:
+            syncing = asyncio.ensure_future(sync)
+            await held.waiting(1)
+            redeemed = await redeem
+            return redeemed, await syncing
+        redeeming = asyncio.ensure_future(redeem)
+        await held.waiting(1)
+        synced = await sync
+        return await redeeming, synced
+
+    with card_row_held(storage, card, until_waiting=2) as held:
+        redeemed, synced = hq.run(both(held))
+    assert (redeemed.debited, redeemed.card.balance_minor) == (Money(2_500, "EUR"), 7_500)
+    (result,) = synced.results
+    assert result.line_results[0].outcome in (
+        OfflineLineOutcome.APPLIED, OfflineLineOutcome.ALREADY_REDEEMED_ONLINE)
+    assert hq.balance(card) == 7_500
+    assert hq.lock_holder(card) is None
 
 
 def test_an_overdraft_is_applied_flagged_and_recorded(hq: HQ) -> None:

@@ -13,12 +13,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from held_row import card_row_held
 from offline_scenarios import HQ, TILL
 
-from storedvalue.hq.domain.cards import generate_card_number
+from storedvalue.hq.domain.cards import Card, generate_card_number
 from storedvalue.hq.domain.errors import CardNotFound, RequestIdReused
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.grpc_api.terminal_servicer import lock_card_answer, redeem_answer
+from storedvalue.hq.services.cards import LockResult
 from storedvalue.hq.services.idempotency import RequestKey
 from storedvalue.hq.services.unit_of_work import Storage
 from storedvalue.v1 import terminal_service_pb2 as pb
@@ -190,7 +192,9 @@ def test_a_request_remembered_by_its_digest_is_replayed_for_its_content(hq: HQ) 
 # the first committed (READ COMMITTED); on SQLite the group commit runs the units one by one.
 
 
-def test_one_line_redeemed_twice_at_once_under_two_request_ids_debits_once(hq: HQ) -> None:
+def test_one_line_redeemed_twice_at_once_under_two_request_ids_debits_once(
+    hq: HQ, storage: Storage
+) -> None:
     """A till's two sends of one sale line (same line id, lock and amount) under two request
     ids arrive together: the line is applied once and both get its result, on PostgreSQL
     too (not LOCK_NOT_HELD for the one that waited for the card: its line was debited)."""
@@ -206,7 +210,69 @@ def test_one_line_redeemed_twice_at_once_under_two_request_ids_debits_once(hq: H
     async def both() -> list[object]:
         return list(await asyncio.gather(redeem(1), redeem(2)))
 
-    first, second = hq.run(both())
+    with card_row_held(storage, card, until_waiting=2):
+        first, second = hq.run(both())
     assert first == second
     assert hq.balance(card) == 7_500
     assert hq.lock_holder(card) is None
+
+
+def test_one_sale_locked_twice_at_once_under_two_request_ids_gets_one_lock(
+    hq: HQ, storage: Storage
+) -> None:
+    card = hq.issue(10_000)
+
+    def lock(n: int) -> Coroutine[Any, Any, LockResult]:
+        return hq.cards.lock_card(key=request(f"lock-{n}", "LockCard", (card, n)),
+                                  terminal_id=TILL, card_number=card, transaction_id="sale-1")
+
+    async def both() -> list[LockResult]:
+        return list(await asyncio.gather(lock(1), lock(2)))
+
+    with card_row_held(storage, card, until_waiting=2):
+        first, second = hq.run(both())
+    assert first.lock == second.lock  # the second renews the first's: one token
+    assert hq.lock_holder(card) == (TILL, "sale-1", first.lock.fencing_token)
+
+
+def test_one_lock_released_twice_at_once_under_two_request_ids(
+    hq: HQ, storage: Storage
+) -> None:
+    """One release applies; the other finds the lock gone, as it would one after the other."""
+    card = hq.issue(10_000)
+    token = hq.lock(card, "sale-1")
+
+    def unlock(n: int) -> Coroutine[Any, Any, object]:
+        return hq.cards.unlock_card(key=request(f"unlock-{n}", "UnlockCard", (card, n)),
+                                    terminal_id=TILL, card_number=card, transaction_id="sale-1",
+                                    fencing_token=token)
+
+    async def both() -> list[object]:
+        return list(await asyncio.gather(unlock(1), unlock(2), return_exceptions=True))
+
+    with card_row_held(storage, card, until_waiting=2):
+        outcomes = hq.run(both())
+    assert sorted(type(outcome).__name__ for outcome in outcomes) == ["Card", "LockNotHeld"]
+    assert hq.lock_holder(card) is None
+    assert hq.balance(card) == 10_000
+
+
+def test_value_added_twice_at_once_under_two_request_ids_is_added_twice(
+    hq: HQ, storage: Storage
+) -> None:
+    """Two requests (not one retried): both apply, the second onto the first's balance."""
+    card = hq.issue(10_000)
+
+    def add(n: int) -> Coroutine[Any, Any, Card]:
+        return hq.cards.add_value(key=request(f"add-{n}", "AddValue", (card, n)),
+                                  terminal_id=TILL, card_number=card, amount=Money(100, "EUR"),
+                                  transaction_id=f"top-up-{n}")
+
+    async def both() -> list[Card]:
+        return list(await asyncio.gather(add(1), add(2)))
+
+    with card_row_held(storage, card, until_waiting=2):
+        cards = hq.run(both())
+    balances = sorted(added.balance_minor for added in cards)
+    assert balances == [10_100, 10_200]
+    assert hq.balance(card) == 10_200
