@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from storedvalue.hq.services.unit_of_work import Storage
 
@@ -41,7 +41,15 @@ class Held:
 def card_row_held(storage: Storage, card_number: str, *, until_waiting: int) -> Iterator[Held]:
     """Within: the card's row locked until `until_waiting` other transactions wait for a
     lock in this database (or the deadline passes: the test then fails on its own terms)."""
-    engine = getattr(storage, "engine", None)
+    with row_held(getattr(storage, "engine", None), card_number,
+                  until_waiting=until_waiting) as held:
+        yield held
+
+
+@contextmanager
+def row_held(engine: Engine | None, card_number: str, *, until_waiting: int
+             ) -> Iterator[Held]:
+    """`card_row_held` through an engine on the database (None: not PostgreSQL)."""
     if engine is None or engine.dialect.name != "postgresql":
         yield Held()
         return

@@ -22,6 +22,8 @@ from typing import Any
 
 import grpc
 import pytest
+from held_row import row_held
+from sqlalchemy import create_engine
 
 from storedvalue.v1 import back_office_service_pb2 as bo
 from storedvalue.v1 import terminal_service_pb2 as ts
@@ -177,6 +179,36 @@ def test_concurrent_redemptions_through_two_replicas_never_overdraw_and_the_jour
     assert sum(entry.amount.amount_minor for entry in journal) == balance
     assert [entry.balance_after.amount_minor for entry in journal][-1] == balance
     assert min(entry.balance_after.amount_minor for entry in journal) >= 0
+
+
+def test_one_line_sent_to_both_replicas_at_once_under_two_request_ids_is_debited_once(
+    database_url: str, replicas: Replicas,
+) -> None:
+    """A till's two sends of one sale line under two request ids, one through each replica,
+    arrive together: the line is debited once and both get the debit. (PostgreSQL: the card's
+    row is held until both wait for it, so the second waits for the first's commit.)"""
+    (till,) = replicas.tills(1, "twice")
+    twin = Till(replicas.channels[1], till.terminal_id, till.token)  # the other replica
+    card = till.issue_gift_card(10_000).card_number
+    lock = till.lock(card, "sale-1").lock
+
+    def redeem(through: Till) -> ts.RedeemResponse:
+        response: ts.RedeemResponse = through.call("Redeem", ts.RedeemRequest(
+            request_id=new_id(), card_number=card, transaction_id="sale-1", line_id="1",
+            fencing_token=lock.fencing_token, amount=eur(2_500)))
+        return response
+
+    engine = create_engine(database_url) if database_url.startswith("postgresql") else None
+    try:
+        with row_held(engine, card, until_waiting=2), ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(redeem, [till, twin]))
+    finally:
+        if engine is not None:
+            engine.dispose()
+    assert [answer.card.balance.amount_minor for answer in answers] == [7_500, 7_500]
+    assert till.get_card(card).balance.amount_minor == 7_500
+    journal = replicas.back_office.journal(card)
+    assert [entry.amount.amount_minor for entry in journal] == [10_000, -2_500]
 
 
 def test_a_parameter_change_through_one_replica_reaches_the_other_replicas_watchers_at_once(
