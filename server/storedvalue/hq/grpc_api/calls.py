@@ -12,6 +12,18 @@ after authenticating is ended with CALL_TOO_LONG instead of holding on for ever.
 Nothing here is built per call: each method's guarded handler is made once, and the
 caller reaches it through a context variable.
 
+What reading the request ourselves costs (callgrind, the echo's trivial handler behind this
+gate and a fake authenticator, 16 connections, asyncio thread, grpcio 1.85, 2026-12-05):
+about 21-24K instructions a call more than the same interceptor handing grpc.aio a plain
+unary-unary coroutine, of which grpc.aio's second `_is_async_handler` check (its
+request-streaming path asks `inspect.isawaitable or inspect.iscoroutinefunction` once more:
+8.0K for a coroutine function), `context.read()` and the request iterator (~2K), and the
+deadline's bookkeeping below (~5K with the read, micro). A unary-unary registration cannot
+keep the deadline: grpc.aio reads the request before any handler code runs, the
+interceptor has no context to end the call with, and a call task cancelled while grpc.aio
+waits for the request sends no status at all: the call stays open until the client gives
+up (tried: cancelled after 1 s, the client saw its own DEADLINE_EXCEEDED at 10 s).
+
 Servicer methods take `(caller, request, context)`: the caller the interceptor resolved.
 """
 
