@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from proc_threads import CLOCK_TICKS, thread_times
 
 
 class Events:
@@ -122,21 +122,15 @@ def install() -> None:
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds (user + system) of each of this process's threads, by name."""
-    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    names = {thread.native_id: thread.name for thread in threading.enumerate()
+             if thread.native_id is not None}
     pid = os.getpid()
     cpu: dict[str, float] = {}
-    for entry in os.listdir(f"/proc/{pid}/task"):
-        tid = int(entry)
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii",
-                      errors="replace") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
+    for tid, (_name, user, system) in thread_times(pid, names).items():
         name = "loop" if tid == pid else names.get(tid, "other")
         if name.startswith("ThreadPoolExecutor"):
             name = "executor"
-        cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        cpu[name] = cpu.get(name, 0.0) + (user + system) / CLOCK_TICKS
     return cpu
 
 

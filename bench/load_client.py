@@ -21,7 +21,8 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 from children import answer
@@ -141,10 +142,14 @@ async def getcard_worker(channel: grpc.aio.Channel, till: dict[str, str], _worke
         window.record(began)
 
 
+W = TypeVar("W", bound="Window")
+
 WORKERS = {"cycle": cycle_worker, "echo": echo_worker, "getcard": getcard_worker}
 
 
-async def run(spec: dict[str, Any]) -> dict[str, Any]:
+async def drive(spec: dict[str, Any], window_from: Callable[[float], W]) -> W:
+    """Run the spec's workers over their own connections, ready first, into the window
+    `window_from` makes of the moment they are (`time.perf_counter()`)."""
     worker = WORKERS[spec["mode"]]
     addresses: list[str] = spec["addresses"]
     tills: list[dict[str, str]] = spec["tills"]
@@ -156,13 +161,18 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)),
                                READY_TIMEOUT_S)
-        start = time.perf_counter() + float(spec["warmup_s"])
-        window = Window(start, start + float(spec["measure_s"]))
+        window = window_from(time.perf_counter())
         timeout = float(spec["call_timeout_s"])
         await asyncio.gather(*(worker(channels[i], tills[i % len(tills)], i, window, timeout)
                                for i in range(concurrency)))
     finally:
         await asyncio.gather(*(c.close(None) for c in channels))
+    return window
+
+
+async def run(spec: dict[str, Any]) -> dict[str, Any]:
+    warmup, measure = float(spec["warmup_s"]), float(spec["measure_s"])
+    window = await drive(spec, lambda now: Window(now + warmup, now + warmup + measure))
     return {
         "calls": len(window.latencies_us),
         "seconds": window.end - window.start,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -33,32 +32,11 @@ from dataclasses import replace
 from children import progress
 from hq_under_test import Deployment
 from online import echo_servers, funded_tills
+from proc_threads import CLOCK_TICKS, thread_times
 from session import Session, Settings
 
 SYSCALLS = ("fdatasync", "pwrite64", "futex", "flock", "fcntl", "write", "read",
             "epoll_wait", "epoll_pwait", "sendmsg", "recvmsg")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def thread_times(pid: int, names: dict[int, str]) -> dict[int, tuple[str, int, int]]:
-    """Each thread of `pid`: its name (from `names`, else /proc), utime, stime (ticks)."""
-    times: dict[int, tuple[str, int, int]] = {}
-    for entry in os.listdir(f"/proc/{pid}/task"):
-        tid = int(entry)
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii",
-                      errors="replace") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/task/{tid}/comm", encoding="utf-8",
-                      errors="replace") as comm:
-                name = comm.read().strip()
-        except OSError:  # the thread ended meanwhile
-            continue
-        name = "main (event loop)" if tid == pid else names.get(tid, name)
-        times[tid] = (name, int(fields[11]), int(fields[12]))
-    return times
-
-
 def python_thread_names(py_spy: str, pid: int) -> dict[int, str]:
     """OS thread id -> Python thread name, from `py-spy dump --json`."""
     dump = subprocess.run([py_spy, "dump", "--json", "--pid", str(pid)], capture_output=True,

@@ -12,9 +12,8 @@ import time
 from collections import Counter
 from typing import Any
 
-import grpc
 from children import answer
-from load_client import READY_TIMEOUT_S, WORKERS, Window
+from load_client import Window, drive
 
 
 class SecondsWindow(Window):
@@ -30,23 +29,8 @@ class SecondsWindow(Window):
 
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
-    worker = WORKERS[spec["mode"]]
-    addresses: list[str] = spec["addresses"]
-    tills: list[dict[str, str]] = spec["tills"]
-    concurrency = int(spec["concurrency"])
-    channels = [grpc.aio.insecure_channel(addresses[i % len(addresses)],
-                                          options=[("grpc.use_local_subchannel_pool", 1)])
-                for i in range(concurrency)]
-    try:
-        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)),
-                               READY_TIMEOUT_S)
-        start = time.perf_counter()
-        window = SecondsWindow(start, start + float(spec["seconds"]))
-        timeout = float(spec["call_timeout_s"])
-        await asyncio.gather(*(worker(channels[i], tills[i % len(tills)], i, window, timeout)
-                               for i in range(concurrency)))
-    finally:
-        await asyncio.gather(*(c.close(None) for c in channels))
+    seconds = float(spec["seconds"])
+    window = await drive(spec, lambda now: SecondsWindow(now, now + seconds))
     return {"completed": window.completed,
             "per_second": {str(second): calls for second, calls in window.per_second.items()},
             "errors": dict(window.errors), "first_error": window.first_error}
