@@ -44,21 +44,6 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(YOUNG_GENERATION_THRESHOLD, older, oldest)
 
 
-def freeze_startup_heap() -> None:
-    """Once HQ serves: collect what starting left behind, then move every object alive now
-    into the collector's permanent generation, which no collection traverses again.
-
-    What starting leaves alive (the modules, classes and functions of gRPC, protobuf,
-    SQLAlchemy, alembic and HQ, the schema, the application: about 90,000 objects the
-    collector tracks) stays alive till the process ends, yet each full collection walked all
-    of it again: 50-175 ms with the event loop stopped, every call in flight waiting
-    (bench/hq_timeline.py with HQ_PROBE_COLLECT_EVERY, load 16 on the 2-core VM). Frozen,
-    a full collection walks only what was made since (a few thousand objects). Objects
-    frozen are never collected: only what is alive now, after a collection, is frozen."""
-    gc.collect()
-    gc.freeze()
-
-
 def serve(config: HQConfig, *, out: TextIO | None = None) -> int:
     """Run HQ until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code;
     a configuration HQ cannot serve with (a bad certificate file) raises ConfigError.
@@ -102,7 +87,6 @@ async def serve_until_stopped(config: HQConfig,
     try:
         app = await HQApplication.open(config)
         await app.start()
-        freeze_startup_heap()
         on_serving(app)
         await stop_requested.wait()
         grace = config.grace_period_seconds
