@@ -220,10 +220,15 @@ def _probe(level: str, data: bytes) -> Any:
         return None
 
 
-def _one_each(column: Any, count: int) -> list[Any] | None:
-    """The values of `column`, when there are `count` (one a message: see above)."""
-    values: list[Any] = column[:]
-    return values if len(values) == count else None
+def _one_each(count: int, *columns: Any) -> list[list[Any]] | None:
+    """The values of each of `columns`, when each has `count` (one a message: see above)."""
+    found: list[list[Any]] = []
+    for column in columns:
+        values: list[Any] = column[:]
+        if len(values) != count:
+            return None
+        found.append(values)
+    return found
 
 
 def usual_sales(request_serialized: bytes, count: int) -> CommonSales | None:
@@ -245,38 +250,29 @@ def usual_sales(request_serialized: bytes, count: int) -> CommonSales | None:
     probe = _probe("Transaction", b"".join(transactions))
     if probe is None or probe.unlocks or probe.reversals:
         return None
-    transaction_ids = _one_each(probe.transaction_id, count)
-    sequences = _one_each(probe.sequence_number, count)
-    completions = _one_each(probe.completed_at, count)
-    versions = _one_each(probe.parameters_version, count)
-    lines = _one_each(probe.redeem_lines, count)
-    contacts = _one_each(probe.last_reached_hq_at, count)
-    if (transaction_ids is None or sequences is None or completions is None
-            or versions is None or lines is None or contacts is None):
+    columns = _one_each(count, probe.transaction_id, probe.sequence_number, probe.completed_at,
+                        probe.parameters_version, probe.redeem_lines, probe.last_reached_hq_at)
+    if columns is None:
         return None
+    transaction_ids, sequences, completions, versions, lines, contacts = columns
     completed = _probe("Moment", b"".join(completions))
     reached = _probe("Moment", b"".join(contacts))
     line = _probe("Line", b"".join(lines))
     if completed is None or reached is None or line is None:
         return None
-    seconds = _one_each(completed.seconds, count)
-    nanos = _one_each(completed.nanos, count)
-    reached_seconds = _one_each(reached.seconds, count)
-    reached_nanos = _one_each(reached.nanos, count)
-    line_ids = _one_each(line.line_id, count)
-    numbers = _one_each(line.card_number, count)
-    amounts = _one_each(line.amount, count)
-    tokens = _one_each(line.fencing_token, count)
-    if (seconds is None or nanos is None or reached_seconds is None or reached_nanos is None
-            or line_ids is None or numbers is None or amounts is None or tokens is None):
+    columns = _one_each(count, completed.seconds, completed.nanos, reached.seconds,
+                        reached.nanos, line.line_id, line.card_number, line.amount,
+                        line.fencing_token)
+    if columns is None:
         return None
+    (seconds, nanos, reached_seconds, reached_nanos,
+     line_ids, numbers, amounts, tokens) = columns
     money = _probe("Money", b"".join(amounts))
-    if money is None:
+    columns = (None if money is None
+               else _one_each(count, money.amount_minor, money.currency_code))
+    if columns is None:
         return None
-    minors = _one_each(money.amount_minor, count)
-    currencies = _one_each(money.currency_code, count)
-    if minors is None or currencies is None:
-        return None
+    minors, currencies = columns
     lowest, highest = MIN_EPOCH_SECONDS, MAX_EPOCH_SECONDS
     if not (lowest <= min(seconds) and max(seconds) <= highest
             and min(nanos) >= 0 and max(nanos) < _NANOS
