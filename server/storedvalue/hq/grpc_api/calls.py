@@ -98,11 +98,9 @@ class CallDeadlines:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         self._ends[task] = task.get_loop().time() + self.seconds
 
-    def tracker(self) -> tuple[Callable[[asyncio.Task[Any]], None], dict[asyncio.Task[Any], float]]:
+    def tracker(self) -> Callable[[asyncio.Task[Any]], None]:
         """`track` for the calls of one event loop: the loop's clock and the tracked calls
-        bound once (every call is tracked), the sweeper started on the first call; and the
-        tracked calls by task, from which a call that ended is popped (`untrack` without
-        its call, for a call the sweeper did not cancel)."""
+        bound once (every call is tracked), the sweeper started on the first call."""
         ends = self._ends
         seconds = self.seconds
         clock: Callable[[], float] | None = None
@@ -115,7 +113,7 @@ class CallDeadlines:
                 return
             ends[task] = clock() + seconds
 
-        return track, ends
+        return track
 
     def untrack(self, task: asyncio.Task[Any]) -> bool:
         """Stop tracking `task`; whether the sweeper had cancelled it for running late."""
@@ -215,8 +213,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _unary(self, behavior: Any, name: str) -> Callable[[object, Context], Awaitable[Any]]:
         deadlines = self.deadlines
-        track, tracked = deadlines.tracker()
-        untrack = tracked.pop
+        track = deadlines.tracker()
         auth = self._auth
         certificates = self._certificates
         current_task = asyncio.current_task
@@ -246,8 +243,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except Exception as exc:  # every failure must become a status
                 status = status_for(exc, name)
             finally:
-                if untrack(task, None) is None:  # the sweeper took it: a late call
-                    deadlines.untrack(task)  # forgets it was cancelled
+                deadlines.untrack(task)
             return await end_with(context, status)
 
         return call
