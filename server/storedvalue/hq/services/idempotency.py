@@ -155,18 +155,13 @@ def once(
         if earlier is not None:
             return earlier
     try:
-        return _run_and_remember(uow, key, now, run)
+        result = run()
+        remember(uow, key, result, now)  # a request id already taken: ConcurrentUpdate
+        return result
     except StoredValueError:
         if uow.requests.get(key.caller, key.request_id) is not None:
             raise ConcurrentUpdate("the request id was used before") from None
         raise
-
-
-def _run_and_remember(uow: Repositories, key: RequestKey, now: datetime, run: Callable[[], T]
-                      ) -> T:
-    result = run()
-    remember(uow, key, result, now)  # a request id already taken: ConcurrentUpdate
-    return result
 
 
 def once_answered(
@@ -180,18 +175,14 @@ def once_answered(
         if earlier is not None:
             return earlier
     try:
-        return _run_and_remember_answer(uow, key, now, run, answer)
+        encoded = answer(run())
+        # As remember_answer (a request id already taken: ConcurrentUpdate), one call less.
+        _remember(uow, key, _ANSWER_ENCODER.encode(encoded).decode(), now)
+        return encoded
     except StoredValueError:
         if uow.requests.get(key.caller, key.request_id) is not None:
             raise ConcurrentUpdate("the request id was used before") from None
         raise
-
-
-def _run_and_remember_answer(uow: Repositories, key: RequestKey, now: datetime,
-                             run: Callable[[], T], answer: Answer[T]) -> bytes:
-    encoded = answer(run())
-    remember_answer(uow, key, encoded, now)  # a request id already taken: ConcurrentUpdate
-    return encoded
 
 
 async def run_once(
