@@ -8,7 +8,13 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from storedvalue.hq.domain.errors import InvalidField
-from storedvalue.hq.domain.moments import duration_from_parts, moment_from_epoch, rfc3339
+from storedvalue.hq.domain.moments import (
+    EPOCH,
+    duration_from_parts,
+    micros_from_epoch,
+    moment_from_epoch,
+    rfc3339,
+)
 from storedvalue.hq.storage.rows import from_micros, to_micros
 
 
@@ -83,6 +89,23 @@ def test_stored_moments_read_back_as_the_same_utc_moment_whatever_was_converted_
     with pytest.raises(ValueError, match="naive"):
         to_micros(utc.replace(tzinfo=None))
 
+
+
+@pytest.mark.parametrize("moment", [
+    datetime(2026, 12, 5, 21, 59, 59, 999_999, tzinfo=UTC),
+    EPOCH,
+    datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),  # the microsecond before
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    datetime(2026, 1, 1, 3, 0, 0, 1, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+])
+def test_a_moment_s_microseconds_since_the_epoch_are_its_exact_distance_from_it(
+    moment: datetime,
+) -> None:
+    micros = micros_from_epoch(moment)
+    assert micros == (moment - EPOCH) // timedelta(microseconds=1)
+    assert EPOCH + timedelta(microseconds=micros) == moment
+    assert moment_from_epoch(micros // 1_000_000, micros % 1_000_000 * 1000) == moment
 
 
 @pytest.mark.parametrize("moment", [

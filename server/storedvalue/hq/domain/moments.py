@@ -34,10 +34,11 @@ def micros_from_epoch(moment: datetime) -> int:
     the microsecond: `seconds * 1_000_000 + nanos // 1000`)."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime: HQ keeps timezone-aware UTC moments only")
-    return (moment - EPOCH) // _MICROSECOND
-
-
-_MICROSECOND = timedelta(microseconds=1)
+    # The delta's parts (days, 0 <= seconds < 86,400, 0 <= microseconds < 10^6) summed: a
+    # sixth cheaper than dividing it by one microsecond, which turns both timedeltas into
+    # integers first (every online call converts a moment or two it has not seen).
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 # 0 to 999 milliseconds, and 0 to 999 microseconds, by number: the batch decoder makes a
