@@ -80,8 +80,9 @@ _CARD_WITH_LINE_FOR_UPDATE = Statement(
 _CARD_ARRAY_FOR_UPDATE = Statement(
     select(func.json_array(*_CARD_COLUMNS)).where(cards.c.card_number == bindparam("card_number"))
 )
+# And the card's last journal entry, which the Redeem's entry chains to (OnlineChain).
 _CARD_ARRAY_WITH_LINE_FOR_UPDATE = Statement(
-    select(func.json_array(*_CARD_COLUMNS, redemptions.c.recorded_at))
+    select(func.json_array(*_CARD_COLUMNS, cards.c.last_entry_id, redemptions.c.recorded_at))
     .select_from(cards.outerjoin(redemptions, and_(
         redemptions.c.terminal_id == bindparam("terminal_id"),
         redemptions.c.transaction_id == bindparam("transaction_id"),
@@ -167,6 +168,9 @@ _SAVE_RELEASING = Statement(
 
 # save() of a card without a lock: its state but the lock, whose columns are cleared.
 _SAVE_UNLOCKED_KEYS = ("status", "balance_minor", "last_fencing_token", "key_card_number")
+# ... and, a Redeem's entry chained by itself (OnlineChain), the card's new last entry.
+_SAVE_UNLOCKED_CHAINED_KEYS = ("status", "balance_minor", "last_fencing_token",
+                               "last_entry_id", "key_card_number")
 
 _INSERT_GRANTS = Statement(insert(lock_history))
 # A lock just handed out (not released yet), as LockCard records it.
@@ -200,6 +204,10 @@ _INSERT_ENTRIES = Statement(insert(journal))
 # sqlite3 driver an adapter call).
 _INSERT_ONLINE_ENTRIES = Statement(insert(journal), constants={"offline": False})
 _ONLINE_ENTRY_KEYS = tuple(key for key in rows.JOURNAL_KEYS if key != "offline")
+# SQLite, while the transaction numbers its online entries (OnlineChain): each bound with
+# its id, and its previous entry when it chains itself (NULL: the trigger chains it). In
+# the table's column order, which the INSERT binds in (so that Transaction.append holds it).
+_NUMBERED_ONLINE_ENTRY_KEYS = ("entry_id", *_ONLINE_ENTRY_KEYS, "previous_entry_id")
 # append_offline_debits: an offline REDEEM without a note.
 _INSERT_DEBIT_ENTRIES = Statement(
     insert(journal),
@@ -310,6 +318,90 @@ _MARK_REVERSED = Statement(
 )
 
 
+class OnlineChain:
+    """SQLite: an online Redeem's journal entry chained by the Redeem itself, as a common
+    offline batch's are (JournaledDebits), rather than by the journal's trigger (two more
+    statements an entry, ~14K instructions a call in `bench/hq_online_cpu.py`): the entry is
+    bound with its card's last entry (read by the Redeem's card SELECT) as its previous one,
+    so the trigger skips it, and the card's new last entry is written in the UPDATE of its
+    balance (save).
+
+    That UPDATE runs before the entry is written (an append, held back till the group's end:
+    Transaction.append), so the entry's id is given, not left to SQLite: the transaction
+    numbers its online entries itself from the journal's largest id, read once (the first
+    Redeem of a transaction, `Transaction.begun`: another HQ process may have written
+    since the last). While it does, every online entry appended gets its id so (a card's
+    first one, or another call's, chained by the trigger then), in one statement held back
+    in order; an entry written any other way (several at once, an offline batch's) stops
+    it, to be read again. An id given wrongly could only make the INSERT fail (the primary
+    key), not fork a chain: the group then runs again, its appends written at once.
+
+    A card whose entry the trigger is to chain, held back in this transaction, has a last
+    entry in its row that is not the last any more: a Redeem of it in the same transaction
+    leaves its entry to the trigger too (which runs at the INSERT, in order)."""
+
+    __slots__ = ("_begun", "_next", "_tx", "_unchained", "_unchained_begun", "chained",
+                 "chained_id", "chained_previous", "read_card", "read_last")
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+        self._begun = -1  # the transaction `_next` is valid in (Transaction.begun)
+        self._next = 0
+        # Cards with an entry the trigger chains held back, in transaction _unchained_begun.
+        self._unchained: set[str] = set()
+        self._unchained_begun = -1
+        self.read_card: Card | None = None
+        """The card the last Redeem read (for update), and its last entry (`read_last`)."""
+        self.read_last: int | None = None
+        self.chained: JournalEntry | None = None
+        """The entry `chain` numbered (for `append`): its id and its previous entry."""
+        self.chained_id = 0
+        self.chained_previous = 0
+
+    def chain(self, card: Card) -> int | None:
+        """The id of the one entry `card`, the card the last Redeem read, recorded, chained
+        to its last entry, when it can chain itself; else None (the trigger will chain
+        it)."""
+        self.read_card = None
+        last = self.read_last
+        entries = card.pending_entries
+        if last is None or len(entries) != 1:  # (a card's first entry: the trigger's)
+            return None
+        begun = self._tx.begun
+        if self._unchained and card.card_number in self._unchained and (
+                self._unchained_begun == begun):
+            return None
+        if self._begun != begun:
+            # The journal's largest id (what is held back is sent first, and counted).
+            self._next = self._tx.fetch_tuples(_LAST_ENTRY, {})[0][0] + 1
+            self._begun = begun
+        entry_id = self._next
+        self._next = entry_id + 1
+        self.chained = entries[0]
+        self.chained_id = entry_id
+        self.chained_previous = last
+        return entry_id
+
+    def number(self, card_number: str) -> int | None:
+        """The id of an online entry of `card_number` that the trigger is to chain, while
+        the transaction numbers them (else None: SQLite does)."""
+        tx = self._tx
+        if tx.hold_appends:
+            if self._unchained_begun != tx.begun:
+                self._unchained.clear()
+                self._unchained_begun = tx.begun
+            self._unchained.add(card_number)
+        if self._begun != tx.begun:
+            return None
+        entry_id = self._next
+        self._next = entry_id + 1
+        return entry_id
+
+    def stop(self) -> None:
+        """Entries were written numbered by SQLite: the next id is to be read again."""
+        self._begun = -1
+
+
 class JournaledDebits:
     """SQLite: the common batch whose debits `SqlJournalRepository.append_offline_debits`
     has just written in the journal, and where: `SqlRedemptionRepository.add_offline_debits`
@@ -328,10 +420,12 @@ class JournaledDebits:
     took are written as the unit ends (`write_new_last_entries`)."""
 
     __slots__ = ("_after", "_debits", "_recorded_at", "_terminal_id", "_tx", "last_entries",
-                 "new_last_entries")
+                 "new_last_entries", "online")
 
     def __init__(self, tx: Transaction) -> None:
         self._tx = tx
+        self.online = OnlineChain(tx)
+        """SQLite: online Redeems' entries, chained by themselves (see OnlineChain)."""
         self._debits: CommonDebits | None = None
         self._terminal_id = ""
         self._recorded_at = 0
@@ -370,6 +464,8 @@ class SqlCardRepository:
         self._journaled = journaled
         # A card's row read as a JSON array: SQLite with its JSON functions built in (3.38+).
         self._arrays = tx.dialect.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 38)
+        # (And then a Redeem's entry chained by itself.)
+        self._online = journaled.online if journaled is not None and self._arrays else None
 
     def get(self, card_number: str) -> Card | None:
         found = self._tx.fetch_tuples(_CARD, {"card_number": card_number})
@@ -401,27 +497,37 @@ class SqlCardRepository:
             if not found:
                 return None, None
             row: Sequence[Any] = _decode_array(found[0][0])
-        else:
-            found = self._tx.fetch_tuples(_CARD_WITH_LINE_FOR_UPDATE, params)
-            if not found:
-                return None, None
-            row = found[0]
-            if row[-1] is None and not self._tx.is_sqlite:
-                card = rows.card_from_row(row)
-                self._seen.add(card)
-                lock = card.lock
-                if lock is not None and lock.is_held_by(terminal_id, transaction_id):
-                    return card, None
-                # PostgreSQL, the card's lock gone (or another sale's): perhaps released by
-                # a Redeem or sync of this very line that committed while this statement
-                # waited for the card's row lock. READ COMMITTED then rechecks the locked
-                # row at its latest version but keeps the outer-joined line as the
-                # statement's snapshot had it (none): the line is read again in a statement
-                # of its own (a new snapshot), taken after the row lock.
-                stored = self._tx.fetch_first(_REDEMPTION, {
-                    "terminal_id": terminal_id, "transaction_id": transaction_id,
-                    "line_id": line_id})
-                return card, None if stored is None else rows.redemption_from_row(stored)
+            card = rows.card_from_row(row)
+            self._seen.add(card)
+            online = self._online
+            if online is not None:
+                online.read_card, online.read_last = card, row[-2]
+            if row[-1] is None:  # line_recorded_at: no such line
+                return card, None
+            stored = self._tx.fetch_first(_REDEMPTION, {
+                "terminal_id": terminal_id, "transaction_id": transaction_id,
+                "line_id": line_id})
+            return card, None if stored is None else rows.redemption_from_row(stored)
+        found = self._tx.fetch_tuples(_CARD_WITH_LINE_FOR_UPDATE, params)
+        if not found:
+            return None, None
+        row = found[0]
+        if row[-1] is None and not self._tx.is_sqlite:
+            card = rows.card_from_row(row)
+            self._seen.add(card)
+            lock = card.lock
+            if lock is not None and lock.is_held_by(terminal_id, transaction_id):
+                return card, None
+            # PostgreSQL, the card's lock gone (or another sale's): perhaps released by
+            # a Redeem or sync of this very line that committed while this statement
+            # waited for the card's row lock. READ COMMITTED then rechecks the locked
+            # row at its latest version but keeps the outer-joined line as the
+            # statement's snapshot had it (none): the line is read again in a statement
+            # of its own (a new snapshot), taken after the row lock.
+            stored = self._tx.fetch_first(_REDEMPTION, {
+                "terminal_id": terminal_id, "transaction_id": transaction_id,
+                "line_id": line_id})
+            return card, None if stored is None else rows.redemption_from_row(stored)
         card = rows.card_from_row(row)
         self._seen.add(card)
         if row[-1] is None:  # line_recorded_at: no such line
@@ -459,6 +565,15 @@ class SqlCardRepository:
     def _save_one(self, card: Card) -> None:
         lock = card.lock
         if lock is None:  # Redeem's: the lock's columns cleared in the SQL
+            online = self._online
+            entry_id = None
+            if online is not None and online.read_card is card:
+                entry_id = online.chain(card)
+            if entry_id is not None:  # and its entry's id, chained by itself
+                self._tx.write_tuples(_SAVE_RELEASING, _SAVE_UNLOCKED_CHAINED_KEYS, [
+                    (card.status._value_, card.balance_minor, card.last_fencing_token,
+                     entry_id, card.card_number)])
+                return
             self._tx.write_tuples(_SAVE_RELEASING, _SAVE_UNLOCKED_KEYS, [
                 (card.status._value_, card.balance_minor, card.last_fencing_token,
                  card.card_number)])
@@ -597,15 +712,33 @@ class SqlJournalRepository:
     def __init__(self, tx: Transaction, journaled: JournaledDebits | None = None) -> None:
         self._tx = tx
         self._journaled = journaled
+        self._online = journaled.online if journaled is not None and tx.is_sqlite else None
 
     def append(self, entries: Iterable[JournalEntry]) -> None:
         entries = list(entries)
-        if self._journaled is not None:
-            self._journaled.last_entries = None  # (no longer last, perhaps)
+        journaled = self._journaled
+        if journaled is not None:
+            journaled.last_entries = None  # (no longer last, perhaps)
         if len(entries) == 1 and not entries[0].offline:  # an online call's
+            entry = entries[0]
+            online = self._online
+            if online is not None:
+                if online.chained is entry:  # a Redeem's, chained by itself (OnlineChain)
+                    online.chained = None
+                    self._tx.append(_INSERT_ONLINE_ENTRIES, _NUMBERED_ONLINE_ENTRY_KEYS, [(
+                        online.chained_id, *rows.online_journal_row(entry),
+                        online.chained_previous)])
+                    return
+                entry_id = online.number(entry.card_number)
+                if entry_id is not None:
+                    self._tx.append(_INSERT_ONLINE_ENTRIES, _NUMBERED_ONLINE_ENTRY_KEYS, [
+                        (entry_id, *rows.online_journal_row(entry), None)])
+                    return
             self._tx.append(_INSERT_ONLINE_ENTRIES, _ONLINE_ENTRY_KEYS,
-                            [rows.online_journal_row(entries[0])])
+                            [rows.online_journal_row(entry)])
             return
+        if self._online is not None:
+            self._online.stop()
         self._tx.write_tuples(_INSERT_ENTRIES, rows.JOURNAL_KEYS,
                               [rows.journal_row(entry) for entry in entries])
 
@@ -617,6 +750,8 @@ class SqlJournalRepository:
         recorded_at = rows.to_micros(now)
         shared = {"terminal_id": terminal_id, "recorded_at": recorded_at}
         journaled = self._journaled
+        if self._online is not None:
+            self._online.stop()  # (numbered by SQLite)
         if journaled is not None and self._tx.is_sqlite:  # (nothing inserts in between)
             after = self._tx.fetch_tuples(_LAST_ENTRY, {})[0][0]
             journaled.note(debits, terminal_id, recorded_at, after)

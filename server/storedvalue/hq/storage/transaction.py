@@ -92,6 +92,9 @@ class Transaction:
         self._cursor: Any = driver.cursor()
         self._begin_sql: str | None = None
         self._open = False
+        self.begun = 0
+        """Transactions begun so far: what a repository keeps for the open transaction only
+        is valid while this is unchanged."""
         self.writes = 0
         """INSERTs and UPDATEs run so far (a write that failed counts too): a unit of work
         that fails with this unchanged since its start left nothing to undo."""
@@ -379,6 +382,7 @@ class Transaction:
                 "BEGIN IMMEDIATE" if write else "BEGIN"
             )
         self._open = True
+        self.begun += 1
         if self._begin_sql is not None:
             try:
                 self._cursor.execute(self._begin_sql)
