@@ -44,7 +44,8 @@ from storedvalue.hq.storage.tables import cards, journal, lock_history, redempti
 from storedvalue.hq.storage.transaction import Transaction
 
 # A card's columns as rows.card_from_row reads them (not cards.last_entry_id: the journal's
-# to keep, by its trigger).
+# to keep, by its trigger, or by the writers that chain their entries themselves:
+# JournaledDebits, OnlineChain).
 _CARD_COLUMNS = tuple(cards.c[name] for name in rows.CARD_COLUMNS)
 _CARD_SELECT = select(*_CARD_COLUMNS).where(cards.c.card_number == bindparam("card_number"))
 _CARD = Statement(_CARD_SELECT)
@@ -497,39 +498,32 @@ class SqlCardRepository:
             if not found:
                 return None, None
             row: Sequence[Any] = _decode_array(found[0][0])
-            card = rows.card_from_row(row)
-            self._seen.add(card)
-            online = self._online
-            if online is not None:
-                online.read_card, online.read_last = card, row[-2]
-            if row[-1] is None:  # line_recorded_at: no such line
-                return card, None
-            stored = self._tx.fetch_first(_REDEMPTION, {
-                "terminal_id": terminal_id, "transaction_id": transaction_id,
-                "line_id": line_id})
-            return card, None if stored is None else rows.redemption_from_row(stored)
-        found = self._tx.fetch_tuples(_CARD_WITH_LINE_FOR_UPDATE, params)
-        if not found:
-            return None, None
-        row = found[0]
-        if row[-1] is None and not self._tx.is_sqlite:
-            card = rows.card_from_row(row)
-            self._seen.add(card)
-            lock = card.lock
-            if lock is not None and lock.is_held_by(terminal_id, transaction_id):
-                return card, None
-            # PostgreSQL, the card's lock gone (or another sale's): perhaps released by
-            # a Redeem or sync of this very line that committed while this statement
-            # waited for the card's row lock. READ COMMITTED then rechecks the locked
-            # row at its latest version but keeps the outer-joined line as the
-            # statement's snapshot had it (none): the line is read again in a statement
-            # of its own (a new snapshot), taken after the row lock.
-            stored = self._tx.fetch_first(_REDEMPTION, {
-                "terminal_id": terminal_id, "transaction_id": transaction_id,
-                "line_id": line_id})
-            return card, None if stored is None else rows.redemption_from_row(stored)
+        else:
+            found = self._tx.fetch_tuples(_CARD_WITH_LINE_FOR_UPDATE, params)
+            if not found:
+                return None, None
+            row = found[0]
+            if row[-1] is None and not self._tx.is_sqlite:
+                card = rows.card_from_row(row)
+                self._seen.add(card)
+                lock = card.lock
+                if lock is not None and lock.is_held_by(terminal_id, transaction_id):
+                    return card, None
+                # PostgreSQL, the card's lock gone (or another sale's): perhaps released by
+                # a Redeem or sync of this very line that committed while this statement
+                # waited for the card's row lock. READ COMMITTED then rechecks the locked
+                # row at its latest version but keeps the outer-joined line as the
+                # statement's snapshot had it (none): the line is read again in a statement
+                # of its own (a new snapshot), taken after the row lock.
+                stored = self._tx.fetch_first(_REDEMPTION, {
+                    "terminal_id": terminal_id, "transaction_id": transaction_id,
+                    "line_id": line_id})
+                return card, None if stored is None else rows.redemption_from_row(stored)
         card = rows.card_from_row(row)
         self._seen.add(card)
+        online = self._online
+        if online is not None:  # (a row read as an array: the card's last entry is in it)
+            online.read_card, online.read_last = card, row[-2]
         if row[-1] is None:  # line_recorded_at: no such line
             return card, None
         stored = self._tx.fetch_first(_REDEMPTION, {
