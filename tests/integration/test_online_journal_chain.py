@@ -158,8 +158,10 @@ def test_online_redeems_chain_their_entries_among_a_groups_other_entries_and_rer
             # after their Redeem: the one before is chained by the trigger, as the Redeem
             # after it then) and to another, a card issued, a unit failing after its
             # writes (the group starts over), and, once, held appends failing (it starts
-            # over with appends written at once).
+            # over with appends written at once). Once, value is added to a card before
+            # the group's first Redeem.
             outcomes += await asyncio.gather(
+                *([hq.add_value(numbers[4])] if _round == 2 else []),
                 hq.redeem(held[0]),
                 hq.add_value(numbers[1]),
                 hq.redeem(held[1]),
