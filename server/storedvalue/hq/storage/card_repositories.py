@@ -335,20 +335,22 @@ _MARK_REVERSED = Statement(
 class OnlineChain:
     """SQLite: an online Redeem's journal entry chained by the Redeem itself, as a common
     offline batch's are (JournaledDebits), rather than by the journal's trigger (two more
-    statements an entry, ~14K instructions a call in `bench/hq_online_cpu.py`): the entry is
+    statements an entry: in `bench/hq_online_cpu.py` under callgrind, SQLite's own work
+    ~12K instructions a call less at concurrency 16, the whole process ~7K): the entry is
     bound with its card's last entry (read by the Redeem's card SELECT) as its previous one,
     so the trigger skips it, and the card's new last entry is written in the UPDATE of its
     balance (save).
 
     That UPDATE runs before the entry is written (an append, held back till the group's end:
     Transaction.append), so the entry's id is given, not left to SQLite: the transaction
-    numbers its online entries itself from the journal's largest id, read once (the first
-    Redeem of a transaction, `Transaction.begun`: another HQ process may have written
-    since the last). While it does, every online entry appended gets its id so (a card's
-    first one, or another call's, chained by the trigger then), in one statement held back
-    in order; an entry written any other way (several at once, an offline batch's) stops
-    it, to be read again. An id given wrongly could only make the INSERT fail (the primary
-    key), not fork a chain: the group then runs again, its appends written at once.
+    numbers its online entries itself, after the journal's largest id, read once a
+    transaction (`Transaction.begun`: another HQ process may have written since the last),
+    by its first Redeem's card SELECT. While it does, every online entry appended gets its
+    id so (a card's first one, or another call's, chained by the trigger then), in one
+    statement held back in order; an entry written any other way (several at once, an
+    offline batch's) stops it, to be read again. An id given wrongly could only make the
+    INSERT fail (the primary key), not fork a chain: the group then runs again, its appends
+    written at once.
 
     A card whose entry the trigger is to chain, held back in this transaction, has a last
     entry in its row that is not the last any more: a Redeem of it in the same transaction
