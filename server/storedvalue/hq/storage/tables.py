@@ -67,7 +67,8 @@ cards = Table(
     Column("lock_lease_expires_at", BigInteger, nullable=True),
     Column("lock_acquired_at", BigInteger, nullable=True),
     # The card's newest journal entry (NULL before its first), where its history starts
-    # (kept by the journal's trigger: see `journal`).
+    # (kept by the journal's trigger, or by the writer that chained the entry: see
+    # `journal`).
     Column("last_entry_id", BigInteger, nullable=True),
     # The back office lists locks, all or one terminal's (sorted by card number). Only locked
     # cards are in it: locking adds an entry and releasing removes it, instead of moving the
@@ -116,7 +117,10 @@ journal = Table(
     # (card_number, entry_id), which every entry written updated at a random page (cards
     # are used at random): ~0.35 WAL pages a synced sale. A trigger on INSERT (migration
     # 0008, not described here: Alembic does not compare triggers) sets it and the card's
-    # last_entry_id, whatever statement wrote the entry; along a chain ids increase.
+    # last_entry_id for an entry written without it (0009); the writers that chain their
+    # entries themselves (an offline batch's, an online Redeem's on SQLite: see
+    # card_repositories' JournaledDebits and OnlineChain) bind it and write the card's
+    # last_entry_id in the UPDATE of its balance. Along a chain ids increase.
     Column("previous_entry_id", BigInteger, nullable=True),
 )
 
