@@ -8,8 +8,10 @@ lines), as a till would.
 
 At the end, with the outbox drained, every card's balance must be its initial value minus
 the lines of the sales the till reports completed (online or offline): each sale debited
-exactly once, none lost, abandoned ones nothing. Exit status 1 when a balance differs or a
-sale stays stuck.
+exactly once, none lost, abandoned ones nothing; and every card's history, the chain the
+back office pages from the card's last journal entry, must be exactly its journal entries,
+adding up to its balance. Exit status 1 when a balance or a history is wrong or a sale stays
+stuck.
 
     .venv/bin/python scripts/fault_harness.py --seed 5 --sales 40   # about a minute
 
@@ -26,6 +28,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -104,6 +107,7 @@ class Store:
         self.pos = self._start_pos()
         self.lock = threading.Lock()
         self.kills = {"hq": 0, "pos": 0}
+        self.killers: list[threading.Thread] = []
 
     def _start_pos(self) -> Pos:
         return Pos(self.hq.address, self.till.token, self.data_dir, self.errors)
@@ -120,6 +124,7 @@ class Store:
 
         thread = threading.Thread(target=kill)
         thread.start()
+        self.killers.append(thread)
         return thread
 
     def hq_up(self) -> None:
@@ -159,6 +164,8 @@ class Store:
         return "ABANDONED"
 
     def drain_outbox(self, timeout: float) -> int:
+        for killer in self.killers:  # the last kills land first, then HQ is up for good
+            killer.join()
         self.hq_up()
         self.ask(op="wait_online", timeout_s=timeout)
         deadline = time.monotonic() + timeout
@@ -215,9 +222,44 @@ def run(seed: int, sales: int, home: Path) -> bool:
         store.close()
     wrong = {card: (balance, INITIAL_BALANCE - expected[card])
              for card, balance in balances.items() if balance != INITIAL_BALANCE - expected[card]}
+    broken = broken_histories(store.hq.database)
     print(f"kills {store.kills}; outbox left {left}; stuck {stuck}; "
-          f"balances that differ (found, expected) {wrong}")
-    return not wrong and not stuck and left == 0
+          f"balances that differ (found, expected) {wrong}; histories broken {broken}")
+    return not wrong and not stuck and left == 0 and not broken
+
+
+def broken_histories(database: Path) -> dict[str, str]:
+    """Cards whose history, as the back office pages it (the chain from the card's last
+    entry back over previous_entry_id), is not exactly their journal entries, ids rising,
+    each entry's balance after it the one before plus its amount, the last the card's
+    balance. Read from HQ's SQLite file once HQ has stopped."""
+    broken = {}
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        for card, last, balance in db.execute(
+                "SELECT card_number, last_entry_id, balance_minor FROM cards"):
+            entries = {row[0]: row[1:] for row in db.execute(
+                "SELECT entry_id, previous_entry_id, amount_minor, balance_after_minor"
+                " FROM journal WHERE card_number = ?", (card,))}
+            chain: list[int] = []
+            at = last
+            while at is not None and at in entries and len(chain) <= len(entries):
+                chain.append(at)
+                at = entries[at][0]
+            chain.reverse()
+            running = 0
+            for entry_id in chain:
+                running += entries[entry_id][1]
+                if entries[entry_id][2] != running:
+                    broken[card] = f"entry {entry_id}: balance after {entries[entry_id][2]}, " \
+                                   f"entries add up to {running}"
+                    break
+            if card in broken:
+                continue
+            if at is not None or chain != sorted(entries):
+                broken[card] = f"chain {chain} against entries {sorted(entries)}"
+            elif running != balance:
+                broken[card] = f"entries add up to {running}, balance {balance}"
+    return broken
 
 
 def main() -> int:
