@@ -28,7 +28,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import grpc  # noqa: E402
 from e2e.harness import BackOffice, HQProcess, Till, new_id  # noqa: E402
+from journal_chains import broken_histories  # noqa: E402
 
 from storedvalue.v1 import back_office_service_pb2 as bo  # noqa: E402
 
@@ -226,40 +226,6 @@ def run(seed: int, sales: int, home: Path) -> bool:
     print(f"kills {store.kills}; outbox left {left}; stuck {stuck}; "
           f"balances that differ (found, expected) {wrong}; histories broken {broken}")
     return not wrong and not stuck and left == 0 and not broken
-
-
-def broken_histories(database: Path) -> dict[str, str]:
-    """Cards whose history, as the back office pages it (the chain from the card's last
-    entry back over previous_entry_id), is not exactly their journal entries, ids rising,
-    each entry's balance after it the one before plus its amount, the last the card's
-    balance. Read from HQ's SQLite file once HQ has stopped."""
-    broken = {}
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        for card, last, balance in db.execute(
-                "SELECT card_number, last_entry_id, balance_minor FROM cards"):
-            entries = {row[0]: row[1:] for row in db.execute(
-                "SELECT entry_id, previous_entry_id, amount_minor, balance_after_minor"
-                " FROM journal WHERE card_number = ?", (card,))}
-            chain: list[int] = []
-            at = last
-            while at is not None and at in entries and len(chain) <= len(entries):
-                chain.append(at)
-                at = entries[at][0]
-            chain.reverse()
-            running = 0
-            for entry_id in chain:
-                running += entries[entry_id][1]
-                if entries[entry_id][2] != running:
-                    broken[card] = f"entry {entry_id}: balance after {entries[entry_id][2]}, " \
-                                   f"entries add up to {running}"
-                    break
-            if card in broken:
-                continue
-            if at is not None or chain != sorted(entries):
-                broken[card] = f"chain {chain} against entries {sorted(entries)}"
-            elif running != balance:
-                broken[card] = f"entries add up to {running}, balance {balance}"
-    return broken
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from journal_chains import broken_histories, card_entries
 from storage_samples import NOW, make_card
 
 from storedvalue.hq.domain.cards import CardKind, luhn_check_digit
@@ -84,34 +85,6 @@ def database(tmp_path: Path) -> Path:
     path = tmp_path / "hq.sqlite3"
     upgrade_to_head(f"sqlite:///{path}")
     return path
-
-
-def chains(path: Path) -> dict[str, tuple[list[int], list[int]]]:
-    """Each card's entries walked back from its last one through the chain, and its entries
-    in the journal, both in id order; and that every entry names the one before it."""
-    with closing(sqlite3.connect(path)) as connection:
-        found: dict[str, tuple[list[int], list[int]]] = {}
-        cards = connection.execute("SELECT card_number, last_entry_id, balance_minor FROM cards")
-        for number, last, balance in cards.fetchall():
-            walked: list[int] = []
-            at = last
-            while at is not None:
-                walked.append(at)
-                (at,) = connection.execute(
-                    "SELECT previous_entry_id FROM journal WHERE entry_id = ?", (at,)).fetchone()
-            entries = connection.execute(
-                "SELECT entry_id, amount_minor, balance_after_minor FROM journal "
-                "WHERE card_number = ? ORDER BY entry_id", (number,)).fetchall()
-            assert sum(amount for _id, amount, _after in entries) == balance
-            assert [after for _id, _amount, after in entries][-1:] == [balance]
-            found[number] = (sorted(walked), [entry_id for entry_id, _a, _b in entries])
-            assert walked == sorted(walked, reverse=True)  # ids increase along a chain
-    return found
-
-
-def assert_chains_whole(path: Path) -> None:
-    for number, (walked, entries) in chains(path).items():
-        assert walked == entries, number
 
 
 def history_pages(storage: SqlStorage, number: str) -> list[int]:
@@ -182,9 +155,9 @@ def test_online_redeems_chain_their_entries_among_a_groups_other_entries_and_rer
         failures = [o for o in outcomes if isinstance(o, Exception)]
         assert len(failures) == 3 and all(isinstance(f, InvalidField) for f in failures)
         assert "replayed" in outcomes
-        assert_chains_whole(database)
+        assert broken_histories(database) == {}
         for number in (card_number(n) for n in range(1, 7)):
-            assert history_pages(hq.storage, number) == chains(database)[number][1]
+            assert history_pages(hq.storage, number) == card_entries(database)[number]
     finally:
         hq.close()
 
@@ -202,8 +175,8 @@ def test_a_group_of_online_redeems_chains_itself_without_the_trigger(database: P
 
     try:
         asyncio.run(scenario())
-        assert_chains_whole(database)
-        assert all(len(entries) == 4 for _walked, entries in chains(database).values())
+        assert broken_histories(database) == {}
+        assert all(len(entries) == 4 for entries in card_entries(database).values())
     finally:
         hq.close()
 
@@ -228,7 +201,7 @@ def test_two_hq_processes_redeeming_on_one_file_in_turn_keep_every_chain(
 
     try:
         asyncio.run(scenario())
-        assert_chains_whole(database)
+        assert broken_histories(database) == {}
     finally:
         first.close()
         second.close()
