@@ -176,8 +176,7 @@ def once_answered(
             return earlier
     try:
         encoded = answer(run())
-        # As remember_answer (a request id already taken: ConcurrentUpdate), one call less.
-        _remember(uow, key, _ANSWER_ENCODER.encode(encoded).decode(), now)
+        remember_answer(uow, key, encoded, now)  # a request id already taken: ConcurrentUpdate
         return encoded
     except StoredValueError:
         if uow.requests.get(key.caller, key.request_id) is not None:
