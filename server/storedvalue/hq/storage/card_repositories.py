@@ -82,7 +82,8 @@ _CARD_ARRAY_FOR_UPDATE = Statement(
     select(func.json_array(*_CARD_COLUMNS)).where(cards.c.card_number == bindparam("card_number"))
 )
 # And the card's last journal entry, which the Redeem's entry chains to (OnlineChain).
-def _card_array_with_line(*columns: Any) -> Statement:
+def _card_array_with_line(*columns: Any, read_unheld: frozenset[str] = frozenset()
+                          ) -> Statement:
     return Statement(
         select(func.json_array(*_CARD_COLUMNS, *columns, cards.c.last_entry_id,
                                redemptions.c.recorded_at))
@@ -91,7 +92,8 @@ def _card_array_with_line(*columns: Any) -> Statement:
             redemptions.c.transaction_id == bindparam("transaction_id"),
             redemptions.c.line_id == bindparam("line_id"),
         )))
-        .where(cards.c.card_number == bindparam("card_number"))
+        .where(cards.c.card_number == bindparam("card_number")),
+        read_unheld=read_unheld,
     )
 
 
@@ -100,10 +102,10 @@ _CARD_ARRAY_WITH_LINE_FOR_UPDATE = _card_array_with_line()
 # numbers its entries from it): in the same statement, not one of its own (~9K instructions
 # a transaction: one Redeem a transaction at concurrency 1). Read only when the transaction
 # holds back no journal entry (OnlineChain.wants_last_id), so nothing held back need be sent
-# first for it to count: the statement is not marked as reading the journal.
+# first for it to count (`read_unheld`).
 _CARD_ARRAY_WITH_LINE_AND_LAST_ID_FOR_UPDATE = _card_array_with_line(
-    select(func.coalesce(func.max(journal.c.entry_id), literal_column("0"))).scalar_subquery())
-_CARD_ARRAY_WITH_LINE_AND_LAST_ID_FOR_UPDATE.tables -= {journal.name}
+    select(func.coalesce(func.max(journal.c.entry_id), literal_column("0"))).scalar_subquery(),
+    read_unheld=frozenset({journal.name}))
 _decode_array = msgspec.json.Decoder(list[Any]).decode
 # rows.card_from_row reads a card's columns by position.
 if tuple(cards.c.keys())[:len(rows.CARD_COLUMNS)] != rows.CARD_COLUMNS:

@@ -50,21 +50,27 @@ class Statement:
       the SQL (NULL, a flag, a fixed word) rather than bound for each row (binding costs the
       driver more than the row's B-tree work in a bulk write). Only our own fixed values,
       never one a caller sent.
+    - A SELECT may name tables it reads only while the transaction holds back no append to
+      them (`read_unheld`): appends held back for those are not sent before it.
     """
 
     def __init__(self, statement: Select[Any] | Insert | Update, *, in_list: str | None = None,
-                 constants: dict[str, str | bool | None] | None = None) -> None:
+                 constants: dict[str, str | bool | None] | None = None,
+                 read_unheld: frozenset[str] = frozenset()) -> None:
         if in_list is not None and not isinstance(statement, Select):
             raise ValueError("only a SELECT reads by a list of keys")
         if constants and isinstance(statement, Select):
             raise ValueError("a SELECT writes no constants")
+        if read_unheld and not isinstance(statement, Select):
+            raise ValueError("only a SELECT reads without the appends held back")
         self.statement = statement
         self.in_list = in_list
         self.constants = dict(constants or {})
         self.tables = frozenset(
             table.name for table in find_tables(statement, include_crud=True, include_joins=True)
-            if isinstance(table, Table))
-        """The names of the tables it reads or writes."""
+            if isinstance(table, Table)) - read_unheld
+        """The names of the tables it reads or writes, but `read_unheld`'s: appends held back
+        for these are sent before it (Transaction.append)."""
         self._compiled: dict[tuple[Any, ...], CompiledSql] = {}
 
     def compiled_read(self, dialect: Dialect, count: int = 0) -> CompiledSql:
