@@ -58,7 +58,8 @@ R = TypeVar("R")
 @dataclass
 class _State:
     cards: dict[str, Card] = field(default_factory=dict)
-    lock_history: dict[tuple[str, int], LockGrant] = field(default_factory=dict)
+    # By the table's key: (terminal_id, transaction_id, card_number, fencing_token).
+    lock_history: dict[tuple[str, str, str, int], LockGrant] = field(default_factory=dict)
     journal: list[JournalEntry] = field(default_factory=list)
     redemptions: dict[LineKey, Redemption] = field(default_factory=dict)
     requests: dict[tuple[str, str], StoredResponse] = field(default_factory=dict)
@@ -215,13 +216,15 @@ class FakeLockHistoryRepository:
 
     def add(self, grants: Iterable[LockGrant]) -> None:
         new = [_stored(grant) for grant in grants]
-        keys = [(grant.card_number, grant.fencing_token) for grant in new]
+        keys = [(grant.terminal_id, grant.transaction_id, grant.card_number,
+                 grant.fencing_token) for grant in new]
         if len(set(keys)) != len(keys) or any(k in self._state.lock_history for k in keys):
             raise _taken("lock_history primary key")
         self._state.lock_history.update(zip(keys, new, strict=True))
 
-    def mark_released_by_holder(self, locks: Iterable[tuple[str, int]], at: datetime) -> None:
-        for key in locks:
+    def mark_released_by_holder(self, locks: Iterable[Lock], at: datetime) -> None:
+        for lock in locks:
+            key = (lock.terminal_id, lock.transaction_id, lock.card_number, lock.fencing_token)
             grant = self._state.lock_history.get(key)
             if grant is not None:
                 self._state.lock_history[key] = _stored(grant.released_by_holder(at))

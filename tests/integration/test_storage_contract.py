@@ -253,8 +253,14 @@ def test_the_lock_history_finds_a_terminals_locks_by_sale_and_notes_its_own_rele
     theirs = LockGrant.of(make_lock(card_number(1), terminal_id="till-2", transaction_id="txn-1",
                                     token=4))
     write(storage, lambda uow: uow.lock_history.add([*mine, theirs]))
-    write(storage, lambda uow: uow.lock_history.mark_released_by_holder(
-        [(card_number(3), 3), (card_number(9), 9)], at(30)))
+    write(storage, lambda uow: uow.lock_history.mark_released_by_holder([
+        make_lock(card_number(3), transaction_id="txn-1", token=3),
+        # Found by sale, card and token: the same card and token under another sale or
+        # terminal is not this lock; an unknown lock is ignored.
+        make_lock(card_number(1), transaction_id="txn-0", token=1),
+        make_lock(card_number(2), terminal_id="till-2", transaction_id="txn-0", token=2),
+        make_lock(card_number(9), token=9),
+    ], at(30)))
 
     found = read(storage, lambda uow: uow.lock_history.for_sales("till-1", ["txn-1", "txn-7"]))
 
@@ -262,16 +268,22 @@ def test_the_lock_history_finds_a_terminals_locks_by_sale_and_notes_its_own_rele
     assert sorted(by_token) == [1, 3]  # txn-1's, this terminal's only
     assert by_token[1] == mine[0]
     assert by_token[3] == mine[2].released_by_holder(at(30))
+    assert read(storage, lambda uow: uow.lock_history.for_sales("till-1", ["txn-0"])) == [
+        mine[1]]
+    assert read(storage, lambda uow: uow.lock_history.for_sales("till-2", ["txn-1"])) == [
+        theirs]
     assert read(storage, lambda uow: uow.lock_history.for_sales("till-1", [])) == []
 
 
-def test_a_fencing_token_recorded_twice_for_a_card_raises_concurrent_update(
+def test_a_lock_recorded_twice_for_its_sale_raises_concurrent_update(
     storage: Storage,
 ) -> None:
     grant = LockGrant.of(make_lock(card_number(1), token=5))
     write(storage, lambda uow: uow.lock_history.add([grant]))
     with pytest.raises(ConcurrentUpdate):
-        write(storage, lambda uow: uow.lock_history.add([replace(grant, terminal_id="till-2")]))
+        write(storage, lambda uow: uow.lock_history.add([replace(grant, acquired_at=at(9))]))
+    assert read(storage, lambda uow: uow.lock_history.for_sales("till-1", ["txn-1"])) == [
+        grant]
 
 
 def test_locks_are_listed_in_card_number_order_after_the_given_number(

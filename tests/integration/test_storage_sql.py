@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,11 +19,11 @@ from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, inspect, text
-from storage_samples import card_number, make_card, make_entry, read, write
+from storage_samples import card_number, make_card, make_entry, make_lock, read, write
 
 from storedvalue.hq.domain.journal import JournalEntry
 from storedvalue.hq.services.unit_of_work import ConcurrentUpdate, UnitOfWork
-from storedvalue.hq.storage import SqlStorage, open_engine, upgrade_to_head
+from storedvalue.hq.storage import SqlStorage, open_engine, rows, upgrade_to_head
 from storedvalue.hq.storage.schema import alembic_config, current_revision, head_revision
 from storedvalue.hq.storage.tables import METADATA
 
@@ -36,10 +36,32 @@ def schema_differences(engine: Engine) -> list[object]:
         return list(compare_metadata(context, METADATA))
 
 
+def key_differences(engine: Engine) -> list[object]:
+    """What Alembic's comparison leaves out: each table's primary key (its columns, in
+    order) and, on SQLite, whether the table has a rowid."""
+    found: list[object] = []
+    with engine.connect() as connection:
+        inspector = inspect(connection)
+        for table in METADATA.sorted_tables:
+            key = inspector.get_pk_constraint(table.name)["constrained_columns"]
+            wanted = [column.name for column in table.primary_key.columns]
+            if key != wanted:
+                found.append((table.name, "primary key", key, wanted))
+            if connection.dialect.name == "sqlite":
+                sql = connection.execute(text(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"),
+                    {"name": table.name}).scalar_one()
+                with_rowid = "WITHOUT ROWID" not in sql.upper()
+                if with_rowid != table.dialect_options["sqlite"]["with_rowid"]:
+                    found.append((table.name, "with rowid", with_rowid))
+    return found
+
+
 def test_the_migrations_build_exactly_the_schema_tables_py_describes(
     sql_storage: SqlStorage,
 ) -> None:
     assert schema_differences(sql_storage.engine) == []
+    assert key_differences(sql_storage.engine) == []
     with sql_storage.engine.connect() as connection:
         assert current_revision(connection) == head_revision()
 
@@ -75,6 +97,82 @@ def test_upgrading_a_database_copies_the_locks_cards_hold_into_the_lock_history(
             "till-1", ["sale-1"]))
         assert [(g.card_number, g.fencing_token, g.released_by_holder_at) for g in grants] == [
             ("7000000000000001", 3, None)]
+    finally:
+        engine.dispose()
+
+
+_LOCK_HISTORY_AT_0009 = [
+    # card_number, fencing_token, terminal_id, transaction_id, acquired_at, released_at
+    ("7000000000000001", 1, "till-1", "sale-1", 10, None),
+    ("7000000000000001", 2, "till-1", "sale-1", 20, None),  # the sale's second lock
+    ("7000000000000002", 1, "till-1", "sale-1", 30, 35),  # released by its holder
+    ("7000000000000003", 4, "till-1", "sale-2", 40, None),
+    ("7000000000000001", 3, "till-2", "sale-1", 50, None),  # another till's sale-1
+]
+
+
+def _lock_history_rows(engine: Engine) -> list[tuple[object, ...]]:
+    with engine.connect() as connection:
+        return sorted(tuple(row) for row in connection.execute(text(
+            "SELECT card_number, fencing_token, terminal_id, transaction_id, acquired_at, "
+            "released_by_holder_at FROM lock_history")))
+
+
+def test_upgrading_a_database_keys_its_lock_history_by_sale_and_keeps_every_lock(
+    database_url: str,
+) -> None:
+    # At 0009 the lock history is keyed (card_number, fencing_token) with an index by sale;
+    # 0010 keys it by sale (WITHOUT ROWID on SQLite). Every lock is still there, found by the
+    # sync's look-ups and by a release naming its sale.
+    engine = open_engine(database_url)
+    try:
+        with engine.connect() as connection, connection.begin():
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            alembic_command.upgrade(config, "0009_journal_chain_when")
+            connection.execute(text(
+                "INSERT INTO lock_history VALUES (:card, :token, :terminal, :sale, :at, "
+                ":released)"), [
+                    {"card": card, "token": token, "terminal": terminal, "sale": sale,
+                     "at": acquired, "released": released}
+                    for card, token, terminal, sale, acquired, released
+                    in _LOCK_HISTORY_AT_0009])
+        upgrade_to_head(engine)
+        assert schema_differences(engine) == []
+        assert key_differences(engine) == []
+        assert _lock_history_rows(engine) == sorted(_LOCK_HISTORY_AT_0009)
+
+        storage = SqlStorage(engine)
+        grants = read(storage, lambda uow: uow.lock_history.for_sales(
+            "till-1", ["sale-1", "sale-2", "sale-3"]))
+        assert sorted((g.card_number, g.fencing_token, g.transaction_id,
+                       rows.to_micros(g.acquired_at),
+                       None if g.released_by_holder_at is None
+                       else rows.to_micros(g.released_by_holder_at)) for g in grants) == [
+            ("7000000000000001", 1, "sale-1", 10, None),
+            ("7000000000000001", 2, "sale-1", 20, None),
+            ("7000000000000002", 1, "sale-1", 30, 35),
+            ("7000000000000003", 4, "sale-2", 40, None)]
+        locks = read(storage, lambda uow: uow.lock_history.sale_locks("till-2", ["sale-1"]))
+        assert [tuple(lock) for lock in locks] == [("sale-1", "7000000000000001", 3, False)]
+
+        write(storage, lambda uow: uow.lock_history.mark_released_by_holder(
+            [make_lock("7000000000000003", transaction_id="sale-2", token=4)],
+            datetime.fromtimestamp(0, UTC) + timedelta(microseconds=45)))
+        assert ("7000000000000003", 4, "till-1", "sale-2", 40, 45) in _lock_history_rows(engine)
+
+        # Down again: keyed by card and token, indexed by sale, every lock kept.
+        with engine.connect() as connection, connection.begin():
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            alembic_command.downgrade(config, "0009_journal_chain_when")
+            key = inspect(connection).get_pk_constraint("lock_history")["constrained_columns"]
+            indexes = {index["name"] for index in inspect(connection).get_indexes("lock_history")}
+        assert key == ["card_number", "fencing_token"]
+        assert "ix_lock_history_terminal_id_transaction_id" in indexes
+        assert len(_lock_history_rows(engine)) == len(_LOCK_HISTORY_AT_0009)
+        upgrade_to_head(engine)
+        assert key_differences(engine) == []
     finally:
         engine.dispose()
 

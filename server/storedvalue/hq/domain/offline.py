@@ -266,7 +266,7 @@ def _apply(
             terminal_id=terminal_id, transaction_id=unlock.transaction_id
         ):
             # The terminal released it itself: a later line under it is not trusted.
-            plan.released_by_holder.append((held.card_number, held.fencing_token))
+            plan.released_by_holder.append(held)
             sale = grants.get(unlock.transaction_id)
             if sale is not None and held.card_number in sale:
                 sale[held.card_number] = [

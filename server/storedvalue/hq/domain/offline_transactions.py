@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from storedvalue.hq.domain.cards import Card, CardKind
+from storedvalue.hq.domain.cards import Card, CardKind, Lock
 from storedvalue.hq.domain.money import Money
 from storedvalue.hq.domain.value_objects import value_object
 
@@ -224,7 +224,7 @@ class OfflineBatchPlan:
     # Lines already stored whose debit a reversal credited back (their new state).
     reversed_redemptions: list[Redemption] = field(default_factory=list)
     exceptions: list[OfflineException] = field(default_factory=list)
-    # (card_number, fencing_token) of locks the terminal released itself (queued unlocks).
-    released_by_holder: list[tuple[str, int]] = field(default_factory=list)
+    # Locks the terminal released itself (queued unlocks).
+    released_by_holder: list[Lock] = field(default_factory=list)
     # Answers about cards the terminal did not lock: they spend its unknown-card limit.
     unknown_card_lookups: int = 0

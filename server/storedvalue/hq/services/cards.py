@@ -164,8 +164,7 @@ class CardService:
             )
             uow.cards.save([card])
             # Released by its holder: an offline line under it is no longer trusted.
-            uow.lock_history.mark_released_by_holder(
-                [(card_number, released.fencing_token)], now)
+            uow.lock_history.mark_released_by_holder([released], now)
             return card.snapshot(now)
 
         try:

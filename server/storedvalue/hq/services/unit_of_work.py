@@ -131,11 +131,14 @@ class CardRepository(Protocol):
 
 class LockHistoryRepository(Protocol):
     def add(self, grants: Iterable[LockGrant]) -> None:
-        """Record locks just handed out (a taken (card, token) raises ConcurrentUpdate)."""
+        """Record locks just handed out (one recorded already, same sale, card and token,
+        raises ConcurrentUpdate). Nothing checks that a card's token is recorded once: the
+        card's row hands each token out once (Card.acquire_lock bumps its last)."""
         ...
-    def mark_released_by_holder(self, locks: Iterable[tuple[str, int]], at: datetime) -> None:
-        """Note that the holders of these (card_number, fencing_token) locks released them
-        themselves; unknown locks are ignored."""
+    def mark_released_by_holder(self, locks: Iterable[Lock], at: datetime) -> None:
+        """Note that the holders of these locks released them themselves; a lock is found
+        by its sale (terminal and transaction), card and fencing token, and unknown locks
+        are ignored."""
         ...
     def for_sales(self, terminal_id: str, transaction_ids: Collection[str]
                   ) -> list[LockGrant]:

@@ -192,8 +192,11 @@ _INSERT_GRANTS = Statement(insert(lock_history))
 # A lock just handed out (not released yet), as LockCard records it.
 _INSERT_NEW_GRANT = Statement(insert(lock_history), constants={"released_by_holder_at": None})
 _NEW_GRANT_KEYS = rows.LOCK_GRANT_KEYS[:-1]
+# By the table's key (tables.py: by sale).
 _RELEASE_GRANTS = Statement(
     update(lock_history).where(
+        lock_history.c.terminal_id == bindparam("key_terminal_id"),
+        lock_history.c.transaction_id == bindparam("key_transaction_id"),
         lock_history.c.card_number == bindparam("key_card_number"),
         lock_history.c.fencing_token == bindparam("key_fencing_token"),
     )
@@ -705,12 +708,15 @@ class SqlLockHistoryRepository:
         self._tx.write_tuples(_INSERT_GRANTS, rows.LOCK_GRANT_KEYS,
                               [rows.lock_grant_row(g) for g in grants])
 
-    def mark_released_by_holder(self, locks: Iterable[tuple[str, int]], at: datetime) -> None:
+    def mark_released_by_holder(self, locks: Iterable[Lock], at: datetime) -> None:
         when = rows.to_micros(at)
         self._tx.write(_RELEASE_GRANTS, [
-            {"released_by_holder_at": when, "key_card_number": card_number,
+            {"released_by_holder_at": when, "key_terminal_id": terminal_id,
+             "key_transaction_id": transaction_id, "key_card_number": card_number,
              "key_fencing_token": token}
-            for card_number, token in sorted(set(locks))
+            for terminal_id, transaction_id, card_number, token in sorted({
+                (lock.terminal_id, lock.transaction_id, lock.card_number, lock.fencing_token)
+                for lock in locks})
         ])
 
     def for_sales(self, terminal_id: str, transaction_ids: Collection[str]

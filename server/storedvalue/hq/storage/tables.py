@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -83,17 +84,30 @@ cards = Table(
 
 # Every lock ever handed out (the fencing token of a card, to which terminal, for which
 # sale), kept after it ends: offline lines are trusted only under their own sale's lock.
+#
+# Keyed by sale: (terminal_id, transaction_id, card_number, fencing_token), one B-tree (on
+# SQLite WITHOUT ROWID: the rows are the key's B-tree, no rowid table beside it). Every
+# reader looks locks up by sale (a sync: the locks a terminal got for the sales it
+# delivers), and so does the one writer after LockCard (a release by its holder: UnlockCard
+# or an unlock the terminal queued offline, which know the sale). Keyed by (card_number,
+# fencing_token) with an index by sale, as until migration 0010, each LockCard wrote two
+# B-trees at random pages (card numbers are random); a terminal's sales now go to its own
+# range of the one tree. The database no longer checks that a card's fencing token is
+# recorded once: it need not, since a token is cards.last_fencing_token + 1, written to
+# the card's row (locked: FOR UPDATE on PostgreSQL, the one writer on SQLite) in the
+# transaction that records the lock, so no two locks of a card get the same token.
 lock_history = Table(
     "lock_history",
     METADATA,
-    Column("card_number", String(CARD_NUMBER), primary_key=True),
-    Column("fencing_token", BigInteger, primary_key=True),
+    # In this order (the key's is below): the repository binds rows in it.
+    Column("card_number", String(CARD_NUMBER), nullable=False),
+    Column("fencing_token", BigInteger, nullable=False),
     Column("terminal_id", String(CALLER), nullable=False),
     Column("transaction_id", String(ID), nullable=False),
     Column("acquired_at", BigInteger, nullable=False),
     Column("released_by_holder_at", BigInteger, nullable=True),
-    # A sync looks up the locks a terminal got for the sales it delivers.
-    Index(None, "terminal_id", "transaction_id"),
+    PrimaryKeyConstraint("terminal_id", "transaction_id", "card_number", "fencing_token"),
+    sqlite_with_rowid=False,
 )
 
 journal = Table(
