@@ -90,12 +90,13 @@ cards = Table(
 # reader looks locks up by sale (a sync: the locks a terminal got for the sales it
 # delivers), and so does the one writer after LockCard (a release by its holder: UnlockCard
 # or an unlock the terminal queued offline, which know the sale). Keyed by (card_number,
-# fencing_token) with an index by sale, as until migration 0010, each LockCard wrote two
-# B-trees at random pages (card numbers are random); a terminal's sales now go to its own
-# range of the one tree. The database no longer checks that a card's fencing token is
-# recorded once: it need not, since a token is cards.last_fencing_token + 1, written to
-# the card's row (locked: FOR UPDATE on PostgreSQL, the one writer on SQLite) in the
-# transaction that records the lock, so no two locks of a card get the same token.
+# fencing_token) with an index by sale, as until migration 0010, each LockCard wrote the
+# row, its key (at a random page: card numbers are random) and the index; now a lock goes
+# to one B-tree, in its terminal's range. The database no longer checks that a card's
+# fencing token is recorded once: it need not, since a token is cards.last_fencing_token
+# + 1, written to the card's row (locked: FOR UPDATE on PostgreSQL, the one writer on
+# SQLite) in the transaction that records the lock, so no two locks of a card get the
+# same token.
 lock_history = Table(
     "lock_history",
     METADATA,
