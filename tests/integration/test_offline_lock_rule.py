@@ -149,6 +149,21 @@ def test_a_lock_released_by_an_earlier_offline_unlock_is_not_trusted_later_in_th
     assert_lock_not_held(hq, late, card)
 
 
+def test_a_lock_released_by_an_offline_unlock_is_not_trusted_in_a_later_sync(hq: HQ) -> None:
+    # The unlock was queued in another sale's transaction: the history notes the release
+    # of the lock it names (sale-1's), which a later batch then finds.
+    card, other = hq.issue(10_000), hq.issue(10_000)
+    token = hq.lock(card, "sale-1")
+    other_token = hq.lock(other, "sale-9")
+    abandon = offline(1, line(other, 100, token=other_token), sale="sale-9",
+                      unlocks=(OfflineUnlock(card, "sale-1", token),))
+    assert_trusted(hq.sync(abandon).results[0])
+
+    (late,) = hq.sync(offline(2, line(card, 2_500, token=token), sale="sale-1")).results
+
+    assert_lock_not_held(hq, late, card)
+
+
 def test_an_overdraft_under_a_stale_token_records_both_exceptions(hq: HQ) -> None:
     card = hq.issue(1_000)
     hq.lock(card, "their-sale", till="till-2")
