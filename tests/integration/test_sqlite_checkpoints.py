@@ -5,6 +5,7 @@ holds enough pages, and empties a WAL grown past its bound."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from storedvalue.hq.storage import group_commit
 from storedvalue.hq.storage.checkpoints import WalCheckpointer
 from storedvalue.hq.storage.group_commit import GroupCommitTransactions
 from storedvalue.hq.storage.sqlalchemy_storage import SqlStorage
+from storedvalue.sqlite_wal import wal_frames as wal_index_frames
+from storedvalue.sqlite_wal import wal_index_path
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -109,6 +113,69 @@ def test_hqs_writer_commits_without_checkpointing_and_its_checkpointer_does(
         checkpointer = transactions._checkpoints
         assert checkpointer is not None
         wait_for(lambda: checkpointer.checkpoints > 0, "a checkpoint")
+    finally:
+        transactions.close()
+        storage.close()
+
+
+def test_a_writer_never_idle_starts_a_long_wal_over_once_its_checkpointer_has_copied_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A WAL starts over only at a write transaction begun with every frame copied; a writer
+    # with units always waiting begins its next transaction right after each commit, so
+    # the checkpointer alone never catches up: the writer copies the last frames itself.
+    pages = 200
+    monkeypatch.setattr(group_commit, "WalCheckpointer",
+                        functools.partial(WalCheckpointer, pages=pages))
+    database = tmp_path / "hq.sqlite3"
+    storage = SqlStorage.from_url(f"sqlite:///{database}")
+    with storage.engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
+    transactions = GroupCommitTransactions(storage, readers=1)
+    try:
+        held = transactions._held
+        assert held is not None
+
+        def write(_uow: object) -> None:
+            held[1]._execute("INSERT INTO t (payload) VALUES (zeroblob(4000))", None)
+
+        async def busy() -> tuple[int, int]:
+            """Writers that always have a unit waiting, till the WAL, once past `pages`
+            frames, starts over: (the most frames it held, the frames after)."""
+            deadline = time.monotonic() + 30
+            longest = 0
+            restarted: asyncio.Future[tuple[int, int]] = (
+                asyncio.get_running_loop().create_future())
+
+            async def writer() -> None:
+                nonlocal longest
+                while not restarted.done():
+                    await transactions.write(write)
+                    state = wal_index_frames(wal_index_path(database))
+                    assert state is not None
+                    frames = state[0]
+                    longest = max(longest, frames)
+                    # Without the writer's help it starts over only once emptied past
+                    # MAX_WAL_BYTES (~130,000 frames here), seconds later.
+                    if (longest > 20 * pages or time.monotonic() > deadline) and (
+                            not restarted.done()):
+                        restarted.set_exception(AssertionError(
+                            f"the WAL grew to {longest} frames without starting over"))
+                        return
+                    if longest >= pages and frames < pages // 2 and not restarted.done():
+                        restarted.set_result((longest, frames))
+
+            tasks = [asyncio.create_task(writer()) for _ in range(8)]
+            try:
+                return await restarted
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        longest, after = asyncio.run(busy())
+        assert pages <= longest <= 20 * pages
+        assert after < pages // 2
     finally:
         transactions.close()
         storage.close()
