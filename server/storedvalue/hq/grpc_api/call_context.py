@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from storedvalue.hq.grpc_api.convert.common import request_fingerprint, varint
 from storedvalue.hq.services.auth import Caller
-from storedvalue.hq.services.idempotency import RequestKey, content_kept
+from storedvalue.hq.services.idempotency import CONTENT_KEPT_UP_TO, RequestKey
 
 try:  # CPython's own SHA-256 (`_sha2` from 3.12): the same digest as hashlib's
     from _sha2 import sha256 as _sha256  # type: ignore[import-not-found, unused-ignore]
@@ -59,28 +59,30 @@ def fingerprint(request: Message, request_id: str | None = None,
             type(request), cast(Descriptor, request.DESCRIPTOR))
     if known is None:
         return request_fingerprint(request)
-    tag, serialize = known
+    tag, first, serialize = known
     data = serialize(request) if serialized is None else serialized
     if request_id is None:
         request_id = cast(str, getattr(request, "request_id"))  # noqa: B009 - tag checked
     if request_id:
-        encoded = request_id.encode()
-        start = len(tag) + 1
-        size = len(encoded)
-        # The record: the tag, the length (one byte below 128) and the id, at the start.
-        if (size < 0x80 and data.startswith(tag) and data[len(tag)] == size
-                and data.startswith(encoded, start)):
-            data = data[start + size:]
+        # A record that starts with request_id's tag is request_id's (no other field has its
+        # number, and a serializer writes a singular field once), so only its length is
+        # read: a one-byte one (an id of fewer than 128 bytes) at once, without encoding the
+        # id to compare it (`bytes.startswith` alone costs ~1K instructions, callgrind; a
+        # LockCard's fingerprint went from 7.7K to 4.5K with `content_kept` inlined below).
+        if data[0] == first and (size := data[1]) < 0x80:
+            data = data[size + 2 :]
         else:
-            record = tag + varint(size) + encoded
+            encoded = request_id.encode()
+            record = tag + varint(len(encoded)) + encoded
             if not data.startswith(record):
                 return request_fingerprint(request)
             data = data[len(record) :]
-    if content_kept(len(data)):
+    size = len(data)
+    if size <= CONTENT_KEPT_UP_TO and size != _DIGEST_SIZE:  # `content_kept`, inlined
         return data
     # A large request (an offline batch) is digested by OpenSSL's, several times faster a
     # byte (SHA instructions) once past its dearer start.
-    digest: bytes = (_sha256(data) if len(data) < _OPENSSL_FROM_BYTES
+    digest: bytes = (_sha256(data) if size < _OPENSSL_FROM_BYTES
                      else hashlib.sha256(data)).digest()
     return digest
 
@@ -90,14 +92,15 @@ _OPENSSL_FROM_BYTES = 1024
 
 Serializer = Callable[[Message], bytes]
 
-# By message class: request_id's wire tag and the class's deterministic serialization, or
-# None (see `_leading_id_tag`).
-_ID_TAGS: dict[type[Message], tuple[bytes, Serializer] | None] = {}
-_NOT_SEEN: tuple[bytes, Serializer] = (b"-", Message.SerializeToString)  # by identity
+# By message class: request_id's wire tag, its byte when the tag is one byte long (else -1),
+# and the class's deterministic serialization; or None (see `_leading_id_tag`).
+_IdTag = tuple[bytes, int, Serializer]
+_ID_TAGS: dict[type[Message], _IdTag | None] = {}
+_NOT_SEEN: _IdTag = (b"-", -1, Message.SerializeToString)  # by identity
+_DIGEST_SIZE = 32  # SHA-256's: a content of that size is never kept (`content_kept`)
 
 
-def _leading_id_tag(message_class: type[Message], descriptor: Descriptor
-                    ) -> tuple[bytes, Serializer] | None:
+def _leading_id_tag(message_class: type[Message], descriptor: Descriptor) -> _IdTag | None:
     """The wire tag of request_id when it is a string without presence numbered below every
     other field, with the deterministic serialization of `message_class`; None otherwise.
     Deterministic serialization only orders maps' entries: a message without any map, at
@@ -114,7 +117,8 @@ def _leading_id_tag(message_class: type[Message], descriptor: Descriptor
         serialize: Serializer = message_class.SerializeToString
         if _has_maps(descriptor, set()):
             serialize = functools.partial(message_class.SerializeToString, deterministic=True)
-        return varint(field.number << 3 | 2), serialize
+        tag = varint(field.number << 3 | 2)
+        return tag, tag[0] if len(tag) == 1 else -1, serialize
     return None
 
 
