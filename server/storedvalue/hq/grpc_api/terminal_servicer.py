@@ -6,7 +6,7 @@ Every rule lives in the services and the domain. Each method gets the caller the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
@@ -97,12 +97,14 @@ class TerminalServicer:
     # -- online card use ------------------------------------------------------------------
 
     @answers_with_wire_bytes
-    async def LockCard(
+    def LockCard(
         self, caller: Caller, request: pb.LockCardRequest, context: Context
-    ) -> bytes:
+    ) -> Awaitable[bytes]:
         # Answered with the response's encoding, made inside the unit of work: that encoding
         # is what the request log remembers for a retry (see idempotency.once_answered).
-        return await self._cards.lock_card(
+        # Not a coroutine itself: the call gate awaits the service's (a coroutine layer
+        # costs ~0.7K instructions a call more than a plain call, callgrind).
+        return self._cards.lock_card(
             key=request_key(caller, request, "LockCard"),
             terminal_id=caller.terminal_id,
             card_number=request.card_number,
@@ -126,10 +128,10 @@ class TerminalServicer:
         return response
 
     @answers_with_wire_bytes
-    async def Redeem(
+    def Redeem(
         self, caller: Caller, request: pb.RedeemRequest, context: Context
-    ) -> bytes:
-        return await self._cards.redeem(  # answered as LockCard is
+    ) -> Awaitable[bytes]:
+        return self._cards.redeem(  # answered as LockCard is, and not a coroutine either
             key=request_key(caller, request, "Redeem"),
             terminal_id=caller.terminal_id,
             card_number=request.card_number,
