@@ -37,7 +37,7 @@ class UnitOfWork:
         self.requests = RequestLog()
 
 
-def _the_first_copy_commits_then_refuse(uow: UnitOfWork) -> str:
+def _the_first_copy_commits_then_refuse(uow: UnitOfWork, _now: datetime) -> str:
     """What the second copy's run sees when the first copy commits after the second looked
     its request id up: the terminal the first registered, so TERMINAL_ALREADY_EXISTS."""
     uow.requests.rows[(KEY.caller, KEY.request_id)] = StoredResponse(
@@ -50,7 +50,7 @@ def test_a_copy_refused_because_its_twin_committed_meanwhile_is_retried(look_fir
                                                                         ) -> None:
     uow = UnitOfWork()
     with pytest.raises(ConcurrentUpdate):  # the unit of work runs again and replays
-        once(uow, KEY, str, NOW, lambda: _the_first_copy_commits_then_refuse(uow),  # type: ignore[arg-type]
+        once(uow, KEY, str, NOW, _the_first_copy_commits_then_refuse,  # type: ignore[arg-type]
              look_first=look_first)
 
 
@@ -60,14 +60,14 @@ def test_an_answered_copy_refused_because_its_twin_committed_meanwhile_is_retrie
     uow = UnitOfWork()
     with pytest.raises(ConcurrentUpdate):
         once_answered(uow, KEY, str, NOW,  # type: ignore[arg-type]
-                      lambda: _the_first_copy_commits_then_refuse(uow), lambda r: b"",
-                      look_first=look_first)
+                      _the_first_copy_commits_then_refuse,  # type: ignore[arg-type]
+                      lambda r: b"", look_first=look_first)
 
 
 def test_a_refusal_with_no_twin_is_the_callers_answer() -> None:
     uow = UnitOfWork()
 
-    def refuse() -> str:
+    def refuse(_uow: UnitOfWork, _now: datetime) -> str:
         raise TerminalAlreadyExists("till-9")
 
     with pytest.raises(TerminalAlreadyExists):

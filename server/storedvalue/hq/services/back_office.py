@@ -253,7 +253,7 @@ class BackOfficeService:
 
         def work(uow: Repositories) -> IssuedCredential:
             now = self._clock()
-            issued = once(uow, key, IssuedCredential, now, lambda: run(uow, now))
+            issued = once(uow, key, IssuedCredential, now, run)
             stored = uow.terminals.get(issued.terminal.terminal.terminal_id)
             if stored is not None and stored.token_hash == hash_token(token):
                 return IssuedCredential(terminal=issued.terminal, bearer_token=token)
