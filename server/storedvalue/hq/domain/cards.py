@@ -42,7 +42,7 @@ class CardStatus(enum.Enum):
 # The members the rules test on every use, as module constants: in Python 3.11 reading
 # `CardStatus.FLAGGED` goes through EnumType.__getattr__'s slot, about twenty times the
 # cost of a global (each online call and each offline line tests a few).
-_FLAGGED, _REDEEMED = CardStatus.FLAGGED, CardStatus.REDEEMED
+_ACTIVE, _FLAGGED, _REDEEMED = CardStatus.ACTIVE, CardStatus.FLAGGED, CardStatus.REDEEMED
 _CREDIT_MEMO = CardKind.CREDIT_MEMO
 _REDEEM = JournalEntryKind.REDEEM
 
@@ -165,7 +165,8 @@ class Card:
         self, *, terminal_id: str, transaction_id: str, now: datetime, lease: timedelta
     ) -> Lock:
         """Lock for a sale. The holder relocking renews its lease and keeps its token."""
-        self._require_usable()
+        if self.status is not _ACTIVE:  # the usual case without a call (as in redeem_online)
+            self._require_usable()
         current = self.lock
         if current is not None and current.is_held_by(terminal_id, transaction_id):
             renewed = replace(current, lease_expires_at=now + lease)
@@ -253,12 +254,21 @@ class Card:
         now: datetime,
     ) -> int:
         """Debit under the caller's lock and release it. Never overdraws. Returns the
-        remainder a credit memo leaves (to be moved to a new memo), else 0."""
-        self.require_lock(
-            terminal_id=terminal_id, transaction_id=transaction_id, fencing_token=fencing_token
-        )
-        self._require_usable()
-        self._require_currency(amount)
+        remainder a credit memo leaves (to be moved to a new memo), else 0. (Each online
+        Redeem runs this: the usual case, the caller's live lock on an active card in its
+        currency, is checked inline, and `require_lock` and `_require_usable` are called
+        only to refuse: three calls, ~2.4K instructions a Redeem, callgrind.)"""
+        current = self.lock
+        if (current is None or current.fencing_token != fencing_token
+                or not current.is_held_by(terminal_id, transaction_id)):
+            self.require_lock(  # raises LockNotHeld
+                terminal_id=terminal_id, transaction_id=transaction_id,
+                fencing_token=fencing_token,
+            )
+        if self.status is not _ACTIVE:
+            self._require_usable()
+        if amount.currency != self.currency:
+            raise CurrencyMismatch(self.currency, amount.currency)
         if amount.amount_minor > self.balance_minor:
             raise InsufficientFunds(
                 self.card_number,

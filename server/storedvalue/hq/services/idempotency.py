@@ -139,7 +139,7 @@ def once(
 ) -> T:
     """Run `run(uow, now)` unless this request already ran; remember its result. (`run` is
     called with the unit and its time rather than made a closure over them: a lambda per
-    call, and its cells, cost ~1.1K instructions a LockCard, callgrind.)
+    call, and its cells, cost ~1.5K instructions a LockCard, callgrind.)
 
     `look_first=False` skips the look-up of the request id before `run` (a statement per
     call, and on PostgreSQL a round trip), for a unit's first run: nearly every request is
