@@ -5,6 +5,7 @@ holds enough pages, and empties a WAL grown past its bound."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sqlite3
 import time
@@ -87,22 +88,37 @@ def test_a_wal_past_its_bound_is_emptied(tmp_path: Path, writer: sqlite3.Connect
         checkpointer.close()
 
 
-def test_hqs_writer_commits_without_checkpointing_and_its_checkpointer_does(
-    tmp_path: Path,
-) -> None:
-    storage = SqlStorage.from_url(f"sqlite:///{tmp_path / 'hq.sqlite3'}")
+@contextlib.contextmanager
+def hq_writer(database: Path
+              ) -> Iterator[tuple[GroupCommitTransactions, Callable[[object], None]]]:
+    """HQ's group commit on a new database file with one table, t, and a unit of work that
+    writes one page into it."""
+    storage = SqlStorage.from_url(f"sqlite:///{database}")
     with storage.engine.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
     transactions = GroupCommitTransactions(storage, readers=1)
     try:
         held = transactions._held
         assert held is not None
-        driver = held[0].driver_connection
-        assert driver is not None
-        assert driver.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
 
         def write(_uow: object) -> None:
             held[1]._execute("INSERT INTO t (payload) VALUES (zeroblob(4000))", None)
+
+        yield transactions, write
+    finally:
+        transactions.close()
+        storage.close()
+
+
+def test_hqs_writer_commits_without_checkpointing_and_its_checkpointer_does(
+    tmp_path: Path,
+) -> None:
+    with hq_writer(tmp_path / "hq.sqlite3") as (transactions, write):
+        held = transactions._held
+        assert held is not None
+        driver = held[0].driver_connection
+        assert driver is not None
+        assert driver.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
 
         async def fill() -> None:
             # Past the 8,192 pages that start a checkpoint, in groups of many units.
@@ -113,9 +129,6 @@ def test_hqs_writer_commits_without_checkpointing_and_its_checkpointer_does(
         checkpointer = transactions._checkpoints
         assert checkpointer is not None
         wait_for(lambda: checkpointer.checkpoints > 0, "a checkpoint")
-    finally:
-        transactions.close()
-        storage.close()
 
 
 def test_a_writer_never_idle_starts_a_long_wal_over_once_its_checkpointer_has_copied_it(
@@ -128,17 +141,7 @@ def test_a_writer_never_idle_starts_a_long_wal_over_once_its_checkpointer_has_co
     monkeypatch.setattr(group_commit, "WalCheckpointer",
                         functools.partial(WalCheckpointer, pages=pages))
     database = tmp_path / "hq.sqlite3"
-    storage = SqlStorage.from_url(f"sqlite:///{database}")
-    with storage.engine.begin() as connection:
-        connection.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
-    transactions = GroupCommitTransactions(storage, readers=1)
-    try:
-        held = transactions._held
-        assert held is not None
-
-        def write(_uow: object) -> None:
-            held[1]._execute("INSERT INTO t (payload) VALUES (zeroblob(4000))", None)
-
+    with hq_writer(database) as (transactions, write):
         async def busy() -> tuple[int, int]:
             """Writers that always have a unit waiting, till the WAL, once past `pages`
             frames, starts over: (the most frames it held, the frames after)."""
@@ -176,6 +179,3 @@ def test_a_writer_never_idle_starts_a_long_wal_over_once_its_checkpointer_has_co
         longest, after = asyncio.run(busy())
         assert pages <= longest <= 20 * pages
         assert after < pages // 2
-    finally:
-        transactions.close()
-        storage.close()

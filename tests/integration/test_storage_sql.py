@@ -3,6 +3,7 @@ upgrades, SQLite's configuration, and database races reported as ConcurrentUpdat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -79,15 +81,23 @@ def test_upgrading_a_database_already_at_head_changes_nothing(database_url: str)
         engine.dispose()
 
 
+@contextlib.contextmanager
+def _migrated(engine: Engine, revision: str, *, down: bool = False) -> Iterator[Connection]:
+    """A connection in a transaction (committed on leaving), the database upgraded (`down`:
+    downgraded) to `revision` in it."""
+    with engine.connect() as connection, connection.begin():
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        (alembic_command.downgrade if down else alembic_command.upgrade)(config, revision)
+        yield connection
+
+
 def test_upgrading_a_database_copies_the_locks_cards_hold_into_the_lock_history(
     database_url: str,
 ) -> None:
     engine = open_engine(database_url)
     try:
-        with engine.connect() as connection, connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            alembic_command.upgrade(config, "0002")  # before the lock history
+        with _migrated(engine, "0002") as connection:  # before the lock history
             connection.execute(text(
                 "INSERT INTO cards VALUES ('7000000000000001', 'GIFT_CARD', 'ACTIVE', 'EUR', "
                 "500, 0, 3, '', 'till-1', 'sale-1', 3, 999, 42), ('7000000000000002', "
@@ -126,10 +136,7 @@ def test_upgrading_a_database_keys_its_lock_history_by_sale_and_keeps_every_lock
     # sync's look-ups and by a release naming its sale.
     engine = open_engine(database_url)
     try:
-        with engine.connect() as connection, connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            alembic_command.upgrade(config, "0009_journal_chain_when")
+        with _migrated(engine, "0009_journal_chain_when") as connection:
             connection.execute(text(
                 "INSERT INTO lock_history VALUES (:card, :token, :terminal, :sale, :at, "
                 ":released)"), [
@@ -162,10 +169,7 @@ def test_upgrading_a_database_keys_its_lock_history_by_sale_and_keeps_every_lock
         assert ("7000000000000003", 4, "till-1", "sale-2", 40, 45) in _lock_history_rows(engine)
 
         # Down again: keyed by card and token, indexed by sale, every lock kept.
-        with engine.connect() as connection, connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            alembic_command.downgrade(config, "0009_journal_chain_when")
+        with _migrated(engine, "0009_journal_chain_when", down=True) as connection:
             key = inspect(connection).get_pk_constraint("lock_history")["constrained_columns"]
             indexes = {index["name"] for index in inspect(connection).get_indexes("lock_history")}
         assert key == ["card_number", "fencing_token"]
@@ -182,10 +186,7 @@ def test_upgrading_a_database_keeps_its_cards_and_indexes_only_the_locked_ones(
 ) -> None:
     engine = open_engine(database_url)
     try:
-        with engine.connect() as connection, connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            alembic_command.upgrade(config, "0004_issue11")  # every card in the lock index
+        with _migrated(engine, "0004_issue11") as connection:  # every card in lock index
             connection.execute(text(
                 "INSERT INTO cards VALUES "
                 "('7000000000000001', 'GIFT_CARD', 'ACTIVE', 'EUR', 500, 0, 3, '', "
@@ -256,10 +257,7 @@ def test_upgrading_a_database_chains_the_journal_and_keeps_every_cards_history(
     engine = open_engine(database_url)
     numbers = [card_number(n) for n in range(1, 5)]
     try:
-        with engine.connect() as connection, connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            alembic_command.upgrade(config, "0007_local_lock_index")
+        with _migrated(engine, "0007_local_lock_index") as connection:
             for number in numbers:
                 connection.execute(text(
                     "INSERT INTO cards VALUES (:number, 'GIFT_CARD', 'ACTIVE', 'EUR', 500, 0, "
@@ -287,10 +285,7 @@ def test_upgrading_a_database_chains_the_journal_and_keeps_every_cards_history(
         assert [entry[2] for entry in _history(engine, numbers[3], limit=5)] == [9]
 
         # Down again: the index is back, the chain's columns are gone, the journal is whole.
-        with engine.connect() as connection, connection.begin():
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            alembic_command.downgrade(config, "0007_local_lock_index")
+        with _migrated(engine, "0007_local_lock_index", down=True) as connection:
             columns = {column["name"] for column in inspect(connection).get_columns("cards")}
             indexes = {index["name"] for index in inspect(connection).get_indexes("journal")}
             after_down = _journal_at(connection, numbers[0])
