@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from storedvalue.hq.grpc_api.convert.common import request_fingerprint, varint
 from storedvalue.hq.services.auth import Caller
-from storedvalue.hq.services.idempotency import CONTENT_KEPT_UP_TO, RequestKey
+from storedvalue.hq.services.idempotency import RequestKey, content_kept
 
 try:  # CPython's own SHA-256 (`_sha2` from 3.12): the same digest as hashlib's
     from _sha2 import sha256 as _sha256  # type: ignore[import-not-found, unused-ignore]
@@ -67,8 +67,7 @@ def fingerprint(request: Message, request_id: str | None = None,
         # A record that starts with request_id's tag is request_id's (no other field has its
         # number, and a serializer writes a singular field once), so only its length is
         # read: a one-byte one (an id of fewer than 128 bytes) at once, without encoding the
-        # id to compare it (`bytes.startswith` alone costs ~1K instructions, callgrind; a
-        # LockCard's fingerprint went from 7.7K to 4.5K with `content_kept` inlined below).
+        # id to compare it (`bytes.startswith` alone costs ~1K instructions, callgrind).
         if data[0] == first and (size := data[1]) < 0x80:
             data = data[size + 2 :]
         else:
@@ -78,7 +77,7 @@ def fingerprint(request: Message, request_id: str | None = None,
                 return request_fingerprint(request)
             data = data[len(record) :]
     size = len(data)
-    if size <= CONTENT_KEPT_UP_TO and size != _DIGEST_SIZE:  # `content_kept`, inlined
+    if content_kept(size):
         return data
     # A large request (an offline batch) is digested by OpenSSL's, several times faster a
     # byte (SHA instructions) once past its dearer start.
@@ -97,7 +96,6 @@ Serializer = Callable[[Message], bytes]
 _IdTag = tuple[bytes, int, Serializer]
 _ID_TAGS: dict[type[Message], _IdTag | None] = {}
 _NOT_SEEN: _IdTag = (b"-", -1, Message.SerializeToString)  # by identity
-_DIGEST_SIZE = 32  # SHA-256's: a content of that size is never kept (`content_kept`)
 
 
 def _leading_id_tag(message_class: type[Message], descriptor: Descriptor) -> _IdTag | None:
