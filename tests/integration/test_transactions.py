@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import sqlite3
 import time
@@ -211,6 +212,66 @@ def test_units_that_arrive_together_share_one_commit(
 
     assert after - before == 1
     assert known_cards(storage, range(1, 9)) == list(range(1, 9))
+
+
+def test_a_lone_caller_is_not_kept_waiting_for_others(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    """One caller at a time: each write is its own group, and the writer tries waiting for
+    others only now and then (every 64th group), stopping as soon as nobody came."""
+    storage, _path = sqlite_file
+    transactions = GroupCommitTransactions(storage)
+
+    async def one_by_one() -> None:
+        for number in range(1, 301):
+            await transactions.write(adds(number))
+
+    try:
+        asyncio.run(one_by_one())
+    finally:
+        transactions.close()
+
+    assert transactions.commits == 300
+    assert 1 <= transactions.gathers <= 300 // 64
+    assert known_cards(storage, range(1, 301)) == list(range(1, 301))
+
+
+def test_callers_who_keep_coming_back_share_commits(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    """Eight callers, each writing again 0.5-3 ms after its answer, so that their writes
+    come one by one and mostly find the writer idle: the writer learns to wait for them,
+    and makes a quarter fewer commits at least than without waiting (`gather_seconds=0`;
+    measured: about half); every write is committed."""
+    storage, _path = sqlite_file
+    rounds = 150
+
+    def load(gather_seconds: float, first: int) -> tuple[int, int]:
+        transactions = GroupCommitTransactions(storage, gather_seconds=gather_seconds)
+
+        async def caller(offset: int) -> None:
+            pauses = random.Random(offset)
+            for step in range(rounds):
+                await transactions.write(adds(first + offset * rounds + step))
+                await asyncio.sleep(pauses.uniform(0.0005, 0.003))
+
+        async def callers() -> None:
+            await asyncio.gather(*(caller(offset) for offset in range(8)))
+
+        try:
+            asyncio.run(callers())
+        finally:
+            transactions.close()
+        return transactions.commits, transactions.gathers
+
+    waiting, gathers = load(0.005, 1)
+    not_waiting, none = load(0.0, 10_001)
+
+    assert none == 0 and gathers > 0
+    assert waiting * 4 <= not_waiting * 3
+    assert known_cards(storage, range(1, 8 * rounds + 1)) == list(range(1, 8 * rounds + 1))
+    assert known_cards(storage, range(10_001, 10_001 + 8 * rounds)) == list(
+        range(10_001, 10_001 + 8 * rounds))
 
 
 def counted(runs: list[int], number: int, *, fails: str = "") -> Work[str]:

@@ -28,6 +28,20 @@ the loop, with those that arrived meanwhile), and large units (an offline batch)
 there whole so the loop keeps serving meanwhile. Running small units on the loop costs far
 less than handing each statement's GIL back and forth between two busy threads.
 
+Gathering under load: a group is the units that arrived while the writer was busy, so when
+calls come faster than commits the groups fill by themselves; but with fewer callers than
+that, each commit (an fdatasync, several virtual-disk round trips on a VM, 0.4-0.5 ms of
+CPU there) carries two or three units. When a unit finds the writer idle and units have
+been arriving close together, the writer waits for more before it begins: until as many
+are pending as the last full wait gathered (the callers that keep coming back; one more
+now and then, for callers who joined), or `gather_seconds` at most. A wait that gathers
+nobody makes the next one shorter, and waiting stops (every 64th group tries it again): a
+lone caller is not kept waiting. On the 2-core development VM, LockCard + Redeem cycles
+(bench/thread_cpu.py at concurrency 2 / 4 / 8 / 16): calls/s 814 -> 708, 1,095 -> 1,152,
+1,426 -> 1,642, 1,811 -> 2,189, HQ's CPU a call 1,007 -> 775, 822 -> 567, 698 -> 478,
+592 -> 477 us; `bench/run.py --quick` in
+bench/RESULTS.md.
+
 Several HQ processes may share one SQLite file. Their writers queue on an exclusive `flock`
 of a lock file beside the database (writer_lock), taken right before BEGIN IMMEDIATE and
 released as soon as the transaction ends (COMMIT, ROLLBACK, or SQLite ending it by itself):
@@ -78,6 +92,12 @@ log = logging.getLogger(__name__)
 # caller of a group is not kept waiting behind hundreds of others.
 MAX_GROUP = 128
 
+# The longest a unit waits for others to join its group (see "Gathering under load").
+GATHER_SECONDS = 0.005
+# A wait after waits stopped: this fraction of the longest, once every GATHER_PROBE groups.
+_GATHER_FIRST = 0.2
+_GATHER_PROBE = 64
+
 _STOP = object()
 
 # (work, the future its caller awaits, whether it is large)
@@ -92,7 +112,7 @@ class GroupCommitTransactions:
     database). Serves one event loop, the first that uses it."""
 
     def __init__(self, storage: SqlStorage, *, readers: int = 2,
-                 max_group: int = MAX_GROUP) -> None:
+                 max_group: int = MAX_GROUP, gather_seconds: float = GATHER_SECONDS) -> None:
         if storage.engine.dialect.name != "sqlite":
             raise ValueError("group commit is SQLite's executor")
         self._storage = storage
@@ -101,6 +121,16 @@ class GroupCommitTransactions:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: collections.deque[_Unit] = collections.deque()
         self._drain_scheduled = False
+        # Gathering (see the module's doc): the wait under way, the next wait's length (0:
+        # none), the pending count that ends a wait early, the count when it began, and
+        # the groups since waiting stopped.
+        self._gather_max = gather_seconds
+        self._gathering: asyncio.TimerHandle | None = None
+        self._gather_wait = 0.0
+        self._gather_target = max_group
+        self._gather_from = 0
+        self._gather_cuts = 0
+        self._ungathered = 0
         self._writer_busy = False  # a commit, a BEGIN or a whole group is on the thread
         # The outcomes of the thread's finished commands, till the loop answers them.
         self._answered: collections.deque[list[_Outcome]] = collections.deque()
@@ -127,6 +157,8 @@ class GroupCommitTransactions:
         self._closed = False
         self.commits = 0
         """Groups committed so far (the writer thread counts them)."""
+        self.gathers = 0
+        """Waits for more units begun so far (see "Gathering under load")."""
         self._threads = [
             threading.Thread(target=self._writer_thread, name="hq-sqlite-writer", daemon=True)
         ]
@@ -146,11 +178,48 @@ class GroupCommitTransactions:
             self._drain()
             return await future
         self._pending.append((work, future, large))
-        if not self._writer_busy and not self._drain_scheduled:
-            # After the callbacks already due: units that arrive together go together.
-            self._drain_scheduled = True
-            loop.call_soon(self._drain)
+        if self._gathering is not None:
+            if len(self._pending) >= self._gather_target:
+                self._gathering.cancel()
+                self._gathered(early=True)
+        elif not self._writer_busy and not self._drain_scheduled:
+            if self._gather_wait > 0 or (self._gather_max > 0
+                                         and self._ungathered >= _GATHER_PROBE):
+                self._gather(loop)
+            else:
+                # After the callbacks already due: units that arrive together go together.
+                self._drain_scheduled = True
+                loop.call_soon(self._drain)
         return await future
+
+    def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for more units before the next group begins (see the module's doc)."""
+        if self._gather_wait <= 0:  # trying again after waits stopped
+            self._gather_wait = self._gather_max * _GATHER_FIRST
+            self._gather_target = self._max_group
+        self._ungathered = 0
+        self.gathers += 1
+        self._gather_from = len(self._pending)
+        self._gathering = loop.call_later(self._gather_wait, self._gathered)
+
+    def _gathered(self, early: bool = False) -> None:
+        """A wait ended: early (as many pending as the last wait gathered) or timed out.
+        Then the group begins."""
+        self._gathering = None
+        pending = len(self._pending)
+        if pending > self._gather_from:  # worth it: the next wait may be longer
+            self._gather_wait = min(self._gather_max, self._gather_wait * 1.25)
+            if not early:  # those who came are those to wait for
+                self._gather_target = max(2, pending)
+            else:  # now and then, one more: callers may have joined
+                self._gather_cuts += 1
+                if self._gather_cuts % 8 == 0:
+                    self._gather_target = min(self._max_group, self._gather_target + 1)
+        else:  # nobody came: shorter, then none
+            self._gather_wait /= 2
+            if self._gather_wait < self._gather_max * _GATHER_FIRST:
+                self._gather_wait = 0.0
+        self._drain()
 
     async def read(self, work: Work[T]) -> T:
         if len(self._threads) == 1:  # no reader threads: reads join the writer's groups
@@ -164,6 +233,9 @@ class GroupCommitTransactions:
         if self._closed:
             return
         self._closed = True
+        if self._gathering is not None:
+            self._gathering.cancel()
+            self._gathering = None
         for _reader in self._threads[1:]:
             self._reads.put(_STOP)
         self._commands.put(_STOP)
@@ -192,11 +264,12 @@ class GroupCommitTransactions:
 
     def _drain(self) -> None:
         self._drain_scheduled = False
-        if self._writer_busy:
+        if self._writer_busy or self._gathering is not None:
             return
         if not self._pending:
             self._end_unused()
             return
+        self._ungathered += 1
         group = self._next_group()
         if self._held is None or group[0][2]:
             # Memory database, or a large unit: the whole group runs on the thread.
