@@ -102,9 +102,11 @@ def test_serving_limits_come_from_flags_and_default_to_the_documented_values(
     given = load_config(environ=env, max_watchers=50, call_deadline_seconds=3.5,
                         max_streams_per_connection=8, keepalive_seconds=30,
                         keepalive_timeout_seconds=5, min_client_ping_seconds=20,
-                        database_connections=6, event_loop="asyncio")
+                        database_connections=6, event_loop="asyncio",
+                        commit_gather_seconds=0)
 
     assert (defaults.max_watchers, defaults.call_deadline_seconds) == (20_000, 30.0)
+    assert (defaults.commit_gather_seconds, given.commit_gather_seconds) == (0.005, 0)
     assert defaults.event_loop == "uvloop"
     assert (given.max_watchers, given.call_deadline_seconds, given.max_streams_per_connection,
             given.keepalive_seconds, given.keepalive_timeout_seconds,
@@ -118,6 +120,8 @@ def test_serving_limits_come_from_flags_and_default_to_the_documented_values(
     ("call_deadline_seconds", 0.0, "call deadline"),
     ("keepalive_seconds", -1.0, "keepalive"),
     ("database_connections", 1, "database connections"),
+    ("commit_gather_seconds", -0.001, "commit gather"),
+    ("commit_gather_seconds", 2.0, "commit gather"),
     ("event_loop", "trio", "event loop"),
     ("processes", 0, "number of HQ processes"),
 ])
@@ -134,7 +138,8 @@ def test_serve_help_shows_each_default_of_the_configuration_and_no_number_of_its
     given = replace(
         HQConfig(), listen="127.0.0.1:6001", log_format="json", grace_period_seconds=12.5,
         database_connections=7, event_loop="asyncio", call_deadline_seconds=31.5,
-        max_watchers=1234, max_streams_per_connection=77, keepalive_seconds=61.5,
+        commit_gather_seconds=0.0075, max_watchers=1234, max_streams_per_connection=77,
+        keepalive_seconds=61.5,
         keepalive_timeout_seconds=21.5, min_client_ping_seconds=9.5,
         notifications_poll_seconds=0.75, unknown_card_limit=17, tls_reload_seconds=3.5,
         processes=3,
@@ -147,7 +152,7 @@ def test_serve_help_shows_each_default_of_the_configuration_and_no_number_of_its
     expected = {
         "--listen": "127.0.0.1:6001", "--log-format": "json", "--grace-period": "12.5",
         "--database-connections": "7", "--event-loop": "asyncio", "--call-deadline": "31.5",
-        "--max-watchers": "1234", "--max-streams-per-connection": "77",
+        "--commit-gather": "0.0075", "--max-watchers": "1234", "--max-streams-per-connection": "77",
         "--keepalive": "61.5", "--keepalive-timeout": "21.5", "--min-client-ping": "9.5",
         "--notifications-poll": "0.75", "--max-batch-transactions": "999",
         "--max-transaction-lines": "55", "--max-message-bytes": "4321",

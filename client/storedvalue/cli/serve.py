@@ -90,6 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: HQConfig) -> None:
                         help="connections (each with its thread) to the database: "
                              "PostgreSQL's pool; SQLite's group-commit writer plus N-1 "
                              f"readers (default {defaults.database_connections})")
+    parser.add_argument("--commit-gather", type=float, metavar="SECONDS",
+                        help="SQLite: the longest a change waits for others to share its "
+                             "commit when changes come one by one faster than commits "
+                             "need; 0: never (default "
+                             f"{defaults.commit_gather_seconds:g})")
     parser.add_argument("--event-loop", choices=EVENT_LOOPS,
                         help=f"asyncio event loop to serve on (default {defaults.event_loop}, "
                              "where installed)")
@@ -204,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
             admin_token_file=args.admin_token_file,
             grace_period_seconds=args.grace_period,
             database_connections=args.database_connections,
+            commit_gather_seconds=args.commit_gather,
             event_loop=args.event_loop,
             call_deadline_seconds=args.call_deadline,
             max_watchers=args.max_watchers,

@@ -74,6 +74,12 @@ class HQConfig:
     database's concurrency, whatever the number of callers (they wait in memory). PostgreSQL:
     the connection pool. SQLite: one writer (group commit) and the others as readers."""
 
+    commit_gather_seconds: float = 0.005
+    """SQLite: the longest a change waits for others to share its commit (one fsync), when
+    changes have been coming one by one faster than an idle writer needs them apart (a
+    busy fleet); 0: never waits. A lone till is not kept waiting: the writer stops waiting
+    as soon as a wait gathers nobody (storedvalue.hq.storage.group_commit)."""
+
     event_loop: str = "uvloop"
     """The asyncio event loop implementation: "uvloop" (faster; the default where it is
     installed, else HQ falls back to "asyncio" and says so) or "asyncio"."""
@@ -269,6 +275,7 @@ def load_config(
     admin_token_file: Path | None = None,
     grace_period_seconds: float | None = None,
     database_connections: int | None = None,
+    commit_gather_seconds: float | None = None,
     event_loop: str | None = None,
     call_deadline_seconds: float | None = None,
     max_watchers: int | None = None,
@@ -338,6 +345,8 @@ def load_config(
     if database_connections is not None and database_connections < 2:
         raise ConfigError("database connections must be at least 2 (SQLite: a writer and a "
                           "reader)")
+    if commit_gather_seconds is not None and not 0 <= commit_gather_seconds <= 1:
+        raise ConfigError("the commit gather wait must be 0 (none) to 1 second")
     if event_loop is not None and event_loop not in EVENT_LOOPS:
         raise ConfigError(f"event loop must be one of {', '.join(EVENT_LOOPS)}")
     log_format = log_format or env.get(ENV_LOG_FORMAT) or defaults.log_format
@@ -380,6 +389,7 @@ def load_config(
             else grace_period_seconds
         ),
         database_connections=_given(database_connections, defaults.database_connections),
+        commit_gather_seconds=_given(commit_gather_seconds, defaults.commit_gather_seconds),
         event_loop=_given(event_loop, defaults.event_loop),
         call_deadline_seconds=_given(call_deadline_seconds, defaults.call_deadline_seconds),
         max_watchers=_given(max_watchers, defaults.max_watchers),

@@ -75,7 +75,8 @@ def open_transactions(storage: Storage, config: HQConfig) -> Transactions:
     storage: a unit of work each time)."""
     if isinstance(storage, SqlStorage):
         if storage.engine.dialect.name == "sqlite":
-            return GroupCommitTransactions(storage, readers=config.database_connections - 1)
+            return GroupCommitTransactions(storage, readers=config.database_connections - 1,
+                                           gather_seconds=config.commit_gather_seconds)
         return ThreadedTransactions(ThreadSessions(storage), threads=config.database_connections,
                                     owns_storage=True)
     return ThreadedTransactions(storage, threads=config.database_connections)
