@@ -37,10 +37,10 @@ are pending as the last full wait gathered (the callers that keep coming back; o
 now and then, for callers who joined), or `gather_seconds` at most. A wait that gathers
 nobody makes the next one shorter, and waiting stops (every 64th group tries it again): a
 lone caller is not kept waiting. On the 2-core development VM, LockCard + Redeem cycles
-(bench/thread_cpu.py at concurrency 2 / 4 / 8 / 16): calls/s 814 -> 708, 1,095 -> 1,152,
-1,426 -> 1,642, 1,811 -> 2,189, HQ's CPU a call 1,007 -> 775, 822 -> 567, 698 -> 478,
-592 -> 477 us; `bench/run.py --quick` in
-bench/RESULTS.md.
+(bench/thread_cpu.py at concurrency 2 / 4 / 8 / 16): calls/s 814 -> 708 and 813 (two
+runs), 1,095 -> 1,152 and 1,304, 1,426 -> 1,642, 1,811 -> 2,189 and 2,182; HQ's CPU a call
+1,007 -> 775 and 669, 822 -> 567 and 551, 698 -> 478, 592 -> 477 and 468 us.
+`bench/run.py --quick`: bench/RESULTS.md.
 
 Several HQ processes may share one SQLite file. Their writers queue on an exclusive `flock`
 of a lock file beside the database (writer_lock), taken right before BEGIN IMMEDIATE and
