@@ -31,8 +31,8 @@ less than handing each statement's GIL back and forth between two busy threads.
 Gathering under load: a group is the units that arrived while the writer was busy, so when
 calls come faster than commits the groups fill by themselves; but with fewer callers than
 that, each commit (an fdatasync, several virtual-disk round trips on a VM, 0.4-0.5 ms of
-CPU there) carries two or three units. When a unit finds the writer idle and units have
-been arriving close together, the writer waits for more before it begins: until as many
+CPU there) carries two or three units. When a unit finds the writer idle and waiting for
+others has paid lately, the writer waits for more before it begins: until as many
 are pending as the last full wait gathered (the callers that keep coming back; one more
 now and then, for callers who joined), or `gather_seconds` at most. A wait that gathers
 nobody makes the next one shorter, and waiting stops (every 64th group tries it again): a
