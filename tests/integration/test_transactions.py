@@ -236,6 +236,35 @@ def test_a_lone_caller_is_not_kept_waiting_for_others(
     assert known_cards(storage, range(1, 301)) == list(range(1, 301))
 
 
+def test_callers_at_a_steady_count_are_not_kept_waiting_to_the_limit(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    """Four callers, each writing again as soon as it is answered: once the writer has
+    learned to wait for four, every wait ends as the fourth arrives. It does not wait to
+    its limit now and then asking for a fifth who is not coming (before: one group in
+    nine, up to `gather_seconds` each)."""
+    storage, _path = sqlite_file
+    rounds = 200
+    transactions = GroupCommitTransactions(storage, gather_seconds=0.005)
+
+    async def caller(offset: int) -> None:
+        for step in range(rounds):
+            await transactions.write(adds(1 + offset * rounds + step))
+
+    async def callers() -> None:
+        await asyncio.gather(*(caller(offset) for offset in range(4)))
+
+    try:
+        asyncio.run(callers())
+    finally:
+        transactions.close()
+
+    assert transactions.gathers >= 100  # waiting was in use: after the first 64 groups
+    assert transactions.waits_to_limit <= 2  # the first, learning how many come
+    assert transactions.commits <= rounds + 2
+    assert known_cards(storage, range(1, 4 * rounds + 1)) == list(range(1, 4 * rounds + 1))
+
+
 def test_callers_who_keep_coming_back_share_commits(
     sqlite_file: tuple[SqlStorage, Path],
 ) -> None:

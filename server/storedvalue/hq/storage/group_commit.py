@@ -33,8 +33,10 @@ calls come faster than commits the groups fill by themselves; but with fewer cal
 that, each commit (an fdatasync, several virtual-disk round trips on a VM, 0.4-0.5 ms of
 CPU there) carries two or three units. When a unit finds the writer idle and waiting for
 others has paid lately, the writer waits for more before it begins: until as many
-are pending as the last full wait gathered (the callers that keep coming back; one more
-now and then, for callers who joined), or `gather_seconds` at most. A wait that gathers
+are pending as the last full wait gathered (the callers that keep coming back), or
+`gather_seconds` at most. Callers may have joined: a group that drains more raises that
+count, and every 8th wait, once that count is reached, waits as long again for one more
+(not to its limit: a steady fleet's fifth caller never comes). A wait that gathers
 nobody makes the next one shorter, and waiting stops (every 64th group tries it again): a
 lone caller is not kept waiting. On the 2-core development VM, LockCard + Redeem cycles
 (bench/thread_cpu.py at concurrency 2 / 4 / 8 / 16): calls/s 814 -> 708 and 813 (two
@@ -122,13 +124,17 @@ class GroupCommitTransactions:
         self._pending: collections.deque[_Unit] = collections.deque()
         self._drain_scheduled = False
         # Gathering (see the module's doc): the wait under way, the next wait's length (0:
-        # none), the pending count that ends a wait early, the count when it began, and
-        # the groups since waiting stopped.
+        # none), the pending count that ends a wait early (the callers expected; one more
+        # while `_asking_one_more`), the count and loop time when it began, the waits
+        # ended early, and the groups since waiting stopped.
         self._gather_max = gather_seconds
         self._gathering: asyncio.TimerHandle | None = None
         self._gather_wait = 0.0
         self._gather_target = max_group
+        self._gather_cut = max_group
+        self._asking_one_more = False
         self._gather_from = 0
+        self._gather_began = 0.0
         self._gather_cuts = 0
         self._ungathered = 0
         self._writer_busy = False  # a commit, a BEGIN or a whole group is on the thread
@@ -159,6 +165,8 @@ class GroupCommitTransactions:
         """Groups committed so far (the writer thread counts them)."""
         self.gathers = 0
         """Waits for more units begun so far (see "Gathering under load")."""
+        self.waits_to_limit = 0
+        """Those of them that ran to their limit: fewer units came than were expected."""
         self._threads = [
             threading.Thread(target=self._writer_thread, name="hq-sqlite-writer", daemon=True)
         ]
@@ -179,7 +187,7 @@ class GroupCommitTransactions:
             return await future
         self._pending.append((work, future, large))
         if self._gathering is not None:
-            if len(self._pending) >= self._gather_target:
+            if len(self._pending) >= self._gather_cut:
                 self._gathering.cancel()
                 self._gathered(early=True)
         elif not self._writer_busy and not self._drain_scheduled:
@@ -200,6 +208,8 @@ class GroupCommitTransactions:
         self._ungathered = 0
         self.gathers += 1
         self._gather_from = len(self._pending)
+        self._gather_cut = self._gather_target
+        self._gather_began = loop.time()
         self._gathering = loop.call_later(self._gather_wait, self._gathered)
 
     def _gathered(self, early: bool = False) -> None:
@@ -207,19 +217,38 @@ class GroupCommitTransactions:
         Then the group begins."""
         self._gathering = None
         pending = len(self._pending)
+        if self._asking_one_more:  # one more came, or did not in the time allowed
+            self._asking_one_more = False
+            self._gather_target = max(self._gather_target, min(pending, self._max_group))
+            self._drain()
+            return
+        if not early:
+            self.waits_to_limit += 1
         if pending > self._gather_from:  # worth it: the next wait may be longer
             self._gather_wait = min(self._gather_max, self._gather_wait * 1.25)
             if not early:  # those who came are those to wait for
                 self._gather_target = max(2, pending)
-            else:  # now and then, one more: callers may have joined
-                self._gather_cuts += 1
-                if self._gather_cuts % 8 == 0:
-                    self._gather_target = min(self._max_group, self._gather_target + 1)
+            elif self._ask_one_more():
+                return
         else:  # nobody came: shorter, then none
             self._gather_wait /= 2
             if self._gather_wait < self._gather_max * _GATHER_FIRST:
                 self._gather_wait = 0.0
         self._drain()
+
+    def _ask_one_more(self) -> bool:
+        """Now and then (every 8th wait that ended early), wait a little longer for one
+        more caller than expected, in case callers joined: for as long again as the wait
+        took so far, not to its limit, so that a steady fleet's wait ends little later."""
+        self._gather_cuts += 1
+        loop = self._loop
+        if self._gather_cuts % 8 or self._gather_target >= self._max_group or loop is None:
+            return False
+        self._asking_one_more = True
+        self._gather_cut = self._gather_target + 1
+        longer = min(loop.time() - self._gather_began, self._gather_wait)
+        self._gathering = loop.call_later(longer, self._gathered)
+        return True
 
     async def read(self, work: Work[T]) -> T:
         if len(self._threads) == 1:  # no reader threads: reads join the writer's groups
@@ -271,6 +300,8 @@ class GroupCommitTransactions:
             return
         self._ungathered += 1
         group = self._next_group()
+        if len(group) > self._gather_target and self._gather_wait > 0:
+            self._gather_target = len(group)  # callers joined: wait for them too
         if self._held is None or group[0][2]:
             # Memory database, or a large unit: the whole group runs on the thread.
             self._writer_busy = True
