@@ -76,6 +76,23 @@ def test_the_wal_is_checkpointed_once_it_holds_enough_pages(
         checkpointer.close()
 
 
+def test_the_last_commits_of_a_burst_are_looked_at_without_another_commit(
+    tmp_path: Path, writer: sqlite3.Connection
+) -> None:
+    # The writer wakes the thread at most once every 50 ms; a commit that did not wake it
+    # (here: the one that takes the WAL past its checkpoint size, right after another) is
+    # looked at once that interval has passed, not only when the next commit comes.
+    checkpointer = WalCheckpointer(tmp_path / "db.sqlite3", pages=100)
+    try:
+        write_pages(writer, 20)
+        checkpointer.committed()
+        write_pages(writer, 200)
+        checkpointer.committed()  # within 50 ms of the first: wakes nothing
+        wait_for(lambda: checkpointer.checkpoints > 0, "a checkpoint", timeout=5)
+    finally:
+        checkpointer.close()
+
+
 def test_a_wal_past_its_bound_is_emptied(tmp_path: Path, writer: sqlite3.Connection) -> None:
     checkpointer = WalCheckpointer(tmp_path / "db.sqlite3", pages=10, max_wal_bytes=100_000)
     try:

@@ -74,6 +74,9 @@ class WalCheckpointer:
         self._stop = False
         self._last = time.monotonic()
         self._next_look = 0.0  # when `committed` next wakes the thread (monotonic clock)
+        # Commits since the thread last looked: looked at within `_LOOK_INTERVAL` even
+        # when none of them woke it (the last ones of a burst).
+        self._unseen = False
         # A long WAL is being copied here: the writer is to finish it (writer_should_finish).
         self._armed = False
         self.checkpoints = 0
@@ -84,7 +87,11 @@ class WalCheckpointer:
 
     def committed(self) -> None:
         """The writer committed: the WAL may need a checkpoint. Wakes the thread at most
-        once every `_LOOK_INTERVAL` seconds (any thread; cheap: a clock read)."""
+        once every `_LOOK_INTERVAL` seconds (any thread; cheap: a clock read); commits
+        that did not wake it are looked at when that interval has passed, so that the
+        last commits of a burst, which may take the WAL past its checkpoint size, do not
+        wait for the next commit to come."""
+        self._unseen = True
         now = time.monotonic()
         if now >= self._next_look:
             self._next_look = now + _LOOK_INTERVAL
@@ -123,10 +130,11 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
+            self._wake.wait(_LOOK_INTERVAL if self._unseen else None)
             self._wake.clear()
             if self._stop:
                 return
+            self._unseen = False
             try:
                 self._check()
             except Exception:  # keep checkpointing later; SQLite's WAL stays valid meanwhile
