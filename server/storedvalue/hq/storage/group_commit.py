@@ -35,11 +35,15 @@ CPU there) carries two or three units. When a unit finds the writer idle and wai
 others has paid lately, the writer waits for more before it begins: until as many
 are pending as the last full wait gathered (the callers that keep coming back), or
 `gather_seconds` at most. Callers may have joined: a group that drains more raises that
-count, and every 8th wait, once that count is reached, waits as long again for one more
-(not to its limit: a steady fleet's fifth caller never comes). A wait that gathers
-nobody makes the next one shorter, and waiting stops (every 64th group tries it again): a
-lone caller is not kept waiting. On the 2-core development VM, LockCard + Redeem cycles
-(bench/thread_cpu.py at concurrency 2 / 4 / 8 / 16): calls/s 814 -> 708 and 813 (two
+count, and every 8th wait, once that count is reached, waits as long again for one more,
+not to its limit: at a steady concurrency that one never comes, and asking for it with a
+wait to the limit (as before 2026-12-06) held one group in nine for `gather_seconds`
+(bench/thread_cpu.py, HQ calls/s over the echo's, medians of 3-4 alternated runs on a
+2-core AMD VM: concurrency 2 0.26 -> 0.44, 4 0.31 -> 0.47, 8 0.44 -> 0.47, 16 unchanged
+within noise). A wait that gathers nobody makes the next one shorter, and waiting stops
+(every 64th group tries it again): a lone caller is not kept waiting. Gathering at all,
+without -> with, on a 2-core Xeon VM, LockCard + Redeem cycles (bench/thread_cpu.py at
+concurrency 2 / 4 / 8 / 16): calls/s 814 -> 708 and 813 (two
 runs), 1,095 -> 1,152 and 1,304, 1,426 -> 1,642, 1,811 -> 2,189 and 2,182; HQ's CPU a call
 1,007 -> 775 and 669, 822 -> 567 and 551, 698 -> 478, 592 -> 477 and 468 us.
 `bench/run.py --quick`: bench/RESULTS.md.
