@@ -220,12 +220,11 @@ class GroupCommitTransactions:
         """A wait ended: early (as many pending as the last wait gathered) or timed out.
         Then the group begins."""
         self._gathering = None
-        pending = len(self._pending)
-        if self._asking_one_more:  # one more came, or did not in the time allowed
+        if self._asking_one_more:  # one more came (the group raises the count), or not
             self._asking_one_more = False
-            self._gather_target = max(self._gather_target, min(pending, self._max_group))
             self._drain()
             return
+        pending = len(self._pending)
         if not early:
             self.waits_to_limit += 1
         if pending > self._gather_from:  # worth it: the next wait may be longer
