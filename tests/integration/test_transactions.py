@@ -439,6 +439,47 @@ def test_held_back_appends_failing_under_another_units_read_leave_that_unit_unha
     assert known_cards(storage, range(1, 3)) == [1]
 
 
+def test_a_groups_callers_are_answered_before_the_next_group_runs(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    """A unit that arrives while a commit is on the writer thread runs in the next group,
+    and that group waits until the callers of the commit have been answered: a till's
+    answer is not held back behind other tills' work (their callers are the load's
+    bottleneck at a fleet's concurrency: bench/thread_cpu.py)."""
+    storage, _path = sqlite_file
+    transactions = GroupCommitTransactions(storage, gather_seconds=0.0)
+    events: list[str] = []
+
+    def later(number: int) -> Work[str]:
+        def work(uow: Repositories) -> str:
+            events.append(f"{number} runs")
+            return adds(number)(uow)
+
+        return work
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        arrivals: list[asyncio.Task[str]] = []
+
+        def first(uow: Repositories) -> str:
+            # Arrive while this group is on its way to its commit, not in it.
+            arrivals.extend(loop.create_task(transactions.write(later(n))) for n in (2, 3))
+            return adds(1)(uow)
+
+        await transactions.write(first)
+        events.append("1 answered")
+        await asyncio.gather(*arrivals)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        transactions.close()
+
+    assert events == ["1 answered", "2 runs", "3 runs"]
+    assert transactions.commits == 2
+    assert known_cards(storage, range(1, 4)) == [1, 2, 3]
+
+
 def test_an_answer_comes_only_once_the_change_is_committed(
     sqlite_file: tuple[SqlStorage, Path],
 ) -> None:
