@@ -77,6 +77,9 @@ class WalCheckpointer:
         # Commits since the thread last looked: looked at within `_LOOK_INTERVAL` even
         # when none of them woke it (the last ones of a burst).
         self._unseen = False
+        # The thread waits for a wake with no time limit (nothing was unseen when it began
+        # to): a commit then wakes it whenever it comes.
+        self._idle = False
         # A long WAL is being copied here: the writer is to finish it (writer_should_finish).
         self._armed = False
         self.checkpoints = 0
@@ -93,7 +96,7 @@ class WalCheckpointer:
         wait for the next commit to come."""
         self._unseen = True
         now = time.monotonic()
-        if now >= self._next_look:
+        if now >= self._next_look or self._idle:
             self._next_look = now + _LOOK_INTERVAL
             self._wake.set()
 
@@ -130,7 +133,16 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(_LOOK_INTERVAL if self._unseen else None)
+            # `_idle` before `_unseen` is read, as `committed` sets `_unseen` before it
+            # reads `_idle`: a commit that comes as the thread begins to wait either is
+            # seen here (a wait of `_LOOK_INTERVAL`) or sees `_idle` and wakes it.
+            self._idle = True
+            if self._unseen:
+                self._idle = False
+                self._wake.wait(_LOOK_INTERVAL)
+            else:
+                self._wake.wait()
+                self._idle = False
             self._wake.clear()
             if self._stop:
                 return
