@@ -480,6 +480,57 @@ def test_a_groups_callers_are_answered_before_the_next_group_runs(
     assert known_cards(storage, range(1, 4)) == [1, 2, 3]
 
 
+def test_a_unit_left_alone_after_a_commit_waits_for_the_callers_just_answered(
+    sqlite_file: tuple[SqlStorage, Path],
+) -> None:
+    """Once waiting for others has paid, a unit that arrived during a commit does not take
+    the next commit alone: it waits (at most `gather_seconds`) for the callers that commit
+    answered, who come back with their next call (at a fleet's concurrency: fewer commits,
+    less CPU a call)."""
+    storage, _path = sqlite_file
+    transactions = GroupCommitTransactions(storage, gather_seconds=0.2)
+    events: list[str] = []
+
+    def later(number: int) -> Work[str]:
+        def work(uow: Repositories) -> str:
+            events.append(f"{number} runs")
+            return adds(number)(uow)
+
+        return work
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        for number in range(1, 65):  # alone: the writer does not wait (yet)
+            await transactions.write(adds(number))
+        # The 65th group tries waiting, and two come: waiting pays, for two callers.
+        await asyncio.gather(transactions.write(adds(65)), transactions.write(adds(66)))
+        assert transactions.gathers == 1
+        arrivals: list[asyncio.Task[str]] = []
+
+        def first(uow: Repositories) -> str:
+            # Arrives while this group is on its way to its commit, not in it.
+            arrivals.append(loop.create_task(transactions.write(later(100))))
+            return adds(67)(uow)
+
+        async def caller(work: Work[str], again: int) -> None:
+            await transactions.write(work)
+            await asyncio.sleep(0.002)  # the till's round trip
+            events.append(f"{again} arrives")
+            await transactions.write(later(again))
+
+        await asyncio.gather(caller(first, 101), caller(adds(68), 102))
+        await asyncio.gather(*arrivals)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        transactions.close()
+
+    assert events[:2] == ["101 arrives", "100 runs"]
+    assert known_cards(storage, range(1, 69)) == list(range(1, 69))
+    assert known_cards(storage, range(100, 103)) == [100, 101, 102]
+
+
 def test_an_answer_comes_only_once_the_change_is_committed(
     sqlite_file: tuple[SqlStorage, Path],
 ) -> None:
