@@ -6,6 +6,7 @@ committed."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import secrets
@@ -63,6 +64,15 @@ def adds(number: int) -> Work[str]:
     def work(uow: Repositories) -> str:
         uow.cards.add([make_card(card_number(number))])
         return card_number(number)
+
+    return work
+
+
+def adds_noting(events: list[str], number: int) -> Work[str]:
+    """`adds(number)`, noting in `events` when it runs."""
+    def work(uow: Repositories) -> str:
+        events.append(f"{number} runs")
+        return adds(number)(uow)
 
     return work
 
@@ -449,13 +459,7 @@ def test_a_groups_callers_are_answered_before_the_next_group_runs(
     storage, _path = sqlite_file
     transactions = GroupCommitTransactions(storage, gather_seconds=0.0)
     events: list[str] = []
-
-    def later(number: int) -> Work[str]:
-        def work(uow: Repositories) -> str:
-            events.append(f"{number} runs")
-            return adds(number)(uow)
-
-        return work
+    later = functools.partial(adds_noting, events)
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -490,13 +494,7 @@ def test_a_unit_left_alone_after_a_commit_waits_for_the_callers_just_answered(
     storage, _path = sqlite_file
     transactions = GroupCommitTransactions(storage, gather_seconds=0.2)
     events: list[str] = []
-
-    def later(number: int) -> Work[str]:
-        def work(uow: Repositories) -> str:
-            events.append(f"{number} runs")
-            return adds(number)(uow)
-
-        return work
+    later = functools.partial(adds_noting, events)
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
