@@ -374,9 +374,9 @@ class GroupCommitTransactions:
         self._writer_busy = False
         self._settle_answered()
         pending = self._pending
+        # (While the thread was busy no wait could begin nor a drain be scheduled.)
         if (pending and self._gather_wait > 0 and len(pending) < self._gather_target
-                and not pending[0][2] and self._gathering is None
-                and not self._drain_scheduled and self._loop is not None):
+                and not pending[0][2] and self._loop is not None):
             self._gather(self._loop)
             return
         self._schedule_drain()
